@@ -1,0 +1,104 @@
+// DeepSeek-V4 model configuration, parsed from config.json in either of its two forms
+// into one internal struct:
+//  - DeepSeek's official form: compress_ratios (per layer, + MTP entries), num_hash_layers,
+//    qk_rope_head_dim, rope_scaling {type: yarn, factor, original_max_position_embeddings,
+//    beta_fast, beta_slow}, expert_dtype, quantization_config;
+//  - transformers' form: layer_types ("sliding_attention" | "compressed_sparse_attention" |
+//    "heavily_compressed_attention"), mlp_layer_types ("hash_moe" | "moe"), compress_rates
+//    {layer type -> ratio}, partial_rotary_factor, rope_parameters {main: {...}, compress: {...}}.
+// hf_quant_config.json (ModelOpt) is read alongside when present.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kiln {
+
+enum class AttnKind { SWA, CSA, HCA };  // compress ratio 0 / 4-like (indexer) / 128-like
+std::string_view attn_kind_name(AttnKind k);
+
+struct RopeParams {
+  double theta = 10000.0;
+  bool yarn = false;
+  double factor = 1.0;
+  int64_t original_max_position = 0;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+};
+
+enum class ConfigForm { DeepSeek, Transformers };
+
+struct ModelConfig {
+  ConfigForm form = ConfigForm::DeepSeek;
+  std::string model_type;  // "deepseek_v4"
+
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_mtp_layers = 0;  // num_nextn_predict_layers
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 1;
+  int64_t head_dim = 0;
+  int64_t rope_head_dim = 0;  // qk_rope_head_dim (or head_dim * partial_rotary_factor)
+  int64_t q_lora_rank = 0;
+  int64_t o_lora_rank = 0;
+  int64_t o_groups = 0;
+  int64_t sliding_window = 0;
+
+  // Per backbone layer (size num_layers) then per MTP layer (size num_mtp_layers): 0 = SWA.
+  std::vector<int64_t> compress_ratios;
+  std::vector<bool> hash_layers;  // per backbone layer: routed by tid2eid
+  int64_t num_hash_layers = 0;
+
+  int64_t index_n_heads = 0;
+  int64_t index_head_dim = 0;
+  int64_t index_topk = 0;
+
+  int64_t n_routed_experts = 0;
+  int64_t n_shared_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  std::string scoring_func;  // "sqrtsoftplus"
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+  double swiglu_limit = 0.0;
+
+  int64_t hc_mult = 0;
+  int64_t hc_sinkhorn_iters = 0;
+  double hc_eps = 1e-6;
+  double rms_norm_eps = 1e-6;
+
+  RopeParams rope_main;      // SWA layers
+  RopeParams rope_compress;  // CSA/HCA layers
+  int64_t max_position_embeddings = 0;
+
+  int64_t bos_token_id = 0;
+  int64_t eos_token_id = 1;
+  bool tie_word_embeddings = false;
+  std::string torch_dtype;
+  std::optional<std::string> expert_dtype;  // "fp4" | "fp8" when present
+
+  // Hints, kept raw; interpreted by artifact/quant_hint.
+  std::optional<nlohmann::json> quantization_config;
+  std::optional<nlohmann::json> hf_quant_config;  // hf_quant_config.json (ModelOpt)
+
+  AttnKind attn_kind(int64_t layer) const;  // layer in [0, num_layers + num_mtp_layers)
+  int64_t compress_ratio(int64_t layer) const { return compress_ratios.at(static_cast<size_t>(layer)); }
+  bool is_hash_layer(int64_t layer) const;  // false for MTP layers
+};
+
+// Parses config.json content. `label` names the file in error messages. Missing or
+// ill-typed required fields, inconsistent lengths (layer_types vs num_hidden_layers),
+// unknown layer types, non-positive dimensions: Error(Invalid) naming the field.
+ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label);
+
+// Reads DIR/config.json (required) and DIR/hf_quant_config.json (optional).
+ModelConfig load_model_config(const std::filesystem::path& dir);
+
+}  // namespace kiln

@@ -1,0 +1,111 @@
+// safetensors reading with strict validation, and writing.
+//
+// Reader contract: every header is validated before any tensor is used: the 8-byte
+// length is bounded (<= 100 MB) and lies within the file; the header is well-formed
+// JSON whose entries are objects {dtype, shape, data_offsets} with a known dtype, non-
+// negative dims, offsets within the data section, byte count == dtype size x numel, no
+// two tensors overlapping, no duplicate names (the JSON parser is told to reject them);
+// "__metadata__" is a string->string map. Every violation throws kiln::Error(Invalid)
+// whose message names the file, the tensor and what was expected. A file that cannot
+// be opened or read throws kiln::Error(IO).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kiln/core/dtype.h"
+
+namespace kiln {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype{};
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets relative to the start of the data section
+  uint64_t end = 0;
+
+  uint64_t nbytes() const { return end - begin; }
+  int64_t numel() const;
+};
+
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;  // in file (data offset) order
+  std::map<std::string, std::string> metadata;
+  uint64_t header_size = 0;  // N, the JSON length
+  uint64_t data_size = 0;    // bytes after the header
+};
+
+// Parses and validates the JSON header. `data_size` is the number of bytes available
+// after the header; `label` (a file name) is used in error messages. Pure function of
+// its inputs: this is the fuzzing entry point.
+SafetensorsHeader parse_safetensors_header(std::string_view header_json, uint64_t data_size,
+                                           std::string_view label);
+
+// One .safetensors file. open() reads only the 8-byte prefix and the header (pread);
+// tensor bytes are mapped lazily (mmap of the whole file, read-only) on first data().
+class SafetensorsFile {
+ public:
+  static SafetensorsFile open(const std::filesystem::path& path);
+
+  SafetensorsFile(SafetensorsFile&&) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
+  ~SafetensorsFile();
+
+  const std::filesystem::path& path() const { return path_; }
+  const SafetensorsHeader& header() const { return header_; }
+  const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
+  uint64_t file_size() const { return file_size_; }
+  const TensorInfo* find(std::string_view name) const;  // nullptr when absent
+  // The tensor's bytes (maps the file on first use).
+  std::span<const std::byte> data(const TensorInfo& t) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::filesystem::path path_;
+  SafetensorsHeader header_;
+  uint64_t file_size_ = 0;
+  std::map<std::string, size_t, std::less<>> index_;
+  struct Mapping;
+  mutable std::unique_ptr<Mapping> map_;
+};
+
+// Writes a safetensors file tensor by tensor, with memory bounded by the largest
+// tensor: all tensors are declared first (header written on begin), then their bytes
+// are written in declaration order. Tensors whose bytes are never written (declared
+// with sparse=true) become holes in a sparse file: header-only replicas for tests and
+// benchmarks. finish() checks every non-sparse tensor was written and sizes the file.
+class SafetensorsWriter {
+ public:
+  explicit SafetensorsWriter(std::filesystem::path path);
+  ~SafetensorsWriter();
+  void set_metadata(std::string key, std::string value);
+  void declare(std::string name, DType dtype, std::vector<int64_t> shape, bool sparse = false);
+  // Writes the header; after this only write() and finish() may be called.
+  void begin();
+  void write(std::string_view name, std::span<const std::byte> bytes);
+  void finish();
+
+  // Convenience: declare + begin + write all + finish, for small test files.
+  struct Tensor {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<std::byte> bytes;  // empty + sparse=true for a hole
+    bool sparse = false;
+  };
+  static void write_file(const std::filesystem::path& path, const std::vector<Tensor>& tensors,
+                         const std::map<std::string, std::string>& metadata = {});
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kiln
