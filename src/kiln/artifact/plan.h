@@ -1,0 +1,71 @@
+// The load plan: every tensor of a checkpoint matched to its canonical role, every
+// linear module's scheme detected from disk, every shape checked against the config,
+// and what the checkpoint's own declarations say compared with what is on disk.
+// Built from headers only (plus the values of F32/BF16 FP8 scale tensors, which are
+// checked for E8M0 bytes stored as floats).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/artifact/names.h"
+#include "kiln/artifact/scheme.h"
+#include "kiln/io/checkpoint.h"
+#include "kiln/io/config.h"
+
+namespace kiln {
+
+struct PlannedLinear {
+  CanonicalName name;       // scope, index, module
+  std::string path;         // canonical path, e.g. "layers.3.attn.wq_a"
+  std::string disk_module;  // the module as spelled on disk (for hint matching, messages)
+  std::string group;        // report group label
+  int64_t n = 0, k = 0;     // logical [out, in]
+  ModuleFields fields;
+  Scheme scheme;
+  uint64_t bytes = 0;
+};
+
+struct PlannedTensor {
+  std::string path;
+  std::string group;
+  TensorSlice tensor;
+};
+
+// One row of the module-group table: modules of one role and one scheme.
+struct GroupRow {
+  std::string label;   // "routed experts", "MTP attention wq_a", "norms"
+  std::string scheme;  // Scheme::describe() for linears, the dtype for plain tensors
+  bool linear = false;
+  bool mtp = false;
+  std::vector<int> layers;  // layer (or MTP) indices covered, sorted
+  size_t modules = 0;
+  size_t tensors = 0;  // distinct checkpoint tensors
+  uint64_t bytes = 0;
+};
+
+struct Plan {
+  ModelConfig config;
+  std::vector<PlannedLinear> linears;
+  std::vector<PlannedTensor> tensors;
+  std::vector<GroupRow> groups;
+  std::vector<std::string> hint_summary;
+  std::vector<int> mtp_found;          // MTP indices with tensors on disk
+  std::vector<std::string> unused;     // checkpoint tensors no expected role takes
+  std::vector<std::string> missing;    // canonical names expected but absent
+  std::vector<std::string> warnings;
+  std::vector<std::string> errors;
+  uint64_t total_bytes = 0;
+  size_t total_tensors = 0;
+  size_t num_shards = 0;
+
+  bool loadable() const { return errors.empty() && missing.empty(); }
+};
+
+Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg);
+
+// "0-2, 5, 7-9"
+std::string format_ranges(const std::vector<int>& sorted);
+
+}  // namespace kiln
