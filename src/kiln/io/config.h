@@ -53,6 +53,9 @@ struct ModelConfig {
 
   // Per backbone layer (size num_layers) then per MTP layer (size num_mtp_layers): 0 = SWA.
   std::vector<int64_t> compress_ratios;
+  // Same indexing as compress_ratios. DeepSeek form: 0 -> SWA, 4 -> CSA, other -> HCA;
+  // transformers' form: from the layer type name (MTP layers: SWA).
+  std::vector<AttnKind> attn_kinds;
   std::vector<bool> hash_layers;  // per backbone layer: routed by tid2eid
   int64_t num_hash_layers = 0;
 
