@@ -33,38 +33,30 @@ default = DeepseekV4Config()
 with open(os.path.join(out, "default_config.json"), "w") as f:
     f.write(default.to_json_string())
 
-# Tiny dims, with the layer schedule [HCA, CSA, SWA, CSA] and 1 hash layer.
-# Written through the documented constructor arguments; whatever the config
-# derives (layer_types ...) comes from transformers itself.
-params = sig.parameters
-want = dict(
+# Tiny dims with the layer schedule [HCA, CSA, SWA, CSA], one hash-routed layer, HCA
+# rate 16, rope on 16 of 64 dims, YaRN on the compressed layers: written through the
+# config's own fields (layer_types, mlp_layer_types, compress_rates, rope_parameters).
+cfg = DeepseekV4Config(
     vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=1, head_dim=64, qk_rope_head_dim=16, q_lora_rank=32,
+    num_key_value_heads=1, head_dim=64, partial_rotary_factor=0.25, q_lora_rank=32,
     o_lora_rank=16, o_groups=2, sliding_window=8, n_routed_experts=4,
     num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
-    num_hash_layers=1, index_n_heads=16, index_head_dim=16, index_topk=4,
-    hc_mult=4, num_nextn_predict_layers=1, max_position_embeddings=512,
+    index_n_heads=16, index_head_dim=16, index_topk=4, hc_mult=4,
+    num_nextn_predict_layers=1, max_position_embeddings=4096,
+    layer_types=["heavily_compressed_attention", "compressed_sparse_attention",
+                 "sliding_attention", "compressed_sparse_attention"],
+    mlp_layer_types=["hash_moe", "moe", "moe", "moe"],
+    compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16},
+    rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536,
+                     "beta_fast": 32.0, "beta_slow": 1.0},
 )
-kw = {k: v for k, v in want.items() if k in params}
-missing = sorted(set(want) - set(kw))
-if "compress_ratios" in params:
-    kw["compress_ratios"] = [16, 4, 0, 4, 0]
-if "compress_rates" in params:
-    kw["compress_rates"] = default.to_dict().get("compress_rates")
-if "layer_types" in params:
-    lt = default.to_dict().get("layer_types")
-    if lt:
-        names = sorted(set(lt))
-        kw["layer_types"] = None
-print("constructor args not found:", missing)
-try:
-    cfg = DeepseekV4Config(**kw)
-except Exception as e:  # report and retry with fewer overrides
-    print("config with layer args failed:", repr(e))
-    kw.pop("compress_ratios", None); kw.pop("layer_types", None); kw.pop("compress_rates", None)
-    cfg = DeepseekV4Config(**kw)
 print(cfg)
-model = DeepseekV4ForCausalLM(cfg).to(torch.bfloat16)
+model = DeepseekV4ForCausalLM(cfg)
+with torch.no_grad():  # transformers zero/one-initialises many parameters: randomise all
+    for name, p in model.named_parameters():
+        if p.dtype.is_floating_point:
+            p.normal_(0.0, 0.05)
+model = model.to(torch.bfloat16)
 sd = model.state_dict()
 with open(os.path.join(out, "names.json"), "w") as f:
     json.dump({k: [str(v.dtype), list(v.shape)] for k, v in sd.items()}, f, indent=1)

@@ -287,6 +287,14 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       }
     }
 
+    if (auto b = hint.fp8_block(); b && pl.scheme.kind == SchemeKind::FP8Block &&
+                                   pl.scheme.block_n != pl.n && pl.scheme.block_n != 1 &&
+                                   (pl.scheme.block_n != b->first || pl.scheme.block_k != b->second)) {
+      auto key = fmt::format("{}: quantization_config declares {}x{} FP8 blocks, the scale grids on disk imply {}x{}; "
+                             "using what is on disk", e.group, b->first, b->second, pl.scheme.block_n,
+                             pl.scheme.block_k);
+      disagreements[key].paths.push_back(path);
+    }
     if (auto pred = hint.predict(pl.disk_module, pl.name); pred && pred->kind != pl.scheme.kind) {
       auto key = fmt::format("{}: {} declares {}, the tensors on disk are {}; using what is on disk", e.group,
                              pred->source, scheme_kind_name(pred->kind), scheme_kind_name(pl.scheme.kind));
@@ -317,8 +325,10 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
                                      p.unused.size(), list_some(p.unused)));
   }
 
-  // Main-model rows first, in inventory order; MTP rows after.
-  std::stable_sort(p.groups.begin(), p.groups.end(), [](const GroupRow& a, const GroupRow& b) { return a.mtp < b.mtp; });
+  // Main-model rows first, linear modules before plain tensors, in inventory order; MTP after.
+  std::stable_sort(p.groups.begin(), p.groups.end(), [](const GroupRow& a, const GroupRow& b) {
+    return std::pair{a.mtp, !a.linear} < std::pair{b.mtp, !b.linear};
+  });
   return p;
 }
 
