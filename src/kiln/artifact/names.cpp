@@ -2,6 +2,8 @@
 
 #include <array>
 #include <charconv>
+#include <unordered_map>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -193,10 +195,35 @@ std::string fill_expert(std::string_view canonical, int64_t expert) {
   return fmt::format("{}{}{}", canonical.substr(0, e), expert, canonical.substr(e + 3));
 }
 
-std::optional<CanonicalName> match_body(std::span<const NameRule> rules, std::string_view body) {
+std::string_view first_segment(std::string_view s) { return s.substr(0, s.find('.')); }
+
+// Rules bucketed by the first dot-separated segment of their alias (plain rules before
+// linear ones, table order kept), so a name is compared with a handful of rules.
+class RuleIndex {
+ public:
+  explicit RuleIndex(std::span<const NameRule> rules) {
+    for (bool linear : {false, true}) {
+      for (const auto& r : rules) {
+        if (r.linear == linear) buckets_[first_segment(r.alias)].push_back(&r);
+      }
+    }
+  }
+  const std::vector<const NameRule*>* find(std::string_view body) const {
+    auto it = buckets_.find(first_segment(body));
+    return it == buckets_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  std::unordered_map<std::string_view, std::vector<const NameRule*>> buckets_;
+};
+
+std::optional<CanonicalName> match_body(const RuleIndex& index, std::string_view body) {
   if (body.empty()) return std::nullopt;
+  const auto* bucket = index.find(body);
+  if (!bucket) return std::nullopt;
   // Plain tensors first: an exact name wins over a linear module prefix (ffn.gate.bias).
-  for (const auto& r : rules) {
+  for (const NameRule* rp : *bucket) {
+    const NameRule& r = *rp;
     if (r.linear) continue;
     int64_t expert = -1;
     if (match_alias(r.alias, body, expert) == body.size()) {
@@ -205,7 +232,8 @@ std::optional<CanonicalName> match_body(std::span<const NameRule> rules, std::st
       return c;
     }
   }
-  for (const auto& r : rules) {
+  for (const NameRule* rp : *bucket) {
+    const NameRule& r = *rp;
     if (!r.linear) continue;
     int64_t expert = -1;
     size_t n = match_alias(r.alias, body, expert);
@@ -270,11 +298,12 @@ std::optional<CanonicalName> canonicalize(std::string_view name, const NameConte
     }
   }
 
+  static const RuleIndex top_index(kTopRules), layer_index(kLayerRules);
   std::optional<CanonicalName> c;
   if (scope == Scope::Top) {
-    c = match_body(kTopRules, s);
+    c = match_body(top_index, s);
   } else {
-    c = match_body(kLayerRules, s);
+    c = match_body(layer_index, s);
     if (!c) {
       for (const auto& r : kStackRules) {
         if (s.substr(0, r.alias.size()) != r.alias) continue;

@@ -243,7 +243,7 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       auto& r = row(e.group, std::string(dtype_name(t.dtype())), false, e.scope);
       add_layer(r, e.scope, e.index);
       r.modules += 1;
-      if (row_tensors[row_of[{e.group, r.scheme}]].insert(t.name).second) r.tensors += 1;
+      if (row_tensors[static_cast<size_t>(&r - p.groups.data())].insert(t.name).second) r.tensors += 1;
       r.bytes += t.nbytes();
       p.tensors.push_back(std::move(pt));
       continue;
@@ -304,7 +304,7 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
     auto& r = row(e.group, pl.scheme.describe(), true, e.scope);
     add_layer(r, e.scope, e.index);
     r.modules += 1;
-    auto& seen = row_tensors[row_of[{e.group, r.scheme}]];
+    auto& seen = row_tensors[static_cast<size_t>(&r - p.groups.data())];
     for (const auto& [f, t] : pl.fields) {
       if (seen.insert(t.name).second) r.tensors += 1;
     }
