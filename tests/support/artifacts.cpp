@@ -457,6 +457,17 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
     }
   }
   em.finish();
+  // Spread the backbone evenly over the main shards in tensor order (as producers do:
+  // every shard non-empty, layers contiguous); the MTP block keeps its own last shard.
+  {
+    std::vector<PendingTensor*> main;
+    for (auto& t : spec.tensors) {
+      if (!(with_mtp && t.shard == mtp_shard && num_shards > 1)) main.push_back(&t);
+    }
+    for (size_t i = 0; i < main.size(); ++i) {
+      main[i]->shard = static_cast<int>(i * static_cast<size_t>(main_shards) / main.size());
+    }
+  }
 
   // Declarations as their producers write them.
   switch (layout) {
