@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -199,6 +200,22 @@ std::vector<BadCase> bad_cases() {
          auto* t = s.find("layers.0.attn.wq_a.scale");
          t->shape = {3, 2};
          t->bytes.resize(6);
+       }},
+      {"E8M0 exponent bytes stored as F32 scales (vllm#43416)",
+       [](const TempDir&) {},
+       {"layers.0.attn.wq_a.weight_scale_inv", "F32", "E8M0 exponent bytes", "Refusing"},
+       [](kiln::test::ArtifactSpec& s) {
+         auto t = *s.find("layers.0.attn.wq_a.scale");
+         s.erase("layers.0.attn.wq_a.scale");
+         t.name = "layers.0.attn.wq_a.weight_scale_inv";
+         t.dtype = kiln::DType::F32;
+         std::vector<std::byte> b(t.bytes.size() * 4);
+         for (size_t i = 0; i < t.bytes.size(); ++i) {
+           float v = static_cast<float>(std::to_integer<uint8_t>(t.bytes[i]));  // the byte's value, as a float
+           std::memcpy(b.data() + 4 * i, &v, 4);
+         }
+         t.bytes = b;
+         s.tensors.push_back(t);
        }},
       {"two scale names on one module",
        [](const TempDir&) {},
