@@ -42,7 +42,6 @@ class Checkpoint {
  private:
   std::filesystem::path dir_;
   std::vector<SafetensorsFile> shards_;
-  std::map<std::string, CatalogEntry, std::less<>> by_name_;
   std::vector<std::pair<std::string_view, CatalogEntry>> sorted_;
   bool has_index_ = false;
   std::vector<std::string> warnings_;
