@@ -12,6 +12,7 @@
 #include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
+#include "support/artifacts.h"
 
 namespace kiln {
 namespace {
@@ -317,6 +318,23 @@ TEST(ReadJsonFile, TestDataConfigParses) {
       std::filesystem::path(KILN_TEST_DATA_DIR) / "configs" / "transformers_default_v4_flash.json";
   if (!std::filesystem::exists(p)) GTEST_SKIP() << p << " not present";
   EXPECT_TRUE(read_json_file(p).is_object());
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(CheckpointStrayShard, FileTheIndexDoesNotNameIsReported) {
+  test::TempDir d;
+  test::write_spec(test::make_spec(test::Layout::Native, test::tiny_config(), 2), d.path());
+  std::filesystem::copy_file(d.path() / "model-00001-of-00002.safetensors", d.path() / "old-shard.safetensors");
+  auto c = Checkpoint::open(d.path());
+  ASSERT_EQ(c.warnings().size(), 1u);
+  EXPECT_NE(c.warnings()[0].find("old-shard.safetensors is not named by the index"), std::string::npos)
+      << c.warnings()[0];
+  EXPECT_EQ(c.shards().size(), 2u);
 }
 
 }  // namespace

@@ -293,6 +293,18 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
       if (!fs::is_regular_file(ss))
         fail_invalid("{}: index {} names shard {} which is not a regular file", dir.string(), index_label, s);
     }
+    // A .safetensors file the index does not name is not loaded: say so (a stale shard
+    // from an older upload, or a file the index forgot).
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const fs::path& p = it->path();
+      if (p.extension() != ".safetensors") continue;
+      const std::string name = p.filename().string();
+      bool named = false;
+      for (const auto& s : shard_names) named = named || fs::path(s).lexically_normal() == fs::path(name);
+      if (!named)
+        c.warnings_.push_back(fmt::format("{}: {} is not named by the index {}; its tensors are not loaded",
+                                          dir.string(), name, index_label));
+    }
   } else {
     fs::directory_iterator it(dir, ec);
     if (ec) fail_io("{}: cannot list directory: {}", dir.string(), ec.message());
