@@ -120,7 +120,7 @@ TEST(Checkpoint, IndexHappyPath) {
   std::filesystem::create_directory(dir / "sub");
   write_shard(dir / "model-00001-of-00002.safetensors", {"l.0.w", "l.1.w"});
   write_shard(dir / "sub" / "model-00002-of-00002.safetensors", {"l.2.w"});
-  write_shard(dir / "consolidated.safetensors", {"l.0.w", "l.1.w", "l.2.w"});  // not in the index: ignored
+  write_shard(dir / "consolidated.safetensors", {"l.0.w", "l.1.w", "l.2.w"});  // not in the index: not loaded
   write_index(dir.path(), {{"l.2.w", "sub/model-00002-of-00002.safetensors"},
                            {"l.0.w", "model-00001-of-00002.safetensors"},
                            {"l.1.w", "./model-00001-of-00002.safetensors"},
@@ -133,7 +133,8 @@ TEST(Checkpoint, IndexHappyPath) {
   EXPECT_EQ(c.shards()[1].path(), dir / "sub" / "model-00002-of-00002.safetensors");
   EXPECT_EQ(names_of(c), (std::vector<std::string>{"l.0.w", "l.1.w", "l.2.w"}));
   EXPECT_EQ(c.find("l.2.w")->shard, 1);
-  EXPECT_TRUE(c.warnings().empty());
+  ASSERT_EQ(c.warnings().size(), 1u);  // the file the index does not name
+  EXPECT_NE(c.warnings()[0].find("consolidated.safetensors is not named by the index"), std::string::npos);
 }
 
 TEST(Checkpoint, IndexOpensEachShardOnce) {
@@ -150,7 +151,8 @@ TEST(Checkpoint, IndexOpensEachShardOnce) {
   EXPECT_EQ(names_of(c), (std::vector<std::string>{"a", "b", "c", "d"}));
   EXPECT_EQ(c.find("d")->shard, 1);
   EXPECT_EQ(c.find("zzz"), nullptr);
-  EXPECT_TRUE(c.warnings().empty());
+  ASSERT_EQ(c.warnings().size(), 1u);
+  EXPECT_NE(c.warnings()[0].find("other.safetensors is not named by the index"), std::string::npos);
   EXPECT_EQ(c.total_tensor_bytes(), 16u);
 }
 
