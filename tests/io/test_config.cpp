@@ -889,3 +889,32 @@ TEST_F(ConfigLoadTest, ConfigJsonIsADirectory) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(ConfigDefaultsTest, AbsentRoutingScaleAndClampFollowEachFormsDefaults) {
+  nlohmann::json tf;
+  {
+    std::ifstream f(std::string(KILN_TEST_DATA_DIR) + "/configs/transformers_default_v4_flash.json");
+    tf = nlohmann::json::parse(f);
+  }
+  tf.erase("routed_scaling_factor");
+  tf.erase("swiglu_limit");
+  auto c = parse_model_config(tf, "config.json");
+  EXPECT_EQ(c.routed_scaling_factor, 1.5);  // transformers' DeepseekV4Config defaults
+  EXPECT_EQ(c.swiglu_limit, 10.0);
+  nlohmann::json ds;
+  {
+    std::ifstream f(std::string(KILN_TEST_DATA_DIR) + "/configs/deepseek_v4_flash.json");
+    ds = nlohmann::json::parse(f);
+  }
+  ds.erase("routed_scaling_factor");
+  ds.erase("swiglu_limit");
+  c = parse_model_config(ds, "config.json");
+  EXPECT_EQ(c.routed_scaling_factor, 1.0);  // DeepSeek's ModelArgs defaults
+  EXPECT_EQ(c.swiglu_limit, 0.0);
+}
+
+}  // namespace
+}  // namespace kiln

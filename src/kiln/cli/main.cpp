@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "kiln/cli/inspect.h"
+#include "kiln/cli/run_commands.h"
 #include "kiln/core/error.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +17,33 @@ int main(int argc, char** argv) {
                                             "group, missing/unused tensors, warnings, verdict");
   ins->add_option("dir", inspect.dir, "Checkpoint directory (config.json + *.safetensors)")->required();
   ins->add_flag("--json", inspect.json, "Machine-readable report (schema kiln.inspect/1, docs/inspect-json.md)");
+
+  kiln::cli::ScoreOptions score;
+  auto* sc = app.add_subcommand("score", "Run the model over a token sequence and write its logits as float32 .npy");
+  sc->add_option("--model", score.model, "Checkpoint directory")->required();
+  sc->add_option("--tokens", score.tokens, "Token ids: 5,17,42 or a .npy integer array")->required();
+  sc->add_option("--out", score.out, "Output .npy, float32 [T, vocab]")->required();
+  sc->add_option("--mode", score.mode, "Feeding: full | incremental | chunked:N (logits must not depend on it)")
+      ->capture_default_str();
+  sc->add_option("--mtp-out", score.mtp_out,
+                 "Also write MTP draft logits [T-1, vocab]: row t from position t's streams and token t+1");
+  sc->add_option("--device", score.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
+  sc->add_option("--threads", score.threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  kiln::cli::GenerateOptions gen;
+  auto* ge = app.add_subcommand("generate", "Generate tokens after a prompt of token ids");
+  ge->add_option("--model", gen.model, "Checkpoint directory")->required();
+  ge->add_option("--tokens", gen.tokens, "Prompt token ids: 5,17,42 or a .npy integer array")->required();
+  ge->add_option("--max-tokens", gen.max_tokens, "Tokens to generate")->capture_default_str();
+  ge->add_option("--temperature", gen.sampling.temperature, "0 = greedy (argmax, ties to the lowest id)")
+      ->capture_default_str();
+  ge->add_option("--top-k", gen.sampling.top_k, "Sample from the k most likely (0 = all)")->capture_default_str();
+  ge->add_option("--top-p", gen.sampling.top_p, "Nucleus sampling mass (1 = all)")->capture_default_str();
+  ge->add_option("--seed", gen.sampling.seed, "Sampling seed")->capture_default_str();
+  ge->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at the end-of-sequence token");
+  ge->add_flag("--json", gen.json, "Print one JSON object: tokens (generated ids), timing");
+  ge->add_option("--device", gen.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
+  ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -32,6 +60,8 @@ int main(int argc, char** argv) {
 
   try {
     if (*ins) return kiln::cli::run_inspect(inspect, std::cout, std::cerr);
+    if (*sc) return kiln::cli::run_score(score, std::cout, std::cerr);
+    if (*ge) return kiln::cli::run_generate(gen, std::cout, std::cerr);
   } catch (const kiln::Error& e) {
     std::cerr << "kiln: error: " << e.what() << "\n";
     return e.exit_code();

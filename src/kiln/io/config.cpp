@@ -437,8 +437,11 @@ ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) 
                  c.scoring_func);
   }
   c.norm_topk_prob = f.opt_bool("norm_topk_prob", true);
-  c.routed_scaling_factor = f.opt_pos_num("routed_scaling_factor", 1.0);
-  c.swiglu_limit = f.opt_nonneg_num("swiglu_limit", 0.0);
+  // Defaults differ by form: DeepSeek's ModelArgs (route_scale 1, no clamp) and
+  // transformers' DeepseekV4Config (1.5 and 10, the V4-Flash values).
+  const bool tf = c.form == ConfigForm::Transformers;
+  c.routed_scaling_factor = f.opt_pos_num("routed_scaling_factor", tf ? 1.5 : 1.0);
+  c.swiglu_limit = f.opt_nonneg_num("swiglu_limit", tf ? 10.0 : 0.0);
 
   c.hc_mult = f.req_pos("hc_mult");
   c.hc_sinkhorn_iters = f.opt_pos("hc_sinkhorn_iters", 20);

@@ -1,0 +1,163 @@
+#include "kiln/cli/run_commands.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln/core/error.h"
+#include "kiln/io/npy.h"
+#include "kiln/runtime/loaded_model.h"
+
+namespace kiln::cli {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void check_device(const std::string& device) {
+  if (device != "cpu") fail(ErrorKind::Usage, "--device {}: only the CPU reference backend is available (use cpu)", device);
+}
+
+void check_ids(const std::vector<int32_t>& ids, int64_t vocab) {
+  if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab)
+      fail(ErrorKind::Usage, "--tokens: id {} at position {} is outside the vocabulary [0, {})", ids[i], i, vocab);
+  }
+}
+
+// Feeding schedule: chunk sizes for full (one chunk), incremental (1) and chunked:N.
+int64_t chunk_size(const std::string& mode, int64_t total) {
+  if (mode == "full") return std::max<int64_t>(total, 1);
+  if (mode == "incremental") return 1;
+  if (mode.rfind("chunked:", 0) == 0) {
+    char* end = nullptr;
+    long n = std::strtol(mode.c_str() + 8, &end, 10);
+    if (*end == '\0' && n > 0) return n;
+  }
+  fail(ErrorKind::Usage, "--mode {}: expected full, incremental or chunked:N with N > 0", mode);
+}
+
+}  // namespace
+
+std::vector<int32_t> parse_tokens(const std::string& spec) {
+  std::vector<int32_t> ids;
+  if (spec.size() > 4 && spec.compare(spec.size() - 4, 4, ".npy") == 0) {
+    for (int64_t v : read_npy(spec).as_ints()) {
+      if (v < 0 || v > INT32_MAX) fail(ErrorKind::Usage, "{}: token id {} out of range", spec, v);
+      ids.push_back(static_cast<int32_t>(v));
+    }
+    return ids;
+  }
+  size_t i = 0;
+  while (i < spec.size()) {
+    while (i < spec.size() && (spec[i] == ',' || spec[i] == ' ')) ++i;
+    if (i >= spec.size()) break;
+    size_t j = i;
+    while (j < spec.size() && spec[j] >= '0' && spec[j] <= '9') ++j;
+    if (j == i || (j < spec.size() && spec[j] != ',' && spec[j] != ' ') || j - i > 9)
+      fail(ErrorKind::Usage, "--tokens: '{}' is not a list of token ids (expected e.g. 5,17,42 or a .npy file)", spec);
+    ids.push_back(std::stoi(spec.substr(i, j - i)));
+    i = j;
+  }
+  return ids;
+}
+
+int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
+  check_device(o.device);
+  auto ids = parse_tokens(o.tokens);
+  auto m = runtime::load_model(o.model, o.threads, &err);
+  const auto& cfg = m->config;
+  check_ids(ids, cfg.vocab_size);
+  const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size, S = cfg.hc_mult * cfg.hidden_size;
+  const int64_t chunk = chunk_size(o.mode, T);
+  if (o.mtp_out && m->weights.mtp.empty()) fail_invalid("--mtp-out: {} has no MTP block", o.model.string());
+  if (o.mtp_out && T < 2) fail(ErrorKind::Usage, "--mtp-out needs at least 2 tokens");
+
+  std::vector<float> logits(static_cast<size_t>(T * V)), streams(static_cast<size_t>(T * S));
+  auto state = m->forward->new_state();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t p = 0; p < T; p += chunk) {
+    const int64_t n = std::min(chunk, T - p);
+    m->forward->step(state, std::span(ids).subspan(static_cast<size_t>(p), static_cast<size_t>(n)),
+                     logits.data() + p * V, streams.data() + p * S);
+  }
+  const double dt = seconds_since(t0);
+  write_npy_f32(o.out, logits, {T, V});
+  out << fmt::format("scored {} tokens ({} mode) in {:.3f} s ({:.1f} tokens/s) -> {}\n", T, o.mode, dt,
+                     static_cast<double>(T) / dt, o.out.string());
+  if (o.mtp_out) {
+    std::vector<float> mtp(static_cast<size_t>((T - 1) * V));
+    for (int64_t p = 0; p < T - 1; p += chunk) {
+      const int64_t n = std::min(chunk, T - 1 - p);
+      m->forward->mtp_step(state, 0, std::span(streams).subspan(static_cast<size_t>(p * S), static_cast<size_t>(n * S)),
+                           std::span(ids).subspan(static_cast<size_t>(p + 1), static_cast<size_t>(n)),
+                           mtp.data() + p * V, nullptr);
+    }
+    write_npy_f32(*o.mtp_out, mtp, {T - 1, V});
+    out << fmt::format("MTP draft logits [{}, {}] -> {}\n", T - 1, V, o.mtp_out->string());
+  }
+  return 0;
+}
+
+int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
+  check_device(o.device);
+  if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
+  auto ids = parse_tokens(o.tokens);
+  const auto t_load = std::chrono::steady_clock::now();
+  auto m = runtime::load_model(o.model, o.threads, o.json ? nullptr : &err);
+  const double load_s = seconds_since(t_load);
+  const auto& cfg = m->config;
+  check_ids(ids, cfg.vocab_size);
+  const int64_t V = cfg.vocab_size;
+  runtime::Sampler sampler(o.sampling);
+  auto state = m->forward->new_state();
+  std::vector<float> logits(static_cast<size_t>(static_cast<int64_t>(ids.size()) * V));
+
+  auto t0 = std::chrono::steady_clock::now();
+  m->forward->step(state, ids, logits.data(), nullptr);
+  const double prefill_s = seconds_since(t0);
+  std::vector<int32_t> gen;
+  std::span<const float> last(logits.data() + (static_cast<int64_t>(ids.size()) - 1) * V, static_cast<size_t>(V));
+  std::vector<float> step_logits(static_cast<size_t>(V));
+  t0 = std::chrono::steady_clock::now();
+  std::string stop = "length";
+  for (int i = 0; i < o.max_tokens; ++i) {
+    const int32_t next = sampler.next(last);
+    gen.push_back(next);
+    if (!o.ignore_eos && next == cfg.eos_token_id) {
+      stop = "eos";
+      break;
+    }
+    if (i + 1 == o.max_tokens) break;
+    const int32_t tok[1] = {next};
+    m->forward->step(state, tok, step_logits.data(), nullptr);
+    last = step_logits;
+  }
+  const double decode_s = seconds_since(t0);
+  const double tps = gen.size() > 1 ? static_cast<double>(gen.size() - 1) / decode_s : 0.0;
+  if (o.json) {
+    nlohmann::json j = {{"tokens", gen},
+                        {"prompt_tokens", ids.size()},
+                        {"stop", stop},
+                        {"timing",
+                         {{"load_s", load_s},
+                          {"prefill_s", prefill_s},
+                          {"prefill_tokens_per_s", static_cast<double>(ids.size()) / prefill_s},
+                          {"decode_s", decode_s},
+                          {"decode_tokens_per_s", tps}}}};
+    out << j.dump() << "\n";
+  } else {
+    std::string s;
+    for (size_t i = 0; i < gen.size(); ++i) s += (i ? "," : "") + std::to_string(gen[i]);
+    out << s << "\n";
+    err << fmt::format("prefill {} tokens in {:.3f} s; decoded {} tokens at {:.1f} tokens/s (stop: {})\n", ids.size(),
+                       prefill_s, gen.size(), tps, stop);
+  }
+  return 0;
+}
+
+}  // namespace kiln::cli

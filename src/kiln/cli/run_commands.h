@@ -1,0 +1,41 @@
+// `kiln score` and `kiln generate` on the CPU reference backend.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "kiln/runtime/sampler.h"
+
+namespace kiln::cli {
+
+// "5,17,42" (commas and/or spaces) or the path of a .npy integer array.
+std::vector<int32_t> parse_tokens(const std::string& spec);
+
+struct ScoreOptions {
+  std::filesystem::path model;
+  std::string tokens;
+  std::filesystem::path out;
+  std::string mode = "full";  // full | incremental | chunked:N
+  std::optional<std::filesystem::path> mtp_out;
+  std::string device = "cpu";
+  int threads = 0;
+};
+int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err);
+
+struct GenerateOptions {
+  std::filesystem::path model;
+  std::string tokens;
+  int max_tokens = 32;
+  runtime::SamplingParams sampling;
+  bool json = false;
+  bool ignore_eos = false;
+  std::string device = "cpu";
+  int threads = 0;
+};
+int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err);
+
+}  // namespace kiln::cli

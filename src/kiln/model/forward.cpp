@@ -1,0 +1,681 @@
+// CPU reference forward of DeepSeek-V4, written against transformers 5.17's
+// modeling_deepseek_v4.py (DeepseekV4ForCausalLM) and, for the MTP block, DeepSeek's
+// inference/model.py MTPBlock. Everything is fp32; transformers does not simulate the
+// FP8/FP4 activation or KV rounding of DeepSeek's kernels, and neither does this.
+//
+// Choices where the references leave freedom (see also the comments at each site):
+//  * Indexer top-k and score routing top-k break exact score ties by the LOWEST index
+//    (torch.topk's tie order is unspecified and differs between prefill and decode).
+//  * Every reduction has a fixed association (ops/cpu/vec.h), and each token's
+//    computation reads only that token's inputs and the state, so the logits at a position
+//    are bitwise identical whether the prompt is fed at once, in chunks, or one by one.
+//  * swiglu_limit <= 0 disables the clamp (DeepSeek's Expert; transformers always clamps
+//    and its configs always carry a positive limit).
+//  * Routing weights are always normalised (transformers ignores norm_topk_prob):
+//    w = s / (sum s + 1e-20) * routed_scaling_factor.
+// Conventions taken from transformers (not choices): the sliding window is the
+// `sliding_window` positions p-W+1..p (mask kv_idx > q_idx - W); compressed entry j pools
+// block [j*m, (j+1)*m) and is rotated at position j*m; query p sees entries j < (p+1) div m;
+// the sink logit takes part in the softmax max and denominator; MTP row i runs at
+// position mtp_length + i (forward.h).
+// Threading: matrix products, attention and the indexer use the Forward's pool; step()
+// on different states from several threads is safe (pool jobs are serialised).
+#include "kiln/model/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <optional>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cpu/hyper_connection.h"
+#include "kiln/ops/cpu/linear.h"
+#include "kiln/ops/cpu/norm.h"
+#include "kiln/ops/cpu/rope.h"
+#include "kiln/ops/cpu/thread_pool.h"
+#include "kiln/ops/cpu/vec.h"
+
+namespace kiln::model {
+
+namespace cpu = kiln::ops::cpu;
+
+// ---------------------------------------------------------------------------------------
+// Decode state
+// ---------------------------------------------------------------------------------------
+
+// One compressor's running state (transformers' DeepseekV4HCACache / CSACache entries:
+// buffer_kv/buffer_gate, overlap_kv/overlap_gate, compressed_kv, entry_count).
+//
+// Rollback (not implemented yet): entries are append-only, so dropping the last k tokens
+// truncates `count` to (length - k) / ratio. The pending and overlap rows of the blocks
+// the rollback re-opens are not kept; a cheap rollback will keep the raw (kv, score) rows
+// of the last ratio + k_max tokens (a ring) and rebuild `pending`/`prev` from it.
+struct CompressorState {
+  int64_t ratio = 0, dim = 0, width = 0;  // width = (overlap ? 2 : 1) * dim
+  bool overlap = false;
+  // Rows of the unfinished block (positions count*ratio .. +pending-1): kv and
+  // score = gate + ape[pos % ratio], [ratio, width] each.
+  std::vector<float> kv, score;
+  int64_t pending = 0;
+  // Overlap: the last finished block's first-half rows (kv[:, :dim], score[:, :dim]), the
+  // "Ca" series the next entry pools over; absent before the first entry.
+  std::vector<float> prev_kv, prev_score;
+  bool has_prev = false;
+  // Emitted entries [count, dim]: RMS-normed and rotated at position j * ratio.
+  std::vector<float> entries;
+  int64_t count = 0;
+
+  CompressorState(int64_t r, int64_t d, bool ov) : ratio(r), dim(d), width(ov ? 2 * d : d), overlap(ov) {
+    kv.resize(static_cast<size_t>(ratio * width));
+    score.resize(static_cast<size_t>(ratio * width));
+    if (overlap) {
+      prev_kv.resize(static_cast<size_t>(ratio * dim));
+      prev_score.resize(static_cast<size_t>(ratio * dim));
+    }
+  }
+  const float* entry(int64_t j) const { return entries.data() + j * dim; }
+};
+
+// Per layer: the sliding-window K=V ring (slot = position % cap) and the compressors.
+// Rollback note: with cap = sliding_window the rows a rollback of k tokens would need
+// again are overwritten; a cap of sliding_window + k_max keeps them.
+struct LayerState {
+  int64_t cap = 0, dim = 0;
+  std::vector<float> window;  // [cap, dim]
+  std::optional<CompressorState> comp;   // CSA / HCA
+  std::optional<CompressorState> icomp;  // CSA: the indexer's compressor
+};
+
+DecodeState::DecodeState() = default;
+DecodeState::~DecodeState() = default;
+DecodeState::DecodeState(DecodeState&&) noexcept = default;
+DecodeState& DecodeState::operator=(DecodeState&&) noexcept = default;
+
+DecodeState::DecodeState(const DecodeState& o)
+    : length_(o.length_), tokens_(o.tokens_), mtp_length_(o.mtp_length_) {
+  layers_.reserve(o.layers_.size());
+  for (const auto& l : o.layers_) layers_.push_back(std::make_unique<LayerState>(*l));
+  mtp_.reserve(o.mtp_.size());
+  for (const auto& l : o.mtp_) mtp_.push_back(std::make_unique<LayerState>(*l));
+}
+
+int64_t DecodeState::mtp_length(int m) const {
+  if (m < 0 || static_cast<size_t>(m) >= mtp_length_.size()) {
+    fail(ErrorKind::Usage, "mtp_length: MTP block {} out of range [0, {})", m, mtp_length_.size());
+  }
+  return mtp_length_[static_cast<size_t>(m)];
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+using Vec = std::vector<float>;
+
+Vec zeros(int64_t n) { return Vec(static_cast<size_t>(n), 0.0f); }
+
+void check_linear(const Linear& l, int64_t out, int64_t in, const char* what, int64_t layer) {
+  if (l.out != out || l.in != in || static_cast<int64_t>(l.w.size()) != out * in) {
+    fail(ErrorKind::Usage, "forward: layer {} {} is [{}, {}] ({} values); expected [{}, {}]", layer, what, l.out, l.in,
+         l.w.size(), out, in);
+  }
+}
+
+void check_vec(const std::vector<float>& v, int64_t n, const char* what, int64_t layer) {
+  if (static_cast<int64_t>(v.size()) != n) {
+    fail(ErrorKind::Usage, "forward: layer {} {} has {} values; expected {}", layer, what, v.size(), n);
+  }
+}
+
+float fpow(double base, double e) { return static_cast<float>(std::pow(base, e)); }
+
+}  // namespace
+
+struct Forward::Impl {
+  const Weights& w;
+  const ModelConfig& c;
+  mutable cpu::ThreadPool pool;
+  cpu::Rope rope_main, rope_compress;
+  int64_t H, n, D, nh, r;
+  float eps, hc_eps;
+
+  Impl(const Weights& weights, int threads)
+      : w(weights), c(weights.config), pool(threads), H(c.hidden_size), n(c.hc_mult), D(c.head_dim), nh(c.num_heads),
+        r(c.rope_head_dim), eps(static_cast<float>(c.rms_norm_eps)), hc_eps(static_cast<float>(c.hc_eps)) {
+    rope_main = cpu::Rope(spec(c.rope_main));
+    rope_compress = cpu::Rope(spec(c.rope_compress));
+    validate();
+  }
+
+  cpu::RopeSpec spec(const RopeParams& p) const {
+    cpu::RopeSpec s;
+    s.dim = c.rope_head_dim;
+    s.theta = p.theta;
+    s.yarn = p.yarn;
+    s.factor = p.factor;
+    s.original_max_position = p.original_max_position;
+    s.beta_fast = p.beta_fast;
+    s.beta_slow = p.beta_slow;
+    return s;
+  }
+
+  // Sliding-window layers use the main rope (rope_theta); CSA/HCA layers the compress
+  // rope (compress_rope_theta, YaRN) for q, kv, compressed entries, indexer and output.
+  const cpu::Rope& rope_for(const Attention& a) const { return a.kind == AttnKind::SWA ? rope_main : rope_compress; }
+
+  void validate_block(const Block& b, int64_t layer) const {
+    const Attention& a = b.attn;
+    check_vec(b.attn_norm, H, "attn_norm", layer);
+    check_vec(b.ffn_norm, H, "ffn_norm", layer);
+    const int64_t mix = (2 + n) * n;
+    for (const HyperConnection* hc : {&b.hc_attn, &b.hc_ffn}) {
+      if (static_cast<int64_t>(hc->fn.data.size()) != mix * n * H || static_cast<int64_t>(hc->base.size()) != mix ||
+          hc->scale.size() != 3) {
+        fail(ErrorKind::Usage, "forward: layer {} mHC parameters have the wrong size", layer);
+      }
+    }
+    const int64_t qr = c.q_lora_rank;
+    check_linear(a.wq_a, qr, H, "wq_a", layer);
+    check_vec(a.q_norm, qr, "q_norm", layer);
+    check_linear(a.wq_b, nh * D, qr, "wq_b", layer);
+    check_linear(a.wkv, D, H, "wkv", layer);
+    check_vec(a.kv_norm, D, "kv_norm", layer);
+    const int64_t G = c.o_groups, R = c.o_lora_rank;
+    if (G <= 0 || (nh * D) % G != 0) fail(ErrorKind::Usage, "forward: o_groups {} does not divide heads", G);
+    check_linear(a.wo_a, G * R, nh * D / G, "wo_a", layer);
+    check_linear(a.wo_b, H, G * R, "wo_b", layer);
+    check_vec(a.sink, nh, "attn_sink", layer);
+    if (a.kind != AttnKind::SWA) {
+      if (!a.compressor) fail(ErrorKind::Usage, "forward: layer {} is {} but has no compressor", layer, attn_kind_name(a.kind));
+      validate_compressor(*a.compressor, D, layer);
+    }
+    if (a.kind == AttnKind::CSA) {
+      if (!a.indexer) fail(ErrorKind::Usage, "forward: layer {} is CSA but has no indexer", layer);
+      check_linear(a.indexer->wq_b, c.index_n_heads * c.index_head_dim, qr, "indexer.wq_b", layer);
+      check_linear(a.indexer->weights_proj, c.index_n_heads, H, "indexer.weights_proj", layer);
+      validate_compressor(a.indexer->compressor, c.index_head_dim, layer);
+    }
+    const Moe& m = b.ffn;
+    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+    check_linear(m.gate, E, H, "ffn.gate", layer);
+    if (static_cast<int64_t>(m.experts.size()) != E) fail(ErrorKind::Usage, "forward: layer {} has {} experts; expected {}", layer, m.experts.size(), E);
+    if (m.hash) {
+      if (static_cast<int64_t>(m.tid2eid.size()) != c.vocab_size * K) fail(ErrorKind::Usage, "forward: layer {} tid2eid has the wrong size", layer);
+      for (int32_t e : m.tid2eid) {
+        if (e < 0 || e >= E) fail(ErrorKind::Usage, "forward: layer {} tid2eid holds expert {} (of {})", layer, e, E);
+      }
+    } else {
+      check_vec(m.bias, E, "ffn.gate.bias", layer);
+    }
+    for (const Expert& e : m.experts) validate_expert(e, layer);
+    if (m.shared) validate_expert(*m.shared, layer);
+  }
+
+  void validate_expert(const Expert& e, int64_t layer) const {
+    const int64_t I = e.w1.out;
+    check_linear(e.w1, I, H, "expert w1", layer);
+    check_linear(e.w3, I, H, "expert w3", layer);
+    check_linear(e.w2, H, I, "expert w2", layer);
+  }
+
+  void validate_compressor(const Compressor& cp, int64_t dim, int64_t layer) const {
+    const int64_t width = (cp.overlap ? 2 : 1) * dim;
+    if (cp.dim != dim || cp.ratio <= 0) fail(ErrorKind::Usage, "forward: layer {} compressor dim/ratio invalid", layer);
+    check_linear(cp.wkv, width, H, "compressor.wkv", layer);
+    check_linear(cp.wgate, width, H, "compressor.wgate", layer);
+    if (static_cast<int64_t>(cp.ape.data.size()) != cp.ratio * width) fail(ErrorKind::Usage, "forward: layer {} compressor ape has the wrong size", layer);
+    check_vec(cp.norm, dim, "compressor.norm", layer);
+  }
+
+  void validate() const {
+    if (H <= 0 || n <= 0 || D <= 0 || nh <= 0 || r <= 0 || r > D || c.sliding_window <= 0) {
+      fail(ErrorKind::Usage, "forward: config dimensions are not set");
+    }
+    if (static_cast<int64_t>(w.embed.data.size()) != c.vocab_size * H) fail(ErrorKind::Usage, "forward: embed has the wrong size");
+    check_linear(w.head, c.vocab_size, H, "head", -1);
+    check_vec(w.norm, H, "norm", -1);
+    if (static_cast<int64_t>(w.layers.size()) != c.num_layers) fail(ErrorKind::Usage, "forward: {} layers; config has {}", w.layers.size(), c.num_layers);
+    for (size_t l = 0; l < w.layers.size(); ++l) validate_block(w.layers[l], static_cast<int64_t>(l));
+    for (size_t m = 0; m < w.mtp.size(); ++m) {
+      const int64_t layer = c.num_layers + static_cast<int64_t>(m);
+      validate_block(w.mtp[m].block, layer);
+      check_linear(w.mtp[m].e_proj, H, H, "mtp e_proj", layer);
+      check_linear(w.mtp[m].h_proj, H, H, "mtp h_proj", layer);
+    }
+  }
+
+  std::unique_ptr<LayerState> make_layer_state(const Attention& a) const {
+    auto s = std::make_unique<LayerState>();
+    s->cap = c.sliding_window;
+    s->dim = D;
+    s->window.assign(static_cast<size_t>(s->cap * D), 0.0f);
+    if (a.compressor) s->comp.emplace(a.compressor->ratio, D, a.compressor->overlap);
+    if (a.indexer) s->icomp.emplace(a.indexer->compressor.ratio, c.index_head_dim, a.indexer->compressor.overlap);
+    return s;
+  }
+
+  // ---- compressor -----------------------------------------------------------------------
+
+  // Feeds rows (a = x Wkv^T, z = x Wgate^T) of T tokens at positions P0.. and emits an
+  // entry each time a block of `ratio` tokens completes (transformers'
+  // DeepseekV4{HCA,CSA}Compressor / Indexer compressor with its cache).
+  void compress(const Compressor& cp, CompressorState& s, const cpu::Rope& rope, const float* a, const float* z,
+                int64_t T, int64_t P0) const {
+    const int64_t m = s.ratio, W = s.width;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t p = P0 + t;
+      const int64_t row = s.pending;  // == p % m
+      const float* ape = cp.ape.data.data() + (p % m) * W;
+      std::memcpy(s.kv.data() + row * W, a + t * W, static_cast<size_t>(W) * sizeof(float));
+      float* sc = s.score.data() + row * W;
+      for (int64_t i = 0; i < W; ++i) sc[i] = z[t * W + i] + ape[i];
+      if (++s.pending < m) continue;
+      emit(cp, s, rope);
+    }
+  }
+
+  void emit(const Compressor& cp, CompressorState& s, const cpu::Rope& rope) const {
+    const int64_t m = s.ratio, W = s.width, d = s.dim;
+    // Pool per channel with a softmax over the rows: for overlap, rows 0..m-1 are the
+    // previous block's first-half channels (absent = weight 0 before the first entry),
+    // rows m..2m-1 this block's second-half channels; otherwise the m rows of this block.
+    const int64_t off = s.overlap ? d : 0;
+    Vec out = zeros(d);
+    const int64_t rows = s.overlap ? 2 * m : m;
+    Vec sc(static_cast<size_t>(rows)), kv(static_cast<size_t>(rows));
+    for (int64_t ch = 0; ch < d; ++ch) {
+      int64_t k = 0;
+      if (s.overlap && s.has_prev) {
+        for (int64_t i = 0; i < m; ++i, ++k) {
+          sc[static_cast<size_t>(k)] = s.prev_score[static_cast<size_t>(i * d + ch)];
+          kv[static_cast<size_t>(k)] = s.prev_kv[static_cast<size_t>(i * d + ch)];
+        }
+      }
+      for (int64_t i = 0; i < m; ++i, ++k) {
+        sc[static_cast<size_t>(k)] = s.score[static_cast<size_t>(i * W + off + ch)];
+        kv[static_cast<size_t>(k)] = s.kv[static_cast<size_t>(i * W + off + ch)];
+      }
+      float mx = -INFINITY;
+      for (int64_t i = 0; i < k; ++i) mx = std::max(mx, sc[static_cast<size_t>(i)]);
+      float sum = 0.0f;
+      for (int64_t i = 0; i < k; ++i) {
+        sc[static_cast<size_t>(i)] = std::exp(sc[static_cast<size_t>(i)] - mx);
+        sum += sc[static_cast<size_t>(i)];
+      }
+      float acc = 0.0f;
+      for (int64_t i = 0; i < k; ++i) acc += kv[static_cast<size_t>(i)] * (sc[static_cast<size_t>(i)] / sum);
+      out[static_cast<size_t>(ch)] = acc;
+    }
+    cpu::rmsnorm(out.data(), 1, d, cp.norm.data(), eps, out.data());
+    // Rotated at the block's first position j * ratio (transformers: positions =
+    // i * compress_rate + first_window_position).
+    rope.apply(out.data(), d, s.count * m);
+    s.entries.insert(s.entries.end(), out.begin(), out.end());
+    ++s.count;
+    if (s.overlap) {
+      for (int64_t i = 0; i < m; ++i) {
+        std::memcpy(s.prev_kv.data() + i * d, s.kv.data() + i * W, static_cast<size_t>(d) * sizeof(float));
+        std::memcpy(s.prev_score.data() + i * d, s.score.data() + i * W, static_cast<size_t>(d) * sizeof(float));
+      }
+      s.has_prev = true;
+    }
+    s.pending = 0;
+  }
+
+  // Projects x and feeds the compressor.
+  void run_compressor(const Compressor& cp, CompressorState& s, const cpu::Rope& rope, const float* x, int64_t T,
+                      int64_t P0) const {
+    const int64_t W = s.width;
+    Vec a(static_cast<size_t>(T * W)), z(static_cast<size_t>(T * W));
+    cpu::linear(x, T, cp.wkv.w.data(), W, H, a.data(), &pool);
+    cpu::linear(x, T, cp.wgate.w.data(), W, H, z.data(), &pool);
+    compress(cp, s, rope, a.data(), z.data(), T, P0);
+  }
+
+  // ---- attention --------------------------------------------------------------------------
+
+  // Lightning indexer (CSA): for each query, the compressed entries it attends to, sorted
+  // ascending. score(t, j) = sum_h relu(q_h . k_j) * index_head_dim^-0.5 *
+  // (x . weights_proj_h) * index_n_heads^-0.5 over visible j < (p+1) div ratio; keep the
+  // min(index_topk, visible) highest, exact ties to the lowest j.
+  std::vector<std::vector<int64_t>> index_select(const Indexer& ix, CompressorState& s, const cpu::Rope& rope,
+                                                 const float* x, const float* qres, int64_t T, int64_t P0) const {
+    const int64_t ih = c.index_n_heads, id = c.index_head_dim, qr = c.q_lora_rank;
+    run_compressor(ix.compressor, s, rope, x, T, P0);
+    Vec q(static_cast<size_t>(T * ih * id)), wts(static_cast<size_t>(T * ih));
+    cpu::linear(qres, T, ix.wq_b.w.data(), ih * id, qr, q.data(), &pool);
+    cpu::linear(x, T, ix.weights_proj.w.data(), ih, H, wts.data(), &pool);
+    const float softmax_scale = fpow(static_cast<double>(id), -0.5);
+    const float weights_scaling = fpow(static_cast<double>(ih), -0.5);
+    for (int64_t t = 0; t < T; ++t) {
+      rope.apply_heads(q.data() + t * ih * id, ih, id, id, P0 + t);
+      for (int64_t h = 0; h < ih; ++h) wts[static_cast<size_t>(t * ih + h)] *= weights_scaling;
+    }
+    std::vector<std::vector<int64_t>> sel(static_cast<size_t>(T));
+    const int64_t m = s.ratio;
+    pool.parallel_for(T, 1, [&](int64_t b, int64_t e) {
+      Vec score;
+      std::vector<int64_t> idx;
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t vis = std::min((P0 + t + 1) / m, s.count);
+        const int64_t k = std::min(c.index_topk, vis);
+        auto& out = sel[static_cast<size_t>(t)];
+        out.clear();
+        if (k <= 0) continue;
+        score.assign(static_cast<size_t>(vis), 0.0f);
+        const float* qt = q.data() + t * ih * id;
+        const float* wt = wts.data() + t * ih;
+        for (int64_t j = 0; j < vis; ++j) {
+          const float* kj = s.entry(j);
+          float acc = 0.0f;
+          for (int64_t h = 0; h < ih; ++h) {
+            const float dd = cpu::dot(qt + h * id, kj, id);
+            acc += (std::max(dd, 0.0f) * softmax_scale) * wt[h];
+          }
+          score[static_cast<size_t>(j)] = acc;
+        }
+        idx.resize(static_cast<size_t>(vis));
+        std::iota(idx.begin(), idx.end(), int64_t{0});
+        auto better = [&](int64_t i, int64_t j) {
+          const float a = score[static_cast<size_t>(i)], bb = score[static_cast<size_t>(j)];
+          return a > bb || (a == bb && i < j);
+        };
+        if (k < vis) std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+        out.assign(idx.begin(), idx.begin() + k);
+        std::sort(out.begin(), out.end());
+      }
+    });
+    return sel;
+  }
+
+  // DeepseekV4Attention.forward for T tokens at positions P0..; writes out [T, H].
+  void attention(const Attention& a, LayerState& st, const float* x, int64_t T, int64_t P0, float* out) const {
+    const cpu::Rope& rope = rope_for(a);
+    const int64_t qr = c.q_lora_rank, Wn = c.sliding_window;
+    // q path
+    Vec qres(static_cast<size_t>(T * qr));
+    cpu::linear(x, T, a.wq_a.w.data(), qr, H, qres.data(), &pool);
+    cpu::rmsnorm(qres.data(), T, qr, a.q_norm.data(), eps, qres.data());
+    Vec q(static_cast<size_t>(T * nh * D));
+    cpu::linear(qres.data(), T, a.wq_b.w.data(), nh * D, qr, q.data(), &pool);
+    cpu::rmsnorm(q.data(), T * nh, D, nullptr, eps, q.data());  // per-head unweighted RMS norm
+    for (int64_t t = 0; t < T; ++t) rope.apply_heads(q.data() + t * nh * D, nh, D, D, P0 + t);
+    // the single K=V head
+    Vec kv(static_cast<size_t>(T * D));
+    cpu::linear(x, T, a.wkv.w.data(), D, H, kv.data(), &pool);
+    cpu::rmsnorm(kv.data(), T, D, a.kv_norm.data(), eps, kv.data());
+    for (int64_t t = 0; t < T; ++t) rope.apply(kv.data() + t * D, D, P0 + t);
+
+    // compressed entries (all tokens of the chunk are fed first; visibility is per query)
+    std::vector<std::vector<int64_t>> selected;
+    if (a.compressor) run_compressor(*a.compressor, *st.comp, rope, x, T, P0);
+    if (a.kind == AttnKind::CSA) selected = index_select(*a.indexer, *st.icomp, rope, x, qres.data(), T, P0);
+
+    // Key lists per query: window positions max(0, p-W+1)..p (transformers' sliding mask
+    // kv_idx > q_idx - sliding_window), then the compressed entries.
+    std::vector<std::vector<const float*>> keys(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t p = P0 + t;
+      auto& ks = keys[static_cast<size_t>(t)];
+      for (int64_t qp = std::max<int64_t>(0, p - Wn + 1); qp <= p; ++qp) {
+        ks.push_back(qp >= P0 ? kv.data() + (qp - P0) * D : st.window.data() + (qp % st.cap) * D);
+      }
+      if (a.kind == AttnKind::CSA) {
+        for (int64_t j : selected[static_cast<size_t>(t)]) ks.push_back(st.comp->entry(j));
+      } else if (a.kind == AttnKind::HCA) {
+        const int64_t vis = std::min((p + 1) / st.comp->ratio, st.comp->count);
+        for (int64_t j = 0; j < vis; ++j) ks.push_back(st.comp->entry(j));
+      }
+    }
+
+    // Softmax with a per-head sink logit in the denominator (eager_attention_forward:
+    // softmax over [scores, sink] after subtracting the max of both, sink column dropped).
+    Vec o = zeros(T * nh * D);
+    const float scaling = fpow(static_cast<double>(D), -0.5);
+    pool.parallel_for(T * nh, 1, [&](int64_t b, int64_t e) {
+      Vec s;
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t t = it / nh, h = it % nh;
+        const auto& ks = keys[static_cast<size_t>(t)];
+        const float* qh = q.data() + (t * nh + h) * D;
+        s.resize(ks.size());
+        const float sink = a.sink[static_cast<size_t>(h)];
+        float mx = sink;
+        for (size_t k = 0; k < ks.size(); ++k) {
+          s[k] = cpu::dot(qh, ks[k], D) * scaling;
+          mx = std::max(mx, s[k]);
+        }
+        float sum = 0.0f;
+        for (size_t k = 0; k < ks.size(); ++k) {
+          s[k] = std::exp(s[k] - mx);
+          sum += s[k];
+        }
+        sum += std::exp(sink - mx);
+        float* oh = o.data() + (t * nh + h) * D;
+        for (size_t k = 0; k < ks.size(); ++k) cpu::axpy(s[k] / sum, ks[k], oh, D);
+      }
+    });
+
+    // The window ring keeps the last `cap` rows.
+    for (int64_t t = std::max<int64_t>(0, T - st.cap); t < T; ++t) {
+      std::memcpy(st.window.data() + ((P0 + t) % st.cap) * D, kv.data() + t * D, static_cast<size_t>(D) * sizeof(float));
+    }
+
+    // K = V carried the rotation into the output: undo it at the query position.
+    for (int64_t t = 0; t < T; ++t) rope.apply_heads(o.data() + t * nh * D, nh, D, D, P0 + t, /*inverse=*/true);
+
+    // Grouped output projection: heads split in G contiguous groups, each projected by its
+    // own [R, nh*D/G] block of wo_a, then wo_b over the concatenation.
+    const int64_t G = c.o_groups, R = c.o_lora_rank, ig = nh * D / G;
+    Vec mid(static_cast<size_t>(T * G * R));
+    for (int64_t g = 0; g < G; ++g) {
+      cpu::linear(o.data() + g * ig, nh * D, T, a.wo_a.w.data() + g * R * ig, R, ig, mid.data() + g * R, G * R, &pool);
+    }
+    cpu::linear(mid.data(), T, a.wo_b.w.data(), H, G * R, out, &pool);
+  }
+
+  // ---- MoE --------------------------------------------------------------------------------
+
+  // SwiGLU with transformers' clamp: gate <= limit, -limit <= up <= limit (routed and shared).
+  void expert_ffn(const Expert& e, const float* x, int64_t T, float* y) const {
+    const int64_t I = e.w1.out;
+    Vec g(static_cast<size_t>(T * I)), u(static_cast<size_t>(T * I));
+    cpu::linear(x, T, e.w1.w.data(), I, H, g.data(), &pool);
+    cpu::linear(x, T, e.w3.w.data(), I, H, u.data(), &pool);
+    const float lim = static_cast<float>(c.swiglu_limit);
+    for (size_t i = 0; i < g.size(); ++i) {
+      float gv = g[i], uv = u[i];
+      if (lim > 0.0f) {
+        gv = std::min(gv, lim);
+        uv = std::clamp(uv, -lim, lim);
+      }
+      g[i] = cpu::silu(gv) * uv;
+    }
+    cpu::linear(g.data(), T, e.w2.w.data(), H, I, y, &pool);
+  }
+
+  // DeepseekV4SparseMoeBlock: routed experts (sum in ascending expert order) + shared.
+  void moe(const Moe& m, const float* x, int64_t T, std::span<const int32_t> tokens, float* out) const {
+    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+    Vec logits(static_cast<size_t>(T * E));
+    cpu::linear(x, T, m.gate.w.data(), E, H, logits.data(), &pool);
+    for (float& v : logits) v = std::sqrt(cpu::softplus(v));  // sqrtsoftplus scores
+    std::vector<int64_t> idx(static_cast<size_t>(T * K));
+    Vec wt(static_cast<size_t>(T * K));
+    std::vector<int64_t> order(static_cast<size_t>(E));
+    Vec biased(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* s = logits.data() + t * E;
+      int64_t* it = idx.data() + t * K;
+      if (m.hash) {
+        for (int64_t k = 0; k < K; ++k) it[k] = m.tid2eid[static_cast<size_t>(tokens[static_cast<size_t>(t)] * K + k)];
+      } else {
+        // top-K of score + bias (selection only), exact ties to the lowest expert id
+        for (int64_t e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = s[e] + m.bias[static_cast<size_t>(e)];
+        std::iota(order.begin(), order.end(), int64_t{0});
+        std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t b) {
+          const float va = biased[static_cast<size_t>(a)], vb = biased[static_cast<size_t>(b)];
+          return va > vb || (va == vb && a < b);
+        });
+        std::copy(order.begin(), order.begin() + K, it);
+      }
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) sum += s[it[k]];
+      sum += 1e-20f;
+      const float rsf = static_cast<float>(c.routed_scaling_factor);
+      for (int64_t k = 0; k < K; ++k) wt[static_cast<size_t>(t * K + k)] = (s[it[k]] / sum) * rsf;
+    }
+    std::fill(out, out + T * H, 0.0f);
+    Vec xg, yg;
+    std::vector<std::pair<int64_t, int64_t>> hits;  // (token, slot)
+    for (int64_t e = 0; e < E; ++e) {
+      hits.clear();
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t k = 0; k < K; ++k) {
+          if (idx[static_cast<size_t>(t * K + k)] == e) hits.emplace_back(t, k);
+        }
+      }
+      if (hits.empty()) continue;
+      const int64_t nrow = static_cast<int64_t>(hits.size());
+      xg.resize(static_cast<size_t>(nrow * H));
+      yg.resize(static_cast<size_t>(nrow * H));
+      for (int64_t i = 0; i < nrow; ++i) {
+        std::memcpy(xg.data() + i * H, x + hits[static_cast<size_t>(i)].first * H, static_cast<size_t>(H) * sizeof(float));
+      }
+      expert_ffn(m.experts[static_cast<size_t>(e)], xg.data(), nrow, yg.data());
+      for (int64_t i = 0; i < nrow; ++i) {
+        const auto [t, k] = hits[static_cast<size_t>(i)];
+        const float wv = wt[static_cast<size_t>(t * K + k)];
+        float* o = out + t * H;
+        const float* yr = yg.data() + i * H;
+        for (int64_t d = 0; d < H; ++d) o[d] += yr[d] * wv;
+      }
+    }
+    if (m.shared) {
+      Vec sh(static_cast<size_t>(T * H));
+      expert_ffn(*m.shared, x, T, sh.data());
+      for (int64_t i = 0; i < T * H; ++i) out[i] += sh[static_cast<size_t>(i)];
+    }
+  }
+
+  // ---- block ------------------------------------------------------------------------------
+
+  cpu::HcParams hc_params(const HyperConnection& hc) const {
+    cpu::HcParams p;
+    p.n = n;
+    p.hidden = H;
+    p.fn = hc.fn.data.data();
+    p.base = hc.base.data();
+    p.scale = hc.scale.data();
+    p.sinkhorn_iters = static_cast<int>(c.hc_sinkhorn_iters);
+    p.hc_eps = hc_eps;
+    p.norm_eps = eps;
+    return p;
+  }
+
+  // DeepseekV4DecoderLayer.forward on streams X [T, n, H] (updated in place).
+  void block(const Block& b, LayerState& st, Vec& X, int64_t T, int64_t P0, std::span<const int32_t> tokens) const {
+    Vec u(static_cast<size_t>(T * H)), y(static_cast<size_t>(T * H)), post(static_cast<size_t>(T * n)),
+        comb(static_cast<size_t>(T * n * n)), Xn(X.size());
+    cpu::hc_pre(hc_params(b.hc_attn), X.data(), T, u.data(), post.data(), comb.data(), &pool);
+    cpu::rmsnorm(u.data(), T, H, b.attn_norm.data(), eps, u.data());
+    attention(b.attn, st, u.data(), T, P0, y.data());
+    cpu::hc_post(n, H, X.data(), T, y.data(), post.data(), comb.data(), Xn.data());
+    X.swap(Xn);
+    cpu::hc_pre(hc_params(b.hc_ffn), X.data(), T, u.data(), post.data(), comb.data(), &pool);
+    cpu::rmsnorm(u.data(), T, H, b.ffn_norm.data(), eps, u.data());
+    moe(b.ffn, u.data(), T, tokens, y.data());
+    cpu::hc_post(n, H, X.data(), T, y.data(), post.data(), comb.data(), Xn.data());
+    X.swap(Xn);
+  }
+
+  // hc_head, RMSNorm, head: logits [T, vocab].
+  void head(const HyperHead& hh, const std::vector<float>& norm, const Vec& X, int64_t T, float* logits) const {
+    Vec h(static_cast<size_t>(T * H));
+    cpu::hc_head(n, H, hh.fn.data.data(), hh.base.data(), hh.scale, hc_eps, eps, X.data(), T, h.data(), &pool);
+    cpu::rmsnorm(h.data(), T, H, norm.data(), eps, h.data());
+    cpu::linear(h.data(), T, w.head.w.data(), c.vocab_size, H, logits, &pool);
+  }
+
+  void check_tokens(std::span<const int32_t> tokens) const {
+    for (int32_t t : tokens) {
+      if (t < 0 || t >= c.vocab_size) fail(ErrorKind::Usage, "forward: token id {} out of range [0, {})", t, c.vocab_size);
+    }
+  }
+};
+
+Forward::Forward(const Weights& w, int threads) : w_(w), impl_(std::make_unique<Impl>(w, threads)) {}
+Forward::~Forward() = default;
+
+DecodeState Forward::new_state() const {
+  DecodeState s;
+  for (const Block& b : w_.layers) s.layers_.push_back(impl_->make_layer_state(b.attn));
+  for (const MtpBlock& m : w_.mtp) s.mtp_.push_back(impl_->make_layer_state(m.block.attn));
+  s.mtp_length_.assign(w_.mtp.size(), 0);
+  return s;
+}
+
+void Forward::step(DecodeState& state, std::span<const int32_t> tokens, float* logits, float* streams) const {
+  const Impl& im = *impl_;
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T == 0) return;
+  if (state.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "step: the state was made for another model");
+  im.check_tokens(tokens);
+  const int64_t H = im.H, n = im.n, P0 = state.length_;
+  // Embedding copied into every stream.
+  Vec X(static_cast<size_t>(T * n * H));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* e = w_.embed.data.data() + static_cast<int64_t>(tokens[static_cast<size_t>(t)]) * H;
+    for (int64_t i = 0; i < n; ++i) std::memcpy(X.data() + (t * n + i) * H, e, static_cast<size_t>(H) * sizeof(float));
+  }
+  for (size_t l = 0; l < w_.layers.size(); ++l) im.block(w_.layers[l], *state.layers_[l], X, T, P0, tokens);
+  if (streams) std::memcpy(streams, X.data(), X.size() * sizeof(float));
+  if (logits) im.head(w_.hc_head, w_.norm, X, T, logits);
+  state.length_ += T;
+  state.tokens_.insert(state.tokens_.end(), tokens.begin(), tokens.end());
+}
+
+void Forward::mtp_step(DecodeState& state, int m, std::span<const float> streams, std::span<const int32_t> next_tokens,
+                       float* logits, float* out_streams) const {
+  const Impl& im = *impl_;
+  if (m < 0 || static_cast<size_t>(m) >= w_.mtp.size()) {
+    fail(ErrorKind::Usage, "mtp_step: MTP block {} out of range [0, {})", m, w_.mtp.size());
+  }
+  if (state.mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "mtp_step: the state was made for another model");
+  const int64_t T = static_cast<int64_t>(next_tokens.size()), H = im.H, n = im.n;
+  if (T == 0) return;
+  if (static_cast<int64_t>(streams.size()) != T * n * H) {
+    fail(ErrorKind::Usage, "mtp_step: {} stream values for {} tokens; expected {}", streams.size(), T, T * n * H);
+  }
+  im.check_tokens(next_tokens);
+  const MtpBlock& mb = w_.mtp[static_cast<size_t>(m)];
+  const int64_t P0 = state.mtp_length_[static_cast<size_t>(m)];
+  // MTPBlock.forward: x = e_proj(enorm(embed(next))) broadcast over streams + h_proj(hnorm(x)),
+  // hnorm applied to each stream's H values.
+  Vec e(static_cast<size_t>(T * H)), ep(static_cast<size_t>(T * H));
+  for (int64_t t = 0; t < T; ++t) {
+    std::memcpy(e.data() + t * H, w_.embed.data.data() + static_cast<int64_t>(next_tokens[static_cast<size_t>(t)]) * H,
+                static_cast<size_t>(H) * sizeof(float));
+  }
+  cpu::rmsnorm(e.data(), T, H, mb.enorm.data(), im.eps, e.data());
+  cpu::linear(e.data(), T, mb.e_proj.w.data(), H, H, ep.data(), &im.pool);
+  Vec hs(static_cast<size_t>(T * n * H)), X(static_cast<size_t>(T * n * H));
+  cpu::rmsnorm(streams.data(), T * n, H, mb.hnorm.data(), im.eps, hs.data());
+  cpu::linear(hs.data(), T * n, mb.h_proj.w.data(), H, H, X.data(), &im.pool);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < n; ++i) {
+      float* xr = X.data() + (t * n + i) * H;
+      const float* er = ep.data() + t * H;
+      for (int64_t d = 0; d < H; ++d) xr[d] = er[d] + xr[d];
+    }
+  }
+  im.block(mb.block, *state.mtp_[static_cast<size_t>(m)], X, T, P0, next_tokens);
+  if (out_streams) std::memcpy(out_streams, X.data(), X.size() * sizeof(float));
+  if (logits) im.head(mb.hc_head, mb.norm, X, T, logits);
+  state.mtp_length_[static_cast<size_t>(m)] += T;
+}
+
+}  // namespace kiln::model

@@ -1,0 +1,282 @@
+#include "kiln/model/weights.h"
+
+#include <cstring>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "kiln/artifact/plan.h"
+#include "kiln/core/codecs.h"
+#include "kiln/core/error.h"
+#include "kiln/io/checkpoint.h"
+
+namespace kiln::model {
+namespace {
+
+// The bytes a (possibly fused) slice covers: experts are the leading dim, gate/up
+// halves are contiguous halves of an expert's rows.
+std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice& s) {
+  auto all = ckpt.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
+  uint64_t off = 0, len = all.size();
+  if (s.expert >= 0) {
+    len /= static_cast<uint64_t>(s.info->shape.at(0));
+    off += static_cast<uint64_t>(s.expert) * len;
+  }
+  if (s.half >= 0) {
+    len /= 2;
+    off += static_cast<uint64_t>(s.half) * len;
+  }
+  return all.subspan(off, len);
+}
+
+template <typename T>
+T load(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+float float_at(DType dt, const std::byte* base, int64_t i) {
+  switch (dt) {
+    case DType::F32: return load<float>(base + 4 * i);
+    case DType::BF16: return bf16_to_f32(load<uint16_t>(base + 2 * i));
+    case DType::F16: return f16_to_f32(load<uint16_t>(base + 2 * i));
+    case DType::F8_E8M0:
+    case DType::U8: return e8m0_to_f32(load<uint8_t>(base + i));
+    case DType::F8_E4M3: return e4m3_to_f32(load<uint8_t>(base + i));
+    default: fail_invalid("internal: {} is not a float dtype", dtype_name(dt));
+  }
+}
+
+std::vector<float> to_floats(const Checkpoint& ckpt, const TensorSlice& s) {
+  auto b = slice_bytes(ckpt, s);
+  const int64_t n = static_cast<int64_t>(b.size() / dtype_size(s.dtype()));
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = float_at(s.dtype(), b.data(), i);
+  return out;
+}
+
+}  // namespace
+
+Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
+  Linear L;
+  L.out = m.n;
+  L.in = m.k;
+  const int64_t n = m.n, k = m.k;
+  L.w.resize(static_cast<size_t>(n * k));
+  float* w = L.w.data();
+  const Scheme& sc = m.scheme;
+  auto field = [&](const char* f) -> const TensorSlice& { return m.fields.at(f); };
+  switch (sc.kind) {
+    case SchemeKind::BF16: {
+      const TensorSlice& t = field("weight");
+      auto b = slice_bytes(ckpt, t);
+      for (int64_t i = 0; i < n * k; ++i) w[i] = float_at(t.dtype(), b.data(), i);
+      break;
+    }
+    case SchemeKind::FP8Block: {
+      auto q = slice_bytes(ckpt, field("weight"));
+      const TensorSlice& st = field(sc.scale_field.c_str());
+      auto s = slice_bytes(ckpt, st);
+      const int64_t scols = (k + sc.block_k - 1) / sc.block_k;
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t c = 0; c < k; ++c) {
+          const float scale = float_at(st.dtype(), s.data(), (r / sc.block_n) * scols + c / sc.block_k);
+          w[r * k + c] = e4m3_to_f32(load<uint8_t>(q.data() + r * k + c)) * scale;
+        }
+      }
+      break;
+    }
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: {
+      const TensorSlice& wt = m.fields.count("weight") ? field("weight") : field("weight_packed");
+      auto q = slice_bytes(ckpt, wt);
+      const TensorSlice& st = field(sc.scale_field.c_str());
+      auto s = slice_bytes(ckpt, st);
+      const int64_t g = sc.block_k, scols = (k + g - 1) / g;
+      float global = 1.0f;
+      if (sc.global == GlobalScaleConvention::Multiplier) global = to_floats(ckpt, field("weight_scale_2")).at(0);
+      if (sc.global == GlobalScaleConvention::Divisor) global = 1.0f / to_floats(ckpt, field("weight_global_scale")).at(0);
+      const auto* qb = reinterpret_cast<const uint8_t*>(q.data());
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t c = 0; c < k; ++c) {
+          const float scale = float_at(st.dtype(), s.data(), r * scols + c / g);
+          w[r * k + c] = e2m1_packed_at(qb + r * (k / 2), c) * scale * global;
+        }
+      }
+      break;
+    }
+    case SchemeKind::Int4Group: {
+      auto q = slice_bytes(ckpt, field("weight_packed"));
+      const TensorSlice& st = field("weight_scale");
+      auto s = slice_bytes(ckpt, st);
+      const int64_t words = (k + 7) / 8, groups = st.shape().at(1), g = sc.block_k;
+      std::span<const std::byte> zp, gidx;
+      if (sc.zero_point) zp = slice_bytes(ckpt, field("weight_zero_point"));
+      if (sc.g_idx) gidx = slice_bytes(ckpt, field("weight_g_idx"));
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t c = 0; c < k; ++c) {
+          const uint32_t word = load<uint32_t>(q.data() + 4 * (r * words + c / 8));
+          const int u = static_cast<int>((word >> (4 * (c % 8))) & 0xF);
+          const int64_t grp = sc.g_idx ? load<int32_t>(gidx.data() + 4 * c) : c / g;
+          if (grp < 0 || grp >= groups)
+            fail_invalid("{}: g_idx[{}] = {} is outside [0, {})", field("weight_g_idx").name, c, grp, groups);
+          int z = 8;
+          if (sc.zero_point) {
+            const uint32_t zw = load<uint32_t>(zp.data() + 4 * ((r / 8) * groups + grp));
+            z = static_cast<int>((zw >> (4 * (r % 8))) & 0xF);
+          }
+          w[r * k + c] = static_cast<float>(u - z) * float_at(st.dtype(), s.data(), r * groups + grp);
+        }
+      }
+      break;
+    }
+  }
+  return L;
+}
+
+namespace {
+
+class Binder {
+ public:
+  Binder(const Checkpoint& ckpt, const Plan& plan) : ckpt_(ckpt) {
+    for (const auto& l : plan.linears) linears_[l.path] = &l;
+    for (const auto& t : plan.tensors) tensors_[t.path] = &t;
+  }
+
+  Linear linear(const std::string& path) const {
+    auto it = linears_.find(path);
+    if (it == linears_.end()) fail_invalid("internal: the plan has no linear module {}", path);
+    return dequantize_linear(ckpt_, *it->second);
+  }
+  bool has_linear(const std::string& path) const { return linears_.count(path) != 0; }
+  bool has_tensor(const std::string& path) const { return tensors_.count(path) != 0; }
+
+  std::vector<float> floats(const std::string& path) const { return to_floats(ckpt_, get(path).tensor); }
+  Tensor tensor(const std::string& path) const {
+    const auto& t = get(path).tensor;
+    return Tensor{t.shape(), to_floats(ckpt_, t)};
+  }
+  std::vector<int32_t> ints(const std::string& path) const {
+    const auto& t = get(path).tensor;
+    auto b = slice_bytes(ckpt_, t);
+    const size_t n = b.size() / dtype_size(t.dtype());
+    std::vector<int32_t> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t v = t.dtype() == DType::I64 ? load<int64_t>(b.data() + 8 * i) : load<int32_t>(b.data() + 4 * i);
+      out[i] = static_cast<int32_t>(v);
+    }
+    return out;
+  }
+
+ private:
+  const PlannedTensor& get(const std::string& path) const {
+    auto it = tensors_.find(path);
+    if (it == tensors_.end()) fail_invalid("internal: the plan has no tensor {}", path);
+    return *it->second;
+  }
+  const Checkpoint& ckpt_;
+  std::unordered_map<std::string, const PlannedLinear*> linears_;
+  std::unordered_map<std::string, const PlannedTensor*> tensors_;
+};
+
+HyperConnection hyper(const Binder& b, const std::string& p, const char* sub) {
+  return HyperConnection{b.tensor(fmt::format("{}hc_{}_fn", p, sub)), b.floats(fmt::format("{}hc_{}_base", p, sub)),
+                         b.floats(fmt::format("{}hc_{}_scale", p, sub))};
+}
+
+HyperHead hyper_head(const Binder& b, const std::string& p) {
+  HyperHead h;
+  h.fn = b.tensor(p + "hc_head_fn");
+  h.base = b.floats(p + "hc_head_base");
+  h.scale = b.floats(p + "hc_head_scale").at(0);
+  return h;
+}
+
+Compressor compressor(const Binder& b, const std::string& p, int64_t ratio, int64_t dim, bool overlap) {
+  Compressor c;
+  c.ratio = ratio;
+  c.dim = dim;
+  c.overlap = overlap;
+  c.wkv = b.linear(p + "wkv");
+  c.wgate = b.linear(p + "wgate");
+  c.ape = b.tensor(p + "ape");
+  c.norm = b.floats(p + "norm.weight");
+  return c;
+}
+
+Expert expert(const Binder& b, const std::string& p) {
+  return Expert{b.linear(p + "w1"), b.linear(p + "w2"), b.linear(p + "w3")};
+}
+
+// One block; `p` is "layers.N." or "mtp.M.", `layer` the config index (MTP: L + m).
+Block block(const Binder& b, const ModelConfig& cfg, const std::string& p, int64_t layer, bool mtp) {
+  Block bl;
+  bl.attn_norm = b.floats(p + "attn_norm.weight");
+  bl.ffn_norm = b.floats(p + "ffn_norm.weight");
+  bl.hc_attn = hyper(b, p, "attn");
+  bl.hc_ffn = hyper(b, p, "ffn");
+  Attention& a = bl.attn;
+  a.kind = cfg.attn_kind(layer);
+  a.ratio = cfg.compress_ratio(layer);
+  a.wq_a = b.linear(p + "attn.wq_a");
+  a.q_norm = b.floats(p + "attn.q_norm.weight");
+  a.wq_b = b.linear(p + "attn.wq_b");
+  a.wkv = b.linear(p + "attn.wkv");
+  a.kv_norm = b.floats(p + "attn.kv_norm.weight");
+  a.wo_a = b.linear(p + "attn.wo_a");
+  a.wo_b = b.linear(p + "attn.wo_b");
+  a.sink = b.floats(p + "attn.attn_sink");
+  if (a.kind != AttnKind::SWA) {
+    a.compressor = compressor(b, p + "attn.compressor.", a.ratio, cfg.head_dim, a.kind == AttnKind::CSA);
+  }
+  if (a.kind == AttnKind::CSA) {
+    Indexer ix;
+    ix.wq_b = b.linear(p + "attn.indexer.wq_b");
+    ix.weights_proj = b.linear(p + "attn.indexer.weights_proj");
+    ix.compressor = compressor(b, p + "attn.indexer.compressor.", a.ratio, cfg.index_head_dim, true);
+    a.indexer = std::move(ix);
+  }
+  Moe& f = bl.ffn;
+  f.hash = !mtp && cfg.is_hash_layer(layer);
+  f.gate = b.linear(p + "ffn.gate");
+  if (f.hash) f.tid2eid = b.ints(p + "ffn.gate.tid2eid");
+  else f.bias = b.floats(p + "ffn.gate.bias");
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) f.experts.push_back(expert(b, fmt::format("{}ffn.experts.{}.", p, e)));
+  if (b.has_linear(p + "ffn.shared_experts.w1")) f.shared = expert(b, p + "ffn.shared_experts.");
+  return bl;
+}
+
+}  // namespace
+
+Weights load_weights(const Checkpoint& ckpt, const Plan& plan) {
+  if (!plan.loadable()) {
+    fail_invalid("{}: the checkpoint is not loadable ({} errors, {} missing tensors); run `kiln inspect` for the report",
+                 ckpt.dir().string(), plan.errors.size(), plan.missing.size());
+  }
+  const ModelConfig& cfg = plan.config;
+  Binder b(ckpt, plan);
+  Weights w;
+  w.config = cfg;
+  w.embed = b.tensor("embed.weight");
+  w.head = b.linear("head");
+  w.norm = b.floats("norm.weight");
+  w.hc_head = hyper_head(b, "");
+  for (int64_t l = 0; l < cfg.num_layers; ++l) w.layers.push_back(block(b, cfg, fmt::format("layers.{}.", l), l, false));
+  for (int m : plan.mtp_found) {
+    if (m >= cfg.num_mtp_layers) continue;
+    const std::string p = fmt::format("mtp.{}.", m);
+    MtpBlock mb;
+    mb.e_proj = b.linear(p + "e_proj");
+    mb.h_proj = b.linear(p + "h_proj");
+    mb.enorm = b.floats(p + "enorm.weight");
+    mb.hnorm = b.floats(p + "hnorm.weight");
+    mb.norm = b.floats(p + "norm.weight");
+    mb.hc_head = hyper_head(b, p);
+    mb.block = block(b, cfg, p, cfg.num_layers + m, true);
+    w.mtp.push_back(std::move(mb));
+  }
+  return w;
+}
+
+}  // namespace kiln::model

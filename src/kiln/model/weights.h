@@ -1,0 +1,125 @@
+// DeepSeek-V4 weights as the CPU reference uses them: every tensor bound from the plan
+// by canonical name and exactly dequantized to fp32, row-major. Nothing here knows a
+// checkpoint name or a quantization scheme.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "kiln/io/config.h"
+
+namespace kiln {
+class Checkpoint;
+struct Plan;
+struct PlannedLinear;
+}  // namespace kiln
+
+namespace kiln::model {
+
+// y = x W^T with W [out, in] row-major.
+struct Linear {
+  int64_t out = 0, in = 0;
+  std::vector<float> w;
+};
+
+// A dense fp32 tensor with its shape.
+struct Tensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+
+// Compressor of one attention layer (main: dim = head_dim; indexer: dim = index_head_dim).
+// overlap (CSA, ratio 4): wkv/wgate/ape have 2*dim rows/cols, else dim.
+struct Compressor {
+  int64_t ratio = 0;
+  int64_t dim = 0;
+  bool overlap = false;
+  Linear wkv, wgate;          // [c*dim, hidden]
+  Tensor ape;                 // [ratio, c*dim]
+  std::vector<float> norm;    // [dim]
+};
+
+struct Indexer {
+  Linear wq_b;           // [index_n_heads * index_head_dim, q_lora_rank]
+  Linear weights_proj;   // [index_n_heads, hidden]
+  Compressor compressor; // dim = index_head_dim, overlap
+};
+
+struct Attention {
+  AttnKind kind = AttnKind::SWA;
+  int64_t ratio = 0;
+  Linear wq_a;                      // [q_lora_rank, hidden]
+  std::vector<float> q_norm;        // [q_lora_rank]
+  Linear wq_b;                      // [num_heads * head_dim, q_lora_rank]
+  Linear wkv;                       // [head_dim, hidden]
+  std::vector<float> kv_norm;       // [head_dim]
+  Linear wo_a;                      // [o_groups * o_lora_rank, num_heads * head_dim / o_groups]
+  Linear wo_b;                      // [hidden, o_groups * o_lora_rank]
+  std::vector<float> sink;          // [num_heads]
+  std::optional<Compressor> compressor;  // CSA and HCA
+  std::optional<Indexer> indexer;        // CSA
+};
+
+struct Expert {
+  Linear w1, w2, w3;  // gate [I, H], down [H, I], up [I, H]
+};
+
+struct Moe {
+  bool hash = false;
+  Linear gate;                   // [n_routed_experts, hidden]
+  std::vector<float> bias;       // [n_routed_experts] (score routing)
+  std::vector<int32_t> tid2eid;  // [vocab, num_experts_per_tok] (hash routing)
+  std::vector<Expert> experts;
+  std::optional<Expert> shared;  // n_shared_experts * moe_intermediate_size wide
+};
+
+// mHC parameters of one sub-block: fn [(2+n)*n, n*H], base [(2+n)*n], scale [3].
+struct HyperConnection {
+  Tensor fn;
+  std::vector<float> base;
+  std::vector<float> scale;
+};
+
+// Final stream collapse: fn [n, n*H], base [n], scale [1].
+struct HyperHead {
+  Tensor fn;
+  std::vector<float> base;
+  float scale = 1.0f;
+};
+
+struct Block {
+  std::vector<float> attn_norm, ffn_norm;  // [hidden]
+  HyperConnection hc_attn, hc_ffn;
+  Attention attn;
+  Moe ffn;
+};
+
+struct MtpBlock {
+  Linear e_proj, h_proj;                  // [hidden, hidden]
+  std::vector<float> enorm, hnorm, norm;  // [hidden]
+  HyperHead hc_head;
+  Block block;  // SWA attention (ratio from config), score-routed MoE
+};
+
+struct Weights {
+  ModelConfig config;
+  Tensor embed;             // [vocab, hidden]
+  Linear head;              // [vocab, hidden]
+  std::vector<float> norm;  // [hidden]
+  HyperHead hc_head;
+  std::vector<Block> layers;
+  std::vector<MtpBlock> mtp;  // empty when the checkpoint has no MTP block
+};
+
+// Binds and dequantizes every planned tensor (the plan must be loadable). Every scheme
+// of artifact/scheme.h is dequantized exactly: bf16/f16/f32 as stored; fp8_block as
+// e4m3 x block scale (E8M0, F32, BF16, F16 or U8-as-E8M0); mxfp4 as e2m1 x 2^(s-127);
+// nvfp4 as e2m1 x e4m3 group scale x global (weight_scale_2, or 1/weight_global_scale);
+// int4_group as (u - 8 or u - zero point) x group scale, honouring g_idx.
+Weights load_weights(const Checkpoint& ckpt, const Plan& plan);
+
+// One planned linear module, dequantized to fp32 [n, k] (the scheme's formula above).
+Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& module);
+
+}  // namespace kiln::model

@@ -1,0 +1,36 @@
+#include "kiln/runtime/loaded_model.h"
+
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "kiln/core/error.h"
+
+namespace kiln::runtime {
+
+std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto say = [&](const std::string& s) {
+    if (!progress) return;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    *progress << fmt::format("[{:6.2f}s] {}\n", dt, s) << std::flush;
+  };
+  auto m = std::make_unique<LoadedModel>(LoadedModel{load_model_config(dir), Checkpoint::open(dir), {}, {}, nullptr});
+  say(fmt::format("read {} shard header(s), {} tensors", m->checkpoint.shards().size(), m->checkpoint.tensors().size()));
+  m->plan = build_plan(m->checkpoint, m->config);
+  if (!m->plan.loadable()) {
+    std::string why;
+    for (size_t i = 0; i < m->plan.errors.size() && i < 5; ++i) why += "\n  " + m->plan.errors[i];
+    for (size_t i = 0; i < m->plan.missing.size() && i < 5; ++i) why += "\n  missing " + m->plan.missing[i];
+    fail_invalid("{} is not loadable ({} errors, {} missing tensors; `kiln inspect` shows all):{}", dir.string(),
+                 m->plan.errors.size(), m->plan.missing.size(), why);
+  }
+  say(fmt::format("planned {} linear modules; dequantizing to fp32", m->plan.linears.size()));
+  m->weights = model::load_weights(m->checkpoint, m->plan);
+  m->forward = std::make_unique<model::Forward>(m->weights, threads);
+  say(fmt::format("ready: {} layers{}", m->config.num_layers,
+                  m->weights.mtp.empty() ? "" : fmt::format(" + {} MTP block(s)", m->weights.mtp.size())));
+  return m;
+}
+
+}  // namespace kiln::runtime
