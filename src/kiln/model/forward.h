@@ -7,11 +7,24 @@
 // the token count; the same for each MTP block. step() feeds any number of tokens at
 // the next positions, so a prompt can be fed at once, in chunks, or one token at a
 // time, and the logits at position t do not depend on which.
+//
+// Rollback (speculative decoding): Forward::truncate / truncate_mtp drop the last tokens
+// fed and leave exactly the state that feeding only the kept tokens would have left, at
+// a bounded cost (no recompute). The state keeps, per layer, a window ring of
+// sliding_window + kMaxRollback rows and, per compressor, a ring of the raw (kv, score)
+// rows of the last (overlap ? 2 : 1) * ratio + kMaxRollback positions; the pending rows
+// of the unfinished block and the overlap rows of the last finished block are read from
+// that ring, so a truncation only resets counters and pops the compressed entries and
+// indexer keys emitted for removed positions. The limit: a state can go back to any
+// length >= high_water - kMaxRollback, where high_water is the furthest length it ever
+// reached (truncation does not lower it), so K <= kMaxRollback - 1 drafts per round
+// verify-and-roll-back safely; going further fails with a kiln::Error.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kiln/model/weights.h"
@@ -26,18 +39,34 @@ class DecodeState {
   ~DecodeState();
   DecodeState(DecodeState&&) noexcept;
   DecodeState& operator=(DecodeState&&) noexcept;
-  DecodeState(const DecodeState&);  // deep copy (used to compare feeding modes, and by rollback later)
+  DecodeState(const DecodeState&);  // deep copy (used to compare feeding modes)
+
+  // How far behind its high-water mark (the furthest length reached) a state can be
+  // truncated, for the main model and for each MTP block.
+  static constexpr int64_t kMaxRollback = 8;
 
   int64_t length() const { return length_; }          // tokens fed to the main model
   int64_t mtp_length(int m) const;                    // positions fed to MTP block m
+  int64_t high_water() const { return high_; }        // furthest length() reached
+  int64_t mtp_high_water(int m) const;
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+
+  // For tests: "" when this state and `other` hold the same content (bitwise), else a
+  // description of the first difference. Compared field by field for the main model and
+  // every MTP block: lengths, tokens, per layer the window rows a later step can still
+  // read (positions both rings hold), per compressor the fed length, entry count, every
+  // compressed entry / indexer key, the pending (kv, score) rows of the unfinished block,
+  // the overlap rows of the last finished block, and the raw rows both rings hold.
+  // High-water marks are not compared (they only bound a later rollback).
+  std::string difference(const DecodeState& other) const;
 
  private:
   friend class Forward;
-  int64_t length_ = 0;
+  int64_t length_ = 0, high_ = 0;
   std::vector<int32_t> tokens_;
   std::vector<std::unique_ptr<LayerState>> layers_;  // backbone layers
   std::vector<std::unique_ptr<LayerState>> mtp_;     // one per MTP block
-  std::vector<int64_t> mtp_length_;
+  std::vector<int64_t> mtp_length_, mtp_high_;
 };
 
 class Forward {
@@ -62,6 +91,14 @@ class Forward {
   // multi-step drafting), or nullptr.
   void mtp_step(DecodeState& state, int m, std::span<const float> streams, std::span<const int32_t> next_tokens,
                 float* logits, float* out_streams) const;
+
+  // Rollback: drop the main model's tokens at positions >= new_length, leaving the
+  // state bitwise equal (DecodeState::difference) to feeding only the first new_length
+  // tokens. Needs high_water() - kMaxRollback <= new_length <= length(); otherwise
+  // throws kiln::Error (Usage) and leaves the state unchanged. MTP states are untouched.
+  void truncate(DecodeState& state, int64_t new_length) const;
+  // The same for MTP block m's own state (window ring, compressors, mtp_length).
+  void truncate_mtp(DecodeState& state, int m, int64_t new_length) const;
 
  private:
   struct Impl;

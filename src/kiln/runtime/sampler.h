@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <vector>
 
 namespace kiln::runtime {
 
@@ -17,6 +18,15 @@ struct SamplingParams {
 };
 
 int32_t argmax(std::span<const float> logits);  // lowest index among equal maxima
+
+// The distribution Sampler::next draws from, over the whole vocabulary: softmax of
+// logits / temperature over the top-k, cut to the top-p nucleus, renormalised; 0
+// elsewhere. Temperature 0: one-hot at argmax. Speculative sampling applies it to both
+// the target (p) and the draft (q) logits, so top-k / top-p act the same on both.
+std::vector<double> sampling_distribution(std::span<const float> logits, const SamplingParams& p);
+
+// A draw from probabilities (summing to ~1; the last non-zero entry absorbs rounding).
+int32_t sample_from(std::span<const double> probs, std::mt19937_64& rng);
 
 class Sampler {
  public:

@@ -1,0 +1,1025 @@
+// `kiln quantize`: plan the source, decide every output tensor (name, dtype, shape, shard)
+// from the recipe, declare them, then stream: dequantize one module of the source,
+// quantize it, write its tensors, drop it.
+#include "kiln/cli/quantize.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln/artifact/inventory.h"
+#include "kiln/artifact/names.h"
+#include "kiln/artifact/plan.h"
+#include "kiln/core/codecs.h"
+#include "kiln/core/error.h"
+#include "kiln/io/checkpoint.h"
+#include "kiln/io/config.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/model/weights.h"
+#include "kiln/quant/parallel.h"
+#include "kiln/quant/quantize.h"
+
+namespace kiln::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using quant::QTensor;
+
+// ---------------------------------------------------------------------------------------
+// Recipes
+
+enum class Kind { BF16, FP8, MXFP4, NVFP4, INT4 };
+
+struct Target {
+  Kind kind = Kind::BF16;
+  std::string scale_field;  // FP8: "scale" | "weight_scale" | "weight_scale_inv"
+  DType scale_dtype = DType::F8_E8M0;
+};
+
+enum class Role { Attn, WoA, IndexerWqB, Compressor, WeightsProj, Gate, Expert, Shared, MtpProj, Head };
+
+Role role_of(const std::string& m) {
+  auto starts = [&](std::string_view p) { return m.rfind(p, 0) == 0; };
+  if (starts("ffn.experts.")) return Role::Expert;
+  if (starts("ffn.shared_experts.")) return Role::Shared;
+  if (m == "ffn.gate") return Role::Gate;
+  if (starts("attn.compressor.") || starts("attn.indexer.compressor.")) return Role::Compressor;
+  if (m == "attn.indexer.wq_b") return Role::IndexerWqB;
+  if (m == "attn.indexer.weights_proj") return Role::WeightsProj;
+  if (m == "attn.wo_a") return Role::WoA;
+  if (starts("attn.")) return Role::Attn;
+  if (m == "e_proj" || m == "h_proj") return Role::MtpProj;
+  return Role::Head;
+}
+
+enum class RecipeId { Native, W4A16, Nvfp4, V3 };
+
+struct Recipe {
+  RecipeId id;
+  std::string_view name;
+  std::string_view description;
+  bool hf_names;
+};
+
+constexpr Recipe kRecipes[] = {
+    {RecipeId::Native, "deepseek-native",
+     "DeepSeek-V4 as DeepSeek ships it: FP8 128x128 E8M0 .scale (attention, shared experts, indexer wq_b, MTP "
+     "e_proj/h_proj), MXFP4 routed experts (MTP too), BF16 compressor/indexer projections, gate, head",
+     false},
+    {RecipeId::W4A16, "w4a16-fp8-mtp",
+     "compressed-tensors: int4 group-128 routed experts, FP8-block attention/shared/indexer wq_b with BF16 "
+     "weight_scale, MTP block BF16",
+     false},
+    {RecipeId::Nvfp4, "nvfp4-fp8-mtp",
+     "ModelOpt NVFP4 routed experts, FP8-block attention/shared/indexer wq_b (F32 weight_scale), BF16 wo_a, MTP "
+     "block BF16, hf_quant_config.json",
+     false},
+    {RecipeId::V3, "fp8-v3-style",
+     "DeepSeek-V3-style FP8 128x128 with F32 weight_scale_inv on every linear DeepSeek quantizes, routed experts "
+     "included (expert_dtype fp8), transformers module names",
+     true},
+};
+
+Target target_for(RecipeId r, Role role, bool mtp) {
+  const bool bf16_role = role == Role::Compressor || role == Role::WeightsProj || role == Role::Gate || role == Role::Head;
+  if (bf16_role) return {};
+  switch (r) {
+    case RecipeId::Native:
+      if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
+      return {Kind::FP8, "scale", DType::F8_E8M0};
+    case RecipeId::W4A16:
+      if (mtp || role == Role::MtpProj) return {};
+      if (role == Role::Expert) return {Kind::INT4, "weight_scale", DType::BF16};
+      return {Kind::FP8, "weight_scale", DType::BF16};
+    case RecipeId::Nvfp4:
+      if (mtp || role == Role::MtpProj || role == Role::WoA) return {};
+      if (role == Role::Expert) return {Kind::NVFP4, "weight_scale", DType::F8_E4M3};
+      return {Kind::FP8, "weight_scale", DType::F32};
+    case RecipeId::V3:
+      return {Kind::FP8, "weight_scale_inv", DType::F32};
+  }
+  return {};
+}
+
+std::string_view kind_label(const Target& t) {
+  switch (t.kind) {
+    case Kind::BF16: return "bf16";
+    case Kind::FP8:
+      if (t.scale_dtype == DType::F8_E8M0) return "fp8_block 128x128 E8M0";
+      return t.scale_dtype == DType::F32 ? "fp8_block 128x128 F32" : "fp8_block 128x128 BF16";
+    case Kind::MXFP4: return "mxfp4 g32 E8M0";
+    case Kind::NVFP4: return "nvfp4 g16 (modelopt)";
+    case Kind::INT4: return "int4_group g128 sym BF16";
+  }
+  return "?";
+}
+
+// Why a [n, k] module cannot be stored in `kind`, or nullopt.
+std::optional<std::string> unrepresentable(Kind kind, int64_t /*n*/, int64_t k) {
+  if ((kind == Kind::MXFP4 || kind == Kind::NVFP4) && k % 2 != 0)
+    return fmt::format("input width {} is odd; packed FP4 holds two values per byte", k);
+  if (kind == Kind::NVFP4 && k % 16 != 0) return fmt::format("input width {} is not a multiple of NVFP4's group of 16", k);
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------
+// Names
+
+// Splits a canonical path into scope prefix ("", "layers.3.", "mtp.0.") and the rest.
+struct SplitPath {
+  Scope scope = Scope::Top;
+  int64_t index = -1;
+  std::string rest;
+};
+
+SplitPath split_path(const std::string& p) {
+  SplitPath s;
+  for (auto [prefix, scope] : {std::pair{"layers.", Scope::Layer}, std::pair{"mtp.", Scope::Mtp}}) {
+    std::string_view pre(prefix);
+    if (p.rfind(pre, 0) == 0) {
+      const size_t dot = p.find('.', pre.size());
+      if (dot == std::string::npos) break;
+      s.scope = scope;
+      s.index = std::stoll(p.substr(pre.size(), dot - pre.size()));
+      s.rest = p.substr(dot + 1);
+      return s;
+    }
+  }
+  s.rest = p;
+  return s;
+}
+
+// transformers' module names for a native module or tensor inside a layer.
+std::string hf_body(const std::string& b) {
+  static const std::map<std::string, std::string, std::less<>> kExact = {
+      {"attn.wq_a", "self_attn.q_a_proj"},
+      {"attn.wq_b", "self_attn.q_b_proj"},
+      {"attn.wkv", "self_attn.kv_proj"},
+      {"attn.wo_a", "self_attn.o_a_proj"},
+      {"attn.wo_b", "self_attn.o_b_proj"},
+      {"attn.q_norm.weight", "self_attn.q_a_norm.weight"},
+      {"attn.kv_norm.weight", "self_attn.kv_norm.weight"},
+      {"attn.attn_sink", "self_attn.sinks"},
+      {"attn.compressor.wkv", "self_attn.compressor.kv_proj"},
+      {"attn.compressor.wgate", "self_attn.compressor.gate_proj"},
+      {"attn.compressor.ape", "self_attn.compressor.position_bias"},
+      {"attn.compressor.norm.weight", "self_attn.compressor.kv_norm.weight"},
+      {"attn.indexer.wq_b", "self_attn.compressor.indexer.q_b_proj"},
+      {"attn.indexer.weights_proj", "self_attn.compressor.indexer.scorer.weights_proj"},
+      {"attn.indexer.compressor.wkv", "self_attn.compressor.indexer.kv_proj"},
+      {"attn.indexer.compressor.wgate", "self_attn.compressor.indexer.gate_proj"},
+      {"attn.indexer.compressor.ape", "self_attn.compressor.indexer.position_bias"},
+      {"attn.indexer.compressor.norm.weight", "self_attn.compressor.indexer.kv_norm.weight"},
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn.gate", "mlp.gate"},
+      {"ffn.gate.bias", "mlp.gate.e_score_correction_bias"},
+      {"ffn.gate.tid2eid", "mlp.gate.tid2eid"},
+      {"ffn.shared_experts.w1", "mlp.shared_experts.gate_proj"},
+      {"ffn.shared_experts.w2", "mlp.shared_experts.down_proj"},
+      {"ffn.shared_experts.w3", "mlp.shared_experts.up_proj"},
+  };
+  if (auto it = kExact.find(b); it != kExact.end()) return it->second;
+  if (b.rfind("hc_attn_", 0) == 0) return "attn_hc." + b.substr(8);
+  if (b.rfind("hc_ffn_", 0) == 0) return "ffn_hc." + b.substr(7);
+  if (b.rfind("ffn.experts.", 0) == 0) {  // ffn.experts.E.wX
+    const size_t dot = b.find('.', 12);
+    const std::string e = b.substr(12, dot - 12), w = b.substr(dot + 1);
+    const char* hf = w == "w1" ? "gate_proj" : w == "w2" ? "down_proj" : "up_proj";
+    return fmt::format("mlp.experts.{}.{}", e, hf);
+  }
+  return b;  // MTP-only names (e_proj, enorm, hc_head_fn, ...) and copies of embed/head
+}
+
+// The output name of a canonical module (linear) or tensor (plain).
+std::string out_name(const Recipe& r, const ModelConfig& cfg, const std::string& canonical) {
+  if (!r.hf_names) return canonical;
+  SplitPath s = split_path(canonical);
+  switch (s.scope) {
+    case Scope::Top:
+      if (s.rest == "embed.weight") return "model.embed_tokens.weight";
+      if (s.rest == "head") return "lm_head";
+      if (s.rest.rfind("hc_head_", 0) == 0) return "model.hc_head.hc_" + s.rest.substr(8);
+      return "model." + s.rest;
+    case Scope::Layer: return fmt::format("model.layers.{}.{}", s.index, hf_body(s.rest));
+    case Scope::Mtp: return fmt::format("model.layers.{}.{}", cfg.num_layers + s.index, hf_body(s.rest));
+  }
+  return canonical;
+}
+
+// Plain tensors: the dtype every recipe stores them in (DeepSeek's layout).
+DType plain_dtype(const std::string& module) {
+  if (module == "ffn.gate.tid2eid") return DType::I64;
+  const bool norm = module.size() >= 11 && module.compare(module.size() - 11, 11, "norm.weight") == 0;
+  if (norm || module == "embed.weight") return DType::BF16;
+  return DType::F32;  // hc_*, attn_sink, compressor ape, gate bias
+}
+
+// ---------------------------------------------------------------------------------------
+// Config
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// config.json in DeepSeek's form: the source's own when it is in that form, else built
+// from the parsed fields (transformers' form has no DeepSeek spelling for some choices;
+// those are refused).
+json deepseek_config(const json& src, const ModelConfig& c) {
+  if (c.form == ConfigForm::DeepSeek) {
+    json j = src;
+    j.erase("quantization_config");
+    j.erase("expert_dtype");
+    return j;
+  }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (c.hash_layers[static_cast<size_t>(l)] != (l < c.num_hash_layers)) {
+      fail_invalid("the source config routes layers {} by hash; DeepSeek's config form (num_hash_layers) can only "
+                   "express the first N layers", format_ranges([&] {
+                     std::vector<int> v;
+                     for (int64_t i = 0; i < c.num_layers; ++i)
+                       if (c.hash_layers[static_cast<size_t>(i)]) v.push_back(static_cast<int>(i));
+                     return v;
+                   }()));
+    }
+  }
+  for (size_t l = 0; l < c.compress_ratios.size(); ++l) {
+    const int64_t r = c.compress_ratios[l];
+    const AttnKind want = r == 0 ? AttnKind::SWA : r == 4 ? AttnKind::CSA : AttnKind::HCA;
+    if (want != c.attn_kinds[l]) {
+      fail_invalid("layer {} is {} with compression ratio {}; DeepSeek's config form reads ratio 4 as CSA and other "
+                   "non-zero ratios as HCA", l, attn_kind_name(c.attn_kinds[l]), r);
+    }
+  }
+  if (c.rope_main.yarn) fail_invalid("the source's sliding-window RoPE uses YaRN; DeepSeek's config form cannot express it");
+  json j = {
+      {"architectures", {"DeepseekV4ForCausalLM"}},
+      {"model_type", "deepseek_v4"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_nextn_predict_layers", c.num_mtp_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"qk_rope_head_dim", c.rope_head_dim},
+      {"q_lora_rank", c.q_lora_rank},
+      {"o_lora_rank", c.o_lora_rank},
+      {"o_groups", c.o_groups},
+      {"sliding_window", c.sliding_window},
+      {"compress_ratios", c.compress_ratios},
+      {"compress_rope_theta", c.rope_compress.theta},
+      {"rope_theta", c.rope_main.theta},
+      {"index_n_heads", c.index_n_heads},
+      {"index_head_dim", c.index_head_dim},
+      {"index_topk", c.index_topk},
+      {"n_routed_experts", c.n_routed_experts},
+      {"num_experts_per_tok", c.num_experts_per_tok},
+      {"n_shared_experts", c.n_shared_experts},
+      {"moe_intermediate_size", c.moe_intermediate_size},
+      {"scoring_func", c.scoring_func},
+      {"topk_method", "noaux_tc"},
+      {"norm_topk_prob", c.norm_topk_prob},
+      {"routed_scaling_factor", c.routed_scaling_factor},
+      {"num_hash_layers", c.num_hash_layers},
+      {"swiglu_limit", c.swiglu_limit},
+      {"hidden_act", "silu"},
+      {"hc_mult", c.hc_mult},
+      {"hc_sinkhorn_iters", c.hc_sinkhorn_iters},
+      {"hc_eps", c.hc_eps},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"bos_token_id", c.bos_token_id},
+      {"eos_token_id", c.eos_token_id},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"torch_dtype", "bfloat16"},
+  };
+  if (c.rope_compress.yarn) {
+    j["rope_scaling"] = {{"type", "yarn"},
+                         {"factor", c.rope_compress.factor},
+                         {"original_max_position_embeddings", c.rope_compress.original_max_position},
+                         {"beta_fast", c.rope_compress.beta_fast},
+                         {"beta_slow", c.rope_compress.beta_slow}};
+  }
+  if (c.max_position_embeddings > 0) j["max_position_embeddings"] = c.max_position_embeddings;
+  return j;
+}
+
+// The rewritten config must describe the same model as the source's.
+void check_same_model(const ModelConfig& a, const ModelConfig& b) {
+  auto rope_eq = [](const RopeParams& x, const RopeParams& y) {
+    return x.theta == y.theta && x.yarn == y.yarn &&
+           (!x.yarn || (x.factor == y.factor && x.original_max_position == y.original_max_position &&
+                        x.beta_fast == y.beta_fast && x.beta_slow == y.beta_slow));
+  };
+  struct F {
+    const char* name;
+    bool same;
+  } fields[] = {
+      {"vocab_size", a.vocab_size == b.vocab_size},
+      {"hidden_size", a.hidden_size == b.hidden_size},
+      {"num_layers", a.num_layers == b.num_layers},
+      {"num_mtp_layers", a.num_mtp_layers == b.num_mtp_layers},
+      {"heads", a.num_heads == b.num_heads && a.head_dim == b.head_dim && a.rope_head_dim == b.rope_head_dim},
+      {"lora ranks", a.q_lora_rank == b.q_lora_rank && a.o_lora_rank == b.o_lora_rank && a.o_groups == b.o_groups},
+      {"sliding_window", a.sliding_window == b.sliding_window},
+      {"compress_ratios", a.compress_ratios == b.compress_ratios && a.attn_kinds == b.attn_kinds},
+      {"hash layers", a.hash_layers == b.hash_layers},
+      {"indexer", a.index_n_heads == b.index_n_heads && a.index_head_dim == b.index_head_dim &&
+                      a.index_topk == b.index_topk},
+      {"experts", a.n_routed_experts == b.n_routed_experts && a.n_shared_experts == b.n_shared_experts &&
+                      a.num_experts_per_tok == b.num_experts_per_tok &&
+                      a.moe_intermediate_size == b.moe_intermediate_size},
+      {"routing", a.scoring_func == b.scoring_func && a.norm_topk_prob == b.norm_topk_prob &&
+                      a.routed_scaling_factor == b.routed_scaling_factor && a.swiglu_limit == b.swiglu_limit},
+      {"mHC", a.hc_mult == b.hc_mult && a.hc_sinkhorn_iters == b.hc_sinkhorn_iters && a.hc_eps == b.hc_eps},
+      {"rms_norm_eps", a.rms_norm_eps == b.rms_norm_eps},
+      {"rope", rope_eq(a.rope_main, b.rope_main) && rope_eq(a.rope_compress, b.rope_compress)},
+      {"token ids", a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id},
+  };
+  for (const auto& f : fields) {
+    if (!f.same) fail_invalid("internal: the rewritten config.json changes the model's {}", f.name);
+  }
+}
+
+// quantization_config (+ hf_quant_config.json) as each producer writes it. `kept_bf16`:
+// modules the recipe would quantize but whose shape the scheme cannot hold (exact names).
+void declare_quantization(RecipeId r, json& cfg, std::optional<json>& hf_quant,
+                          const std::vector<std::string>& kept_bf16) {
+  switch (r) {
+    case RecipeId::Native: {
+      cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
+                                    {"quant_method", "fp8"},          {"scale_fmt", "ue8m0"},
+                                    {"weight_block_size", {128, 128}}};
+      if (!kept_bf16.empty()) cfg["quantization_config"]["modules_to_not_convert"] = kept_bf16;
+      cfg["expert_dtype"] = "fp4";
+      break;
+    }
+    case RecipeId::W4A16: {
+      json ignore = {"head", "re:.*compressor.*", "re:.*ffn\\.gate$", "re:.*weights_proj$", "re:^mtp\\..*"};
+      for (const auto& m : kept_bf16) ignore.push_back(m);
+      cfg["quantization_config"] = {
+          {"quant_method", "compressed-tensors"},
+          {"format", "mixed-precision"},
+          {"quantization_status", "compressed"},
+          {"kv_cache_scheme", nullptr},
+          {"config_groups",
+           {{"group_0",
+             {{"targets", {"re:.*ffn\\.experts\\.\\d+\\.w[123]$"}},
+              {"format", "pack-quantized"},
+              {"weights",
+               {{"num_bits", 4}, {"type", "int"}, {"symmetric", true}, {"group_size", 128}, {"strategy", "group"},
+                {"dynamic", false}, {"actorder", nullptr}, {"observer", "minmax"}}},
+              {"input_activations", nullptr},
+              {"output_activations", nullptr}}},
+            {"group_1",
+             {{"targets", {"re:.*attn\\.w(q_a|q_b|kv|o_a|o_b)$", "re:.*shared_experts\\.w[123]$", "re:.*indexer\\.wq_b$"}},
+              {"format", "float-quantized"},
+              {"weights",
+               {{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "block"},
+                {"block_structure", {128, 128}}, {"dynamic", false}, {"observer", "minmax"}}},
+              {"input_activations",
+               {{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "group"}, {"group_size", 128},
+                {"dynamic", true}, {"observer", nullptr}}},
+              {"output_activations", nullptr}}}}},
+          {"ignore", ignore}};
+      break;
+    }
+    case RecipeId::Nvfp4: {
+      json ignored = {"attn.wo_a", "mtp."};
+      json exclude = {"head", "mtp*", "*attn*", "*shared_experts*", "*ffn.gate"};
+      for (const auto& m : kept_bf16) {
+        ignored.push_back(m);
+        exclude.push_back(m);
+      }
+      cfg["quantization_config"] = {{"quant_method", "fp8"},
+                                    {"activation_scheme", "dynamic"},
+                                    {"weight_block_size", {128, 128}},
+                                    {"moe_quant_algo", "NVFP4"},
+                                    {"ignored_layers", ignored}};
+      hf_quant = json{{"producer", {{"name", "kiln"}, {"version", "0.1.0"}}},
+                      {"quantization",
+                       {{"quant_algo", "NVFP4"},
+                        {"kv_cache_quant_algo", nullptr},
+                        {"group_size", 16},
+                        {"exclude_modules", exclude}}}};
+      break;
+    }
+    case RecipeId::V3: {
+      cfg["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                    {"fmt", "e4m3"},
+                                    {"quant_method", "fp8"},
+                                    {"weight_block_size", {128, 128}}};
+      if (!kept_bf16.empty()) cfg["quantization_config"]["modules_to_not_convert"] = kept_bf16;
+      cfg["expert_dtype"] = "fp8";
+      break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The output plan
+
+struct OutTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const {
+    uint64_t n = dtype_size(dtype);
+    for (auto d : shape) n *= static_cast<uint64_t>(d);
+    return n;
+  }
+};
+
+struct Item {
+  const PlannedLinear* lin = nullptr;  // a linear module, or
+  const PlannedTensor* plain = nullptr;
+  Target target;       // linear
+  DType dtype{};       // plain
+  std::string base;    // output module (linear) or tensor (plain) name
+  std::vector<OutTensor> outs;
+  bool mtp = false;
+  int shard = 0;
+  size_t order = 0;
+  uint64_t bytes() const {
+    uint64_t b = 0;
+    for (const auto& o : outs) b += o.nbytes();
+    return b;
+  }
+};
+
+std::vector<OutTensor> linear_outs(const std::string& base, const Target& t, int64_t n, int64_t k) {
+  switch (t.kind) {
+    case Kind::BF16: return {{base + ".weight", DType::BF16, {n, k}}};
+    case Kind::FP8:
+      return {{base + ".weight", DType::F8_E4M3, {n, k}},
+              {base + "." + t.scale_field, t.scale_dtype, {cdiv(n, 128), cdiv(k, 128)}}};
+    case Kind::MXFP4:
+      return {{base + ".weight", DType::I8, {n, k / 2}}, {base + ".scale", DType::F8_E8M0, {n, cdiv(k, 32)}}};
+    case Kind::NVFP4:
+      return {{base + ".weight", DType::U8, {n, k / 2}},
+              {base + ".weight_scale", DType::F8_E4M3, {n, k / 16}},
+              {base + ".weight_scale_2", DType::F32, {}},
+              {base + ".input_scale", DType::F32, {}}};
+    case Kind::INT4:
+      return {{base + ".weight_packed", DType::I32, {n, cdiv(k, 8)}},
+              {base + ".weight_scale", DType::BF16, {n, cdiv(k, 128)}},
+              {base + ".weight_shape", DType::I64, {2}}};
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress on stderr: a bar redrawn in place on a terminal, a line per 10% otherwise.
+
+class Progress {
+ public:
+  Progress(std::ostream& err, bool tty, size_t tensors, uint64_t bytes)
+      : err_(err), tty_(tty), total_t_(tensors), total_b_(std::max<uint64_t>(bytes, 1)),
+        start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
+
+  void advance(size_t tensors, uint64_t bytes) {
+    done_t_ += tensors;
+    done_b_ += bytes;
+    const int pct = static_cast<int>(100 * done_b_ / total_b_);
+    const auto now = std::chrono::steady_clock::now();
+    if (tty_) {
+      if (done_t_ < total_t_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+      last_draw_ = now;
+      const int width = 30, fill = pct * width / 100;
+      err_ << fmt::format("\r  [{}{}] {:3d}%  {}/{} tensors  {}/{}", std::string(static_cast<size_t>(fill), '#'),
+                          std::string(static_cast<size_t>(width - fill), ' '), pct, done_t_, total_t_, human(done_b_),
+                          human(total_b_))
+           << std::flush;
+      if (done_t_ == total_t_) err_ << "\n";
+    } else if ((pct >= next_pct_ && now - last_draw_ >= std::chrono::seconds(2)) || done_t_ == total_t_) {
+      // Logs: a line per 10% step at most every 2 s, and the last one.
+      while (next_pct_ <= pct) next_pct_ += 10;
+      last_draw_ = now;
+      err_ << fmt::format("quantize: {:3d}% ({}/{} tensors, {}/{}, {:.1f} s)\n", pct, done_t_, total_t_,
+                          human(done_b_), human(total_b_), seconds(now));
+    }
+  }
+
+  double seconds(std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const {
+    return std::chrono::duration<double>(now - start_).count();
+  }
+
+  static std::string human(uint64_t b) {
+    if (b >= (1ull << 30)) return fmt::format("{:.2f} GB", static_cast<double>(b) / 1e9);
+    if (b >= (1ull << 20)) return fmt::format("{:.1f} MB", static_cast<double>(b) / 1e6);
+    if (b >= 1000) return fmt::format("{:.1f} KB", static_cast<double>(b) / 1e3);
+    return fmt::format("{} B", b);
+  }
+
+ private:
+  std::ostream& err_;
+  bool tty_;
+  size_t total_t_, done_t_ = 0;
+  uint64_t total_b_, done_b_ = 0;
+  int next_pct_ = 10;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+uint64_t parse_size(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    fail(ErrorKind::Usage, "--max-shard-size '{}' is not a size (e.g. 5GB, 500MB, 1048576)", s);
+  }
+  std::string unit = s.substr(pos);
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::toupper(c); });
+  static const std::map<std::string, double> kUnits = {{"", 1},         {"B", 1},          {"KB", 1e3},
+                                                       {"MB", 1e6},     {"GB", 1e9},       {"KIB", 1024.0},
+                                                       {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
+  auto it = kUnits.find(unit);
+  if (it == kUnits.end() || !(v > 0)) {
+    fail(ErrorKind::Usage, "--max-shard-size '{}' is not a size (e.g. 5GB, 500MB, 1048576)", s);
+  }
+  return static_cast<uint64_t>(v * it->second);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading source tensors
+
+std::vector<float> plain_floats(const Checkpoint& ckpt, const TensorSlice& t) {
+  auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
+  const size_t n = b.size() / dtype_size(t.dtype());
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = quant::decode_scale(t.dtype(), b.data() + i * dtype_size(t.dtype()));
+  return v;
+}
+
+QTensor convert_plain(const Checkpoint& ckpt, const PlannedTensor& p, DType want, std::vector<int64_t> shape) {
+  const TensorSlice& t = p.tensor;
+  if (want == DType::I64) {
+    auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
+    QTensor q;
+    q.dtype = DType::I64;
+    q.shape = std::move(shape);
+    const size_t n = b.size() / dtype_size(t.dtype());
+    q.bytes.resize(n * 8);
+    for (size_t i = 0; i < n; ++i) {
+      int64_t v;
+      if (t.dtype() == DType::I64) {
+        std::memcpy(&v, b.data() + 8 * i, 8);
+      } else if (t.dtype() == DType::I32) {
+        int32_t w;
+        std::memcpy(&w, b.data() + 4 * i, 4);
+        v = w;
+      } else {
+        fail_invalid("{} is {}; expected an integer tensor", t.name, dtype_name(t.dtype()));
+      }
+      std::memcpy(q.bytes.data() + 8 * i, &v, 8);
+    }
+    return q;
+  }
+  if (t.dtype() == want) {  // exact copy
+    auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
+    QTensor q;
+    q.dtype = want;
+    q.shape = std::move(shape);
+    q.bytes.assign(b.begin(), b.end());
+    return q;
+  }
+  return quant::encode_floats(plain_floats(ckpt, t), std::move(shape), want);
+}
+
+// A linear module of the source as fp32 [n, k]. Unquantized sources (the usual case) are
+// converted here, in parallel, with the finiteness check folded in; quantized ones go
+// through the loader's exact dequantization.
+struct Source {
+  std::vector<float> w;
+  bool finite = true;
+};
+
+Source read_linear(const Checkpoint& ckpt, const PlannedLinear& l, int threads) {
+  Source src;
+  if (l.scheme.kind != SchemeKind::BF16) {
+    src.w = model::dequantize_linear(ckpt, l).w;
+    src.finite = quant::all_finite(src.w);
+    return src;
+  }
+  const TensorSlice& t = l.fields.at("weight");
+  auto all = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
+  uint64_t off = 0, len = all.size();
+  if (t.expert >= 0) {  // fused [E, rows, cols]: one expert's rows, and for gate_up one half
+    len /= static_cast<uint64_t>(t.info->shape.at(0));
+    off += static_cast<uint64_t>(t.expert) * len;
+  }
+  if (t.half >= 0) {
+    len /= 2;
+    off += static_cast<uint64_t>(t.half) * len;
+  }
+  const std::byte* b = all.data() + off;
+  const DType dt = t.dtype();
+  const size_t es = dtype_size(dt);
+  if (len != static_cast<uint64_t>(l.n * l.k) * es) fail_invalid("internal: {} slice of {} bytes for [{}, {}]", t.name, len, l.n, l.k);
+  src.w.resize(static_cast<size_t>(l.n * l.k));
+  std::atomic<bool> finite{true};
+  quant::parallel_for(l.n, threads, l.n * l.k, [&](int64_t r0, int64_t r1) {
+    float* out = src.w.data();
+    const int64_t i0 = r0 * l.k, i1 = r1 * l.k;
+    if (dt == DType::BF16) {
+      for (int64_t i = i0; i < i1; ++i) {
+        uint16_t h;
+        std::memcpy(&h, b + 2 * i, 2);
+        out[i] = std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+      }
+    } else if (dt == DType::F32) {
+      std::memcpy(out + i0, b + 4 * i0, static_cast<size_t>(i1 - i0) * 4);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) out[i] = quant::decode_scale(dt, b + static_cast<size_t>(i) * es);
+    }
+    bool ok = true;
+    for (int64_t i = i0; i < i1; ++i) ok &= std::isfinite(out[i]);
+    if (!ok) finite = false;
+  });
+  src.finite = finite;
+  return src;
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct Run {
+  const QuantizeOptions& opt;
+  const Recipe& recipe;
+  std::ostream& out;
+  std::ostream& err;
+};
+
+void prepare_out_dir(const QuantizeOptions& o) {
+  std::error_code ec;
+  if (fs::exists(o.out, ec)) {
+    if (!fs::is_directory(o.out, ec)) fail_io("--out {} exists and is not a directory", o.out.string());
+    if (fs::equivalent(o.out, o.model, ec)) {
+      fail(ErrorKind::Usage, "--out {} is the source checkpoint directory; write the quantized artifact elsewhere",
+           o.out.string());
+    }
+    const bool empty = fs::directory_iterator(o.out, ec) == fs::directory_iterator();
+    if (!empty && !o.force) {
+      fail(ErrorKind::Usage, "--out {} exists and is not empty; refusing to overwrite it (pass --force to replace the "
+           "checkpoint files in it)", o.out.string());
+    }
+    if (!empty) {
+      // Remove what would mix with the new artifact: shards, index, configs.
+      for (const auto& e : fs::directory_iterator(o.out)) {
+        const std::string n = e.path().filename().string();
+        const bool ours = (e.path().extension() == ".safetensors") || n == "model.safetensors.index.json" ||
+                          n == "config.json" || n == "hf_quant_config.json";
+        if (ours && e.is_regular_file()) fs::remove(e.path());
+      }
+    }
+  }
+  fs::create_directories(o.out, ec);
+  if (ec) fail_io("--out {}: cannot create: {}", o.out.string(), ec.message());
+}
+
+void write_json(const fs::path& p, const json& j) {
+  std::ofstream f(p);
+  f << j.dump(2) << "\n";
+  f.close();
+  if (!f) fail_io("{}: write failed", p.string());
+}
+
+int quantize(const Run& run) {
+  const QuantizeOptions& o = run.opt;
+  const Recipe& recipe = run.recipe;
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t max_shard = parse_size(o.max_shard_size);
+
+  // 1. The source, through the plan.
+  const Checkpoint ckpt = Checkpoint::open(o.model);
+  const ModelConfig cfg = load_model_config(o.model);
+  const json src_cfg = read_json_file(o.model / "config.json");
+  const Plan plan = build_plan(ckpt, cfg);
+  if (!plan.loadable()) {
+    std::vector<std::string> why = plan.errors;
+    for (const auto& m : plan.missing) why.push_back("missing " + m);
+    fail_invalid("{} is not loadable ({} problem(s)), so it cannot be quantized; first: {} (run `kiln inspect {}` for "
+                 "the full report)", o.model.string(), why.size(), why.front(), o.model.string());
+  }
+
+  // 2. What to write: every planned linear and tensor, in inventory order.
+  std::unordered_map<std::string, size_t> inv_pos;
+  {
+    auto inv = expected_inventory(cfg);
+    for (size_t i = 0; i < inv.size(); ++i) inv_pos.emplace(inv[i].path(), i);
+  }
+  std::vector<Item> items;
+  items.reserve(plan.linears.size() + plan.tensors.size());
+  std::vector<std::string> kept_bf16, kept_bf16_why;
+  std::map<std::string, size_t> scheme_counts;
+  std::map<std::string, size_t> source_schemes;
+  for (const auto& l : plan.linears) {
+    Item it;
+    it.lin = &l;
+    it.mtp = l.name.scope == Scope::Mtp;
+    it.target = target_for(recipe.id, role_of(l.name.module), it.mtp);
+    it.base = out_name(recipe, cfg, l.path);
+    if (auto why = unrepresentable(it.target.kind, l.n, l.k)) {
+      kept_bf16.push_back(it.base);
+      kept_bf16_why.push_back(fmt::format("{} [{}, {}]: {}", it.base, l.n, l.k, *why));
+      it.target = Target{};
+    }
+    it.outs = linear_outs(it.base, it.target, l.n, l.k);
+    it.order = inv_pos.at(l.path);
+    scheme_counts[std::string(kind_label(it.target))] += 1;
+    if (l.scheme.kind != SchemeKind::BF16 || l.scheme.weight_dtype != DType::BF16) source_schemes[l.scheme.describe()] += 1;
+    items.push_back(std::move(it));
+  }
+  size_t downcast = 0;
+  for (const auto& p : plan.tensors) {
+    Item it;
+    it.plain = &p;
+    const SplitPath sp = split_path(p.path);
+    it.mtp = sp.scope == Scope::Mtp;
+    it.dtype = plain_dtype(sp.rest);
+    if (it.dtype == DType::BF16 && p.tensor.dtype() != DType::BF16) ++downcast;
+    it.base = out_name(recipe, cfg, p.path);
+    it.outs = {{it.base, it.dtype, p.tensor.shape()}};
+    if (it.outs[0].shape.empty()) it.outs[0].shape = {1};  // scalars stored as [1], as the inventory expects
+    it.order = inv_pos.at(p.path);
+    items.push_back(std::move(it));
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.order < b.order; });
+
+  // Every name written must read back as the module it stands for.
+  {
+    const NameContext ctx{cfg.num_layers};
+    std::set<std::string> seen;
+    for (const auto& it : items) {
+      const std::string want = it.lin ? it.lin->path : it.plain->path;
+      for (const auto& t : it.outs) {
+        auto c = canonicalize(t.name, ctx);
+        if (!c || c->path() != want || !seen.insert(t.name).second) {
+          fail_invalid("internal: output tensor {} would not read back as {}", t.name, want);
+        }
+      }
+    }
+  }
+
+  // 3. Shards: the main model filled up to the size limit, then the MTP block on its own.
+  int num_shards = 0;
+  {
+    uint64_t in_shard = 0;
+    bool any = false;
+    for (auto& it : items) {
+      if (it.mtp) continue;
+      if (any && in_shard + it.bytes() > max_shard) {
+        ++num_shards;
+        in_shard = 0;
+      }
+      it.shard = num_shards;
+      in_shard += it.bytes();
+      any = true;
+    }
+    if (any) ++num_shards;
+    in_shard = 0;
+    any = false;
+    for (auto& it : items) {
+      if (!it.mtp) continue;
+      if (any && in_shard + it.bytes() > max_shard) {
+        ++num_shards;
+        in_shard = 0;
+      }
+      it.shard = num_shards;
+      in_shard += it.bytes();
+      any = true;
+    }
+    if (any) ++num_shards;
+  }
+  auto shard_name = [&](int s) {
+    return num_shards == 1 ? std::string("model.safetensors")
+                           : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, num_shards);
+  };
+
+  // 4. Config and declarations (validated before any tensor is written).
+  json cfg_out = deepseek_config(src_cfg, cfg);
+  std::optional<json> hf_quant;
+  declare_quantization(recipe.id, cfg_out, hf_quant, kept_bf16);
+  check_same_model(cfg, parse_model_config(cfg_out, "the rewritten config.json"));
+
+  prepare_out_dir(o);
+
+  size_t total_tensors = 0;
+  uint64_t total_bytes = 0;
+  for (const auto& it : items) {
+    total_tensors += it.outs.size();
+    total_bytes += it.bytes();
+  }
+  const bool tty = &run.err == &std::cerr && ::isatty(STDERR_FILENO);
+  Progress progress(run.err, tty, total_tensors, total_bytes);
+
+  // NVFP4 globals shared by w1 and w3 of one expert (ModelOpt unifies their amax).
+  std::unordered_map<std::string, const PlannedLinear*> by_path;
+  for (const auto& l : plan.linears) by_path.emplace(l.path, &l);
+  std::unordered_map<std::string, float> shared_global;  // keyed by the expert's path prefix
+  auto nvfp4_global = [&](const PlannedLinear& l, float own_amax) -> float {
+    const std::string& p = l.path;
+    const bool gate_up = p.size() > 3 && (p.compare(p.size() - 3, 3, ".w1") == 0 || p.compare(p.size() - 3, 3, ".w3") == 0);
+    if (o.nvfp4_split_global || !gate_up) return quant::nvfp4_global_for(own_amax);
+    const std::string prefix = p.substr(0, p.size() - 3);
+    if (auto it = shared_global.find(prefix); it != shared_global.end()) return it->second;
+    const std::string partner = prefix + (p.back() == '1' ? ".w3" : ".w1");
+    float a = own_amax;
+    if (auto it = by_path.find(partner); it != by_path.end() && !unrepresentable(Kind::NVFP4, it->second->n, it->second->k)) {
+      a = std::max(a, quant::amax(read_linear(ckpt, *it->second, o.threads).w));
+    }
+    const float g = quant::nvfp4_global_for(a);
+    shared_global.emplace(prefix, g);
+    return g;
+  };
+
+  // 5. Stream. A failure removes the shards already written: a partial artifact must not
+  // look like a checkpoint.
+  struct Cleanup {
+    std::vector<fs::path> files;
+    bool done = false;
+    ~Cleanup() {
+      if (done) return;
+      std::error_code ec;
+      for (const auto& f : files) fs::remove(f, ec);
+    }
+  } cleanup;
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (int s = 0; s < num_shards; ++s) {
+    const fs::path path = o.out / shard_name(s);
+    SafetensorsWriter w(path);
+    w.set_metadata("format", "pt");
+    for (const auto& it : items) {
+      if (it.shard != s) continue;
+      for (const auto& t : it.outs) {
+        w.declare(t.name, t.dtype, t.shape);
+        weight_map[t.name] = shard_name(s);
+      }
+    }
+    w.begin();
+    for (const auto& it : items) {
+      if (it.shard != s) continue;
+      std::vector<QTensor> q;
+      if (it.plain) {
+        q.push_back(convert_plain(ckpt, *it.plain, it.dtype, it.outs[0].shape));
+      } else {
+        const PlannedLinear& l = *it.lin;
+        const Source lin = read_linear(ckpt, l, o.threads);
+        if (it.target.kind != Kind::BF16 && !lin.finite) {
+          fail_invalid("{} ({} in {}) holds NaN or infinite values; refusing to quantize it", l.path,
+                       l.fields.begin()->second.name, o.model.string());
+        }
+        const std::span<const float> wv(lin.w);
+        switch (it.target.kind) {
+          case Kind::BF16:
+            q.push_back(quant::encode_floats(wv, {l.n, l.k}, DType::BF16));
+            break;
+          case Kind::FP8: {
+            quant::Fp8BlockOptions fo;
+            fo.scale_dtype = it.target.scale_dtype;
+            fo.threads = o.threads;
+            auto r = quant::quantize_fp8_block(wv, l.n, l.k, fo);
+            q.push_back(std::move(r.weight));
+            q.push_back(std::move(r.scale));
+            break;
+          }
+          case Kind::MXFP4: {
+            quant::Mxfp4Options mo;
+            mo.threads = o.threads;
+            auto r = quant::quantize_mxfp4(wv, l.n, l.k, mo);
+            q.push_back(std::move(r.weight));
+            q.push_back(std::move(r.scale));
+            break;
+          }
+          case Kind::NVFP4: {
+            auto r = quant::quantize_nvfp4(wv, l.n, l.k, nvfp4_global(l, quant::amax(wv)),
+                                           quant::Nvfp4Convention::ModelOpt, o.threads);
+            q.push_back(std::move(r.weight));
+            q.push_back(std::move(r.scale));
+            q.push_back(std::move(r.global_scale));
+            // No calibration data: a unit activation scale (see docs/quantization.md).
+            const float input_scale = 1.0f;
+            q.push_back(quant::encode_floats(std::span<const float>(&input_scale, 1), {}, DType::F32));
+            break;
+          }
+          case Kind::INT4: {
+            quant::Int4Options io;
+            io.threads = o.threads;
+            auto r = quant::quantize_int4_group(wv, l.n, l.k, io);
+            q.push_back(std::move(r.packed));
+            q.push_back(std::move(r.scale));
+            q.push_back(std::move(r.shape));
+            break;
+          }
+        }
+      }
+      if (q.size() != it.outs.size()) fail_invalid("internal: {} produced {} tensors", it.base, q.size());
+      uint64_t bytes = 0;
+      for (size_t i = 0; i < q.size(); ++i) {
+        const OutTensor& d = it.outs[i];
+        if (q[i].dtype != d.dtype || q[i].bytes.size() != d.nbytes()) {
+          fail_invalid("internal: {} came out {} with {} bytes, declared {} {}", d.name, dtype_name(q[i].dtype),
+                       q[i].bytes.size(), dtype_name(d.dtype), fmt::join(d.shape, "x"));
+        }
+        w.write(d.name, q[i].bytes);
+        bytes += d.nbytes();
+      }
+      progress.advance(q.size(), bytes);
+    }
+    w.finish();
+    cleanup.files.push_back(path);
+  }
+
+  {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total_bytes}};
+    index["weight_map"] = weight_map;
+    std::ofstream f(o.out / "model.safetensors.index.json");
+    f << index.dump(2) << "\n";
+    f.close();
+    if (!f) fail_io("{}: write failed", (o.out / "model.safetensors.index.json").string());
+  }
+  cleanup.files.push_back(o.out / "model.safetensors.index.json");
+  write_json(o.out / "config.json", cfg_out);
+  if (hf_quant) write_json(o.out / "hf_quant_config.json", *hf_quant);
+  cleanup.done = true;
+  // Tokenizer and generation files travel with the weights.
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                        "chat_template.jinja"}) {
+    std::error_code ec;
+    if (fs::is_regular_file(o.model / f, ec)) fs::copy_file(o.model / f, o.out / f, fs::copy_options::overwrite_existing);
+  }
+
+  // 6. Report.
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto& out = run.out;
+  out << fmt::format("kiln quantize: recipe {}\n", recipe.name);
+  out << fmt::format("source      {} ({} config, {} shard(s), {} linear modules, {})\n", o.model.string(),
+                     cfg.form == ConfigForm::DeepSeek ? "DeepSeek" : "transformers", plan.num_shards,
+                     plan.linears.size(), Progress::human(plan.total_bytes));
+  out << fmt::format("output      {}: {} shard(s){}, {} tensors, {}\n", o.out.string(), num_shards,
+                     cfg.num_mtp_layers > 0 && !plan.mtp_found.empty() ? " (MTP block in its own)" : "", total_tensors,
+                     Progress::human(total_bytes));
+  std::vector<std::string> counts;
+  for (const auto& [k, n] : scheme_counts) counts.push_back(fmt::format("{}: {}", k, n));
+  out << fmt::format("modules     {}\n", fmt::join(counts, ", "));
+  if (!source_schemes.empty()) {
+    std::vector<std::string> v;
+    for (const auto& [k, n] : source_schemes) v.push_back(fmt::format("{} x{}", k, n));
+    out << fmt::format("note        requantized from a quantized source ({}): the source's rounding error adds to "
+                       "this recipe's\n", fmt::join(v, ", "));
+  }
+  if (downcast > 0) {
+    out << fmt::format("note        {} norm/embedding tensor(s) stored in another float dtype were rounded to BF16\n",
+                       downcast);
+  }
+  if (!plan.unused.empty()) {
+    out << fmt::format("note        {} source tensor(s) with no role in the model were not copied\n", plan.unused.size());
+  }
+  if (!kept_bf16.empty()) {
+    out << fmt::format("kept bf16   {} module(s) the recipe would quantize, whose shape the scheme cannot hold "
+                       "(declared as not converted in the config):\n", kept_bf16.size());
+    for (const auto& w : kept_bf16_why) out << "              " << w << "\n";
+  }
+  out << fmt::format("done in {:.2f} s; check it with: kiln inspect {}\n", secs, o.out.string());
+  return 0;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string_view, std::string_view>> quantize_recipes() {
+  std::vector<std::pair<std::string_view, std::string_view>> v;
+  for (const auto& r : kRecipes) v.emplace_back(r.name, r.description);
+  return v;
+}
+
+int run_quantize(const QuantizeOptions& opt, std::ostream& out, std::ostream& err) {
+  const Recipe* recipe = nullptr;
+  for (const auto& r : kRecipes) {
+    if (r.name == opt.recipe) recipe = &r;
+  }
+  if (!recipe) {
+    std::vector<std::string_view> names;
+    for (const auto& r : kRecipes) names.push_back(r.name);
+    fail(ErrorKind::Usage, "--recipe '{}' is not a recipe; choose one of: {}", opt.recipe, fmt::join(names, ", "));
+  }
+  if (opt.nvfp4_split_global && recipe->id != RecipeId::Nvfp4) {
+    fail(ErrorKind::Usage, "--nvfp4-split-global applies to the nvfp4-fp8-mtp recipe only");
+  }
+  return quantize(Run{opt, *recipe, out, err});
+}
+
+}  // namespace kiln::cli

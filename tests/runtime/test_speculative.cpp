@@ -1,0 +1,510 @@
+// Exact MTP speculative decoding (runtime/speculative.h):
+//  * temperature 0: for K = 1..4, 256 tokens identical to plain greedy decoding on both
+//    transformers fixtures (both checkpoint layouts) and on two artifact flavours (DeepSeek
+//    native FP8 + MXFP4, and W4A16 + FP8 with a BF16 MTP block that here uses CSA
+//    attention, so the MTP's own compressors are rolled back too), across many CSA / HCA
+//    window closings (compress rates 4, 8, 16; windows 8 and 16);
+//  * with drafts forced to every accept length 0..K, the decoder's main and MTP states
+//    equal plain sequential feeding of the same tokens after every round, field by field;
+//  * temperature > 0: chi-square goodness of fit of the rejection sampler on a tiny
+//    vocabulary (every output position, with and without top-k / top-p), and of the first
+//    two speculatively sampled tokens of a real model against its exact distribution.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+
+#include "kiln/core/error.h"
+#include "kiln/io/npy.h"
+#include "kiln/runtime/loaded_model.h"
+#include "kiln/runtime/speculative.h"
+#include "support/artifacts.h"
+
+namespace kiln::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(KILN_TEST_DATA_DIR) / "fixtures";
+
+// ---- statistics -------------------------------------------------------------------------
+
+// Regularised upper incomplete gamma Q(a, x) = Gamma(a, x) / Gamma(a): the power series of
+// P(a, x) below x = a + 1, the continued fraction of Q (modified Lentz) above.
+double gamma_q(double a, double x) {
+  if (x <= 0.0) return 1.0;
+  const double log_prefix = a * std::log(x) - x - std::lgamma(a);
+  if (x < a + 1.0) {
+    double term = 1.0 / a, sum = term;
+    for (int n = 1; n < 10000; ++n) {
+      term *= x / (a + n);
+      sum += term;
+      if (std::fabs(term) < std::fabs(sum) * 1e-15) break;
+    }
+    return 1.0 - sum * std::exp(log_prefix);
+  }
+  const double tiny = 1e-300;
+  double b = x + 1.0 - a, c = 1.0 / tiny, d = 1.0 / b, h = d;
+  for (int i = 1; i < 10000; ++i) {
+    const double an = -i * (i - a);
+    b += 2.0;
+    d = an * d + b;
+    if (std::fabs(d) < tiny) d = tiny;
+    c = b + an / c;
+    if (std::fabs(c) < tiny) c = tiny;
+    d = 1.0 / d;
+    const double delta = d * c;
+    h *= delta;
+    if (std::fabs(delta - 1.0) < 1e-15) break;
+  }
+  return std::exp(log_prefix) * h;
+}
+
+// P(X >= x) for X ~ chi-square with df degrees of freedom.
+double chi2_sf(double x, int df) { return gamma_q(0.5 * df, 0.5 * x); }
+
+struct Fit {
+  double chi2 = 0.0;
+  int df = 0;
+  double p_value = 1.0;
+  int64_t outside = 0;  // observations where the expected probability is 0
+};
+
+// Pearson goodness of fit of counts to probabilities; cells expected below 5 are pooled
+// into one (and that pool dropped if it still expects less than 5).
+Fit chi_square(const std::vector<int64_t>& counts, const std::vector<double>& probs) {
+  int64_t n = 0;
+  for (int64_t c : counts) n += c;
+  Fit f;
+  double pool_e = 0.0, pool_o = 0.0;
+  int cells = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const double e = probs[i] * static_cast<double>(n);
+    if (probs[i] <= 0.0) {
+      f.outside += counts[i];
+      continue;
+    }
+    if (e < 5.0) {
+      pool_e += e;
+      pool_o += static_cast<double>(counts[i]);
+      continue;
+    }
+    f.chi2 += (counts[i] - e) * (counts[i] - e) / e;
+    ++cells;
+  }
+  if (pool_e >= 5.0) {
+    f.chi2 += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
+    ++cells;
+  }
+  f.df = std::max(cells - 1, 1);
+  f.p_value = chi2_sf(f.chi2, f.df);
+  return f;
+}
+
+// Fixed seeds make every fit deterministic; alpha bounds the chance that a correct
+// sampler fails for a freshly chosen seed.
+constexpr double kAlpha = 1e-3;
+
+TEST(ChiSquare, CriticalValuesMatchTables) {
+  // Standard table values: chi2_{0.95}(1) = 3.841, chi2_{0.95}(5) = 11.070,
+  // chi2_{0.99}(10) = 23.209, chi2_{0.999}(8) = 26.124, chi2_{0.5}(2) = 1.386.
+  EXPECT_NEAR(chi2_sf(3.841459, 1), 0.05, 1e-6);
+  EXPECT_NEAR(chi2_sf(11.070498, 5), 0.05, 1e-6);
+  EXPECT_NEAR(chi2_sf(23.209251, 10), 0.01, 1e-6);
+  EXPECT_NEAR(chi2_sf(26.124482, 8), 0.001, 1e-7);
+  EXPECT_NEAR(chi2_sf(1.386294, 2), 0.5, 1e-6);
+  EXPECT_NEAR(chi2_sf(150.0, 100), 0.000894, 2e-5);
+}
+
+// ---- models -----------------------------------------------------------------------------
+
+// Test artifacts store quantized weights with non-negative codes (finite e4m3 / e2m1 from
+// masked random bytes); flipping sign bits at random gives the model varied outputs.
+void randomise_signs(test::ArtifactSpec& spec) {
+  std::mt19937_64 g(2026);
+  for (auto& t : spec.tensors) {
+    const bool weight = t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
+    const bool packed = t.name.size() > 14 && t.name.compare(t.name.size() - 14, 14, ".weight_packed") == 0;
+    uint8_t mask = 0;
+    if (weight && t.dtype == DType::F8_E4M3) mask = 0x80;                              // FP8 sign
+    if (weight && (t.dtype == DType::U8 || t.dtype == DType::I8)) mask = 0x88;         // FP4 nibble signs
+    if (packed) mask = 0x88;                                                            // int4 nibble top bits
+    if (!mask) continue;
+    for (auto& b : t.bytes) b ^= static_cast<std::byte>(g() & mask);
+  }
+}
+
+struct Models {
+  test::TempDir dir{"kiln-spec"};
+  std::map<std::string, std::unique_ptr<LoadedModel>> loaded;
+
+  const LoadedModel& get(const std::string& name) {
+    auto it = loaded.find(name);
+    if (it != loaded.end()) return *it->second;
+    fs::path path;
+    if (name.rfind("tiny_", 0) == 0) {
+      path = kFixtures / name;
+    } else {
+      auto cfg = test::tiny_config();
+      test::Layout layout = test::Layout::Native;
+      if (name == "w4a16-fp8-mtp-csa") {
+        layout = test::Layout::W4A16Fp8Mtp;
+        cfg["compress_ratios"] = {0, 4, 16, 4, 4};  // the MTP block with CSA attention
+      } else if (name == "native-fp8-mxfp4") {
+        cfg["compress_ratios"] = {4, 16, 0, 4, 0};
+        cfg["sliding_window"] = 8;
+      } else {
+        ADD_FAILURE() << "unknown model " << name;
+      }
+      auto spec = test::make_spec(layout, cfg, 3);
+      randomise_signs(spec);
+      path = dir.path() / name;
+      test::write_spec(spec, path);
+    }
+    auto m = load_model(path, 1, nullptr);
+    return *(loaded[name] = std::move(m));
+  }
+};
+Models* g_models = nullptr;
+
+class Env : public ::testing::Environment {
+ public:
+  void SetUp() override { g_models = new Models; }
+  void TearDown() override {
+    delete g_models;
+    g_models = nullptr;
+  }
+};
+const auto* const g_env = ::testing::AddGlobalTestEnvironment(new Env);
+
+std::vector<int32_t> prompt_of(const LoadedModel& m, size_t n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int32_t> p(n);
+  for (auto& t : p) t = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(2, m.config.vocab_size - 1)(g));
+  return p;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kGenerate = 96;  // sanitizer builds: same checks, shorter runs
+#else
+constexpr int kGenerate = 256;
+#endif
+
+// ---- temperature 0 ----------------------------------------------------------------------
+
+class GreedyExact : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GreedyExact, SameTokensAsPlainGreedyForEveryK) {
+  const LoadedModel& m = g_models->get(GetParam());
+  const auto& f = *m.forward;
+  const auto prompt = prompt_of(m, 7, 1);
+  const SamplingParams greedy;
+  const GenerateResult plain = generate_plain(f, prompt, kGenerate, greedy, -1);
+  ASSERT_EQ(plain.tokens.size(), static_cast<size_t>(kGenerate));
+  // The model is not degenerate, and its logits stay finite over the whole run.
+  EXPECT_GE(std::set<int32_t>(plain.tokens.begin(), plain.tokens.end()).size(), 8u);
+  {
+    std::vector<int32_t> all(prompt);
+    all.insert(all.end(), plain.tokens.begin(), plain.tokens.end());
+    std::vector<float> logits(all.size() * static_cast<size_t>(m.config.vocab_size));
+    auto st = f.new_state();
+    f.step(st, all, logits.data(), nullptr);
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  }
+  for (int k = 1; k <= kMaxDrafts; ++k) {
+    const GenerateResult spec = generate_speculative(f, prompt, kGenerate, greedy, k, -1);
+    EXPECT_EQ(spec.tokens, plain.tokens) << GetParam() << " k=" << k;
+    const DraftStats& s = spec.stats;
+    EXPECT_EQ(s.emitted + 1, kGenerate);
+    std::string rates;
+    for (size_t i = 0; i < s.proposed.size(); ++i) rates += fmt::format(" {}/{}", s.accepted[i], s.proposed[i]);
+    std::printf("[ measured ] %s k=%d: accepted/proposed per position:%s; mean accepted length %.3f\n",
+                GetParam().c_str(), k, rates.c_str(), s.mean_accepted_length());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GreedyExact,
+                         ::testing::Values("tiny_a/native", "tiny_a/hf", "tiny_b/native", "tiny_b/hf",
+                                           "native-fp8-mxfp4", "w4a16-fp8-mtp-csa"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+// Drafts forced to accept exactly r of K (r random): after every round the decoder's
+// state (main model and MTP block) equals plain sequential feeding of the same tokens:
+// the main model fed token by token, the MTP block fed row by row (main streams at p,
+// token p+1). Emitted tokens equal plain greedy.
+class EveryAcceptLength : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryAcceptLength, StateAfterEachRoundEqualsSequentialFeeding) {
+  const LoadedModel& m = g_models->get(GetParam());
+  const auto& f = *m.forward;
+  const auto& c = m.config;
+  const int64_t S = c.hc_mult * c.hidden_size;
+  const auto prompt = prompt_of(m, 5, 2);
+  const int total = kGenerate / 2;
+  const GenerateResult plain = generate_plain(f, prompt, total + 8, {}, -1);
+  std::vector<int32_t> truth(prompt);  // prompt + plain greedy continuation
+  truth.insert(truth.end(), plain.tokens.begin(), plain.tokens.end());
+
+  for (int k : {2, 4}) {
+    std::mt19937_64 g(static_cast<uint64_t>(k));
+    SpeculativeDecoder dec(f, k, {});
+    std::vector<int> forced_counts(static_cast<size_t>(k + 1), 0);
+    dec.set_draft_hook([&](int64_t first, std::span<int32_t> drafts) {
+      const int r = static_cast<int>(std::uniform_int_distribution<int>(0, static_cast<int>(drafts.size()))(g));
+      ++forced_counts[static_cast<size_t>(r)];
+      for (size_t i = 0; i < drafts.size(); ++i) {
+        const int32_t want = truth[static_cast<size_t>(first) + i];
+        // the true continuation for r drafts, then a wrong token
+        drafts[i] = static_cast<int>(i) < r ? want : static_cast<int32_t>((want + 1 + i) % c.vocab_size);
+      }
+    });
+    std::vector<int32_t> out{dec.prefill(prompt)};
+    // Plain sequential reference, extended as tokens are emitted.
+    auto ref = f.new_state();
+    std::vector<float> h(static_cast<size_t>(S));
+    auto extend_ref = [&](int64_t n) {  // main fed truth[0..n), MTP rows 0..n-1
+      while (ref.length() < n) {
+        const int64_t p = ref.length();
+        f.step(ref, std::span(truth).subspan(static_cast<size_t>(p), 1), nullptr, h.data());
+        f.mtp_step(ref, 0, h, std::span(truth).subspan(static_cast<size_t>(p + 1), 1), nullptr, nullptr);
+      }
+    };
+    while (static_cast<int>(out.size()) < total) {
+      dec.round(out, k);
+      const int64_t n = static_cast<int64_t>(prompt.size() + out.size()) - 1;
+      ASSERT_EQ(std::vector<int32_t>(truth.begin() + static_cast<int64_t>(prompt.size()),
+                                     truth.begin() + n + 1),
+                out)
+          << GetParam() << " k=" << k;
+      extend_ref(n);
+      ASSERT_EQ(dec.state().length(), n);
+      ASSERT_EQ(dec.state().mtp_length(0), n);
+      ASSERT_EQ(dec.state().difference(ref), "") << GetParam() << " k=" << k << " after " << out.size() << " tokens";
+    }
+    for (int r = 0; r <= k; ++r) EXPECT_GT(forced_counts[static_cast<size_t>(r)], 0) << "accept length " << r;
+    // Accepted counts are at least what was forced (a wrong token may still match).
+    EXPECT_GE(dec.stats().accepted_drafts, 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EveryAcceptLength, ::testing::Values("tiny_b/native", "w4a16-fp8-mtp-csa"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& ch : s)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+TEST(Speculative, StopsLikePlainAtEosAndMaxTokens) {
+  const LoadedModel& m = g_models->get("tiny_a/native");
+  const auto& f = *m.forward;
+  const auto prompt = prompt_of(m, 4, 3);
+  const GenerateResult plain = generate_plain(f, prompt, 40, {}, -1);
+  for (int n : {0, 1, 2, 3, 5, 9}) {
+    for (int k : {1, 4}) {
+      const GenerateResult s = generate_speculative(f, prompt, n, {}, k, -1);
+      EXPECT_EQ(s.tokens, std::vector<int32_t>(plain.tokens.begin(), plain.tokens.begin() + n)) << n << " " << k;
+    }
+  }
+  // Stop at the first occurrence of a token seen mid-run.
+  const int32_t eos = plain.tokens[17];
+  const auto first = std::find(plain.tokens.begin(), plain.tokens.end(), eos);
+  const std::vector<int32_t> want(plain.tokens.begin(), first + 1);
+  const GenerateResult pe = generate_plain(f, prompt, 40, {}, eos);
+  EXPECT_EQ(pe.tokens, want);
+  EXPECT_EQ(pe.stop, "eos");
+  for (int k = 1; k <= 4; ++k) {
+    const GenerateResult se = generate_speculative(f, prompt, 40, {}, k, eos);
+    EXPECT_EQ(se.tokens, want) << k;
+    EXPECT_EQ(se.stop, "eos");
+  }
+}
+
+TEST(Speculative, RejectsBadUse) {
+  const LoadedModel& m = g_models->get("tiny_a/native");
+  EXPECT_THROW(SpeculativeDecoder(*m.forward, 0, {}), Error);
+  EXPECT_THROW(SpeculativeDecoder(*m.forward, kMaxDrafts + 1, {}), Error);
+  SpeculativeDecoder d(*m.forward, 2, {});
+  std::vector<int32_t> out;
+  EXPECT_THROW(d.round(out, 2), Error);  // before prefill
+  SamplingParams hot;
+  hot.temperature = 1.0f;
+  SpeculativeDecoder h(*m.forward, 2, hot);
+  EXPECT_THROW(h.set_draft_hook([](int64_t, std::span<int32_t>) {}), Error);
+  model::Weights no_mtp = m.weights;
+  no_mtp.mtp.clear();
+  model::Forward f(no_mtp, 1);
+  try {
+    SpeculativeDecoder bad(f, 2, {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MTP block"), std::string::npos);
+  }
+}
+
+// ---- temperature > 0 --------------------------------------------------------------------
+
+// The rejection sampler alone on a 7-token vocabulary, context-independent target rows
+// p_1..p_4 and draft rows q_1..q_3 (K = 3): the token emitted at output index i of a round
+// (when the round gets that far) must follow p_{i+1}, whatever q is.
+TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
+  constexpr int64_t V = 7;
+  constexpr int K = 3;
+  const std::vector<float> p_logits = {
+      1.0f, 0.2f, -0.5f, 2.0f, 0.0f, -1.0f, 0.7f,   // p_1
+      -0.3f, 1.5f, 0.1f, 0.4f, 1.4f, -2.0f, 0.0f,   // p_2
+      0.5f, 0.5f, 0.5f, -0.2f, 1.0f, 0.3f, -0.1f,   // p_3
+      2.5f, -1.0f, 0.0f, 0.9f, 0.3f, 1.1f, -0.4f};  // p_4 (bonus)
+  const std::vector<float> q_logits = {
+      0.1f, 1.2f, 0.3f, 0.8f, 0.0f, 0.9f, -1.0f,   // q_1: favours other tokens than p_1
+      1.0f, 0.0f, 1.3f, -0.5f, 0.2f, 0.6f, 0.4f,   // q_2
+      -1.0f, 2.0f, 0.0f, 0.7f, 0.2f, 1.5f, 0.1f};  // q_3
+  struct Case {
+    const char* name;
+    SamplingParams params;
+  };
+  std::vector<Case> cases(3);
+  cases[0] = {"t=1", {}};
+  cases[0].params.temperature = 1.0f;
+  cases[1] = {"t=0.8 top-k 5", {}};
+  cases[1].params.temperature = 0.8f;
+  cases[1].params.top_k = 5;
+  cases[2] = {"t=1.3 top-k 6 top-p 0.85", {}};
+  cases[2].params.temperature = 1.3f;
+  cases[2].params.top_k = 6;
+  cases[2].params.top_p = 0.85f;
+  constexpr int kRounds = 80000;
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& cs = cases[ci];
+    std::mt19937_64 rng(100 + ci);
+    std::vector<std::vector<double>> q(K);
+    for (int i = 0; i < K; ++i)
+      q[static_cast<size_t>(i)] = sampling_distribution(std::span(q_logits).subspan(static_cast<size_t>(i * V), V), cs.params);
+    std::vector<std::vector<int64_t>> counts(K + 1, std::vector<int64_t>(V, 0));
+    std::vector<int64_t> first_draft(V, 0);
+    std::vector<int32_t> drafts(K);
+    for (int r = 0; r < kRounds; ++r) {
+      for (int i = 0; i < K; ++i) drafts[static_cast<size_t>(i)] = sample_from(q[static_cast<size_t>(i)], rng);
+      ++first_draft[static_cast<size_t>(drafts[0])];
+      const Verdict v = verify_sampled(p_logits, V, q, drafts, cs.params, rng);
+      for (int i = 0; i < v.accepted; ++i) ++counts[static_cast<size_t>(i)][static_cast<size_t>(drafts[static_cast<size_t>(i)])];
+      ++counts[static_cast<size_t>(v.accepted)][static_cast<size_t>(v.next)];
+    }
+    for (int i = 0; i <= K; ++i) {
+      const auto p = sampling_distribution(std::span(p_logits).subspan(static_cast<size_t>(i * V), V), cs.params);
+      const Fit fit = chi_square(counts[static_cast<size_t>(i)], p);
+      int64_t n = 0;
+      for (int64_t x : counts[static_cast<size_t>(i)]) n += x;
+      std::printf("[ measured ] %s, output index %d: n=%lld chi2=%.2f df=%d p=%.4f\n", cs.name, i,
+                  static_cast<long long>(n), fit.chi2, fit.df, fit.p_value);
+      EXPECT_EQ(fit.outside, 0) << cs.name << " index " << i << ": token outside top-k/top-p";
+      EXPECT_GT(n, 2000) << cs.name << " index " << i;
+      EXPECT_GT(fit.p_value, kAlpha) << cs.name << " index " << i << " chi2 " << fit.chi2 << " df " << fit.df;
+    }
+    // Power: the drafts themselves (what a sampler that accepted everything would emit)
+    // fail the same test against p_1.
+    const auto p1 = sampling_distribution(std::span(p_logits).subspan(0, V), cs.params);
+    int64_t draft_outside = 0;
+    for (int64_t x = 0; x < V; ++x)
+      if (p1[static_cast<size_t>(x)] == 0.0) draft_outside += first_draft[static_cast<size_t>(x)];
+    EXPECT_TRUE(draft_outside > 0 || chi_square(first_draft, p1).p_value < 1e-9) << cs.name;
+  }
+}
+
+// The real model: tiny_a at temperature 1.5, top-k 6, K = 3. The first two tokens the
+// speculative loop samples after a fixed prefix must follow the main model's exact joint
+// distribution p(t1) p(t2 | t1) (36 cells), computed here with plain forward steps. The
+// random MTP block rarely agrees with the main model, so most drafts take the residual
+// path and some are accepted.
+TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
+  const LoadedModel& m = g_models->get("tiny_a/native");
+  const auto& f = *m.forward;
+  const int64_t V = m.config.vocab_size;
+  SamplingParams params;
+  params.temperature = 1.5f;
+  params.top_k = 6;
+  params.seed = 7;
+  const auto prompt = prompt_of(m, 6, 4);
+  SpeculativeDecoder base(f, 3, params);
+  const int32_t t0 = base.prefill(prompt);
+
+  // Exact distributions from the main model.
+  std::vector<float> logits(static_cast<size_t>(V));
+  auto after = [&](const model::DecodeState& s, int32_t tok) {
+    model::DecodeState c(s);
+    const int32_t t[1] = {tok};
+    f.step(c, t, logits.data(), nullptr);
+    return std::pair{c, sampling_distribution(logits, params)};
+  };
+  // p1 is the distribution after the context [prompt, t0]: feed t0's logits.
+  model::DecodeState pre = f.new_state();
+  f.step(pre, prompt, nullptr, nullptr);
+  auto [st1, p1] = after(pre, t0);
+  std::map<std::pair<int32_t, int32_t>, double> joint;
+  for (int32_t a = 0; a < V; ++a) {
+    if (p1[static_cast<size_t>(a)] == 0.0) continue;
+    auto [st2, p2] = after(st1, a);
+    for (int32_t b = 0; b < V; ++b)
+      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
+  }
+  ASSERT_EQ(joint.size(), 36u);
+
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr int kSamples = 1000;
+#else
+  constexpr int kSamples = 2500;
+#endif
+  std::map<std::pair<int32_t, int32_t>, int64_t> seen;
+  int64_t outside = 0, accepted = 0, proposed = 0;
+  for (int s = 0; s < kSamples; ++s) {
+    SpeculativeDecoder d(base);
+    d.reseed(1000 + static_cast<uint64_t>(s));
+    std::vector<int32_t> out;
+    while (out.size() < 2) d.round(out, 3);
+    const std::pair<int32_t, int32_t> key{out[0], out[1]};
+    if (joint.count(key)) ++seen[key];
+    else ++outside;
+    accepted += d.stats().accepted_drafts;
+    for (int64_t x : d.stats().proposed) proposed += x;
+  }
+  std::vector<int64_t> counts;
+  std::vector<double> probs;
+  for (const auto& [key, pr] : joint) {
+    counts.push_back(seen[key]);
+    probs.push_back(pr);
+  }
+  const Fit fit = chi_square(counts, probs);
+  std::printf("[ measured ] tiny_a t=1.5 top-k 6 K=3: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n", fit.chi2,
+              fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
+  EXPECT_EQ(outside, 0);
+  EXPECT_GE(fit.df, 20);
+  EXPECT_GT(fit.p_value, kAlpha);
+  // Both branches ran: some drafts accepted, many rejected (the residual path).
+  EXPECT_GT(accepted, kSamples / 100);
+  EXPECT_LT(accepted, proposed / 2);
+}
+
+// top-k 1 makes every distribution one-hot: sampling reduces to greedy, exactly.
+TEST(SpeculativeSampling, TopKOneIsGreedy) {
+  const LoadedModel& m = g_models->get("tiny_b/native");
+  const auto prompt = prompt_of(m, 5, 5);
+  const GenerateResult plain = generate_plain(*m.forward, prompt, 48, {}, -1);
+  SamplingParams p;
+  p.temperature = 0.7f;
+  p.top_k = 1;
+  p.seed = 3;
+  for (int k : {1, 3}) EXPECT_EQ(generate_speculative(*m.forward, prompt, 48, p, k, -1).tokens, plain.tokens) << k;
+}
+
+}  // namespace
+}  // namespace kiln::runtime
