@@ -9,26 +9,13 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/io/npy.h"
+#include "cli/kiln_process.h"
 #include "support/artifacts.h"
 
 namespace {
 
-struct Out {
-  int code;
-  std::string text;
-};
-
-Out kiln_run(const std::string& args) {
-  std::string cmd = std::string(KILN_BINARY) + " " + args + " 2>&1";
-  Out r{-1, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.text.append(buf.data(), n);
-  int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using kiln::test::kiln_run;
+using kiln::test::Out;
 
 const std::string kFx = std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_a";
 
