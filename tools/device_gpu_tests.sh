@@ -1,18 +1,35 @@
 #!/usr/bin/env bash
-# Builds and runs kiln's GPU tests (ctest label `gpu`) on the GPU machine, whose image
-# has CUDA 13, CMake and Ninja but not the Debian -dev packages kiln builds against:
-# those travel as .deb files in .deps/ (apt-get download, see docs/gpu-testing.md) and
-# are unpacked into a private prefix.
+# Builds and runs kiln's GPU tests (ctest label `gpu`) and, with KILN_GPU_BENCH=1, the CUDA
+# linear benchmark, on the GPU machine, whose image has CUDA 13, CMake and Ninja but not
+# the Debian -dev packages kiln builds against: those travel as .deb files in .deps/
+# (apt-get download, see docs/gpu-testing.md) and are unpacked into a private prefix.
 #   usage (on the GPU machine, from the repo root): tools/device_gpu_tests.sh OUT_DIR
-set -euo pipefail
+#   KILN_GPU_TARGETS: targets to build (default: kiln_gpu_tests, plus the bench with KILN_GPU_BENCH=1)
+set -uo pipefail
 out=${1:-/tmp/kiln-gpu-out}
 mkdir -p "$out"
 prefix=/tmp/kiln-deps
 mkdir -p "$prefix"
 for f in .deps/*.deb; do dpkg -x "$f" "$prefix"; done
 export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-cmake -B build-gpu -G Ninja -DKILN_CUDA=ON -DKILN_BENCH=OFF -DCMAKE_PREFIX_PATH="$prefix/usr" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build build-gpu -j 16 --target ${KILN_GPU_TARGETS:-all} > "$out/build.log" 2>&1 || { tail -60 "$out/build.log"; exit 1; }
-ctest --test-dir build-gpu -L gpu --output-on-failure 2>&1 | tee "$out/ctest-gpu.log"
+# pkg-config (for PCRE2) from the prefix, its .pc files rebased onto the prefix.
+export PATH="/usr/local/cuda/bin:$PATH:$prefix/usr/bin"
+export PKG_CONFIG_LIBDIR="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$prefix/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$prefix"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$out/gpu.txt"
+bench=${KILN_GPU_BENCH:-0}
+targets=${KILN_GPU_TARGETS:-kiln_gpu_tests}
+[ "$bench" = 1 ] && targets="$targets kiln_bench_cuda_linear"
+cmake -B build-gpu -G Ninja -DKILN_CUDA=ON -DKILN_BENCH=$([ "$bench" = 1 ] && echo ON || echo OFF) \
+  -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$out/configure.log" 2>&1 ||
+  { tail -40 "$out/configure.log"; exit 1; }
+# shellcheck disable=SC2086
+cmake --build build-gpu -j "$(nproc)" --target $targets > "$out/build.log" 2>&1 || { tail -60 "$out/build.log"; exit 1; }
+status=0
+ctest --test-dir build-gpu -L gpu --output-on-failure -j 4 > "$out/ctest-gpu.log" 2>&1 || status=1
+grep -E "tests passed|Failed|\*\*\*|Passed|error" "$out/ctest-gpu.log" | tail -40
+if [ "$bench" = 1 ]; then
+  ./build-gpu/bench/kiln_bench_cuda_linear ${KILN_GPU_BENCH_ARGS:-} > "$out/bench-cuda-linear.md" 2>&1 || status=1
+  cat "$out/bench-cuda-linear.md"
+fi
+exit $status

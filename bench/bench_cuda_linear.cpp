@@ -1,0 +1,203 @@
+// CUDA linear kernels at DeepSeek-V4-Flash decode shapes, every weight scheme, M = 1..64.
+//   kiln_bench_cuda_linear [--quick]
+// First measures the device's achievable read bandwidth (a streaming read kernel over
+// 2 GiB), then for each scheme x shape x M times one forward call: a CUDA graph of many
+// calls that rotate over enough copies of the prepared weight that L2 (50 MB on H100/H200)
+// cannot serve them, replayed 7 times; the median replay time over the calls in it.
+// Prints time per call, prepared weight + scale bytes read per call, achieved GB/s and
+// that over the measured read bandwidth.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_read_bandwidth.h"
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/quant_linear.h"
+#include "kiln/quant/quantize.h"
+
+namespace {
+
+using kiln::DType;
+using kiln::ops::HostBytes;
+using kiln::ops::HostQuantLinear;
+using kiln::ops::LinearScheme;
+using kiln::ops::cuda::QuantLinear;
+using kiln::quant::QTensor;
+
+struct Shape {
+  const char* name;
+  int64_t n, k;
+};
+// hidden 4096; q_lora 1024, 64 heads x 512 head dim, o_groups 8 x o_lora 1024, expert
+// intermediate 2048.
+const Shape kShapes[] = {{"wq_b", 64 * 512, 1024},
+                         {"wo_b", 4096, 8 * 1024},
+                         {"expert_w1_w3", 2048, 4096},
+                         {"expert_w2", 4096, 2048},
+                         {"wq_a", 1024, 4096}};
+const int kMs[] = {1, 2, 4, 8, 16, 32, 64};
+
+HostBytes view(const QTensor& t) { return {t.bytes.data(), t.bytes.size()}; }
+
+// Quantized tensors of one scheme (kept alive while prepared copies are made).
+struct Quantized {
+  std::vector<QTensor> keep;
+  HostQuantLinear host;
+};
+
+Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64_t k) {
+  Quantized q;
+  HostQuantLinear& h = q.host;
+  h.scheme = s;
+  h.n = n;
+  h.k = k;
+  h.name = kiln::ops::linear_scheme_name(s);
+  auto scale2d = [&](const QTensor& sc) {
+    h.scale_dtype = sc.dtype;
+    h.scale_rows = sc.shape.at(0);
+    h.scale_cols = sc.shape.at(1);
+  };
+  switch (s) {
+    case LinearScheme::BF16:
+      q.keep.push_back(kiln::quant::encode_floats(w, {n, k}, DType::BF16));
+      h.weight_dtype = DType::BF16;
+      break;
+    case LinearScheme::FP8Block: {
+      auto r = kiln::quant::quantize_fp8_block(w, n, k);  // 128 x 128, E8M0 (DeepSeek-V4 native)
+      q.keep = {r.weight, r.scale};
+      h.weight_dtype = DType::F8_E4M3;
+      scale2d(r.scale);
+      h.block_n = h.block_k = 128;
+      break;
+    }
+    case LinearScheme::Int4Group: {
+      auto r = kiln::quant::quantize_int4_group(w, n, k);  // group 128, symmetric, BF16 scales
+      q.keep = {r.packed, r.scale};
+      h.weight_dtype = DType::I32;
+      scale2d(r.scale);
+      h.block_k = 128;
+      break;
+    }
+    case LinearScheme::MXFP4: {
+      auto r = kiln::quant::quantize_mxfp4(w, n, k);
+      q.keep = {r.weight, r.scale};
+      h.weight_dtype = r.weight.dtype;
+      scale2d(r.scale);
+      h.block_k = 32;
+      break;
+    }
+    case LinearScheme::NVFP4: {
+      auto r = kiln::quant::quantize_nvfp4(w, n, k, kiln::quant::nvfp4_global_for(kiln::quant::amax(w)));
+      q.keep = {r.weight, r.scale};
+      h.weight_dtype = DType::U8;
+      scale2d(r.scale);
+      h.block_k = 16;
+      h.global = r.multiplier;
+      break;
+    }
+  }
+  h.weight = view(q.keep.at(0));
+  if (q.keep.size() > 1) h.scale = view(q.keep.at(1));
+  return q;
+}
+
+// Median seconds per call of `calls` forward calls over the copies, captured in a graph.
+double time_calls(const std::vector<QuantLinear>& lins, const float* x, float* y, int M, int calls, cudaStream_t st) {
+  const int64_t n = lins[0].n(), k = lins[0].k();
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  KILN_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) lins[static_cast<size_t>(i) % lins.size()].forward(x, k, M, y, n, st);
+  KILN_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+  KILN_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t e0, e1;
+  KILN_CUDA_CHECK(cudaEventCreate(&e0));
+  KILN_CUDA_CHECK(cudaEventCreate(&e1));
+  KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));  // warm-up
+  std::vector<float> ms;
+  for (int r = 0; r < 7; ++r) {
+    KILN_CUDA_CHECK(cudaEventRecord(e0, st));
+    KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));
+    KILN_CUDA_CHECK(cudaEventRecord(e1, st));
+    KILN_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  KILN_CUDA_CHECK(cudaEventDestroy(e0));
+  KILN_CUDA_CHECK(cudaEventDestroy(e1));
+  KILN_CUDA_CHECK(cudaGraphExecDestroy(ge));
+  KILN_CUDA_CHECK(cudaGraphDestroy(g));
+  return ms[ms.size() / 2] * 1e-3 / calls;
+}
+
+int run(bool quick) {
+  cudaDeviceProp prop{};
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %.0f MiB, %.1f GiB\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize / 1048576.0, prop.totalGlobalMem / 1073741824.0);
+  const auto bw = kiln::bench::measure_read_bandwidth(size_t{2} << 30, 10);
+  std::printf("measured read bandwidth: %.1f GB/s (streaming read of %.2f GiB, %d blocks/SM, median of 10)\n\n",
+              bw.bytes_per_s / 1e9, bw.bytes / 1073741824.0, bw.blocks_per_sm);
+
+  cudaStream_t st;
+  KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const int max_m = 64;
+  const double rotate_bytes = 8.0 * prop.l2CacheSize;  // weights rotated per graph replay
+  std::printf("| scheme | shape | N x K | M | us/call | weight+scale MB | GB/s | of measured | kernel |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  const LinearScheme schemes[] = {LinearScheme::BF16, LinearScheme::FP8Block, LinearScheme::Int4Group,
+                                  LinearScheme::MXFP4, LinearScheme::NVFP4};
+  for (const Shape& sh : kShapes) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    std::vector<float> w(static_cast<size_t>(sh.n * sh.k));
+    for (float& v : w) v = nd(rng);
+    std::vector<float> xh(static_cast<size_t>(max_m * sh.k));
+    for (float& v : xh) v = nd(rng) * 50.0f;
+    float *x = nullptr, *y = nullptr;
+    KILN_CUDA_CHECK(cudaMalloc(&x, xh.size() * sizeof(float)));
+    KILN_CUDA_CHECK(cudaMalloc(&y, static_cast<size_t>(max_m * sh.n) * sizeof(float)));
+    KILN_CUDA_CHECK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(float), cudaMemcpyHostToDevice));
+    for (LinearScheme s : schemes) {
+      const Quantized q = quantize(s, w, sh.n, sh.k);
+      std::vector<QuantLinear> lins;
+      lins.push_back(QuantLinear::prepare(q.host, max_m));
+      const double bytes = static_cast<double>(lins[0].weight_bytes());
+      const int copies = std::clamp(static_cast<int>(rotate_bytes / bytes) + 1, 2, 256);
+      for (int i = 1; i < copies; ++i) lins.push_back(QuantLinear::prepare(q.host, max_m));
+      for (int M : kMs) {
+        if (quick && M != 1) continue;
+        const int calls = std::max(copies, 200) / copies * copies;
+        const double t = time_calls(lins, x, y, M, calls, st);
+        const double gbs = bytes / t / 1e9;
+        std::printf("| %s | %s | %lld x %lld | %d | %.2f | %.2f | %.0f | %.2f | %s |\n", kiln::ops::linear_scheme_name(s),
+                    sh.name, static_cast<long long>(sh.n), static_cast<long long>(sh.k), M, t * 1e6, bytes / 1e6, gbs,
+                    gbs * 1e9 / bw.bytes_per_s, lins[0].describe(M));
+        std::fflush(stdout);
+      }
+    }
+    KILN_CUDA_CHECK(cudaFree(x));
+    KILN_CUDA_CHECK(cudaFree(y));
+  }
+  KILN_CUDA_CHECK(cudaStreamDestroy(st));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+  } catch (const kiln::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

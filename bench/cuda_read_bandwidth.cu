@@ -1,0 +1,85 @@
+#include "cuda_read_bandwidth.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "kiln/ops/cuda/check.h"
+
+namespace kiln::bench {
+namespace {
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Each thread XORs four 16-byte loads per step; the result is stored only if it equals
+// a value it cannot equal, so the loads cannot be dropped and nothing is written.
+__global__ void __launch_bounds__(512) read_kernel(const uint4* __restrict__ src, size_t n16, uint32_t never,
+                                                   uint32_t* __restrict__ sink) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  uint32_t acc = 0;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    const uint4 a = load_stream(src + i), b = load_stream(src + i + stride);
+    const uint4 c = load_stream(src + i + 2 * stride), d = load_stream(src + i + 3 * stride);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 a = load_stream(src + i);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (acc == never) sink[0] = acc;
+}
+
+}  // namespace
+
+ReadBandwidth measure_read_bandwidth(size_t bytes, int reps) {
+  bytes = bytes / 16 * 16;
+  void* buf = nullptr;
+  uint32_t* sink = nullptr;
+  KILN_CUDA_CHECK(cudaMalloc(&buf, bytes));
+  KILN_CUDA_CHECK(cudaMalloc(&sink, sizeof(uint32_t)));
+  KILN_CUDA_CHECK(cudaMemset(buf, 0x5A, bytes));
+  int dev = 0, sms = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  cudaEvent_t e0, e1;
+  KILN_CUDA_CHECK(cudaEventCreate(&e0));
+  KILN_CUDA_CHECK(cudaEventCreate(&e1));
+  ReadBandwidth best;
+  best.bytes = bytes;
+  for (int bps : {2, 4, 8}) {
+    const unsigned grid = static_cast<unsigned>(sms * bps);
+    read_kernel<<<grid, 512>>>(static_cast<const uint4*>(buf), bytes / 16, 1u, sink);  // warm-up
+    KILN_CUDA_CHECK_LAUNCH();
+    std::vector<float> ms;
+    for (int r = 0; r < reps; ++r) {
+      KILN_CUDA_CHECK(cudaEventRecord(e0));
+      read_kernel<<<grid, 512>>>(static_cast<const uint4*>(buf), bytes / 16, 1u, sink);
+      KILN_CUDA_CHECK_LAUNCH();
+      KILN_CUDA_CHECK(cudaEventRecord(e1));
+      KILN_CUDA_CHECK(cudaEventSynchronize(e1));
+      float t = 0;
+      KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double bw = static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
+    if (bw > best.bytes_per_s) {
+      best.bytes_per_s = bw;
+      best.blocks_per_sm = bps;
+    }
+  }
+  KILN_CUDA_CHECK(cudaEventDestroy(e0));
+  KILN_CUDA_CHECK(cudaEventDestroy(e1));
+  KILN_CUDA_CHECK(cudaFree(sink));
+  KILN_CUDA_CHECK(cudaFree(buf));
+  return best;
+}
+
+}  // namespace kiln::bench

@@ -1,0 +1,58 @@
+// Internal to the CUDA linear kernels: the prepared-weight descriptor a kernel receives
+// and the launchers, one per (scheme, token tile), chosen at prepare time.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::ops::cuda::detail {
+
+// Prepared weights: every row of W is kc 16-byte chunks (k padded with zeros to a whole
+// chunk); chunk_elems(scheme) elements per chunk. Scale layouts (device memory):
+//   BF16      none
+//   FP8Block  f32 [ceil(n / block_n), scale_ld], column of chunk c = c >> grp_shift
+//   Int4Group f32 [n, scale_ld] (+ u8 zero points [n, scale_ld] or null), column c >> grp_shift
+//   MXFP4     u8 E8M0 [n, kc] (one scale per chunk of 32)
+//   NVFP4     u8 E4M3 [n, 2 * kc] (two scales per chunk of 32), times `global`
+struct LinearParams {
+  const void* w = nullptr;
+  const void* scale = nullptr;
+  const uint8_t* zp = nullptr;
+  int64_t n = 0;
+  int kc = 0;
+  int scale_ld = 0;
+  int grp_shift = 0;
+  int block_n = 1;
+  float global = 1.0f;
+};
+
+// Elements of one 16-byte chunk: bf16 8, fp8 16, int4 / e2m1 32.
+constexpr int chunk_elems(LinearScheme s) {
+  return s == LinearScheme::BF16 ? 8 : s == LinearScheme::FP8Block ? 16 : 32;
+}
+
+// Threads per block of every linear kernel.
+inline constexpr int kThreads = 256;
+
+struct LaunchShape {
+  int lk_log2 = 5;      // threads along k per row group: 1 << lk_log2 (8..256)
+  unsigned blocks = 1;  // row blocks (grid.x)
+  unsigned mtiles = 1;  // token tiles (grid.y)
+};
+
+using LaunchFn = void (*)(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y,
+                          int64_t ldy, cudaStream_t stream);
+
+// Tokens per tile the kernels are compiled for (ascending) and the rows each thread
+// carries for that tile.
+inline constexpr int kTokenTiles[] = {1, 2, 4, 8, 16, 32};
+constexpr int rows_per_thread(int mt) { return mt >= 32 ? 2 : 4; }
+LaunchFn select_launcher(LinearScheme s, int mt);
+
+// dst[m, c] = src[m, c] for c < k, 0 for k <= c < kp (m < M); rows ldx apart in src, kp in dst.
+void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream);
+
+}  // namespace kiln::ops::cuda::detail

@@ -1,0 +1,6 @@
+// The int4_group linear kernels (one translation unit per scheme so they compile in parallel).
+#include "kiln/ops/cuda/quant_linear_kernels.cuh"
+
+namespace kiln::ops::cuda::detail {
+LaunchFn launcher_int4_group(int mt) { return kernels::launcher_for_tile<LinearScheme::Int4Group>(mt); }
+}  // namespace kiln::ops::cuda::detail

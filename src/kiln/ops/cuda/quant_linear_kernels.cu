@@ -1,0 +1,45 @@
+// Kernel selection and the x staging kernel; the linear kernels themselves are compiled
+// one scheme per file (quant_linear_<scheme>.cu, from quant_linear_kernels.cuh).
+#include <algorithm>
+
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_detail.h"
+
+namespace kiln::ops::cuda::detail {
+
+LaunchFn launcher_bf16(int mt);
+LaunchFn launcher_fp8_block(int mt);
+LaunchFn launcher_int4_group(int mt);
+LaunchFn launcher_mxfp4(int mt);
+LaunchFn launcher_nvfp4(int mt);
+
+namespace {
+
+__global__ void pad_rows_kernel(const float* __restrict__ src, int64_t ldx, int64_t k, int64_t kp,
+                                float* __restrict__ dst) {
+  const int m = blockIdx.y;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < kp;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[m * kp + c] = c < k ? src[m * ldx + c] : 0.0f;
+}
+
+}  // namespace
+
+LaunchFn select_launcher(LinearScheme s, int mt) {
+  switch (s) {
+    case LinearScheme::BF16: return launcher_bf16(mt);
+    case LinearScheme::FP8Block: return launcher_fp8_block(mt);
+    case LinearScheme::Int4Group: return launcher_int4_group(mt);
+    case LinearScheme::MXFP4: return launcher_mxfp4(mt);
+    case LinearScheme::NVFP4: return launcher_nvfp4(mt);
+  }
+  return nullptr;
+}
+
+void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream) {
+  const unsigned bx = static_cast<unsigned>(std::min<int64_t>((kp + 255) / 256, 1024));
+  pad_rows_kernel<<<dim3(bx, static_cast<unsigned>(M)), 256, 0, stream>>>(src, ldx, k, kp, dst);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::ops::cuda::detail

@@ -1,0 +1,6 @@
+// The mxfp4 linear kernels (one translation unit per scheme so they compile in parallel).
+#include "kiln/ops/cuda/quant_linear_kernels.cuh"
+
+namespace kiln::ops::cuda::detail {
+LaunchFn launcher_mxfp4(int mt) { return kernels::launcher_for_tile<LinearScheme::MXFP4>(mt); }
+}  // namespace kiln::ops::cuda::detail
