@@ -3,7 +3,9 @@
 
 #include <iostream>
 
+#include "kiln/cli/default_model.h"
 #include "kiln/cli/inspect.h"
+#include "kiln/cli/perplexity.h"
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/core/error.h"
@@ -33,7 +35,9 @@ int main(int argc, char** argv) {
 
   kiln::cli::GenerateOptions gen;
   auto* ge = app.add_subcommand("generate", "Generate tokens after a prompt of token ids");
-  ge->add_option("--model", gen.model, "Checkpoint directory")->required();
+  ge->add_option("--model", gen.model,
+                 "Checkpoint directory (default: the bundled " + std::string(kiln::cli::kDefaultModelName) + ", found via $" +
+                     kiln::cli::kDefaultModelEnv + ", ../models next to the executable, or the source tree)");
   ge->add_option("--tokens", gen.tokens, "Prompt token ids: 5,17,42 or a .npy integer array")->required();
   ge->add_option("--max-tokens", gen.max_tokens, "Tokens to generate")->capture_default_str();
   ge->add_option("--temperature", gen.sampling.temperature, "0 = greedy (argmax, ties to the lowest id)")
@@ -51,6 +55,17 @@ int main(int argc, char** argv) {
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
   ge->add_option("--device", gen.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
   ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  kiln::cli::PerplexityOptions ppl;
+  auto* pp = app.add_subcommand("perplexity", "Perplexity of a model on a text: windows of --ctx tokens, each from a "
+                                              "fresh state, every token but a window's first scored");
+  pp->add_option("--model", ppl.model, "Checkpoint directory (default: the bundled model, as for generate)");
+  auto* pp_text = pp->add_option("--text", ppl.text, "UTF-8 text file, tokenized with the model's tokenizer.json");
+  auto* pp_tokens = pp->add_option("--tokens", ppl.tokens, "Token ids instead of a text: 5,17,42 or a .npy integer array");
+  pp_text->excludes(pp_tokens);
+  pp->add_option("--ctx", ppl.ctx, "Window length in tokens")->capture_default_str();
+  pp->add_flag("--json", ppl.json, "Print one JSON object (tokens, scored_tokens, windows, nll_sum, perplexity, ...)");
+  pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   kiln::cli::QuantizeOptions quant;
   auto* qu = app.add_subcommand("quantize", "Write a quantized artifact from a (BF16) checkpoint, in the layout of a real "
@@ -85,7 +100,11 @@ int main(int argc, char** argv) {
   try {
     if (*ins) return kiln::cli::run_inspect(inspect, std::cout, std::cerr);
     if (*sc) return kiln::cli::run_score(score, std::cout, std::cerr);
-    if (*ge) return kiln::cli::run_generate(gen, std::cout, std::cerr);
+    if (*ge) {
+      gen.model = kiln::cli::model_or_default(gen.model);
+      return kiln::cli::run_generate(gen, std::cout, std::cerr);
+    }
+    if (*pp) return kiln::cli::run_perplexity(ppl, std::cout, std::cerr);
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
   } catch (const kiln::Error& e) {
     std::cerr << "kiln: error: " << e.what() << "\n";

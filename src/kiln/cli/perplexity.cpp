@@ -1,0 +1,106 @@
+#include "kiln/cli/perplexity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln/cli/default_model.h"
+#include "kiln/cli/run_commands.h"
+#include "kiln/core/error.h"
+#include "kiln/runtime/loaded_model.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace kiln::cli {
+namespace {
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) fail_io("--text {}: cannot open the file", p.string());
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) fail_io("--text {}: read error", p.string());
+  return std::move(ss).str();
+}
+
+// Natural-log NLL of `target` under one row of logits, in double.
+double nll(const float* row, int64_t V, int32_t target) {
+  double mx = row[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+  return mx + std::log(sum) - static_cast<double>(row[target]);
+}
+
+}  // namespace
+
+int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& err) {
+  if (o.text.has_value() == o.tokens.has_value()) fail(ErrorKind::Usage, "give exactly one of --text FILE and --tokens IDS");
+  if (o.ctx < 2) fail(ErrorKind::Usage, "--ctx {}: a window needs at least 2 tokens", o.ctx);
+  const auto dir = model_or_default(o.model);
+
+  std::vector<int32_t> ids;
+  if (o.text) {
+    const auto tok_path = dir / "tokenizer.json";
+    if (!std::filesystem::exists(tok_path))
+      fail(ErrorKind::Usage, "--text needs the model's tokenizer: {} does not exist (pass --tokens instead)",
+           tok_path.string());
+    const auto tok = tokenizer::Tokenizer::from_file(tok_path);
+    ids = tok.encode(read_file(*o.text));
+  } else {
+    ids = parse_tokens(*o.tokens);
+  }
+  if (ids.size() < 2)
+    fail(ErrorKind::Usage, "{}: {} token(s); perplexity needs at least 2",
+         o.text ? o.text->string() : std::string("--tokens"), ids.size());
+
+  auto m = runtime::load_model(dir, o.threads, o.json ? nullptr : &err);
+  const int64_t V = m->config.vocab_size, T = static_cast<int64_t>(ids.size());
+  for (int64_t i = 0; i < T; ++i) {
+    if (ids[i] < 0 || ids[i] >= V)
+      fail(ErrorKind::Usage, "token id {} at position {} is outside the model's vocabulary [0, {})", ids[i], i, V);
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> logits(static_cast<size_t>(std::min(o.ctx, T) * V));
+  double total = 0.0;
+  int64_t scored = 0, windows = 0;
+  for (int64_t p = 0; p < T; p += o.ctx) {
+    const int64_t n = std::min(o.ctx, T - p);
+    if (n < 2) break;  // a last window of one token predicts nothing
+    auto state = m->forward->new_state();
+    m->forward->step(state, std::span(ids).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), logits.data(),
+                     nullptr);
+    for (int64_t i = 0; i + 1 < n; ++i) total += nll(logits.data() + i * V, V, ids[static_cast<size_t>(p + i + 1)]);
+    scored += n - 1;
+    ++windows;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double mean = total / static_cast<double>(scored), ppl = std::exp(mean);
+
+  if (o.json) {
+    nlohmann::json j = {{"model", dir.string()},
+                        {"tokens", T},
+                        {"scored_tokens", scored},
+                        {"windows", windows},
+                        {"ctx", o.ctx},
+                        {"nll_sum", total},
+                        {"mean_nll", mean},
+                        {"perplexity", ppl},
+                        {"seconds", secs},
+                        {"tokens_per_s", static_cast<double>(T) / secs}};
+    if (o.text) j["text"] = o.text->string();
+    out << j.dump() << "\n";
+  } else {
+    out << fmt::format("tokens {} (scored {} in {} window(s) of up to {})\n", T, scored, windows, o.ctx);
+    out << fmt::format("perplexity {:.4f} (mean NLL {:.6f} nats/token)\n", ppl, mean);
+    err << fmt::format("scored in {:.2f} s ({:.0f} tokens/s)\n", secs, static_cast<double>(T) / secs);
+  }
+  return 0;
+}
+
+}  // namespace kiln::cli
