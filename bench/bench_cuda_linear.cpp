@@ -1,5 +1,7 @@
 // CUDA linear kernels at DeepSeek-V4-Flash decode shapes, every weight scheme, M = 1..64.
-//   kiln_bench_cuda_linear [--quick]
+//   kiln_bench_cuda_linear [--quick | --variants]
+// --quick: M = 1 only. --variants: also every rows-per-thread variant (1, 2, 4) for
+// M <= 16, so the defaults (quant_linear_detail.h) can be chosen from data.
 // First measures the device's achievable read bandwidth (a streaming read kernel over
 // 2 GiB), then for each scheme x shape x M times one forward call: a CUDA graph of many
 // calls that rotate over enough copies of the prepared weight that L2 (50 MB on H100/H200)
@@ -138,7 +140,7 @@ double time_calls(const std::vector<QuantLinear>& lins, const float* x, float* y
   return ms[ms.size() / 2] * 1e-3 / calls;
 }
 
-int run(bool quick) {
+int run(bool quick, bool variants) {
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %.0f MiB, %.1f GiB\n", prop.name, prop.multiProcessorCount,
@@ -168,20 +170,24 @@ int run(bool quick) {
     KILN_CUDA_CHECK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(float), cudaMemcpyHostToDevice));
     for (LinearScheme s : schemes) {
       const Quantized q = quantize(s, w, sh.n, sh.k);
+      for (int rw : {0, 1, 2, 4}) {
+      if (rw != 0 && !variants) continue;
       std::vector<QuantLinear> lins;
-      lins.push_back(QuantLinear::prepare(q.host, max_m));
+      lins.push_back(QuantLinear::prepare(q.host, max_m, rw));
       const double bytes = static_cast<double>(lins[0].weight_bytes());
       const int copies = std::clamp(static_cast<int>(rotate_bytes / bytes) + 1, 2, 256);
-      for (int i = 1; i < copies; ++i) lins.push_back(QuantLinear::prepare(q.host, max_m));
+      for (int i = 1; i < copies; ++i) lins.push_back(QuantLinear::prepare(q.host, max_m, rw));
       for (int M : kMs) {
         if (quick && M != 1) continue;
+        if (rw != 0 && M > 16) continue;
         const int calls = std::max(copies, 200) / copies * copies;
         const double t = time_calls(lins, x, y, M, calls, st);
         const double gbs = bytes / t / 1e9;
-        std::printf("| %s | %s | %lld x %lld | %d | %.2f | %.2f | %.0f | %.2f | %s |\n", kiln::ops::linear_scheme_name(s),
+        std::printf("| %s | %s | %lld x %lld | %d | %.2f | %.2f | %.0f | %.2f | %s%s |\n", kiln::ops::linear_scheme_name(s),
                     sh.name, static_cast<long long>(sh.n), static_cast<long long>(sh.k), M, t * 1e6, bytes / 1e6, gbs,
-                    gbs * 1e9 / bw.bytes_per_s, lins[0].describe(M));
+                    gbs * 1e9 / bw.bytes_per_s, lins[0].describe(M), rw ? " (forced)" : "");
         std::fflush(stdout);
+      }
       }
     }
     KILN_CUDA_CHECK(cudaFree(x));
@@ -195,7 +201,9 @@ int run(bool quick) {
 
 int main(int argc, char** argv) {
   try {
-    return run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    const bool variants = argc > 1 && std::strcmp(argv[1], "--variants") == 0;
+    return run(quick, variants);
   } catch (const kiln::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -105,7 +105,7 @@ struct DevBuf {
 };
 
 // Writes the case, plans and dequantizes it on the CPU, runs it on the GPU for every M.
-void check_case(const Case& c, std::initializer_list<int> ms, uint32_t seed) {
+void check_case(const Case& c, std::initializer_list<int> ms, uint32_t seed, int rows_per_thread = 0) {
   SCOPED_TRACE(c.label + " [" + std::to_string(c.n) + ", " + std::to_string(c.k) + "]");
   test::TempDir d;
   std::vector<SafetensorsWriter::Tensor> ts;
@@ -129,7 +129,7 @@ void check_case(const Case& c, std::initializer_list<int> ms, uint32_t seed) {
   const std::vector<float> W = model::dequantize_linear(ckpt, pl).w;
 
   const int max_m = 64;
-  auto lin = cuda::QuantLinear::prepare(host_view(ckpt, pl), max_m);
+  auto lin = cuda::QuantLinear::prepare(host_view(ckpt, pl), max_m, rows_per_thread);
   EXPECT_EQ(lin.n(), c.n);
   EXPECT_EQ(lin.k(), c.k);
 
@@ -271,6 +271,28 @@ TEST(CudaQuantLinear, EveryTokenCount) {
   auto q = quant::quantize_fp8_block(w, 96, 384);
   Case c{"fp8_block e8m0", {{"weight", q.weight}, {"scale", q.scale}}, 96, 384};
   for (int M = 1; M <= 64; ++M) check_case(c, {M}, 16 + static_cast<uint32_t>(M));
+}
+
+// The kernels with 1 and 2 rows per thread (the benchmark's variants; the defaults are
+// covered above), each scheme on a shape with a partial chunk and a partial row block.
+TEST(CudaQuantLinear, RowsPerThreadVariants) {
+  const int64_t n = 37, k = 208;
+  auto w = random_matrix(n, k, 7);
+  std::vector<Case> cases;
+  cases.push_back({"bf16", {{"weight", quant::encode_floats(w, {n, k}, DType::BF16)}}, n, k});
+  auto f8 = quant::quantize_fp8_block(w, n, k);
+  cases.push_back({"fp8_block", {{"weight", f8.weight}, {"scale", f8.scale}}, n, k});
+  quant::Int4Options io;
+  io.symmetric = false;
+  auto i4 = quant::quantize_int4_group(w, n, k, io);
+  cases.push_back({"int4 asym", {{"weight_packed", i4.packed}, {"weight_scale", i4.scale}, {"weight_shape", i4.shape},
+                                 {"weight_zero_point", *i4.zero_point}}, n, k});
+  auto mx = quant::quantize_mxfp4(w, n, k);
+  cases.push_back({"mxfp4", {{"weight", mx.weight}, {"scale", mx.scale}}, n, k});
+  auto nv = quant::quantize_nvfp4(w, n, k, quant::nvfp4_global_for(quant::amax(w)));
+  cases.push_back({"nvfp4", {{"weight", nv.weight}, {"weight_scale", nv.scale}, {"weight_scale_2", nv.global_scale}}, n, k});
+  for (const Case& c : cases)
+    for (int rw : {1, 2, 4}) check_case(c, {1, 2, 3, 8, 16, 33, 64}, 17, rw);
 }
 
 TEST(CudaQuantLinear, BadInputIsAClearError) {

@@ -67,7 +67,9 @@ class QuantLinear {
   // Validates and uploads `w` (synchronously); throws kiln::Error naming `w.name`, the
   // tensor and the expectation on any size/dtype mismatch, or on an fp8 weight holding
   // the e4m3 NaN code. max_m: largest token count forward() will be called with.
-  static QuantLinear prepare(const HostQuantLinear& w, int max_m);
+  // rows_per_thread: 0 picks the kernel's default for each M; 1, 2 or 4 forces it (for
+  // benchmarks comparing variants; tiles of 32 tokens take at most 2).
+  static QuantLinear prepare(const HostQuantLinear& w, int max_m, int rows_per_thread = 0);
 
   QuantLinear();
   QuantLinear(QuantLinear&&) noexcept;

@@ -133,8 +133,10 @@ struct QuantLinearImpl {
   int64_t weight_bytes = 0;
 };
 
-QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m) {
+QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   if (w.n <= 0 || w.k <= 0) fail_invalid("{}: shape [{}, {}] is empty", w.name, w.n, w.k);
+  if (rows_per_thread != 0 && rows_per_thread != 1 && rows_per_thread != 2 && rows_per_thread != 4)
+    fail(ErrorKind::Usage, "{}: rows_per_thread = {} is not 0, 1, 2 or 4", w.name, rows_per_thread);
   if (max_m < 1 || max_m > 4096) fail(ErrorKind::Usage, "{}: max_m = {} is outside [1, 4096]", w.name, max_m);
   if (w.n >= (int64_t{1} << 31) || w.k >= (int64_t{1} << 30))
     fail_invalid("{}: shape [{}, {}] is too large for the CUDA linear kernel", w.name, w.n, w.k);
@@ -274,9 +276,11 @@ QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m) {
         break;
       }
     auto& pl = impl->plans[static_cast<size_t>(M - 1)];
-    pl.fn = detail::select_launcher(w.scheme, mt);
+    const int rw = rows_per_thread ? std::min(rows_per_thread, 64 / mt) : detail::rows_per_thread(w.scheme, mt);
+    pl.fn = detail::select_launcher(w.scheme, mt, rw);
+    if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", linear_scheme_name(w.scheme), mt, rw);
     pl.shape.mtiles = static_cast<unsigned>(ceil_div(M, mt));
-    const int64_t rw = detail::rows_per_thread(mt), groups = ceil_div(n, rw);
+    const int64_t groups = ceil_div(n, rw);
     auto blocks = [&](int l) { return ceil_div(groups, detail::kThreads >> l); };
     int l = 3;
     while (l < max_lk_log2 && blocks(l) * pl.shape.mtiles < 2 * sms) ++l;

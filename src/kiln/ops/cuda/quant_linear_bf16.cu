@@ -2,5 +2,5 @@
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda::detail {
-LaunchFn launcher_bf16(int mt) { return kernels::launcher_for_tile<LinearScheme::BF16>(mt); }
+LaunchFn launcher_bf16(int mt, int rw) { return kernels::launcher_for<LinearScheme::BF16>(mt, rw); }
 }  // namespace kiln::ops::cuda::detail

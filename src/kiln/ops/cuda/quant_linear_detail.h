@@ -46,11 +46,19 @@ struct LaunchShape {
 using LaunchFn = void (*)(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y,
                           int64_t ldy, cudaStream_t stream);
 
-// Tokens per tile the kernels are compiled for (ascending) and the rows each thread
-// carries for that tile.
+// Tokens per tile the kernels are compiled for (ascending), the rows each thread carries
+// by default for that tile, and the launcher of a (scheme, tile, rows) kernel (null where
+// that combination is not compiled: tile x rows <= 64, rows in {1, 2, 4}).
 inline constexpr int kTokenTiles[] = {1, 2, 4, 8, 16, 32};
-constexpr int rows_per_thread(int mt) { return mt >= 32 ? 2 : 4; }
-LaunchFn select_launcher(LinearScheme s, int mt);
+// (H100 measurements in docs/performance.md: 4-bit schemes gain most from sharing x
+// across rows; bf16 and fp8 beyond one token from the higher occupancy of 2 rows.)
+constexpr int rows_per_thread(LinearScheme s, int mt) {
+  if (mt >= 32) return 2;
+  if (s == LinearScheme::BF16) return mt == 1 ? 4 : 2;
+  if (s == LinearScheme::FP8Block) return 2;
+  return 4;
+}
+LaunchFn select_launcher(LinearScheme s, int mt, int rw);
 
 // dst[m, c] = src[m, c] for c < k, 0 for k <= c < kp (m < M); rows ldx apart in src, kp in dst.
 void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream);

@@ -2,5 +2,5 @@
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda::detail {
-LaunchFn launcher_fp8_block(int mt) { return kernels::launcher_for_tile<LinearScheme::FP8Block>(mt); }
+LaunchFn launcher_fp8_block(int mt, int rw) { return kernels::launcher_for<LinearScheme::FP8Block>(mt, rw); }
 }  // namespace kiln::ops::cuda::detail

@@ -2,5 +2,5 @@
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda::detail {
-LaunchFn launcher_int4_group(int mt) { return kernels::launcher_for_tile<LinearScheme::Int4Group>(mt); }
+LaunchFn launcher_int4_group(int mt, int rw) { return kernels::launcher_for<LinearScheme::Int4Group>(mt, rw); }
 }  // namespace kiln::ops::cuda::detail

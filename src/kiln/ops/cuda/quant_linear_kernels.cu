@@ -7,11 +7,11 @@
 
 namespace kiln::ops::cuda::detail {
 
-LaunchFn launcher_bf16(int mt);
-LaunchFn launcher_fp8_block(int mt);
-LaunchFn launcher_int4_group(int mt);
-LaunchFn launcher_mxfp4(int mt);
-LaunchFn launcher_nvfp4(int mt);
+LaunchFn launcher_bf16(int mt, int rw);
+LaunchFn launcher_fp8_block(int mt, int rw);
+LaunchFn launcher_int4_group(int mt, int rw);
+LaunchFn launcher_mxfp4(int mt, int rw);
+LaunchFn launcher_nvfp4(int mt, int rw);
 
 namespace {
 
@@ -25,13 +25,13 @@ __global__ void pad_rows_kernel(const float* __restrict__ src, int64_t ldx, int6
 
 }  // namespace
 
-LaunchFn select_launcher(LinearScheme s, int mt) {
+LaunchFn select_launcher(LinearScheme s, int mt, int rw) {
   switch (s) {
-    case LinearScheme::BF16: return launcher_bf16(mt);
-    case LinearScheme::FP8Block: return launcher_fp8_block(mt);
-    case LinearScheme::Int4Group: return launcher_int4_group(mt);
-    case LinearScheme::MXFP4: return launcher_mxfp4(mt);
-    case LinearScheme::NVFP4: return launcher_nvfp4(mt);
+    case LinearScheme::BF16: return launcher_bf16(mt, rw);
+    case LinearScheme::FP8Block: return launcher_fp8_block(mt, rw);
+    case LinearScheme::Int4Group: return launcher_int4_group(mt, rw);
+    case LinearScheme::MXFP4: return launcher_mxfp4(mt, rw);
+    case LinearScheme::NVFP4: return launcher_nvfp4(mt, rw);
   }
   return nullptr;
 }

@@ -8,22 +8,18 @@
 // memory when lk > 32). Weights are streamed once (ld.global.nc, no L1 allocation); x is
 // read through L1, where the row groups of a block share it.
 //
-// Dequantization in registers, all exact:
-//  - e4m3 byte -> fp16 by moving its bits (value * 2^-8), e2m1 nibble -> fp16 (value *
-//    2^-14), int4 nibble u -> fp16 1024 + u, minus 1024 + zero point;
-//  - each group of 8 products is summed in fp32, then multiplied by the unit factor
-//    (2^8, 2^14) and the chunk's scale and added to the fp32 accumulator.
+// Dequantization in registers, all exact (see the Codec comment below); each group of 8
+// products is summed in fp32, then multiplied by its scale and added to the fp32
+// accumulator.
 #pragma once
 
-#include <cuda_fp16.h>
+#include <cstdint>
 
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 
 namespace kiln::ops::cuda::detail {
 namespace kernels {
-
-constexpr int kUnroll = 2;  // chunks per row in flight per thread
 
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 v;
@@ -37,11 +33,11 @@ __device__ __forceinline__ uint32_t word(const uint4& q, int i) {
   return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w;
 }
 
-__device__ __forceinline__ float2 half2_bits_to_float2(uint32_t bits) {
-  __half2 h;
-  memcpy(&h, &bits, 4);
-  return __half22float2(h);
-}
+// The two bf16 halves of a word as floats: a shift and a mask, no conversion instruction
+// (the fp16 -> fp32 conversions of an earlier version capped the 4- and 8-bit kernels at
+// about 9.5 elements per clock per multiprocessor on an H100).
+__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xFFFF0000u); }
 
 // e4m3fn scale byte -> float (exact; 0x7F/0xFF = NaN), as kiln's e4m3_to_f32.
 __device__ __forceinline__ float e4m3_scale(uint32_t v) {
@@ -65,7 +61,11 @@ __device__ __forceinline__ float e8m0_scale(uint32_t v) {
 }
 
 // ---- Per-scheme chunk decoding. decode8(q, j, w) writes the 8 elements j*8 .. j*8+7 of the
-// chunk as "unit" values; the true weight is unit * kUnit * scale (scale per group of 8).
+// chunk as "unit" values (the integer u - z for int4, the element itself otherwise); the
+// weight is unit * scale (scale per group of 8). Every step is exact: e4m3 and e2m1 bits
+// are placed in the low exponent / high mantissa bits of a bf16 (so the fp32 read is the
+// value times 2^-120 or 2^-126, denormal for the smallest codes), then multiplied back by
+// that power of two in fp32; int4 is 128 + u in bf16 minus 128 + z in fp32.
 
 template <LinearScheme S>
 struct Codec;
@@ -73,13 +73,12 @@ struct Codec;
 template <>
 struct Codec<LinearScheme::BF16> {
   static constexpr int E = 8;
-  static constexpr float kUnit = 1.0f;
   __device__ static void decode8(const uint4& q, int, float* w) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t v = word(q, i);
-      w[2 * i] = __uint_as_float(v << 16);
-      w[2 * i + 1] = __uint_as_float(v & 0xFFFF0000u);
+      w[2 * i] = bf16_lo(v);
+      w[2 * i + 1] = bf16_hi(v);
     }
   }
 };
@@ -87,63 +86,57 @@ struct Codec<LinearScheme::BF16> {
 template <>
 struct Codec<LinearScheme::FP8Block> {
   static constexpr int E = 16;
-  static constexpr float kUnit = 256.0f;  // e4m3 bits placed in an fp16 read 2^-8 of the value
   __device__ static void decode8(const uint4& q, int j, float* w) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const uint32_t v = word(q, 2 * j + i);
-      const uint32_t h02 = ((v << 7) & 0x3F803F80u) | ((v << 8) & 0x80008000u);  // bytes 0 and 2
-      const uint32_t h13 = ((v >> 1) & 0x3F803F80u) | (v & 0x80008000u);         // bytes 1 and 3
-      const float2 a = half2_bits_to_float2(h02), b = half2_bits_to_float2(h13);
-      w[4 * i + 0] = a.x;
-      w[4 * i + 1] = b.x;
-      w[4 * i + 2] = a.y;
-      w[4 * i + 3] = b.y;
+      const uint32_t h02 = ((v << 4) & 0x07F007F0u) | ((v << 8) & 0x80008000u);  // bytes 0 and 2
+      const uint32_t h13 = ((v >> 4) & 0x07F007F0u) | (v & 0x80008000u);         // bytes 1 and 3
+      w[4 * i + 0] = bf16_lo(h02) * 0x1p120f;
+      w[4 * i + 1] = bf16_lo(h13) * 0x1p120f;
+      w[4 * i + 2] = bf16_hi(h02) * 0x1p120f;
+      w[4 * i + 3] = bf16_hi(h13) * 0x1p120f;
     }
   }
 };
 
-// e2m1 nibbles of one word -> 8 units (value * 2^-14): nibble p and p + 4 share an fp16 pair.
+// e2m1 nibbles of one word -> 8 values: nibble p and p + 4 share a bf16 pair, eem at bits
+// 6-8 of each half, the sign at bit 15.
 __device__ __forceinline__ void decode_e2m1_word(uint32_t v, float* w) {
-  const uint32_t m = 0x0E000E00u, s = 0x80008000u;
-  const uint32_t h0 = ((v << 9) & m) | ((v << 12) & s);
-  const uint32_t h1 = ((v << 5) & m) | ((v << 8) & s);
-  const uint32_t h2 = ((v << 1) & m) | ((v << 4) & s);
-  const uint32_t h3 = ((v >> 3) & m) | (v & s);
-  const float2 a = half2_bits_to_float2(h0), b = half2_bits_to_float2(h1);
-  const float2 c = half2_bits_to_float2(h2), d = half2_bits_to_float2(h3);
-  w[0] = a.x, w[4] = a.y, w[1] = b.x, w[5] = b.y, w[2] = c.x, w[6] = c.y, w[3] = d.x, w[7] = d.y;
+  const uint32_t m = 0x01C001C0u, s = 0x80008000u;
+  const uint32_t h0 = ((v << 6) & m) | ((v << 12) & s);
+  const uint32_t h1 = ((v << 2) & m) | ((v << 8) & s);
+  const uint32_t h2 = ((v >> 2) & m) | ((v << 4) & s);
+  const uint32_t h3 = ((v >> 6) & m) | (v & s);
+  w[0] = bf16_lo(h0) * 0x1p126f, w[4] = bf16_hi(h0) * 0x1p126f;
+  w[1] = bf16_lo(h1) * 0x1p126f, w[5] = bf16_hi(h1) * 0x1p126f;
+  w[2] = bf16_lo(h2) * 0x1p126f, w[6] = bf16_hi(h2) * 0x1p126f;
+  w[3] = bf16_lo(h3) * 0x1p126f, w[7] = bf16_hi(h3) * 0x1p126f;
 }
 
 template <>
 struct Codec<LinearScheme::MXFP4> {
   static constexpr int E = 32;
-  static constexpr float kUnit = 16384.0f;
   __device__ static void decode8(const uint4& q, int j, float* w) { decode_e2m1_word(word(q, j), w); }
 };
 
 template <>
 struct Codec<LinearScheme::NVFP4> {
   static constexpr int E = 32;
-  static constexpr float kUnit = 16384.0f;
   __device__ static void decode8(const uint4& q, int j, float* w) { decode_e2m1_word(word(q, j), w); }
 };
 
-// int4: units are u - z exactly (1024 + u and 1024 + z are exact in fp16).
+// int4: 128 + u is exact in bf16 (u < 16), minus 128 + z exactly in fp32.
 template <>
 struct Codec<LinearScheme::Int4Group> {
   static constexpr int E = 32;
-  static constexpr float kUnit = 1.0f;
-  __device__ static void decode8(const uint4& q, int j, __half2 zero, float* w) {
+  __device__ static void decode8(const uint4& q, int j, float zero, float* w) {
     const uint32_t v = word(q, j);
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
-      const uint32_t bits = ((v >> (4 * p)) & 0x000F000Fu) | 0x64006400u;
-      __half2 h;
-      memcpy(&h, &bits, 4);
-      const float2 f = __half22float2(__hsub2(h, zero));
-      w[p] = f.x;
-      w[p + 4] = f.y;
+      const uint32_t h = ((v >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
+      w[p] = bf16_lo(h) - zero;
+      w[p + 4] = bf16_hi(h) - zero;
     }
   }
 };
@@ -152,7 +145,7 @@ struct Codec<LinearScheme::Int4Group> {
 template <LinearScheme S>
 struct ChunkScales {
   float s[Codec<S>::E / 8 > 0 ? Codec<S>::E / 8 : 1];
-  __half2 zero;
+  float zero;  // int4: 128 + zero point
 };
 
 template <LinearScheme S>
@@ -168,8 +161,7 @@ __device__ __forceinline__ void load_scales(const LinearParams& p, int64_t row, 
     const float s = __ldg(static_cast<const float*>(p.scale) + i);
 #pragma unroll
     for (int g = 0; g < G; ++g) out.s[g] = s;
-    const float z = 1024.0f + (p.zp ? static_cast<float>(__ldg(p.zp + i)) : 8.0f);
-    out.zero = __float2half2_rn(z);
+    out.zero = 128.0f + (p.zp ? static_cast<float>(__ldg(p.zp + i)) : 8.0f);
   } else if constexpr (S == LinearScheme::MXFP4) {
     const float s = e8m0_scale(__ldg(static_cast<const uint8_t*>(p.scale) + row * p.kc + c));
 #pragma unroll
@@ -212,58 +204,67 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
 #pragma unroll
     for (int r = 0; r < RW; ++r) acc[m][r] = 0.0f;
 
-  for (int c0 = kl; c0 < p.kc; c0 += lk * kUnroll) {
-    uint4 q[kUnroll][RW];
-    ChunkScales<S> sc[kUnroll][RW];
+  // One-deep software pipeline: the next chunk's weights and scales are in flight while
+  // this chunk is dequantized and multiplied.
+  uint4 q[RW];
+  ChunkScales<S> sc[RW];
+  int c = kl;
+  if (c < p.kc) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + u * lk;
-      if (c < p.kc) {
+    for (int r = 0; r < RW; ++r) {
+      q[r] = load_stream(wbase + (rows[r] * p.kc + c) * 16);
+      load_scales<S>(p, rows[r], srow[r], c, sc[r]);
+    }
+  }
+  for (; c < p.kc; c += lk) {
+    uint4 qn[RW];
+    ChunkScales<S> sn[RW];
+    const int cn = c + lk;
+    if (cn < p.kc) {
 #pragma unroll
-        for (int r = 0; r < RW; ++r) {
-          q[u][r] = load_stream(wbase + (rows[r] * p.kc + c) * 16);
-          load_scales<S>(p, rows[r], srow[r], c, sc[u][r]);
+      for (int r = 0; r < RW; ++r) {
+        qn[r] = load_stream(wbase + (rows[r] * p.kc + cn) * 16);
+        load_scales<S>(p, rows[r], srow[r], cn, sn[r]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      float w[RW][8];
+#pragma unroll
+      for (int r = 0; r < RW; ++r) {
+        if constexpr (S == LinearScheme::Int4Group)
+          C::decode8(q[r], j, sc[r].zero, w[r]);
+        else
+          C::decode8(q[r], j, w[r]);
+      }
+      const float* xc = x + static_cast<int64_t>(c) * E + j * 8;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m < M) {
+          const float4 a = __ldg(reinterpret_cast<const float4*>(xc + m * ldx));
+          const float4 b = __ldg(reinterpret_cast<const float4*>(xc + m * ldx + 4));
+#pragma unroll
+          for (int r = 0; r < RW; ++r) {
+            float t = a.x * w[r][0];
+            t = fmaf(a.y, w[r][1], t);
+            t = fmaf(a.z, w[r][2], t);
+            t = fmaf(a.w, w[r][3], t);
+            t = fmaf(b.x, w[r][4], t);
+            t = fmaf(b.y, w[r][5], t);
+            t = fmaf(b.z, w[r][6], t);
+            t = fmaf(b.w, w[r][7], t);
+            if constexpr (S == LinearScheme::BF16)
+              acc[m][r] += t;
+            else
+              acc[m][r] = fmaf(t, sc[r].s[j], acc[m][r]);
+          }
         }
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + u * lk;
-      if (c >= p.kc) break;
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-        float w[RW][8];
-#pragma unroll
-        for (int r = 0; r < RW; ++r) {
-          if constexpr (S == LinearScheme::Int4Group)
-            C::decode8(q[u][r], j, sc[u][r].zero, w[r]);
-          else
-            C::decode8(q[u][r], j, w[r]);
-        }
-        const float* xc = x + static_cast<int64_t>(c) * E + j * 8;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m < M) {
-            const float4 a = __ldg(reinterpret_cast<const float4*>(xc + m * ldx));
-            const float4 b = __ldg(reinterpret_cast<const float4*>(xc + m * ldx + 4));
-#pragma unroll
-            for (int r = 0; r < RW; ++r) {
-              float t = a.x * w[r][0];
-              t = fmaf(a.y, w[r][1], t);
-              t = fmaf(a.z, w[r][2], t);
-              t = fmaf(a.w, w[r][3], t);
-              t = fmaf(b.x, w[r][4], t);
-              t = fmaf(b.y, w[r][5], t);
-              t = fmaf(b.z, w[r][6], t);
-              t = fmaf(b.w, w[r][7], t);
-              if constexpr (S == LinearScheme::BF16)
-                acc[m][r] += t;
-              else
-                acc[m][r] = fmaf(t * C::kUnit, sc[u][r].s[j], acc[m][r]);
-            }
-          }
-        }
-      }
+    for (int r = 0; r < RW; ++r) {
+      q[r] = qn[r];
+      sc[r] = sn[r];
     }
   }
 
@@ -313,26 +314,27 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   }
 }
 
-template <LinearScheme S, int MT>
+template <LinearScheme S, int MT, int RW>
 void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y, int64_t ldy,
             cudaStream_t stream) {
-  constexpr int RW = rows_per_thread(MT);
   static_assert(Codec<S>::E == chunk_elems(S));
   linear_kernel<S, MT, RW><<<dim3(s.blocks, s.mtiles), kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
+// The (token tile, rows per thread) pairs compiled: MT x RW accumulators stay <= 64.
 template <LinearScheme S>
-LaunchFn launcher_for_tile(int mt) {
-  switch (mt) {
-    case 1: return &launch<S, 1>;
-    case 2: return &launch<S, 2>;
-    case 4: return &launch<S, 4>;
-    case 8: return &launch<S, 8>;
-    case 16: return &launch<S, 16>;
-    case 32: return &launch<S, 32>;
-    default: return nullptr;
-  }
+LaunchFn launcher_for(int mt, int rw) {
+#define KILN_TILE(MT_, RW_) \
+  if (mt == MT_ && rw == RW_) return &launch<S, MT_, RW_>;
+  KILN_TILE(1, 1) KILN_TILE(1, 2) KILN_TILE(1, 4)
+  KILN_TILE(2, 1) KILN_TILE(2, 2) KILN_TILE(2, 4)
+  KILN_TILE(4, 1) KILN_TILE(4, 2) KILN_TILE(4, 4)
+  KILN_TILE(8, 1) KILN_TILE(8, 2) KILN_TILE(8, 4)
+  KILN_TILE(16, 1) KILN_TILE(16, 2) KILN_TILE(16, 4)
+  KILN_TILE(32, 1) KILN_TILE(32, 2)
+#undef KILN_TILE
+  return nullptr;
 }
 
 }  // namespace kernels

@@ -2,5 +2,5 @@
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda::detail {
-LaunchFn launcher_mxfp4(int mt) { return kernels::launcher_for_tile<LinearScheme::MXFP4>(mt); }
+LaunchFn launcher_mxfp4(int mt, int rw) { return kernels::launcher_for<LinearScheme::MXFP4>(mt, rw); }
 }  // namespace kiln::ops::cuda::detail
