@@ -79,7 +79,10 @@ class QuantLinear {
   // y[m, :] = W x[m, :] for m < M (device pointers, fp32, rows ldx / ldy floats apart,
   // ldx >= k, ldy >= n). 1 <= M <= max_m. Launches on `stream` (a cudaStream_t, null for
   // the default stream) and checks the launch; no allocation, no synchronisation, so it
-  // can be captured in a CUDA graph.
+  // can be captured in a CUDA graph. When k is not a whole number of 16-byte weight
+  // chunks, or x is not 16-byte aligned row by row, x is first copied into this
+  // object's zero-padded staging buffer: such calls must not run concurrently on two
+  // streams for the same QuantLinear.
   void forward(const float* x, int64_t ldx, int M, float* y, int64_t ldy, void* stream) const;
 
   int64_t n() const;
