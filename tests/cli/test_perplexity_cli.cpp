@@ -90,13 +90,13 @@ TEST(PerplexityCli, TextIsTokenizedWithTheModelsTokenizerLikeHF) {
   // give the same tokens and the same NLL as --tokens with HF's ids.
   const std::string text = read_text(kData + "/heldout.txt");
   const auto hf = kiln::read_npy(kData + "/heldout_ids.npy").as_ints();
-  // cut after a blank line that a letter follows: no pre-tokenizer piece spans the cut
-  size_t cut = text.find("\n\n", 3000);
-  while (cut != std::string::npos && (cut + 2 >= text.size() || !std::isalpha(static_cast<unsigned char>(text[cut + 2])) ||
-                                      text[cut - 1] == '\n'))
-    cut = text.find("\n\n", cut + 1);
+  // cut after a newline between two non-space characters: no pre-tokenizer piece spans it
+  size_t cut = text.find('\n', 400);
+  while (cut != std::string::npos && cut + 1 < text.size() &&
+         (std::isspace(static_cast<unsigned char>(text[cut + 1])) || std::isspace(static_cast<unsigned char>(text[cut - 1]))))
+    cut = text.find('\n', cut + 1);
   ASSERT_NE(cut, std::string::npos);
-  const std::string prefix = text.substr(0, cut + 2);
+  const std::string prefix = text.substr(0, cut + 1);
   const auto tok = kiln::tokenizer::Tokenizer::from_file(kModel + "/tokenizer.json");
   const auto ids = tok.encode(prefix);
   ASSERT_LT(ids.size(), hf.size());
@@ -106,16 +106,18 @@ TEST(PerplexityCli, TextIsTokenizedWithTheModelsTokenizerLikeHF) {
   std::ofstream(txt, std::ios::binary) << prefix;
   const std::vector<int64_t> want(hf.begin(), hf.begin() + static_cast<std::ptrdiff_t>(ids.size()));
   kiln::write_npy_i64(npy, want, {static_cast<int64_t>(want.size())});
-  auto a = kiln_run("perplexity --model " + kModel + " --text " + txt.string() + " --ctx 128 --json");
-  auto b = kiln_run("perplexity --model " + kModel + " --tokens " + npy.string() + " --ctx 128 --json");
+  auto a = kiln_run("perplexity --model " + kModel + " --text " + txt.string() + " --ctx 64 --json");
+  auto b = kiln_run("perplexity --model " + kModel + " --tokens " + npy.string() + " --ctx 64 --json");
   ASSERT_EQ(a.code, 0) << a.text;
   ASSERT_EQ(b.code, 0) << b.text;
   EXPECT_EQ(json_of(a)["tokens"], want.size());
   EXPECT_EQ(json_of(a)["nll_sum"], json_of(b)["nll_sum"]);
-  // plain output
-  auto p = kiln_run("perplexity --model " + kModel + " --text " + txt.string() + " --ctx 128");
+}
+
+TEST(PerplexityCli, PlainOutputNamesTokensAndPerplexity) {
+  auto p = kiln_run("perplexity --model " + kModel + " --tokens " + kData + "/tokens.npy --ctx 40");
   ASSERT_EQ(p.code, 0) << p.text;
-  EXPECT_NE(p.text.find("tokens " + std::to_string(want.size()) + " (scored"), std::string::npos) << p.text;
+  EXPECT_NE(p.text.find("tokens 64 (scored 62 in 2 window(s) of up to 40)"), std::string::npos) << p.text;
   EXPECT_NE(p.text.find("perplexity "), std::string::npos) << p.text;
 }
 
