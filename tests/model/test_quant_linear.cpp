@@ -145,6 +145,7 @@ TEST(QuantLinear, Fp8BlockEveryScaleDtypeAndPartialBlocks) {
   };
   for (Case c : {Case{37, 45, 8, 16}, Case{130, 300, 128, 128}, Case{17, 33, 1, 33}, Case{9, 70, 9, 70}, Case{20, 50, 1, 1}}) {
     for (DType sdt : {DType::F8_E8M0, DType::F32, DType::BF16, DType::F16, DType::U8}) {
+      SCOPED_TRACE(dtype_name(sdt));
       const int64_t sr = (c.n + c.bn - 1) / c.bn, sc = (c.k + c.bk - 1) / c.bk;
       Module m;
       m.tensors = {{"m.weight", DType::F8_E4M3, {c.n, c.k}, g.bytes(c.n * c.k, [&] { return g.e4m3(); })},
@@ -153,6 +154,13 @@ TEST(QuantLinear, Fp8BlockEveryScaleDtypeAndPartialBlocks) {
       expect_bitwise(m, c.n, c.k, fmt::format("fp8 {}x{} blocks {}x{} {}", c.n, c.k, c.bn, c.bk, dtype_name(sdt)).c_str());
     }
   }
+  // Every one of the 256 codes, NaN (S.1111.111) included, decodes as the table does.
+  Module all;
+  std::vector<std::byte> codes(256 * 3);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<std::byte>((i * 7) % 256);
+  all.tensors = {{"m.weight", DType::F8_E4M3, {3, 256}, codes}, {"m.weight_scale_inv", DType::F32, {1, 2}, g.scales(DType::F32, 2)}};
+  all.hint = std::pair(128, 128);
+  expect_bitwise(all, 3, 256, "fp8 every code");
 }
 
 TEST(QuantLinear, Int4GroupSymmetricZeroPointsAndActOrder) {

@@ -8,6 +8,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cpu/linear.h"
 #include "kiln/ops/cpu/thread_pool.h"
+#include "kiln/ops/cpu/vec.h"
 
 namespace kiln::ops::cpu {
 namespace {
@@ -48,6 +49,33 @@ void decode_f16(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float*
   }
 }
 
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+
+inline u32x4 widen4(const uint8_t* p) { return u32x4{p[0], p[1], p[2], p[3]}; }
+inline f32x4 as_f32(u32x4 v) {
+  f32x4 f;
+  std::memcpy(&f, &v, sizeof f);
+  return f;
+}
+inline u32x4 as_u32(f32x4 v) {
+  u32x4 u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+// Four e4m3 bytes as the exact floats of e4m3_to_f32, by bit arithmetic: normals rebias
+// the exponent (7 -> 127), subnormals are m * 2^-9 (integer to float, exact). The one
+// code without an arithmetic form (NaN, S.1111.111) is left to the caller.
+inline f32x4 e4m3x4(u32x4 b) {
+  const u32x4 sign = (b & 0x80u) << 24;
+  const u32x4 e = (b >> 3) & 0xFu, m = b & 7u;
+  const u32x4 normal = sign | ((e + 120u) << 23) | (m << 20);
+  const f32x4 subf = __builtin_convertvector(__builtin_convertvector(m, i32x4), f32x4) * 0x1p-9f;
+  const u32x4 sub = as_u32(subf) | sign;
+  return as_f32(e == 0u ? sub : normal);
+}
+
 // w = e4m3 * block scale.
 void decode_fp8_block(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
   const auto& lut = tables().e4m3;
@@ -57,8 +85,19 @@ void decode_fp8_block(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, 
     const float* s = q.scales.data() + (r / q.block_n) * q.scale_cols;
     for (int64_t b = 0; b < in; b += bk) {
       const float sc = s[b / bk];
+      const f32x4 sv = {sc, sc, sc, sc};
       const int64_t e = std::min(in, b + bk);
-      for (int64_t i = b; i < e; ++i) out[i] = lut[c[i]] * sc;
+      int64_t i = b;
+      for (; i + 4 <= e; i += 4) {
+        const u32x4 v = widen4(c + i);
+        const u32x4 nan = (v & 0x7Fu) == 0x7Fu;
+        if (nan[0] | nan[1] | nan[2] | nan[3]) {
+          for (int j = 0; j < 4; ++j) out[i + j] = lut[c[i + j]] * sc;
+        } else {
+          store4(out + i, e4m3x4(v) * sv);
+        }
+      }
+      for (; i < e; ++i) out[i] = lut[c[i]] * sc;
     }
   }
 }
@@ -108,29 +147,37 @@ void decode_int4_gidx(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, 
   }
 }
 
-// w = (e2m1 * group scale) * global, each group through a 16-entry table of exactly those.
+// Four e2m1 nibbles (low 4 bits of each lane) as the exact floats of e2m1_to_f32:
+// exponent field e > 0 rebiases (1 -> 127), e = 0 is 0 or 0.5.
+inline f32x4 e2m1x4(u32x4 n) {
+  const u32x4 sign = (n & 8u) << 28;
+  const u32x4 e = (n >> 1) & 3u, m = n & 1u;
+  const u32x4 normal = ((e + 126u) << 23) | (m << 22);
+  const u32x4 sub = m * 0x3F000000u;  // 0.5 or 0
+  return as_f32(sign | (e == 0u ? sub : normal));
+}
+
+// w = (e2m1 * group scale) * global, in that order (the load-time expression).
 void decode_fp4(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
   const auto& e2m1 = tables().e2m1;
   const int64_t g = q.block_k;
-  float t[16];
+  const float gl = q.global;
+  const f32x4 glv = {gl, gl, gl, gl};
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const uint8_t* s = q.scale_codes.data() + r * q.scale_cols;
     for (int64_t b = 0; b < in; b += g) {
       const float sc = q.scale_lut[s[b / g]];
-      for (int u = 0; u < 16; ++u) t[u] = (e2m1[static_cast<size_t>(u)] * sc) * q.global;
+      const f32x4 sv = {sc, sc, sc, sc};
       const int64_t e = std::min(in, b + g);
       int64_t i = b;
-      if (i & 1) {
-        out[i] = t[c[i >> 1] >> 4];
-        ++i;
+      for (; i < e && (i & 1); ++i) out[i] = (e2m1[c[i >> 1] >> 4] * sc) * gl;
+      for (; i + 4 <= e; i += 4) {
+        const uint8_t b0 = c[i >> 1], b1 = c[(i >> 1) + 1];
+        const u32x4 n = {b0 & 0xFu, static_cast<uint32_t>(b0 >> 4), b1 & 0xFu, static_cast<uint32_t>(b1 >> 4)};
+        store4(out + i, (e2m1x4(n) * sv) * glv);
       }
-      for (; i + 2 <= e; i += 2) {
-        const uint8_t v = c[i >> 1];
-        out[i] = t[v & 0xF];
-        out[i + 1] = t[v >> 4];
-      }
-      if (i < e) out[i] = t[c[i >> 1] & 0xF];
+      for (; i < e; ++i) out[i] = (e2m1[(c[i >> 1] >> (4 * (i & 1))) & 0xF] * sc) * gl;
     }
   }
 }
