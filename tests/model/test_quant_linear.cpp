@@ -16,6 +16,7 @@
 #include "kiln/io/safetensors.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cpu/linear.h"
+#include "kiln/ops/cpu/quant_decode.h"
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "support/artifacts.h"
@@ -103,6 +104,20 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
   // The decoder alone reproduces the load-time dequantization bit for bit.
   const std::vector<float> dq = q.dequantized_rows(0, n);
   ASSERT_EQ(std::memcmp(dq.data(), ref.w.data(), dq.size() * sizeof(float)), 0);
+  // Every decoder this CPU can run (portable, AVX2) gives those bits.
+  if (expect_quantized) {
+    for (auto fn : {ops::cpu::portable_decoder(q.q), ops::cpu::avx2_decoder(q.q)}) {
+      if (fn == nullptr) continue;
+      std::vector<float> v(dq.size(), -7.0f);
+      fn(q.q, k, 0, n, v.data());
+      ASSERT_EQ(std::memcmp(v.data(), ref.w.data(), v.size() * sizeof(float)), 0);
+      if (n > 2) {  // a row range in the middle
+        std::vector<float> mid(static_cast<size_t>(k));
+        fn(q.q, k, 1, 2, mid.data());
+        ASSERT_EQ(std::memcmp(mid.data(), ref.w.data() + k, mid.size() * sizeof(float)), 0);
+      }
+    }
+  }
 
   std::mt19937_64 g(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -117,6 +132,13 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
     ASSERT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0) << "T=" << T << " threaded";
     ASSERT_EQ(std::memcmp(want.data(), got1.data(), want.size() * sizeof(float)), 0) << "T=" << T;
   }
+}
+
+TEST(QuantLinear, Avx2DecodersAreUsedWhereTheCpuHasAvx2) {
+  ops::cpu::QuantWeight q;
+  q.format = ops::cpu::WeightFormat::FP4;
+  EXPECT_EQ(ops::cpu::avx2_decoder(q) != nullptr, ops::cpu::cpu_has_avx2());
+  EXPECT_EQ(ops::cpu::decoder_for(q), ops::cpu::cpu_has_avx2() ? ops::cpu::avx2_decoder(q) : ops::cpu::portable_decoder(q));
 }
 
 TEST(QuantLinear, Bf16AndF16) {

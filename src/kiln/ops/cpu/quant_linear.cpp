@@ -7,6 +7,7 @@
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/cpu/linear.h"
+#include "kiln/ops/cpu/quant_decode.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "kiln/ops/cpu/vec.h"
 
@@ -213,6 +214,11 @@ uint64_t QuantWeight::bytes() const {
 }
 
 DecodeRowsFn decoder_for(const QuantWeight& q) {
+  if (DecodeRowsFn f = avx2_decoder(q)) return f;
+  return portable_decoder(q);
+}
+
+DecodeRowsFn portable_decoder(const QuantWeight& q) {
   switch (q.format) {
     case WeightFormat::F32: return nullptr;
     case WeightFormat::BF16: return decode_bf16;

@@ -48,7 +48,7 @@ struct QuantWeight {
 // Writes rows [r0, r1) of W, dequantized, to out [(r1 - r0), in].
 using DecodeRowsFn = void (*)(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out);
 
-// The decoder for a format (F32 has none: nullptr).
+// The decoder for q's format on this CPU, chosen once (quant_decode.h; F32: nullptr).
 DecodeRowsFn decoder_for(const QuantWeight& q);
 
 // y = x W^T for one nn.Linear-shaped weight. decode == nullptr: W is `w` in fp32;

@@ -1,0 +1,176 @@
+// AVX2 row decoders for quant_linear.cpp, chosen at prepare time when the CPU has AVX2
+// (the build itself targets baseline x86-64). Each value is produced by the same float
+// operations, in the same order, as the portable decoders (so the same bits): e4m3 by bit
+// arithmetic then x scale; e2m1 and int4 through per-group tables of exactly
+// (e2m1 * scale) * global and float(u - z) * scale, looked up 8 at a time with vpermps.
+// Only multiplications happen here, so no contraction into FMA can change a result.
+#include "kiln/ops/cpu/quant_decode.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kiln/core/codecs.h"
+
+namespace kiln::ops::cpu {
+namespace {
+
+#define KILN_AVX2 __attribute__((target("avx2")))
+
+// Eight e4m3 bytes -> the exact floats (NaN codes excluded; see decode_fp8_avx2).
+KILN_AVX2 inline __m256 e4m3x8(const uint8_t* p) {
+  int64_t raw;
+  std::memcpy(&raw, p, 8);
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+  const __m256i e = _mm256_and_si256(_mm256_srli_epi32(b, 3), _mm256_set1_epi32(0xF));
+  const __m256i m = _mm256_and_si256(b, _mm256_set1_epi32(7));
+  const __m256i normal = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(120)), 23),
+                                         _mm256_slli_epi32(m, 20));
+  const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(0x1p-9f)));
+  const __m256i is_sub = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+  return _mm256_castsi256_ps(_mm256_or_si256(sign, _mm256_blendv_epi8(normal, sub, is_sub)));
+}
+
+KILN_AVX2 bool has_nan8(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  // A byte is NaN when its low 7 bits are all set.
+  const uint64_t low7 = v & 0x7F7F7F7F7F7F7F7Full;
+  const uint64_t t = (low7 + 0x0101010101010101ull) & 0x8080808080808080ull;  // 0x7F + 1 sets bit 7
+  return t != 0;
+}
+
+KILN_AVX2 void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
+  const int64_t bk = q.block_k;
+  for (int64_t r = r0; r < r1; ++r, out += in) {
+    const uint8_t* c = q.codes.data() + r * q.row_bytes;
+    const float* s = q.scales.data() + (r / q.block_n) * q.scale_cols;
+    for (int64_t b = 0; b < in; b += bk) {
+      const float sc = s[b / bk];
+      const __m256 sv = _mm256_set1_ps(sc);
+      const int64_t e = std::min(in, b + bk);
+      int64_t i = b;
+      for (; i + 8 <= e; i += 8) {
+        if (has_nan8(c + i)) {
+          for (int j = 0; j < 8; ++j) out[i + j] = e4m3_to_f32(c[i + j]) * sc;
+        } else {
+          _mm256_storeu_ps(out + i, _mm256_mul_ps(e4m3x8(c + i), sv));
+        }
+      }
+      for (; i < e; ++i) out[i] = e4m3_to_f32(c[i]) * sc;
+    }
+  }
+}
+
+// Eight nibbles of a little-endian 32-bit word, element j = bits 4j..4j+3.
+KILN_AVX2 inline __m256i nibbles8(uint32_t w) {
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                          _mm256_set1_epi32(0xF));
+}
+
+// t[n] for n = nibble: lo holds t[0..7], hi t[8..15]; bit 3 picks the half.
+KILN_AVX2 inline __m256 lookup16(__m256i n, __m256 lo, __m256 hi) {
+  const __m256 a = _mm256_permutevar8x32_ps(lo, n), b = _mm256_permutevar8x32_ps(hi, n);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(n, 28)));
+}
+
+KILN_AVX2 void decode_fp4_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
+  float e2m1[16];
+  for (int i = 0; i < 16; ++i) e2m1[i] = e2m1_to_f32(static_cast<uint8_t>(i));
+  const __m256 v_lo = _mm256_loadu_ps(e2m1), v_hi = _mm256_loadu_ps(e2m1 + 8);
+  const int64_t g = q.block_k;
+  const __m256 glv = _mm256_set1_ps(q.global);
+  alignas(32) float t[16];
+  for (int64_t r = r0; r < r1; ++r, out += in) {
+    const uint8_t* c = q.codes.data() + r * q.row_bytes;
+    const uint8_t* s = q.scale_codes.data() + r * q.scale_cols;
+    for (int64_t b = 0; b < in; b += g) {
+      const float sc = q.scale_lut[s[b / g]];
+      const __m256 sv = _mm256_set1_ps(sc);
+      const __m256 t_lo = _mm256_mul_ps(_mm256_mul_ps(v_lo, sv), glv), t_hi = _mm256_mul_ps(_mm256_mul_ps(v_hi, sv), glv);
+      const int64_t e = std::min(in, b + g);
+      int64_t i = b;
+      if ((i & 7) != 0 || e - i < 8) {
+        _mm256_store_ps(t, t_lo);
+        _mm256_store_ps(t + 8, t_hi);
+        for (; i < e && ((i & 7) != 0 || e - i < 8); ++i) out[i] = t[(c[i >> 1] >> (4 * (i & 1))) & 0xF];
+      }
+      for (; i + 8 <= e; i += 8) {
+        uint32_t w;
+        std::memcpy(&w, c + (i >> 1), 4);
+        _mm256_storeu_ps(out + i, lookup16(nibbles8(w), t_lo, t_hi));
+      }
+      if (i < e) {
+        _mm256_store_ps(t, t_lo);
+        _mm256_store_ps(t + 8, t_hi);
+        for (; i < e; ++i) out[i] = t[(c[i >> 1] >> (4 * (i & 1))) & 0xF];
+      }
+    }
+  }
+}
+
+KILN_AVX2 void decode_int4_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
+  const int64_t g = q.block_k;
+  alignas(32) float t[16];
+  for (int64_t r = r0; r < r1; ++r, out += in) {
+    const uint8_t* c = q.codes.data() + r * q.row_bytes;
+    const float* s = q.scales.data() + r * q.scale_cols;
+    const uint8_t* z = q.zeros.empty() ? nullptr : q.zeros.data() + r * q.scale_cols;
+    for (int64_t b = 0; b < in; b += g) {
+      const int64_t grp = b / g;
+      const int zp = z ? z[grp] : 8;
+      const __m256 sv = _mm256_set1_ps(s[grp]);
+      const __m256i u = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i zv = _mm256_set1_epi32(zp);
+      const __m256 t_lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(u, zv)), sv);
+      const __m256 t_hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(8)), zv)), sv);
+      _mm256_store_ps(t, t_lo);
+      _mm256_store_ps(t + 8, t_hi);
+      const int64_t e = std::min(in, b + g);
+      int64_t i = b;
+      auto nib = [&](int64_t k) {
+        uint32_t w;
+        std::memcpy(&w, c + 4 * (k / 8), 4);
+        return (w >> (4 * (k & 7))) & 0xF;
+      };
+      for (; i < e && (i & 7) != 0; ++i) out[i] = t[nib(i)];
+      for (; i + 8 <= e; i += 8) {
+        uint32_t w;
+        std::memcpy(&w, c + 4 * (i / 8), 4);
+        _mm256_storeu_ps(out + i, lookup16(nibbles8(w), t_lo, t_hi));
+      }
+      for (; i < e; ++i) out[i] = t[nib(i)];
+    }
+  }
+}
+
+}  // namespace
+
+bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
+DecodeRowsFn avx2_decoder(const QuantWeight& q) {
+  if (!cpu_has_avx2()) return nullptr;
+  switch (q.format) {
+    case WeightFormat::FP8Block: return decode_fp8_avx2;
+    case WeightFormat::FP4: return decode_fp4_avx2;
+    case WeightFormat::Int4Group: return q.g_idx.empty() ? decode_int4_avx2 : nullptr;
+    default: return nullptr;
+  }
+}
+
+}  // namespace kiln::ops::cpu
+
+#else
+
+namespace kiln::ops::cpu {
+bool cpu_has_avx2() { return false; }
+DecodeRowsFn avx2_decoder(const QuantWeight&) { return nullptr; }
+}  // namespace kiln::ops::cpu
+
+#endif
