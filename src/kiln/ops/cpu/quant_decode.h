@@ -7,7 +7,7 @@
 
 namespace kiln::ops::cpu {
 
-bool cpu_has_avx2();
+bool cpu_has_avx2();  // AVX2 and F16C
 
 // The baseline x86-64 / any-target decoder of q's format (nullptr for F32).
 DecodeRowsFn portable_decoder(const QuantWeight& q);

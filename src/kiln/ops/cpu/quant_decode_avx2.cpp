@@ -1,7 +1,7 @@
 // AVX2 row decoders for quant_linear.cpp, chosen at prepare time when the CPU has AVX2
 // (the build itself targets baseline x86-64). Each value is produced by the same float
 // operations, in the same order, as the portable decoders (so the same bits): e4m3 by bit
-// arithmetic then x scale; e2m1 and int4 through per-group tables of exactly
+// through f16 (vcvtph2ps, exact) then x 256 x scale; e2m1 and int4 through per-group tables of exactly
 // (e2m1 * scale) * global and float(u - z) * scale, looked up 8 at a time with vpermps.
 // Only multiplications happen here, so no contraction into FMA can change a result.
 #include "kiln/ops/cpu/quant_decode.h"
@@ -19,31 +19,21 @@ namespace {
 
 #define KILN_AVX2 __attribute__((target("avx2")))
 
-// Eight e4m3 bytes -> the exact floats (NaN codes excluded; see decode_fp8_avx2).
-KILN_AVX2 inline __m256 e4m3x8(const uint8_t* p) {
-  int64_t raw;
-  std::memcpy(&raw, p, 8);
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-  const __m256i e = _mm256_and_si256(_mm256_srli_epi32(b, 3), _mm256_set1_epi32(0xF));
-  const __m256i m = _mm256_and_si256(b, _mm256_set1_epi32(7));
-  const __m256i normal = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(120)), 23),
-                                         _mm256_slli_epi32(m, 20));
-  const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(0x1p-9f)));
-  const __m256i is_sub = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
-  return _mm256_castsi256_ps(_mm256_or_si256(sign, _mm256_blendv_epi8(normal, sub, is_sub)));
+#define KILN_AVX2_F16C __attribute__((target("avx2,f16c")))
+
+// Eight e4m3 bytes -> the exact floats, through f16: S.EEEE.MMM moved to f16's
+// S.0EEEE.MMM0000000 is the same value x 2^-8 (bias 7 vs 15; subnormals map to f16
+// subnormals), converted exactly by vcvtph2ps, then x 256 (exact). NaN codes
+// (S.1111.111) have no such form: the caller checks `nan` (a movemask, 0 = none).
+KILN_AVX2_F16C inline __m256 e4m3x8(const uint8_t* p, int& nan) {
+  const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i mag = _mm_and_si128(w, _mm_set1_epi16(0x7F));
+  nan = _mm_movemask_epi8(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F)));
+  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
+  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
 }
 
-KILN_AVX2 bool has_nan8(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  // A byte is NaN when its low 7 bits are all set.
-  const uint64_t low7 = v & 0x7F7F7F7F7F7F7F7Full;
-  const uint64_t t = (low7 + 0x0101010101010101ull) & 0x8080808080808080ull;  // 0x7F + 1 sets bit 7
-  return t != 0;
-}
-
-KILN_AVX2 void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
+KILN_AVX2_F16C void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
   const int64_t bk = q.block_k;
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
@@ -54,10 +44,12 @@ KILN_AVX2 void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0, int
       const int64_t e = std::min(in, b + bk);
       int64_t i = b;
       for (; i + 8 <= e; i += 8) {
-        if (has_nan8(c + i)) {
+        int nan;
+        const __m256 v = e4m3x8(c + i, nan);
+        if (nan != 0) {
           for (int j = 0; j < 8; ++j) out[i + j] = e4m3_to_f32(c[i + j]) * sc;
         } else {
-          _mm256_storeu_ps(out + i, _mm256_mul_ps(e4m3x8(c + i), sv));
+          _mm256_storeu_ps(out + i, _mm256_mul_ps(v, sv));
         }
       }
       for (; i < e; ++i) out[i] = e4m3_to_f32(c[i]) * sc;
@@ -150,7 +142,7 @@ KILN_AVX2 void decode_int4_avx2(const QuantWeight& q, int64_t in, int64_t r0, in
 }  // namespace
 
 bool cpu_has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return yes;
 }
 
