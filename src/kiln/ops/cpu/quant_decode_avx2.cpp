@@ -1,7 +1,7 @@
 // AVX2 row decoders for quant_linear.cpp, chosen at prepare time when the CPU has AVX2
 // (the build itself targets baseline x86-64). Each value is produced by the same float
 // operations, in the same order, as the portable decoders (so the same bits): e4m3 by bit
-// through f16 (vcvtph2ps, exact) then x 256 x scale; e2m1 and int4 through per-group tables of exactly
+// through f16 (vcvtph2ps, exact) then x 256 x scale; bf16 by a shift; e2m1 and int4 through per-group tables of exactly
 // (e2m1 * scale) * global and float(u - z) * scale, looked up 8 at a time with vpermps.
 // Only multiplications happen here, so no contraction into FMA can change a result.
 #include "kiln/ops/cpu/quant_decode.h"
@@ -38,8 +38,8 @@ KILN_AVX2_F16C void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const float* s = q.scales.data() + (r / q.block_n) * q.scale_cols;
-    for (int64_t b = 0; b < in; b += bk) {
-      const float sc = s[b / bk];
+    for (int64_t b = 0, gi = 0; b < in; b += bk, ++gi) {
+      const float sc = s[gi];
       const __m256 sv = _mm256_set1_ps(sc);
       const int64_t e = std::min(in, b + bk);
       int64_t i = b;
@@ -54,6 +54,22 @@ KILN_AVX2_F16C void decode_fp8_avx2(const QuantWeight& q, int64_t in, int64_t r0
       }
       for (; i < e; ++i) out[i] = e4m3_to_f32(c[i]) * sc;
     }
+  }
+}
+
+// bf16 -> f32 is the 16 bits moved up (bf16_to_f32).
+KILN_AVX2 void decode_bf16_avx2(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out) {
+  const uint8_t* p = q.codes.data() + r0 * q.row_bytes;
+  const int64_t n = (r1 - r0) * in;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i)));
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  for (; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    out[i] = bf16_to_f32(v);
   }
 }
 
@@ -79,8 +95,8 @@ KILN_AVX2 void decode_fp4_avx2(const QuantWeight& q, int64_t in, int64_t r0, int
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const uint8_t* s = q.scale_codes.data() + r * q.scale_cols;
-    for (int64_t b = 0; b < in; b += g) {
-      const float sc = q.scale_lut[s[b / g]];
+    for (int64_t b = 0, gi = 0; b < in; b += g, ++gi) {
+      const float sc = q.scale_lut[s[gi]];
       const __m256 sv = _mm256_set1_ps(sc);
       const __m256 t_lo = _mm256_mul_ps(_mm256_mul_ps(v_lo, sv), glv), t_hi = _mm256_mul_ps(_mm256_mul_ps(v_hi, sv), glv);
       const int64_t e = std::min(in, b + g);
@@ -111,8 +127,8 @@ KILN_AVX2 void decode_int4_avx2(const QuantWeight& q, int64_t in, int64_t r0, in
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const float* s = q.scales.data() + r * q.scale_cols;
     const uint8_t* z = q.zeros.empty() ? nullptr : q.zeros.data() + r * q.scale_cols;
-    for (int64_t b = 0; b < in; b += g) {
-      const int64_t grp = b / g;
+    for (int64_t b = 0, gi = 0; b < in; b += g, ++gi) {
+      const int64_t grp = gi;
       const int zp = z ? z[grp] : 8;
       const __m256 sv = _mm256_set1_ps(s[grp]);
       const __m256i u = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -149,6 +165,7 @@ bool cpu_has_avx2() {
 DecodeRowsFn avx2_decoder(const QuantWeight& q) {
   if (!cpu_has_avx2()) return nullptr;
   switch (q.format) {
+    case WeightFormat::BF16: return decode_bf16_avx2;
     case WeightFormat::FP8Block: return decode_fp8_avx2;
     case WeightFormat::FP4: return decode_fp4_avx2;
     case WeightFormat::Int4Group: return q.g_idx.empty() ? decode_int4_avx2 : nullptr;

@@ -84,8 +84,8 @@ void decode_fp8_block(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, 
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const float* s = q.scales.data() + (r / q.block_n) * q.scale_cols;
-    for (int64_t b = 0; b < in; b += bk) {
-      const float sc = s[b / bk];
+    for (int64_t b = 0, gi = 0; b < in; b += bk, ++gi) {
+      const float sc = s[gi];
       const f32x4 sv = {sc, sc, sc, sc};
       const int64_t e = std::min(in, b + bk);
       int64_t i = b;
@@ -118,8 +118,8 @@ void decode_int4(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const float* s = q.scales.data() + r * q.scale_cols;
     const uint8_t* z = q.zeros.empty() ? nullptr : q.zeros.data() + r * q.scale_cols;
-    for (int64_t b = 0; b < in; b += g) {
-      const int64_t grp = b / g;
+    for (int64_t b = 0, gi = 0; b < in; b += g, ++gi) {
+      const int64_t grp = gi;
       const int zp = z ? z[grp] : 8;
       for (int u = 0; u < 16; ++u) t[u] = static_cast<float>(u - zp) * s[grp];
       const int64_t e = std::min(in, b + g);
@@ -167,8 +167,8 @@ void decode_fp4(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float*
   for (int64_t r = r0; r < r1; ++r, out += in) {
     const uint8_t* c = q.codes.data() + r * q.row_bytes;
     const uint8_t* s = q.scale_codes.data() + r * q.scale_cols;
-    for (int64_t b = 0; b < in; b += g) {
-      const float sc = q.scale_lut[s[b / g]];
+    for (int64_t b = 0, gi = 0; b < in; b += g, ++gi) {
+      const float sc = q.scale_lut[s[gi]];
       const f32x4 sv = {sc, sc, sc, sc};
       const int64_t e = std::min(in, b + g);
       int64_t i = b;
