@@ -1,11 +1,15 @@
 // CPU reference forward throughput: prefill and one-token decode, on a checkpoint
 // directory (e.g. a fixture) or on a mid-size synthetic DeepSeek-V4 (hidden 1024,
 // 8 layers, 32 experts top-4) written with the project's writer in the native layout
-// (FP8 attention, MXFP4 experts, dequantized to fp32 at load).
-//   kiln_bench_cpu_forward [MODEL_DIR] [PROMPT_TOKENS] [DECODE_TOKENS]
-// Prints tokens/s, the fp32 weight bytes one decode token reads, and the ratio of the
-// decode step time to the floor bytes / measured memory bandwidth.
+// (FP8 attention, MXFP4 experts).
+//   kiln_bench_cpu_forward [MODEL_DIR|-] [PROMPT_TOKENS] [DECODE_TOKENS] [stored|fp32]
+// stored (default): linear weights stay in their on-disk form and are decoded inside the
+// kernels; fp32: dequantized at load. Prints tokens/s, the resident linear weight bytes,
+// the weight bytes one decode token reads in that form, and the ratio of the decode step
+// time to the floor bytes / measured memory bandwidth.
 #include <algorithm>
+#include <fstream>
+#include <string>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -46,11 +50,25 @@ double memory_bandwidth() {
   return best + static_cast<double>(b[n / 2]) * 0.0;
 }
 
+// Resident set size of this process (bytes), from /proc/self/status.
+double rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string k;
+  while (f >> k) {
+    if (k == "VmRSS:") {
+      double kb = 0;
+      f >> kb;
+      return kb * 1024.0;
+    }
+  }
+  return 0.0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::filesystem::path dir;
-  if (argc > 1) {
+  if (argc > 1 && std::string(argv[1]) != "-") {
     dir = argv[1];
   } else {
     dir = std::filesystem::temp_directory_path() / "kiln-bench-mid";
@@ -60,10 +78,13 @@ int main(int argc, char** argv) {
   }
   const int prompt = argc > 2 ? std::atoi(argv[2]) : 256;
   const int decode = argc > 3 ? std::atoi(argv[3]) : 32;
+  kiln::model::LoadOptions opt;
+  opt.dequantize = argc > 4 && std::string(argv[4]) == "fp32";
 
   double t0 = now_s();
-  auto m = kiln::runtime::load_model(dir, 0, nullptr);
+  auto m = kiln::runtime::load_model(dir, 0, nullptr, opt);
   const double load_s = now_s() - t0;
+  const double rss_loaded = rss_bytes();
   const auto& c = m->config;
   std::mt19937 rng(7);
   std::vector<int32_t> ids(static_cast<size_t>(prompt));
@@ -83,9 +104,10 @@ int main(int argc, char** argv) {
   }
   const double decode_s = now_s() - t0;
 
-  // fp32 weight bytes one decode token reads: every dense linear + top-k routed experts.
+  // Weight bytes one decode token reads (in the form held): every dense linear + top-k
+  // routed experts.
   double bytes = 0.0;
-  auto lin = [&](const kiln::model::Linear& l) { bytes += 4.0 * static_cast<double>(l.w.size()); };
+  auto lin = [&](const kiln::model::Linear& l) { bytes += static_cast<double>(l.bytes()); };
   for (const auto& b : m->weights.layers) {
     const auto& a = b.attn;
     for (const auto* l : {&a.wq_a, &a.wq_b, &a.wkv, &a.wo_a, &a.wo_b, &b.ffn.gate}) lin(*l);
@@ -95,7 +117,7 @@ int main(int argc, char** argv) {
       lin(a.indexer->compressor.wkv); lin(a.indexer->compressor.wgate);
     }
     const auto& e = b.ffn.experts.at(0);
-    bytes += static_cast<double>(c.num_experts_per_tok) * 4.0 * static_cast<double>(e.w1.w.size() + e.w2.w.size() + e.w3.w.size());
+    bytes += static_cast<double>(c.num_experts_per_tok) * static_cast<double>(e.w1.bytes() + e.w2.bytes() + e.w3.bytes());
     if (b.ffn.shared) { lin(b.ffn.shared->w1); lin(b.ffn.shared->w2); lin(b.ffn.shared->w3); }
   }
   lin(m->weights.head);
@@ -104,10 +126,13 @@ int main(int argc, char** argv) {
   std::printf("model %s: hidden %ld, %ld layers, %ld experts top-%ld, vocab %ld (load %.2f s)\n", dir.c_str(),
               static_cast<long>(c.hidden_size), static_cast<long>(c.num_layers), static_cast<long>(c.n_routed_experts),
               static_cast<long>(c.num_experts_per_tok), static_cast<long>(c.vocab_size), load_s);
+  std::printf("weights %s: %.1f MB of linear weights resident; process RSS after load %.1f MB\n",
+              opt.dequantize ? "fp32 (dequantized at load)" : "stored form (decoded in the kernels)",
+              static_cast<double>(kiln::model::linear_weight_bytes(m->weights)) / 1e6, rss_loaded / 1e6);
   std::printf("prefill: %d tokens in %.3f s = %.1f tokens/s\n", prompt, prefill_s, prompt / prefill_s);
   std::printf("decode:  %d tokens in %.3f s = %.1f tokens/s (%.2f ms/token)\n", decode, decode_s, decode / decode_s,
               1e3 * step);
-  std::printf("decode bytes/token: %.1f MB fp32 weights; memcpy bandwidth %.1f GB/s -> floor %.2f ms; step/floor %.1fx\n",
+  std::printf("decode bytes/token: %.1f MB weights; memcpy bandwidth %.1f GB/s -> floor %.2f ms; step/floor %.1fx\n",
               bytes / 1e6, bw / 1e9, 1e3 * floor, step / floor);
   return 0;
 }

@@ -123,11 +123,14 @@ TEST(Dequant, EveryTestLayoutLoadsWhole) {
     Weights w = load_weights(ckpt, plan);
     EXPECT_EQ(w.layers.size(), 4u);
     EXPECT_EQ(w.mtp.size(), l == Layout::HfBf16 ? 0u : 1u) << test::layout_name(l);
-    EXPECT_EQ(w.layers[1].attn.indexer->wq_b.w.size(), 512u * 128u);
+    EXPECT_EQ(w.layers[1].attn.indexer->wq_b.out, 512);
+    EXPECT_EQ(w.layers[1].attn.indexer->wq_b.in, 128);
+    EXPECT_TRUE(w.layers[1].attn.indexer->wq_b.complete());
     EXPECT_EQ(w.layers[0].ffn.tid2eid.size(), 256u * 2u);
     EXPECT_TRUE(w.layers[0].ffn.hash);
     EXPECT_FALSE(w.layers[1].ffn.hash);
-    for (float v : w.layers[2].ffn.experts[3].w2.w) ASSERT_TRUE(std::isfinite(v)) << test::layout_name(l);
+    const Linear& w2 = w.layers[2].ffn.experts[3].w2;
+    for (float v : w2.dequantized_rows(0, w2.out)) ASSERT_TRUE(std::isfinite(v)) << test::layout_name(l);
   }
 }
 

@@ -238,11 +238,15 @@ class Emitter {
           if (dt == DType::BF16) put16(i, f32_to_bf16(1.0f + (r.uniform() - 0.5f) * 0.2f));
           else put32f(i, 1.0f + (r.uniform() - 0.5f) * 0.2f);
           break;
-        case Fill::Raw:
-          b[static_cast<size_t>(i) * dtype_size(dt)] = static_cast<std::byte>(r.next() & 0x77);  // finite e4m3
-          for (size_t k = 1; k < dtype_size(dt); ++k)
-            b[static_cast<size_t>(i) * dtype_size(dt) + k] = static_cast<std::byte>(r.next() & 0xFF);
+        case Fill::Raw: {
+          // Uniform random codes, signs included (e2m1 and int4 nibbles alike), so the
+          // weights have mean zero like real ones; e4m3's NaN codes (S.1111.111) become
+          // S.1111.110, the largest finite magnitude.
+          const size_t sz = dtype_size(dt), at = static_cast<size_t>(i) * sz;
+          for (size_t k = 0; k < sz; ++k) b[at + k] = static_cast<std::byte>(r.next() & 0xFF);
+          if (dt == DType::F8_E4M3 && (b[at] & std::byte{0x7F}) == std::byte{0x7F}) b[at] ^= std::byte{0x01};
           break;
+        }
         case Fill::E8M0Scale:
           b[static_cast<size_t>(i)] = static_cast<std::byte>(115 + r.next() % 10);
           break;

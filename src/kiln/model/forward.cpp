@@ -32,6 +32,7 @@
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/linear.h"
 #include "kiln/ops/cpu/norm.h"
+#include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/rope.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "kiln/ops/cpu/vec.h"
@@ -213,9 +214,9 @@ using Vec = std::vector<float>;
 Vec zeros(int64_t n) { return Vec(static_cast<size_t>(n), 0.0f); }
 
 void check_linear(const Linear& l, int64_t out, int64_t in, const char* what, int64_t layer) {
-  if (l.out != out || l.in != in || static_cast<int64_t>(l.w.size()) != out * in) {
-    fail(ErrorKind::Usage, "forward: layer {} {} is [{}, {}] ({} values); expected [{}, {}]", layer, what, l.out, l.in,
-         l.w.size(), out, in);
+  if (l.out != out || l.in != in || !l.complete()) {
+    fail(ErrorKind::Usage, "forward: layer {} {} is [{}, {}] ({}); expected [{}, {}]", layer, what, l.out, l.in,
+         l.quantized() ? "quantized" : fmt::format("{} fp32 values", l.w.size()), out, in);
   }
 }
 
@@ -236,10 +237,11 @@ struct Forward::Impl {
   cpu::Rope rope_main, rope_compress;
   int64_t H, n, D, nh, r;
   float eps, hc_eps;
+  bool fuse;
 
-  Impl(const Weights& weights, int threads)
+  Impl(const Weights& weights, int threads, bool fuse_projections)
       : w(weights), c(weights.config), pool(threads), H(c.hidden_size), n(c.hc_mult), D(c.head_dim), nh(c.num_heads),
-        r(c.rope_head_dim), eps(static_cast<float>(c.rms_norm_eps)), hc_eps(static_cast<float>(c.hc_eps)) {
+        r(c.rope_head_dim), eps(static_cast<float>(c.rms_norm_eps)), hc_eps(static_cast<float>(c.hc_eps)), fuse(fuse_projections) {
     rope_main = cpu::Rope(spec(c.rope_main));
     rope_compress = cpu::Rope(spec(c.rope_compress));
     validate();
@@ -260,6 +262,20 @@ struct Forward::Impl {
   // Sliding-window layers use the main rope (rope_theta); CSA/HCA layers the compress
   // rope (compress_rope_theta, YaRN) for q, kv, compressed entries, indexer and output.
   const cpu::Rope& rope_for(const Attention& a) const { return a.kind == AttnKind::SWA ? rope_main : rope_compress; }
+
+  // y [T, l.out] = x [T, l.in] W^T: the one entry point of every matrix product.
+  void linear(const Linear& l, const float* x, int64_t T, float* y) const { cpu::linear(l, x, T, y, &pool); }
+  // Two products (contiguous x and y rows) in one pass of the pool when fusing.
+  void linear2(const Linear& a, const float* xa, float* ya, const Linear& b, const float* xb, float* yb,
+               int64_t T) const {
+    const cpu::LinearJob jobs[2] = {{&a, xa, a.in, ya, a.out, 0, a.out}, {&b, xb, b.in, yb, b.out, 0, b.out}};
+    if (fuse) {
+      cpu::linear(jobs, T, &pool);
+    } else {
+      cpu::linear(std::span(jobs, 1), T, &pool);
+      cpu::linear(std::span(jobs + 1, 1), T, &pool);
+    }
+  }
 
   void validate_block(const Block& b, int64_t layer) const {
     const Attention& a = b.attn;
@@ -420,8 +436,7 @@ struct Forward::Impl {
                       int64_t P0) const {
     const int64_t W = s.width;
     Vec a(static_cast<size_t>(T * W)), z(static_cast<size_t>(T * W));
-    cpu::linear(x, T, cp.wkv.w.data(), W, H, a.data(), &pool);
-    cpu::linear(x, T, cp.wgate.w.data(), W, H, z.data(), &pool);
+    linear2(cp.wkv, x, a.data(), cp.wgate, x, z.data(), T);
     compress(cp, s, rope, a.data(), z.data(), T, P0);
   }
 
@@ -433,11 +448,10 @@ struct Forward::Impl {
   // min(index_topk, visible) highest, exact ties to the lowest j.
   std::vector<std::vector<int64_t>> index_select(const Indexer& ix, CompressorState& s, const cpu::Rope& rope,
                                                  const float* x, const float* qres, int64_t T, int64_t P0) const {
-    const int64_t ih = c.index_n_heads, id = c.index_head_dim, qr = c.q_lora_rank;
+    const int64_t ih = c.index_n_heads, id = c.index_head_dim;
     run_compressor(ix.compressor, s, rope, x, T, P0);
     Vec q(static_cast<size_t>(T * ih * id)), wts(static_cast<size_t>(T * ih));
-    cpu::linear(qres, T, ix.wq_b.w.data(), ih * id, qr, q.data(), &pool);
-    cpu::linear(x, T, ix.weights_proj.w.data(), ih, H, wts.data(), &pool);
+    linear2(ix.wq_b, qres, q.data(), ix.weights_proj, x, wts.data(), T);
     const float softmax_scale = fpow(static_cast<double>(id), -0.5);
     const float weights_scaling = fpow(static_cast<double>(ih), -0.5);
     for (int64_t t = 0; t < T; ++t) {
@@ -486,16 +500,14 @@ struct Forward::Impl {
     const cpu::Rope& rope = rope_for(a);
     const int64_t qr = c.q_lora_rank, Wn = c.sliding_window;
     // q path
-    Vec qres(static_cast<size_t>(T * qr));
-    cpu::linear(x, T, a.wq_a.w.data(), qr, H, qres.data(), &pool);
+    Vec qres(static_cast<size_t>(T * qr)), kv(static_cast<size_t>(T * D));
+    linear2(a.wq_a, x, qres.data(), a.wkv, x, kv.data(), T);
     cpu::rmsnorm(qres.data(), T, qr, a.q_norm.data(), eps, qres.data());
     Vec q(static_cast<size_t>(T * nh * D));
-    cpu::linear(qres.data(), T, a.wq_b.w.data(), nh * D, qr, q.data(), &pool);
+    linear(a.wq_b, qres.data(), T, q.data());
     cpu::rmsnorm(q.data(), T * nh, D, nullptr, eps, q.data());  // per-head unweighted RMS norm
     for (int64_t t = 0; t < T; ++t) rope.apply_heads(q.data() + t * nh * D, nh, D, D, P0 + t);
     // the single K=V head
-    Vec kv(static_cast<size_t>(T * D));
-    cpu::linear(x, T, a.wkv.w.data(), D, H, kv.data(), &pool);
     cpu::rmsnorm(kv.data(), T, D, a.kv_norm.data(), eps, kv.data());
     for (int64_t t = 0; t < T; ++t) rope.apply(kv.data() + t * D, D, P0 + t);
 
@@ -561,10 +573,10 @@ struct Forward::Impl {
     // own [R, nh*D/G] block of wo_a, then wo_b over the concatenation.
     const int64_t G = c.o_groups, R = c.o_lora_rank, ig = nh * D / G;
     Vec mid(static_cast<size_t>(T * G * R));
-    for (int64_t g = 0; g < G; ++g) {
-      cpu::linear(o.data() + g * ig, nh * D, T, a.wo_a.w.data() + g * R * ig, R, ig, mid.data() + g * R, G * R, &pool);
-    }
-    cpu::linear(mid.data(), T, a.wo_b.w.data(), H, G * R, out, &pool);
+    std::vector<cpu::LinearJob> groups(static_cast<size_t>(G));
+    for (int64_t g = 0; g < G; ++g) groups[static_cast<size_t>(g)] = {&a.wo_a, o.data() + g * ig, nh * D, mid.data() + g * R, G * R, g * R, R};
+    cpu::linear(groups, T, &pool);
+    linear(a.wo_b, mid.data(), T, out);
   }
 
   // ---- MoE --------------------------------------------------------------------------------
@@ -573,8 +585,7 @@ struct Forward::Impl {
   void expert_ffn(const Expert& e, const float* x, int64_t T, float* y) const {
     const int64_t I = e.w1.out;
     Vec g(static_cast<size_t>(T * I)), u(static_cast<size_t>(T * I));
-    cpu::linear(x, T, e.w1.w.data(), I, H, g.data(), &pool);
-    cpu::linear(x, T, e.w3.w.data(), I, H, u.data(), &pool);
+    linear2(e.w1, x, g.data(), e.w3, x, u.data(), T);
     const float lim = static_cast<float>(c.swiglu_limit);
     for (size_t i = 0; i < g.size(); ++i) {
       float gv = g[i], uv = u[i];
@@ -584,14 +595,14 @@ struct Forward::Impl {
       }
       g[i] = cpu::silu(gv) * uv;
     }
-    cpu::linear(g.data(), T, e.w2.w.data(), H, I, y, &pool);
+    linear(e.w2, g.data(), T, y);
   }
 
   // DeepseekV4SparseMoeBlock: routed experts (sum in ascending expert order) + shared.
   void moe(const Moe& m, const float* x, int64_t T, std::span<const int32_t> tokens, float* out) const {
     const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
     Vec logits(static_cast<size_t>(T * E));
-    cpu::linear(x, T, m.gate.w.data(), E, H, logits.data(), &pool);
+    linear(m.gate, x, T, logits.data());
     for (float& v : logits) v = std::sqrt(cpu::softplus(v));  // sqrtsoftplus scores
     std::vector<int64_t> idx(static_cast<size_t>(T * K));
     Vec wt(static_cast<size_t>(T * K));
@@ -687,7 +698,7 @@ struct Forward::Impl {
     Vec h(static_cast<size_t>(T * H));
     cpu::hc_head(n, H, hh.fn.data.data(), hh.base.data(), hh.scale, hc_eps, eps, X.data(), T, h.data(), &pool);
     cpu::rmsnorm(h.data(), T, H, norm.data(), eps, h.data());
-    cpu::linear(h.data(), T, w.head.w.data(), c.vocab_size, H, logits, &pool);
+    linear(w.head, h.data(), T, logits);
   }
 
   void check_tokens(std::span<const int32_t> tokens) const {
@@ -697,7 +708,7 @@ struct Forward::Impl {
   }
 };
 
-Forward::Forward(const Weights& w, int threads) : w_(w), impl_(std::make_unique<Impl>(w, threads)) {}
+Forward::Forward(const Weights& w, int threads, bool fuse) : w_(w), impl_(std::make_unique<Impl>(w, threads, fuse)) {}
 Forward::~Forward() = default;
 
 DecodeState Forward::new_state() const {
@@ -753,10 +764,10 @@ void Forward::mtp_step(DecodeState& state, int m, std::span<const float> streams
                 static_cast<size_t>(H) * sizeof(float));
   }
   cpu::rmsnorm(e.data(), T, H, mb.enorm.data(), im.eps, e.data());
-  cpu::linear(e.data(), T, mb.e_proj.w.data(), H, H, ep.data(), &im.pool);
+  im.linear(mb.e_proj, e.data(), T, ep.data());
   Vec hs(static_cast<size_t>(T * n * H)), X(static_cast<size_t>(T * n * H));
   cpu::rmsnorm(streams.data(), T * n, H, mb.hnorm.data(), im.eps, hs.data());
-  cpu::linear(hs.data(), T * n, mb.h_proj.w.data(), H, H, X.data(), &im.pool);
+  im.linear(mb.h_proj, hs.data(), T * n, X.data());
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < n; ++i) {
       float* xr = X.data() + (t * n + i) * H;

@@ -72,7 +72,11 @@ class DecodeState {
 class Forward {
  public:
   // threads: worker threads for matrix products (0 = hardware concurrency).
-  explicit Forward(const Weights& w, int threads = 0);
+  // fuse: products of the same input run as one pass of the pool (an expert's w1 and w3,
+  // attention wq_a and wkv, a compressor's wkv and wgate, the indexer's wq_b and
+  // weights_proj), each weight in its own form and scales; the results are bitwise the
+  // same either way (false exists to test exactly that).
+  explicit Forward(const Weights& w, int threads = 0, bool fuse = true);
   ~Forward();
 
   const Weights& weights() const { return w_; }

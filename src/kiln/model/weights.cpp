@@ -137,9 +137,136 @@ Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
 
 namespace {
 
+std::vector<uint8_t> raw_bytes(const Checkpoint& ckpt, const TensorSlice& s) {
+  auto b = slice_bytes(ckpt, s);
+  const auto* p = reinterpret_cast<const uint8_t*>(b.data());
+  return std::vector<uint8_t>(p, p + b.size());
+}
+
+}  // namespace
+
+Linear prepare_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
+  const Scheme& sc = m.scheme;
+  auto field = [&](const char* f) -> const TensorSlice& { return m.fields.at(f); };
+  const int64_t n = m.n, k = m.k;
+  ops::cpu::QuantWeight q;
+  std::string what;
+  switch (sc.kind) {
+    case SchemeKind::BF16: {
+      const TensorSlice& t = field("weight");
+      if (t.dtype() != DType::BF16 && t.dtype() != DType::F16) return dequantize_linear(ckpt, m);
+      q.format = t.dtype() == DType::BF16 ? ops::cpu::WeightFormat::BF16 : ops::cpu::WeightFormat::F16;
+      q.codes = raw_bytes(ckpt, t);
+      what = t.name;
+      break;
+    }
+    case SchemeKind::FP8Block: {
+      const TensorSlice& t = field("weight");
+      q.format = ops::cpu::WeightFormat::FP8Block;
+      q.codes = raw_bytes(ckpt, t);
+      q.block_n = sc.block_n;
+      q.block_k = sc.block_k;
+      q.scale_cols = sc.block_k > 0 ? (k + sc.block_k - 1) / sc.block_k : 0;
+      q.scales = to_floats(ckpt, field(sc.scale_field.c_str()));
+      // dequantize_linear reads the grid row-major with scale_cols columns.
+      const size_t need = sc.block_n > 0 ? static_cast<size_t>((n + sc.block_n - 1) / sc.block_n * q.scale_cols) : 0;
+      if (q.scales.size() > need) q.scales.resize(need);
+      what = t.name;
+      break;
+    }
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: {
+      const TensorSlice& t = m.fields.count("weight") ? field("weight") : field("weight_packed");
+      const TensorSlice& st = field(sc.scale_field.c_str());
+      if (dtype_size(st.dtype()) != 1) return dequantize_linear(ckpt, m);
+      q.format = ops::cpu::WeightFormat::FP4;
+      q.codes = raw_bytes(ckpt, t);
+      q.block_k = sc.block_k;
+      q.scale_cols = sc.block_k > 0 ? (k + sc.block_k - 1) / sc.block_k : 0;
+      q.scale_codes = raw_bytes(ckpt, st);
+      for (int i = 0; i < 256; ++i) {
+        const auto b = static_cast<std::byte>(i);
+        q.scale_lut[static_cast<size_t>(i)] = float_at(st.dtype(), &b, 0);
+      }
+      // Both NVFP4 conventions become a multiplier, as dequantize_linear computes it.
+      if (sc.global == GlobalScaleConvention::Multiplier) q.global = to_floats(ckpt, field("weight_scale_2")).at(0);
+      if (sc.global == GlobalScaleConvention::Divisor) q.global = 1.0f / to_floats(ckpt, field("weight_global_scale")).at(0);
+      what = t.name;
+      break;
+    }
+    case SchemeKind::Int4Group: {
+      const TensorSlice& t = field("weight_packed");
+      const TensorSlice& st = field("weight_scale");
+      q.format = ops::cpu::WeightFormat::Int4Group;
+      q.codes = raw_bytes(ckpt, t);
+      q.block_k = sc.block_k;
+      q.scale_cols = st.shape().at(1);
+      q.scales = to_floats(ckpt, st);
+      const int64_t groups = q.scale_cols;
+      if (sc.zero_point) {
+        auto zp = slice_bytes(ckpt, field("weight_zero_point"));
+        const int64_t zrows = (n + 7) / 8;
+        if (static_cast<int64_t>(zp.size()) < 4 * zrows * groups) {
+          fail_invalid("{}: {} bytes; {} zero-point rows of {} groups need {}", field("weight_zero_point").name, zp.size(),
+                       zrows, groups, 4 * zrows * groups);
+        }
+        q.zeros.resize(static_cast<size_t>(n * groups));
+        for (int64_t r = 0; r < n; ++r) {
+          for (int64_t g = 0; g < groups; ++g) {
+            const uint32_t zw = load<uint32_t>(zp.data() + 4 * ((r / 8) * groups + g));
+            q.zeros[static_cast<size_t>(r * groups + g)] = static_cast<uint8_t>((zw >> (4 * (r % 8))) & 0xF);
+          }
+        }
+      }
+      if (sc.g_idx) {
+        const TensorSlice& gt = field("weight_g_idx");
+        auto gb = slice_bytes(ckpt, gt);
+        if (static_cast<int64_t>(gb.size()) < 4 * k) fail_invalid("{}: {} bytes; {} columns need {}", gt.name, gb.size(), k, 4 * k);
+        q.g_idx.resize(static_cast<size_t>(k));
+        for (int64_t c = 0; c < k; ++c) q.g_idx[static_cast<size_t>(c)] = load<int32_t>(gb.data() + 4 * c);
+        what = gt.name;  // the range check below names g_idx
+      } else {
+        what = t.name;
+      }
+      break;
+    }
+  }
+  Linear L;
+  L.out = n;
+  L.in = k;
+  L.prepare(std::move(q), what);
+  return L;
+}
+
+uint64_t linear_weight_bytes(const Weights& w) {
+  uint64_t total = w.head.bytes();
+  auto expert = [&](const Expert& e) { total += e.w1.bytes() + e.w2.bytes() + e.w3.bytes(); };
+  auto compressor = [&](const Compressor& c) { total += c.wkv.bytes() + c.wgate.bytes(); };
+  auto block = [&](const Block& b) {
+    const Attention& a = b.attn;
+    total += a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_a.bytes() + a.wo_b.bytes();
+    if (a.compressor) compressor(*a.compressor);
+    if (a.indexer) {
+      total += a.indexer->wq_b.bytes() + a.indexer->weights_proj.bytes();
+      compressor(a.indexer->compressor);
+    }
+    total += b.ffn.gate.bytes();
+    for (const Expert& e : b.ffn.experts) expert(e);
+    if (b.ffn.shared) expert(*b.ffn.shared);
+  };
+  for (const Block& b : w.layers) block(b);
+  for (const MtpBlock& m : w.mtp) {
+    total += m.e_proj.bytes() + m.h_proj.bytes();
+    block(m.block);
+  }
+  return total;
+}
+
+namespace {
+
 class Binder {
  public:
-  Binder(const Checkpoint& ckpt, const Plan& plan) : ckpt_(ckpt) {
+  Binder(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt) : ckpt_(ckpt), opt_(opt) {
     for (const auto& l : plan.linears) linears_[l.path] = &l;
     for (const auto& t : plan.tensors) tensors_[t.path] = &t;
   }
@@ -147,7 +274,7 @@ class Binder {
   Linear linear(const std::string& path) const {
     auto it = linears_.find(path);
     if (it == linears_.end()) fail_invalid("internal: the plan has no linear module {}", path);
-    return dequantize_linear(ckpt_, *it->second);
+    return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
   }
   bool has_linear(const std::string& path) const { return linears_.count(path) != 0; }
   bool has_tensor(const std::string& path) const { return tensors_.count(path) != 0; }
@@ -176,6 +303,7 @@ class Binder {
     return *it->second;
   }
   const Checkpoint& ckpt_;
+  LoadOptions opt_;
   std::unordered_map<std::string, const PlannedLinear*> linears_;
   std::unordered_map<std::string, const PlannedTensor*> tensors_;
 };
@@ -249,13 +377,13 @@ Block block(const Binder& b, const ModelConfig& cfg, const std::string& p, int64
 
 }  // namespace
 
-Weights load_weights(const Checkpoint& ckpt, const Plan& plan) {
+Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt) {
   if (!plan.loadable()) {
     fail_invalid("{}: the checkpoint is not loadable ({} errors, {} missing tensors); run `kiln inspect` for the report",
                  ckpt.dir().string(), plan.errors.size(), plan.missing.size());
   }
   const ModelConfig& cfg = plan.config;
-  Binder b(ckpt, plan);
+  Binder b(ckpt, plan, opt);
   Weights w;
   w.config = cfg;
   w.embed = b.tensor("embed.weight");

@@ -1,6 +1,7 @@
 // DeepSeek-V4 weights as the CPU reference uses them: every tensor bound from the plan
-// by canonical name and exactly dequantized to fp32, row-major. Nothing here knows a
-// checkpoint name or a quantization scheme.
+// by canonical name. Linear modules stay in their on-disk quantized form (prepared for
+// the kernels of ops/cpu/quant_linear.h) unless the caller asks for fp32; every other
+// tensor is exactly dequantized to fp32, row-major. Nothing here knows a checkpoint name.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "kiln/io/config.h"
+#include "kiln/ops/cpu/quant_linear.h"
 
 namespace kiln {
 class Checkpoint;
@@ -17,11 +19,8 @@ struct PlannedLinear;
 
 namespace kiln::model {
 
-// y = x W^T with W [out, in] row-major.
-struct Linear {
-  int64_t out = 0, in = 0;
-  std::vector<float> w;
-};
+// y = x W^T with W [out, in] row-major: fp32 (`w`) or quantized with its kernel bound.
+using Linear = ops::cpu::PreparedLinear;
 
 // A dense fp32 tensor with its shape.
 struct Tensor {
@@ -112,14 +111,28 @@ struct Weights {
   std::vector<MtpBlock> mtp;  // empty when the checkpoint has no MTP block
 };
 
-// Binds and dequantizes every planned tensor (the plan must be loadable). Every scheme
-// of artifact/scheme.h is dequantized exactly: bf16/f16/f32 as stored; fp8_block as
+struct LoadOptions {
+  // true: every linear module is dequantized to fp32 at load (4 bytes per weight); false:
+  // quantized and 16-bit modules keep their stored form and decode inside the kernel
+  // (bitwise the same results, fewer resident bytes).
+  bool dequantize = false;
+};
+
+// Resident bytes of all linear modules' weights (fp32 or prepared quantized form).
+uint64_t linear_weight_bytes(const Weights& w);
+
+// Binds every planned tensor (the plan must be loadable); linears as `opt` says, the
+// rest dequantized to fp32. Every scheme of artifact/scheme.h decodes exactly: bf16/f16/f32 as stored; fp8_block as
 // e4m3 x block scale (E8M0, F32, BF16, F16 or U8-as-E8M0); mxfp4 as e2m1 x 2^(s-127);
 // nvfp4 as e2m1 x e4m3 group scale x global (weight_scale_2, or 1/weight_global_scale);
 // int4_group as (u - 8 or u - zero point) x group scale, honouring g_idx.
-Weights load_weights(const Checkpoint& ckpt, const Plan& plan);
+Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt = {});
 
 // One planned linear module, dequantized to fp32 [n, k] (the scheme's formula above).
 Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& module);
+
+// One planned linear module in its stored form with its decoder bound (fp32 weights,
+// which have nothing to save, come back as dequantize_linear gives them).
+Linear prepare_linear(const Checkpoint& ckpt, const PlannedLinear& module);
 
 }  // namespace kiln::model

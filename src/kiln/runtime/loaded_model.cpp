@@ -8,7 +8,8 @@
 
 namespace kiln::runtime {
 
-std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress) {
+std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress,
+                                        const model::LoadOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   auto say = [&](const std::string& s) {
     if (!progress) return;
@@ -25,11 +26,13 @@ std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int th
     fail_invalid("{} is not loadable ({} errors, {} missing tensors; `kiln inspect` shows all):{}", dir.string(),
                  m->plan.errors.size(), m->plan.missing.size(), why);
   }
-  say(fmt::format("planned {} linear modules; dequantizing to fp32", m->plan.linears.size()));
-  m->weights = model::load_weights(m->checkpoint, m->plan);
+  say(fmt::format("planned {} linear modules; {}", m->plan.linears.size(),
+                  opt.dequantize ? "dequantizing to fp32" : "keeping them in their stored form"));
+  m->weights = model::load_weights(m->checkpoint, m->plan, opt);
   m->forward = std::make_unique<model::Forward>(m->weights, threads);
-  say(fmt::format("ready: {} layers{}", m->config.num_layers,
-                  m->weights.mtp.empty() ? "" : fmt::format(" + {} MTP block(s)", m->weights.mtp.size())));
+  say(fmt::format("ready: {} layers{}, {:.1f} MB of linear weights", m->config.num_layers,
+                  m->weights.mtp.empty() ? "" : fmt::format(" + {} MTP block(s)", m->weights.mtp.size()),
+                  static_cast<double>(model::linear_weight_bytes(m->weights)) / 1e6));
   return m;
 }
 

@@ -23,7 +23,9 @@ struct LoadedModel {
 };
 
 // Throws kiln::Error (Invalid with the plan's first errors when not loadable).
-// progress: where to print load progress (nullptr = silent).
-std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress);
+// progress: where to print load progress (nullptr = silent). opt: how linear weights are
+// held (default: in their stored form, decoded inside the kernels).
+std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress,
+                                        const model::LoadOptions& opt = {});
 
 }  // namespace kiln::runtime

@@ -42,26 +42,39 @@ inline void dot2(const float* x, const float* w0, const float* w1, int64_t n, fl
 // cache while every token passes over them.
 void linear_rows(const float* x, int64_t ldx, int64_t T, const float* w, int64_t in, float* y, int64_t ldy,
                  int64_t o0, int64_t o1) {
-  const int64_t tile = std::max<int64_t>(2, (int64_t{16} * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(in, 1)) & ~int64_t{1};
+  const int64_t tile = linear_tile_rows(in);
   for (int64_t ob = o0; ob < o1; ob += tile) {
     const int64_t oe = std::min(o1, ob + tile);
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xt = x + t * ldx;
-      float* yt = y + t * ldy;
-      int64_t o = ob;
-      for (; o + 2 <= oe; o += 2) dot2(xt, w + o * in, w + (o + 1) * in, in, yt[o], yt[o + 1]);
-      if (o < oe) yt[o] = dot(xt, w + o * in, in);
-    }
+    linear_tile(x, ldx, T, w + ob * in, oe - ob, in, y + ob, ldy);
   }
 }
 
 }  // namespace
 
+int64_t linear_tile_rows(int64_t in) {
+  return std::max<int64_t>(2, (int64_t{16} * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(in, 1)) & ~int64_t{1};
+}
+
+void linear_tile(const float* x, int64_t ldx, int64_t T, const float* w, int64_t rows, int64_t in, float* y,
+                 int64_t ldy) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xt = x + t * ldx;
+    float* yt = y + t * ldy;
+    int64_t o = 0;
+    for (; o + 2 <= rows; o += 2) dot2(xt, w + o * in, w + (o + 1) * in, in, yt[o], yt[o + 1]);
+    if (o < rows) yt[o] = dot(xt, w + o * in, in);
+  }
+}
+
+int64_t linear_grain(int64_t T, int64_t in) {
+  return std::max<int64_t>(2, (int64_t{1} << 15) / std::max<int64_t>(T * in, 1));
+}
+
 void linear(const float* x, int64_t ldx, int64_t T, const float* w, int64_t out, int64_t in, float* y, int64_t ldy,
             ThreadPool* pool) {
   if (T <= 0 || out <= 0) return;
   // Enough work per thread to amortise the wake-up (~T*in*grain multiply-adds).
-  const int64_t grain = std::max<int64_t>(2, (int64_t{1} << 15) / std::max<int64_t>(T * in, 1));
+  const int64_t grain = linear_grain(T, in);
   if (pool == nullptr) {
     linear_rows(x, ldx, T, w, in, y, ldy, 0, out);
     return;

@@ -14,6 +14,15 @@ class ThreadPool;
 void linear(const float* x, int64_t ldx, int64_t T, const float* w, int64_t out, int64_t in, float* y, int64_t ldy,
             ThreadPool* pool);
 
+// The kernel's pieces, for kernels that produce W rows on the fly (quant_linear.h):
+// y[t, o] = x[t, :] . w[o, :] for o in [0, rows), every t, each output one dot() of the
+// fixed association; the number of rows a tile should hold; and the row grain of a
+// thread's share.
+void linear_tile(const float* x, int64_t ldx, int64_t T, const float* w, int64_t rows, int64_t in, float* y,
+                 int64_t ldy);
+int64_t linear_tile_rows(int64_t in);
+int64_t linear_grain(int64_t T, int64_t in);
+
 // Contiguous rows: ldx = in, ldy = out.
 inline void linear(const float* x, int64_t T, const float* w, int64_t out, int64_t in, float* y, ThreadPool* pool) {
   linear(x, in, T, w, out, in, y, out, pool);

@@ -1,0 +1,91 @@
+// Prepared linear weights for the CPU kernels: W [out, in] held either in fp32 or in its
+// on-disk quantized form (bf16/f16, fp8_block, int4_group, nvfp4, mxfp4), with the row
+// decoder chosen once when the weight is prepared. The kernels decode a tile of rows
+// into an fp32 scratch (each value by the same expression the load-time dequantizer
+// uses, so it is the same float) and then run the fp32 kernel's dot products of fixed
+// association over it: y is bitwise equal to dequantize-then-ops::cpu::linear, for any
+// T, row strides or thread count.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace kiln::ops::cpu {
+
+class ThreadPool;
+
+enum class WeightFormat : uint8_t { F32, BF16, F16, FP8Block, Int4Group, FP4 };
+
+// The quantized form of one [out, in] matrix. Which fields are used depends on the format:
+//   BF16/F16   codes: 2 bytes per value, row-major.
+//   FP8Block   codes: one e4m3 byte per value; scales: fp32 [ceil(out/block_n), scale_cols]
+//              (block_n x block_k blocks, partial last blocks allowed); w = e4m3 * scale.
+//   Int4Group  codes: ceil(in/8) little-endian uint32 words per row, 8 nibbles each, least
+//              significant first; scales: fp32 [out, scale_cols]; zeros: [out, scale_cols]
+//              nibble values (empty = symmetric, 8); g_idx: group of each input column
+//              (empty = c / block_k); w = float(u - z) * scale.
+//   FP4        codes: in/2 bytes per row, element 2j in the low nibble of byte j (e2m1);
+//              scale_codes: [out, scale_cols] bytes decoded by scale_lut (e4m3 for NVFP4,
+//              e8m0 for MXFP4); w = (e2m1 * scale) * global (global = 1 for MXFP4).
+struct QuantWeight {
+  WeightFormat format = WeightFormat::F32;
+  std::vector<uint8_t> codes;
+  int64_t row_bytes = 0;
+  std::vector<float> scales;
+  std::vector<uint8_t> scale_codes;
+  std::array<float, 256> scale_lut{};
+  std::vector<uint8_t> zeros;
+  std::vector<int32_t> g_idx;
+  int64_t block_n = 1, block_k = 0, scale_cols = 0;
+  float global = 1.0f;
+
+  uint64_t bytes() const;  // resident bytes of the arrays above
+};
+
+// Writes rows [r0, r1) of W, dequantized, to out [(r1 - r0), in].
+using DecodeRowsFn = void (*)(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out);
+
+// The decoder for q's format on this CPU, chosen once (quant_decode.h; F32: nullptr).
+DecodeRowsFn decoder_for(const QuantWeight& q);
+
+// y = x W^T for one nn.Linear-shaped weight. decode == nullptr: W is `w` in fp32;
+// otherwise W is `q`, decoded by `decode` (set by prepare(), never chosen per call).
+struct PreparedLinear {
+  int64_t out = 0, in = 0;
+  std::vector<float> w;
+  QuantWeight q;
+  DecodeRowsFn decode = nullptr;
+
+  bool quantized() const { return decode != nullptr; }
+  // Whether the stored form holds exactly out x in values.
+  bool complete() const;
+  uint64_t bytes() const;  // resident bytes of the weight
+  // Makes `qw` the weight and binds its decoder, after checking every array against
+  // [out, in] (a kiln::Error naming `what` otherwise); the fp32 `w` is released.
+  void prepare(QuantWeight qw, std::string_view what);
+  // Rows [r0, r1) as fp32 (decoded or copied).
+  std::vector<float> dequantized_rows(int64_t r0, int64_t r1) const;
+};
+
+// One product of a batch: y[t, o] = x[t, :] . W[row0 + o, :] for o in [0, rows).
+struct LinearJob {
+  const PreparedLinear* w = nullptr;
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  int64_t row0 = 0, rows = 0;
+};
+
+// Runs all jobs over the same T tokens in one pass of the pool (their rows are split
+// across threads together), e.g. an expert's gate and up projections, each weight with
+// its own format and scales. Results equal running each job alone.
+void linear(std::span<const LinearJob> jobs, int64_t T, ThreadPool* pool);
+
+// y [T, out] = x [T, in] W^T, contiguous rows.
+void linear(const PreparedLinear& w, const float* x, int64_t T, float* y, ThreadPool* pool);
+
+}  // namespace kiln::ops::cpu
