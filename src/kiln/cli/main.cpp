@@ -8,6 +8,7 @@
 #include "kiln/cli/perplexity.h"
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
+#include "kiln/cli/serve.h"
 #include "kiln/core/error.h"
 
 int main(int argc, char** argv) {
@@ -84,6 +85,25 @@ int main(int argc, char** argv) {
     qu->add_option("--threads", quant.threads, "Threads (0 = all cores)")->capture_default_str();
   }
 
+  kiln::cli::ServeOptions serve;
+  auto* se = app.add_subcommand("serve", "OpenAI-compatible HTTP server (completions, chat, SSE streaming, metrics) "
+                                         "with continuous batching");
+  se->add_option("--model", serve.model, "Checkpoint directory with tokenizer.json (default: the bundled model)");
+  se->add_option("--tokenizer", serve.tokenizer, "tokenizer.json (default: the model directory's)");
+  se->add_option("--host", serve.host, "Address to listen on")->capture_default_str();
+  se->add_option("--port", serve.port, "Port (0 = any free port)")->capture_default_str();
+  se->add_option("--api-key", serve.api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
+  se->add_option("--served-model-name", serve.served_model_name, "Model id reported by /v1/models (default: directory name)");
+  se->add_option("--threads", serve.threads, "CPU threads for the forward (0 = all cores)")->capture_default_str();
+  se->add_option("--max-batch", serve.max_batch, "Sequences decoded together")->capture_default_str();
+  se->add_option("--max-waiting", serve.max_waiting, "Queued requests beyond the batch (more get 429)")->capture_default_str();
+  se->add_option("--prefill-chunk", serve.prefill_chunk, "Prompt tokens fed per scheduler step")->capture_default_str();
+  se->add_option("--mtp", serve.mtp, "Default MTP drafts per round (0 = off; requests may set 'mtp')")->capture_default_str();
+  se->add_option("--max-context", serve.max_context, "Prompt + generated tokens per request (0 = the model's maximum)")
+      ->capture_default_str();
+  se->add_option("--http-threads", serve.http_threads, "Concurrent connections")->capture_default_str();
+  se->add_option("--max-body-bytes", serve.max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -106,6 +126,7 @@ int main(int argc, char** argv) {
     }
     if (*pp) return kiln::cli::run_perplexity(ppl, std::cout, std::cerr);
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
+    if (*se) return kiln::cli::run_serve(serve, std::cout, std::cerr);
   } catch (const kiln::Error& e) {
     std::cerr << "kiln: error: " << e.what() << "\n";
     return e.exit_code();

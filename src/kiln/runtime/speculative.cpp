@@ -86,23 +86,43 @@ void SpeculativeDecoder::set_draft_hook(DraftHook hook) {
 int32_t SpeculativeDecoder::prefill(std::span<const int32_t> prompt) {
   if (prompt.empty()) fail(ErrorKind::Usage, "speculative decoding: empty prompt");
   if (state_.length() != 0) fail(ErrorKind::Usage, "speculative decoding: prefill called twice");
+  prefill_some(prompt, static_cast<int64_t>(prompt.size()));
+  return pending_;
+}
+
+int64_t SpeculativeDecoder::prefill_some(std::span<const int32_t> prompt, int64_t budget) {
+  if (prompt.empty()) fail(ErrorKind::Usage, "speculative decoding: empty prompt");
+  if (pending_ >= 0) fail(ErrorKind::Usage, "speculative decoding: the prompt is already fed");
+  if (budget < 1) fail(ErrorKind::Usage, "speculative decoding: prefill budget {} (expected >= 1)", budget);
   const auto& c = f_.weights().config;
   const int64_t P = static_cast<int64_t>(prompt.size()), V = c.vocab_size, S = c.hc_mult * c.hidden_size;
-  std::vector<float> streams(static_cast<size_t>(P * S)), logits(static_cast<size_t>(V));
-  // Logits only for the last prompt token (results do not depend on the chunking).
-  if (P > 1) f_.step(state_, prompt.first(static_cast<size_t>(P - 1)), nullptr, streams.data());
-  f_.step(state_, prompt.last(1), logits.data(), streams.data() + (P - 1) * S);
-  pending_ = params_.temperature <= 0.0f ? argmax(logits) : sample_from(sampling_distribution(logits, params_), rng_);
-  // MTP rows 0..P-1: main streams at p and token p+1 (the last one is the first draft step).
-  std::vector<int32_t> next(prompt.begin() + 1, prompt.end());
-  next.push_back(pending_);
-  draft_logits_.assign(static_cast<size_t>(V), 0.0f);
-  draft_streams_.assign(static_cast<size_t>(S), 0.0f);
-  if (P > 1) f_.mtp_step(state_, 0, std::span<const float>(streams).first(static_cast<size_t>((P - 1) * S)),
-                         std::span<const int32_t>(next).first(static_cast<size_t>(P - 1)), nullptr, nullptr);
-  f_.mtp_step(state_, 0, std::span<const float>(streams).last(static_cast<size_t>(S)),
-              std::span<const int32_t>(next).last(1), draft_logits_.data(), draft_streams_.data());
-  return pending_;
+  const int64_t b = state_.length(), e = std::min(P, b + budget), n = e - b;
+  std::vector<float> streams(static_cast<size_t>(n * S));
+  // Main model rows b..e-1; logits only for the last prompt token (results do not depend
+  // on the chunking).
+  if (e < P) {
+    f_.step(state_, prompt.subspan(static_cast<size_t>(b), static_cast<size_t>(n)), nullptr, streams.data());
+  } else {
+    std::vector<float> logits(static_cast<size_t>(V));
+    if (n > 1) f_.step(state_, prompt.subspan(static_cast<size_t>(b), static_cast<size_t>(n - 1)), nullptr, streams.data());
+    f_.step(state_, prompt.last(1), logits.data(), streams.data() + (n - 1) * S);
+    pending_ = params_.temperature <= 0.0f ? argmax(logits) : sample_from(sampling_distribution(logits, params_), rng_);
+  }
+  // MTP rows p = b..min(e, P-1)-1: main streams at p and prompt token p+1.
+  const int64_t m = std::min(e, P - 1) - b;
+  if (m > 0) {
+    f_.mtp_step(state_, 0, std::span<const float>(streams).first(static_cast<size_t>(m * S)),
+                prompt.subspan(static_cast<size_t>(b + 1), static_cast<size_t>(m)), nullptr, nullptr);
+  }
+  if (e == P) {
+    // Row P-1 (main streams at P-1 and the first generated token) is the first draft step.
+    draft_logits_.assign(static_cast<size_t>(V), 0.0f);
+    draft_streams_.assign(static_cast<size_t>(S), 0.0f);
+    const int32_t next[1] = {pending_};
+    f_.mtp_step(state_, 0, std::span<const float>(streams).last(static_cast<size_t>(S)), next, draft_logits_.data(),
+                draft_streams_.data());
+  }
+  return n;
 }
 
 void SpeculativeDecoder::round(std::vector<int32_t>& out, int max_drafts) {

@@ -87,6 +87,14 @@ class SpeculativeDecoder {
   // first generated token, drawn from the main model's logits at the last prompt token.
   int32_t prefill(std::span<const int32_t> prompt);
 
+  // Chunked prefill, for a scheduler that interleaves a long prompt with other work: feeds
+  // the next min(budget, rest) prompt tokens (budget >= 1) to the main model and the MTP
+  // block and returns how many. Feeding the whole prompt this way, in any chunks, leaves
+  // the same state and first token as prefill(); `prompt` must be the same span every
+  // call. The first generated token is pending() once prefilled() is true.
+  int64_t prefill_some(std::span<const int32_t> prompt, int64_t budget);
+  bool prefilled() const { return pending_ >= 0; }
+
   // One draft / verify / rollback round with min(k, max_drafts) drafts (0 = a plain
   // step); appends the 1 .. drafts+1 emitted tokens to `out`.
   void round(std::vector<int32_t>& out, int max_drafts);

@@ -1,0 +1,82 @@
+#include "kiln/cli/serve.h"
+
+#include <csignal>
+#include <pthread.h>
+
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "kiln/cli/default_model.h"
+#include "kiln/core/error.h"
+#include "kiln/runtime/engine.h"
+#include "kiln/runtime/loaded_model.h"
+#include "kiln/server/http_server.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace kiln::cli {
+
+int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
+  ServeOptions o = options;
+  o.model = model_or_default(o.model);
+  if (o.port < 0 || o.port > 65535) fail(ErrorKind::Usage, "--port {}: expected 0..65535", o.port);
+  // SIGINT / SIGTERM are taken by a waiting thread (blocked here, before any thread starts,
+  // so every thread inherits the mask); a write to a closed socket must not kill us.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  const std::filesystem::path tok_path = o.tokenizer ? *o.tokenizer : o.model / "tokenizer.json";
+  if (!std::filesystem::exists(tok_path)) {
+    fail(ErrorKind::Usage, "{} not found: `kiln serve` needs the model's tokenizer (put tokenizer.json in the model "
+                           "directory or pass --tokenizer)", tok_path.string());
+  }
+  err << "loading tokenizer " << tok_path.string() << "\n";
+  const auto tok = tokenizer::Tokenizer::from_file(tok_path);
+  auto m = runtime::load_model(o.model, o.threads, &err);
+  const auto& cfg = m->config;
+  if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
+    fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}", tok_path.string(), tok.vocab_size(),
+                 cfg.vocab_size);
+  }
+
+  runtime::EngineOptions eo;
+  eo.max_batch = o.max_batch;
+  eo.max_waiting = o.max_waiting;
+  eo.prefill_chunk = o.prefill_chunk;
+  eo.mtp = o.mtp;
+  runtime::Engine engine(*m->forward, eo);
+
+  server::ServerOptions so;
+  so.host = o.host;
+  so.port = o.port;
+  so.api_key = o.api_key;
+  so.model_name = o.served_model_name.empty() ? std::filesystem::absolute(o.model).lexically_normal().filename().string()
+                                              : o.served_model_name;
+  if (so.model_name.empty()) so.model_name = std::filesystem::absolute(o.model).lexically_normal().parent_path().filename().string();
+  so.max_context = o.max_context > 0 ? o.max_context : (cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096);
+  so.http_threads = o.http_threads;
+  so.max_body_bytes = o.max_body_bytes;
+  server::ModelTokens mt{static_cast<int32_t>(cfg.bos_token_id), static_cast<int32_t>(cfg.eos_token_id)};
+  server::Server srv(engine, tok, mt, so);
+  const int port = srv.bind();
+
+  std::thread waiter([&srv, sigs] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    srv.stop();
+  });
+  waiter.detach();
+  out << fmt::format("kiln: serving '{}' at http://{}:{} (OpenAI API under /v1; context {} tokens; batch {}{}{})\n",
+                     so.model_name, o.host, port, so.max_context, eo.max_batch, eo.mtp ? fmt::format("; MTP {}", eo.mtp) : "",
+                     o.api_key.empty() ? "" : "; API key required")
+      << std::flush;
+  srv.run();
+  err << "kiln: server stopped\n";
+  return 0;
+}
+
+}  // namespace kiln::cli

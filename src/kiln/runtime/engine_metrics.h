@@ -1,0 +1,46 @@
+// Counters and latency histograms of the continuous-batching engine, updated by its
+// scheduler thread and read at any time (the server renders them as Prometheus text).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+namespace kiln::runtime {
+
+// A cumulative histogram with fixed upper bounds (seconds), as Prometheus expects.
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double v);
+  struct Snapshot {
+    std::vector<double> bounds;
+    std::vector<uint64_t> cumulative;  // per bound, then +Inf last
+    double sum = 0.0;
+    uint64_t count = 0;
+  };
+  Snapshot snapshot() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // non-cumulative, bounds_.size() + 1
+  double sum_ = 0.0;
+};
+
+struct EngineMetrics {
+  EngineMetrics();
+  std::atomic<uint64_t> requests_total{0}, requests_finished{0}, requests_cancelled{0}, requests_rejected{0},
+      requests_failed{0};
+  std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
+  std::atomic<int64_t> waiting{0}, running{0};
+  std::atomic<uint64_t> steps{0};
+  // Speculative decoding, per draft position (up to 4).
+  std::array<std::atomic<uint64_t>, 4> mtp_proposed{}, mtp_accepted{};
+  Histogram ttft;  // seconds from submit to the first token
+  Histogram tpot;  // seconds between consecutive tokens of a request (per token)
+};
+
+}  // namespace kiln::runtime

@@ -1,0 +1,72 @@
+// The OpenAI-compatible request layer: JSON bodies of /v1/completions and
+// /v1/chat/completions validated into a typed request, and OpenAI-style error bodies.
+// Pure functions (no I/O), so the fuzzer (tests/fuzz/fuzz_server_request.cpp) can drive
+// them directly: any byte string either parses or throws ApiError, never anything else.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kiln/tokenizer/chat_encoding.h"
+
+namespace kiln::server {
+
+// An HTTP error with an OpenAI error body {"error": {message, type, param, code}}.
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string param = {}, std::string type = {}, std::string code = {});
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const std::string& type() const { return type_; }
+  const std::string& code() const { return code_; }
+  std::string body() const;
+
+ private:
+  int status_;
+  std::string param_, type_, code_;
+};
+
+// 400 invalid_request_error naming the field.
+template <typename... Args>
+[[noreturn]] void bad_field(std::string param, fmt::format_string<Args...> f, Args&&... args) {
+  throw ApiError(400, fmt::format(f, std::forward<Args>(args)...), std::move(param));
+}
+
+enum class Endpoint { Completions, Chat };
+
+struct ParsedRequest {
+  Endpoint endpoint = Endpoint::Completions;
+  std::string model;
+  // Completions: the prompt as text, or as token ids when given as an integer array.
+  std::optional<std::string> prompt_text;
+  std::vector<int32_t> prompt_ids;
+  // Chat: the messages (top-level `tools` attached to the system message, as DeepSeek's
+  // encoding expects them) and the thinking mode.
+  nlohmann::ordered_json messages;
+  bool has_tools = false;
+  tokenizer::dsv4::ThinkingMode thinking = tokenizer::dsv4::ThinkingMode::Chat;
+  tokenizer::dsv4::ReasoningEffort reasoning_effort = tokenizer::dsv4::ReasoningEffort::None;
+  // Sampling and limits.
+  std::optional<int> max_tokens;
+  float temperature = 1.0f;
+  float top_p = 1.0f;
+  int top_k = 0;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool ignore_eos = false;     // kiln extension (as vLLM)
+  std::optional<int> mtp;      // kiln extension: MTP drafts per round for this request
+};
+
+// Throws ApiError (400) naming the offending field for anything kiln cannot honour.
+ParsedRequest parse_request(std::string_view body, Endpoint endpoint);
+
+}  // namespace kiln::server
