@@ -311,8 +311,18 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
           sink.done();
           return true;
         }
-        const bool over = stopping.load() ? (g->handle->cancel(), g->pull(std::chrono::milliseconds(0)), true)
-                                          : g->pull(wait);
+        bool over = false;
+        if (stopping.load()) {
+          g->handle->cancel();
+          g->pull(std::chrono::milliseconds(0));
+          over = true;
+        } else {
+          const auto until = std::chrono::steady_clock::now() + wait;
+          while (!over && std::chrono::steady_clock::now() < until) {
+            over = g->pull(std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()) +
+                           std::chrono::milliseconds(1));
+          }
+        }
         if (!over) {
           // Whitespace before a JSON document is valid; it finds a client that left.
           return sink.write(" ", 1);

@@ -1,0 +1,277 @@
+// The OpenAI-compatible server end to end on loopback, with the bundled trained model:
+// responses equal the runtime's own decoding (generate_plain, the oracle for "the same
+// request run alone"), streaming equals non-streaming, errors are OpenAI-style, a client
+// that disconnects is cancelled, and 200 concurrent streams each get exactly their own
+// tokens with every sequence freed afterwards.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kiln/runtime/engine.h"
+#include "kiln/runtime/loaded_model.h"
+#include "kiln/runtime/speculative.h"
+#include "kiln/server/http_server.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+struct Fixture {
+  std::unique_ptr<kiln::runtime::LoadedModel> model;
+  std::optional<kiln::tokenizer::Tokenizer> tok;
+  std::unique_ptr<kiln::runtime::Engine> engine;
+  std::unique_ptr<kiln::server::Server> server;
+  std::thread thread;
+  int port = 0;
+
+  explicit Fixture(kiln::runtime::EngineOptions eo = {}, kiln::server::ServerOptions so = {}) {
+    const fs::path dir = KILN_BUNDLED_MODEL;
+    model = kiln::runtime::load_model(dir, 1, nullptr);
+    tok = kiln::tokenizer::Tokenizer::from_file(dir / "tokenizer.json");
+    engine = std::make_unique<kiln::runtime::Engine>(*model->forward, eo);
+    so.port = 0;
+    so.http_threads = 256;
+    so.max_body_bytes = 1 << 16;
+    so.max_context = model->config.max_position_embeddings;
+    kiln::server::ModelTokens mt{static_cast<int32_t>(model->config.bos_token_id), static_cast<int32_t>(model->config.eos_token_id)};
+    server = std::make_unique<kiln::server::Server>(*engine, *tok, mt, so);
+    port = server->bind();
+    thread = std::thread([this] { server->run(); });
+  }
+  ~Fixture() {
+    server->stop();
+    thread.join();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+  // The oracle: the runtime's plain decoding of the same prompt, decoded as the server does.
+  std::string solo_text(const std::string& prompt, int max_tokens) const {
+    std::vector<int32_t> ids{static_cast<int32_t>(model->config.bos_token_id)};
+    const auto p = tok->encode(prompt);
+    ids.insert(ids.end(), p.begin(), p.end());
+    const auto r = kiln::runtime::generate_plain(*model->forward, ids, max_tokens, {}, static_cast<int32_t>(model->config.eos_token_id));
+    return tok->decode(r.tokens, /*skip_special_tokens=*/true);
+  }
+};
+
+// Concatenates the streamed text of an SSE body; checks the framing.
+std::string sse_text(const std::string& body, bool chat, std::string* finish = nullptr) {
+  std::string text;
+  size_t pos = 0;
+  bool done = false;
+  while (pos < body.size()) {
+    const size_t end = body.find("\n\n", pos);
+    EXPECT_NE(end, std::string::npos) << "unterminated event";
+    if (end == std::string::npos) break;
+    const std::string ev = body.substr(pos, end - pos);
+    pos = end + 2;
+    if (ev.rfind(":", 0) == 0) continue;  // keep-alive comment
+    EXPECT_EQ(ev.rfind("data: ", 0), 0u) << ev;
+    const std::string data = ev.substr(6);
+    if (data == "[DONE]") {
+      done = true;
+      continue;
+    }
+    const json j = json::parse(data);
+    if (j["choices"].empty()) continue;
+    const json& c = j["choices"][0];
+    if (chat) {
+      if (c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+    } else {
+      text += c["text"].get<std::string>();
+    }
+    if (!c["finish_reason"].is_null() && finish) *finish = c["finish_reason"].get<std::string>();
+  }
+  EXPECT_TRUE(done) << "no [DONE]";
+  return text;
+}
+
+TEST(Server, CompletionEqualsRuntimeDecodingStreamedOrNot) {
+  Fixture f;
+  auto c = f.client();
+  const std::string prompt = "def parse_args(argv):\n    ";
+  json req = {{"prompt", prompt}, {"max_tokens", 20}, {"temperature", 0}};
+  auto r = c.Post("/v1/completions", req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json j = json::parse(r->body);
+  const std::string expected = f.solo_text(prompt, 20);
+  EXPECT_EQ(j["choices"][0]["text"], expected);
+  EXPECT_EQ(j["usage"]["completion_tokens"].get<int>() + j["usage"]["prompt_tokens"].get<int>(), j["usage"]["total_tokens"].get<int>());
+  req["stream"] = true;
+  r = c.Post("/v1/completions", req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  std::string finish;
+  EXPECT_EQ(sse_text(r->body, false, &finish), expected);
+  EXPECT_EQ(finish, j["choices"][0]["finish_reason"].get<std::string>());
+}
+
+TEST(Server, StopStringCutsTheText) {
+  Fixture f;
+  auto c = f.client();
+  const std::string prompt = "import os\nimport sys\n";
+  const std::string full = f.solo_text(prompt, 24);
+  ASSERT_GE(full.size(), 6u);
+  const std::string stop = full.substr(3, 2);
+  for (bool stream : {false, true}) {
+    json req = {{"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}, {"stop", stop}, {"stream", stream}};
+    auto r = c.Post("/v1/completions", req.dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    std::string finish;
+    const std::string text = stream ? sse_text(r->body, false, &finish) : json::parse(r->body)["choices"][0]["text"].get<std::string>();
+    if (!stream) finish = json::parse(r->body)["choices"][0]["finish_reason"];
+    EXPECT_EQ(text, full.substr(0, full.find(stop)));
+    EXPECT_EQ(finish, "stop");
+  }
+}
+
+TEST(Server, ChatStreamingEqualsNonStreaming) {
+  Fixture f;
+  auto c = f.client();
+  json req = {{"messages", {{{"role", "system"}, {"content", "You write Python."}}, {{"role", "user"}, {"content", "A function that adds."}}}},
+              {"max_tokens", 16},
+              {"temperature", 0}};
+  auto r = c.Post("/v1/chat/completions", req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json j = json::parse(r->body);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  req["stream"] = true;
+  r = c.Post("/v1/chat/completions", req.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(sse_text(r->body, true), j["choices"][0]["message"]["content"].get<std::string>());
+}
+
+TEST(Server, ErrorsAreOpenAiStyle) {
+  kiln::server::ServerOptions so;
+  so.api_key = "sekret";
+  Fixture f({}, so);
+  auto c = f.client();
+  httplib::Headers auth{{"Authorization", "Bearer sekret"}};
+  auto expect = [&](const httplib::Result& r, int status, const char* param) {
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, status) << r->body;
+    const json j = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << r->body;
+    EXPECT_FALSE(j["error"]["message"].get<std::string>().empty());
+    if (param) EXPECT_EQ(j["error"]["param"], param) << r->body;
+  };
+  expect(c.Post("/v1/completions", "{\"prompt\": \"x\"}", "application/json"), 401, nullptr);
+  expect(c.Post("/v1/completions", auth, "{not json", "application/json"), 400, nullptr);
+  expect(c.Post("/v1/completions", auth, "{}", "application/json"), 400, "prompt");
+  expect(c.Post("/v1/completions", auth, "{\"prompt\": \"x\", \"temperature\": \"hot\"}", "application/json"), 400, "temperature");
+  expect(c.Post("/v1/completions", auth, "{\"prompt\": \"x\", \"max_tokens\": 100000}", "application/json"), 400, "max_tokens");
+  expect(c.Post("/v1/completions", auth, "{\"prompt\": [1, 2, 99999]}", "application/json"), 400, "prompt");
+  expect(c.Post("/v1/chat/completions", auth, "{\"messages\": [{\"role\": \"wizard\"}]}", "application/json"), 400,
+         "messages[0].role");
+  expect(c.Post("/v1/completions", auth, std::string(1 << 17, ' '), "application/json"), 413, nullptr);
+  expect(c.Get("/v1/nothing", auth), 404, nullptr);
+  expect(c.Post("/v1/completions", auth, std::string(200, '[') + "1" + std::string(200, ']'), "application/json"), 400, nullptr);
+  auto ok = c.Get("/v1/models", auth);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  EXPECT_EQ(json::parse(ok->body)["data"][0]["id"], "kiln");
+  auto h = c.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+}
+
+TEST(Server, DisconnectedClientIsCancelled) {
+  Fixture f;
+  {
+    // A raw socket: send a streaming request, read the first bytes, hang up.
+    const std::string body = json({{"prompt", "class A:\n"}, {"max_tokens", 1500}, {"temperature", 0}, {"stream", true},
+                                   {"ignore_eos", true}}).dump();
+    const std::string msg = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(f.port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(send(fd, msg.data(), msg.size(), 0), static_cast<ssize_t>(msg.size()));
+    char buf[512];
+    ASSERT_GT(recv(fd, buf, sizeof buf, 0), 0);
+    close(fd);
+  }
+  for (int i = 0; i < 200 && f.engine->metrics().requests_cancelled.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(f.engine->metrics().requests_cancelled.load(), 1u);
+  for (int i = 0; i < 100 && f.engine->metrics().running.load() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(f.engine->metrics().running.load(), 0);
+  EXPECT_LT(f.engine->metrics().generated_tokens.load(), 1500u);
+}
+
+TEST(Server, TwoHundredConcurrentStreamsEachGetTheirOwnTokens) {
+  Fixture f;
+  constexpr int kN = 200;
+  const char* heads[] = {"def ", "import ", "class ", "return ", "for i in ", "if x == ", "print(", "    self."};
+  std::vector<std::string> prompts(kN), got(kN);
+  std::vector<int> max_tokens(kN);
+  for (int i = 0; i < kN; ++i) {
+    prompts[i] = std::string(heads[i % 8]) + "v" + std::to_string(i) + (i % 3 ? "(" : "\n");
+    max_tokens[i] = 40 + i % 8;
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  std::atomic<bool> watching{true};
+  int64_t peak = 0;
+  std::thread watch([&] {
+    while (watching) {
+      peak = std::max(peak, f.server->active_requests());
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  for (int i = 0; i < kN; ++i) {
+    // Connections open 2 ms apart (cpp-httplib's listen backlog is small); every stream
+    // stays open until its last token, so all 200 overlap.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    threads.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", f.port);
+      c.set_read_timeout(300, 0);
+      // cpp-httplib listens with a short backlog: under a burst of 200 connects the kernel
+      // drops SYNs and the client retries (1 s, 3 s, ...), past the default 300 ms.
+      c.set_connection_timeout(60, 0);
+      json req = {{"prompt", prompts[i]}, {"max_tokens", max_tokens[i]}, {"temperature", 0}, {"stream", true}};
+      auto r = c.Post("/v1/completions", req.dump(), "application/json");
+      if (!r || r->status != 200) {
+        ++failures;
+        ADD_FAILURE() << "request " << i << ": " << (r ? std::to_string(r->status) : httplib::to_string(r.error()));
+        return;
+      }
+      got[i] = r->body;
+    });
+  }
+  for (auto& t : threads) t.join();
+  watching = false;
+  watch.join();
+  std::printf("[ measured ] peak open streams %lld of %d\n", static_cast<long long>(peak), kN);
+  EXPECT_GE(peak, kN * 9 / 10) << "the streams did not overlap";
+  ASSERT_EQ(failures.load(), 0);
+  for (int i = 0; i < kN; ++i) EXPECT_EQ(sse_text(got[i], false), f.solo_text(prompts[i], max_tokens[i])) << "request " << i;
+  EXPECT_EQ(f.engine->metrics().requests_finished.load(), static_cast<uint64_t>(kN));
+  for (int i = 0; i < 100 && f.server->active_requests() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(f.server->active_requests(), 0);
+  EXPECT_EQ(f.engine->metrics().running.load(), 0);
+  EXPECT_EQ(f.engine->metrics().waiting.load(), 0);
+}
+
+}  // namespace
