@@ -39,6 +39,20 @@ if ! echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --status 2>/dev/nul
   echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --quiet
 fi
 
+# The official `openai` npm client for the server test (tests/server/openai_client.cjs);
+# 4.95.0 is the last release that runs on Debian 12's Node 18.
+oa_dir=build-deps/openai-client
+if [ ! -f "$oa_dir/node_modules/openai/package.json" ]; then
+  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm nodejs
+  fi
+  mkdir -p "$oa_dir"
+  (cd "$oa_dir" && npm install --silent --no-audit --no-fund --prefix . openai@4.95.0)
+fi
+
 # nvcc is usually not on the PATH of a CUDA toolkit install.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
@@ -53,5 +67,5 @@ cmake --build build-asan -j "$jobs"
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON \
   -DKILN_CUDA=OFF -DKILN_BENCH=OFF -DBUILD_TESTING=ON
-cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors_header
+cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors_header fuzz_server_request
 echo "kiln built: ./build/kiln"
