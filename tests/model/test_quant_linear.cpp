@@ -20,6 +20,7 @@
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "support/artifacts.h"
+#include "support/plan_module.h"
 
 namespace kiln::model {
 namespace {
@@ -80,17 +81,7 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
   test::TempDir d;
   SafetensorsWriter::write_file(d.path() / "m.safetensors", m.tensors);
   auto ckpt = Checkpoint::open(d.path());
-  PlannedLinear pl;
-  pl.path = "m";
-  pl.n = n;
-  pl.k = k;
-  for (const auto& [name, e] : ckpt.tensors()) {
-    TensorSlice s;
-    s.name = std::string(name);
-    s.info = e.info;
-    s.shard = e.shard;
-    pl.fields[std::string(name.substr(2))] = s;
-  }
+  PlannedLinear pl = test::plan_module_m(ckpt, n, k);
   auto det = detect_scheme("m", pl.fields, n, k, m.hint);
   ASSERT_TRUE(det.scheme) << (det.errors.empty() ? "" : det.errors[0]);
   pl.scheme = *det.scheme;

@@ -10,6 +10,7 @@
 #include "kiln/io/safetensors.h"
 #include "kiln/model/weights.h"
 #include "support/artifacts.h"
+#include "support/plan_module.h"
 
 namespace kiln::model {
 namespace {
@@ -31,17 +32,7 @@ std::vector<float> dequant(const std::vector<SafetensorsWriter::Tensor>& tensors
   test::TempDir d;
   SafetensorsWriter::write_file(d.path() / "m.safetensors", tensors);
   auto ckpt = Checkpoint::open(d.path());
-  PlannedLinear pl;
-  pl.path = "m";
-  pl.n = n;
-  pl.k = k;
-  for (const auto& [name, e] : ckpt.tensors()) {
-    TensorSlice s;
-    s.name = std::string(name);
-    s.info = e.info;
-    s.shard = e.shard;
-    pl.fields[std::string(name.substr(2))] = s;
-  }
+  PlannedLinear pl = test::plan_module_m(ckpt, n, k);
   auto det = detect_scheme("m", pl.fields, n, k);
   EXPECT_TRUE(det.scheme) << (det.errors.empty() ? "" : det.errors[0]);
   pl.scheme = *det.scheme;

@@ -21,6 +21,7 @@
 #include "kiln/quant/fast_codecs.h"
 #include "kiln/quant/quantize.h"
 #include "support/artifacts.h"
+#include "support/plan_module.h"
 
 namespace kiln::quant {
 namespace {
@@ -39,17 +40,7 @@ Deq roundtrip(const Fields& fields, int64_t n, int64_t k) {
   for (const auto& [f, t] : fields) ts.push_back({"m." + f, t.dtype, t.shape, t.bytes});
   SafetensorsWriter::write_file(d.path() / "m.safetensors", ts);
   auto ckpt = Checkpoint::open(d.path());
-  PlannedLinear pl;
-  pl.path = "m";
-  pl.n = n;
-  pl.k = k;
-  for (const auto& [name, e] : ckpt.tensors()) {
-    TensorSlice s;
-    s.name = std::string(name);
-    s.info = e.info;
-    s.shard = e.shard;
-    pl.fields[std::string(name.substr(2))] = s;
-  }
+  PlannedLinear pl = test::plan_module_m(ckpt, n, k);
   auto det = detect_scheme("m", pl.fields, n, k);
   if (!det.scheme) {
     ADD_FAILURE() << "detect_scheme: " << (det.errors.empty() ? "?" : det.errors[0]);
