@@ -66,6 +66,25 @@ struct Generation {
       : req(std::move(r)), handle(std::move(h)), out(tok, req.stop), chat(req.thinking) {}
   bool is_chat() const { return req.endpoint == Endpoint::Chat; }
 
+  // One wait of a connection's worker: on server shutdown, cancels and ends the request;
+  // otherwise takes new tokens, returning at the first ones (streams) or only when the
+  // request is over (until_over), in both cases after `wait` at most. True when over.
+  bool advance(bool stopping, std::chrono::milliseconds wait, bool until_over) {
+    if (stopping) {
+      handle->cancel();
+      pull(std::chrono::milliseconds(0));
+      return true;
+    }
+    if (!until_over) return pull(wait);
+    const auto until = std::chrono::steady_clock::now() + wait;
+    bool over = false;
+    while (!over && std::chrono::steady_clock::now() < until) {
+      over = pull(std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()) +
+                  std::chrono::milliseconds(1));
+    }
+    return over;
+  }
+
   // Takes new tokens (waiting up to `wait`); returns true when the request is over.
   bool pull(std::chrono::milliseconds wait) {
     auto ids = handle->wait_tokens(have, wait);
@@ -263,8 +282,7 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
             return true;
           }
           const size_t before = g->have;
-          const bool over = stopping.load() ? (g->handle->cancel(), g->pull(std::chrono::milliseconds(0)), true)
-                                            : g->pull(wait);
+          const bool over = g->advance(stopping.load(), wait, /*until_over=*/false);
           if (!over && g->have == before) {
             static constexpr char kPing[] = ": keep-alive\n\n";
             return sink.write(kPing, sizeof kPing - 1);
@@ -311,18 +329,7 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
           sink.done();
           return true;
         }
-        bool over = false;
-        if (stopping.load()) {
-          g->handle->cancel();
-          g->pull(std::chrono::milliseconds(0));
-          over = true;
-        } else {
-          const auto until = std::chrono::steady_clock::now() + wait;
-          while (!over && std::chrono::steady_clock::now() < until) {
-            over = g->pull(std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()) +
-                           std::chrono::milliseconds(1));
-          }
-        }
+        const bool over = g->advance(stopping.load(), wait, /*until_over=*/true);
         if (!over) {
           // Whitespace before a JSON document is valid; it finds a client that left.
           return sink.write(" ", 1);
