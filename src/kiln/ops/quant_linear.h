@@ -89,6 +89,15 @@ class QuantLinear {
   int64_t k() const;
   int max_m() const;
   LinearScheme scheme() const;
+  // Grouped rows (DeepSeek-V4's grouped output projection wo_a): for g < groups,
+  //   y[m, g * (n / groups) + o] = W[g * (n / groups) + o, :] . x[m, g * x_group_stride + :k]
+  // for o < n / groups, m < M: each group of rows multiplies its own slice of x. One
+  // launch (groups along grid.z); scale blocks are addressed by absolute row, so any
+  // group size works for every scheme. Needs n % groups == 0. Same staging rule,
+  // graph-safety and numerics as forward().
+  void forward_grouped(const float* x, int64_t ldx, int64_t x_group_stride, int M, int groups, float* y, int64_t ldy,
+                       void* stream) const;
+
   // Bytes of prepared weight + scale (+ zero point) data one call reads from device memory.
   int64_t weight_bytes() const;
   // "fp8_block mt=1 rw=4 lk=64 blocks=256" for the kernel chosen for M tokens.
@@ -96,6 +105,42 @@ class QuantLinear {
 
  private:
   std::unique_ptr<QuantLinearImpl> impl_;
+};
+
+// The routed experts of one MoE layer, one weight matrix per expert (all the same
+// [n, k]; schemes may differ between experts), resident on the GPU with a device table
+// of their descriptors, so one launch multiplies each (token, expert) pair by the expert
+// a device array names: no host synchronisation, capturable in a CUDA graph.
+class QuantLinearSet {
+ public:
+  // Validates and uploads every weight (as QuantLinear::prepare); throws kiln::Error
+  // naming the offending module. max_pairs: the largest P forward_indexed takes.
+  static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs);
+
+  QuantLinearSet();
+  QuantLinearSet(QuantLinearSet&&) noexcept;
+  QuantLinearSet& operator=(QuantLinearSet&&) noexcept;
+  ~QuantLinearSet();
+
+  // For every pair i < P: y[i, :] = W_e x[i / x_div, :]^T with e = expert[i] (device
+  // int32 array, 0 <= e < count; a pair naming an expert outside that range writes
+  // nothing). x rows ldx apart, y rows ldy apart (fp32, device). x_div = K when pairs are
+  // (token, slot) of a top-K routing and x holds one row per token; 1 when x holds a row
+  // per pair. Each product sums exactly as QuantLinear::forward does for one token.
+  // 1 <= P <= max_pairs. Launches on `stream`, checks the launch, never allocates or
+  // synchronises.
+  void forward_indexed(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+                       void* stream) const;
+
+  int count() const;
+  int64_t n() const;
+  int64_t k() const;
+  // Bytes of prepared data of one expert's weight (the largest, when schemes differ).
+  int64_t expert_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace cuda

@@ -1,0 +1,34 @@
+// Manifold-constrained hyper-connections on the GPU, the same maths as
+// ops/cpu/hyper_connection.h (read it for the formulas). Streams X are [R, n, H] fp32,
+// contiguous. All parameters are device pointers; nothing allocates or synchronises.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace kiln::ops::cuda {
+
+struct HcDevice {
+  int n = 0;            // hc_mult
+  int hidden = 0;       // H
+  const float* fn = nullptr;     // [(2+n)*n, n*H]
+  const float* base = nullptr;   // [(2+n)*n]
+  const float* scale = nullptr;  // [3] (device)
+  int sinkhorn_iters = 0;
+  float hc_eps = 0;
+  float norm_eps = 0;
+};
+
+// collapsed [R, H], post [R, n], comb [R, n, n] as cpu::hc_pre.
+void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream);
+
+// out [R, n, H] = cpu::hc_post (out must not alias X).
+void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,
+             cudaStream_t stream);
+
+// h [R, H] as cpu::hc_head: fn [n, n*H], base [n] (device), scale a host float.
+void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
+             int R, float* h, cudaStream_t stream);
+
+}  // namespace kiln::ops::cuda
