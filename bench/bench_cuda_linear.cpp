@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_read_bandwidth.h"
+#include "kiln/ops/cuda/read_bandwidth.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
@@ -145,7 +145,7 @@ int run(bool quick, bool variants) {
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %.0f MiB, %.1f GiB\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize / 1048576.0, prop.totalGlobalMem / 1073741824.0);
-  const auto bw = kiln::bench::measure_read_bandwidth(size_t{2} << 30, 10);
+  const auto bw = kiln::ops::cuda::measure_read_bandwidth(size_t{2} << 30, 10);
   std::printf("measured read bandwidth: %.1f GB/s (streaming read of %.2f GiB, %d blocks/SM, median of 10)\n\n",
               bw.bytes_per_s / 1e9, bw.bytes / 1073741824.0, bw.blocks_per_sm);
 

@@ -5,6 +5,7 @@
 
 #include "kiln/cli/default_model.h"
 #include "kiln/cli/inspect.h"
+#include "kiln/cli/bench.h"
 #include "kiln/cli/perplexity.h"
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
@@ -68,6 +69,23 @@ int main(int argc, char** argv) {
   pp->add_flag("--json", ppl.json, "Print one JSON object (tokens, scored_tokens, windows, nll_sum, perplexity, ...)");
   pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
+  kiln::cli::BenchOptions bench;
+  auto* be = app.add_subcommand("bench", "Decode speed of the CUDA backend per batch size: tokens/s, graph vs eager, "
+                                         "weight bytes per pass vs measured HBM bandwidth (docs/performance.md)");
+  auto* be_model = be->add_option("--model", bench.model, "Checkpoint directory");
+  auto* be_syn = be->add_flag("--synthetic", bench.synthetic,
+                              "A V4-Flash-shaped model (real widths, --layers layers) with synthetic weights");
+  be_model->excludes(be_syn);
+  be->add_option("--layers", bench.layers, "Synthetic: backbone layers")->capture_default_str();
+  be->add_option("--experts", bench.experts, "Synthetic: routed-expert scheme (bf16 = every linear BF16, fp8_block, "
+                                             "int4_group, mxfp4, nvfp4)")->capture_default_str();
+  be->add_option("--batches", bench.batches, "Batch sizes, comma-separated")->capture_default_str();
+  be->add_option("--steps", bench.steps, "Decode steps timed per batch size")->capture_default_str();
+  be->add_option("--context", bench.context, "Prompt tokens per sequence")->capture_default_str();
+  be->add_option("--mtp", bench.mtp, "Also MTP speculative decoding with 1..N drafts per round")->capture_default_str();
+  be->add_option("--text", bench.text, "Prompts from this UTF-8 text (the model's tokenizer.json)");
+  be->add_flag("--json", bench.json, "Also print one JSON object with every number");
+
   kiln::cli::QuantizeOptions quant;
   auto* qu = app.add_subcommand("quantize", "Write a quantized artifact from a (BF16) checkpoint, in the layout of a real "
                                             "producer (docs/quantization.md)");
@@ -126,6 +144,7 @@ int main(int argc, char** argv) {
     }
     if (*pp) return kiln::cli::run_perplexity(ppl, std::cout, std::cerr);
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
+    if (*be) return kiln::cli::run_bench(bench, std::cout, std::cerr);
     if (*se) return kiln::cli::run_serve(serve, std::cout, std::cerr);
   } catch (const kiln::Error& e) {
     std::cerr << "kiln: error: " << e.what() << "\n";

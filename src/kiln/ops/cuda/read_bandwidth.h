@@ -4,7 +4,7 @@
 
 #include <cstddef>
 
-namespace kiln::bench {
+namespace kiln::ops::cuda {
 
 struct ReadBandwidth {
   double bytes_per_s = 0;  // best configuration, median of its repetitions
@@ -15,4 +15,4 @@ struct ReadBandwidth {
 // Reads a `bytes` buffer (filled with a non-zero pattern) `reps` times per configuration.
 ReadBandwidth measure_read_bandwidth(size_t bytes, int reps);
 
-}  // namespace kiln::bench
+}  // namespace kiln::ops::cuda

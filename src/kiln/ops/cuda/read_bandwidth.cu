@@ -1,4 +1,4 @@
-#include "cuda_read_bandwidth.h"
+#include "kiln/ops/cuda/read_bandwidth.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -6,7 +6,7 @@
 
 #include "kiln/ops/cuda/check.h"
 
-namespace kiln::bench {
+namespace kiln::ops::cuda {
 namespace {
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
@@ -82,4 +82,4 @@ ReadBandwidth measure_read_bandwidth(size_t bytes, int reps) {
   return best;
 }
 
-}  // namespace kiln::bench
+}  // namespace kiln::ops::cuda

@@ -1,0 +1,494 @@
+// GPU forward: buffers, per-slot state, the launch sequence of one pass (enqueue) and
+// its CUDA graphs. The order of operations follows model/forward.cpp step for step; the
+// comments there say why each is what it is.
+#include "kiln/model/cuda/gpu_forward.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/copy_rows.h"
+#include "kiln/ops/cuda/elementwise.h"
+#include "kiln/ops/cuda/hyper_connection.h"
+#include "kiln/ops/cuda/moe.h"
+#include "kiln/ops/cuda/norm.h"
+
+namespace kiln::model::cuda {
+
+namespace oc = kiln::ops::cuda;
+
+namespace {
+
+ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p) {
+  ops::cpu::RopeSpec s;
+  s.dim = c.rope_head_dim;
+  s.theta = p.theta;
+  s.yarn = p.yarn;
+  s.factor = p.factor;
+  s.original_max_position = p.original_max_position;
+  s.beta_fast = p.beta_fast;
+  s.beta_slow = p.beta_slow;
+  return s;
+}
+
+float fpow(double base, double e) { return static_cast<float>(std::pow(base, e)); }
+
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+
+}  // namespace
+
+struct GpuForward::Buffers {
+  DeviceArray<int32_t> tok, slot, pos, src;
+  DeviceArray<float> X, Xn, u, y, post, comb;
+  DeviceArray<float> qres, kv, q, o, mid;
+  DeviceArray<float> ca, cz;                 // compressor projections [rows, widest]
+  DeviceArray<float> iq, iw, iscratch;       // indexer
+  DeviceArray<int32_t> sel, nsel;
+  DeviceArray<float> glog, wt, g, up, ye;    // routed experts ([rows * K, .])
+  DeviceArray<int32_t> idx;
+  DeviceArray<float> sg, su, sy;             // shared expert
+  DeviceArray<float> h;                      // head input
+  DeviceArray<float> main_logits, mtp_logits, main_streams, mtp_streams;
+  DeviceArray<int32_t> main_argmax, mtp_argmax;
+  DeviceArray<float> mtp_in, e, ep, hs;      // MTP input
+};
+
+struct GpuForward::SlotState {
+  DeviceArray<float> window;
+  oc::WindowRing ring;
+  DeviceArray<float> ckv, cscore, centries;
+  oc::CompressorRing comp;
+  bool has_comp = false;
+  DeviceArray<float> ikv, iscore, ientries;
+  oc::CompressorRing icomp;
+  bool has_icomp = false;
+};
+
+namespace {
+
+// Allocates one compressor's rings and entries for `slots` sequences.
+oc::CompressorRing make_ring(int slots, int ratio, int dim, bool overlap, int max_rows, int64_t max_context,
+                             DeviceArray<float>& kv, DeviceArray<float>& score, DeviceArray<float>& entries,
+                             int64_t& bytes) {
+  oc::CompressorRing c;
+  c.ratio = ratio;
+  c.dim = dim;
+  c.overlap = overlap;
+  c.width = (overlap ? 2 : 1) * dim;
+  c.cap = (overlap ? 2 : 1) * ratio + max_rows + GpuForward::kMaxRollback;
+  c.ring_slot_stride = static_cast<int64_t>(c.cap) * c.width;
+  c.max_entries = static_cast<int>(max_context / ratio);
+  c.entry_slot_stride = static_cast<int64_t>(std::max(c.max_entries, 1)) * dim;
+  kv = DeviceArray<float>(sz(slots * c.ring_slot_stride));
+  score = DeviceArray<float>(sz(slots * c.ring_slot_stride));
+  entries = DeviceArray<float>(sz(slots * c.entry_slot_stride));
+  c.kv = kv.get();
+  c.score = score.get();
+  c.entries = entries.get();
+  bytes += static_cast<int64_t>((kv.size() + score.size() + entries.size()) * sizeof(float));
+  return c;
+}
+
+}  // namespace
+
+GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move(weights)), opt_(opt) {
+  const ModelConfig& c = w_.config;
+  if (opt_.max_slots < 1 || opt_.max_rows < 1 || opt_.max_context < 1) {
+    fail(ErrorKind::Usage, "GpuForward: max_slots {}, max_rows {}, max_context {} must all be >= 1", opt_.max_slots,
+         opt_.max_rows, opt_.max_context);
+  }
+  KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  KILN_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
+  KILN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_meta_), sizeof(int32_t) * 4 * opt_.max_rows));
+  rope_main_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_main)), opt_.max_context);
+  rope_compress_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_compress)), opt_.max_context);
+
+  const int64_t Rm = opt_.max_rows, H = c.hidden_size, n = c.hc_mult, D = c.head_dim, nh = c.num_heads;
+  const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, V = c.vocab_size;
+  const int64_t mix = (2 + n) * n;
+  int64_t widest = 1, index_entries = 1;
+  int64_t inter = 1, shared_inter = 1;
+  auto scan = [&](const GpuBlock& b) {
+    if (b.attn.compressor) widest = std::max<int64_t>(widest, (b.attn.compressor->overlap ? 2 : 1) * D);
+    if (b.attn.indexer) {
+      widest = std::max<int64_t>(widest, 2 * c.index_head_dim);
+      index_entries = std::max<int64_t>(index_entries, opt_.max_context / b.attn.indexer->compressor.ratio);
+    }
+    inter = std::max<int64_t>(inter, b.ffn.inter);
+    if (b.ffn.shared) shared_inter = std::max<int64_t>(shared_inter, b.ffn.shared->w1.n());
+  };
+  for (const GpuBlock& b : w_.layers) scan(b);
+  for (const GpuMtp& m : w_.mtp) scan(m.block);
+
+  auto f = [](int64_t count) { return DeviceArray<float>(sz(count)); };
+  auto i32 = [](int64_t count) { return DeviceArray<int32_t>(sz(count)); };
+  buf_ = std::make_unique<Buffers>();
+  Buffers& b = *buf_;
+  b.tok = i32(Rm), b.slot = i32(Rm), b.pos = i32(Rm), b.src = i32(Rm);
+  b.X = f(Rm * n * H), b.Xn = f(Rm * n * H), b.u = f(Rm * H), b.y = f(Rm * H), b.post = f(Rm * n), b.comb = f(Rm * n * n);
+  b.qres = f(Rm * c.q_lora_rank), b.kv = f(Rm * D), b.q = f(Rm * nh * D), b.o = f(Rm * nh * D);
+  b.mid = f(Rm * c.o_groups * c.o_lora_rank);
+  b.ca = f(Rm * widest), b.cz = f(Rm * widest);
+  b.iq = f(Rm * std::max<int64_t>(1, c.index_n_heads * c.index_head_dim)), b.iw = f(Rm * std::max<int64_t>(1, c.index_n_heads));
+  b.iscratch = f(Rm * index_entries);
+  b.sel = i32(Rm * std::max<int64_t>(1, c.index_topk)), b.nsel = i32(Rm);
+  b.glog = f(Rm * E), b.wt = f(Rm * K), b.idx = i32(Rm * K);
+  b.g = f(Rm * K * inter), b.up = f(Rm * K * inter), b.ye = f(Rm * K * H);
+  b.sg = f(Rm * shared_inter), b.su = f(Rm * shared_inter), b.sy = f(Rm * H);
+  b.h = f(Rm * H);
+  b.main_logits = f(Rm * V), b.mtp_logits = f(Rm * V);
+  b.main_streams = f(Rm * n * H), b.mtp_streams = f(Rm * n * H);
+  b.main_argmax = i32(Rm), b.mtp_argmax = i32(Rm);
+  b.mtp_in = f(Rm * n * H), b.e = f(Rm * H), b.ep = f(Rm * H), b.hs = f(Rm * n * H);
+  (void)mix;
+
+  // Per-slot state of every layer (main layers, then MTP blocks).
+  auto make_state = [&](const GpuBlock& blk) {
+    auto s = std::make_unique<SlotState>();
+    const int slots = opt_.max_slots;
+    s->ring.cap = static_cast<int>(c.sliding_window + Rm + kMaxRollback);
+    s->ring.dim = static_cast<int>(D);
+    s->ring.slot_stride = static_cast<int64_t>(s->ring.cap) * D;
+    s->window = f(slots * s->ring.slot_stride);
+    s->ring.data = s->window.get();
+    state_bytes_ += static_cast<int64_t>(s->window.size() * sizeof(float));
+    if (blk.attn.compressor) {
+      const GpuCompressor& cp = *blk.attn.compressor;
+      s->comp = make_ring(slots, cp.ratio, cp.dim, cp.overlap, static_cast<int>(Rm), opt_.max_context, s->ckv,
+                          s->cscore, s->centries, state_bytes_);
+      s->has_comp = true;
+    }
+    if (blk.attn.indexer) {
+      const GpuCompressor& cp = blk.attn.indexer->compressor;
+      s->icomp = make_ring(slots, cp.ratio, cp.dim, cp.overlap, static_cast<int>(Rm), opt_.max_context, s->ikv,
+                           s->iscore, s->ientries, state_bytes_);
+      s->has_icomp = true;
+    }
+    return s;
+  };
+  for (const GpuBlock& blk : w_.layers) layer_state_.push_back(make_state(blk));
+  for (const GpuMtp& m : w_.mtp) layer_state_.push_back(make_state(m.block));
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+GpuForward::~GpuForward() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  if (host_meta_) cudaFreeHost(host_meta_);
+  if (meta_copied_) cudaEventDestroy(meta_copied_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void GpuForward::upload_rows(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+                             std::span<const int32_t> src, bool tok_from_argmax) {
+  const ModelConfig& c = w_.config;
+  const size_t R = slot.size();
+  if (R == 0 || R > static_cast<size_t>(opt_.max_rows)) {
+    fail(ErrorKind::Usage, "gpu forward: {} rows in one pass; this GpuForward takes 1..{} (max_rows)", R, opt_.max_rows);
+  }
+  if (pos.size() != R || (!tok_from_argmax && tok.size() != R) || (!src.empty() && src.size() != R)) {
+    fail(ErrorKind::Usage, "gpu forward: row arrays of different lengths ({} tokens, {} slots, {} positions)", tok.size(),
+         R, pos.size());
+  }
+  for (size_t r = 0; r < R; ++r) {
+    if (slot[r] < 0 || slot[r] >= opt_.max_slots) {
+      fail(ErrorKind::Usage, "gpu forward: row {} names slot {}; slots are 0..{}", r, slot[r], opt_.max_slots - 1);
+    }
+    if (pos[r] < 0 || pos[r] >= opt_.max_context) {
+      fail(ErrorKind::Usage, "gpu forward: row {} is at position {}; this GpuForward holds {} positions per sequence "
+           "(max_context)", r, pos[r], opt_.max_context);
+    }
+    if (!tok_from_argmax && (tok[r] < 0 || tok[r] >= c.vocab_size)) {
+      fail(ErrorKind::Usage, "gpu forward: token id {} out of range [0, {})", tok[r], c.vocab_size);
+    }
+    if (!src.empty() && (src[r] < 0 || src[r] >= opt_.max_rows)) {
+      fail(ErrorKind::Usage, "gpu forward: row {} takes streams of row {} (of {})", r, src[r], opt_.max_rows);
+    }
+  }
+  // The pinned staging area may still be read by the previous pass's copy.
+  KILN_CUDA_CHECK(cudaEventSynchronize(meta_copied_));
+  const size_t Rm = static_cast<size_t>(opt_.max_rows);
+  int32_t* ht = host_meta_;
+  int32_t* hs = host_meta_ + Rm;
+  int32_t* hp = host_meta_ + 2 * Rm;
+  int32_t* hr = host_meta_ + 3 * Rm;
+  if (!tok_from_argmax) std::memcpy(ht, tok.data(), R * 4);
+  std::memcpy(hs, slot.data(), R * 4);
+  std::memcpy(hp, pos.data(), R * 4);
+  if (!src.empty()) std::memcpy(hr, src.data(), R * 4);
+  Buffers& b = *buf_;
+  if (tok_from_argmax) {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.tok.get(), b.mtp_argmax.get(), R * 4, cudaMemcpyDeviceToDevice, stream_));
+  } else {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.tok.get(), ht, R * 4, cudaMemcpyHostToDevice, stream_));
+  }
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), hs, R * 4, cudaMemcpyHostToDevice, stream_));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), hp, R * 4, cudaMemcpyHostToDevice, stream_));
+  if (!src.empty()) KILN_CUDA_CHECK(cudaMemcpyAsync(b.src.get(), hr, R * 4, cudaMemcpyHostToDevice, stream_));
+  KILN_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+}
+
+void GpuForward::main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos) {
+  upload_rows(tok, slot, pos, {}, false);
+  launch(Pass::Main, 0, static_cast<int>(slot.size()));
+}
+
+void GpuForward::mtp(int m, std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+                     std::span<const int32_t> src, bool from_mtp) {
+  if (m < 0 || m >= mtp_blocks()) fail(ErrorKind::Usage, "gpu forward: MTP block {} out of range [0, {})", m, mtp_blocks());
+  if (src.size() != slot.size()) {
+    fail(ErrorKind::Usage, "gpu forward: MTP pass with {} rows and {} stream sources", slot.size(), src.size());
+  }
+  upload_rows(tok, slot, pos, src, tok.empty());
+  launch(from_mtp ? Pass::MtpFromMtp : Pass::MtpFromMain, m, static_cast<int>(slot.size()));
+}
+
+double GpuForward::time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+                             int reps) {
+  if (reps < 1) fail(ErrorKind::Usage, "time_main: reps = {} (need >= 1)", reps);
+  upload_rows(tok, slot, pos, {}, false);
+  const int R = static_cast<int>(slot.size());
+  launch(Pass::Main, 0, R);  // warm-up (and capture)
+  cudaEvent_t a = nullptr, b = nullptr;
+  KILN_CUDA_CHECK(cudaEventCreate(&a));
+  KILN_CUDA_CHECK(cudaEventCreate(&b));
+  KILN_CUDA_CHECK(cudaEventRecord(a, stream_));
+  for (int i = 0; i < reps; ++i) launch(Pass::Main, 0, R);
+  KILN_CUDA_CHECK(cudaEventRecord(b, stream_));
+  KILN_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return static_cast<double>(ms) / reps;
+}
+
+void GpuForward::launch(Pass pass, int m, int R) {
+  if (!opt_.graphs) {
+    enqueue(pass, m, R);
+    return;
+  }
+  const auto key = std::make_tuple(static_cast<int>(pass), m, R);
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph = nullptr;
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue(pass, m, R);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    KILN_CUDA_CHECK(err);
+    it = graphs_.emplace(key, exec).first;
+  }
+  KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+}
+
+namespace {
+
+// Everything one pass's launches need, gathered once per enqueue.
+struct PassCtx {
+  const ModelConfig& c;
+  GpuForward::Buffers& b;
+  oc::StepRows rows;
+  cudaStream_t s;
+  int R;
+  int64_t H, n, D, nh, qr;
+  float eps, hc_eps;
+};
+
+void linear(const QuantLinear& l, const float* x, int M, float* y, cudaStream_t s) {
+  l.forward(x, l.k(), M, y, l.n(), s);
+}
+
+void compressor(const PassCtx& p, const GpuCompressor& cp, const oc::CompressorRing& ring, oc::RopeView rope) {
+  linear(cp.wkv, p.b.u.get(), p.R, p.b.ca.get(), p.s);
+  linear(cp.wgate, p.b.u.get(), p.R, p.b.cz.get(), p.s);
+  oc::compressor_feed(p.rows, p.b.ca.get(), p.b.cz.get(), ring.width, cp.ape.get(), cp.norm.get(), p.eps, rope, ring,
+                      p.s);
+}
+
+// DeepseekV4Attention on u (normed) -> y.
+void attention(const PassCtx& p, const GpuAttention& a, GpuForward::SlotState& st, oc::RopeView rope) {
+  const ModelConfig& c = p.c;
+  auto& b = p.b;
+  const int R = p.R;
+  const int64_t D = p.D, nh = p.nh, qr = p.qr;
+  linear(a.wq_a, b.u.get(), R, b.qres.get(), p.s);
+  linear(a.wkv, b.u.get(), R, b.kv.get(), p.s);
+  oc::rmsnorm(b.qres.get(), qr, R, static_cast<int>(qr), a.q_norm.get(), p.eps, b.qres.get(), qr, p.s);
+  linear(a.wq_b, b.qres.get(), R, b.q.get(), p.s);
+  oc::rmsnorm(b.q.get(), D, static_cast<int>(R * nh), static_cast<int>(D), nullptr, p.eps, b.q.get(), D, p.s);
+  oc::rope_rows(p.rows, b.q.get(), nh * D, static_cast<int>(nh), D, static_cast<int>(D), rope, false, p.s);
+  oc::rmsnorm(b.kv.get(), D, R, static_cast<int>(D), a.kv_norm.get(), p.eps, b.kv.get(), D, p.s);
+  oc::rope_rows(p.rows, b.kv.get(), D, 1, D, static_cast<int>(D), rope, false, p.s);
+  oc::window_write(p.rows, b.kv.get(), D, st.ring, p.s);
+
+  if (a.compressor) compressor(p, *a.compressor, st.comp, rope);
+  const int topk = static_cast<int>(c.index_topk);
+  if (a.indexer) {
+    const GpuIndexer& ix = *a.indexer;
+    compressor(p, ix.compressor, st.icomp, rope);
+    const int ih = static_cast<int>(c.index_n_heads), id = static_cast<int>(c.index_head_dim);
+    linear(ix.wq_b, b.qres.get(), R, b.iq.get(), p.s);
+    linear(ix.weights_proj, b.u.get(), R, b.iw.get(), p.s);
+    oc::rope_rows(p.rows, b.iq.get(), static_cast<int64_t>(ih) * id, ih, id, id, rope, false, p.s);
+    oc::scale_rows(b.iw.get(), ih, R, ih, fpow(static_cast<double>(ih), -0.5), p.s);
+    oc::indexer_select(p.rows, b.iq.get(), static_cast<int64_t>(ih) * id, b.iw.get(), ih, ih, id,
+                       fpow(static_cast<double>(id), -0.5), st.icomp, topk, b.sel.get(), b.nsel.get(), b.iscratch.get(),
+                       p.s);
+  }
+  const oc::AttnKeys keys = a.kind == AttnKind::CSA   ? oc::AttnKeys::WindowAndSelected
+                            : a.kind == AttnKind::HCA ? oc::AttnKeys::WindowAndAll
+                                                      : oc::AttnKeys::Window;
+  oc::attention(p.rows, b.q.get(), nh * D, static_cast<int>(nh), fpow(static_cast<double>(D), -0.5), a.sink.get(), st.ring,
+                static_cast<int>(c.sliding_window), keys, st.has_comp ? &st.comp : nullptr, b.sel.get(), b.nsel.get(),
+                std::max(topk, 1), b.o.get(), nh * D, p.s);
+  oc::rope_rows(p.rows, b.o.get(), nh * D, static_cast<int>(nh), D, static_cast<int>(D), rope, true, p.s);
+  const int64_t G = c.o_groups, Rlo = c.o_lora_rank;
+  a.wo_a.forward_grouped(b.o.get(), nh * D, nh * D / G, R, static_cast<int>(G), b.mid.get(), G * Rlo, p.s);
+  linear(a.wo_b, b.mid.get(), R, b.y.get(), p.s);
+}
+
+// DeepseekV4SparseMoeBlock on u -> y.
+void moe(const PassCtx& p, const GpuMoe& m) {
+  const ModelConfig& c = p.c;
+  auto& b = p.b;
+  const int R = p.R, K = static_cast<int>(c.num_experts_per_tok), E = static_cast<int>(c.n_routed_experts);
+  const int64_t H = p.H, I = m.inter;
+  const float lim = static_cast<float>(c.swiglu_limit);
+  linear(m.gate, b.u.get(), R, b.glog.get(), p.s);
+  oc::moe_route(p.rows, b.glog.get(), E, E, K, m.hash ? nullptr : m.bias.get(), m.hash ? m.tid2eid.get() : nullptr,
+                static_cast<float>(c.routed_scaling_factor), b.idx.get(), b.wt.get(), p.s);
+  m.w1.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.g.get(), I, p.s);
+  m.w3.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.up.get(), I, p.s);
+  oc::swiglu(b.g.get(), b.up.get(), I, R * K, static_cast<int>(I), lim, b.g.get(), I, p.s);
+  m.w2.forward_indexed(b.g.get(), I, 1, b.idx.get(), R * K, b.ye.get(), H, p.s);
+  const float* shared = nullptr;
+  if (m.shared) {
+    const GpuExpert& e = *m.shared;
+    const int64_t Is = e.w1.n();
+    linear(e.w1, b.u.get(), R, b.sg.get(), p.s);
+    linear(e.w3, b.u.get(), R, b.su.get(), p.s);
+    oc::swiglu(b.sg.get(), b.su.get(), Is, R, static_cast<int>(Is), lim, b.sg.get(), Is, p.s);
+    linear(e.w2, b.sg.get(), R, b.sy.get(), p.s);
+    shared = b.sy.get();
+  }
+  oc::moe_combine(b.ye.get(), H, b.idx.get(), b.wt.get(), R, K, static_cast<int>(H), shared, b.y.get(), p.s);
+}
+
+oc::HcDevice hc(const PassCtx& p, const GpuHyper& h) {
+  oc::HcDevice d;
+  d.n = static_cast<int>(p.n);
+  d.hidden = static_cast<int>(p.H);
+  d.fn = h.fn.get();
+  d.base = h.base.get();
+  d.scale = h.scale.get();
+  d.sinkhorn_iters = static_cast<int>(p.c.hc_sinkhorn_iters);
+  d.hc_eps = p.hc_eps;
+  d.norm_eps = p.eps;
+  return d;
+}
+
+// DeepseekV4DecoderLayer on streams *X (the result lands in *X; *Xn is scratch).
+void block(const PassCtx& p, const GpuBlock& blk, GpuForward::SlotState& st, oc::RopeView rope, float*& X, float*& Xn) {
+  auto& b = p.b;
+  const int n = static_cast<int>(p.n), H = static_cast<int>(p.H);
+  oc::hc_pre(hc(p, blk.hc_attn), X, p.R, b.u.get(), b.post.get(), b.comb.get(), p.s);
+  oc::rmsnorm(b.u.get(), H, p.R, H, blk.attn_norm.get(), p.eps, b.u.get(), H, p.s);
+  attention(p, blk.attn, st, rope);
+  oc::hc_post(n, H, X, p.R, b.y.get(), b.post.get(), b.comb.get(), Xn, p.s);
+  std::swap(X, Xn);
+  oc::hc_pre(hc(p, blk.hc_ffn), X, p.R, b.u.get(), b.post.get(), b.comb.get(), p.s);
+  oc::rmsnorm(b.u.get(), H, p.R, H, blk.ffn_norm.get(), p.eps, b.u.get(), H, p.s);
+  moe(p, blk.ffn);
+  oc::hc_post(n, H, X, p.R, b.y.get(), b.post.get(), b.comb.get(), Xn, p.s);
+  std::swap(X, Xn);
+}
+
+// hc_head, RMSNorm, head, argmax.
+void head(const PassCtx& p, const GpuHead& hh, const DeviceArray<float>& norm, const QuantLinear& head_w, const float* X,
+          float* logits, int32_t* argmax) {
+  auto& b = p.b;
+  const int n = static_cast<int>(p.n), H = static_cast<int>(p.H);
+  const int V = static_cast<int>(p.c.vocab_size);
+  oc::hc_head(n, H, hh.fn.get(), hh.base.get(), hh.scale, p.hc_eps, p.eps, X, p.R, b.h.get(), p.s);
+  oc::rmsnorm(b.h.get(), H, p.R, H, norm.get(), p.eps, b.h.get(), H, p.s);
+  linear(head_w, b.h.get(), p.R, logits, p.s);
+  oc::argmax_rows(logits, V, p.R, V, argmax, p.s);
+}
+
+}  // namespace
+
+void GpuForward::enqueue(Pass pass, int m, int R) {
+  const ModelConfig& c = w_.config;
+  Buffers& b = *buf_;
+  PassCtx p{c, b, oc::StepRows{b.tok.get(), b.slot.get(), b.pos.get(), R}, stream_, R, c.hidden_size, c.hc_mult,
+            c.head_dim, c.num_heads, c.q_lora_rank, static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps)};
+  const int H = static_cast<int>(p.H), n = static_cast<int>(p.n);
+  const size_t stream_bytes = sizeof(float) * static_cast<size_t>(R) * static_cast<size_t>(n * H);
+  float* X = b.X.get();
+  float* Xn = b.Xn.get();
+  auto rope_of = [&](AttnKind k) { return k == AttnKind::SWA ? rope_main_.view() : rope_compress_.view(); };
+  if (pass == Pass::Main) {
+    oc::embed_streams(p.rows, w_.embed.get(), H, n, X, stream_);
+    for (size_t l = 0; l < w_.layers.size(); ++l) {
+      block(p, w_.layers[l], *layer_state_[l], rope_of(w_.layers[l].attn.kind), X, Xn);
+    }
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.main_streams.get(), X, stream_bytes, cudaMemcpyDeviceToDevice, stream_));
+    head(p, w_.hc_head, w_.norm, w_.head, X, b.main_logits.get(), b.main_argmax.get());
+    return;
+  }
+  // MTPBlock: x = e_proj(enorm(embed(tok))) broadcast over streams + h_proj(hnorm(streams)).
+  const GpuMtp& mb = w_.mtp[static_cast<size_t>(m)];
+  const float* src = pass == Pass::MtpFromMtp ? b.mtp_streams.get() : b.main_streams.get();
+  oc::gather_rows(src, static_cast<int64_t>(n) * H, b.src.get(), R, n * H, b.mtp_in.get(), static_cast<int64_t>(n) * H,
+                  stream_);
+  oc::embed_rows(p.rows, w_.embed.get(), H, b.e.get(), stream_);
+  oc::rmsnorm(b.e.get(), H, R, H, mb.enorm.get(), p.eps, b.e.get(), H, stream_);
+  linear(mb.e_proj, b.e.get(), R, b.ep.get(), stream_);
+  oc::rmsnorm(b.mtp_in.get(), H, R * n, H, mb.hnorm.get(), p.eps, b.hs.get(), H, stream_);
+  linear(mb.h_proj, b.hs.get(), R * n, X, stream_);
+  oc::add_broadcast_streams(b.ep.get(), X, R, n, H, X, stream_);
+  block(p, mb.block, *layer_state_[w_.layers.size() + static_cast<size_t>(m)], rope_of(mb.block.attn.kind), X, Xn);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.mtp_streams.get(), X, stream_bytes, cudaMemcpyDeviceToDevice, stream_));
+  head(p, mb.hc_head, mb.norm, w_.head, X, b.mtp_logits.get(), b.mtp_argmax.get());
+}
+
+namespace {
+
+template <typename T>
+std::vector<T> fetch(cudaStream_t s, const DeviceArray<T>& a, size_t count) {
+  KILN_CUDA_CHECK(cudaStreamSynchronize(s));
+  return a.download(count);
+}
+
+}  // namespace
+
+void GpuForward::synchronize() const { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+std::vector<float> GpuForward::download_main_logits(int R) const {
+  return fetch(stream_, buf_->main_logits, sz(R * w_.config.vocab_size));
+}
+std::vector<int32_t> GpuForward::download_main_argmax(int R) const { return fetch(stream_, buf_->main_argmax, sz(R)); }
+std::vector<float> GpuForward::download_main_streams(int R) const {
+  return fetch(stream_, buf_->main_streams, sz(R * w_.config.hc_mult * w_.config.hidden_size));
+}
+std::vector<float> GpuForward::download_mtp_logits(int R) const {
+  return fetch(stream_, buf_->mtp_logits, sz(R * w_.config.vocab_size));
+}
+std::vector<int32_t> GpuForward::download_mtp_argmax(int R) const { return fetch(stream_, buf_->mtp_argmax, sz(R)); }
+std::vector<float> GpuForward::download_mtp_streams(int R) const {
+  return fetch(stream_, buf_->mtp_streams, sz(R * w_.config.hc_mult * w_.config.hidden_size));
+}
+
+}  // namespace kiln::model::cuda

@@ -1,0 +1,118 @@
+// The DeepSeek-V4 forward on the GPU: the same maths as the CPU reference
+// (model/forward.h) with the kernels of ops/cuda, for several sequences at once.
+//
+// Static plan. Construction uploads the weights (every op bound to its prepared kernel),
+// allocates the decode state of `max_slots` sequences and every activation buffer for
+// `max_rows` rows, and builds the rotary tables. A pass then only launches: no
+// allocation, no host synchronisation, no lookup by name or dtype. What a row may see
+// is derived from its (slot, position) on the device, so a step is a fixed sequence of
+// launches for a given row count, captured once as a CUDA graph per (pass, row count)
+// and replayed with the new rows' metadata; replay equals eager bit for bit.
+//
+// State per slot and layer: a sliding-window ring of window + max_rows +
+// kMaxRollback K=V rows, the compressors' raw-row rings, their emitted entries for
+// max_context positions. Rolling a sequence back is free: the caller re-feeds positions
+// from the new length and the rows written there overwrite the rolled-back ones (every
+// entry and window row a row reads is at a position <= its own).
+//
+// Not thread-safe: one host thread drives a GpuForward.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <span>
+#include <tuple>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kiln/model/cuda/gpu_weights.h"
+#include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/rope.h"
+
+namespace kiln::model::cuda {
+
+struct GpuOptions {
+  int max_slots = 8;            // sequences held at once
+  int max_rows = 64;            // rows (tokens, all slots together) one pass feeds
+  int64_t max_context = 4096;   // positions per sequence
+  bool graphs = true;           // capture passes as CUDA graphs (false: always eager)
+};
+
+class GpuForward {
+ public:
+  static constexpr int kMaxRollback = 8;
+
+  GpuForward(GpuWeights weights, const GpuOptions& opt);
+  ~GpuForward();
+  GpuForward(const GpuForward&) = delete;
+  GpuForward& operator=(const GpuForward&) = delete;
+
+  const ModelConfig& config() const { return w_.config; }
+  const GpuWeights& weights() const { return w_; }
+  const GpuOptions& options() const { return opt_; }
+  int mtp_blocks() const { return static_cast<int>(w_.mtp.size()); }
+
+  // Main model over R rows (tok, slot, pos host arrays of R values; rows of one slot at
+  // consecutive ascending positions). Afterwards (device) main_logits() [R, vocab],
+  // main_argmax() [R] and main_streams() [R, hc_mult * hidden] (the last layer's
+  // streams, the MTP block's input) hold this pass's rows. Asynchronous: read results
+  // with the download functions, which wait.
+  void main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos);
+
+  // MTP block m over R rows: row r takes streams row src[r] of main_streams()
+  // (from_mtp = false) or of mtp_streams() (true, multi-step drafting), the token tok[r]
+  // (tok empty: the previous MTP pass's argmax of row r, without a round trip to the
+  // host), and runs at slot[r], pos[r]. Results in mtp_logits() / mtp_argmax() /
+  // mtp_streams().
+  void mtp(int m, std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+           std::span<const int32_t> src, bool from_mtp);
+
+  // Benchmarks: uploads the rows once, runs the main pass `reps` times back to back
+  // (feeding the same positions again leaves the state as it was) and returns the GPU
+  // time per pass in milliseconds (CUDA events around the launches; graph or eager as
+  // configured; a graph not yet captured is captured before timing).
+  double time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos, int reps);
+
+  // Waits for the stream and copies results of the last pass of that kind (R rows).
+  std::vector<float> download_main_logits(int R) const;
+  std::vector<int32_t> download_main_argmax(int R) const;
+  std::vector<float> download_main_streams(int R) const;
+  std::vector<float> download_mtp_logits(int R) const;
+  std::vector<int32_t> download_mtp_argmax(int R) const;
+  std::vector<float> download_mtp_streams(int R) const;
+  void synchronize() const;
+
+  cudaStream_t stream() const { return stream_; }
+  // Graphs captured so far, and whether the next pass may use one.
+  size_t graphs_captured() const { return graphs_.size(); }
+  void set_graphs(bool on) { opt_.graphs = on; }
+
+  // Bytes of device memory held for weights, state and activations.
+  int64_t state_bytes() const { return state_bytes_; }
+
+  struct Buffers;   // activation buffers (gpu_forward.cpp)
+  struct SlotState; // per-layer state of every slot (gpu_forward.cpp)
+
+ private:
+  enum class Pass : uint8_t { Main, MtpFromMain, MtpFromMtp };
+  void upload_rows(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+                   std::span<const int32_t> src, bool tok_from_argmax);
+  void launch(Pass pass, int m, int R);
+  void enqueue(Pass pass, int m, int R);
+
+  GpuWeights w_;
+  GpuOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  ops::cuda::RopeTable rope_main_, rope_compress_;
+  std::unique_ptr<Buffers> buf_;
+  std::vector<std::unique_ptr<SlotState>> layer_state_;  // main layers, then MTP blocks
+  int32_t* host_meta_ = nullptr;                          // pinned staging [4, max_rows]
+  cudaEvent_t meta_copied_ = nullptr;
+  std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
+  int64_t state_bytes_ = 0;
+};
+
+}  // namespace kiln::model::cuda

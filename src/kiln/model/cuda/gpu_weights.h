@@ -1,0 +1,97 @@
+// DeepSeek-V4 weights resident on the GPU, every op bound to its prepared kernel at load:
+// linear modules as ops::cuda::QuantLinear (one kernel per M chosen at prepare), the
+// routed experts of a layer as one QuantLinearSet per projection (the expert is picked
+// on the device), everything else fp32 device arrays. Built from the CPU Weights (for
+// the fp32 tensors and the structure) and a LinearSource (the stored linear bytes).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <vector>
+
+#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/weights.h"
+#include "kiln/ops/cuda/device_buffer.h"
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::model::cuda {
+
+using ops::cuda::DeviceArray;
+using ops::cuda::QuantLinear;
+using ops::cuda::QuantLinearSet;
+
+struct GpuCompressor {
+  int ratio = 0, dim = 0;
+  bool overlap = false;
+  QuantLinear wkv, wgate;
+  DeviceArray<float> ape, norm;
+};
+
+struct GpuIndexer {
+  QuantLinear wq_b, weights_proj;
+  GpuCompressor compressor;
+};
+
+struct GpuAttention {
+  AttnKind kind = AttnKind::SWA;
+  QuantLinear wq_a, wq_b, wkv, wo_a, wo_b;
+  DeviceArray<float> q_norm, kv_norm, sink;
+  std::optional<GpuCompressor> compressor;
+  std::optional<GpuIndexer> indexer;
+};
+
+struct GpuExpert {
+  QuantLinear w1, w2, w3;
+};
+
+struct GpuMoe {
+  bool hash = false;
+  QuantLinear gate;
+  DeviceArray<float> bias;
+  DeviceArray<int32_t> tid2eid;
+  QuantLinearSet w1, w2, w3;  // routed experts
+  int64_t inter = 0;          // routed expert width
+  std::optional<GpuExpert> shared;
+};
+
+struct GpuHyper {
+  DeviceArray<float> fn, base, scale;
+};
+
+struct GpuBlock {
+  DeviceArray<float> attn_norm, ffn_norm;
+  GpuHyper hc_attn, hc_ffn;
+  GpuAttention attn;
+  GpuMoe ffn;
+};
+
+struct GpuHead {
+  DeviceArray<float> fn, base;
+  float scale = 1.0f;
+};
+
+struct GpuMtp {
+  QuantLinear e_proj, h_proj;
+  DeviceArray<float> enorm, hnorm, norm;
+  GpuHead hc_head;
+  GpuBlock block;
+};
+
+struct GpuWeights {
+  ModelConfig config;
+  DeviceArray<float> embed;  // [vocab, hidden]
+  QuantLinear head;
+  DeviceArray<float> norm;
+  GpuHead hc_head;
+  std::vector<GpuBlock> layers;
+  std::vector<GpuMtp> mtp;
+  int64_t linear_bytes = 0;  // prepared linear data (weights + scales) on the device
+};
+
+// max_rows: the most rows (tokens) one step will feed; every linear is prepared for it
+// (experts for max_rows * num_experts_per_tok pairs, the MTP h_proj for max_rows *
+// hc_mult rows). progress: a line per layer, or nullptr.
+GpuWeights upload_weights(const Weights& w, const LinearSource& linears, int max_rows, std::ostream* progress);
+
+}  // namespace kiln::model::cuda

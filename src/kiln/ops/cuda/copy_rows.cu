@@ -1,0 +1,43 @@
+#include "kiln/ops/cuda/copy_rows.h"
+
+#include <algorithm>
+
+#include "kiln/ops/cuda/check.h"
+
+namespace kiln::ops::cuda {
+namespace {
+
+__global__ void gather_rows_kernel(const float* __restrict__ src, int64_t ld_src, const int32_t* __restrict__ idx,
+                                   int width, float* __restrict__ dst, int64_t ld_dst) {
+  const int r = blockIdx.y;
+  const float* s = src + static_cast<int64_t>(idx[r]) * ld_src;
+  float* d = dst + r * ld_dst;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) d[c] = s[c];
+}
+
+__global__ void scale_rows_kernel(float* __restrict__ x, int64_t ld, int n, float factor) {
+  float* row = x + blockIdx.y * ld;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n; c += gridDim.x * blockDim.x) row[c] *= factor;
+}
+
+unsigned blocks_for(int width) { return static_cast<unsigned>(std::min((width + 255) / 256, 64)); }
+
+}  // namespace
+
+void gather_rows(const float* src, int64_t ld_src, const int32_t* idx, int R, int width, float* dst, int64_t ld_dst,
+                 cudaStream_t stream) {
+  if (R <= 0 || width <= 0) return;
+  if (!src || !idx || !dst) fail(ErrorKind::Usage, "gather_rows: null pointer");
+  gather_rows_kernel<<<dim3(blocks_for(width), static_cast<unsigned>(R)), 256, 0, stream>>>(src, ld_src, idx, width, dst,
+                                                                                          ld_dst);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void scale_rows(float* x, int64_t ld, int R, int n, float factor, cudaStream_t stream) {
+  if (R <= 0 || n <= 0) return;
+  if (!x) fail(ErrorKind::Usage, "scale_rows: null pointer");
+  scale_rows_kernel<<<dim3(blocks_for(n), static_cast<unsigned>(R)), 256, 0, stream>>>(x, ld, n, factor);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::ops::cuda

@@ -1,0 +1,244 @@
+// The GPU forward against the CPU reference on the fixtures and every artifact flavour:
+// logits (prefill, chunked, MTP), greedy tokens over 64 steps, MTP exactness on the GPU,
+// batching, and graph replay equal to eager bit for bit.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+#include "kiln/cli/quantize.h"
+#include "kiln/model/cuda/gpu_forward.h"
+#include "kiln/runtime/cuda/gpu_generate.h"
+#include "kiln/runtime/loaded_model.h"
+#include "kiln/runtime/speculative.h"
+#include "support/artifacts.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+using model::cuda::GpuForward;
+using model::cuda::GpuOptions;
+
+const std::string kFixtures = std::string(KILN_TEST_DATA_DIR) + "/fixtures";
+
+struct Flavour {
+  std::string label;
+  std::string fixture;  // tiny_a / tiny_b
+  std::string layout;   // native / hf
+  std::string recipe;   // "" = as stored (BF16)
+};
+
+std::vector<Flavour> flavours() {
+  return {{"tiny_a native bf16", "tiny_a", "native", ""},
+          {"tiny_a hf bf16", "tiny_a", "hf", ""},
+          {"tiny_b native bf16", "tiny_b", "native", ""},
+          {"tiny_a deepseek-native (fp8 + mxfp4)", "tiny_a", "native", "deepseek-native"},
+          {"tiny_a w4a16-fp8-mtp", "tiny_a", "native", "w4a16-fp8-mtp"},
+          {"tiny_a nvfp4-fp8-mtp", "tiny_a", "native", "nvfp4-fp8-mtp"},
+          {"tiny_a fp8-v3-style", "tiny_a", "native", "fp8-v3-style"},
+          {"tiny_b fp8-v3-style", "tiny_b", "native", "fp8-v3-style"}};
+}
+
+// The flavour's model directory (quantized into `tmp` when it has a recipe).
+fs::path model_dir(const Flavour& f, const test::TempDir& tmp) {
+  const fs::path src = kFixtures + "/" + f.fixture + "/" + f.layout;
+  if (f.recipe.empty()) return src;
+  cli::QuantizeOptions o;
+  o.model = src;
+  o.recipe = f.recipe;
+  o.out = tmp.path() / "q";
+  std::ostringstream so, se;
+  if (cli::run_quantize(o, so, se) != 0) ADD_FAILURE() << se.str();
+  return o.out;
+}
+
+struct Loaded {
+  std::unique_ptr<runtime::LoadedModel> cpu;
+  std::unique_ptr<GpuForward> gpu;
+};
+
+Loaded load(const fs::path& dir, GpuOptions opt = {}) {
+  Loaded l;
+  l.cpu = runtime::load_model(dir, 2, nullptr);
+  if (opt.max_context == GpuOptions{}.max_context) opt.max_context = 1024;
+  auto w = model::cuda::upload_weights(l.cpu->weights, model::cuda::checkpoint_linears(l.cpu->checkpoint, l.cpu->plan),
+                                       opt.max_rows, nullptr);
+  l.gpu = std::make_unique<GpuForward>(std::move(w), opt);
+  return l;
+}
+
+std::vector<int32_t> prompt_tokens(int64_t vocab, int T, int salt = 0) {
+  std::vector<int32_t> t(static_cast<size_t>(T));
+  for (int i = 0; i < T; ++i) t[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37 + 5 + salt * 11) % vocab);
+  return t;
+}
+
+std::vector<int32_t> iota_vec(int n, int from = 0) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), from);
+  return v;
+}
+
+// Largest |a - b| over a row, relative to the row's largest |b|, maximised over rows.
+double max_rel_row_error(const std::vector<float>& a, const std::vector<float>& b, int64_t width) {
+  double worst = 0;
+  for (size_t r = 0; r * static_cast<size_t>(width) < b.size(); ++r) {
+    double scale = 1e-30, err = 0;
+    for (int64_t i = 0; i < width; ++i) {
+      const size_t k = r * static_cast<size_t>(width) + static_cast<size_t>(i);
+      scale = std::max(scale, std::fabs(static_cast<double>(b[k])));
+      err = std::max(err, std::fabs(static_cast<double>(a[k]) - static_cast<double>(b[k])));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+// Tolerance of GPU vs CPU logits: both sum in fp32, in different orders (~1e-6 relative
+// per op); kept well above that and well below what a wrong kernel gives (O(1)).
+constexpr double kLogitTol = 2e-4;
+
+TEST(GpuForward, LogitsMatchTheCpuReferenceForEveryFlavour) {
+  for (const Flavour& fl : flavours()) {
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    Loaded m = load(model_dir(fl, tmp));
+    const auto& c = m.cpu->config;
+    const int T = 40;
+    const auto tok = prompt_tokens(c.vocab_size, T + 1);
+    // CPU: prefill T tokens, then the MTP block over the returned streams.
+    std::vector<float> cpu_logits(static_cast<size_t>(T * c.vocab_size)), streams(static_cast<size_t>(T * c.hc_mult * c.hidden_size));
+    auto st = m.cpu->forward->new_state();
+    m.cpu->forward->step(st, std::span(tok.data(), static_cast<size_t>(T)), cpu_logits.data(), streams.data());
+    std::vector<float> cpu_mtp;
+    if (!m.cpu->weights.mtp.empty()) {
+      cpu_mtp.resize(cpu_logits.size());
+      m.cpu->forward->mtp_step(st, 0, streams, std::span(tok.data() + 1, static_cast<size_t>(T)), cpu_mtp.data(), nullptr);
+    }
+    // GPU, one pass of T rows in slot 0.
+    GpuForward& g = *m.gpu;
+    g.set_graphs(false);
+    const std::vector<int32_t> slot0(static_cast<size_t>(T), 0), pos = iota_vec(T);
+    g.main(std::span(tok.data(), static_cast<size_t>(T)), slot0, pos);
+    const auto gl = g.download_main_logits(T);
+    const double e_main = max_rel_row_error(gl, cpu_logits, c.vocab_size);
+    EXPECT_LT(e_main, kLogitTol);
+    const double e_streams = max_rel_row_error(g.download_main_streams(T), streams, c.hc_mult * c.hidden_size);
+    EXPECT_LT(e_streams, kLogitTol);
+    double e_mtp = 0;
+    if (!cpu_mtp.empty()) {
+      g.mtp(0, std::span(tok.data() + 1, static_cast<size_t>(T)), slot0, pos, pos, false);
+      e_mtp = max_rel_row_error(g.download_mtp_logits(T), cpu_mtp, c.vocab_size);
+      EXPECT_LT(e_mtp, kLogitTol);
+    }
+    // Chunked (7 rows at a time, slot 1) and token by token (slot 2): the same logits.
+    std::vector<float> chunked, single;
+    for (int c0 = 0; c0 < T; c0 += 7) {
+      const int n = std::min(7, T - c0);
+      const std::vector<int32_t> s1(static_cast<size_t>(n), 1);
+      g.main(std::span(tok.data() + c0, static_cast<size_t>(n)), s1, iota_vec(n, c0));
+      const auto l = g.download_main_logits(n);
+      chunked.insert(chunked.end(), l.begin(), l.end());
+    }
+    for (int t = 0; t < T; ++t) {
+      const int32_t s2 = 2, p = t;
+      g.main(std::span(tok.data() + t, 1), std::span(&s2, 1), std::span(&p, 1));
+      const auto l = g.download_main_logits(1);
+      single.insert(single.end(), l.begin(), l.end());
+    }
+    const double e_chunk = max_rel_row_error(chunked, cpu_logits, c.vocab_size);
+    const double e_single = max_rel_row_error(single, cpu_logits, c.vocab_size);
+    EXPECT_LT(e_chunk, kLogitTol);
+    EXPECT_LT(e_single, kLogitTol);
+    std::printf("[gpu-vs-cpu] %-40s main %.2e  streams %.2e  mtp %.2e  chunked %.2e  one-by-one %.2e\n", fl.label.c_str(),
+                e_main, e_streams, e_mtp, e_chunk, e_single);
+  }
+}
+
+TEST(GpuForward, GraphReplayEqualsEagerBitForBit) {
+  Loaded m = load(kFixtures + "/tiny_a/native");
+  GpuForward& g = *m.gpu;
+  const auto& c = m.cpu->config;
+  const int T = 24;
+  const auto tok = prompt_tokens(c.vocab_size, T + 8);
+  auto run = [&](bool graphs, int32_t slot) {
+    g.set_graphs(graphs);
+    std::vector<float> out;
+    const std::vector<int32_t> s(static_cast<size_t>(T), slot);
+    g.main(std::span(tok.data(), static_cast<size_t>(T)), s, iota_vec(T));
+    out = g.download_main_logits(T);
+    for (int t = T; t < T + 8; ++t) {  // decode steps: one row each, the same graph replayed
+      g.main(std::span(tok.data() + t, 1), std::span(&slot, 1), std::span(&t, 1));
+      const auto l = g.download_main_logits(1);
+      out.insert(out.end(), l.begin(), l.end());
+    }
+    return out;
+  };
+  const auto eager = run(false, 0);
+  const auto graph = run(true, 1);
+  EXPECT_GE(g.graphs_captured(), 2u);
+  ASSERT_EQ(eager.size(), graph.size());
+  EXPECT_EQ(std::memcmp(eager.data(), graph.data(), eager.size() * sizeof(float)), 0);
+}
+
+TEST(GpuForward, Greedy64StepsEqualTheCpuForBf16AndFp8) {
+  for (const Flavour& fl : flavours()) {
+    if (!fl.recipe.empty() && fl.recipe != "fp8-v3-style") continue;
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    Loaded m = load(model_dir(fl, tmp));
+    const auto prompt = prompt_tokens(m.cpu->config.vocab_size, 12);
+    runtime::SamplingParams sp;
+    sp.temperature = 0;
+    const auto cpu = runtime::generate_plain(*m.cpu->forward, prompt, 64, sp, -1);
+    const auto gpu = runtime::cuda::gpu_generate_greedy(*m.gpu, {prompt}, 64, 0);
+    EXPECT_EQ(gpu.tokens.at(0), cpu.tokens);
+  }
+}
+
+TEST(GpuForward, MtpSpeculativeIsExactOnTheGpu) {
+  for (const Flavour& fl : flavours()) {
+    if (fl.label != "tiny_a native bf16" && fl.label != "tiny_a w4a16-fp8-mtp") continue;
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    Loaded m = load(model_dir(fl, tmp));
+    const int64_t V = m.cpu->config.vocab_size;
+    const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 9), prompt_tokens(V, 14, 1), prompt_tokens(V, 5, 2)};
+    const auto plain = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 48, 0);
+    for (int k = 1; k <= 3; ++k) {
+      const auto spec = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 48, k);
+      EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
+      EXPECT_GT(spec.stats.rounds, 0);
+    }
+  }
+}
+
+TEST(GpuForward, BatchedSequencesEqualEachAlone) {
+  Loaded m = load(kFixtures + "/tiny_b/native");
+  const int64_t V = m.cpu->config.vocab_size;
+  const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 7), prompt_tokens(V, 19, 3), prompt_tokens(V, 3, 5)};
+  const auto together = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 32, 0);
+  runtime::SamplingParams sp;
+  sp.temperature = 0;
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const auto cpu = runtime::generate_plain(*m.cpu->forward, prompts[b], 32, sp, -1);
+    EXPECT_EQ(together.tokens[b], cpu.tokens) << "prompt " << b;
+  }
+}
+
+TEST(GpuForward, BadRowsAreClearErrors) {
+  Loaded m = load(kFixtures + "/tiny_a/native");
+  GpuForward& g = *m.gpu;
+  const int32_t tok = 3, slot = 0, pos = 0, bad_slot = 99, bad_pos = 1 << 30, bad_tok = 1 << 20;
+  EXPECT_THROW(g.main(std::span(&tok, 1), std::span(&bad_slot, 1), std::span(&pos, 1)), Error);
+  EXPECT_THROW(g.main(std::span(&tok, 1), std::span(&slot, 1), std::span(&bad_pos, 1)), Error);
+  EXPECT_THROW(g.main(std::span(&bad_tok, 1), std::span(&slot, 1), std::span(&pos, 1)), Error);
+  EXPECT_THROW(g.mtp(5, std::span(&tok, 1), std::span(&slot, 1), std::span(&pos, 1), std::span(&pos, 1), false), Error);
+}
+
+}  // namespace
+}  // namespace kiln
