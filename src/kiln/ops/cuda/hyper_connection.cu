@@ -1,0 +1,196 @@
+// mHC on the GPU, one block per row for the mixes: the rms of the flattened row X[t]
+// (n*H values), the (2+n)*n (or n) dot products of the normalised row with fn, then the
+// tiny sigmoid / softmax / Sinkhorn work in one thread in exactly the CPU's order
+// (ops/cpu/hyper_connection.cpp), then the collapse over streams. Products and sums that
+// the CPU rounds separately are written __fmul_rn / __fadd_rn so nvcc cannot fuse them.
+#include <algorithm>
+
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/hyper_connection.h"
+#include "kiln/ops/cuda/row_reduce.cuh"
+
+namespace kiln::ops::cuda {
+namespace {
+
+constexpr int kMaxStreams = 4;                                  // hc_mult of DeepSeek-V4
+constexpr int kMaxMixes = (2 + kMaxStreams) * kMaxStreams;      // 24 fn rows
+constexpr int kThreads = 512;
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// m[k] = fn[k] . (x / rms(x)) for k < rows (rows <= MaxRows), x of W floats; m in shared
+// memory, valid for every thread on return. scratch: 32 * MaxRows shared floats.
+template <int MaxRows>
+__device__ void row_mixes(const float* x, int W, const float* __restrict__ fn, int rows, float eps, float* m,
+                          float* scratch) {
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < W; i += blockDim.x) ss = __fadd_rn(ss, __fmul_rn(x[i], x[i]));
+  ss = block_sum(ss, scratch);
+  const float s = 1.0f / sqrtf(ss / static_cast<float>(W) + eps);
+  float acc[MaxRows];
+#pragma unroll
+  for (int k = 0; k < MaxRows; ++k) acc[k] = 0.0f;
+  // Thread i reads column i of every fn row: consecutive threads, consecutive addresses.
+  for (int i = threadIdx.x; i < W; i += blockDim.x) {
+    const float f = __fmul_rn(x[i], s);  // the CPU's normalised value, rounded alone
+#pragma unroll
+    for (int k = 0; k < MaxRows; ++k) {
+      if (k < rows) acc[k] = __fadd_rn(acc[k], __fmul_rn(f, fn[static_cast<int64_t>(k) * W + i]));
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int k = 0; k < MaxRows; ++k) acc[k] = warp_sum(acc[k]);
+  __syncthreads();  // scratch was last read by block_sum
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < MaxRows; ++k) scratch[warp * MaxRows + k] = acc[k];
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    float t = 0.0f;
+    for (int w = 0; w < nw; ++w) t += scratch[w * MaxRows + threadIdx.x];
+    m[threadIdx.x] = t;
+  }
+  __syncthreads();
+}
+
+// out[d] = sum_i pre[i] * X[i, d] in stream order from 0 (the CPU's collapse).
+__device__ __forceinline__ void collapse(int n, int H, const float* X, const float* pre, float* out) {
+  for (int d = threadIdx.x; d < H; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(pre[i], X[static_cast<int64_t>(i) * H + d]));
+    out[d] = acc;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcDevice p, const float* __restrict__ X, float* collapsed,
+                                                          float* post, float* comb) {
+  __shared__ float scratch[32 * kMaxMixes];
+  __shared__ float m[kMaxMixes];
+  __shared__ float pre[kMaxStreams];
+  const int n = p.n, H = p.hidden, W = n * H, t = blockIdx.x;
+  const float* Xt = X + static_cast<int64_t>(t) * W;
+  row_mixes<kMaxMixes>(Xt, W, p.fn, (2 + n) * n, p.norm_eps, m, scratch);
+  if (threadIdx.x == 0) {
+    const float s0 = p.scale[0], s1 = p.scale[1], s2 = p.scale[2], eps = p.hc_eps;
+    for (int i = 0; i < n; ++i) {
+      pre[i] = sigmoid(__fadd_rn(__fmul_rn(m[i], s0), p.base[i])) + eps;
+      post[t * n + i] = 2.0f * sigmoid(__fadd_rn(__fmul_rn(m[n + i], s1), p.base[n + i]));
+    }
+    float c[kMaxStreams * kMaxStreams];
+    for (int i = 0; i < n; ++i) {
+      float* row = c + i * n;
+      float mx = -INFINITY;
+      for (int j = 0; j < n; ++j) {
+        row[j] = __fadd_rn(__fmul_rn(m[2 * n + i * n + j], s2), p.base[2 * n + i * n + j]);
+        mx = fmaxf(mx, row[j]);
+      }
+      float sum = 0.0f;
+      for (int j = 0; j < n; ++j) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+      }
+      for (int j = 0; j < n; ++j) row[j] = row[j] / sum + eps;
+    }
+    // Sinkhorn as the CPU: columns once, then (iters - 1) times rows then columns.
+    auto norm_cols = [&] {
+      for (int j = 0; j < n; ++j) {
+        float s = 0.0f;
+        for (int i = 0; i < n; ++i) s += c[i * n + j];
+        s += eps;
+        for (int i = 0; i < n; ++i) c[i * n + j] /= s;
+      }
+    };
+    auto norm_rows = [&] {
+      for (int i = 0; i < n; ++i) {
+        float s = 0.0f;
+        for (int j = 0; j < n; ++j) s += c[i * n + j];
+        s += eps;
+        for (int j = 0; j < n; ++j) c[i * n + j] /= s;
+      }
+    };
+    norm_cols();
+    for (int it = 1; it < p.sinkhorn_iters; ++it) {
+      norm_rows();
+      norm_cols();
+    }
+    for (int k = 0; k < n * n; ++k) comb[static_cast<int64_t>(t) * n * n + k] = c[k];
+  }
+  __syncthreads();
+  collapse(n, H, Xt, pre, collapsed + static_cast<int64_t>(t) * H);
+}
+
+__global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const float* __restrict__ fn,
+                                                           const float* __restrict__ base, float scale, float hc_eps,
+                                                           float norm_eps, const float* __restrict__ X, float* h) {
+  __shared__ float scratch[32 * kMaxStreams];
+  __shared__ float m[kMaxStreams];
+  __shared__ float pre[kMaxStreams];
+  const int W = n * H, t = blockIdx.x;
+  const float* Xt = X + static_cast<int64_t>(t) * W;
+  row_mixes<kMaxStreams>(Xt, W, fn, n, norm_eps, m, scratch);
+  if (threadIdx.x < n) pre[threadIdx.x] = sigmoid(__fadd_rn(__fmul_rn(m[threadIdx.x], scale), base[threadIdx.x])) + hc_eps;
+  __syncthreads();
+  collapse(n, H, Xt, pre, h + static_cast<int64_t>(t) * H);
+}
+
+// One thread per output value: out[t, j, d] = post[t, j] * y[t, d] + sum_i comb[t, i, j] * X[t, i, d].
+__global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_t total, const float* __restrict__ y,
+                               const float* __restrict__ post, const float* __restrict__ comb, float* __restrict__ out) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = e % H, tj = e / H, t = tj / n;
+    const int j = static_cast<int>(tj % n);
+    const float* c = comb + t * n * n;
+    const float* Xt = X + t * n * H;
+    float acc = __fmul_rn(post[tj], y[t * H + d]);
+    for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(c[i * n + j], Xt[static_cast<int64_t>(i) * H + d]));
+    out[e] = acc;
+  }
+}
+
+void check_shape(const char* what, int n, int H, int R) {
+  if (n < 1 || n > kMaxStreams) fail(ErrorKind::Usage, "cuda::{}: hc_mult {} is outside [1, {}]", what, n, kMaxStreams);
+  if (H < 1) fail(ErrorKind::Usage, "cuda::{}: hidden size {} must be positive", what, H);
+  if (R < 0) fail(ErrorKind::Usage, "cuda::{}: {} rows; expected >= 0", what, R);
+}
+
+}  // namespace
+
+void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
+  check_shape("hc_pre", p.n, p.hidden, R);
+  if (R == 0) return;
+  if (p.fn == nullptr || p.base == nullptr || p.scale == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null fn, base or scale");
+  if (X == nullptr || collapsed == nullptr || post == nullptr || comb == nullptr) {
+    fail(ErrorKind::Usage, "cuda::hc_pre: null X, collapsed, post or comb");
+  }
+  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,
+             cudaStream_t stream) {
+  check_shape("hc_post", n, H, R);
+  if (R == 0) return;
+  if (X == nullptr || y == nullptr || post == nullptr || comb == nullptr || out == nullptr) {
+    fail(ErrorKind::Usage, "cuda::hc_post: null X, y, post, comb or out");
+  }
+  if (out == X) fail(ErrorKind::Usage, "cuda::hc_post: out must not alias X (every output reads all streams)");
+  const int64_t total = static_cast<int64_t>(R) * n * H;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
+  hc_post_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, y, post, comb, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
+             int R, float* h, cudaStream_t stream) {
+  check_shape("hc_head", n, H, R);
+  if (R == 0) return;
+  if (fn == nullptr || base == nullptr || X == nullptr || h == nullptr) fail(ErrorKind::Usage, "cuda::hc_head: null fn, base, X or h");
+  hc_head_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(n, H, fn, base, scale, hc_eps, norm_eps, X, h);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::ops::cuda
