@@ -4,7 +4,9 @@
 # the Debian -dev packages kiln builds against: those travel as .deb files in .deps/
 # (apt-get download, see docs/gpu-testing.md) and are unpacked into a private prefix.
 #   usage (on the GPU machine, from the repo root): tools/device_gpu_tests.sh OUT_DIR
-#   KILN_GPU_TARGETS: targets to build (default: kiln_gpu_tests, plus the bench with KILN_GPU_BENCH=1)
+#   KILN_GPU_TARGETS: targets to build (default: kiln_gpu_tests and kiln, plus the linear bench with KILN_GPU_BENCH=1)
+#   KILN_GPU_FILTER:  a gtest filter for the GPU tests (default: all)
+#   KILN_GPU_AFTER:   shell commands run after the tests (e.g. `./build-gpu/kiln bench ...`), output in OUT_DIR/after.log
 set -uo pipefail
 out=${1:-/tmp/kiln-gpu-out}
 mkdir -p "$out"
@@ -18,7 +20,7 @@ export PKG_CONFIG_LIBDIR="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$prefix/usr
 export PKG_CONFIG_SYSROOT_DIR="$prefix"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$out/gpu.txt"
 bench=${KILN_GPU_BENCH:-0}
-targets=${KILN_GPU_TARGETS:-kiln_gpu_tests}
+targets=${KILN_GPU_TARGETS:-kiln_gpu_tests kiln}
 [ "$bench" = 1 ] && targets="$targets kiln_bench_cuda_linear"
 cmake -B build-gpu -G Ninja -DKILN_CUDA=ON -DKILN_BENCH=$([ "$bench" = 1 ] && echo ON || echo OFF) \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$out/configure.log" 2>&1 ||
@@ -26,8 +28,13 @@ cmake -B build-gpu -G Ninja -DKILN_CUDA=ON -DKILN_BENCH=$([ "$bench" = 1 ] && ec
 # shellcheck disable=SC2086
 cmake --build build-gpu -j "$(nproc)" --target $targets > "$out/build.log" 2>&1 || { tail -60 "$out/build.log"; exit 1; }
 status=0
-ctest --test-dir build-gpu -L gpu --output-on-failure -j 4 > "$out/ctest-gpu.log" 2>&1 || status=1
-grep -E "tests passed|Failed|\*\*\*|Passed|error" "$out/ctest-gpu.log" | tail -40
+# The test binary directly (not ctest): one process, and its GPU-vs-CPU error lines in the log.
+./build-gpu/tests/gpu/kiln_gpu_tests --gtest_filter="${KILN_GPU_FILTER:-*}" > "$out/gpu-tests.log" 2>&1 || status=1
+grep -E "^\[  (FAILED|PASSED) |^\[       OK|Failure|rror|Expected|Which is|\[gpu-vs-cpu\]" "$out/gpu-tests.log" | tail -80
+if [ -n "${KILN_GPU_AFTER:-}" ]; then
+  (eval "$KILN_GPU_AFTER") > "$out/after.log" 2>&1 || status=1
+  tail -60 "$out/after.log"
+fi
 if [ "$bench" = 1 ]; then
   ./build-gpu/bench/kiln_bench_cuda_linear ${KILN_GPU_BENCH_ARGS:-} > "$out/bench-cuda-linear.md" 2>&1 || status=1
   cat "$out/bench-cuda-linear.md"

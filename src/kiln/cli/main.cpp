@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
                "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
   ge->add_flag("--json", gen.json,
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
-  ge->add_option("--device", gen.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
+  ge->add_option("--device", gen.device, "cpu, or cuda (GPU forward, greedy decoding)")->capture_default_str();
   ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   kiln::cli::PerplexityOptions ppl;

@@ -1,5 +1,6 @@
 #include "kiln/cli/run_commands.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <numeric>
@@ -13,6 +14,11 @@
 #include "kiln/runtime/loaded_model.h"
 #include "kiln/runtime/speculative.h"
 
+#ifdef KILN_HAVE_CUDA
+#include "kiln/model/cuda/gpu_forward.h"
+#include "kiln/runtime/cuda/gpu_generate.h"
+#endif
+
 namespace kiln::cli {
 namespace {
 
@@ -20,9 +26,51 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void check_device(const std::string& device) {
-  if (device != "cpu") fail(ErrorKind::Usage, "--device {}: only the CPU reference backend is available (use cpu)", device);
+void check_device(const std::string& device, bool cuda_ok) {
+  if (device == "cpu") return;
+  if (device == "cuda" && cuda_ok) {
+#ifdef KILN_HAVE_CUDA
+    return;
+#else
+    fail(ErrorKind::Usage, "--device cuda: this kiln was built without the CUDA backend (configure with nvcc on the PATH)");
+#endif
+  }
+  fail(ErrorKind::Usage, "--device {}: expected {}", device, cuda_ok ? "cpu or cuda" : "cpu (this command runs on the CPU reference backend)");
 }
+
+#ifdef KILN_HAVE_CUDA
+// Greedy decoding on the GPU forward, as GenerateResults (plain, and with k drafts when
+// k > 0). The GPU loop stops on length only; a result is cut after its first eos here.
+std::pair<runtime::GenerateResult, std::optional<runtime::GenerateResult>> generate_cuda(
+    const runtime::LoadedModel& m, const std::vector<int32_t>& ids, int max_tokens, int k, bool plain_too, int32_t eos,
+    std::ostream* progress) {
+  model::cuda::GpuOptions go;
+  go.max_slots = 1;
+  go.max_rows = 64;
+  go.max_context = static_cast<int64_t>(ids.size()) + max_tokens + runtime::kMaxDrafts + 2;
+  auto w = model::cuda::upload_weights(m.weights, model::cuda::checkpoint_linears(m.checkpoint, m.plan), go.max_rows, progress);
+  model::cuda::GpuForward f(std::move(w), go);
+  auto convert = [&](runtime::cuda::GpuGenerateResult g) {
+    runtime::GenerateResult r;
+    r.tokens = std::move(g.tokens.at(0));
+    if (eos >= 0) {
+      auto it = std::find(r.tokens.begin(), r.tokens.end(), eos);
+      if (it != r.tokens.end()) {
+        r.tokens.erase(it + 1, r.tokens.end());
+        r.stop = "eos";
+      }
+    }
+    r.prefill_s = g.prefill_s;
+    r.decode_s = g.decode_s;
+    r.stats = g.stats;
+    return r;
+  };
+  std::pair<runtime::GenerateResult, std::optional<runtime::GenerateResult>> out;
+  if (k == 0 || plain_too) out.first = convert(runtime::cuda::gpu_generate_greedy(f, {ids}, max_tokens, 0));
+  if (k > 0) out.second = convert(runtime::cuda::gpu_generate_greedy(f, {ids}, max_tokens, k));
+  return out;
+}
+#endif
 
 void check_ids(const std::vector<int32_t>& ids, int64_t vocab) {
   if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
@@ -70,7 +118,7 @@ std::vector<int32_t> parse_tokens(const std::string& spec) {
 }
 
 int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
-  check_device(o.device);
+  check_device(o.device, /*cuda_ok=*/false);
   auto ids = parse_tokens(o.tokens);
   auto m = runtime::load_model(o.model, o.threads, &err);
   const auto& cfg = m->config;
@@ -107,7 +155,10 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
 }
 
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
-  check_device(o.device);
+  check_device(o.device, /*cuda_ok=*/true);
+  if (o.device == "cuda" && o.sampling.temperature != 0.0f)
+    fail(ErrorKind::Usage, "--device cuda decodes greedily (temperature 0) for now; use --temperature 0 or --device cpu");
+  if (o.device == "cuda" && o.max_tokens < 1) fail(ErrorKind::Usage, "--device cuda: --max-tokens must be >= 1");
   if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
   if (o.mtp && (*o.mtp < 1 || *o.mtp > runtime::kMaxDrafts))
     fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round", *o.mtp, runtime::kMaxDrafts);
@@ -123,9 +174,18 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   const int32_t eos = o.ignore_eos ? -1 : static_cast<int32_t>(cfg.eos_token_id);
 
   std::optional<runtime::GenerateResult> plain;
-  if (!o.mtp || o.compare_plain) plain = runtime::generate_plain(*m->forward, ids, o.max_tokens, o.sampling, eos);
   std::optional<runtime::GenerateResult> spec;
-  if (o.mtp) spec = runtime::generate_speculative(*m->forward, ids, o.max_tokens, o.sampling, *o.mtp, eos);
+#ifdef KILN_HAVE_CUDA
+  if (o.device == "cuda") {
+    auto [p, s] = generate_cuda(*m, ids, o.max_tokens, o.mtp.value_or(0), o.compare_plain, eos, o.json ? nullptr : &err);
+    if (!o.mtp || o.compare_plain) plain = std::move(p);
+    spec = std::move(s);
+  }
+#endif
+  if (o.device == "cpu") {
+    if (!o.mtp || o.compare_plain) plain = runtime::generate_plain(*m->forward, ids, o.max_tokens, o.sampling, eos);
+    if (o.mtp) spec = runtime::generate_speculative(*m->forward, ids, o.max_tokens, o.sampling, *o.mtp, eos);
+  }
   const runtime::GenerateResult& r = spec ? *spec : *plain;
 
   auto timing = [&](const runtime::GenerateResult& g) {
