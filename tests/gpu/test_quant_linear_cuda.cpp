@@ -13,123 +13,28 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "kiln/artifact/plan.h"
-#include "kiln/artifact/scheme.h"
 #include "kiln/core/error.h"
-#include "kiln/io/checkpoint.h"
-#include "kiln/io/safetensors.h"
-#include "kiln/model/weights.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
 #include "kiln/quant/quantize.h"
-#include "support/artifacts.h"
+#include "quant_linear_cases.h"
 
 namespace kiln::ops {
 namespace {
 
-using quant::QTensor;
-using Fields = std::vector<std::pair<std::string, QTensor>>;
-
-// The loader's view of one planned module as the CUDA prepare step takes it.
-HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m) {
-  auto bytes = [&](const std::string& f) {
-    const TensorSlice& s = m.fields.at(f);
-    auto d = ckpt.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
-    return HostBytes{d.data(), d.size()};
-  };
-  auto f32 = [&](const std::string& f) {
-    float v;
-    std::memcpy(&v, bytes(f).data, 4);
-    return v;
-  };
-  const Scheme& sc = m.scheme;
-  HostQuantLinear h;
-  h.name = m.path.c_str();
-  h.n = m.n;
-  h.k = m.k;
-  const std::string wf = m.fields.count("weight") ? "weight" : "weight_packed";
-  h.weight = bytes(wf);
-  h.weight_dtype = m.fields.at(wf).dtype();
-  switch (sc.kind) {
-    case SchemeKind::BF16: h.scheme = LinearScheme::BF16; break;
-    case SchemeKind::FP8Block: h.scheme = LinearScheme::FP8Block; break;
-    case SchemeKind::Int4Group: h.scheme = LinearScheme::Int4Group; break;
-    case SchemeKind::MXFP4: h.scheme = LinearScheme::MXFP4; break;
-    case SchemeKind::NVFP4: h.scheme = LinearScheme::NVFP4; break;
-  }
-  if (sc.kind != SchemeKind::BF16) {
-    const std::string sf = sc.kind == SchemeKind::Int4Group ? "weight_scale" : sc.scale_field;
-    const TensorSlice& st = m.fields.at(sf);
-    h.scale = bytes(sf);
-    h.scale_dtype = st.dtype();
-    const auto shp = st.shape();
-    h.scale_rows = shp.at(0);
-    h.scale_cols = shp.size() > 1 ? shp.at(1) : 1;
-    h.block_n = sc.block_n;
-    h.block_k = sc.block_k;
-  }
-  if (sc.zero_point) h.zero_point = bytes("weight_zero_point");
-  if (sc.global == GlobalScaleConvention::Multiplier) h.global = f32("weight_scale_2");
-  if (sc.global == GlobalScaleConvention::Divisor) h.global = 1.0f / f32("weight_global_scale");
-  return h;
-}
-
-struct Case {
-  std::string label;
-  Fields fields;
-  int64_t n, k;
-};
-
-std::vector<float> random_matrix(int64_t n, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::uniform_int_distribution<int> ex(-6, 6);
-  std::vector<float> w(static_cast<size_t>(n * k));
-  for (int64_t i = 0; i < n; ++i) {
-    const float mag = std::ldexp(1.0f, ex(rng));
-    for (int64_t j = 0; j < k; ++j) w[static_cast<size_t>(i * k + j)] = nd(rng) * mag;
-  }
-  return w;
-}
-
-template <typename T>
-struct DevBuf {
-  T* p = nullptr;
-  explicit DevBuf(size_t n) { KILN_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T))); }
-  ~DevBuf() { cudaFree(p); }
-};
+using namespace test_linear;
 
 // Writes the case, plans and dequantizes it on the CPU, runs it on the GPU for every M.
 void check_case(const Case& c, std::initializer_list<int> ms, uint32_t seed, int rows_per_thread = 0) {
   SCOPED_TRACE(c.label + " [" + std::to_string(c.n) + ", " + std::to_string(c.k) + "]");
-  test::TempDir d;
-  std::vector<SafetensorsWriter::Tensor> ts;
-  for (const auto& [f, t] : c.fields) ts.push_back({"m." + f, t.dtype, t.shape, t.bytes});
-  SafetensorsWriter::write_file(d.path() / "m.safetensors", ts);
-  auto ckpt = Checkpoint::open(d.path());
-  PlannedLinear pl;
-  pl.path = "m";
-  pl.n = c.n;
-  pl.k = c.k;
-  for (const auto& [name, e] : ckpt.tensors()) {
-    TensorSlice s;
-    s.name = std::string(name);
-    s.info = e.info;
-    s.shard = e.shard;
-    pl.fields[std::string(name.substr(2))] = s;
-  }
-  auto det = detect_scheme("m", pl.fields, c.n, c.k);
-  ASSERT_TRUE(det.scheme) << (det.errors.empty() ? "?" : det.errors[0]);
-  pl.scheme = *det.scheme;
-  const std::vector<float> W = model::dequantize_linear(ckpt, pl).w;
+  const LoadedCase lc(c);
+  const std::vector<float>& W = lc.W;
 
   const int max_m = 64;
-  auto lin = cuda::QuantLinear::prepare(host_view(ckpt, pl), max_m, rows_per_thread);
+  auto lin = cuda::QuantLinear::prepare(lc.host, max_m, rows_per_thread);
   EXPECT_EQ(lin.n(), c.n);
   EXPECT_EQ(lin.k(), c.k);
 

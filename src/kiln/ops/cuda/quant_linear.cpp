@@ -13,6 +13,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/cuda/quant_linear_impl.h"
 
 namespace kiln::ops {
 
@@ -30,35 +31,11 @@ const char* linear_scheme_name(LinearScheme s) {
 namespace cuda {
 namespace {
 
+using detail::DeviceBuffer;
 using detail::LaunchFn;
 using detail::LaunchShape;
 using detail::LinearParams;
-
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) KILN_CUDA_CHECK(cudaMalloc(&p_, bytes));
-  }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  ~DeviceBuffer() {
-    if (p_) cudaFree(p_);  // nothing to report from a destructor
-  }
-  void upload(const void* src, size_t bytes) {
-    if (bytes) KILN_CUDA_CHECK(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice));
-  }
-  void* get() const { return p_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
+using detail::RowGroups;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -118,22 +95,7 @@ int group_shift(const HostQuantLinear& w, int64_t elems, int64_t cols) {
 
 }  // namespace
 
-struct QuantLinearImpl {
-  LinearScheme scheme{};
-  int64_t n = 0, k = 0, kp = 0;
-  int max_m = 0;
-  DeviceBuffer w, scale, zp, xpad;
-  LinearParams params;
-  struct Plan {
-    LaunchFn fn = nullptr;
-    LaunchShape shape;
-    std::string text;
-  };
-  std::vector<Plan> plans;  // [max_m]
-  int64_t weight_bytes = 0;
-};
-
-QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
+std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   if (w.n <= 0 || w.k <= 0) fail_invalid("{}: shape [{}, {}] is empty", w.name, w.n, w.k);
   if (rows_per_thread != 0 && rows_per_thread != 1 && rows_per_thread != 2 && rows_per_thread != 4)
     fail(ErrorKind::Usage, "{}: rows_per_thread = {} is not 0, 1, 2 or 4", w.name, rows_per_thread);
@@ -280,8 +242,8 @@ QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_p
     pl.fn = detail::select_launcher(w.scheme, mt, rw);
     if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", linear_scheme_name(w.scheme), mt, rw);
     pl.shape.mtiles = static_cast<unsigned>(ceil_div(M, mt));
-    const int64_t groups = ceil_div(n, rw);
-    auto blocks = [&](int l) { return ceil_div(groups, detail::kThreads >> l); };
+    pl.rw = rw;
+    auto blocks = [&](int l) { return static_cast<int64_t>(detail::row_blocks(n, rw, l)); };
     int l = 3;
     while (l < max_lk_log2 && blocks(l) * pl.shape.mtiles < 2 * sms) ++l;
     pl.shape.lk_log2 = l;
@@ -289,8 +251,12 @@ QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_p
     pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", linear_scheme_name(w.scheme), mt, rw, 1 << l,
                           pl.shape.blocks, pl.shape.mtiles);
   }
+  return impl;
+}
+
+QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   QuantLinear out;
-  out.impl_ = std::move(impl);
+  out.impl_ = detail::prepare_linear(w, max_m, rows_per_thread);
   return out;
 }
 
@@ -311,7 +277,42 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
     ldx = d.kp;
   }
   const auto& pl = d.plans[static_cast<size_t>(M - 1)];
-  pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, st);
+  pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
+}
+
+// One launch with the groups along grid.z, the lanes and token tiles of M's plan, and
+// as many row blocks as one group's rows need. When x has to be staged (k not a whole
+// number of chunks, or x / its rows / its group slices not 16-byte aligned) the groups
+// run one after another, each first copying its slice into the [max_m, kp] staging
+// buffer: the buffer stays the size prepare() gave it (it cannot know the group count)
+// at the price of 2 x groups launches on a path the forward avoids by passing aligned x.
+void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_stride, int M, int groups, float* y,
+                                  int64_t ldy, void* stream) const {
+  const QuantLinearImpl& d = *impl_;
+  if (M < 1 || M > d.max_m)
+    fail(ErrorKind::Usage, "linear forward_grouped: M = {} is outside [1, {}] (max_m at prepare)", M, d.max_m);
+  if (groups < 1 || groups > 65535 || d.n % groups != 0)
+    fail(ErrorKind::Usage, "linear forward_grouped: groups = {} must be in [1, 65535] and divide n = {}", groups, d.n);
+  if (x == nullptr || y == nullptr) fail(ErrorKind::Usage, "linear forward_grouped: x or y is null");
+  if (x_group_stride < 0 || ldx < (groups - 1) * x_group_stride + d.k || ldy < d.n)
+    fail(ErrorKind::Usage,
+         "linear forward_grouped: x rows of {} floats cannot hold {} groups {} apart of k = {} (x_group_stride >= 0), "
+         "or ldy = {} < n = {}",
+         ldx, groups, x_group_stride, d.k, ldy, d.n);
+  auto st = static_cast<cudaStream_t>(stream);
+  const auto& pl = d.plans[static_cast<size_t>(M - 1)];
+  const int64_t rows = d.n / groups;
+  LaunchShape shape = pl.shape;
+  shape.blocks = detail::row_blocks(rows, pl.rw, shape.lk_log2);
+  if (d.kp != d.k || ldx % 4 != 0 || x_group_stride % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    auto* xp = static_cast<float*>(d.xpad.get());
+    for (int g = 0; g < groups; ++g) {
+      detail::launch_pad_rows(x + g * x_group_stride, ldx, M, d.k, d.kp, xp, st);
+      pl.fn(d.params, shape, xp, d.kp, M, y, ldy, RowGroups{rows, 0, g, 1}, st);
+    }
+    return;
+  }
+  pl.fn(d.params, shape, x, ldx, M, y, ldy, RowGroups{rows, x_group_stride, 0, static_cast<unsigned>(groups)}, st);
 }
 
 int64_t QuantLinear::n() const { return impl_->n; }

@@ -3,4 +3,5 @@
 
 namespace kiln::ops::cuda::detail {
 LaunchFn launcher_bf16(int mt, int rw) { return kernels::launcher_for<LinearScheme::BF16>(mt, rw); }
+IndexedLaunchFn indexed_launcher_bf16(int rw) { return kernels::indexed_launcher_for<LinearScheme::BF16>(rw); }
 }  // namespace kiln::ops::cuda::detail

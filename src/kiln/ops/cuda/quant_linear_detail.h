@@ -43,8 +43,27 @@ struct LaunchShape {
   unsigned mtiles = 1;  // token tiles (grid.y)
 };
 
+// Row groups of one launch (grid.z = count): group g = first + blockIdx.z covers rows
+// [g * rows, (g + 1) * rows) and reads x + blockIdx.z * x_stride (x points at group
+// first's slice). A plain call is one group of n rows.
+struct RowGroups {
+  int64_t rows = 0;
+  int64_t x_stride = 0;
+  int first = 0;
+  unsigned count = 1;
+};
+
+// grid (s.blocks, s.mtiles, g.count); s.blocks must cover g.rows rows.
 using LaunchFn = void (*)(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y,
-                          int64_t ldy, cudaStream_t stream);
+                          int64_t ldy, const RowGroups& g, cudaStream_t stream);
+
+// The one-token product of many experts (QuantLinearSet::forward_indexed): grid
+// (s.blocks, 1, P); pair i runs table[expert[i]] (skipped when the id is outside
+// [0, count) or that entry's w is null) on x row i / x_div into y row i, with the same
+// body, lanes (s.lk_log2) and rows per thread as the M = 1 plain launch, hence the same sums.
+using IndexedLaunchFn = void (*)(const LinearParams* table, int count, const LaunchShape& s, const float* x,
+                                 int64_t ldx, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+                                 cudaStream_t stream);
 
 // Tokens per tile the kernels are compiled for (ascending), the rows each thread carries
 // by default for that tile, and the launcher of a (scheme, tile, rows) kernel (null where
@@ -59,6 +78,7 @@ constexpr int rows_per_thread(LinearScheme s, int mt) {
   return 4;
 }
 LaunchFn select_launcher(LinearScheme s, int mt, int rw);
+IndexedLaunchFn select_indexed_launcher(LinearScheme s, int rw);  // null unless rw is 1, 2 or 4
 
 // dst[m, c] = src[m, c] for c < k, 0 for k <= c < kp (m < M); rows ldx apart in src, kp in dst.
 void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream);

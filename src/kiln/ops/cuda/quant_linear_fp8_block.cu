@@ -3,4 +3,5 @@
 
 namespace kiln::ops::cuda::detail {
 LaunchFn launcher_fp8_block(int mt, int rw) { return kernels::launcher_for<LinearScheme::FP8Block>(mt, rw); }
+IndexedLaunchFn indexed_launcher_fp8_block(int rw) { return kernels::indexed_launcher_for<LinearScheme::FP8Block>(rw); }
 }  // namespace kiln::ops::cuda::detail

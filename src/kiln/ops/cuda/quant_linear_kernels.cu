@@ -12,6 +12,11 @@ LaunchFn launcher_fp8_block(int mt, int rw);
 LaunchFn launcher_int4_group(int mt, int rw);
 LaunchFn launcher_mxfp4(int mt, int rw);
 LaunchFn launcher_nvfp4(int mt, int rw);
+IndexedLaunchFn indexed_launcher_bf16(int rw);
+IndexedLaunchFn indexed_launcher_fp8_block(int rw);
+IndexedLaunchFn indexed_launcher_int4_group(int rw);
+IndexedLaunchFn indexed_launcher_mxfp4(int rw);
+IndexedLaunchFn indexed_launcher_nvfp4(int rw);
 
 namespace {
 
@@ -32,6 +37,17 @@ LaunchFn select_launcher(LinearScheme s, int mt, int rw) {
     case LinearScheme::Int4Group: return launcher_int4_group(mt, rw);
     case LinearScheme::MXFP4: return launcher_mxfp4(mt, rw);
     case LinearScheme::NVFP4: return launcher_nvfp4(mt, rw);
+  }
+  return nullptr;
+}
+
+IndexedLaunchFn select_indexed_launcher(LinearScheme s, int rw) {
+  switch (s) {
+    case LinearScheme::BF16: return indexed_launcher_bf16(rw);
+    case LinearScheme::FP8Block: return indexed_launcher_fp8_block(rw);
+    case LinearScheme::Int4Group: return indexed_launcher_int4_group(rw);
+    case LinearScheme::MXFP4: return indexed_launcher_mxfp4(rw);
+    case LinearScheme::NVFP4: return indexed_launcher_nvfp4(rw);
   }
   return nullptr;
 }

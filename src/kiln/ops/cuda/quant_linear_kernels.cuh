@@ -175,25 +175,27 @@ __device__ __forceinline__ void load_scales(const LinearParams& p, int64_t row, 
   }
 }
 
+// The body every linear kernel runs: rows [row_lo, row_end) of W (absolute row numbers,
+// so scale blocks are found for any grouping; y columns are the same absolute numbers)
+// times the M <= MT token rows of x (x, y already offset to the tile / group / pair), the
+// row block blockIdx.x. The plain kernel passes row_lo = 0, row_end = n; the grouped one
+// a group's rows; the indexed one an expert's params read from device memory. A block
+// either runs this whole or not at all (it holds __syncthreads).
 template <LinearScheme S, int MT, int RW>
-__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const int lk_log2,
-                                                          const float* __restrict__ x, const int64_t ldx, int M,
-                                                          float* __restrict__ y, const int64_t ldy) {
+__device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_log2, const float* __restrict__ x,
+                                            const int64_t ldx, const int M, float* __restrict__ y, const int64_t ldy,
+                                            const int64_t row_lo, const int64_t row_end) {
   using C = Codec<S>;
   constexpr int E = C::E, G = E / 8;
   const int lk = 1 << lk_log2;
   const int kl = threadIdx.x & (lk - 1);
   const int group = threadIdx.x >> lk_log2;
-  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * (kThreads >> lk_log2) + group) * RW;
-  const int m0 = blockIdx.y * MT;
-  x += m0 * ldx;
-  y += m0 * ldy;
-  M = min(M - m0, MT);
+  const int64_t row0 = row_lo + (static_cast<int64_t>(blockIdx.x) * (kThreads >> lk_log2) + group) * RW;
 
   int64_t rows[RW], srow[RW];
 #pragma unroll
   for (int r = 0; r < RW; ++r) {
-    rows[r] = min(row0 + r, p.n - 1);  // rows past n load row n-1 and are not stored
+    rows[r] = min(row0 + r, row_end - 1);  // rows past the end load the last row and are not stored
     srow[r] = (rows[r] / p.block_n) * p.scale_ld;
   }
   const uint8_t* wbase = static_cast<const uint8_t*>(p.w);
@@ -302,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
 
 #pragma unroll
   for (int r = 0; r < RW; ++r) {
-    if (row0 + r >= p.n) break;
+    if (row0 + r >= row_end) break;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m < M) {
@@ -314,11 +316,52 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   }
 }
 
+// Token tile blockIdx.y, group g.first + blockIdx.z: rows [g * g.rows, (g + 1) * g.rows),
+// x offset by blockIdx.z * g.x_stride (x points at group g.first's slice). Ungrouped
+// calls pass rows = n, one group: the extra work is a multiply by zero.
+template <LinearScheme S, int MT, int RW>
+__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const int lk_log2,
+                                                          const float* __restrict__ x, const int64_t ldx, const int M,
+                                                          float* __restrict__ y, const int64_t ldy, const RowGroups g) {
+  const int m0 = blockIdx.y * MT;
+  const int64_t row_lo = (g.first + static_cast<int64_t>(blockIdx.z)) * g.rows;
+  linear_rows<S, MT, RW>(p, lk_log2, x + m0 * ldx + static_cast<int64_t>(blockIdx.z) * g.x_stride, ldx,
+                         min(M - m0, MT), y + m0 * ldy, ldy, row_lo, row_lo + g.rows);
+}
+
+// One block row-range of pair blockIdx.z: e = expert[pair]; the launch's scheme table
+// holds a null weight for experts of other schemes, and ids outside [0, count) name
+// nothing: such blocks return before touching y. Otherwise exactly linear_kernel's M = 1
+// product of expert e on x row pair / x_div into y row pair.
+template <LinearScheme S, int RW>
+__global__ void __launch_bounds__(kThreads) linear_indexed_kernel(const LinearParams* __restrict__ table, const int count,
+                                                                  const int lk_log2, const float* __restrict__ x,
+                                                                  const int64_t ldx, const int x_div,
+                                                                  const int32_t* __restrict__ expert,
+                                                                  float* __restrict__ y, const int64_t ldy) {
+  const int pair = blockIdx.z;
+  const int e = __ldg(expert + pair);
+  if (e < 0 || e >= count) return;
+  const LinearParams p = table[e];
+  if (p.w == nullptr) return;
+  linear_rows<S, 1, RW>(p, lk_log2, x + static_cast<int64_t>(pair / x_div) * ldx, ldx, 1,
+                        y + static_cast<int64_t>(pair) * ldy, ldy, 0, p.n);
+}
+
 template <LinearScheme S, int MT, int RW>
 void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y, int64_t ldy,
-            cudaStream_t stream) {
+            const RowGroups& g, cudaStream_t stream) {
   static_assert(Codec<S>::E == chunk_elems(S));
-  linear_kernel<S, MT, RW><<<dim3(s.blocks, s.mtiles), kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy);
+  linear_kernel<S, MT, RW><<<dim3(s.blocks, s.mtiles, g.count), kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y,
+                                                                                         ldy, g);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <LinearScheme S, int RW>
+void launch_indexed(const LinearParams* table, int count, const LaunchShape& s, const float* x, int64_t ldx, int x_div,
+                    const int32_t* expert, int P, float* y, int64_t ldy, cudaStream_t stream) {
+  linear_indexed_kernel<S, RW><<<dim3(s.blocks, 1, static_cast<unsigned>(P)), kThreads, 0, stream>>>(
+      table, count, s.lk_log2, x, ldx, x_div, expert, y, ldy);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
@@ -334,6 +377,15 @@ LaunchFn launcher_for(int mt, int rw) {
   KILN_TILE(16, 1) KILN_TILE(16, 2) KILN_TILE(16, 4)
   KILN_TILE(32, 1) KILN_TILE(32, 2)
 #undef KILN_TILE
+  return nullptr;
+}
+
+// The indexed (M = 1) kernel for each rows-per-thread count the one-token plans use.
+template <LinearScheme S>
+IndexedLaunchFn indexed_launcher_for(int rw) {
+  if (rw == 1) return &launch_indexed<S, 1>;
+  if (rw == 2) return &launch_indexed<S, 2>;
+  if (rw == 4) return &launch_indexed<S, 4>;
   return nullptr;
 }
 

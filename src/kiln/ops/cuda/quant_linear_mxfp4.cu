@@ -3,4 +3,5 @@
 
 namespace kiln::ops::cuda::detail {
 LaunchFn launcher_mxfp4(int mt, int rw) { return kernels::launcher_for<LinearScheme::MXFP4>(mt, rw); }
+IndexedLaunchFn indexed_launcher_mxfp4(int rw) { return kernels::indexed_launcher_for<LinearScheme::MXFP4>(rw); }
 }  // namespace kiln::ops::cuda::detail

@@ -3,4 +3,5 @@
 
 namespace kiln::ops::cuda::detail {
 LaunchFn launcher_nvfp4(int mt, int rw) { return kernels::launcher_for<LinearScheme::NVFP4>(mt, rw); }
+IndexedLaunchFn indexed_launcher_nvfp4(int rw) { return kernels::indexed_launcher_for<LinearScheme::NVFP4>(rw); }
 }  // namespace kiln::ops::cuda::detail

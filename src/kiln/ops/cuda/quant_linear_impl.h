@@ -1,0 +1,79 @@
+// Internal to the CUDA linear layers' host code (quant_linear.cpp, quant_linear_set.cpp;
+// C++20, never included by a .cu): the prepared state of one QuantLinear, so that
+// QuantLinearSet prepares its experts with exactly QuantLinear's validation, repacking
+// and kernel choice (and hence sums exactly as each expert's QuantLinear::forward would).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::ops::cuda {
+
+namespace detail {
+
+// One cudaMalloc'd range, freed on destruction (move-only).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes) KILN_CUDA_CHECK(cudaMalloc(&p_, bytes));
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);  // nothing to report from a destructor
+  }
+  void upload(const void* src, size_t bytes) {
+    if (bytes) KILN_CUDA_CHECK(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice));
+  }
+  void* get() const { return p_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Row blocks of a launch covering `rows` rows with rw rows per thread and 1 << lk_log2
+// lanes per row.
+inline unsigned row_blocks(int64_t rows, int rw, int lk_log2) {
+  const int64_t groups = (rows + rw - 1) / rw, per_block = kThreads >> lk_log2;
+  return static_cast<unsigned>((groups + per_block - 1) / per_block);
+}
+
+}  // namespace detail
+
+struct QuantLinearImpl {
+  LinearScheme scheme{};
+  int64_t n = 0, k = 0, kp = 0;  // kp: k padded to whole chunks (the staging row width)
+  int max_m = 0;
+  detail::DeviceBuffer w, scale, zp, xpad;
+  detail::LinearParams params;
+  struct Plan {
+    detail::LaunchFn fn = nullptr;
+    detail::LaunchShape shape;
+    int rw = 1;  // rows per thread of fn
+    std::string text;
+  };
+  std::vector<Plan> plans;  // [max_m]
+  int64_t weight_bytes = 0;
+};
+
+namespace detail {
+// QuantLinear::prepare's work (validation errors name w.name).
+std::unique_ptr<QuantLinearImpl> prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread);
+}  // namespace detail
+
+}  // namespace kiln::ops::cuda

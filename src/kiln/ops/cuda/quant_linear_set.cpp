@@ -1,0 +1,141 @@
+// QuantLinearSet (quant_linear.h): the routed experts of one MoE layer on the GPU.
+//
+// Every expert is prepared exactly as QuantLinear::prepare(w, 1) prepares it (same
+// validation, repacking and one-token plan), so its product sums exactly as that
+// expert's QuantLinear::forward for one token. For each scheme present there is a device
+// table of `count` LinearParams in which the experts of other schemes have a null weight;
+// forward_indexed launches the indexed kernel once per present scheme over all P pairs,
+// and each block reads its pair's expert id from device memory and returns at once when
+// the id is out of range or the expert belongs to another scheme's launch. All experts of
+// one scheme have the same [n, k], hence the same one-token plan (lanes, rows per thread,
+// row blocks), which the launch uses.
+//
+// x staging: when k is not a whole number of chunks for some present scheme, or x rows
+// are not 16-byte aligned, the ceil(P / x_div) x rows are first copied into a zero-padded
+// [max_pairs, kp] buffer owned by the set (kp: k rounded up to the largest chunk of the
+// present schemes, so every scheme reads the same values its own QuantLinear would).
+// Calls that stage must therefore not run concurrently on two streams for the same set.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/cuda/quant_linear_impl.h"
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::ops::cuda {
+
+using detail::DeviceBuffer;
+using detail::LinearParams;
+
+struct QuantLinearSet::Impl {
+  int count = 0, max_pairs = 0;
+  int64_t n = 0, k = 0;
+  int64_t kp = 0;  // staging row width (see above)
+  std::vector<std::unique_ptr<QuantLinearImpl>> experts;
+  struct Launch {
+    LinearScheme scheme{};
+    detail::IndexedLaunchFn fn = nullptr;
+    detail::LaunchShape shape;
+    const LinearParams* table = nullptr;  // [count], inside `tables`
+  };
+  std::vector<Launch> launches;  // one per scheme present, in LinearScheme order
+  DeviceBuffer tables;           // [launches.size()][count] LinearParams
+  DeviceBuffer xpad;             // [max_pairs, kp] floats
+  int64_t expert_bytes = 0;
+};
+
+QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count, int max_pairs) {
+  if (weights == nullptr || count < 1)
+    fail(ErrorKind::Usage, "expert linear set: {} weights given, expected at least one", weights ? count : 0);
+  if (max_pairs < 1 || max_pairs > 65535)
+    fail(ErrorKind::Usage, "expert linear set {}: max_pairs = {} is outside [1, 65535]", weights[0].name, max_pairs);
+  auto impl = std::make_unique<Impl>();
+  impl->count = count;
+  impl->max_pairs = max_pairs;
+  impl->n = weights[0].n;
+  impl->k = weights[0].k;
+  for (int e = 0; e < count; ++e) {
+    const HostQuantLinear& w = weights[e];
+    if (w.n != impl->n || w.k != impl->k)
+      fail_invalid("{}: expert {} is [{}, {}], expected [{}, {}] like {} (all experts of a set share one shape)", w.name,
+                   e, w.n, w.k, impl->n, impl->k, weights[0].name);
+    impl->experts.push_back(detail::prepare_linear(w, 1, 0));
+    impl->expert_bytes = std::max(impl->expert_bytes, impl->experts.back()->weight_bytes);
+  }
+
+  const LinearScheme all[] = {LinearScheme::BF16, LinearScheme::FP8Block, LinearScheme::Int4Group, LinearScheme::MXFP4,
+                              LinearScheme::NVFP4};
+  std::vector<LinearParams> host_tables;
+  for (LinearScheme s : all) {
+    const QuantLinearImpl* first = nullptr;
+    std::vector<LinearParams> table(static_cast<size_t>(count));  // null weights: not this scheme
+    for (int e = 0; e < count; ++e) {
+      const QuantLinearImpl& x = *impl->experts[static_cast<size_t>(e)];
+      if (x.scheme != s) continue;
+      const auto& pl = x.plans[0];
+      if (!first) {
+        first = &x;
+      } else if (pl.rw != first->plans[0].rw || pl.shape.lk_log2 != first->plans[0].shape.lk_log2 ||
+                 pl.shape.blocks != first->plans[0].shape.blocks) {
+        fail_invalid("internal: {} experts of one shape got different one-token plans ({} / {})", weights[e].name,
+                     pl.text, first->plans[0].text);
+      }
+      table[static_cast<size_t>(e)] = x.params;
+    }
+    if (!first) continue;
+    impl->kp = std::max(impl->kp, first->kp);
+    Impl::Launch l;
+    l.scheme = s;
+    l.shape = first->plans[0].shape;
+    l.fn = detail::select_indexed_launcher(s, first->plans[0].rw);
+    if (!l.fn) fail_invalid("internal: no indexed {} kernel for {} rows per thread", linear_scheme_name(s), first->plans[0].rw);
+    impl->launches.push_back(l);
+    host_tables.insert(host_tables.end(), table.begin(), table.end());
+  }
+  impl->tables = DeviceBuffer(host_tables.size() * sizeof(LinearParams));
+  impl->tables.upload(host_tables.data(), host_tables.size() * sizeof(LinearParams));
+  for (size_t i = 0; i < impl->launches.size(); ++i)
+    impl->launches[i].table = static_cast<const LinearParams*>(impl->tables.get()) + i * static_cast<size_t>(count);
+  impl->xpad = DeviceBuffer(static_cast<size_t>(max_pairs) * static_cast<size_t>(impl->kp) * sizeof(float));
+
+  QuantLinearSet out;
+  out.impl_ = std::move(impl);
+  return out;
+}
+
+QuantLinearSet::QuantLinearSet() = default;
+QuantLinearSet::QuantLinearSet(QuantLinearSet&&) noexcept = default;
+QuantLinearSet& QuantLinearSet::operator=(QuantLinearSet&&) noexcept = default;
+QuantLinearSet::~QuantLinearSet() = default;
+
+void QuantLinearSet::forward_indexed(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y,
+                                     int64_t ldy, void* stream) const {
+  const Impl& d = *impl_;
+  if (P < 1 || P > d.max_pairs)
+    fail(ErrorKind::Usage, "expert linear forward_indexed: P = {} is outside [1, {}] (max_pairs at prepare)", P,
+         d.max_pairs);
+  if (x_div < 1) fail(ErrorKind::Usage, "expert linear forward_indexed: x_div = {} is not positive", x_div);
+  if (x == nullptr || y == nullptr || expert == nullptr)
+    fail(ErrorKind::Usage, "expert linear forward_indexed: x, y or expert is null");
+  if (ldx < d.k || ldy < d.n)
+    fail(ErrorKind::Usage, "expert linear forward_indexed: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
+  auto st = static_cast<cudaStream_t>(stream);
+  if (d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    auto* xp = static_cast<float*>(d.xpad.get());
+    detail::launch_pad_rows(x, ldx, (P + x_div - 1) / x_div, d.k, d.kp, xp, st);
+    x = xp;
+    ldx = d.kp;
+  }
+  for (const auto& l : d.launches) l.fn(l.table, d.count, l.shape, x, ldx, x_div, expert, P, y, ldy, st);
+}
+
+int QuantLinearSet::count() const { return impl_->count; }
+int64_t QuantLinearSet::n() const { return impl_->n; }
+int64_t QuantLinearSet::k() const { return impl_->k; }
+int64_t QuantLinearSet::expert_bytes() const { return impl_->expert_bytes; }
+
+}  // namespace kiln::ops::cuda
