@@ -188,6 +188,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     f->set_graphs(false);
     const double e_ms = f->time_main(tok, slot, pos, 20);
     f->set_graphs(true);
+    std::vector<std::pair<std::string, double>> prof;
+    if (B == batches.front() || B == maxB) prof = f->profile_main(tok, slot, pos, 5);
     const double bytes = pass_weight_bytes(f->weights(), B);
     const double frac = bytes / (g_ms * 1e-3) / bw.bytes_per_s;
     out << fmt::format("| {} | {:.1f} | {:.3f} | {:.3f} | {:.3f} | {:.2f}x | {:.1f} | {:.2f} |\n", B,
@@ -195,6 +197,19 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     nlohmann::json r = {{"batch", B},          {"tokens_per_s", res.decode_tokens_per_s()}, {"step_ms_wall", step_wall * 1e3},
                         {"pass_ms_graph", g_ms}, {"pass_ms_eager", e_ms}, {"weight_bytes_per_pass", bytes},
                         {"hbm_fraction", frac}};
+    if (!prof.empty()) {
+      double sum = 0;
+      for (const auto& [label, ms] : prof) sum += ms;
+      std::string line;
+      nlohmann::json pj = nlohmann::json::object();
+      for (const auto& [label, ms] : prof) {
+        line += fmt::format("{} {:.3f} ({:.0f}%); ", label, ms, 100.0 * ms / sum);
+        pj[label] = ms;
+      }
+      out << fmt::format("|   ops (eager, ms per pass, all layers) | sum {:.3f} vs graph pass {:.3f} | {} |\n", sum, g_ms, line);
+      r["ops_ms_eager"] = pj;
+      r["ops_ms_sum"] = sum;
+    }
     if (o.mtp > 0) {
       nlohmann::json spec = nlohmann::json::array();
       for (int k = 1; k <= o.mtp; ++k) {

@@ -11,8 +11,6 @@
 #include "kiln/io/checkpoint.h"
 
 namespace kiln::model {
-namespace {
-
 // The bytes a (possibly fused) slice covers: experts are the leading dim, gate/up
 // halves are contiguous halves of an expert's rows.
 std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice& s) {
@@ -28,6 +26,8 @@ std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice
   }
   return all.subspan(off, len);
 }
+
+namespace {
 
 template <typename T>
 T load(const std::byte* p) {

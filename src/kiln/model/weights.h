@@ -4,8 +4,10 @@
 // tensor is exactly dequantized to fp32, row-major. Nothing here knows a checkpoint name.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "kiln/io/config.h"
@@ -15,6 +17,7 @@ namespace kiln {
 class Checkpoint;
 struct Plan;
 struct PlannedLinear;
+struct TensorSlice;
 }  // namespace kiln
 
 namespace kiln::model {
@@ -127,6 +130,10 @@ uint64_t linear_weight_bytes(const Weights& w);
 // nvfp4 as e2m1 x e4m3 group scale x global (weight_scale_2, or 1/weight_global_scale);
 // int4_group as (u - 8 or u - zero point) x group scale, honouring g_idx.
 Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt = {});
+
+// The bytes of one planned tensor slice (for fused [E, ...] expert tensors: the expert's
+// part, and of a fused gate_up its half), borrowed from the memory-mapped shard.
+std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice& s);
 
 // One planned linear module, dequantized to fp32 [n, k] (the scheme's formula above).
 Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& module);

@@ -41,6 +41,26 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
 }  // namespace
 
+// Optional per-op timing (eager passes only): events recorded after each op group; the
+// time since the previous mark is charged to the label of the next.
+struct OpTimer {
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;
+  size_t used = 0;
+  void mark(const char* label, cudaStream_t s) {
+    if (used == marks.size()) {
+      cudaEvent_t e = nullptr;
+      KILN_CUDA_CHECK(cudaEventCreate(&e));
+      marks.emplace_back(label, e);
+    }
+    marks[used].first = label;
+    KILN_CUDA_CHECK(cudaEventRecord(marks[used].second, s));
+    ++used;
+  }
+  ~OpTimer() {
+    for (auto& m : marks) cudaEventDestroy(m.second);
+  }
+};
+
 struct GpuForward::Buffers {
   DeviceArray<int32_t> tok, slot, pos, src;
   DeviceArray<float> X, Xn, u, y, post, comb;
@@ -266,6 +286,38 @@ double GpuForward::time_main(std::span<const int32_t> tok, std::span<const int32
   return static_cast<double>(ms) / reps;
 }
 
+std::vector<std::pair<std::string, double>> GpuForward::profile_main(std::span<const int32_t> tok,
+                                                                   std::span<const int32_t> slot,
+                                                                   std::span<const int32_t> pos, int reps) {
+  if (reps < 1) fail(ErrorKind::Usage, "profile_main: reps = {} (need >= 1)", reps);
+  upload_rows(tok, slot, pos, {}, false);
+  const int R = static_cast<int>(slot.size());
+  OpTimer timer;
+  std::vector<std::pair<std::string, double>> out;  // label -> ms, in first-seen order
+  for (int i = 0; i <= reps; ++i) {  // the first pass warms up
+    timer.used = 0;
+    timer_ = &timer;
+    try {
+      enqueue(Pass::Main, 0, R);
+    } catch (...) {
+      timer_ = nullptr;
+      throw;
+    }
+    timer_ = nullptr;
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (i == 0) continue;
+    for (size_t k = 1; k < timer.used; ++k) {
+      float ms = 0;
+      KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, timer.marks[k - 1].second, timer.marks[k].second));
+      const std::string label = timer.marks[k].first;
+      auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == label; });
+      if (it == out.end()) out.emplace_back(label, 0.0), it = out.end() - 1;
+      it->second += static_cast<double>(ms) / reps;
+    }
+  }
+  return out;
+}
+
 void GpuForward::launch(Pass pass, int m, int R) {
   if (!opt_.graphs) {
     enqueue(pass, m, R);
@@ -304,6 +356,10 @@ struct PassCtx {
   int R;
   int64_t H, n, D, nh, qr;
   float eps, hc_eps;
+  OpTimer* timer = nullptr;
+  void mark(const char* label) const {
+    if (timer) timer->mark(label, s);
+  }
 };
 
 void linear(const QuantLinear& l, const float* x, int M, float* y, cudaStream_t s) {
@@ -332,20 +388,27 @@ void attention(const PassCtx& p, const GpuAttention& a, GpuForward::SlotState& s
   oc::rmsnorm(b.kv.get(), D, R, static_cast<int>(D), a.kv_norm.get(), p.eps, b.kv.get(), D, p.s);
   oc::rope_rows(p.rows, b.kv.get(), D, 1, D, static_cast<int>(D), rope, false, p.s);
   oc::window_write(p.rows, b.kv.get(), D, st.ring, p.s);
+  p.mark("attn q/kv projections, norms, rope");
 
-  if (a.compressor) compressor(p, *a.compressor, st.comp, rope);
+  if (a.compressor) {
+    compressor(p, *a.compressor, st.comp, rope);
+    p.mark("attn compressor");
+  }
   const int topk = static_cast<int>(c.index_topk);
   if (a.indexer) {
     const GpuIndexer& ix = *a.indexer;
     compressor(p, ix.compressor, st.icomp, rope);
+    p.mark("indexer compressor");
     const int ih = static_cast<int>(c.index_n_heads), id = static_cast<int>(c.index_head_dim);
     linear(ix.wq_b, b.qres.get(), R, b.iq.get(), p.s);
     linear(ix.weights_proj, b.u.get(), R, b.iw.get(), p.s);
     oc::rope_rows(p.rows, b.iq.get(), static_cast<int64_t>(ih) * id, ih, id, id, rope, false, p.s);
     oc::scale_rows(b.iw.get(), ih, R, ih, fpow(static_cast<double>(ih), -0.5), p.s);
+    p.mark("indexer projections");
     oc::indexer_select(p.rows, b.iq.get(), static_cast<int64_t>(ih) * id, b.iw.get(), ih, ih, id,
                        fpow(static_cast<double>(id), -0.5), st.icomp, topk, b.sel.get(), b.nsel.get(), b.iscratch.get(),
                        p.s);
+    p.mark("indexer top-k");
   }
   const oc::AttnKeys keys = a.kind == AttnKind::CSA   ? oc::AttnKeys::WindowAndSelected
                             : a.kind == AttnKind::HCA ? oc::AttnKeys::WindowAndAll
@@ -354,9 +417,11 @@ void attention(const PassCtx& p, const GpuAttention& a, GpuForward::SlotState& s
                 static_cast<int>(c.sliding_window), keys, st.has_comp ? &st.comp : nullptr, b.sel.get(), b.nsel.get(),
                 std::max(topk, 1), b.o.get(), nh * D, p.s);
   oc::rope_rows(p.rows, b.o.get(), nh * D, static_cast<int>(nh), D, static_cast<int>(D), rope, true, p.s);
+  p.mark("attention core + inverse rope");
   const int64_t G = c.o_groups, Rlo = c.o_lora_rank;
   a.wo_a.forward_grouped(b.o.get(), nh * D, nh * D / G, R, static_cast<int>(G), b.mid.get(), G * Rlo, p.s);
   linear(a.wo_b, b.mid.get(), R, b.y.get(), p.s);
+  p.mark("attn output projections");
 }
 
 // DeepseekV4SparseMoeBlock on u -> y.
@@ -369,10 +434,12 @@ void moe(const PassCtx& p, const GpuMoe& m) {
   linear(m.gate, b.u.get(), R, b.glog.get(), p.s);
   oc::moe_route(p.rows, b.glog.get(), E, E, K, m.hash ? nullptr : m.bias.get(), m.hash ? m.tid2eid.get() : nullptr,
                 static_cast<float>(c.routed_scaling_factor), b.idx.get(), b.wt.get(), p.s);
+  p.mark("moe router");
   m.w1.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.g.get(), I, p.s);
   m.w3.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.up.get(), I, p.s);
   oc::swiglu(b.g.get(), b.up.get(), I, R * K, static_cast<int>(I), lim, b.g.get(), I, p.s);
   m.w2.forward_indexed(b.g.get(), I, 1, b.idx.get(), R * K, b.ye.get(), H, p.s);
+  p.mark("moe routed experts");
   const float* shared = nullptr;
   if (m.shared) {
     const GpuExpert& e = *m.shared;
@@ -382,8 +449,10 @@ void moe(const PassCtx& p, const GpuMoe& m) {
     oc::swiglu(b.sg.get(), b.su.get(), Is, R, static_cast<int>(Is), lim, b.sg.get(), Is, p.s);
     linear(e.w2, b.sg.get(), R, b.sy.get(), p.s);
     shared = b.sy.get();
+    p.mark("moe shared expert");
   }
   oc::moe_combine(b.ye.get(), H, b.idx.get(), b.wt.get(), R, K, static_cast<int>(H), shared, b.y.get(), p.s);
+  p.mark("moe combine");
 }
 
 oc::HcDevice hc(const PassCtx& p, const GpuHyper& h) {
@@ -405,14 +474,17 @@ void block(const PassCtx& p, const GpuBlock& blk, GpuForward::SlotState& st, oc:
   const int n = static_cast<int>(p.n), H = static_cast<int>(p.H);
   oc::hc_pre(hc(p, blk.hc_attn), X, p.R, b.u.get(), b.post.get(), b.comb.get(), p.s);
   oc::rmsnorm(b.u.get(), H, p.R, H, blk.attn_norm.get(), p.eps, b.u.get(), H, p.s);
+  p.mark("mHC pre + norm");
   attention(p, blk.attn, st, rope);
   oc::hc_post(n, H, X, p.R, b.y.get(), b.post.get(), b.comb.get(), Xn, p.s);
   std::swap(X, Xn);
   oc::hc_pre(hc(p, blk.hc_ffn), X, p.R, b.u.get(), b.post.get(), b.comb.get(), p.s);
   oc::rmsnorm(b.u.get(), H, p.R, H, blk.ffn_norm.get(), p.eps, b.u.get(), H, p.s);
+  p.mark("mHC post + pre + norm");
   moe(p, blk.ffn);
   oc::hc_post(n, H, X, p.R, b.y.get(), b.post.get(), b.comb.get(), Xn, p.s);
   std::swap(X, Xn);
+  p.mark("mHC post");
 }
 
 // hc_head, RMSNorm, head, argmax.
@@ -423,8 +495,11 @@ void head(const PassCtx& p, const GpuHead& hh, const DeviceArray<float>& norm, c
   const int V = static_cast<int>(p.c.vocab_size);
   oc::hc_head(n, H, hh.fn.get(), hh.base.get(), hh.scale, p.hc_eps, p.eps, X, p.R, b.h.get(), p.s);
   oc::rmsnorm(b.h.get(), H, p.R, H, norm.get(), p.eps, b.h.get(), H, p.s);
+  p.mark("head mHC + norm");
   linear(head_w, b.h.get(), p.R, logits, p.s);
+  p.mark("head linear");
   oc::argmax_rows(logits, V, p.R, V, argmax, p.s);
+  p.mark("argmax");
 }
 
 }  // namespace
@@ -439,8 +514,11 @@ void GpuForward::enqueue(Pass pass, int m, int R) {
   float* X = b.X.get();
   float* Xn = b.Xn.get();
   auto rope_of = [&](AttnKind k) { return k == AttnKind::SWA ? rope_main_.view() : rope_compress_.view(); };
+  p.timer = timer_;
+  p.mark("start");
   if (pass == Pass::Main) {
     oc::embed_streams(p.rows, w_.embed.get(), H, n, X, stream_);
+    p.mark("embedding");
     for (size_t l = 0; l < w_.layers.size(); ++l) {
       block(p, w_.layers[l], *layer_state_[l], rope_of(w_.layers[l].attn.kind), X, Xn);
     }

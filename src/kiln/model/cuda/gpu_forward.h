@@ -23,7 +23,9 @@
 #include <memory>
 #include <ostream>
 #include <span>
+#include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -33,6 +35,8 @@
 #include "kiln/ops/cuda/rope.h"
 
 namespace kiln::model::cuda {
+
+struct OpTimer;  // gpu_forward.cpp
 
 struct GpuOptions {
   int max_slots = 8;            // sequences held at once
@@ -76,6 +80,11 @@ class GpuForward {
   // configured; a graph not yet captured is captured before timing).
   double time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos, int reps);
 
+  // Benchmarks: the main pass run eagerly with CUDA events between op groups; returns
+  // (op group, GPU ms per pass) summed over layers, averaged over `reps` passes.
+  std::vector<std::pair<std::string, double>> profile_main(std::span<const int32_t> tok, std::span<const int32_t> slot,
+                                                           std::span<const int32_t> pos, int reps);
+
   // Waits for the stream and copies results of the last pass of that kind (R rows).
   std::vector<float> download_main_logits(int R) const;
   std::vector<int32_t> download_main_argmax(int R) const;
@@ -113,6 +122,7 @@ class GpuForward {
   cudaEvent_t meta_copied_ = nullptr;
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
   int64_t state_bytes_ = 0;
+  OpTimer* timer_ = nullptr;  // set only while profile_main enqueues
 };
 
 }  // namespace kiln::model::cuda

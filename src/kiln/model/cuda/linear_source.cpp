@@ -7,6 +7,7 @@
 #include "kiln/artifact/plan.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
+#include "kiln/model/weights.h"
 
 namespace kiln::model::cuda {
 
@@ -16,8 +17,7 @@ using ops::LinearScheme;
 
 ops::HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m) {
   auto bytes = [&](const std::string& f) {
-    const TensorSlice& s = m.fields.at(f);
-    auto d = ckpt.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
+    auto d = slice_bytes(ckpt, m.fields.at(f));  // an expert's part of a fused tensor
     return HostBytes{d.data(), d.size()};
   };
   auto f32 = [&](const std::string& f) {
