@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -106,8 +107,15 @@ inline std::vector<float> random_floats(std::mt19937& g, size_t n, float lo, flo
 }
 
 // |got - want| <= rel * |want| + abs_floor for every element; reports the first few misses.
+// abs_floor < 0 means rel * max |want| over the span: values near 0 that come out of a
+// sum with cancellation are held to 1e-5 of the vector's scale, not of themselves.
 inline void expect_close(const float* got, const float* want, size_t n, const std::string& what, float rel = 1e-5f,
                          float abs_floor = 1e-6f) {
+  if (abs_floor < 0.0f) {
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(want[i]));
+    abs_floor = rel * mx;
+  }
   size_t bad = 0;
   for (size_t i = 0; i < n; ++i) {
     const float tol = rel * std::fabs(want[i]) + abs_floor;

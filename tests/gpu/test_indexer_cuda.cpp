@@ -119,7 +119,7 @@ void run_case(const IdxCase& ic, uint32_t seed) {
       score[static_cast<size_t>(j)] = acc;
     }
     // The scores this implementation leaves in scratch (row r at r * max_entries).
-    expect_close(scratch.data() + int64_t{r} * M, score.data(), static_cast<size_t>(vis), "scores", 1e-5f, 1e-6f);
+    expect_close(scratch.data() + int64_t{r} * M, score.data(), static_cast<size_t>(vis), "scores", 1e-5f, -1.0f);
     const std::vector<int64_t> want = cpu_select(score, k);
     ASSERT_EQ(nsel[static_cast<size_t>(r)], k);
     std::vector<int64_t> got(sel.begin() + int64_t{r} * ic.topk, sel.begin() + int64_t{r} * ic.topk + k);

@@ -25,7 +25,9 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kMaxHeadDim = 128;           // key channels a warp holds in registers
 constexpr int kKeyRegs = kMaxHeadDim / 32;  // per lane
-constexpr int kMaxQFloats = 12 * 1024;     // q row in shared memory: 48 KiB
+// q row and w in dynamic shared memory: 40 KiB, leaving room under the 48 KiB default
+// for the static histogram and scan storage (V4: 64 * 128 + 64 floats = 33 KiB).
+constexpr int kMaxQFloats = 10 * 1024;
 
 // Larger float -> larger key. -0 is folded into +0 first, since the CPU's comparison
 // treats them as equal (a tie broken by index), so they must get the same key.
