@@ -197,6 +197,9 @@ TEST(CudaCompressorFeed, RejectsBadShapes) {
   EXPECT_THROW(compressor_feed(rows, &f, &f, 16, &f, &f, kEps, rv, ring, nullptr), Error);
   ring.ratio = 4;
   EXPECT_THROW(compressor_feed(rows, nullptr, &f, 16, &f, &f, kEps, rv, ring, nullptr), Error);
+  ring.max_entries = 2;  // entry 1 is rotated at position 4, the table has 1
+  ring.entry_slot_stride = 32;
+  EXPECT_THROW(compressor_feed(rows, &f, &f, 16, &f, &f, kEps, rv, ring, nullptr), Error);
 }
 
 }  // namespace

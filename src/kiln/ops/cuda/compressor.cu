@@ -121,6 +121,10 @@ void compressor_feed(const StepRows& rows, const float* a, const float* z, int64
   if (rope.dim < 0 || rope.dim % 2 != 0 || rope.dim > c.dim)
     fail(ErrorKind::Usage, "compressor_feed: rope dim {} must be even and <= entry dim {}", rope.dim, c.dim);
   if (rope.dim > 0 && (!rope.cos || !rope.sin)) fail(ErrorKind::Usage, "compressor_feed: rope table is null");
+  // Entry j < max_entries is rotated at position j * ratio: the table must reach the last.
+  if (rope.dim > 0 && c.max_entries > 0 && int64_t{c.max_entries - 1} * c.ratio >= rope.max_pos)
+    fail(ErrorKind::Usage, "compressor_feed: rope table has {} positions, entry {} needs position {}", rope.max_pos,
+         c.max_entries - 1, int64_t{c.max_entries - 1} * c.ratio);
 
   feed_rows_kernel<<<rows.R, kFeedThreads, 0, stream>>>(rows, a, z, ld, ape, c);
   KILN_CUDA_CHECK_LAUNCH();
