@@ -123,7 +123,6 @@ void run_case(const CompCase& cc, uint32_t seed) {
   bool rolled_back = false;
   for (int step = 0; std::any_of(length.begin(), length.end(), [&](int64_t l) { return l < target; }); ++step) {
     Step st;
-    std::vector<int64_t> first(S);
     for (int k = 0; k < S; ++k) {
       const int s = (k + step) % S;  // slots in a rotating order
       if (length[s] >= target) continue;
@@ -134,7 +133,6 @@ void run_case(const CompCase& cc, uint32_t seed) {
       // Slot 2 decodes one row a step once past its first block; the others take chunks.
       const int n = (s == 2 && length[s] > cc.ratio) ? 1 : chunk(g);
       for (int i = 0; i < n; ++i) st.add(s, length[s] + i);
-      first[s] = length[s];
       length[s] += n;
     }
     const int R = st.R();
