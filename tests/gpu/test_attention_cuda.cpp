@@ -159,6 +159,14 @@ TEST(CudaAttention, V4ShapeSelected) {
 }
 TEST(CudaAttention, V4ShapeAll) { run_case({9, 512, 128, 128, 64, 1, AttnKeys::WindowAndAll}, {{4000, 4020}, {5, 9}}, 27); }
 
+// Steps of fewer than 16 rows take the kernel's narrow head grouping (2 heads a block).
+TEST(CudaAttention, DecodeStepOddHeadsAll) {
+  run_case({3, 64, 8, 4, 40, 1, AttnKeys::WindowAndAll}, {{200, 201}, {2, 3}, {31, 35}}, 28);
+}
+TEST(CudaAttention, DecodeStepV4ShapeSelected) {
+  run_case({64, 512, 128, 4, 1024, 512, AttnKeys::WindowAndSelected}, {{3000, 3001}, {17, 18}, {2100, 2104}}, 29);
+}
+
 TEST(CudaAttention, RejectsBadShapes) {
   float f = 0.0f;
   int32_t i = 0;
