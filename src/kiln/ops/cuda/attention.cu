@@ -118,9 +118,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
   for (int k0 = 0; k0 < nk; k0 += kKeyTile) {
     const int kn = min(kKeyTile, nk - k0);
     __syncthreads();  // previous tile's keys and p fully used (and q / m / l written)
-    for (int i = tid; i < kn * dim; i += blockDim.x) {
-      const int kk = i / dim, c = i - kk * dim;
-      ks[i] = src.key(k0 + kk)[c];
+    // A warp per key row: the row's address (ring modulo or selected index) is worked out
+    // once per row, and the lanes read it coalesced.
+    for (int kk = warp; kk < kn; kk += nwarps) {
+      const float* kr = src.key(k0 + kk);
+      for (int c = lane; c < dim; c += 32) ks[kk * dim + c] = kr[c];
     }
     __syncthreads();
     // Scores: one warp per (head, key) pair, lanes over the channels.
