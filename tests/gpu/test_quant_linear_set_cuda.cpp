@@ -163,10 +163,10 @@ std::vector<int32_t> random_ids(int P, int count, uint32_t seed) {
 }
 
 void check_indexed(const std::vector<Case>& cases, const std::string& label, int x_div, int P, bool odd_rows,
-                   uint32_t seed) {
+                   uint32_t seed, int max_pairs = 64) {
   SCOPED_TRACE(label + " x_div=" + std::to_string(x_div) + " P=" + std::to_string(P) + (odd_rows ? " odd rows" : ""));
   const Experts ex = load_experts(cases);
-  const int count = static_cast<int>(cases.size()), max_pairs = 64;
+  const int count = static_cast<int>(cases.size());
   const int64_t n = cases[0].n, k = cases[0].k;
   auto set = cuda::QuantLinearSet::prepare(ex.hosts.data(), count, max_pairs);
   EXPECT_EQ(set.count(), count);
@@ -258,6 +258,14 @@ TEST(CudaQuantLinearSet, MixedSchemesMatchTheirOwnForwardBitwise) {
 TEST(CudaQuantLinearSet, LongRowsManyExperts) {
   const auto cases = experts_of_scheme(1, 24, 40, 4096, 71);
   check_indexed(cases, "fp8_block k=4096", 8, 64, false, 72);
+}
+
+// The sizes of a DeepSeek-V4 MoE layer's routing: 384 experts (schemes mixed), 512 pairs
+// of a top-8 routing of 64 tokens (small matrices keep the CPU side short).
+TEST(CudaQuantLinearSet, ManyExpertsManyPairs) {
+  std::vector<Case> cases;
+  for (int e = 0; e < 384; ++e) cases.push_back(one_of_each_scheme(24, 64, 100 + static_cast<uint32_t>(e))[e % 5]);
+  check_indexed(cases, "384 mixed experts", 8, 512, false, 73, 512);
 }
 
 // A captured graph reads the expert ids when it runs, not when it was captured.

@@ -94,7 +94,8 @@ class QuantLinear {
   // for o < n / groups, m < M: each group of rows multiplies its own slice of x. One
   // launch (groups along grid.z); scale blocks are addressed by absolute row, so any
   // group size works for every scheme. Needs n % groups == 0. Same staging rule,
-  // graph-safety and numerics as forward().
+  // graph-safety and numerics as forward(); x_group_stride % 4 != 0 also stages, one
+  // group after another (2 x groups launches instead of one).
   void forward_grouped(const float* x, int64_t ldx, int64_t x_group_stride, int M, int groups, float* y, int64_t ldy,
                        void* stream) const;
 
@@ -128,7 +129,10 @@ class QuantLinearSet {
   // (token, slot) of a top-K routing and x holds one row per token; 1 when x holds a row
   // per pair. Each product sums exactly as QuantLinear::forward does for one token.
   // 1 <= P <= max_pairs. Launches on `stream`, checks the launch, never allocates or
-  // synchronises.
+  // synchronises. When k is not a whole number of chunks of some expert's scheme, or x
+  // rows are not 16-byte aligned, the ceil(P / x_div) x rows are first copied into the
+  // set's zero-padded staging buffer: such calls must not run concurrently on two streams
+  // for the same set.
   void forward_indexed(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                        void* stream) const;
 

@@ -1,7 +1,7 @@
 // window_write and attention (attention.h): the GPU twin of the window ring update and the
 // sink softmax of Impl::attention in model/forward.cpp.
 //
-// attention: one block per (row, group of kHeadGroup heads). The row's keys (window rows,
+// attention: one block per (row, group of 8 heads, or 2 for steps of few rows). The row's keys (window rows,
 // then compressed entries) are staged kKeyTile at a time in shared memory and used by
 // every head of the group, so each key row is read from global memory once per block.
 // The softmax is online (running max m, denominator l, output o rescaled by
@@ -9,6 +9,7 @@
 // which gives exactly the CPU's form exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to
 // the rounding of the rescaling products.
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
@@ -30,7 +31,12 @@ __global__ void window_write_kernel(StepRows rows, const float* __restrict__ kv,
 }
 
 constexpr int kAttnThreads = 256;
-constexpr int kHeadGroup = 8;   // heads sharing one block's staged keys
+// Heads sharing one block's staged keys: 8 when there are enough rows to fill the GPU,
+// 2 for small (decode) steps so that more blocks run; the grouping changes only which
+// block computes a head, not any head's arithmetic.
+constexpr int kHeadGroupWide = 8;
+constexpr int kHeadGroupNarrow = 2;
+constexpr int kNarrowBelowRows = 16;
 constexpr int kKeyTile = 8;     // keys staged per round
 constexpr int kMaxAttnDim = 512;
 constexpr int kChanPerThread = kMaxAttnDim / kAttnThreads;  // output channels a thread owns
@@ -54,6 +60,7 @@ struct KeySource {
 
 // Dynamic shared memory: q [kHeadGroup][dim], keys [kKeyTile][dim], p [kHeadGroup][kKeyTile],
 // corr / m / l [kHeadGroup].
+template <int kHeadGroup>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, const float* __restrict__ q, int64_t ldq,
                                                                  int heads, float scale, const float* __restrict__ sink,
                                                                  WindowRing ring, int window, AttnKeys keys, CompressorRing comp,
@@ -111,9 +118,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
   for (int k0 = 0; k0 < nk; k0 += kKeyTile) {
     const int kn = min(kKeyTile, nk - k0);
     __syncthreads();  // previous tile's keys and p fully used (and q / m / l written)
-    for (int i = tid; i < kn * dim; i += blockDim.x) {
-      const int kk = i / dim, c = i - kk * dim;
-      ks[i] = src.key(k0 + kk)[c];
+    // A warp per key row: the row's address (ring modulo or selected index) is worked out
+    // once per row, and the lanes read it coalesced.
+    for (int kk = warp; kk < kn; kk += nwarps) {
+      const float* kr = src.key(k0 + kk);
+      for (int c = lane; c < dim; c += 32) ks[kk * dim + c] = kr[c];
     }
     __syncthreads();
     // Scores: one warp per (head, key) pair, lanes over the channels.
@@ -212,10 +221,17 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
     if (!sel || !nsel) fail(ErrorKind::Usage, "attention: WindowAndSelected needs sel and nsel, got null");
     if (topk <= 0) fail(ErrorKind::Usage, "attention: topk {} must be positive with WindowAndSelected", topk);
   }
-  const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + kHeadGroup - 1) / kHeadGroup));
-  const size_t smem = sizeof(float) * (static_cast<size_t>(kHeadGroup + kKeyTile) * dim + kHeadGroup * kKeyTile + 3 * kHeadGroup);
-  attention_kernel<<<grid, kAttnThreads, smem, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel, nsel,
-                                                         topk, o, ldo);
+  auto launch = [&](auto group) {
+    constexpr int hg = decltype(group)::value;
+    const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg));
+    const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 3 * hg);
+    attention_kernel<hg><<<grid, kAttnThreads, smem, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel,
+                                                               nsel, topk, o, ldo);
+  };
+  if (rows.R < kNarrowBelowRows)
+    launch(std::integral_constant<int, kHeadGroupNarrow>{});
+  else
+    launch(std::integral_constant<int, kHeadGroupWide>{});
   KILN_CUDA_CHECK_LAUNCH();
 }
 

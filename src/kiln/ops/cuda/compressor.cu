@@ -53,26 +53,26 @@ __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ nor
   const bool prev = c.overlap && j > 0;  // the previous block's first-half rows take part
   const int off = c.overlap ? d : 0;     // this block's channels: second half with overlap
 
+  // Offsets of the pooled values of channel 0 in the order the CPU visits them: the
+  // previous block's first-half channels (overlap, j > 0), then this block's channels.
+  __shared__ int64_t roff[2 * kMaxRatio];
+  const int nrows = prev ? 2 * m : m;
+  for (int i = threadIdx.x; i < nrows; i += blockDim.x) {
+    if (prev && i < m)
+      roff[i] = (((j - 1) * m + i) % c.cap) * c.width;
+    else
+      roff[i] = ((j * m + (i - (prev ? m : 0))) % c.cap) * c.width + off;
+  }
+  __syncthreads();
+
   for (int ch = threadIdx.x; ch < d; ch += blockDim.x) {
     float mx = -INFINITY;
-    if (prev)
-      for (int i = 0; i < m; ++i) mx = fmaxf(mx, sc[((j - 1) * m + i) % c.cap * c.width + ch]);
-    for (int i = 0; i < m; ++i) mx = fmaxf(mx, sc[(j * m + i) % c.cap * c.width + off + ch]);
+    for (int i = 0; i < nrows; ++i) mx = fmaxf(mx, sc[roff[i] + ch]);
     float sum = 0.0f;
-    if (prev)
-      for (int i = 0; i < m; ++i) sum += expf(sc[((j - 1) * m + i) % c.cap * c.width + ch] - mx);
-    for (int i = 0; i < m; ++i) sum += expf(sc[(j * m + i) % c.cap * c.width + off + ch] - mx);
+    for (int i = 0; i < nrows; ++i) sum += expf(sc[roff[i] + ch] - mx);
     // exp is recomputed rather than stored: the same expression gives the same value.
     float acc = 0.0f;
-    if (prev)
-      for (int i = 0; i < m; ++i) {
-        const int64_t row = ((j - 1) * m + i) % c.cap * c.width + ch;
-        acc += kv[row] * (expf(sc[row] - mx) / sum);
-      }
-    for (int i = 0; i < m; ++i) {
-      const int64_t row = (j * m + i) % c.cap * c.width + off + ch;
-      acc += kv[row] * (expf(sc[row] - mx) / sum);
-    }
+    for (int i = 0; i < nrows; ++i) acc += kv[roff[i] + ch] * (expf(sc[roff[i] + ch] - mx) / sum);
     out[ch] = acc;
   }
   __syncthreads();
@@ -121,6 +121,10 @@ void compressor_feed(const StepRows& rows, const float* a, const float* z, int64
   if (rope.dim < 0 || rope.dim % 2 != 0 || rope.dim > c.dim)
     fail(ErrorKind::Usage, "compressor_feed: rope dim {} must be even and <= entry dim {}", rope.dim, c.dim);
   if (rope.dim > 0 && (!rope.cos || !rope.sin)) fail(ErrorKind::Usage, "compressor_feed: rope table is null");
+  // Entry j < max_entries is rotated at position j * ratio: the table must reach the last.
+  if (rope.dim > 0 && c.max_entries > 0 && int64_t{c.max_entries - 1} * c.ratio >= rope.max_pos)
+    fail(ErrorKind::Usage, "compressor_feed: rope table has {} positions, entry {} needs position {}", rope.max_pos,
+         c.max_entries - 1, int64_t{c.max_entries - 1} * c.ratio);
 
   feed_rows_kernel<<<rows.R, kFeedThreads, 0, stream>>>(rows, a, z, ld, ape, c);
   KILN_CUDA_CHECK_LAUNCH();

@@ -25,7 +25,10 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kMaxHeadDim = 128;           // key channels a warp holds in registers
 constexpr int kKeyRegs = kMaxHeadDim / 32;  // per lane
-constexpr int kMaxQFloats = 12 * 1024;     // q row in shared memory: 48 KiB
+constexpr int kEntriesPerWarp = 4;
+// q row and w in dynamic shared memory: 40 KiB, leaving room under the 48 KiB default
+// for the static histogram and scan storage (V4: 64 * 128 + 64 floats = 33 KiB).
+constexpr int kMaxQFloats = 10 * 1024;
 
 // Larger float -> larger key. -0 is folded into +0 first, since the CPU's comparison
 // treats them as equal (a tie broken by index), so they must get the same key.
@@ -63,30 +66,49 @@ __global__ void __launch_bounds__(kThreads) indexer_kernel(StepRows rows, const 
   for (int i = tid; i < heads; i += blockDim.x) ws[i] = w[r * ldw + i];
   __syncthreads();
 
-  // 1. scores
+  // 1. scores: a warp takes kEntriesPerWarp entries at once so each q value read from
+  // shared memory serves all of them and their reductions overlap; each entry's dot
+  // and sum follow exactly the same operations as one entry alone.
   float* sc = scratch + (int64_t)r * ic.max_entries;
   const float* ent = ic.entries + slot * ic.entry_slot_stride;
-  for (int j = warp; j < vis; j += nwarps) {
-    const float* kj = ent + (int64_t)j * head_dim;
-    float kr[kKeyRegs];
+  for (int j0 = warp * kEntriesPerWarp; j0 < vis; j0 += nwarps * kEntriesPerWarp) {
+    float kr[kEntriesPerWarp][kKeyRegs];
 #pragma unroll
-    for (int t = 0; t < kKeyRegs; ++t) {
-      const int c = lane + 32 * t;
-      kr[t] = c < head_dim ? kj[c] : 0.0f;
-    }
-    float acc = 0.0f;
-    for (int h = 0; h < heads; ++h) {
-      const float* qh = qs + h * head_dim;
-      float d = 0.0f;
+    for (int e = 0; e < kEntriesPerWarp; ++e) {
+      const float* kj = ent + (int64_t)(j0 + e) * head_dim;
 #pragma unroll
       for (int t = 0; t < kKeyRegs; ++t) {
         const int c = lane + 32 * t;
-        if (c < head_dim) d += qh[c] * kr[t];
+        kr[e][t] = (j0 + e < vis && c < head_dim) ? kj[c] : 0.0f;
       }
-      d = attn_detail::warp_sum(d);  // every lane holds the head's dot: acc stays uniform
-      acc += (fmaxf(d, 0.0f) * softmax_scale) * ws[h];
     }
-    if (lane == 0) sc[j] = acc;
+    float acc[kEntriesPerWarp];
+#pragma unroll
+    for (int e = 0; e < kEntriesPerWarp; ++e) acc[e] = 0.0f;
+    for (int h = 0; h < heads; ++h) {
+      const float* qh = qs + h * head_dim;
+      float qr[kKeyRegs];
+#pragma unroll
+      for (int t = 0; t < kKeyRegs; ++t) {
+        const int c = lane + 32 * t;
+        qr[t] = c < head_dim ? qh[c] : 0.0f;
+      }
+      const float wh = ws[h];
+#pragma unroll
+      for (int e = 0; e < kEntriesPerWarp; ++e) {
+        float d = 0.0f;
+#pragma unroll
+        for (int t = 0; t < kKeyRegs; ++t)
+          if (lane + 32 * t < head_dim) d += qr[t] * kr[e][t];
+        d = attn_detail::warp_sum(d);  // every lane holds the head's dot: acc stays uniform
+        acc[e] += (fmaxf(d, 0.0f) * softmax_scale) * wh;
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int e = 0; e < kEntriesPerWarp; ++e)
+        if (j0 + e < vis) sc[j0 + e] = acc[e];
+    }
   }
   __syncthreads();  // scratch writes of this block are visible to the whole block
 

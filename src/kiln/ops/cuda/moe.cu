@@ -62,7 +62,9 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, const f
           bi = oi;
         }
       }
-      chosen[k] = bi;  // the same on every lane: the butterfly ends with all lanes agreeing
+      // With a strict total order every lane already holds the same winner; lane 0's is
+      // broadcast so NaN scores (no total order) cannot leave the lanes disagreeing.
+      chosen[k] = __shfl_sync(0xffffffffu, bi, 0);
     }
   }
   if (lane == 0) {

@@ -177,20 +177,24 @@ __device__ __forceinline__ void load_scales(const LinearParams& p, int64_t row, 
 
 // The body every linear kernel runs: rows [row_lo, row_end) of W (absolute row numbers,
 // so scale blocks are found for any grouping; y columns are the same absolute numbers)
-// times the M <= MT token rows of x (x, y already offset to the tile / group / pair), the
-// row block blockIdx.x. The plain kernel passes row_lo = 0, row_end = n; the grouped one
-// a group's rows; the indexed one an expert's params read from device memory. A block
-// either runs this whole or not at all (it holds __syncthreads).
+// times the token rows m0 .. min(M, m0 + MT) - 1 of x (x, y already offset to the group
+// / pair), the row block blockIdx.x. The plain kernel passes row_lo = 0, row_end = n (its
+// code is then the kernel's before grouping existed, statement for statement); the
+// grouped one a group's rows; the indexed one an expert's params read from device
+// memory. A block either runs this whole or not at all (it holds __syncthreads).
 template <LinearScheme S, int MT, int RW>
 __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_log2, const float* __restrict__ x,
-                                            const int64_t ldx, const int M, float* __restrict__ y, const int64_t ldy,
-                                            const int64_t row_lo, const int64_t row_end) {
+                                            const int64_t ldx, int M, float* __restrict__ y, const int64_t ldy,
+                                            const int m0, const int64_t row_lo, const int64_t row_end) {
   using C = Codec<S>;
   constexpr int E = C::E, G = E / 8;
   const int lk = 1 << lk_log2;
   const int kl = threadIdx.x & (lk - 1);
   const int group = threadIdx.x >> lk_log2;
   const int64_t row0 = row_lo + (static_cast<int64_t>(blockIdx.x) * (kThreads >> lk_log2) + group) * RW;
+  x += m0 * ldx;
+  y += m0 * ldy;
+  M = min(M - m0, MT);
 
   int64_t rows[RW], srow[RW];
 #pragma unroll
@@ -316,17 +320,23 @@ __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_
   }
 }
 
-// Token tile blockIdx.y, group g.first + blockIdx.z: rows [g * g.rows, (g + 1) * g.rows),
-// x offset by blockIdx.z * g.x_stride (x points at group g.first's slice). Ungrouped
-// calls pass rows = n, one group: the extra work is a multiply by zero.
-template <LinearScheme S, int MT, int RW>
+// Token tile blockIdx.y. Grouped: group g.first + blockIdx.z, rows [g * g.rows,
+// (g + 1) * g.rows), x offset by blockIdx.z * g.x_stride (x points at group g.first's
+// slice). The plain product is its own instantiation with the bounds of the original
+// kernel (0, p.n from the parameter bank): a runtime row range cost it up to 14 more
+// registers per thread (ptxas -v), i.e. occupancy, on the path every other layer takes.
+template <LinearScheme S, int MT, int RW, bool Grouped>
 __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const int lk_log2,
                                                           const float* __restrict__ x, const int64_t ldx, const int M,
                                                           float* __restrict__ y, const int64_t ldy, const RowGroups g) {
-  const int m0 = blockIdx.y * MT;
-  const int64_t row_lo = (g.first + static_cast<int64_t>(blockIdx.z)) * g.rows;
-  linear_rows<S, MT, RW>(p, lk_log2, x + m0 * ldx + static_cast<int64_t>(blockIdx.z) * g.x_stride, ldx,
-                         min(M - m0, MT), y + m0 * ldy, ldy, row_lo, row_lo + g.rows);
+  if constexpr (Grouped) {
+    const int64_t row_lo = (g.first + static_cast<int64_t>(blockIdx.z)) * g.rows;
+    linear_rows<S, MT, RW>(p, lk_log2, x + static_cast<int64_t>(blockIdx.z) * g.x_stride, ldx, M, y, ldy,
+                           blockIdx.y * MT, row_lo, row_lo + g.rows);
+  } else {
+    (void)g;
+    linear_rows<S, MT, RW>(p, lk_log2, x, ldx, M, y, ldy, blockIdx.y * MT, 0, p.n);
+  }
 }
 
 // One block row-range of pair blockIdx.z: e = expert[pair]; the launch's scheme table
@@ -345,15 +355,18 @@ __global__ void __launch_bounds__(kThreads) linear_indexed_kernel(const LinearPa
   const LinearParams p = table[e];
   if (p.w == nullptr) return;
   linear_rows<S, 1, RW>(p, lk_log2, x + static_cast<int64_t>(pair / x_div) * ldx, ldx, 1,
-                        y + static_cast<int64_t>(pair) * ldy, ldy, 0, p.n);
+                        y + static_cast<int64_t>(pair) * ldy, ldy, 0, 0, p.n);
 }
 
 template <LinearScheme S, int MT, int RW>
 void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y, int64_t ldy,
             const RowGroups& g, cudaStream_t stream) {
   static_assert(Codec<S>::E == chunk_elems(S));
-  linear_kernel<S, MT, RW><<<dim3(s.blocks, s.mtiles, g.count), kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y,
-                                                                                         ldy, g);
+  const dim3 grid(s.blocks, s.mtiles, g.count);
+  if (g.count == 1 && g.first == 0 && g.rows == p.n)
+    linear_kernel<S, MT, RW, false><<<grid, kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy, g);
+  else
+    linear_kernel<S, MT, RW, true><<<grid, kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy, g);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -64,6 +64,7 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
       fail_invalid("{}: expert {} is [{}, {}], expected [{}, {}] like {} (all experts of a set share one shape)", w.name,
                    e, w.n, w.k, impl->n, impl->k, weights[0].name);
     impl->experts.push_back(detail::prepare_linear(w, 1, 0));
+    impl->experts.back()->xpad = DeviceBuffer();  // the set stages x in its own buffer
     impl->expert_bytes = std::max(impl->expert_bytes, impl->experts.back()->weight_bytes);
   }
 

@@ -1,0 +1,483 @@
+// The small CUDA kernels of the GPU forward (rope, RMS norm, mHC, MoE routing / SwiGLU /
+// combine, embeddings, argmax) against the CPU reference on random inputs with fixed
+// seeds, odd sizes and several rows. Where the kernel repeats the CPU's exact sequence of
+// roundings (rope, hc_post, the MoE combine, gathers) the comparison is bitwise; where a
+// long sum is reassociated (norms, mHC mixes) or expf/log1pf differ from libm by an ulp
+// (sigmoid, softplus, silu), the tolerance is relative, ~1e-5. Routing indices and
+// argmax indices must be exact, including exact ties (to the lowest id). Outputs are
+// poisoned (NaN / -1) first so an unwritten element fails.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cpu/hyper_connection.h"
+#include "kiln/ops/cpu/norm.h"
+#include "kiln/ops/cpu/rope.h"
+#include "kiln/ops/cpu/vec.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/elementwise.h"
+#include "kiln/ops/cuda/hyper_connection.h"
+#include "kiln/ops/cuda/moe.h"
+#include "kiln/ops/cuda/norm.h"
+#include "kiln/ops/cuda/rope.h"
+
+namespace kiln::ops {
+namespace {
+
+// A device copy of a host vector (or n poisoned elements: all bits set, NaN as float,
+// -1 as int32), freed on scope exit.
+template <typename T>
+class Dev {
+ public:
+  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
+    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
+    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  explicit Dev(size_t n) : n_(n) {
+    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
+    KILN_CUDA_CHECK(cudaMemset(p_, 0xFF, std::max<size_t>(n_, 1) * sizeof(T)));
+  }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() { cudaFree(p_); }
+  T* get() const { return p_; }
+  std::vector<T> host() const {
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> h(n_);
+    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+std::vector<float> uniform(size_t n, float lo, float hi, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+bool same_bits(float a, float b) {
+  uint32_t x, y;
+  std::memcpy(&x, &a, 4);
+  std::memcpy(&y, &b, 4);
+  return x == y;
+}
+
+// |got - want| <= rtol * max(1, |want|) for every element (rtol 0: bitwise equality).
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float rtol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool ok = rtol == 0.0f ? same_bits(got[i], want[i])
+                                 : std::fabs(got[i] - want[i]) <= rtol * std::max(1.0f, std::fabs(want[i]));
+    if (!ok && ++bad <= 5) ADD_FAILURE() << what << "[" << i << "]: cuda " << got[i] << " cpu " << want[i];
+  }
+  EXPECT_EQ(bad, 0u) << what;
+}
+
+// Device StepRows from host token / position lists (slot unused by these kernels: zeros).
+struct DevRows {
+  Dev<int32_t> tok, slot, pos;
+  int R;
+  DevRows(const std::vector<int32_t>& t, const std::vector<int32_t>& p)
+      : tok(t), slot(std::vector<int32_t>(t.size(), 0)), pos(p), R(static_cast<int>(t.size())) {}
+  cuda::StepRows rows() const { return {tok.get(), slot.get(), pos.get(), R}; }
+};
+
+// ---- rope -------------------------------------------------------------------------------
+
+TEST(CudaSmallKernels, RopeRowsMatchesCpuBitwise) {
+  cpu::RopeSpec spec;
+  spec.dim = 64;
+  spec.theta = 10000.0;
+  spec.yarn = true;
+  spec.factor = 16.0;
+  spec.original_max_position = 1024;
+  const cpu::Rope rope(spec);
+  const int64_t max_pos = 4096;
+  cuda::RopeTable table(rope, max_pos);
+  cuda::RopeTable moved(std::move(table));  // the move keeps the upload, empties the source
+  EXPECT_EQ(table.view().cos, nullptr);
+  ASSERT_NE(moved.view().cos, nullptr);
+  EXPECT_EQ(moved.view().max_pos, max_pos);
+
+  const int heads = 3, n = 72;  // rotate the last 64 of 72 channels
+  const int64_t head_stride = 80, ld = heads * head_stride + 5;
+  const std::vector<int32_t> pos = {0, 7, 1000, 4095, 3};
+  const int R = static_cast<int>(pos.size());
+  for (bool inverse : {false, true}) {
+    const std::vector<float> x = uniform(static_cast<size_t>(R * ld), -2.0f, 2.0f, 11);
+    std::vector<float> want = x;
+    for (int r = 0; r < R; ++r) rope.apply_heads(want.data() + r * ld, heads, n, head_stride, pos[static_cast<size_t>(r)], inverse);
+    DevRows rows(std::vector<int32_t>(static_cast<size_t>(R), 0), pos);
+    Dev<float> dx(x);
+    cuda::rope_rows(rows.rows(), dx.get(), ld, heads, head_stride, n, moved.view(), inverse, nullptr);
+    expect_close(dx.host(), want, 0.0f, inverse ? "rope inverse" : "rope");  // also: gaps untouched
+  }
+}
+
+// ---- RMS norm ---------------------------------------------------------------------------
+
+TEST(CudaSmallKernels, RmsNormMatchesCpu) {
+  struct Case { int rows, n; int64_t ldx, ldy; bool weighted, in_place; };
+  for (const Case c : {Case{1, 1, 1, 1, true, false}, Case{3, 7, 9, 8, true, false}, Case{5, 4099, 4100, 4099, false, false},
+                       Case{2, 16384, 16384, 16384, true, true}, Case{33, 256, 260, 256, true, false}}) {
+    const std::string what = "rmsnorm rows " + std::to_string(c.rows) + " n " + std::to_string(c.n);
+    const std::vector<float> x = uniform(static_cast<size_t>(c.rows * c.ldx), -3.0f, 3.0f, 21 + c.n);
+    const std::vector<float> w = uniform(static_cast<size_t>(c.n), 0.5f, 1.5f, 22);
+    const float eps = 1e-6f;
+    const int64_t ldy = c.in_place ? c.ldx : c.ldy;
+    std::vector<float> want(static_cast<size_t>(c.rows * ldy), 0.0f);
+    cpu::rmsnorm(x.data(), c.ldx, c.rows, c.n, c.weighted ? w.data() : nullptr, eps, want.data(), ldy);
+    Dev<float> dx(x), dw(w), dy(static_cast<size_t>(c.rows * ldy));
+    float* y = c.in_place ? dx.get() : dy.get();
+    cuda::rmsnorm(dx.get(), c.ldx, c.rows, c.n, c.weighted ? dw.get() : nullptr, eps, y, ldy, nullptr);
+    const std::vector<float> got = c.in_place ? dx.host() : dy.host();
+    std::vector<float> g, wnt;  // only the row values; gaps are not the kernel's
+    for (int r = 0; r < c.rows; ++r) {
+      g.insert(g.end(), got.begin() + r * ldy, got.begin() + r * ldy + c.n);
+      wnt.insert(wnt.end(), want.begin() + r * ldy, want.begin() + r * ldy + c.n);
+    }
+    expect_close(g, wnt, 1e-5f, what);
+  }
+}
+
+// ---- mHC --------------------------------------------------------------------------------
+
+struct HcCase {
+  int n, H, R, iters;
+};
+
+TEST(CudaSmallKernels, HcPreMatchesCpu) {
+  for (const HcCase c : {HcCase{4, 7168, 3, 20}, HcCase{4, 129, 5, 20}, HcCase{2, 33, 2, 3}, HcCase{4, 64, 1, 1}}) {
+    const std::string what = "hc_pre n " + std::to_string(c.n) + " H " + std::to_string(c.H);
+    const int W = c.n * c.H, mix = (2 + c.n) * c.n;
+    const std::vector<float> X = uniform(static_cast<size_t>(c.R * W), -2.0f, 2.0f, 31 + c.H);
+    // fn scaled by 1/sqrt(W) so the mixes are O(1) and the sigmoids / softmax are not saturated
+    std::vector<float> fn = uniform(static_cast<size_t>(mix * W), -1.0f, 1.0f, 32);
+    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
+    const std::vector<float> base = uniform(static_cast<size_t>(mix), -0.5f, 0.5f, 33);
+    const std::vector<float> scale = {0.8f, 1.1f, 1.6f};
+    cpu::HcParams p;
+    p.n = c.n;
+    p.hidden = c.H;
+    p.fn = fn.data();
+    p.base = base.data();
+    p.scale = scale.data();
+    p.sinkhorn_iters = c.iters;
+    p.hc_eps = 1e-6f;
+    p.norm_eps = 1e-6f;
+    std::vector<float> col(static_cast<size_t>(c.R * c.H)), post(static_cast<size_t>(c.R * c.n)),
+        comb(static_cast<size_t>(c.R * c.n * c.n));
+    cpu::hc_pre(p, X.data(), c.R, col.data(), post.data(), comb.data(), nullptr);
+
+    Dev<float> dX(X), dfn(fn), dbase(base), dscale(scale), dcol(col.size()), dpost(post.size()), dcomb(comb.size());
+    cuda::HcDevice d;
+    d.n = c.n;
+    d.hidden = c.H;
+    d.fn = dfn.get();
+    d.base = dbase.get();
+    d.scale = dscale.get();
+    d.sinkhorn_iters = c.iters;
+    d.hc_eps = p.hc_eps;
+    d.norm_eps = p.norm_eps;
+    cuda::hc_pre(d, dX.get(), c.R, dcol.get(), dpost.get(), dcomb.get(), nullptr);
+    // the mixes are sums of n*H products in another association; Sinkhorn divides a few times
+    expect_close(dpost.host(), post, 2e-5f, what + " post");
+    expect_close(dcomb.host(), comb, 3e-5f, what + " comb");
+    expect_close(dcol.host(), col, 3e-5f, what + " collapsed");
+  }
+}
+
+TEST(CudaSmallKernels, HcPostMatchesCpuBitwise) {
+  for (const HcCase c : {HcCase{4, 7168, 2, 0}, HcCase{4, 131, 5, 0}, HcCase{3, 17, 3, 0}}) {
+    const std::string what = "hc_post n " + std::to_string(c.n) + " H " + std::to_string(c.H);
+    const std::vector<float> X = uniform(static_cast<size_t>(c.R * c.n * c.H), -2.0f, 2.0f, 41);
+    const std::vector<float> y = uniform(static_cast<size_t>(c.R * c.H), -2.0f, 2.0f, 42);
+    const std::vector<float> post = uniform(static_cast<size_t>(c.R * c.n), 0.0f, 2.0f, 43);
+    const std::vector<float> comb = uniform(static_cast<size_t>(c.R * c.n * c.n), 0.0f, 1.0f, 44);
+    std::vector<float> want(X.size());
+    cpu::hc_post(c.n, c.H, X.data(), c.R, y.data(), post.data(), comb.data(), want.data());
+    Dev<float> dX(X), dy(y), dpost(post), dcomb(comb), dout(X.size());
+    cuda::hc_post(c.n, c.H, dX.get(), c.R, dy.get(), dpost.get(), dcomb.get(), dout.get(), nullptr);
+    expect_close(dout.host(), want, 0.0f, what);
+  }
+}
+
+TEST(CudaSmallKernels, HcHeadMatchesCpu) {
+  for (const HcCase c : {HcCase{4, 7168, 3, 0}, HcCase{4, 129, 4, 0}, HcCase{1, 50, 2, 0}}) {
+    const std::string what = "hc_head n " + std::to_string(c.n) + " H " + std::to_string(c.H);
+    const int W = c.n * c.H;
+    const std::vector<float> X = uniform(static_cast<size_t>(c.R * W), -2.0f, 2.0f, 51);
+    std::vector<float> fn = uniform(static_cast<size_t>(c.n * W), -1.0f, 1.0f, 52);
+    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
+    const std::vector<float> base = uniform(static_cast<size_t>(c.n), -0.5f, 0.5f, 53);
+    const float scale = 0.9f, hc_eps = 1e-6f, norm_eps = 1e-6f;
+    std::vector<float> want(static_cast<size_t>(c.R * c.H));
+    cpu::hc_head(c.n, c.H, fn.data(), base.data(), scale, hc_eps, norm_eps, X.data(), c.R, want.data(), nullptr);
+    Dev<float> dX(X), dfn(fn), dbase(base), dh(want.size());
+    cuda::hc_head(c.n, c.H, dfn.get(), dbase.get(), scale, hc_eps, norm_eps, dX.get(), c.R, dh.get(), nullptr);
+    expect_close(dh.host(), want, 3e-5f, what);
+  }
+}
+
+// ---- MoE --------------------------------------------------------------------------------
+
+// model/forward.cpp Impl::moe's routing, restated: scores sqrt(softplus), hash experts or
+// the top-K of score + bias with ties to the lowest id, normalised weights.
+void route_cpu(const std::vector<float>& logits, int64_t ldl, int R, int E, int K, const float* bias,
+               const std::vector<int32_t>* tid2eid, const std::vector<int32_t>& tok, float rsf, std::vector<int32_t>& idx,
+               std::vector<float>& wt) {
+  idx.assign(static_cast<size_t>(R * K), -1);
+  wt.assign(static_cast<size_t>(R * K), 0.0f);
+  std::vector<float> s(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
+  std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int r = 0; r < R; ++r) {
+    for (int e = 0; e < E; ++e) s[static_cast<size_t>(e)] = std::sqrt(cpu::softplus(logits[static_cast<size_t>(r * ldl + e)]));
+    int32_t* it = idx.data() + r * K;
+    if (tid2eid != nullptr) {
+      for (int k = 0; k < K; ++k) it[k] = (*tid2eid)[static_cast<size_t>(tok[static_cast<size_t>(r)] * K + k)];
+    } else {
+      for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = s[static_cast<size_t>(e)] + bias[e];
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
+        const float va = biased[static_cast<size_t>(a)], vb = biased[static_cast<size_t>(b)];
+        return va > vb || (va == vb && a < b);
+      });
+      std::copy(order.begin(), order.begin() + K, it);
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < K; ++k) sum += s[static_cast<size_t>(it[k])];
+    sum += 1e-20f;
+    for (int k = 0; k < K; ++k) wt[static_cast<size_t>(r * K + k)] = (s[static_cast<size_t>(it[k])] / sum) * rsf;
+  }
+}
+
+TEST(CudaSmallKernels, MoeRouteScoreMatchesCpuWithTies) {
+  struct Case { int E, K, R; int64_t ldl; };
+  for (const Case c : {Case{384, 8, 9, 384}, Case{257, 6, 5, 260}, Case{8, 8, 2, 8}}) {
+    const std::string what = "moe_route E " + std::to_string(c.E) + " K " + std::to_string(c.K);
+    std::vector<float> logits = uniform(static_cast<size_t>(c.R * c.ldl), -4.0f, 4.0f, 61 + c.E);
+    std::vector<float> bias = uniform(static_cast<size_t>(c.E), -0.2f, 0.2f, 62);
+    // Row 0: every expert scores the same and bias is equal on a stretch -> an exact tie
+    // resolved to the lowest ids. Row 1: three experts share the exact best biased score.
+    for (int e = 0; e < c.E; ++e) logits[static_cast<size_t>(e)] = 0.3f;
+    for (int e = 0; e < c.E; e += 2) bias[static_cast<size_t>(e)] = 0.25f;  // even ids tie above odd ones
+    if (c.E > 200) {
+      for (int e : {6, 200, 18}) {  // even ids: bias 0.25 already, row 0 unchanged
+        logits[static_cast<size_t>(c.ldl + e)] = 9.0f;
+        bias[static_cast<size_t>(e)] = 0.25f;
+      }
+    }
+    if (c.R > 2) logits[static_cast<size_t>(2 * c.ldl + 3)] = 25.0f;  // softplus' x > 20 branch
+    std::vector<int32_t> want_idx;
+    std::vector<float> want_wt;
+    const float rsf = 2.5f;
+    route_cpu(logits, c.ldl, c.R, c.E, c.K, bias.data(), nullptr, {}, rsf, want_idx, want_wt);
+    if (c.E >= 16) {  // the tie rows resolve as intended (guards the oracle, too)
+      for (int k = 0; k < c.K; ++k) EXPECT_EQ(want_idx[static_cast<size_t>(k)], 2 * k) << what;
+    }
+    if (c.E > 200) {
+      EXPECT_EQ(want_idx[static_cast<size_t>(c.K)], 6);
+      EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 1)], 18);
+      EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 2)], 200);
+    }
+    DevRows rows(std::vector<int32_t>(static_cast<size_t>(c.R), 0), std::vector<int32_t>(static_cast<size_t>(c.R), 0));
+    Dev<float> dl(logits), db(bias), dwt(want_wt.size());
+    Dev<int32_t> didx(want_idx.size());
+    cuda::moe_route(rows.rows(), dl.get(), c.ldl, c.E, c.K, db.get(), nullptr, rsf, didx.get(), dwt.get(), nullptr);
+    EXPECT_EQ(didx.host(), want_idx) << what;
+    expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
+  }
+}
+
+TEST(CudaSmallKernels, MoeRouteHashMatchesCpu) {
+  const int E = 384, K = 6, R = 7, vocab = 50;
+  const int64_t ldl = 390;
+  const std::vector<float> logits = uniform(static_cast<size_t>(R * ldl), -4.0f, 4.0f, 71);
+  std::vector<int32_t> tid2eid(static_cast<size_t>(vocab * K));
+  std::mt19937 g(72);
+  for (int32_t& e : tid2eid) e = static_cast<int32_t>(g() % E);
+  const std::vector<int32_t> tok = {3, 49, 0, 17, 3, 25, 8};
+  std::vector<int32_t> want_idx;
+  std::vector<float> want_wt;
+  route_cpu(logits, ldl, R, E, K, nullptr, &tid2eid, tok, 1.5f, want_idx, want_wt);
+  DevRows rows(tok, std::vector<int32_t>(static_cast<size_t>(R), 0));
+  Dev<float> dl(logits), dwt(want_wt.size());
+  Dev<int32_t> dt(tid2eid), didx(want_idx.size());
+  cuda::moe_route(rows.rows(), dl.get(), ldl, E, K, nullptr, dt.get(), 1.5f, didx.get(), dwt.get(), nullptr);
+  EXPECT_EQ(didx.host(), want_idx);
+  expect_close(dwt.host(), want_wt, 1e-5f, "hash weights");
+}
+
+TEST(CudaSmallKernels, SwigluMatchesCpu) {
+  const int rows = 5, I = 1003;
+  const int64_t ld = 1010, ldo = 1007;
+  const std::vector<float> g = uniform(static_cast<size_t>(rows * ld), -12.0f, 12.0f, 81);
+  const std::vector<float> u = uniform(static_cast<size_t>(rows * ld), -12.0f, 12.0f, 82);
+  for (float limit : {7.0f, 0.0f}) {
+    for (bool alias : {false, true}) {
+      const std::string what = "swiglu limit " + std::to_string(limit) + (alias ? " in place" : "");
+      const int64_t lo = alias ? ld : ldo;
+      std::vector<float> want, got;
+      for (int r = 0; r < rows; ++r) {
+        for (int c = 0; c < I; ++c) {  // forward.cpp expert_ffn
+          float gv = g[static_cast<size_t>(r * ld + c)], uv = u[static_cast<size_t>(r * ld + c)];
+          if (limit > 0.0f) {
+            gv = std::min(gv, limit);
+            uv = std::clamp(uv, -limit, limit);
+          }
+          want.push_back(cpu::silu(gv) * uv);
+        }
+      }
+      Dev<float> dg(g), du(u), dout(static_cast<size_t>(rows * ldo));
+      float* out = alias ? dg.get() : dout.get();
+      cuda::swiglu(dg.get(), du.get(), ld, rows, I, limit, out, lo, nullptr);
+      const std::vector<float> h = alias ? dg.host() : dout.host();
+      for (int r = 0; r < rows; ++r) got.insert(got.end(), h.begin() + r * lo, h.begin() + r * lo + I);
+      expect_close(got, want, 1e-5f, what);
+    }
+  }
+}
+
+TEST(CudaSmallKernels, MoeCombineMatchesCpuBitwise) {
+  const int R = 4, K = 6, H = 301, E = 40;
+  const int64_t ldy = 310;
+  const std::vector<float> y = uniform(static_cast<size_t>(R * K * ldy), -3.0f, 3.0f, 91);
+  const std::vector<float> wt = uniform(static_cast<size_t>(R * K), 0.0f, 1.0f, 92);
+  const std::vector<float> shared = uniform(static_cast<size_t>(R * H), -1.0f, 1.0f, 93);
+  // unsorted ids; row 2 repeats an expert (hash routing may): equal ids add in k order
+  const std::vector<int32_t> idx = {7, 3, 39, 0, 12, 5, 1, 2, 3, 4, 5, 6, 30, 9, 30, 1, 9, 0, 20, 19, 18, 17, 16, 15};
+  for (bool with_shared : {false, true}) {
+    // forward.cpp Impl::moe: a zeroed row, experts in ascending id, each adding y * w
+    std::vector<float> want(static_cast<size_t>(R * H), 0.0f);
+    for (int e = 0; e < E; ++e) {
+      for (int r = 0; r < R; ++r) {
+        for (int k = 0; k < K; ++k) {
+          if (idx[static_cast<size_t>(r * K + k)] != e) continue;
+          const float w = wt[static_cast<size_t>(r * K + k)];
+          for (int d = 0; d < H; ++d) want[static_cast<size_t>(r * H + d)] += y[static_cast<size_t>((r * K + k) * ldy + d)] * w;
+        }
+      }
+    }
+    if (with_shared) {
+      for (size_t i = 0; i < want.size(); ++i) want[i] += shared[i];
+    }
+    Dev<float> dy(y), dwt(wt), dsh(shared), dout(want.size());
+    Dev<int32_t> didx(idx);
+    cuda::moe_combine(dy.get(), ldy, didx.get(), dwt.get(), R, K, H, with_shared ? dsh.get() : nullptr, dout.get(),
+                      nullptr);
+    expect_close(dout.host(), want, 0.0f, with_shared ? "moe_combine + shared" : "moe_combine");
+  }
+}
+
+// ---- elementwise ------------------------------------------------------------------------
+
+TEST(CudaSmallKernels, EmbeddingsAndBroadcastAddAreExact) {
+  const int vocab = 37, H = 130, n = 4;
+  const std::vector<float> embed = uniform(static_cast<size_t>(vocab * H), -1.0f, 1.0f, 101);
+  const std::vector<int32_t> tok = {36, 0, 5, 5, 17};
+  const int R = static_cast<int>(tok.size());
+  DevRows rows(tok, std::vector<int32_t>(tok.size(), 0));
+  Dev<float> de(embed), dX(static_cast<size_t>(R * n * H)), drow(static_cast<size_t>(R * H));
+  cuda::embed_streams(rows.rows(), de.get(), H, n, dX.get(), nullptr);
+  cuda::embed_rows(rows.rows(), de.get(), H, drow.get(), nullptr);
+  std::vector<float> want_X, want_row;
+  for (int r = 0; r < R; ++r) {
+    const auto b = embed.begin() + tok[static_cast<size_t>(r)] * H;
+    want_row.insert(want_row.end(), b, b + H);
+    for (int i = 0; i < n; ++i) want_X.insert(want_X.end(), b, b + H);
+  }
+  expect_close(dX.host(), want_X, 0.0f, "embed_streams");
+  expect_close(drow.host(), want_row, 0.0f, "embed_rows");
+
+  const std::vector<float> ep = uniform(static_cast<size_t>(R * H), -1.0f, 1.0f, 102);
+  const std::vector<float> hp = uniform(static_cast<size_t>(R * n * H), -1.0f, 1.0f, 103);
+  std::vector<float> want(hp.size());
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < n; ++i) {
+      for (int d = 0; d < H; ++d) {
+        want[static_cast<size_t>((r * n + i) * H + d)] = ep[static_cast<size_t>(r * H + d)] + hp[static_cast<size_t>((r * n + i) * H + d)];
+      }
+    }
+  }
+  Dev<float> dep(ep), dhp(hp), dout(hp.size());
+  cuda::add_broadcast_streams(dep.get(), dhp.get(), R, n, H, dout.get(), nullptr);
+  expect_close(dout.host(), want, 0.0f, "add_broadcast_streams");
+  cuda::add_broadcast_streams(dep.get(), dhp.get(), R, n, H, dhp.get(), nullptr);  // X aliasing hp
+  expect_close(dhp.host(), want, 0.0f, "add_broadcast_streams in place");
+}
+
+TEST(CudaSmallKernels, ArgmaxRowsTiesToLowestAndSkipsNaN) {
+  const int V = 160007, R = 7;
+  const int64_t ld = 160016;
+  std::vector<float> logits = uniform(static_cast<size_t>(R * ld), -10.0f, 10.0f, 111);
+  auto at = [&](int r, int v) -> float& { return logits[static_cast<size_t>(r * ld + v)]; };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  at(1, 150000) = 50.0f;  // row 1: exact tie between 70000 and 150000
+  at(1, 70000) = 50.0f;
+  for (int v = 0; v < V; ++v) at(2, v) = 1.25f;  // row 2: all equal
+  at(3, 0) = nan;  // row 3: NaN first, then a clear maximum
+  at(3, 99) = nan;
+  at(3, 4242) = 40.0f;
+  at(4, V - 1) = 30.0f;  // row 4: the maximum is the last element; the gap after V is larger
+  for (int64_t v = V; v < ld; ++v) at(4, static_cast<int>(v)) = 1000.0f;
+  for (int v = 0; v < V; ++v) at(5, v) = -inf;  // row 5: all -inf
+  for (int v = 0; v < V; ++v) at(6, v) = (v % 3 == 0) ? nan : -5.0f;  // row 6: NaNs among equal values
+  std::vector<int32_t> want(static_cast<size_t>(R));
+  for (int r = 0; r < R; ++r) {  // runtime::argmax's rule, with NaN never chosen over a number
+    int32_t best = -1;
+    for (int v = 0; v < V; ++v) {
+      const float x = at(r, v);
+      if (std::isnan(x)) continue;
+      if (best < 0 || x > at(r, best)) best = v;
+    }
+    want[static_cast<size_t>(r)] = best < 0 ? 0 : best;
+  }
+  EXPECT_EQ(want[1], 70000);
+  EXPECT_EQ(want[2], 0);
+  EXPECT_EQ(want[3], 4242);
+  EXPECT_EQ(want[4], V - 1);
+  EXPECT_EQ(want[5], 0);
+  EXPECT_EQ(want[6], 1);
+  Dev<float> dl(logits);
+  Dev<int32_t> dout(static_cast<size_t>(R));
+  cuda::argmax_rows(dl.get(), ld, R, V, dout.get(), nullptr);
+  EXPECT_EQ(dout.host(), want);
+}
+
+// ---- usage errors (host checks in the launchers) ------------------------------------------
+
+TEST(CudaSmallKernels, LaunchersRejectBadShapes) {
+  Dev<float> buf(64);
+  Dev<int32_t> ibuf(64);
+  float* f = buf.get();
+  const cuda::StepRows rows{ibuf.get(), ibuf.get(), ibuf.get(), 2};
+  EXPECT_THROW(cuda::rmsnorm(f, 4, 2, 0, nullptr, 1e-6f, f, 4, nullptr), Error);
+  EXPECT_THROW(cuda::rmsnorm(f, 3, 2, 4, nullptr, 1e-6f, f, 4, nullptr), Error);
+  cuda::HcDevice hc;
+  hc.n = 5;
+  hc.hidden = 4;
+  EXPECT_THROW(cuda::hc_pre(hc, f, 1, f, f, f, nullptr), Error);
+  EXPECT_THROW(cuda::hc_post(4, 4, f, 1, f, f, f, f, nullptr), Error);  // out aliases X
+  EXPECT_THROW(cuda::moe_route(rows, f, 8, 8, 9, f, nullptr, 1.0f, ibuf.get(), f, nullptr), Error);  // K > 8
+  EXPECT_THROW(cuda::moe_route(rows, f, 8, 8, 2, nullptr, nullptr, 1.0f, ibuf.get(), f, nullptr), Error);
+  EXPECT_THROW(cuda::argmax_rows(f, 4, 2, 8, ibuf.get(), nullptr), Error);  // ld < V
+  EXPECT_THROW(cuda::rope_rows(rows, f, 8, 1, 8, 8, cuda::RopeView{}, false, nullptr), Error);  // empty table
+}
+
+}  // namespace
+}  // namespace kiln::ops
