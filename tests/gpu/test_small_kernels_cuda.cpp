@@ -194,6 +194,8 @@ TEST(CudaSmallKernels, HcPreMatchesCpu) {
     d.sinkhorn_iters = c.iters;
     d.hc_eps = p.hc_eps;
     d.norm_eps = p.norm_eps;
+    Dev<float> work(static_cast<size_t>(cuda::hc_pre_workspace_floats(c.R, c.n, c.H)));
+    d.workspace = work.get();
     cuda::hc_pre(d, dX.get(), c.R, dcol.get(), dpost.get(), dcomb.get(), nullptr);
     // the mixes are sums of n*H products in another association; Sinkhorn divides a few times
     expect_close(dpost.host(), post, 2e-5f, what + " post");

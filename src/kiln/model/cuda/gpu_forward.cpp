@@ -63,7 +63,7 @@ struct OpTimer {
 
 struct GpuForward::Buffers {
   DeviceArray<int32_t> tok, slot, pos, src;
-  DeviceArray<float> X, Xn, u, y, post, comb;
+  DeviceArray<float> X, Xn, u, y, post, comb, hc_work;
   DeviceArray<float> qres, kv, q, o, mid;
   DeviceArray<float> ca, cz;                 // compressor projections [rows, widest]
   DeviceArray<float> iq, iw, iscratch;       // indexer
@@ -150,6 +150,7 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   Buffers& b = *buf_;
   b.tok = i32(Rm), b.slot = i32(Rm), b.pos = i32(Rm), b.src = i32(Rm);
   b.X = f(Rm * n * H), b.Xn = f(Rm * n * H), b.u = f(Rm * H), b.y = f(Rm * H), b.post = f(Rm * n), b.comb = f(Rm * n * n);
+  b.hc_work = f(oc::hc_pre_workspace_floats(static_cast<int>(Rm), static_cast<int>(n), static_cast<int>(H)));
   b.qres = f(Rm * c.q_lora_rank), b.kv = f(Rm * D), b.q = f(Rm * nh * D), b.o = f(Rm * nh * D);
   b.mid = f(Rm * c.o_groups * c.o_lora_rank);
   b.ca = f(Rm * widest), b.cz = f(Rm * widest);
@@ -465,6 +466,7 @@ oc::HcDevice hc(const PassCtx& p, const GpuHyper& h) {
   d.sinkhorn_iters = static_cast<int>(p.c.hc_sinkhorn_iters);
   d.hc_eps = p.hc_eps;
   d.norm_eps = p.eps;
+  d.workspace = p.b.hc_work.get();
   return d;
 }
 

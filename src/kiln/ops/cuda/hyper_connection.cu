@@ -64,14 +64,72 @@ __device__ __forceinline__ void collapse(int n, int H, const float* X, const flo
   }
 }
 
+constexpr int kSplitCols = 512;   // columns of the flattened row per split block
+constexpr int kMaxSplits = 64;
+constexpr int kPartThreads = 256;
+
+// Block (s, t): columns [s * cols, (s + 1) * cols) of row t: the partial sum of squares
+// and the partial products fn[k] . x (unnormalised) for k < rows, written to
+// part[(t * splits + s) * (MaxRows + 1) + (k | MaxRows for the sum of squares)].
+template <int MaxRows>
+__global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* __restrict__ X, int W, int cols,
+                                                                   const float* __restrict__ fn, int rows,
+                                                                   float* __restrict__ part) {
+  __shared__ float scratch[32 * (MaxRows + 1)];
+  const int s = blockIdx.x, t = blockIdx.y, splits = gridDim.x;
+  const float* x = X + static_cast<int64_t>(t) * W;
+  const int c0 = s * cols, c1 = min(W, c0 + cols);
+  float acc[MaxRows + 1];
+#pragma unroll
+  for (int k = 0; k <= MaxRows; ++k) acc[k] = 0.0f;
+  for (int i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
+    const float v = x[i];
+    acc[MaxRows] = __fadd_rn(acc[MaxRows], __fmul_rn(v, v));
+#pragma unroll
+    for (int k = 0; k < MaxRows; ++k) {
+      if (k < rows) acc[k] = __fadd_rn(acc[k], __fmul_rn(v, __ldg(fn + static_cast<int64_t>(k) * W + i)));
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int k = 0; k <= MaxRows; ++k) acc[k] = warp_sum(acc[k]);
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k <= MaxRows; ++k) scratch[warp * (MaxRows + 1) + k] = acc[k];
+  }
+  __syncthreads();
+  if (threadIdx.x <= MaxRows) {
+    float v = 0.0f;
+    for (int w = 0; w < nw; ++w) v += scratch[w * (MaxRows + 1) + threadIdx.x];
+    part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + threadIdx.x] = v;
+  }
+}
+
+// m[k] for k < rows from the partials of row t (splits added in order), in shared memory.
+template <int MaxRows>
+__device__ void mixes_from_partials(const float* part, int t, int splits, int W, int rows, float eps, float* m) {
+  __shared__ float scale;
+  if (threadIdx.x == 0) {
+    float ss = 0.0f;
+    for (int s = 0; s < splits; ++s) ss += part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + MaxRows];
+    scale = 1.0f / sqrtf(ss / static_cast<float>(W) + eps);
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + threadIdx.x];
+    m[threadIdx.x] = v * scale;
+  }
+  __syncthreads();
+}
+
 __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcDevice p, const float* __restrict__ X, float* collapsed,
-                                                          float* post, float* comb) {
-  __shared__ float scratch[32 * kMaxMixes];
+                                                          float* post, float* comb, int splits) {
   __shared__ float m[kMaxMixes];
   __shared__ float pre[kMaxStreams];
   const int n = p.n, H = p.hidden, W = n * H, t = blockIdx.x;
   const float* Xt = X + static_cast<int64_t>(t) * W;
-  row_mixes<kMaxMixes>(Xt, W, p.fn, (2 + n) * n, p.norm_eps, m, scratch);
+  mixes_from_partials<kMaxMixes>(p.workspace, t, splits, W, (2 + n) * n, p.norm_eps, m);
   if (threadIdx.x == 0) {
     const float s0 = p.scale[0], s1 = p.scale[1], s2 = p.scale[2], eps = p.hc_eps;
     for (int i = 0; i < n; ++i) {
@@ -158,6 +216,12 @@ void check_shape(const char* what, int n, int H, int R) {
 
 }  // namespace
 
+int hc_mix_splits(int width) { return std::clamp((width + kSplitCols - 1) / kSplitCols, 1, kMaxSplits); }
+
+int64_t hc_pre_workspace_floats(int R, int n, int hidden) {
+  return static_cast<int64_t>(R) * hc_mix_splits(n * hidden) * (kMaxMixes + 1);
+}
+
 void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
   check_shape("hc_pre", p.n, p.hidden, R);
   if (R == 0) return;
@@ -165,7 +229,12 @@ void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* p
   if (X == nullptr || collapsed == nullptr || post == nullptr || comb == nullptr) {
     fail(ErrorKind::Usage, "cuda::hc_pre: null X, collapsed, post or comb");
   }
-  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb);
+  if (p.workspace == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null workspace (hc_pre_workspace_floats)");
+  const int W = p.n * p.hidden, splits = hc_mix_splits(W);
+  mix_partial_kernel<kMaxMixes><<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(R)), kPartThreads, 0, stream>>>(
+      X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n, p.workspace);
+  KILN_CUDA_CHECK_LAUNCH();
+  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

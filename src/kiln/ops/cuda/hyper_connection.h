@@ -18,9 +18,18 @@ struct HcDevice {
   int sinkhorn_iters = 0;
   float hc_eps = 0;
   float norm_eps = 0;
+  // Workspace for the split mix products: hc_pre_workspace_floats(R, n, hidden) floats.
+  float* workspace = nullptr;
 };
 
-// collapsed [R, H], post [R, n], comb [R, n, n] as cpu::hc_pre.
+// The mix products fn . X[t] (24 rows over n*H columns for V4) are split over
+// hc_mix_splits(n*H) blocks per row, so one row does not stream fn through one
+// multiprocessor; their partial sums land in the workspace and are added in split order.
+int hc_mix_splits(int width);
+int64_t hc_pre_workspace_floats(int R, int n, int hidden);
+
+// collapsed [R, H], post [R, n], comb [R, n, n] as cpu::hc_pre (up to the association of
+// the mix sums: m = (sum of the splits' partial fn . x) * rsqrt(mean(x^2) + eps)).
 void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream);
 
 // out [R, n, H] = cpu::hc_post (out must not alias X).
