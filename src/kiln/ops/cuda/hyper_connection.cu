@@ -130,50 +130,44 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcDevice p, const floa
   const int n = p.n, H = p.hidden, W = n * H, t = blockIdx.x;
   const float* Xt = X + static_cast<int64_t>(t) * W;
   mixes_from_partials<kMaxMixes>(p.workspace, t, splits, W, (2 + n) * n, p.norm_eps, m);
-  if (threadIdx.x == 0) {
+  // Warp 0: lane e < n*n owns comb element (i, j) = (e / n, e % n); every row / column sum
+  // is gathered with shuffles in the CPU's order (i or j ascending from 0), so each lane
+  // computes exactly the CPU's sum, and the whole Sinkhorn runs in lock step (a single
+  // thread doing it serially cost tens of microseconds per call).
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
     const float s0 = p.scale[0], s1 = p.scale[1], s2 = p.scale[2], eps = p.hc_eps;
-    for (int i = 0; i < n; ++i) {
-      pre[i] = sigmoid(__fadd_rn(__fmul_rn(m[i], s0), p.base[i])) + eps;
-      post[t * n + i] = 2.0f * sigmoid(__fadd_rn(__fmul_rn(m[n + i], s1), p.base[n + i]));
+    if (lane < n) {
+      pre[lane] = sigmoid(__fadd_rn(__fmul_rn(m[lane], s0), p.base[lane])) + eps;
+      post[t * n + lane] = 2.0f * sigmoid(__fadd_rn(__fmul_rn(m[n + lane], s1), p.base[n + lane]));
     }
-    float c[kMaxStreams * kMaxStreams];
-    for (int i = 0; i < n; ++i) {
-      float* row = c + i * n;
-      float mx = -INFINITY;
-      for (int j = 0; j < n; ++j) {
-        row[j] = __fadd_rn(__fmul_rn(m[2 * n + i * n + j], s2), p.base[2 * n + i * n + j]);
-        mx = fmaxf(mx, row[j]);
-      }
-      float sum = 0.0f;
-      for (int j = 0; j < n; ++j) {
-        row[j] = expf(row[j] - mx);
-        sum += row[j];
-      }
-      for (int j = 0; j < n; ++j) row[j] = row[j] / sum + eps;
-    }
-    // Sinkhorn as the CPU: columns once, then (iters - 1) times rows then columns.
-    auto norm_cols = [&] {
-      for (int j = 0; j < n; ++j) {
-        float s = 0.0f;
-        for (int i = 0; i < n; ++i) s += c[i * n + j];
-        s += eps;
-        for (int i = 0; i < n; ++i) c[i * n + j] /= s;
-      }
+    const int e = min(lane, n * n - 1), i = e / n, j = e - i * n;
+    const unsigned full = 0xFFFFFFFFu;
+    float v = __fadd_rn(__fmul_rn(m[2 * n + e], s2), p.base[2 * n + e]);
+    float mx = -INFINITY;
+    for (int jj = 0; jj < n; ++jj) mx = fmaxf(mx, __shfl_sync(full, v, i * n + jj));
+    v = expf(v - mx);
+    float sum = 0.0f;
+    for (int jj = 0; jj < n; ++jj) sum += __shfl_sync(full, v, i * n + jj);
+    v = v / sum + eps;
+    auto norm_col = [&] {
+      float cs = 0.0f;
+      for (int ii = 0; ii < n; ++ii) cs += __shfl_sync(full, v, ii * n + j);
+      cs += eps;
+      v = v / cs;
     };
-    auto norm_rows = [&] {
-      for (int i = 0; i < n; ++i) {
-        float s = 0.0f;
-        for (int j = 0; j < n; ++j) s += c[i * n + j];
-        s += eps;
-        for (int j = 0; j < n; ++j) c[i * n + j] /= s;
-      }
+    auto norm_row = [&] {
+      float rs = 0.0f;
+      for (int jj = 0; jj < n; ++jj) rs += __shfl_sync(full, v, i * n + jj);
+      rs += eps;
+      v = v / rs;
     };
-    norm_cols();
+    norm_col();
     for (int it = 1; it < p.sinkhorn_iters; ++it) {
-      norm_rows();
-      norm_cols();
+      norm_row();
+      norm_col();
     }
-    for (int k = 0; k < n * n; ++k) comb[static_cast<int64_t>(t) * n * n + k] = c[k];
+    if (lane < n * n) comb[static_cast<int64_t>(t) * n * n + lane] = v;
   }
   __syncthreads();
   collapse(n, H, Xt, pre, collapsed + static_cast<int64_t>(t) * H);
