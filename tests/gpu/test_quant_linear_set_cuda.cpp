@@ -7,9 +7,10 @@
 //
 // Indexed: sets of one scheme and of mixed schemes, random expert ids with repeats and
 // ids out of range, x_div 1 and 4, aligned and odd x rows. Each pair's row must be
-// bitwise the row that expert's own QuantLinear::forward gives for that one x row (and
-// within tolerance of the CPU reference); pairs naming no expert, and the gap between n
-// and ldy, must keep their poison bits.
+// within tolerance of the CPU reference, and with a single pair bitwise the row that
+// expert's own QuantLinear::forward gives for that x row (more pairs take fewer lanes per
+// row, hence another association of the sums); pairs naming no expert, and the gap
+// between n and ldy, must keep their poison bits.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -212,7 +213,7 @@ void check_indexed(const std::vector<Case>& cases, const std::string& label, int
           ADD_FAILURE() << "pair " << i << " (expert " << e << ") wrote y[" << i << ", " << o << "]";
         continue;
       }
-      if (bits(y[at]) != bits(want[at]) && ++bad <= 3)
+      if (P == 1 && bits(y[at]) != bits(want[at]) && ++bad <= 3)
         ADD_FAILURE() << "pair " << i << " (expert " << e << ", " << cases[static_cast<size_t>(e)].label << ") y[" << o
                       << "] = " << y[at] << ", its QuantLinear::forward gives " << want[at];
       double ref = 0;
@@ -231,11 +232,12 @@ std::vector<Case> experts_of_scheme(size_t s, int count, int64_t n, int64_t k, u
   return cases;
 }
 
-TEST(CudaQuantLinearSet, EachSchemeMatchesItsOwnForwardBitwise) {
+TEST(CudaQuantLinearSet, EachSchemeMatchesTheReferenceAndOnePairItsOwnForwardBitwise) {
   for (size_t s = 0; s < 5; ++s) {
     for (int64_t k : {256, 208}) {  // 208: the 4-bit schemes stage x
       const auto cases = experts_of_scheme(s, 5, 72, k, 31 + static_cast<uint32_t>(s));
       for (bool odd : {false, true}) {
+        check_indexed(cases, cases[0].label, 1, 1, odd, 40);  // one pair: bitwise its forward
         check_indexed(cases, cases[0].label, 1, 37, odd, 41);
         check_indexed(cases, cases[0].label, 4, 40, odd, 42);  // (token, slot) pairs of a top-4 routing
       }
@@ -243,7 +245,7 @@ TEST(CudaQuantLinearSet, EachSchemeMatchesItsOwnForwardBitwise) {
   }
 }
 
-TEST(CudaQuantLinearSet, MixedSchemesMatchTheirOwnForwardBitwise) {
+TEST(CudaQuantLinearSet, MixedSchemesMatchTheReference) {
   for (int64_t k : {256, 208}) {
     std::vector<Case> cases = one_of_each_scheme(96, k, 51);
     for (Case& c : one_of_each_scheme(96, k, 52)) cases.push_back(std::move(c));

@@ -7,8 +7,14 @@
 // forward_indexed launches the indexed kernel once per present scheme over all P pairs,
 // and each block reads its pair's expert id from device memory and returns at once when
 // the id is out of range or the expert belongs to another scheme's launch. All experts of
-// one scheme have the same [n, k], hence the same one-token plan (lanes, rows per thread,
-// row blocks), which the launch uses.
+// one scheme have the same [n, k], hence the same one-token plan; the launch keeps its
+// rows per thread and picks the lanes per row for the pair count P the way QuantLinear
+// picks them for M tokens (the fewest lanes, >= 8, that give every multiprocessor two
+// blocks across all P pairs). With one pair that is the one-token plan, so a single
+// pair sums exactly as its expert's QuantLinear::forward; with more pairs each thread
+// walks more chunks of its row (a one-expert plan with P times the blocks left every
+// thread a single chunk at decode sizes: latency-bound), and the sums are associated
+// differently (fp32, within the kernels' tolerance of the reference).
 //
 // x staging: when k is not a whole number of chunks for some present scheme, or x rows
 // are not 16-byte aligned, the ceil(P / x_div) x rows are first copied into a zero-padded
@@ -16,6 +22,7 @@
 // present schemes, so every scheme reads the same values its own QuantLinear would).
 // Calls that stage must therefore not run concurrently on two streams for the same set.
 #include <algorithm>
+#include <bit>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,7 +46,7 @@ struct QuantLinearSet::Impl {
   struct Launch {
     LinearScheme scheme{};
     detail::IndexedLaunchFn fn = nullptr;
-    detail::LaunchShape shape;
+    std::vector<detail::LaunchShape> shapes;  // [P - 1] for P = 1 .. max_pairs
     const LinearParams* table = nullptr;  // [count], inside `tables`
   };
   std::vector<Launch> launches;  // one per scheme present, in LinearScheme order
@@ -91,7 +98,22 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
     impl->kp = std::max(impl->kp, first->kp);
     Impl::Launch l;
     l.scheme = s;
-    l.shape = first->plans[0].shape;
+    {
+      int dev = 0, sms = 0;
+      KILN_CUDA_CHECK(cudaGetDevice(&dev));
+      KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      const int kc = first->params.kc, rw = first->plans[0].rw;
+      const int max_lk_log2 =
+          std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(std::max(kc, 8) - 1))), 3, 8);
+      for (int P = 1; P <= max_pairs; ++P) {
+        int lk = 3;
+        while (lk < max_lk_log2 && static_cast<int64_t>(detail::row_blocks(impl->n, rw, lk)) * P < 2 * sms) ++lk;
+        detail::LaunchShape sh = first->plans[0].shape;
+        sh.lk_log2 = lk;
+        sh.blocks = detail::row_blocks(impl->n, rw, lk);
+        l.shapes.push_back(sh);
+      }
+    }
     l.fn = detail::select_indexed_launcher(s, first->plans[0].rw);
     if (!l.fn) fail_invalid("internal: no indexed {} kernel for {} rows per thread", linear_scheme_name(s), first->plans[0].rw);
     impl->launches.push_back(l);
@@ -131,7 +153,8 @@ void QuantLinearSet::forward_indexed(const float* x, int64_t ldx, int x_div, con
     x = xp;
     ldx = d.kp;
   }
-  for (const auto& l : d.launches) l.fn(l.table, d.count, l.shape, x, ldx, x_div, expert, P, y, ldy, st);
+  for (const auto& l : d.launches)
+    l.fn(l.table, d.count, l.shapes[static_cast<size_t>(P - 1)], x, ldx, x_div, expert, P, y, ldy, st);
 }
 
 int QuantLinearSet::count() const { return impl_->count; }
