@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "kiln/cli/quantize.h"
+#include "kiln/cli/run_commands.h"
 #include "kiln/model/cuda/gpu_forward.h"
 #include "kiln/runtime/cuda/gpu_generate.h"
 #include "kiln/runtime/loaded_model.h"
@@ -238,6 +239,42 @@ TEST(GpuForward, BadRowsAreClearErrors) {
   EXPECT_THROW(g.main(std::span(&tok, 1), std::span(&slot, 1), std::span(&bad_pos, 1)), Error);
   EXPECT_THROW(g.main(std::span(&bad_tok, 1), std::span(&slot, 1), std::span(&pos, 1)), Error);
   EXPECT_THROW(g.mtp(5, std::span(&tok, 1), std::span(&slot, 1), std::span(&pos, 1), std::span(&pos, 1), false), Error);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// `kiln generate --device cuda` (plain and --mtp, on the bundled trained model) prints the
+// tokens `--device cpu` prints.
+TEST(GpuGenerateCli, CudaTokensEqualCpuTokens) {
+  const fs::path model = fs::path(KILN_TEST_DATA_DIR).parent_path().parent_path() / "models" / "kiln-dsv4-mini";
+  for (int mtp : {0, 2}) {
+    std::string outs[2];
+    for (int d = 0; d < 2; ++d) {
+      cli::GenerateOptions o;
+      o.model = model;
+      o.tokens = "5,17,42,100,3,9,200,11,12";
+      o.max_tokens = 40;
+      o.ignore_eos = true;
+      o.device = d == 0 ? "cpu" : "cuda";
+      if (mtp > 0) o.mtp = mtp;
+      std::ostringstream out, err;
+      ASSERT_EQ(cli::run_generate(o, out, err), 0) << err.str();
+      outs[d] = out.str();
+    }
+    EXPECT_EQ(outs[1], outs[0]) << "mtp " << mtp;
+    EXPECT_GT(outs[0].size(), 40u);
+  }
+  cli::GenerateOptions o;
+  o.model = model;
+  o.tokens = "5,17";
+  o.device = "cuda";
+  o.sampling.temperature = 0.7f;
+  std::ostringstream out, err;
+  EXPECT_THROW(cli::run_generate(o, out, err), Error);  // sampling on the GPU: a clear usage error
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// `kiln score` and `kiln generate` on the CPU reference backend.
+// `kiln score` (CPU reference backend) and `kiln generate` (CPU, or greedy on the CUDA
+// backend with --device cuda).
 #pragma once
 
 #include <cstdint>
