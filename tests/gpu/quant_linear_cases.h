@@ -22,6 +22,7 @@
 #include "kiln/model/weights.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
+#include "kiln/model/cuda/linear_source.h"
 #include "kiln/quant/quantize.h"
 #include "support/artifacts.h"
 
@@ -30,48 +31,10 @@ namespace kiln::ops::test_linear {
 using quant::QTensor;
 using Fields = std::vector<std::pair<std::string, QTensor>>;
 
-// The loader's view of one planned module as the CUDA prepare step takes it.
+// The loader's view of one planned module as the CUDA prepare step takes it (the GPU
+// model loader's own function).
 inline HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m) {
-  auto bytes = [&](const std::string& f) {
-    const TensorSlice& s = m.fields.at(f);
-    auto d = ckpt.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
-    return HostBytes{d.data(), d.size()};
-  };
-  auto f32 = [&](const std::string& f) {
-    float v;
-    std::memcpy(&v, bytes(f).data, 4);
-    return v;
-  };
-  const Scheme& sc = m.scheme;
-  HostQuantLinear h;
-  h.name = m.path.c_str();
-  h.n = m.n;
-  h.k = m.k;
-  const std::string wf = m.fields.count("weight") ? "weight" : "weight_packed";
-  h.weight = bytes(wf);
-  h.weight_dtype = m.fields.at(wf).dtype();
-  switch (sc.kind) {
-    case SchemeKind::BF16: h.scheme = LinearScheme::BF16; break;
-    case SchemeKind::FP8Block: h.scheme = LinearScheme::FP8Block; break;
-    case SchemeKind::Int4Group: h.scheme = LinearScheme::Int4Group; break;
-    case SchemeKind::MXFP4: h.scheme = LinearScheme::MXFP4; break;
-    case SchemeKind::NVFP4: h.scheme = LinearScheme::NVFP4; break;
-  }
-  if (sc.kind != SchemeKind::BF16) {
-    const std::string sf = sc.kind == SchemeKind::Int4Group ? "weight_scale" : sc.scale_field;
-    const TensorSlice& st = m.fields.at(sf);
-    h.scale = bytes(sf);
-    h.scale_dtype = st.dtype();
-    const auto shp = st.shape();
-    h.scale_rows = shp.at(0);
-    h.scale_cols = shp.size() > 1 ? shp.at(1) : 1;
-    h.block_n = sc.block_n;
-    h.block_k = sc.block_k;
-  }
-  if (sc.zero_point) h.zero_point = bytes("weight_zero_point");
-  if (sc.global == GlobalScaleConvention::Multiplier) h.global = f32("weight_scale_2");
-  if (sc.global == GlobalScaleConvention::Divisor) h.global = 1.0f / f32("weight_global_scale");
-  return h;
+  return model::cuda::host_view(ckpt, m);
 }
 
 struct Case {

@@ -247,17 +247,7 @@ struct Forward::Impl {
     validate();
   }
 
-  cpu::RopeSpec spec(const RopeParams& p) const {
-    cpu::RopeSpec s;
-    s.dim = c.rope_head_dim;
-    s.theta = p.theta;
-    s.yarn = p.yarn;
-    s.factor = p.factor;
-    s.original_max_position = p.original_max_position;
-    s.beta_fast = p.beta_fast;
-    s.beta_slow = p.beta_slow;
-    return s;
-  }
+  cpu::RopeSpec spec(const RopeParams& p) const { return rope_spec(c, p); }
 
   // Sliding-window layers use the main rope (rope_theta); CSA/HCA layers the compress
   // rope (compress_rope_theta, YaRN) for q, kv, compressed entries, indexer and output.

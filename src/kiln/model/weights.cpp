@@ -377,6 +377,18 @@ Block block(const Binder& b, const ModelConfig& cfg, const std::string& p, int64
 
 }  // namespace
 
+ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p) {
+  ops::cpu::RopeSpec s;
+  s.dim = c.rope_head_dim;
+  s.theta = p.theta;
+  s.yarn = p.yarn;
+  s.factor = p.factor;
+  s.original_max_position = p.original_max_position;
+  s.beta_fast = p.beta_fast;
+  s.beta_slow = p.beta_slow;
+  return s;
+}
+
 Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt) {
   if (!plan.loadable()) {
     fail_invalid("{}: the checkpoint is not loadable ({} errors, {} missing tensors); run `kiln inspect` for the report",

@@ -12,6 +12,7 @@
 
 #include "kiln/io/config.h"
 #include "kiln/ops/cpu/quant_linear.h"
+#include "kiln/ops/cpu/rope.h"
 
 namespace kiln {
 class Checkpoint;
@@ -120,6 +121,10 @@ struct LoadOptions {
   // (bitwise the same results, fewer resident bytes).
   bool dequantize = false;
 };
+
+// The rotary embedding of one of the config's two ropes (SWA layers: rope_main; CSA/HCA:
+// rope_compress) over the last rope_head_dim channels, as both backends build it.
+ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
 
 // Resident bytes of all linear modules' weights (fp32 or prepared quantized form).
 uint64_t linear_weight_bytes(const Weights& w);

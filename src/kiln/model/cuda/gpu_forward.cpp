@@ -23,17 +23,6 @@ namespace oc = kiln::ops::cuda;
 
 namespace {
 
-ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p) {
-  ops::cpu::RopeSpec s;
-  s.dim = c.rope_head_dim;
-  s.theta = p.theta;
-  s.yarn = p.yarn;
-  s.factor = p.factor;
-  s.original_max_position = p.original_max_position;
-  s.beta_fast = p.beta_fast;
-  s.beta_slow = p.beta_slow;
-  return s;
-}
 
 float fpow(double base, double e) { return static_cast<float>(std::pow(base, e)); }
 
