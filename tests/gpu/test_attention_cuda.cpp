@@ -127,8 +127,15 @@ void run_case(const AttnCase& ac, const std::vector<SlotPlan>& plan, uint32_t se
   comp.dim = D;
   comp.ratio = ac.ratio;
   window_write(ds.rows, d_kv.get(), ldkv, ring, nullptr);
+  // Without a workspace (one block per row and head group), and with one (keys split over
+  // blocks when the rows do not fill the GPU, merged by the combine kernel).
+  DevBuf<float> d_work(std::vector<float>(static_cast<size_t>(std::max<int64_t>(1, attention_workspace_floats(R, H, D))), 0.0f));
+  for (bool split : {false, true}) {
+  SCOPED_TRACE(split ? "split keys" : "unsplit");
+  KILN_CUDA_CHECK(cudaMemset(d_o.get(), 0, static_cast<size_t>(R * ldo) * sizeof(float)));
   attention(ds.rows, d_q.get(), ldq, H, scale, d_sink.get(), ring, ac.window, ac.keys,
-            ac.keys == AttnKeys::Window ? nullptr : &comp, d_sel.get(), d_nsel.get(), topk, d_o.get(), ldo, nullptr);
+            ac.keys == AttnKeys::Window ? nullptr : &comp, d_sel.get(), d_nsel.get(), topk, d_o.get(), ldo, nullptr,
+            split ? d_work.get() : nullptr);
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<float> got = d_o.download();
   for (int r = 0; r < R; ++r) {
@@ -137,6 +144,7 @@ void run_case(const AttnCase& ac, const std::vector<SlotPlan>& plan, uint32_t se
       expect_close(got.data() + r * ldo + int64_t{h} * D, want.data() + r * ldo + int64_t{h} * D, static_cast<size_t>(D),
                    "o head " + std::to_string(h), 1e-5f, -1.0f);
     for (int64_t i = int64_t{H} * D; i < ldo; ++i) EXPECT_EQ(got[static_cast<size_t>(r * ldo + i)], 0.0f) << "o written past heads * dim";
+  }
   }
 }
 

@@ -57,6 +57,7 @@ struct GpuForward::Buffers {
   DeviceArray<float> ca, cz;                 // compressor projections [rows, widest]
   DeviceArray<float> iq, iw, iscratch;       // indexer
   DeviceArray<int32_t> sel, nsel;
+  DeviceArray<float> attn_work;              // split-key attention partials
   DeviceArray<float> glog, wt, g, up, ye;    // routed experts ([rows * K, .])
   DeviceArray<int32_t> idx;
   DeviceArray<float> sg, su, sy;             // shared expert
@@ -146,6 +147,7 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   b.iq = f(Rm * std::max<int64_t>(1, c.index_n_heads * c.index_head_dim)), b.iw = f(Rm * std::max<int64_t>(1, c.index_n_heads));
   b.iscratch = f(Rm * index_entries);
   b.sel = i32(Rm * std::max<int64_t>(1, c.index_topk)), b.nsel = i32(Rm);
+  b.attn_work = f(std::max<int64_t>(1, oc::attention_workspace_floats(static_cast<int>(Rm), static_cast<int>(nh), static_cast<int>(D))));
   b.glog = f(Rm * E), b.wt = f(Rm * K), b.idx = i32(Rm * K);
   b.g = f(Rm * K * inter), b.up = f(Rm * K * inter), b.ye = f(Rm * K * H);
   b.sg = f(Rm * shared_inter), b.su = f(Rm * shared_inter), b.sy = f(Rm * H);
@@ -405,7 +407,7 @@ void attention(const PassCtx& p, const GpuAttention& a, GpuForward::SlotState& s
                                                       : oc::AttnKeys::Window;
   oc::attention(p.rows, b.q.get(), nh * D, static_cast<int>(nh), fpow(static_cast<double>(D), -0.5), a.sink.get(), st.ring,
                 static_cast<int>(c.sliding_window), keys, st.has_comp ? &st.comp : nullptr, b.sel.get(), b.nsel.get(),
-                std::max(topk, 1), b.o.get(), nh * D, p.s);
+                std::max(topk, 1), b.o.get(), nh * D, p.s, b.attn_work.get());
   oc::rope_rows(p.rows, b.o.get(), nh * D, static_cast<int>(nh), D, static_cast<int>(D), rope, true, p.s);
   p.mark("attention core + inverse rope");
   const int64_t G = c.o_groups, Rlo = c.o_lora_rank;

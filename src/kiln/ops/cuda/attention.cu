@@ -8,6 +8,7 @@
 // exp(m_old - m_new)), started with the sink: m = sink, l = exp(sink - sink) = 1, o = 0,
 // which gives exactly the CPU's form exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to
 // the rounding of the rescaling products.
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -71,7 +72,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
                                                                  WindowRing ring, int window, AttnKeys keys, CompressorRing comp,
                                                                  const int32_t* __restrict__ sel,
                                                                  const int32_t* __restrict__ nsel, int topk, float* o,
-                                                                 int64_t ldo) {
+                                                                 int64_t ldo, float* __restrict__ part) {
   extern __shared__ float smem[];
   const int kKeyTile = key_tile(ring.dim);
   const int dim = ring.dim;
@@ -107,13 +108,25 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     const int64_t vis = (pos + 1) / comp.ratio;
     src.ncomp = (int)(vis < comp.max_entries ? vis : comp.max_entries);
   }
-  const int nk = src.nwin + src.ncomp;
+  const int nk_all = src.nwin + src.ncomp;
+  // Split keys (gridDim.z > 1): this block takes keys [kb, ke) and writes its running max,
+  // denominator and unnormalised output to `part`; attention_combine adds the sink and
+  // merges the splits in order.
+  const int splits = gridDim.z;
+  const int chunk = (nk_all + splits - 1) / splits;
+  const int kb = min(nk_all, static_cast<int>(blockIdx.z) * chunk), ke = min(nk_all, kb + chunk);
+  const int nk = ke - kb;
 
   for (int i = tid; i < hn * dim; i += blockDim.x) qs[i] = q[r * ldq + (int64_t)h0 * dim + i];
   if (tid < kHeadGroup) {
-    const float sk = tid < hn ? sink[h0 + tid] : 0.0f;
-    ms[tid] = sk;
-    ls[tid] = 1.0f;  // exp(sink - m) with m = sink
+    if (splits == 1) {
+      const float sk = tid < hn ? sink[h0 + tid] : 0.0f;
+      ms[tid] = sk;
+      ls[tid] = 1.0f;  // exp(sink - m) with m = sink
+    } else {
+      ms[tid] = -INFINITY;  // the sink joins in attention_combine
+      ls[tid] = 0.0f;
+    }
   }
   float acc[kHeadGroup][kChanPerThread];
 #pragma unroll
@@ -127,7 +140,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     // A warp per key row: the row's address (ring modulo or selected index) is worked out
     // once per row, and the lanes read it coalesced.
     for (int kk = warp; kk < kn; kk += nwarps) {
-      const float* kr = src.key(k0 + kk);
+      const float* kr = src.key(kb + k0 + kk);
       for (int c = lane; c < dim; c += 32) ks[kk * dim + c] = kr[c];
     }
     __syncthreads();
@@ -147,7 +160,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
       const int h = tid;
       float mx = ms[h];
       for (int kk = 0; kk < kn; ++kk) mx = fmaxf(mx, ps[h * kKeyTile + kk]);
-      const float cf = expf(ms[h] - mx);
+      const float cf = mx == -INFINITY ? 1.0f : expf(ms[h] - mx);
       float l = ls[h] * cf;
       for (int kk = 0; kk < kn; ++kk) {
         const float e = expf(ps[h * kKeyTile + kk] - mx);
@@ -175,6 +188,21 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     }
   }
   __syncthreads();
+  if (splits > 1) {
+    // part[((r * heads + h) * splits + split) * (dim + 2) + {0: m, 1: l, 2..: o}]
+#pragma unroll
+    for (int h = 0; h < kHeadGroup; ++h) {
+      if (h >= hn) continue;
+      float* pp = part + ((static_cast<int64_t>(r) * heads + h0 + h) * splits + blockIdx.z) * (dim + 2);
+      if (tid == 0) pp[0] = ms[h], pp[1] = ls[h];
+#pragma unroll
+      for (int t = 0; t < kChanPerThread; ++t) {
+        const int c = tid + t * kAttnThreads;
+        if (c < dim) pp[2 + c] = acc[h][t];
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int t = 0; t < kChanPerThread; ++t) {
     const int c = tid + t * kAttnThreads;
@@ -184,6 +212,49 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
         if (h < hn) o[r * ldo + (int64_t)(h0 + h) * dim + c] = acc[h][t] / ls[h];
     }
   }
+}
+
+// Merges the splits of every (row, head): M = max(sink, m_s), L = exp(sink - M) +
+// sum_s l_s exp(m_s - M), o = sum_s o_s exp(m_s - M) / L (splits in order).
+__global__ void attention_combine_kernel(const float* __restrict__ part, int heads, int splits, int dim,
+                                         const float* __restrict__ sink, float* __restrict__ o, int64_t ldo) {
+  const int r = blockIdx.x, h = blockIdx.y;
+  const float* pp = part + (static_cast<int64_t>(r) * heads + h) * splits * (dim + 2);
+  const float sk = sink[h];
+  float M = sk;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, pp[s * (dim + 2)]);
+  float L = expf(sk - M);
+  for (int s = 0; s < splits; ++s) {
+    const float m = pp[s * (dim + 2)];
+    if (m != -INFINITY) L += pp[s * (dim + 2) + 1] * expf(m - M);
+  }
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float m = pp[s * (dim + 2)];
+      if (m != -INFINITY) v += pp[s * (dim + 2) + 2 + c] * expf(m - M);
+    }
+    o[r * ldo + static_cast<int64_t>(h) * dim + c] = v / L;
+  }
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    KILN_CUDA_CHECK(cudaGetDevice(&dev));
+    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return n;
+}
+
+// Key splits for R rows of `heads` heads: enough blocks for two per multiprocessor (at
+// most 16 splits); 1 (no split) once the rows and head groups fill the GPU.
+int attention_splits(int R, int heads) {
+  const int hg = R < kNarrowBelowRows ? kHeadGroupNarrow : kHeadGroupWide;
+  const int64_t blocks = static_cast<int64_t>(R) * ((heads + hg - 1) / hg);
+  const int64_t want = (2 * static_cast<int64_t>(sm_count()) + blocks - 1) / blocks;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, 16));
 }
 
 }  // namespace
@@ -203,7 +274,7 @@ void window_write(const StepRows& rows, const float* kv, int64_t ldkv, const Win
 
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
                const WindowRing& ring, int window, AttnKeys keys, const CompressorRing* comp, const int32_t* sel,
-               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream) {
+               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace) {
   if (rows.R < 0) fail(ErrorKind::Usage, "attention: rows.R is {}, expected >= 0", rows.R);
   if (rows.R == 0) return;
   if (!rows.slot || !rows.pos) fail(ErrorKind::Usage, "attention: rows.slot / rows.pos must be non-null");
@@ -227,19 +298,35 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
     if (!sel || !nsel) fail(ErrorKind::Usage, "attention: WindowAndSelected needs sel and nsel, got null");
     if (topk <= 0) fail(ErrorKind::Usage, "attention: topk {} must be positive with WindowAndSelected", topk);
   }
+  const int splits = workspace ? attention_splits(rows.R, heads) : 1;
   auto launch = [&](auto group) {
     constexpr int hg = decltype(group)::value;
-    const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg));
+    const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg),
+                    static_cast<unsigned>(splits));
     const int kKeyTile = key_tile(dim);
     const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 3 * hg);
     attention_kernel<hg><<<grid, kAttnThreads, smem, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel,
-                                                               nsel, topk, o, ldo);
+                                                               nsel, topk, o, ldo, workspace);
   };
   if (rows.R < kNarrowBelowRows)
     launch(std::integral_constant<int, kHeadGroupNarrow>{});
   else
     launch(std::integral_constant<int, kHeadGroupWide>{});
   KILN_CUDA_CHECK_LAUNCH();
+  if (splits > 1) {
+    attention_combine_kernel<<<dim3(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads)), 128, 0, stream>>>(
+        workspace, heads, splits, dim, sink, o, ldo);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
+
+int64_t attention_workspace_floats(int max_rows, int heads, int dim) {
+  int64_t most = 0;
+  for (int R = 1; R <= max_rows; ++R) {
+    const int s = attention_splits(R, heads);
+    if (s > 1) most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * s * (dim + 2));
+  }
+  return most;
 }
 
 }  // namespace kiln::ops::cuda

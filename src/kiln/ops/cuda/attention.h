@@ -84,8 +84,15 @@ enum class AttnKeys : uint8_t { Window, WindowAndSelected, WindowAndAll };
 // s_k = (q_h . key_k) * scale; m = max(sink_h, max_k s_k);
 // o_h = sum_k exp(s_k - m) / (sum_k exp(s_k - m) + exp(sink_h - m)) * key_k.
 // q, o: [R, heads * dim], rows ldq / ldo apart (dim = ring.dim = comp.dim).
+// workspace (optional, attention_workspace_floats(max rows, heads, dim) floats): when given
+// and the rows' head groups do not fill the GPU (decode), each row's keys are split over
+// several blocks whose partial softmax sums a second kernel merges with the sink
+// (flash-decoding); the result differs from the unsplit one only by fp32 rounding.
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
                const WindowRing& ring, int window, AttnKeys keys, const CompressorRing* comp, const int32_t* sel,
-               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream);
+               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace = nullptr);
+
+// Workspace floats attention() needs for any R <= max_rows (0: it never splits).
+int64_t attention_workspace_floats(int max_rows, int heads, int dim);
 
 }  // namespace kiln::ops::cuda
