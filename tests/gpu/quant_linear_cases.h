@@ -102,8 +102,8 @@ struct LoadedCase {
 
 // One [n, k] case of every scheme from the same float weight (k even and a multiple of 16
 // for the fp4 schemes): bf16, fp8_block (128 x 128 E8M0), int4 asymmetric (group 32),
-// mxfp4, nvfp4.
-inline std::vector<Case> one_of_each_scheme(int64_t n, int64_t k, uint32_t seed) {
+// mxfp4, nvfp4. int4_group: the int4 group size.
+inline std::vector<Case> one_of_each_scheme(int64_t n, int64_t k, uint32_t seed, int int4_group = 32) {
   auto w = random_matrix(n, k, seed);
   std::vector<Case> cases;
   cases.push_back({"bf16", {{"weight", quant::encode_floats(w, {n, k}, DType::BF16)}}, n, k});
@@ -111,7 +111,7 @@ inline std::vector<Case> one_of_each_scheme(int64_t n, int64_t k, uint32_t seed)
   cases.push_back({"fp8_block", {{"weight", f8.weight}, {"scale", f8.scale}}, n, k});
   quant::Int4Options io;
   io.symmetric = false;
-  io.group = 32;
+  io.group = int4_group;
   auto i4 = quant::quantize_int4_group(w, n, k, io);
   cases.push_back({"int4 asym", {{"weight_packed", i4.packed}, {"weight_scale", i4.scale}, {"weight_shape", i4.shape},
                                  {"weight_zero_point", *i4.zero_point}}, n, k});

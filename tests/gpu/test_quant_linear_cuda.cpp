@@ -182,20 +182,8 @@ TEST(CudaQuantLinear, EveryTokenCount) {
 // covered above), each scheme on a shape with a partial chunk and a partial row block.
 TEST(CudaQuantLinear, RowsPerThreadVariants) {
   const int64_t n = 37, k = 208;
-  auto w = random_matrix(n, k, 7);
-  std::vector<Case> cases;
-  cases.push_back({"bf16", {{"weight", quant::encode_floats(w, {n, k}, DType::BF16)}}, n, k});
-  auto f8 = quant::quantize_fp8_block(w, n, k);
-  cases.push_back({"fp8_block", {{"weight", f8.weight}, {"scale", f8.scale}}, n, k});
-  quant::Int4Options io;
-  io.symmetric = false;
-  auto i4 = quant::quantize_int4_group(w, n, k, io);
-  cases.push_back({"int4 asym", {{"weight_packed", i4.packed}, {"weight_scale", i4.scale}, {"weight_shape", i4.shape},
-                                 {"weight_zero_point", *i4.zero_point}}, n, k});
-  auto mx = quant::quantize_mxfp4(w, n, k);
-  cases.push_back({"mxfp4", {{"weight", mx.weight}, {"scale", mx.scale}}, n, k});
-  auto nv = quant::quantize_nvfp4(w, n, k, quant::nvfp4_global_for(quant::amax(w)));
-  cases.push_back({"nvfp4", {{"weight", nv.weight}, {"weight_scale", nv.scale}, {"weight_scale_2", nv.global_scale}}, n, k});
+  // int4 with its default group (128), the other schemes as everywhere
+  const std::vector<Case> cases = one_of_each_scheme(n, k, 7, quant::Int4Options{}.group);
   for (const Case& c : cases)
     for (int rw : {1, 2, 4}) check_case(c, {1, 2, 3, 8, 16, 33, 64}, 17, rw);
 }

@@ -4,6 +4,7 @@
 
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/elementwise.h"
+#include "kiln/ops/cuda/row_reduce.cuh"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -56,15 +57,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __r
     }
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (argmax_better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
+  warp_best(bv, bi, [](float v, int i, float b, int j) { return argmax_better(v, i, b, j); });
   if (lane == 0) {
     sv[warp] = bv;
     si[warp] = bi;
@@ -73,15 +66,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __r
   if (warp == 0) {
     bv = lane < nw ? sv[lane] : 0.0f;
     bi = lane < nw ? si[lane] : -1;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (argmax_better(ov, oi, bv, bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
+    warp_best(bv, bi, [](float v, int i, float b, int j) { return argmax_better(v, i, b, j); });
     if (lane == 0) out[blockIdx.x] = bi;
   }
 }

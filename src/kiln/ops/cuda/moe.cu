@@ -6,6 +6,7 @@
 
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/moe.h"
+#include "kiln/ops/cuda/row_reduce.cuh"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -53,15 +54,7 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, const f
           bi = e;
         }
       }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (route_better(ov, oi, bv, bi)) {
-          bv = ov;
-          bi = oi;
-        }
-      }
+      warp_best(bv, bi, [](float v, int i, float b, int j) { return route_better(v, i, b, j); });
       // With a strict total order every lane already holds the same winner; lane 0's is
       // broadcast so NaN scores (no total order) cannot leave the lanes disagreeing.
       chosen[k] = __shfl_sync(0xffffffffu, bi, 0);

@@ -23,4 +23,19 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(lane < nw ? scratch[lane] : 0.0f);
 }
 
+// The best (value, index) pair over a warp, every lane returning it: `better(v, i, bv, bi)`
+// says whether (v, i) beats (bv, bi) (argmax and top-k selection with their tie rules).
+template <typename Better>
+__device__ __forceinline__ void warp_best(float& bv, int& bi, Better better) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+
 }  // namespace kiln::ops::cuda
