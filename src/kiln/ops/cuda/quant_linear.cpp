@@ -257,6 +257,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
 QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   QuantLinear out;
   out.impl_ = detail::prepare_linear(w, max_m, rows_per_thread);
+  if (rows_per_thread == 0) detail::prepare_lt(*out.impl_);  // forced variants stay on the CUDA-core kernels
   return out;
 }
 
@@ -270,6 +271,7 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   if (M < 1 || M > d.max_m) fail(ErrorKind::Usage, "linear forward: M = {} is outside [1, {}] (max_m at prepare)", M, d.max_m);
   if (ldx < d.k || ldy < d.n) fail(ErrorKind::Usage, "linear forward: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
+  if (d.lt && M >= detail::kLtMinRows && detail::lt_forward(d, x, ldx, M, y, ldy, st)) return;
   if (d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     auto* xp = static_cast<float*>(d.xpad.get());
     detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);

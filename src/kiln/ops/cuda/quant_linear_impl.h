@@ -55,6 +55,10 @@ inline unsigned row_blocks(int64_t rows, int rw, int lk_log2) {
 
 }  // namespace detail
 
+namespace detail {
+struct LtPath;  // quant_linear_lt.cpp
+}  // namespace detail
+
 struct QuantLinearImpl {
   LinearScheme scheme{};
   int64_t n = 0, k = 0, kp = 0;  // kp: k padded to whole chunks (the staging row width)
@@ -69,9 +73,22 @@ struct QuantLinearImpl {
   };
   std::vector<Plan> plans;  // [max_m]
   int64_t weight_bytes = 0;
+  // BF16 weights at M >= kLtMinRows: cuBLASLt tensor-core products (quant_linear_lt.cpp),
+  // null when the weight is not BF16, max_m is small, or no algorithm was found.
+  std::shared_ptr<detail::LtPath> lt;
 };
 
 namespace detail {
+// From this many rows on, a BF16 QuantLinear multiplies with cuBLASLt (the CUDA-core kernels
+// become compute-bound there).
+inline constexpr int kLtMinRows = 16;
+// Binds the cuBLASLt path of a prepared BF16 weight (an algorithm per M >= kLtMinRows,
+// chosen now); leaves d.lt null where it does not apply.
+void prepare_lt(QuantLinearImpl& d);
+// y[M, n] (rows ldy apart) = x W^T on the cuBLASLt path; false (nothing launched) when
+// this M / ldy has no bound algorithm.
+bool lt_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int M, float* y, int64_t ldy, cudaStream_t st);
+
 // QuantLinear::prepare's work (validation errors name w.name).
 std::unique_ptr<QuantLinearImpl> prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread);
 }  // namespace detail

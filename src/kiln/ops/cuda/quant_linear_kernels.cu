@@ -2,6 +2,8 @@
 // one scheme per file (quant_linear_<scheme>.cu, from quant_linear_kernels.cuh).
 #include <algorithm>
 
+#include <cuda_bf16.h>
+
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 
@@ -28,7 +30,28 @@ __global__ void pad_rows_kernel(const float* __restrict__ src, int64_t ldx, int6
     dst[m * kp + c] = c < k ? src[m * ldx + c] : 0.0f;
 }
 
+// hi = bf16(x) (round to nearest even), lo = bf16(x - hi); columns k .. kp-1 zero.
+__global__ void split_bf16_kernel(const float* __restrict__ x, int64_t ldx, int64_t k, int64_t kp, uint16_t* __restrict__ hi,
+                                  uint16_t* __restrict__ lo) {
+  const int m = blockIdx.y;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < kp;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = c < k ? x[m * ldx + c] : 0.0f;
+    const __nv_bfloat16 h = __float2bfloat16_rn(v);
+    const __nv_bfloat16 l = __float2bfloat16_rn(v - __bfloat162float(h));
+    hi[m * kp + c] = __bfloat16_as_ushort(h);
+    lo[m * kp + c] = __bfloat16_as_ushort(l);
+  }
+}
+
 }  // namespace
+
+void launch_split_bf16(const float* x, int64_t ldx, int M, int64_t k, int64_t kp, uint16_t* hi, uint16_t* lo,
+                       cudaStream_t stream) {
+  const unsigned bx = static_cast<unsigned>(std::min<int64_t>((kp + 255) / 256, 1024));
+  split_bf16_kernel<<<dim3(bx, static_cast<unsigned>(M)), 256, 0, stream>>>(x, ldx, k, kp, hi, lo);
+  KILN_CUDA_CHECK_LAUNCH();
+}
 
 LaunchFn select_launcher(LinearScheme s, int mt, int rw) {
   switch (s) {
