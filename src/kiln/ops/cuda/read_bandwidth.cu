@@ -5,17 +5,14 @@
 #include <vector>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda {
 namespace {
 
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
+// The linear kernels' streaming load (ld.global.nc, no L1 allocation), so the floor is
+// measured with the instruction the kernels use.
+using detail::kernels::load_stream;
 
 // Each thread XORs four 16-byte loads per step; the result is stored only if it equals
 // a value it cannot equal, so the loads cannot be dropped and nothing is written.
