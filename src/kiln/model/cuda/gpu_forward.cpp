@@ -547,6 +547,20 @@ std::vector<T> fetch(cudaStream_t s, const DeviceArray<T>& a, size_t count) {
 
 void GpuForward::synchronize() const { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+void GpuForward::mtp_argmax_to_host_async(int R, int32_t* dst) const {
+  if (R < 1 || R > opt_.max_rows) fail(ErrorKind::Usage, "mtp_argmax_to_host_async: {} rows (1..{})", R, opt_.max_rows);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(dst, buf_->mtp_argmax.get(), sizeof(int32_t) * static_cast<size_t>(R),
+                                  cudaMemcpyDeviceToHost, stream_));
+}
+
+PinnedInts::PinnedInts(size_t n) {
+  KILN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), sizeof(int32_t) * std::max<size_t>(n, 1)));
+}
+
+PinnedInts::~PinnedInts() {
+  if (p_) cudaFreeHost(p_);
+}
+
 std::vector<float> GpuForward::download_main_logits(int R) const {
   return fetch(stream_, buf_->main_logits, sz(R * w_.config.vocab_size));
 }

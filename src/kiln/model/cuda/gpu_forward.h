@@ -38,6 +38,20 @@ namespace kiln::model::cuda {
 
 struct OpTimer;  // gpu_forward.cpp
 
+// Page-locked host ints (cudaMallocHost), the target of asynchronous device-to-host copies.
+class PinnedInts {
+ public:
+  explicit PinnedInts(size_t n);
+  ~PinnedInts();
+  PinnedInts(const PinnedInts&) = delete;
+  PinnedInts& operator=(const PinnedInts&) = delete;
+  int32_t* data() const { return p_; }
+  int32_t operator[](size_t i) const { return p_[i]; }
+
+ private:
+  int32_t* p_ = nullptr;
+};
+
 struct GpuOptions {
   int max_slots = 8;            // sequences held at once
   int max_rows = 64;            // rows (tokens, all slots together) one pass feeds
@@ -84,6 +98,10 @@ class GpuForward {
   // (op group, GPU ms per pass) summed over layers, averaged over `reps` passes.
   std::vector<std::pair<std::string, double>> profile_main(std::span<const int32_t> tok, std::span<const int32_t> slot,
                                                            std::span<const int32_t> pos, int reps);
+
+  // Enqueues a copy of the last MTP pass's argmax (R rows) to pinned host memory `dst`
+  // without waiting; valid once synchronize() (or a download) has returned.
+  void mtp_argmax_to_host_async(int R, int32_t* dst) const;
 
   // Waits for the stream and copies results of the last pass of that kind (R rows).
   std::vector<float> download_main_logits(int R) const;

@@ -125,12 +125,16 @@ GpuGenerateResult gpu_generate_greedy(model::cuda::GpuForward& f, const std::vec
   }
 
   const int K = mtp_k;
+  model::cuda::PinnedInts staged(static_cast<size_t>(K) * static_cast<size_t>(B));  // draft argmaxes, [K][B]
   std::vector<std::vector<int32_t>> drafts(static_cast<size_t>(B), std::vector<int32_t>(static_cast<size_t>(K)));
   for (std::vector<int> who = active(); !who.empty(); who = active()) {
     const size_t A = who.size();
     // 1. Draft: d1 from the kept row; step s + 1 (s >= 1) at position N + s - 1 on the
     //    previous step's output streams and its draft.
     for (int b : who) drafts[static_cast<size_t>(b)][0] = draft1[static_cast<size_t>(b)];
+    //    The chain stays on the device: step s + 1 >= 3 takes its tokens from step s's
+    //    argmax (row i of both passes is sequence who[i]), each step's argmax is copied to
+    //    pinned memory asynchronously, and the host waits once, before the verify pass.
     for (int s = 1; s < K; ++s) {
       rows.clear();
       for (size_t i = 0; i < A; ++i) {
@@ -138,9 +142,15 @@ GpuGenerateResult gpu_generate_greedy(model::cuda::GpuForward& f, const std::vec
         rows.add(drafts[b][static_cast<size_t>(s - 1)], static_cast<int32_t>(b), length[b] + s - 1,
                  s == 1 ? kept[b] : static_cast<int32_t>(i));
       }
-      f.mtp(0, rows.tok, rows.slot, rows.pos, rows.src, true);
-      const auto am = f.download_mtp_argmax(rows.size());
-      for (size_t i = 0; i < A; ++i) drafts[static_cast<size_t>(who[i])][static_cast<size_t>(s)] = am[i];
+      const std::span<const int32_t> tok = s == 1 ? std::span<const int32_t>(rows.tok) : std::span<const int32_t>();
+      f.mtp(0, tok, rows.slot, rows.pos, rows.src, true);
+      f.mtp_argmax_to_host_async(static_cast<int>(A), staged.data() + static_cast<size_t>(s) * static_cast<size_t>(B));
+    }
+    if (K > 1) {
+      f.synchronize();
+      for (int s = 1; s < K; ++s)
+        for (size_t i = 0; i < A; ++i)
+          drafts[static_cast<size_t>(who[i])][static_cast<size_t>(s)] = staged[static_cast<size_t>(s) * static_cast<size_t>(B) + i];
     }
     // 2. Verify [pending, d1 .. dK] at N .. N + K in one main pass.
     rows.clear();
