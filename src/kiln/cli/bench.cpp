@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "kiln/cli/text_tokens.h"
 #include "kiln/core/error.h"
 
 #ifdef KILN_HAVE_CUDA
@@ -19,7 +19,6 @@
 #include "kiln/ops/cuda/read_bandwidth.h"
 #include "kiln/runtime/cuda/gpu_generate.h"
 #include "kiln/runtime/loaded_model.h"
-#include "kiln/tokenizer/tokenizer.h"
 #endif
 
 namespace kiln::cli {
@@ -92,16 +91,6 @@ double pass_weight_bytes(const GpuWeights& w, int B) {
   return bytes;
 }
 
-std::vector<int32_t> text_tokens(const std::filesystem::path& model, const std::filesystem::path& text) {
-  const auto tok_path = model / "tokenizer.json";
-  if (!std::filesystem::exists(tok_path)) fail(ErrorKind::Usage, "--text needs {}", tok_path.string());
-  std::ifstream f(text, std::ios::binary);
-  if (!f) fail(ErrorKind::IO, "cannot read {}", text.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return tokenizer::Tokenizer::from_file(tok_path).encode(ss.str());
-}
-
 }  // namespace
 
 int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
@@ -111,6 +100,9 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   if (o.steps < 1 || o.context < 1) fail(ErrorKind::Usage, "--steps and --context must be >= 1");
   if (o.mtp < 0 || o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: 0..{}", o.mtp, runtime::kMaxDrafts);
   if (o.synthetic == !o.model.empty()) fail(ErrorKind::Usage, "give exactly one of --model DIR and --synthetic");
+  if (o.text && o.synthetic) fail(ErrorKind::Usage, "--text needs --model DIR (its tokenizer.json); the synthetic model has none");
+  // Before any loading, so a bad --text fails at once.
+  const std::vector<int32_t> text_ids = o.text ? tokenize_text_file(o.model, *o.text) : std::vector<int32_t>{};
 
   int dev = 0;
   cudaDeviceProp prop{};
@@ -128,7 +120,6 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   std::unique_ptr<runtime::LoadedModel> loaded;
   std::unique_ptr<model::cuda::SyntheticModel> synth;
   std::unique_ptr<GpuForward> f;
-  std::vector<int32_t> text_ids;
   {
     const auto t0 = std::chrono::steady_clock::now();
     GpuWeights w;
@@ -147,7 +138,6 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       label = o.model.string();
       w = model::cuda::upload_weights(loaded->weights, model::cuda::checkpoint_linears(loaded->checkpoint, loaded->plan),
                                       go.max_rows, &err);
-      if (o.text) text_ids = text_tokens(o.model, *o.text);
     }
     f = std::make_unique<GpuForward>(std::move(w), go);
     err << fmt::format("bench: loaded in {:.1f} s; {:.2f} GB of linear data, {:.2f} GB of decode state\n",

@@ -3,29 +3,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "kiln/cli/default_model.h"
 #include "kiln/cli/run_commands.h"
+#include "kiln/cli/text_tokens.h"
 #include "kiln/core/error.h"
 #include "kiln/runtime/loaded_model.h"
-#include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::cli {
 namespace {
-
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) fail_io("--text {}: cannot open the file", p.string());
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) fail_io("--text {}: read error", p.string());
-  return std::move(ss).str();
-}
 
 // Natural-log NLL of `target` under one row of logits, in double.
 double nll(const float* row, int64_t V, int32_t target) {
@@ -45,12 +34,7 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
 
   std::vector<int32_t> ids;
   if (o.text) {
-    const auto tok_path = dir / "tokenizer.json";
-    if (!std::filesystem::exists(tok_path))
-      fail(ErrorKind::Usage, "--text needs the model's tokenizer: {} does not exist (pass --tokens instead)",
-           tok_path.string());
-    const auto tok = tokenizer::Tokenizer::from_file(tok_path);
-    ids = tok.encode(read_file(*o.text));
+    ids = tokenize_text_file(dir, *o.text);
   } else {
     ids = parse_tokens(*o.tokens);
   }

@@ -39,18 +39,18 @@ void check_device(const std::string& device, bool cuda_ok) {
 }
 
 #ifdef KILN_HAVE_CUDA
-// Greedy decoding on the GPU forward, as GenerateResults (plain, and with k drafts when
-// k > 0). The GPU loop stops on length only; a result is cut after its first eos here.
-std::pair<runtime::GenerateResult, std::optional<runtime::GenerateResult>> generate_cuda(
-    const runtime::LoadedModel& m, const std::vector<int32_t>& ids, int max_tokens, int k, bool plain_too, int32_t eos,
-    std::ostream* progress) {
-  model::cuda::GpuOptions go;
-  go.max_slots = 1;
-  go.max_rows = 64;
-  go.max_context = static_cast<int64_t>(ids.size()) + max_tokens + runtime::kMaxDrafts + 2;
-  auto w = model::cuda::upload_weights(m.weights, model::cuda::checkpoint_linears(m.checkpoint, m.plan), go.max_rows, progress);
-  model::cuda::GpuForward f(std::move(w), go);
-  auto convert = [&](runtime::cuda::GpuGenerateResult g) {
+// Greedy decoding of one prompt on the GPU forward, as GenerateResults. The GPU loop stops
+// on length only; a result is cut after its first eos here.
+class GpuGreedy {
+ public:
+  GpuGreedy(const runtime::LoadedModel& m, int64_t max_context, std::ostream* progress)
+      : f_(model::cuda::upload_weights(m.weights, model::cuda::checkpoint_linears(m.checkpoint, m.plan), kMaxRows,
+                                       progress),
+           options(max_context)) {}
+
+  // k = 0: plain; k > 0: MTP speculative decoding with k drafts per round.
+  runtime::GenerateResult run(const std::vector<int32_t>& ids, int max_tokens, int k, int32_t eos) {
+    runtime::cuda::GpuGenerateResult g = runtime::cuda::gpu_generate_greedy(f_, {ids}, max_tokens, k);
     runtime::GenerateResult r;
     r.tokens = std::move(g.tokens.at(0));
     if (eos >= 0) {
@@ -64,12 +64,19 @@ std::pair<runtime::GenerateResult, std::optional<runtime::GenerateResult>> gener
     r.decode_s = g.decode_s;
     r.stats = g.stats;
     return r;
-  };
-  std::pair<runtime::GenerateResult, std::optional<runtime::GenerateResult>> out;
-  if (k == 0 || plain_too) out.first = convert(runtime::cuda::gpu_generate_greedy(f, {ids}, max_tokens, 0));
-  if (k > 0) out.second = convert(runtime::cuda::gpu_generate_greedy(f, {ids}, max_tokens, k));
-  return out;
-}
+  }
+
+ private:
+  static constexpr int kMaxRows = 64;
+  static model::cuda::GpuOptions options(int64_t max_context) {
+    model::cuda::GpuOptions go;
+    go.max_slots = 1;
+    go.max_rows = kMaxRows;
+    go.max_context = max_context;
+    return go;
+  }
+  model::cuda::GpuForward f_;
+};
 #endif
 
 void check_ids(const std::vector<int32_t>& ids, int64_t vocab) {
@@ -177,9 +184,9 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   std::optional<runtime::GenerateResult> spec;
 #ifdef KILN_HAVE_CUDA
   if (o.device == "cuda") {
-    auto [p, s] = generate_cuda(*m, ids, o.max_tokens, o.mtp.value_or(0), o.compare_plain, eos, o.json ? nullptr : &err);
-    if (!o.mtp || o.compare_plain) plain = std::move(p);
-    spec = std::move(s);
+    GpuGreedy g(*m, static_cast<int64_t>(ids.size()) + o.max_tokens + runtime::kMaxDrafts + 2, o.json ? nullptr : &err);
+    if (!o.mtp || o.compare_plain) plain = g.run(ids, o.max_tokens, 0, eos);
+    if (o.mtp) spec = g.run(ids, o.max_tokens, *o.mtp, eos);
   }
 #endif
   if (o.device == "cpu") {

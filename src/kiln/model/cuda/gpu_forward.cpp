@@ -119,7 +119,6 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
 
   const int64_t Rm = opt_.max_rows, H = c.hidden_size, n = c.hc_mult, D = c.head_dim, nh = c.num_heads;
   const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, V = c.vocab_size;
-  const int64_t mix = (2 + n) * n;
   int64_t widest = 1, index_entries = 1;
   int64_t inter = 1, shared_inter = 1;
   auto scan = [&](const GpuBlock& b) {
@@ -156,7 +155,6 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   b.main_streams = f(Rm * n * H), b.mtp_streams = f(Rm * n * H);
   b.main_argmax = i32(Rm), b.mtp_argmax = i32(Rm);
   b.mtp_in = f(Rm * n * H), b.e = f(Rm * H), b.ep = f(Rm * H), b.hs = f(Rm * n * H);
-  (void)mix;
 
   // Per-slot state of every layer (main layers, then MTP blocks).
   auto make_state = [&](const GpuBlock& blk) {

@@ -72,14 +72,17 @@ class Uploader {
     }
     const int64_t E = cfg.n_routed_experts;
     const int pairs = max_rows_ * static_cast<int>(cfg.num_experts_per_tok);
-    for (const char* proj : {"w1", "w2", "w3"}) {
+    auto experts = [&](const char* proj) {  // one projection of every routed expert
       std::vector<ops::HostQuantLinear> views;
       views.reserve(static_cast<size_t>(E));
       for (int64_t e = 0; e < E; ++e) views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
       QuantLinearSet set = QuantLinearSet::prepare(views.data(), static_cast<int>(views.size()), pairs);
       bytes += set.expert_bytes() * set.count();
-      (proj[1] == '1' ? gm.w1 : proj[1] == '2' ? gm.w2 : gm.w3) = std::move(set);
-    }
+      return set;
+    };
+    gm.w1 = experts("w1");
+    gm.w2 = experts("w2");
+    gm.w3 = experts("w3");
     gm.inter = gm.w1.n();
     if (m.shared) {
       GpuExpert s;
