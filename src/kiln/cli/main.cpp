@@ -121,6 +121,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   se->add_option("--http-threads", serve.http_threads, "Concurrent connections")->capture_default_str();
   se->add_option("--max-body-bytes", serve.max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+  se->add_option("--idle-timeout", serve.idle_timeout_s, "Seconds an open connection may wait for its request")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

@@ -60,6 +60,7 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   so.max_context = o.max_context > 0 ? o.max_context : (cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096);
   so.http_threads = o.http_threads;
   so.max_body_bytes = o.max_body_bytes;
+  so.idle_timeout = std::chrono::seconds(o.idle_timeout_s);
   server::ModelTokens mt{static_cast<int32_t>(cfg.bos_token_id), static_cast<int32_t>(cfg.eos_token_id)};
   server::Server srv(engine, tok, mt, so);
   const int port = srv.bind();

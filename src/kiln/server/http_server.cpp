@@ -346,6 +346,8 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
 void Server::Impl::routes() {
   http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   http.set_payload_max_length(opt.max_body_bytes);
+  http.set_keep_alive_timeout(static_cast<time_t>(opt.idle_timeout.count()));
+  http.set_read_timeout(static_cast<time_t>(opt.idle_timeout.count()), 0);
   http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& res) {
     if (opt.api_key.empty() || q.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     if (q.get_header_value("Authorization") == "Bearer " + opt.api_key) return httplib::Server::HandlerResponse::Unhandled;
