@@ -24,7 +24,7 @@ struct ServeOptions {
   int64_t max_context = 0;  // 0 = the model's max_position_embeddings
   int http_threads = 512;
   size_t max_body_bytes = 4u << 20;
-  int idle_timeout_s = 60;  // see server::ServerOptions::idle_timeout
+  int idle_timeout_s = 5;  // see server::ServerOptions::idle_timeout
 };
 
 // Loads the model (progress on `err`), prints the ready line with the URL on `out`, and

@@ -2,9 +2,12 @@
 
 #include <httplib.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <ctime>
 #include <random>
+#include <thread>
 
 #include "kiln/core/error.h"
 #include "kiln/server/api.h"
@@ -116,8 +119,10 @@ struct Server::Impl {
   std::atomic<uint64_t> next_id{0};
   std::string id_prefix;
   std::atomic<bool> stopping{false};
+  std::atomic<bool> in_run{false};  // inside Server::run()
   HttpCounters counters;
   std::atomic<int64_t>* active = nullptr;
+  int listen_fd = -1;  // the socket cpp-httplib binds (set by the socket-options hook)
 
   Impl(runtime::Engine& e, const tokenizer::Tokenizer& t, ModelTokens mt, ServerOptions o)
       : engine(e), tok(t), tokens(mt), opt(std::move(o)) {
@@ -347,6 +352,13 @@ void Server::Impl::routes() {
   http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   http.set_payload_max_length(opt.max_body_bytes);
   http.set_keep_alive_timeout(static_cast<time_t>(opt.idle_timeout.count()));
+  // SO_REUSEADDR (restart over TIME_WAIT) but not cpp-httplib's default SO_REUSEPORT,
+  // which lets a second server bind the same port and take half its connections.
+  http.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;
+  });
   http.set_read_timeout(static_cast<time_t>(opt.idle_timeout.count()), 0);
   http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& res) {
     if (opt.api_key.empty() || q.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
@@ -414,13 +426,25 @@ int Server::bind() {
     if (!impl_->http.bind_to_port(o.host, o.port)) fail_io("cannot listen on {}:{} (in use, or not an address here?)", o.host, o.port);
     port_ = o.port;
   }
+  // Listening again on a listening socket resizes its queue.
+  if (impl_->listen_fd < 0 || ::listen(impl_->listen_fd, o.listen_backlog) != 0) {
+    fail_io("cannot set the listen backlog of {}:{} to {}", o.host, port_, o.listen_backlog);
+  }
   return port_;
 }
 
-void Server::run() { impl_->http.listen_after_bind(); }
+void Server::run() {
+  // cpp-httplib's stop() does nothing until the accept loop runs, so a stop() that comes
+  // between here and that loop would be lost: stop() waits for the loop while run() is in
+  // it, and run() does not start it once stopping is set (seq_cst: one sees the other).
+  impl_->in_run = true;
+  if (!impl_->stopping) impl_->http.listen_after_bind();
+  impl_->in_run = false;
+}
 
 void Server::stop() {
   impl_->stopping = true;
+  while (impl_->in_run && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   impl_->http.stop();
 }
 

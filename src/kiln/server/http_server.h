@@ -27,12 +27,15 @@ struct ServerOptions {
   int64_t max_context = 4096;               // prompt + generated tokens per request
   int default_chat_max_tokens = 1024;       // chat requests without max_tokens (bounded by the context)
   std::chrono::milliseconds heartbeat{1000};  // longest silence on a waiting connection
-  // How long an open connection may wait for (the rest of) a request before the server
-  // closes it. cpp-httplib's default, 5 s, also bounds the wait for the *first* request
-  // on a new connection, and a connection whose handshake ACK was dropped by a full
-  // listen backlog (cpp-httplib listens with a backlog of 5) can take longer than that
-  // for its request to arrive: the client then reads a closed connection.
-  std::chrono::seconds idle_timeout{60};
+  // How long an open connection may wait for its (next) request before the server closes
+  // it. Also how long stop() can wait for a connection that stays idle: cpp-httplib ends
+  // an idle connection's thread only at this timeout.
+  std::chrono::seconds idle_timeout{5};
+  // Connections the kernel completes before the server accepts them (capped by
+  // net.core.somaxconn). cpp-httplib listens with 5; under a burst of connects a full
+  // queue drops handshakes, and a request retransmitted after the server's wait for it
+  // ran out finds the connection closed.
+  int listen_backlog = 4096;
 };
 
 struct ModelTokens {
