@@ -212,28 +212,28 @@ TEST(Server, ErrorsAreOpenAiStyle) {
   EXPECT_EQ(h->status, 200);
 }
 
-// A raw TCP connection to the server (-1 on failure).
-int connect_loopback(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+// A TCP socket connecting to the server on loopback: connected (blocking), or with
+// `nonblocking` the connect started (-1 on failure).
+int connect_loopback(int port, bool nonblocking = false) {
+  const int fd = socket(AF_INET, SOCK_STREAM | (nonblocking ? SOCK_NONBLOCK : 0), 0);
   if (fd < 0) return -1;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && !(nonblocking && errno == EINPROGRESS)) {
     close(fd);
     return -1;
   }
   return fd;
 }
 
-// Opens a connection, waits `delay`, sends GET /health and returns what came back ("" if
-// the server had closed the connection).
-std::string late_health_request(int port, std::chrono::milliseconds delay) {
-  const int fd = connect_loopback(port);
-  if (fd < 0) return "connect failed";
-  std::this_thread::sleep_for(delay);
+// Sends GET /health on a connected blocking socket, closes it and returns what came back
+// ("" if the server had closed the connection).
+std::string health_request(int fd) {
   static constexpr char kReq[] = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string got;
   if (send(fd, kReq, sizeof kReq - 1, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof kReq - 1)) {
     char buf[512];
@@ -241,6 +241,14 @@ std::string late_health_request(int port, std::chrono::milliseconds delay) {
   }
   close(fd);
   return got;
+}
+
+// Opens a connection, waits `delay`, then health_request.
+std::string late_health_request(int port, std::chrono::milliseconds delay) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "connect failed";
+  std::this_thread::sleep_for(delay);
+  return health_request(fd);
 }
 
 TEST(Server, DisconnectedClientIsCancelled) {
@@ -291,14 +299,8 @@ TEST(Server, ListenBacklogHoldsABurstOfConnects) {
   constexpr int kN = 64;
   std::vector<int> fds;
   for (int i = 0; i < kN; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(f.port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+    const int fd = connect_loopback(f.port, /*nonblocking=*/true);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
     fds.push_back(fd);
   }
   // Loopback handshakes complete at once unless the SYN was dropped (retried after 1 s).
@@ -312,20 +314,10 @@ TEST(Server, ListenBacklogHoldsABurstOfConnects) {
   }
   EXPECT_EQ(connected, kN) << "handshakes completed before the server accepted";
   f.start();
-  static constexpr char kReq[] = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   int served = 0;
   for (int fd : fds) {
-    const int flags = fcntl(fd, F_GETFL);
-    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    timeval tv{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    std::string got;
-    if (send(fd, kReq, sizeof kReq - 1, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof kReq - 1)) {
-      char buf[512];
-      for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<size_t>(n));
-    }
-    served += got.rfind("HTTP/1.1 200", 0) == 0;
-    close(fd);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    served += health_request(fd).rfind("HTTP/1.1 200", 0) == 0;
   }
   EXPECT_EQ(served, kN);
 }
