@@ -14,8 +14,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <bit>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -33,16 +33,8 @@ using namespace test_linear;
 
 // A NaN with a payload no kernel produces: "never written" is checked bit for bit.
 constexpr uint32_t kPoisonBits = 0x7FC0DEADu;
-float poison() {
-  float f;
-  std::memcpy(&f, &kPoisonBits, 4);
-  return f;
-}
-uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+float poison() { return std::bit_cast<float>(kPoisonBits); }
+uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
 
 // |got - sum_j x_j W_oj| <= 2e-5 sum_j |x_j W_oj| (see test_quant_linear_cuda.cpp).
 bool close_to_reference(float got, const float* x, const float* w_row, int64_t k, double* ref_out) {
