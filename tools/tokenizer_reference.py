@@ -96,11 +96,11 @@ def deepseek(tok_path, data, out):
             if x < 0.7:
                 seq.append(r.randrange(0, 128000))
             elif x < 0.8:
-                seq.append(r.choice([0, 1, 2, 128803, 128804, 128805, 128814, 128799, 128000]))
+                seq.append(r.choice([0, 1, 2, 128803, 128804, 128805, 128814, 128799, 128000, 128821, 128822, 129279]))
             elif x < 0.97:
                 seq.append(r.randrange(3, 259))  # the 256 single-byte tokens
             else:
-                seq.append(r.choice([128815, 129279, 200000]))  # not in the vocabulary
+                seq.append(r.choice([129280, 130000, 200000]))  # not in the vocabulary
         decode_cases.append({"ids": seq, "text": tok.decode(seq, skip_special_tokens=False),
                              "text_skip_special": tok.decode(seq, skip_special_tokens=True)})
     # Single ids decoded alone (every 61st: all of them were checked once, see the report).

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3.11
+#!/usr/bin/env python3
 """Generates src/kiln/tokenizer/unicode_delta.inc: the code points that Unicode 16.0 assigns
 but Unicode 14.0 leaves unassigned, with their 16.0 General_Category.
 
@@ -6,49 +6,25 @@ Why: HF `tokenizers` runs pre-tokenizer regexes with Oniguruma, whose tables are
 16.0; Debian 12's PCRE2 (10.42) has Unicode 14.0 tables. kiln adds these code points to
 every \\p{..} class it hands to PCRE2, so both engines classify them alike.
 
-    python3.11 tools/tokenizer_unicode_tables.py PKG_DIR > src/kiln/tokenizer/unicode_delta.inc
+    build-deps/venv/bin/python tools/tokenizer_unicode_tables.py > src/kiln/tokenizer/unicode_delta.inc
 
-PKG_DIR: the npm package regenerate-unicode-properties@10.2.0 unpacked
-(`npm pack regenerate-unicode-properties@10.2.0 && tar xzf *.tgz` gives package/), whose
-General_Category/*.js hold the Unicode 16.0.0 sets. Must run under a Python whose
-unicodedata is 14.0.0 (Python 3.11).
+The Unicode 16.0.0 categories come from the PyPI package unicodedata2==16.0.0 (pinned in
+scripts/python-requirements.txt), the 14.0.0 ones from the running Python's unicodedata,
+which must be 14.0.0 (Debian 12's Python 3.11, as in build-deps/venv).
 """
-import os
-import re
 import sys
 import unicodedata
 
-NAMES = {"Uppercase_Letter": "Lu", "Lowercase_Letter": "Ll", "Titlecase_Letter": "Lt", "Modifier_Letter": "Lm",
-         "Other_Letter": "Lo", "Nonspacing_Mark": "Mn", "Spacing_Mark": "Mc", "Enclosing_Mark": "Me",
-         "Decimal_Number": "Nd", "Letter_Number": "Nl", "Other_Number": "No", "Connector_Punctuation": "Pc",
-         "Dash_Punctuation": "Pd", "Open_Punctuation": "Ps", "Close_Punctuation": "Pe",
-         "Initial_Punctuation": "Pi", "Final_Punctuation": "Pf", "Other_Punctuation": "Po", "Math_Symbol": "Sm",
-         "Currency_Symbol": "Sc", "Modifier_Symbol": "Sk", "Other_Symbol": "So", "Space_Separator": "Zs",
-         "Line_Separator": "Zl", "Paragraph_Separator": "Zp", "Control": "Cc", "Format": "Cf", "Surrogate": "Cs",
-         "Private_Use": "Co", "Unassigned": "Cn"}
-
-
-def read_set(path):
-    text = open(path).read()
-    cps = set()
-    head = re.search(r"require\('regenerate'\)\(([^)]*)\)", text)
-    if head and head.group(1).strip():
-        cps.update(int(x, 16) for x in re.findall(r"0x[0-9A-Fa-f]+", head.group(1)))
-    for a, b in re.findall(r"addRange\((0x[0-9A-Fa-f]+),\s*(0x[0-9A-Fa-f]+)\)", text):
-        cps.update(range(int(a, 16), int(b, 16) + 1))
-    return cps
+import unicodedata2
 
 
 def main():
     if unicodedata.unidata_version != "14.0.0":
         sys.exit(f"needs unicodedata 14.0.0, this Python has {unicodedata.unidata_version}")
-    pkg = sys.argv[1]
-    version = open(os.path.join(pkg, "unicode-version.js")).read().split("'")[1]
-    gc16 = {}
-    for name, short in NAMES.items():
-        for cp in read_set(os.path.join(pkg, "General_Category", name + ".js")):
-            gc16[cp] = short
-    assert len(gc16) == 0x110000, len(gc16)
+    version = unicodedata2.unidata_version
+    if version != "16.0.0":
+        sys.exit(f"needs unicodedata2 16.0.0 (Oniguruma's tables in HF tokenizers), found {version}")
+    gc16 = {cp: unicodedata2.category(chr(cp)) for cp in range(0x110000)}
     new, changed = [], []
     for cp in range(0x110000):
         old = unicodedata.category(chr(cp))

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Starts `kiln serve` on a free loopback port with the bundled model, runs the `openai`
-# npm client test against it, and stops the server.   usage: run_openai_client.sh KILN OPENAI_MODULE_DIR
+# Starts `kiln serve` on a free loopback port with the bundled model, runs the official
+# `openai` Python client test against it, and stops the server.
+#   usage: run_openai_client.sh KILN PYTHON    (PYTHON: build-deps/venv/bin/python, scripts/setup.sh)
 set -euo pipefail
 kiln=$1
-export KILN_OPENAI_MODULE=$2
+python=$2
 here=$(cd "$(dirname "$0")" && pwd)
+if ! "$python" -c 'import openai' 2>/dev/null; then
+  echo "error: $python cannot import openai (pinned in scripts/python-requirements.txt): run scripts/setup.sh" >&2
+  exit 1
+fi
 log=$(mktemp)
 "$kiln" serve --port 0 --threads 1 >"$log" 2>&1 &
 pid=$!
@@ -17,4 +22,4 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -n "$url" ] || { echo "kiln serve printed no ready line"; cat "$log"; exit 1; }
-node "$here/openai_client.cjs" "$url/v1"
+"$python" "$here/openai_client.py" "$url/v1"
