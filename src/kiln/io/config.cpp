@@ -25,6 +25,15 @@ std::string_view attn_kind_name(AttnKind k) {
   return "?";
 }
 
+std::string_view drafter_kind_name(DrafterKind k) {
+  switch (k) {
+    case DrafterKind::None: return "none";
+    case DrafterKind::Mtp: return "mtp";
+    case DrafterKind::DSpark: return "dspark";
+  }
+  return "?";
+}
+
 AttnKind ModelConfig::attn_kind(int64_t layer) const {
   if (layer < 0 || static_cast<size_t>(layer) >= attn_kinds.size()) {
     fail(ErrorKind::Usage, "attn_kind: layer {} out of range [0, {})", layer, attn_kinds.size());
@@ -33,10 +42,10 @@ AttnKind ModelConfig::attn_kind(int64_t layer) const {
 }
 
 bool ModelConfig::is_hash_layer(int64_t layer) const {
-  if (layer < 0 || layer >= num_layers + num_mtp_layers) {
-    fail(ErrorKind::Usage, "is_hash_layer: layer {} out of range [0, {})", layer, num_layers + num_mtp_layers);
+  if (layer < 0 || layer >= num_layers + num_draft_layers()) {
+    fail(ErrorKind::Usage, "is_hash_layer: layer {} out of range [0, {})", layer, num_layers + num_draft_layers());
   }
-  if (layer >= num_layers) return false;  // MTP layers are score-routed
+  if (layer >= num_layers) return false;  // MTP layers and DSpark stages are score-routed
   return static_cast<size_t>(layer) < hash_layers.size() && hash_layers[static_cast<size_t>(layer)];
 }
 
@@ -224,6 +233,8 @@ void parse_deepseek_form(const Fields& f, ModelConfig& c) {
     fail_invalid("{}: field 'compress_ratios' has {} entries; it needs at least num_hidden_layers = {}", label,
                  ratios->size(), n);
   }
+  // With DSpark the entries past the backbone are the drafter's stages (dspark.md 1.2).
+  if (c.dspark && static_cast<int64_t>(ratios->size()) > n) c.dspark->stages = static_cast<int64_t>(ratios->size()) - n;
   c.compress_ratios.clear();
   for (int64_t i = 0; i < n + c.num_mtp_layers; ++i) {
     int64_t r = 0;  // MTP entries missing from a short list: sliding-window only
@@ -234,7 +245,17 @@ void parse_deepseek_form(const Fields& f, ModelConfig& c) {
     c.compress_ratios.push_back(r);
     c.attn_kinds.push_back(deepseek_kind(r));
   }
-  // Entries past n + num_mtp_layers (e.g. DSpark drafter stages) are not ours to read.
+  // Without DSpark, entries past n + num_mtp_layers are not ours to read.
+  if (c.dspark && static_cast<int64_t>(ratios->size()) > n) {
+    for (int64_t i = n; i < static_cast<int64_t>(ratios->size()); ++i) {
+      const std::string key = fmt::format("compress_ratios[{}]", i);
+      const int64_t r = f.check_int((*ratios)[static_cast<size_t>(i)], key, 0, "a non-negative integer");
+      if (r != 0) {
+        fail_invalid("{}: field '{}' is {}: it is DSpark drafter stage {}'s entry, and DSpark stages are "
+                     "sliding-window only (ratio 0)", label, key, r, i - n);
+      }
+    }
+  }
 
   c.num_hash_layers = f.opt_nonneg("num_hash_layers", 0);
   if (c.num_hash_layers > n) {
@@ -394,6 +415,75 @@ void parse_transformers_form(const Fields& f, const json& layer_types, ModelConf
   }
 }
 
+// The dspark_* keys, all four or none (they are written together). Sets c.dspark (stage
+// count still 0: the form's parser and finish_dspark derive it) and leaves no classic MTP
+// block: DSpark checkpoints keep num_nextn_predict_layers at 1 for their drafter.
+constexpr std::string_view kDSparkKeys[] = {"dspark_block_size", "dspark_noise_token_id", "dspark_target_layer_ids",
+                                            "dspark_markov_rank"};
+
+void parse_dspark(const Fields& f, ModelConfig& c) {
+  std::string_view present;
+  for (auto k : kDSparkKeys) {
+    if (f.has(k)) present = k;
+  }
+  if (present.empty()) return;
+  for (auto k : kDSparkKeys) {
+    if (!f.has(k)) {
+      fail_invalid("{}: field '{}' is set but '{}' is missing; a DSpark drafter is declared by dspark_block_size, "
+                   "dspark_noise_token_id, dspark_target_layer_ids and dspark_markov_rank together",
+                   f.label(), present, k);
+    }
+  }
+  DSparkConfig d;
+  d.block_size = f.req_pos("dspark_block_size");
+  d.noise_token_id = f.req_nonneg("dspark_noise_token_id");
+  if (d.noise_token_id >= c.vocab_size) {
+    fail_invalid("{}: field 'dspark_noise_token_id' ({}) must be a token id below vocab_size ({})", f.label(),
+                 d.noise_token_id, c.vocab_size);
+  }
+  d.markov_rank = f.req_pos("dspark_markov_rank");
+  const json* ids = f.opt_array("dspark_target_layer_ids");
+  if (ids->empty()) f.bad("dspark_target_layer_ids", "a non-empty list of backbone layer indices", *ids);
+  for (size_t i = 0; i < ids->size(); ++i) {
+    const std::string key = fmt::format("dspark_target_layer_ids[{}]", i);
+    const int64_t l = f.check_int((*ids)[i], key, 0, "a backbone layer index (a non-negative integer)");
+    if (l >= c.num_layers) {
+      fail_invalid("{}: field '{}' is {}; DSpark reads the outputs of backbone layers 0..{} (num_hidden_layers {})",
+                   f.label(), key, l, c.num_layers - 1, c.num_layers);
+    }
+    if (!d.target_layer_ids.empty() && l <= d.target_layer_ids.back()) {
+      fail_invalid("{}: field '{}' is {} after {}; dspark_target_layer_ids must be strictly increasing", f.label(), key,
+                   l, d.target_layer_ids.back());
+    }
+    d.target_layer_ids.push_back(l);
+  }
+  c.dspark = std::move(d);
+  c.num_mtp_layers = 0;
+}
+
+// The stage count: the compress_ratios entries past the backbone (set by the DeepSeek
+// form's parser); without them, DeepSeek's n_mtp_layers, else one stage per target layer
+// (dspark.md 1.2: both are 3 in every release). Never num_nextn_predict_layers. Appends
+// the stages' sliding-window entries to compress_ratios / attn_kinds.
+void finish_dspark(const Fields& f, ModelConfig& c) {
+  if (!c.dspark) return;
+  DSparkConfig& d = *c.dspark;
+  const bool from_ratios = d.stages > 0;
+  if (f.has("n_mtp_layers")) {
+    const int64_t m = f.req_pos("n_mtp_layers");
+    if (from_ratios && m != d.stages) {
+      fail_invalid("{}: field 'n_mtp_layers' ({}) disagrees with compress_ratios, whose {} entries past "
+                   "num_hidden_layers ({}) are the DSpark stages", f.label(), m, d.stages, c.num_layers);
+    }
+    d.stages = m;
+  }
+  if (d.stages == 0) d.stages = static_cast<int64_t>(d.target_layer_ids.size());
+  for (int64_t s = 0; s < d.stages; ++s) {
+    c.compress_ratios.push_back(0);
+    c.attn_kinds.push_back(AttnKind::SWA);
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) {
@@ -414,7 +504,8 @@ ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) 
   c.vocab_size = f.req_pos("vocab_size");
   c.hidden_size = f.req_pos("hidden_size");
   c.num_layers = f.req_pos("num_hidden_layers");
-  c.num_mtp_layers = f.opt_nonneg("num_nextn_predict_layers", 0);
+  c.num_nextn_predict_layers = f.opt_nonneg("num_nextn_predict_layers", 0);
+  c.num_mtp_layers = c.num_nextn_predict_layers;
   c.num_heads = f.req_pos("num_attention_heads");
   c.num_kv_heads = f.opt_pos("num_key_value_heads", 1);
   c.head_dim = f.req_pos("head_dim");
@@ -460,11 +551,13 @@ ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) 
   c.expert_dtype = f.opt_str("expert_dtype");
   if (const json* q = f.opt_obj("quantization_config")) c.quantization_config = *q;
 
+  parse_dspark(f, c);
   if (c.form == ConfigForm::DeepSeek) {
     parse_deepseek_form(f, c);
   } else {
     parse_transformers_form(f, *layer_types, c);
   }
+  finish_dspark(f, c);
 
   // Cross-field consistency.
   if (c.num_heads % c.o_groups != 0) {

@@ -7,6 +7,8 @@
 //    "heavily_compressed_attention"), mlp_layer_types ("hash_moe" | "moe"), compress_rates
 //    {layer type -> ratio}, partial_rotary_factor, rope_parameters {main: {...}, compress: {...}}.
 // hf_quant_config.json (ModelOpt) is read alongside when present.
+// A config with the dspark_* keys (V4-Flash-DSpark, V4-Flash-0731, V4-Pro-0813) declares a
+// DSpark drafter instead of classic MTP blocks (../shared/docs/dspark.md section 1.2).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +36,23 @@ struct RopeParams {
 
 enum class ConfigForm { DeepSeek, Transformers };
 
+// What drafts tokens for speculative decoding: nothing, classic MTP blocks (e_proj/h_proj,
+// one token per block pass), or DeepSeek's DSpark drafter.
+enum class DrafterKind { None, Mtp, DSpark };
+std::string_view drafter_kind_name(DrafterKind k);  // "none", "mtp", "dspark"
+
+// DeepSeek's DSpark drafter, from the dspark_* keys: `stages` sliding-window V4 blocks
+// stored under mtp.0 .. mtp.{stages-1} (not classic MTP blocks), fed by the outputs of the
+// backbone layers target_layer_ids, drafting block_size tokens per pass; the last stage
+// carries a Markov head of rank markov_rank. kiln reads and reports it; it does not run it.
+struct DSparkConfig {
+  int64_t stages = 0;          // len(compress_ratios) - num_hidden_layers (not num_nextn_predict_layers)
+  int64_t block_size = 0;      // dspark_block_size
+  int64_t noise_token_id = 0;  // dspark_noise_token_id: the mask token filling the block after the anchor
+  int64_t markov_rank = 0;     // dspark_markov_rank
+  std::vector<int64_t> target_layer_ids;  // dspark_target_layer_ids: strictly increasing backbone layers
+};
+
 struct ModelConfig {
   ConfigForm form = ConfigForm::DeepSeek;
   std::string model_type;  // "deepseek_v4"
@@ -41,7 +60,8 @@ struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
-  int64_t num_mtp_layers = 0;  // num_nextn_predict_layers
+  int64_t num_mtp_layers = 0;  // classic MTP blocks: num_nextn_predict_layers, 0 with DSpark
+  int64_t num_nextn_predict_layers = 0;  // as written (DSpark checkpoints keep it at 1)
   int64_t num_heads = 0;
   int64_t num_kv_heads = 1;
   int64_t head_dim = 0;
@@ -51,7 +71,8 @@ struct ModelConfig {
   int64_t o_groups = 0;
   int64_t sliding_window = 0;
 
-  // Per backbone layer (size num_layers) then per MTP layer (size num_mtp_layers): 0 = SWA.
+  // Per backbone layer (num_layers), then per MTP layer (num_mtp_layers), then per DSpark
+  // stage (dspark->stages, always 0): 0 = SWA.
   std::vector<int64_t> compress_ratios;
   // Same indexing as compress_ratios. DeepSeek form: 0 -> SWA, 4 -> CSA, other -> HCA;
   // transformers' form: from the layer type name (MTP layers: SWA).
@@ -91,14 +112,25 @@ struct ModelConfig {
   std::optional<nlohmann::json> quantization_config;
   std::optional<nlohmann::json> hf_quant_config;  // hf_quant_config.json (ModelOpt)
 
-  AttnKind attn_kind(int64_t layer) const;  // layer in [0, num_layers + num_mtp_layers)
+  std::optional<DSparkConfig> dspark;  // present when the dspark_* keys are
+
+  DrafterKind drafter() const {
+    return dspark ? DrafterKind::DSpark : num_mtp_layers > 0 ? DrafterKind::Mtp : DrafterKind::None;
+  }
+  // Layer entries after the backbone: MTP layers, then DSpark stages.
+  int64_t num_draft_layers() const { return num_mtp_layers + (dspark ? dspark->stages : 0); }
+  // The layer index of DSpark stage `s` (compress_ratios / attn_kinds).
+  int64_t dspark_layer(int64_t s) const { return num_layers + num_mtp_layers + s; }
+
+  AttnKind attn_kind(int64_t layer) const;  // layer in [0, num_layers + num_draft_layers())
   int64_t compress_ratio(int64_t layer) const { return compress_ratios.at(static_cast<size_t>(layer)); }
-  bool is_hash_layer(int64_t layer) const;  // false for MTP layers
+  bool is_hash_layer(int64_t layer) const;  // false for MTP layers and DSpark stages
 };
 
 // Parses config.json content. `label` names the file in error messages. Missing or
 // ill-typed required fields, inconsistent lengths (layer_types vs num_hidden_layers),
-// unknown layer types, non-positive dimensions: Error(Invalid) naming the field.
+// unknown layer types, non-positive dimensions, an incomplete or inconsistent set of
+// dspark_* keys: Error(Invalid) naming the field.
 ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label);
 
 // Reads DIR/config.json (required) and DIR/hf_quant_config.json (optional).
