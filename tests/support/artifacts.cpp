@@ -101,6 +101,28 @@ nlohmann::json flash_config(int num_layers) {
   return c;
 }
 
+nlohmann::json dspark_config(nlohmann::json cfg, std::vector<int> target_layer_ids, int markov_rank,
+                             int noise_token_id, int stages, int block_size) {
+  const int64_t L = cfg["num_hidden_layers"];
+  std::vector<int64_t> ratios = cfg["compress_ratios"];
+  ratios.resize(static_cast<size_t>(L));
+  for (int s = 0; s < stages; ++s) ratios.push_back(0);
+  cfg["compress_ratios"] = ratios;
+  cfg["num_nextn_predict_layers"] = 1;
+  cfg["dspark_block_size"] = block_size;
+  cfg["dspark_noise_token_id"] = noise_token_id;
+  cfg["dspark_target_layer_ids"] = target_layer_ids;
+  cfg["dspark_markov_rank"] = markov_rank;
+  return cfg;
+}
+
+nlohmann::json tiny_dspark_config() { return dspark_config(tiny_config(), {1, 2, 3}, 32, 255); }
+
+nlohmann::json flash_0731_config() {
+  std::ifstream f(std::string(KILN_TEST_DATA_DIR) + "/configs/deepseek_v4_flash_0731.json");
+  return nlohmann::json::parse(f);
+}
+
 namespace {
 
 enum class Kind { BF16, FP8, INT4, NVFP4, MXFP4 };
@@ -368,8 +390,13 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
   const bool hf = layout == Layout::V3Fp8 || layout == Layout::HfBf16;
   const bool fused_experts = layout == Layout::HfBf16;
   const bool with_mtp = layout != Layout::HfBf16;  // transformers does not save the MTP block
-  const int mtp_shard = num_shards - 1;
-  const int main_shards = num_shards > 1 ? num_shards - 1 : 1;
+  const auto ratios = cfg["compress_ratios"];
+  // A DSpark checkpoint: its stages take the MTP block's place under mtp.N.
+  const bool dspark = cfg.contains("dspark_block_size");
+  const int64_t S = dspark ? static_cast<int64_t>(ratios.size()) - L : 0;
+  const int64_t drafts = with_mtp ? (dspark ? S : M) : 0;
+  const int draft_shards = num_shards <= 1 ? 0 : dspark && drafts > 0 ? static_cast<int>(std::min<int64_t>(S, num_shards - 1)) : 1;
+  const int main_shards = num_shards > 1 ? num_shards - draft_shards : 1;
 
   auto top = [&](const std::string& native) -> std::string {
     if (!hf) return native;
@@ -387,10 +414,10 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
   em.tensor(top("hc_head_scale"), f32, {1}, Fill::F32One, main_shards - 1);
   em.linear(top("head"), V, H, storage_for(layout, Role::Head, false), main_shards - 1);
 
-  const auto ratios = cfg["compress_ratios"];
-  for (int64_t li = 0; li < L + (with_mtp ? M : 0); ++li) {
+  for (int64_t li = 0; li < L + drafts; ++li) {
     const bool mtp = li >= L;
-    const int shard = mtp ? mtp_shard : static_cast<int>(li * main_shards / L);
+    int shard = static_cast<int>(li * main_shards / L);
+    if (mtp) shard = draft_shards == 0 ? 0 : main_shards + static_cast<int>((li - L) * draft_shards / drafts);
     std::string prefix;
     if (mtp) prefix = hf ? fmt::format("model.layers.{}.", li) : fmt::format("mtp.{}.", li - L);
     else prefix = hf ? fmt::format("model.layers.{}.", li) : fmt::format("layers.{}.", li);
@@ -449,7 +476,22 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
     lin("ffn.shared_experts.w1", Ish, H, Role::Shared);
     lin("ffn.shared_experts.w2", H, Ish, Role::Shared);
     lin("ffn.shared_experts.w3", Ish, H, Role::Shared);
-    if (mtp) {
+    if (mtp && dspark) {  // dspark.md 1.4: main_proj + main_norm on stage 0, the heads on the last
+      const int64_t s = li - L, rank = cfg["dspark_markov_rank"];
+      if (s == 0) {
+        lin("main_proj", H, H * static_cast<int64_t>(cfg["dspark_target_layer_ids"].size()), Role::MtpProj);
+        em.tensor(nm("main_norm.weight"), DType::BF16, {H}, Fill::F32One, shard);
+      }
+      if (s == S - 1) {
+        em.tensor(nm("norm.weight"), DType::BF16, {H}, Fill::F32One, shard);
+        em.tensor(nm("hc_head_fn"), f32, {nhc, nhc * H}, Fill::F32Small, shard);
+        em.tensor(nm("hc_head_base"), f32, {nhc}, Fill::F32Small, shard);
+        em.tensor(nm("hc_head_scale"), f32, {1}, Fill::F32One, shard);
+        em.tensor(nm("markov_head.markov_w1.weight"), DType::BF16, {V, rank}, Fill::Bf16Weight, shard);
+        lin("markov_head.markov_w2", V, rank, Role::Head);
+        lin("confidence_head.proj", 1, H + rank, Role::Head);
+      }
+    } else if (mtp) {
       lin("e_proj", H, H, Role::MtpProj);
       lin("h_proj", H, H, Role::MtpProj);
       em.tensor(nm("enorm.weight"), DType::BF16, {H}, Fill::F32One, shard);
@@ -466,7 +508,7 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
   {
     std::vector<PendingTensor*> main;
     for (auto& t : spec.tensors) {
-      if (!(with_mtp && t.shard == mtp_shard && num_shards > 1)) main.push_back(&t);
+      if (!(with_mtp && num_shards > 1 && t.shard >= main_shards)) main.push_back(&t);
     }
     for (size_t i = 0; i < main.size(); ++i) {
       main[i]->shard = static_cast<int>(i * static_cast<size_t>(main_shards) / main.size());

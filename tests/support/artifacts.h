@@ -56,8 +56,20 @@ nlohmann::json tiny_config();
 // DeepSeek-V4-Flash's config.json (dsv4-model.md section 1), optionally with fewer layers.
 nlohmann::json flash_config(int num_layers = 43);
 
+// `cfg` (DeepSeek form) as DeepSeek writes a DSpark checkpoint's config (V4-Flash-0731,
+// dspark.md 1.2): the dspark_* keys, compress_ratios = the backbone's + one 0 per stage,
+// num_nextn_predict_layers left at 1. make_spec then writes the drafter's stages under
+// mtp.N in place of the MTP block.
+nlohmann::json dspark_config(nlohmann::json cfg, std::vector<int> target_layer_ids, int markov_rank,
+                             int noise_token_id, int stages = 3, int block_size = 5);
+// tiny_config() with a 3-stage DSpark drafter reading layers 1-3 (rank 32, noise token 255).
+nlohmann::json tiny_dspark_config();
+// DeepSeek-V4-Flash-0731's config.json (tests/data/configs/deepseek_v4_flash_0731.json).
+nlohmann::json flash_0731_config();
+
 // Every tensor of `layout` for `config` (DeepSeek form), spread over `num_shards`
-// shards (MTP in the last one); sparse = no bytes.
+// shards (MTP in the last one; DSpark stages in the last min(stages, num_shards - 1), as
+// the 0731 release keeps them in shards 46-48); sparse = no bytes.
 ArtifactSpec make_spec(Layout layout, const nlohmann::json& config, int num_shards = 2, bool sparse = false);
 void write_spec(const ArtifactSpec& spec, const std::filesystem::path& dir);
 

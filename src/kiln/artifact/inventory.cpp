@@ -12,7 +12,7 @@ std::string ExpectedTensor::path() const {
   return c.path();
 }
 
-std::string group_of(Scope scope, const std::string& m, bool linear) {
+std::string group_of(Part part, const std::string& m, bool linear) {
   auto starts = [&](std::string_view p) { return m.rfind(p, 0) == 0; };
   std::string g;
   if (linear) {
@@ -24,7 +24,9 @@ std::string group_of(Scope scope, const std::string& m, bool linear) {
     else if (starts("attn.compressor.")) g = "compressor wkv/wgate";
     else if (starts("attn.")) g = "attention " + m.substr(5);
     else if (m == "e_proj" || m == "h_proj") g = "e_proj/h_proj";
-    else g = m;  // head
+    else if (m == "markov_head.markov_w2") g = "Markov head w2";
+    else if (m == "confidence_head.proj") g = "confidence head";
+    else g = m;  // head, main_proj
   } else {
     if (m == "embed.weight") g = "embedding";
     else if (m.find("norm") != std::string::npos) g = "norms";
@@ -33,16 +35,22 @@ std::string group_of(Scope scope, const std::string& m, bool linear) {
     else if (m == "ffn.gate.bias") g = "router bias";
     else if (m.find("ape") != std::string::npos) g = "compressor ape";
     else if (m == "attn.attn_sink") g = "attention sink";
+    else if (m == "markov_head.markov_w1.weight") g = "Markov head w1 (embedding)";
     else g = m;
   }
-  return scope == Scope::Mtp ? "MTP " + g : g;
+  switch (part) {
+    case Part::Main: return g;
+    case Part::Mtp: return "MTP " + g;
+    case Part::DSpark: return "DSpark " + g;
+  }
+  return g;
 }
 
 namespace {
 
 class Builder {
  public:
-  explicit Builder(const ModelConfig& c) : c_(c) {}
+  Builder(const ModelConfig& c, bool dspark) : c_(c), dspark_(dspark) {}
 
   void linear(Scope s, int idx, std::string m, int64_t n, int64_t k, bool optional = false) {
     ExpectedTensor e;
@@ -52,7 +60,8 @@ class Builder {
     e.n = n;
     e.k = k;
     e.optional = optional;
-    e.group = group_of(s, m, true);
+    e.part = part_of(s);
+    e.group = group_of(e.part, m, true);
     e.module = std::move(m);
     out.push_back(std::move(e));
   }
@@ -64,7 +73,8 @@ class Builder {
     e.shape = std::move(shape);
     e.dtypes = std::move(dtypes);
     e.optional = optional;
-    e.group = group_of(s, m, false);
+    e.part = part_of(s);
+    e.group = group_of(e.part, m, false);
     e.module = std::move(m);
     out.push_back(std::move(e));
   }
@@ -142,13 +152,19 @@ class Builder {
   std::vector<ExpectedTensor> out;
 
  private:
+  Part part_of(Scope s) const {
+    if (s != Scope::Mtp) return Part::Main;
+    return dspark_ ? Part::DSpark : Part::Mtp;
+  }
+
   const ModelConfig& c_;
+  bool dspark_;
 };
 
 }  // namespace
 
 std::vector<ExpectedTensor> expected_inventory(const ModelConfig& cfg) {
-  Builder b(cfg);
+  Builder b(cfg, false);
   b.head(Scope::Top, -1, false);
   for (int64_t l = 0; l < cfg.num_layers; ++l) b.block(Scope::Layer, static_cast<int>(l), l);
   for (int64_t m = 0; m < cfg.num_mtp_layers; ++m) {
@@ -160,6 +176,33 @@ std::vector<ExpectedTensor> expected_inventory(const ModelConfig& cfg) {
     b.plain(Scope::Mtp, idx, "enorm.weight", {H}, {DType::BF16, DType::F32, DType::F16});
     b.plain(Scope::Mtp, idx, "hnorm.weight", {H}, {DType::BF16, DType::F32, DType::F16});
     b.head(Scope::Mtp, idx, true);  // MTP shares embed/head; its own copies are optional
+  }
+  return std::move(b.out);
+}
+
+std::vector<ExpectedTensor> expected_dspark_inventory(const ModelConfig& cfg) {
+  if (!cfg.dspark) return {};
+  const DSparkConfig& d = *cfg.dspark;
+  const int64_t H = cfg.hidden_size, n = cfg.hc_mult, V = cfg.vocab_size, rank = d.markov_rank;
+  const std::vector<DType> norm_t{DType::BF16, DType::F32, DType::F16};
+  const std::vector<DType> f32_t{DType::F32, DType::BF16};
+  Builder b(cfg, true);
+  for (int64_t s = 0; s < d.stages; ++s) {
+    const int idx = static_cast<int>(s);
+    b.block(Scope::Mtp, idx, cfg.dspark_layer(s));
+    if (s == 0) {  // main_x = main_norm(main_proj(cat of the target layers' outputs))
+      b.linear(Scope::Mtp, idx, "main_proj", H, H * static_cast<int64_t>(d.target_layer_ids.size()));
+      b.plain(Scope::Mtp, idx, "main_norm.weight", {H}, norm_t);
+    }
+    if (s == d.stages - 1) {
+      b.plain(Scope::Mtp, idx, "norm.weight", {H}, norm_t);
+      b.plain(Scope::Mtp, idx, "hc_head_fn", {n, n * H}, f32_t);
+      b.plain(Scope::Mtp, idx, "hc_head_base", {n}, f32_t);
+      b.plain(Scope::Mtp, idx, "hc_head_scale", {1}, f32_t);
+      b.plain(Scope::Mtp, idx, "markov_head.markov_w1.weight", {V, rank}, {DType::BF16, DType::F16, DType::F32});
+      b.linear(Scope::Mtp, idx, "markov_head.markov_w2", V, rank);
+      b.linear(Scope::Mtp, idx, "confidence_head.proj", 1, H + rank, /*optional=*/true);
+    }
   }
   return std::move(b.out);
 }

@@ -37,6 +37,9 @@ constexpr NameRule kLayerRules[] = {
     {"e_proj", "e_proj", true},  // MTP
     {"h_proj", "h_proj", true},  // MTP
     {"head", "head", true},      // MTP copy of the shared head (optional)
+    {"main_proj", "main_proj", true},                          // DSpark stage 0
+    {"markov_head.markov_w2", "markov_head.markov_w2", true},  // DSpark last stage
+    {"confidence_head.proj", "confidence_head.proj", true},    // DSpark last stage
     // --- native: plain tensors
     {"attn_norm.weight", "attn_norm.weight", false},
     {"ffn_norm.weight", "ffn_norm.weight", false},
@@ -62,6 +65,8 @@ constexpr NameRule kLayerRules[] = {
     {"hc_head_base", "hc_head_base", false},  // MTP
     {"hc_head_scale", "hc_head_scale", false},  // MTP
     {"embed.weight", "embed.weight", false},  // MTP copy of the shared embedding (optional)
+    {"main_norm.weight", "main_norm.weight", false},                          // DSpark stage 0
+    {"markov_head.markov_w1.weight", "markov_head.markov_w1.weight", false},  // DSpark last stage
     {"emb.tok_emb.weight", "embed.weight", false},
     // --- transformers 5.x save_pretrained (reverse of its conversion mapping)
     {"attn.norm.weight", "attn.kv_norm.weight", false},
@@ -256,6 +261,11 @@ bool is_linear_field(std::string_view field) {
     if (f == field) return true;
   }
   return false;
+}
+
+bool is_dspark_module(std::string_view m) {
+  return m == "main_proj" || m == "main_norm.weight" || m.substr(0, 12) == "markov_head." ||
+         m.substr(0, 16) == "confidence_head.";
 }
 
 std::span<const NameRule> name_rules() {

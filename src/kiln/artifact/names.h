@@ -4,7 +4,9 @@
 // what transformers 5.x writes on save (`model.layers.3.attn.wq_a.weight`,
 // `model.embed_tokens.weight`, `model.hc_head.hc_fn`, `attn.norm.weight` for kv_norm).
 // One rule table maps every spelling to kiln's canonical name, which follows DeepSeek's
-// native layout; nothing downstream of artifact/ sees a checkpoint name.
+// native layout; nothing downstream of artifact/ sees a checkpoint name. A DSpark drafter's
+// stages live in the same mtp.N namespace as classic MTP blocks; which one a checkpoint has
+// is the plan's call (config keys and tensors), not the name's.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +49,11 @@ std::optional<CanonicalName> canonicalize(std::string_view checkpoint_name, cons
 
 // Field suffixes a linear module may carry on disk (besides the weight itself).
 bool is_linear_field(std::string_view field);
+
+// Canonical modules (in an mtp.N scope) that only a DSpark drafter stage has: main_proj,
+// main_norm.weight, markov_head.*, confidence_head.*. One of them marks the mtp.N blocks
+// as DSpark stages, never classic MTP blocks.
+bool is_dspark_module(std::string_view module);
 
 // For rule-table tests: every rule's alias pattern and canonical form, `{E}` = expert.
 struct NameRule {

@@ -89,23 +89,24 @@ std::optional<std::string> check_float_scale_values(const Checkpoint& ckpt, cons
 
 }  // namespace
 
-Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
+Plan build_plan(const Checkpoint& ckpt, const ModelConfig& config) {
   Plan p;
-  p.config = cfg;
+  p.config = config;
   p.num_shards = ckpt.shards().size();
   p.total_tensors = ckpt.tensors().size();
   p.total_bytes = ckpt.total_tensor_bytes();
   for (const auto& w : ckpt.warnings()) p.warnings.push_back(w);
 
-  QuantHint hint(cfg);
+  QuantHint hint(config);
   p.hint_summary = hint.summary();
   for (const auto& w : hint.warnings()) p.warnings.push_back(w);
 
   // 1. Every checkpoint tensor to its canonical role.
-  const NameContext ctx{cfg.num_layers};
+  const NameContext ctx{config.num_layers};
   std::unordered_map<std::string, ModuleAcc> modules;
   std::unordered_map<std::string, TensorSlice> plains;
-  std::set<int> mtp_found;
+  std::set<int> mtp_indices;
+  std::vector<std::string> dspark_evidence;  // tensors only a DSpark stage has
   std::unordered_set<std::string> consumed;
   modules.reserve(ckpt.tensors().size());
 
@@ -128,7 +129,10 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
   for (const auto& [name, entry] : ckpt.tensors()) {
     auto c = canonicalize(name, ctx);
     if (!c) continue;
-    if (c->scope == Scope::Mtp) mtp_found.insert(c->index);
+    if (c->scope == Scope::Mtp) {
+      mtp_indices.insert(c->index);
+      if (is_dspark_module(c->module)) dspark_evidence.emplace_back(name);
+    }
     TensorSlice base;
     base.name = std::string(name);
     base.info = entry.info;
@@ -171,9 +175,31 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       }
     }
   }
-  p.mtp_found.assign(mtp_found.begin(), mtp_found.end());
+  std::sort(dspark_evidence.begin(), dspark_evidence.end());
 
-  // 2. Walk what the config requires.
+  // 2. What the mtp.N blocks are. The config's dspark_* keys declare a DSpark drafter
+  // (and no classic MTP block). Without them, DSpark-only tensors still mark the blocks as
+  // a drafter kiln cannot describe: not the classic MTP blocks the config asks for.
+  if (config.dspark) {
+    p.dspark.emplace();
+    for (int idx : mtp_indices) {
+      if (idx < config.dspark->stages) p.dspark->stages_found.push_back(idx);
+    }
+  } else if (!dspark_evidence.empty()) {
+    p.warnings.push_back(fmt::format(
+        "mtp.{} hold{} a DSpark drafter ({}), but config.json has no dspark_* keys to describe it: the drafter is "
+        "not planned (its tensors are unused), and it is not the classic MTP block num_nextn_predict_layers ({}) "
+        "declares, so there is no MTP block", format_ranges(std::vector<int>(mtp_indices.begin(), mtp_indices.end())),
+        mtp_indices.size() == 1 ? "s" : "", list_some(dspark_evidence, 3), config.num_nextn_predict_layers));
+    p.config.num_mtp_layers = 0;
+    p.config.compress_ratios.resize(static_cast<size_t>(config.num_layers));
+    p.config.attn_kinds.resize(static_cast<size_t>(config.num_layers));
+  } else {
+    p.mtp_found.assign(mtp_indices.begin(), mtp_indices.end());
+  }
+  const ModelConfig& cfg = p.config;
+  const std::set<int> mtp_found(p.mtp_found.begin(), p.mtp_found.end());
+
   for (int64_t m = 0; m < cfg.num_mtp_layers; ++m) {
     if (!mtp_found.count(static_cast<int>(m))) {
       p.warnings.push_back(fmt::format("config declares MTP layer {} but the checkpoint has no tensors for it: "
@@ -186,17 +212,22 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
                                        "layer(s); they are not used", idx, cfg.num_mtp_layers));
     }
   }
+  if (p.dspark && p.dspark->stages_found.empty()) {
+    p.warnings.push_back(fmt::format("config.json declares a DSpark drafter ({} stage(s) under mtp.N) but the "
+                                     "checkpoint has no tensors for it: DSpark drafting would be unavailable",
+                                     cfg.dspark->stages));
+  }
 
+  // 3. Walk what the config requires.
   struct Disagreement {
     std::vector<std::string> paths;
   };
   std::map<std::string, Disagreement> disagreements;  // key: message template
   std::map<std::pair<std::string, std::string>, size_t> row_of;
   std::vector<std::unordered_set<std::string>> row_tensors;
-  std::vector<std::string> float_scale_checked;
   std::unordered_map<std::string, bool> scale_checked;
 
-  auto row = [&](const std::string& label, const std::string& scheme, bool linear, Scope s) -> GroupRow& {
+  auto row = [&](const std::string& label, const std::string& scheme, bool linear, Part part) -> GroupRow& {
     auto key = std::pair{label, scheme};
     auto it = row_of.find(key);
     if (it == row_of.end()) {
@@ -205,7 +236,8 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       r.label = label;
       r.scheme = scheme;
       r.linear = linear;
-      r.mtp = s == Scope::Mtp;
+      r.part = part;
+      r.mtp = part == Part::Mtp;
       p.groups.push_back(std::move(r));
       row_tensors.emplace_back();
     }
@@ -216,14 +248,15 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
     if (r.layers.empty() || r.layers.back() != idx) r.layers.push_back(idx);
   };
 
-  for (const auto& e : expected_inventory(cfg)) {
-    if (e.scope == Scope::Mtp && !mtp_found.count(e.index)) continue;  // reported above
+  // Plans one expected tensor or module into `linears` / `tensors`; false when absent.
+  auto plan_one = [&](const ExpectedTensor& e, std::vector<PlannedLinear>& linears,
+                      std::vector<PlannedTensor>& tensors) -> bool {
     const auto path = e.path();
     if (!e.linear) {
       auto it = plains.find(path);
       if (it == plains.end()) {
         if (!e.optional) p.missing.push_back(path);
-        continue;
+        return false;
       }
       const TensorSlice& t = it->second;
       consumed.insert(t.name);
@@ -240,26 +273,26 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
                                        shape_str(e.shape)));
       }
       PlannedTensor pt{path, e.group, t};
-      auto& r = row(e.group, std::string(dtype_name(t.dtype())), false, e.scope);
+      auto& r = row(e.group, std::string(dtype_name(t.dtype())), false, e.part);
       add_layer(r, e.scope, e.index);
       r.modules += 1;
       if (row_tensors[static_cast<size_t>(&r - p.groups.data())].insert(t.name).second) r.tensors += 1;
       r.bytes += t.nbytes();
-      p.tensors.push_back(std::move(pt));
-      continue;
+      tensors.push_back(std::move(pt));
+      return true;
     }
 
     auto it = modules.find(path);
     if (it == modules.end()) {
       if (!e.optional) p.missing.push_back(path + ".weight");
-      continue;
+      return false;
     }
     ModuleAcc& acc = it->second;
     for (const auto& [f, t] : acc.fields) consumed.insert(t.name);
     auto det = detect_scheme(path, acc.fields, e.n, e.k, hint.fp8_block());
     if (!det.scheme) {
       for (auto& er : det.errors) p.errors.push_back(std::move(er));
-      continue;
+      return true;
     }
     PlannedLinear pl;
     pl.name = acc.name;
@@ -301,7 +334,7 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       disagreements[key].paths.push_back(path);
     }
 
-    auto& r = row(e.group, pl.scheme.describe(), true, e.scope);
+    auto& r = row(e.group, pl.scheme.describe(), true, e.part);
     add_layer(r, e.scope, e.index);
     r.modules += 1;
     auto& seen = row_tensors[static_cast<size_t>(&r - p.groups.data())];
@@ -309,7 +342,31 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
       if (seen.insert(t.name).second) r.tensors += 1;
     }
     r.bytes += pl.bytes;
-    p.linears.push_back(std::move(pl));
+    linears.push_back(std::move(pl));
+    return true;
+  };
+
+  for (const auto& e : expected_inventory(cfg)) {
+    if (e.scope == Scope::Mtp && !mtp_found.count(e.index)) continue;  // reported above
+    plan_one(e, p.linears, p.tensors);
+  }
+  // A DSpark drafter found on disk is checked whole: every stage, every tensor.
+  if (p.dspark && !p.dspark->stages_found.empty()) {
+    PlannedDSpark& d = *p.dspark;
+    for (const auto& e : expected_dspark_inventory(cfg)) {
+      const bool found = plan_one(e, d.linears, d.tensors);
+      if (found && e.module == "confidence_head.proj") d.confidence_head = true;
+    }
+    std::unordered_set<std::string> names;
+    for (const auto& l : d.linears) {
+      for (const auto& [f, t] : l.fields) {
+        if (names.insert(t.name).second) d.bytes += t.info->nbytes();
+      }
+    }
+    for (const auto& t : d.tensors) {
+      if (names.insert(t.tensor.name).second) d.bytes += t.tensor.info->nbytes();
+    }
+    d.num_tensors = names.size();
   }
 
   for (auto& [msg, d] : disagreements) {
@@ -325,9 +382,10 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg) {
                                      p.unused.size(), list_some(p.unused)));
   }
 
-  // Main-model rows first, linear modules before plain tensors, in inventory order; MTP after.
+  // Main-model rows first, linear modules before plain tensors, in inventory order; then
+  // MTP, then the DSpark drafter.
   std::stable_sort(p.groups.begin(), p.groups.end(), [](const GroupRow& a, const GroupRow& b) {
-    return std::pair{a.mtp, !a.linear} < std::pair{b.mtp, !b.linear};
+    return std::pair{a.part, !a.linear} < std::pair{b.part, !b.linear};
   });
   return p;
 }

@@ -6,9 +6,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "kiln/artifact/inventory.h"
 #include "kiln/artifact/names.h"
 #include "kiln/artifact/scheme.h"
 #include "kiln/io/checkpoint.h"
@@ -38,20 +40,37 @@ struct GroupRow {
   std::string label;   // "routed experts", "MTP attention wq_a", "norms"
   std::string scheme;  // Scheme::describe() for linears, the dtype for plain tensors
   bool linear = false;
-  bool mtp = false;
-  std::vector<int> layers;  // layer (or MTP) indices covered, sorted
+  Part part = Part::Main;
+  bool mtp = false;         // part == Part::Mtp
+  std::vector<int> layers;  // layer (MTP block, DSpark stage) indices covered, sorted
   size_t modules = 0;
   size_t tensors = 0;  // distinct checkpoint tensors
   uint64_t bytes = 0;
 };
 
+// A DSpark drafter that config.json declares: its tensors matched, shapes checked and
+// schemes detected like the main model's, but kept apart from `linears` / `tensors`:
+// nothing loads it (kiln does not run DSpark drafting yet).
+struct PlannedDSpark {
+  std::vector<int> stages_found;  // mtp.N indices with tensors on disk
+  std::vector<PlannedLinear> linears;
+  std::vector<PlannedTensor> tensors;
+  bool confidence_head = false;  // optional; the release has one
+  size_t num_tensors = 0;        // distinct checkpoint tensors
+  uint64_t bytes = 0;
+};
+
 struct Plan {
+  // The config the plan follows: as parsed, except that mtp.N blocks holding a DSpark
+  // drafter the config does not declare are not taken for the classic MTP blocks that
+  // num_nextn_predict_layers asks for (num_mtp_layers is then 0).
   ModelConfig config;
   std::vector<PlannedLinear> linears;
   std::vector<PlannedTensor> tensors;
   std::vector<GroupRow> groups;
   std::vector<std::string> hint_summary;
-  std::vector<int> mtp_found;          // MTP indices with tensors on disk
+  std::vector<int> mtp_found;          // classic MTP indices with tensors on disk
+  std::optional<PlannedDSpark> dspark;  // when config.dspark: the drafter as found on disk
   std::vector<std::string> unused;     // checkpoint tensors no expected role takes
   std::vector<std::string> missing;    // canonical names expected but absent
   std::vector<std::string> warnings;

@@ -13,10 +13,12 @@ namespace {
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
-// Linear modules DeepSeek's reference keeps in BF16 whatever quantization_config says.
+// Linear modules DeepSeek's reference keeps in BF16 whatever quantization_config says
+// (and a DSpark drafter's Markov and confidence heads, BF16 in the 0731 release).
 bool deepseek_bf16_module(const std::string& m) {
   return starts_with(m, "attn.compressor.") || starts_with(m, "attn.indexer.compressor.") ||
-         m == "attn.indexer.weights_proj" || m == "ffn.gate" || m == "head";
+         m == "attn.indexer.weights_proj" || m == "ffn.gate" || m == "head" || m == "markov_head.markov_w2" ||
+         m == "confidence_head.proj";
 }
 
 std::vector<std::string> string_list(const nlohmann::json& j, std::string_view key, std::vector<std::string>& warn,

@@ -45,10 +45,83 @@ std::string verdict_line(const Plan& p) {
                      p.errors.size() == 1 ? "" : "s", p.missing.size(), p.missing.size() == 1 ? "" : "s");
 }
 
+std::vector<int> all_stages(int64_t n) {
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i) v.push_back(i);
+  return v;
+}
+
+std::string stage_list(const std::vector<int>& found) {
+  return found.empty() ? "none" : fmt::format("mtp.{}", format_ranges(found));
+}
+
+// "none", "1 MTP", "DSpark drafter (3 stages)": what follows the backbone.
+std::string drafter_summary(const ModelConfig& c) {
+  if (c.dspark) return fmt::format("DSpark drafter ({} stage{})", c.dspark->stages, c.dspark->stages == 1 ? "" : "s");
+  return fmt::format("{} MTP", c.num_mtp_layers);
+}
+
+// The DSpark drafter's report lines (text).
+std::string dspark_lines(const Plan& p) {
+  const DSparkConfig& d = *p.config.dspark;
+  std::string out = fmt::format(
+      "drafter     DSpark: {} sliding-window stage{} ({}), block {}, targets [{}], Markov rank {}, noise token {}\n",
+      d.stages, d.stages == 1 ? "" : "s", stage_list(all_stages(d.stages)), d.block_size,
+      fmt::join(d.target_layer_ids, ", "),
+      d.markov_rank, d.noise_token_id);
+  const PlannedDSpark& pd = *p.dspark;
+  if (pd.stages_found.empty()) {
+    out += "            found none; not loaded (kiln does not run DSpark drafting yet)\n";
+  } else {
+    out += fmt::format("            found {}: {} tensors, {}, confidence head {}; not loaded (kiln does not run DSpark "
+                       "drafting yet)\n",
+                       stage_list(pd.stages_found), pd.num_tensors, format_bytes(pd.bytes),
+                       pd.confidence_head ? "yes" : "no");
+  }
+  return out;
+}
+
 void list_section(std::string& out, std::string_view title, const std::vector<std::string>& items, size_t max) {
   out += fmt::format("{} ({})\n", title, items.size());
   for (size_t i = 0; i < items.size() && i < max; ++i) out += fmt::format("  - {}\n", items[i]);
   if (items.size() > max) out += fmt::format("  ... and {} more (--json lists all)\n", items.size() - max);
+}
+
+std::string_view part_name(Part part) {
+  switch (part) {
+    case Part::Main: return "main";
+    case Part::Mtp: return "mtp";
+    case Part::DSpark: return "dspark";
+  }
+  return "?";
+}
+
+nlohmann::json drafter_json(const Plan& p) {
+  const ModelConfig& c = p.config;
+  nlohmann::json j = {{"kind", std::string(drafter_kind_name(c.drafter()))}};
+  if (c.drafter() == DrafterKind::Mtp) {
+    j["stages"] = c.num_mtp_layers;
+    j["found"] = p.mtp_found;
+    j["loaded"] = !p.mtp_found.empty();
+  }
+  if (!c.dspark) return j;
+  const DSparkConfig& d = *c.dspark;
+  const PlannedDSpark& pd = *p.dspark;
+  std::vector<int64_t> ratios;
+  for (int64_t s = 0; s < d.stages; ++s) ratios.push_back(c.compress_ratio(c.dspark_layer(s)));
+  j["stages"] = d.stages;
+  j["found"] = pd.stages_found;
+  j["loaded"] = false;
+  j["block_size"] = d.block_size;
+  j["noise_token_id"] = d.noise_token_id;
+  j["target_layer_ids"] = d.target_layer_ids;
+  j["markov_rank"] = d.markov_rank;
+  j["compress_ratios"] = ratios;
+  j["confidence_head"] = pd.confidence_head;
+  j["linear_modules"] = pd.linears.size();
+  j["tensors"] = pd.num_tensors;
+  j["bytes"] = pd.bytes;
+  return j;
 }
 
 }  // namespace
@@ -57,11 +130,11 @@ std::string render_text(const Plan& p, const std::filesystem::path& dir) {
   const ModelConfig& c = p.config;
   std::string out;
   out += fmt::format("kiln inspect {}\n", dir.string());
-  out += fmt::format("model       {} ({} config): hidden {}, {} layers + {} MTP, {} heads x {} (rope {}), q_lora {}, "
+  out += fmt::format("model       {} ({} config): hidden {}, {} layers + {}, {} heads x {} (rope {}), q_lora {}, "
                      "o_groups {} x {}, window {}\n",
                      c.model_type.empty() ? "deepseek_v4" : c.model_type,
                      c.form == ConfigForm::DeepSeek ? "DeepSeek" : "transformers", c.hidden_size, c.num_layers,
-                     c.num_mtp_layers, c.num_heads, c.head_dim, c.rope_head_dim, c.q_lora_rank, c.o_groups,
+                     drafter_summary(c), c.num_heads, c.head_dim, c.rope_head_dim, c.q_lora_rank, c.o_groups,
                      c.o_lora_rank, c.sliding_window);
   out += fmt::format("            experts {} routed top-{} + {} shared (inter {}), index {} x {} top-{}, vocab {}, "
                      "mHC x{}\n",
@@ -73,8 +146,14 @@ std::string render_text(const Plan& p, const std::filesystem::path& dir) {
   out += fmt::format("routing     hash [{}]  score [{}]\n", format_ranges(s.hash), format_ranges(s.score));
   std::vector<std::string> found;
   for (int m : p.mtp_found) found.push_back(fmt::format("mtp.{}", m));
-  out += fmt::format("MTP         declared {}, found {}\n", c.num_mtp_layers,
-                     found.empty() ? "none" : fmt::format("{}", fmt::join(found, ", ")));
+  if (c.dspark) {
+    out += fmt::format("MTP         none: num_nextn_predict_layers ({}) counts the DSpark drafter, not an MTP block\n",
+                       c.num_nextn_predict_layers);
+    out += dspark_lines(p);
+  } else {
+    out += fmt::format("MTP         declared {}, found {}\n", c.num_mtp_layers,
+                       found.empty() ? "none" : fmt::format("{}", fmt::join(found, ", ")));
+  }
   out += fmt::format("checkpoint  {} shard{}, {} tensors, {}\n", p.num_shards, p.num_shards == 1 ? "" : "s",
                      p.total_tensors, format_bytes(p.total_bytes));
   for (const auto& h : p.hint_summary) out += fmt::format("declared    {}\n", h);
@@ -111,6 +190,7 @@ nlohmann::json render_json(const Plan& p, const std::filesystem::path& dir) {
       {"hidden_size", c.hidden_size},
       {"num_layers", c.num_layers},
       {"num_mtp_layers", c.num_mtp_layers},
+      {"num_nextn_predict_layers", c.num_nextn_predict_layers},
       {"num_heads", c.num_heads},
       {"head_dim", c.head_dim},
       {"rope_head_dim", c.rope_head_dim},
@@ -137,6 +217,7 @@ nlohmann::json render_json(const Plan& p, const std::filesystem::path& dir) {
   }
   j["layers"] = std::move(layers);
   j["mtp"] = {{"declared", c.num_mtp_layers}, {"found", p.mtp_found}};
+  j["drafter"] = drafter_json(p);
   j["checkpoint"] = {{"shards", p.num_shards}, {"tensors", p.total_tensors}, {"bytes", p.total_bytes}};
   j["declared"] = p.hint_summary;
   json groups = json::array();
@@ -144,6 +225,7 @@ nlohmann::json render_json(const Plan& p, const std::filesystem::path& dir) {
     groups.push_back({{"label", g.label},
                       {"kind", g.linear ? "linear" : "tensor"},
                       {"mtp", g.mtp},
+                      {"part", part_name(g.part)},
                       {"scheme", g.scheme},
                       {"layers", g.layers},
                       {"layer_ranges", format_ranges(g.layers)},
