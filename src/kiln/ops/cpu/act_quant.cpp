@@ -1,0 +1,50 @@
+// DeepSeek's 1 x 128 activation quantizer (ops/act_quant.h), the CPU reference.
+#include "kiln/ops/act_quant.h"
+
+#include <bit>
+#include <cmath>
+
+#include "kiln/core/codecs.h"
+#include "kiln/core/error.h"
+
+namespace kiln::ops::cpu {
+namespace {
+
+inline float load(const float* p) { return *p; }
+inline float load(const uint16_t* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }  // bf16
+
+template <typename T>
+void quantize_rows(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s, ActScaleLayout sl,
+                   const char* what) {
+  if (M < 0 || K <= 0 || K % kActQuantBlock != 0)
+    fail(ErrorKind::Usage, "{}: [{}, {}] (K must be a positive multiple of {})", what, M, K, kActQuantBlock);
+  float v[kActQuantBlock];
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < K / kActQuantBlock; ++b) {
+      const T* xb = x + m * ldx + b * kActQuantBlock;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < kActQuantBlock; ++i) {
+        v[i] = load(xb + i);
+        amax = std::fmax(amax, std::fabs(v[i]));  // fmaxf, as the GPU: a NaN is dropped
+      }
+      const float sc = act_quant_scale(amax);
+      uint8_t* qb = q + m * ldq + b * kActQuantBlock;
+      for (int64_t i = 0; i < kActQuantBlock; ++i) qb[i] = f32_to_e4m3(act_quant_clamp(v[i] / sc));
+      s[m * sl.row_stride + b * sl.block_stride] = sc;
+    }
+  }
+}
+
+}  // namespace
+
+void act_quant(const float* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
+               ActScaleLayout sl) {
+  quantize_rows(x, ldx, M, K, q, ldq, s, sl, "act_quant");
+}
+
+void act_quant_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
+                    ActScaleLayout sl) {
+  quantize_rows(x, ldx, M, K, q, ldq, s, sl, "act_quant_bf16");
+}
+
+}  // namespace kiln::ops::cpu
