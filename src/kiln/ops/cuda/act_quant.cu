@@ -1,0 +1,70 @@
+// DeepSeek's 1 x 128 activation quantizer (ops/act_quant.h) on the GPU: one warp per
+// 128-column block, four consecutive values per lane; amax by a butterfly of fmaxf (max is
+// exact, so the order does not matter), the scale by act_quant_scale, the codes by the
+// hardware's round-to-nearest-even, saturating e4m3 conversion. Bitwise the CPU's.
+#include <cuda_fp8.h>
+
+#include "kiln/ops/act_quant.h"
+#include "kiln/ops/cuda/check.h"
+
+namespace kiln::ops::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const uint16_t* p) { return __uint_as_float(static_cast<uint32_t>(*p) << 16); }
+
+template <typename T>
+__global__ void act_quant_kernel(const T* __restrict__ x, int64_t ldx, int64_t blocks, int64_t blocks_per_row,
+                                 uint8_t* __restrict__ q, int64_t ldq, float* __restrict__ s, int64_t s_row,
+                                 int64_t s_block) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  if (w >= blocks) return;  // whole warps leave together (blockDim is a multiple of 32)
+  const int64_t m = w / blocks_per_row, b = w % blocks_per_row;
+  const T* xb = x + m * ldx + b * kActQuantBlock + lane * 4;
+  float v[4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[j] = load(xb + j);
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+  const float sc = act_quant_scale(amax);
+  uint8_t* qb = q + m * ldq + b * kActQuantBlock + lane * 4;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    qb[j] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(act_quant_clamp(v[j] / sc), __NV_SATFINITE, __NV_E4M3));
+  if (lane == 0) s[m * s_row + b * s_block] = sc;
+}
+
+template <typename T>
+void launch(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s, ActScaleLayout sl,
+            cudaStream_t stream, const char* what) {
+  if (M < 0 || K <= 0 || K % kActQuantBlock != 0)
+    fail(ErrorKind::Usage, "{}: [{}, {}] (K must be a positive multiple of {})", what, M, K, kActQuantBlock);
+  const int64_t blocks = M * (K / kActQuantBlock);
+  if (blocks == 0) return;
+  const int64_t grid = (blocks + kThreads / 32 - 1) / (kThreads / 32);
+  if (grid > 0x7FFFFFFF) fail(ErrorKind::Usage, "{}: [{}, {}] is too large", what, M, K);
+  act_quant_kernel<T><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(x, ldx, blocks, K / kActQuantBlock, q, ldq,
+                                                                           s, sl.row_stride, sl.block_stride);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void act_quant(const float* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
+               ActScaleLayout sl, cudaStream_t stream) {
+  launch(x, ldx, M, K, q, ldq, s, sl, stream, "cuda::act_quant");
+}
+
+void act_quant_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
+                    ActScaleLayout sl, cudaStream_t stream) {
+  launch(x, ldx, M, K, q, ldq, s, sl, stream, "cuda::act_quant_bf16");
+}
+
+}  // namespace kiln::ops::cuda
