@@ -1,4 +1,5 @@
-// Writes the test artifacts (one directory per layout) for manual inspection and docs:
+// Writes the test artifacts (one directory per layout, and the DSpark 0731 layout) for
+// manual inspection and docs:
 //   kiln_make_test_artifacts OUT_DIR
 #include <iostream>
 
@@ -15,5 +16,9 @@ int main(int argc, char** argv) {
     kiln::test::write_spec(kiln::test::make_spec(l, kiln::test::tiny_config(), l == Layout::HfBf16 ? 1 : 3), dir);
     std::cout << dir.string() << "\n";
   }
+  // DeepSeek-V4-Flash-0731's layout: a 3-stage DSpark drafter under mtp.0-2, no MTP block.
+  auto dir = std::filesystem::path(argv[1]) / "native-dspark-0731";
+  kiln::test::write_spec(kiln::test::make_spec(Layout::Native, kiln::test::tiny_dspark_config(), 5), dir);
+  std::cout << dir.string() << "\n";
   return 0;
 }

@@ -135,6 +135,9 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       w = model::cuda::upload_weights(synth->weights(), synth->linears(), go.max_rows, &err);
     } else {
       loaded = runtime::load_model(o.model, 0, &err);
+      if (o.mtp > 0 && loaded->weights.mtp.empty()) {
+        fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(loaded->config, 0));
+      }
       label = o.model.string();
       w = model::cuda::upload_weights(loaded->weights, model::cuda::checkpoint_linears(loaded->checkpoint, loaded->plan),
                                       go.max_rows, &err);

@@ -714,6 +714,10 @@ int quantize(const Run& run) {
     fail_invalid("{} is not loadable ({} problem(s)), so it cannot be quantized; first: {} (run `kiln inspect {}` for "
                  "the full report)", o.model.string(), why.size(), why.front(), o.model.string());
   }
+  if (cfg.dspark) {
+    fail_invalid("{} has a DSpark drafter (config.json's dspark_* keys); kiln quantize does not carry it yet (issue 19) "
+                 "and will not write a copy that silently drops it", o.model.string());
+  }
 
   // 2. What to write: every planned linear and tensor, in inventory order.
   std::unordered_map<std::string, size_t> inv_pos;

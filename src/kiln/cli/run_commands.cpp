@@ -132,7 +132,9 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
   check_ids(ids, cfg.vocab_size);
   const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size, S = cfg.hc_mult * cfg.hidden_size;
   const int64_t chunk = chunk_size(o.mode, T);
-  if (o.mtp_out && m->weights.mtp.empty()) fail_invalid("--mtp-out: {} has no MTP block", o.model.string());
+  if (o.mtp_out && m->weights.mtp.empty()) {
+    fail_invalid("--mtp-out: {} {}", o.model.string(), model::mtp_unavailable(cfg, 0));
+  }
   if (o.mtp_out && T < 2) fail(ErrorKind::Usage, "--mtp-out needs at least 2 tokens");
 
   std::vector<float> logits(static_cast<size_t>(T * V)), streams(static_cast<size_t>(T * S));
@@ -171,13 +173,18 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
     fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round", *o.mtp, runtime::kMaxDrafts);
   if (o.compare_plain && !o.mtp) fail(ErrorKind::Usage, "--compare-plain needs --mtp K");
   auto ids = parse_tokens(o.tokens);
+  // A DSpark checkpoint cannot draft: say so before spending the load on it.
+  if (o.mtp) {
+    const ModelConfig c = load_model_config(o.model);
+    if (c.dspark) fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(c, 0));
+  }
   const auto t_load = std::chrono::steady_clock::now();
   auto m = runtime::load_model(o.model, o.threads, o.json ? nullptr : &err);
   const double load_s = seconds_since(t_load);
   const auto& cfg = m->config;
   check_ids(ids, cfg.vocab_size);
   if (o.mtp && m->weights.mtp.empty())
-    fail_invalid("--mtp {}: {} has no MTP block to draft with", *o.mtp, o.model.string());
+    fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(cfg, 0));
   const int32_t eos = o.ignore_eos ? -1 : static_cast<int32_t>(cfg.eos_token_id);
 
   std::optional<runtime::GenerateResult> plain;

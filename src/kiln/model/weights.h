@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kiln/io/config.h"
@@ -112,7 +113,7 @@ struct Weights {
   std::vector<float> norm;  // [hidden]
   HyperHead hc_head;
   std::vector<Block> layers;
-  std::vector<MtpBlock> mtp;  // empty when the checkpoint has no MTP block
+  std::vector<MtpBlock> mtp;  // empty when the checkpoint has no MTP block (a DSpark drafter is not loaded)
 };
 
 struct LoadOptions {
@@ -128,6 +129,12 @@ ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
 
 // Resident bytes of all linear modules' weights (fp32 or prepared quantized form).
 uint64_t linear_weight_bytes(const Weights& w);
+
+// Why a model with config `c` and `mtp_blocks` loaded MTP blocks cannot decode with MTP
+// drafts, as the words after its name: "has no MTP block to draft with", or for a DSpark
+// checkpoint (whose drafter is neither loaded nor run) that it has a DSpark drafter and
+// kiln does not implement DSpark drafting yet. Empty when it can.
+std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks);
 
 // Binds every planned tensor (the plan must be loadable); linears as `opt` says, the
 // rest dequantized to fp32. Every scheme of artifact/scheme.h decodes exactly: bf16/f16/f32 as stored; fp8_block as

@@ -76,7 +76,10 @@ Engine::Engine(const model::Forward& forward, EngineOptions options) : f_(forwar
          opts_.max_batch, opts_.max_waiting, opts_.prefill_chunk);
   }
   if (opts_.mtp < 0 || opts_.mtp > kMaxDrafts) fail(ErrorKind::Usage, "engine: mtp {} (expected 0..{})", opts_.mtp, kMaxDrafts);
-  if (opts_.mtp > 0 && !has_mtp()) fail(ErrorKind::Usage, "engine: --mtp {} needs an MTP block; the model has none", opts_.mtp);
+  if (opts_.mtp > 0 && !has_mtp()) {
+    fail(ErrorKind::Usage, "engine: --mtp {}: the model {}", opts_.mtp,
+         model::mtp_unavailable(f_.weights().config, f_.weights().mtp.size()));
+  }
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -104,7 +107,10 @@ std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest r) {
   if (r.max_tokens < 1) fail(ErrorKind::Usage, "max_tokens {} (expected >= 1)", r.max_tokens);
   if (r.mtp < 0) r.mtp = opts_.mtp;
   if (r.mtp > kMaxDrafts) fail(ErrorKind::Usage, "mtp {} (expected 0..{})", r.mtp, kMaxDrafts);
-  if (r.mtp > 0 && !has_mtp()) fail(ErrorKind::Usage, "MTP speculative decoding needs an MTP block; the model has none");
+  if (r.mtp > 0 && !has_mtp()) {
+    fail(ErrorKind::Usage, "MTP speculative decoding: the model {}",
+         model::mtp_unavailable(f_.weights().config, f_.weights().mtp.size()));
+  }
 
   auto a = std::make_unique<Active>();
   a->handle = std::shared_ptr<RequestHandle>(new RequestHandle(r.prompt.size()));

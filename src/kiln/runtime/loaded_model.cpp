@@ -30,8 +30,13 @@ std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int th
                   opt.dequantize ? "dequantizing to fp32" : "keeping them in their stored form"));
   m->weights = model::load_weights(m->checkpoint, m->plan, opt);
   m->forward = std::make_unique<model::Forward>(m->weights, threads);
-  say(fmt::format("ready: {} layers{}, {:.1f} MB of linear weights", m->config.num_layers,
-                  m->weights.mtp.empty() ? "" : fmt::format(" + {} MTP block(s)", m->weights.mtp.size()),
+  std::string extra;
+  if (!m->weights.mtp.empty()) extra = fmt::format(" + {} MTP block(s)", m->weights.mtp.size());
+  if (m->plan.dspark && !m->plan.dspark->stages_found.empty()) {
+    extra = fmt::format(" (DSpark drafter, {} tensors, not loaded: kiln does not run DSpark drafting yet)",
+                        m->plan.dspark->num_tensors);
+  }
+  say(fmt::format("ready: {} layers{}, {:.1f} MB of linear weights", m->config.num_layers, extra,
                   static_cast<double>(model::linear_weight_bytes(m->weights)) / 1e6));
   return m;
 }

@@ -69,7 +69,9 @@ Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, cons
 SpeculativeDecoder::SpeculativeDecoder(const model::Forward& forward, int k, SamplingParams params)
     : f_(forward), k_(k), params_(params), rng_(params.seed), state_(forward.new_state()) {
   if (k < 1 || k > kMaxDrafts) fail(ErrorKind::Usage, "speculative decoding: {} drafts per round; expected 1..{}", k, kMaxDrafts);
-  if (forward.weights().mtp.empty()) fail_invalid("speculative decoding needs an MTP block; the model has none");
+  if (forward.weights().mtp.empty()) {
+    fail_invalid("speculative decoding: the model {}", model::mtp_unavailable(forward.weights().config, 0));
+  }
   static_assert(kMaxDrafts < model::DecodeState::kMaxRollback, "a round rolls back up to kMaxDrafts positions");
   stats_.k = k;
   stats_.proposed.assign(static_cast<size_t>(k), 0);
