@@ -19,13 +19,15 @@
 // largest exponent among them and keeps only ~13 bits below it, truncating (DeepSeek-V3
 // report, sec. 3.3.2: "around 14 bits"); CUTLASS's blockwise mainloop promotes every
 // 128-long K-block's partial sum to fp32 registers (acc = fma(partial, sa * sw, acc)), so
-// the error does not compound past a block: each of the 132 truncations of a block loses
-// less than 2^-13 of that block's largest term, ~max|a| max|w|. A CPU emulation of this
-// accumulator on this test's data gave at most 15 units (1.6e-3 of sum_k |a_k w_nk| in rows
-// whose block holds a 448x outlier, 1.5e-4 without); 128 units leaves room for hardware
-// that keeps fewer bits or rounds worse. The same emulation reading one K-block's scale from
-// the next block, the next row, or a transposed weight-scale grid gave >= 4000 units, and
-// the integer test below is exact. The fp32 sums on both sides add ~1e-7 of sum |a w|.
+// the error does not compound past a block: each truncation loses less than 2^-13 of the
+// largest addend it aligns to, typically a product bounded by max|a| max|w| of the block.
+// A CPU emulation of this accumulator (products of each 32-chunk aligned to the chunk's
+// largest, truncated 13 bits below it) on data like this test's ([256, 1024], M <= 64)
+// gave at most 15 units (1.6e-3 of sum_k |a_k w_nk| with the 448x outliers of
+// activations(), 1.5e-4 without); 128 units leave room for hardware that keeps fewer bits.
+// The same emulation reading one K-block's scale from the next block, the next row, or a
+// transposed weight-scale grid gave >= 4000 units, and the integer test below is exact.
+// The fp32 sums on both sides add ~1e-7 of sum |a w|.
 // Printed per case ([gpu-vs-cpu]): the largest |y - ref| / sum_k |a_k w_nk| (the relative
 // error) and the largest |y - ref| in units of 2^-13 T, so the bound can follow the data.
 #include <gtest/gtest.h>
