@@ -41,7 +41,7 @@ inline const Tokenizer* deepseek() {
 #define KILN_NEED_DEEPSEEK()                                                                             \
   const ::kiln::tokenizer::Tokenizer* ds = ::kiln::tokenizer::test::deepseek();                         \
   ASSERT_NE(ds, nullptr) << KILN_DEEPSEEK_TOKENIZER_PROBLEM                                               \
-                         << " (run scripts/setup.sh, or configure with -DKILN_DEEPSEEK_TOKENIZER_JSON=...)"
+                         << " (run scripts/setup.sh, or configure with -DKILN_DEEPSEEK_V4_TOKENIZER_JSON=...)"
 
 inline std::string show_ids(const std::vector<int32_t>& ids, size_t from, size_t n) {
   std::string s;
