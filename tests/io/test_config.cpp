@@ -479,40 +479,82 @@ TEST(ConfigTest, TransformersHashLayers) {
   EXPECT_FALSE(c.is_hash_layer(3));
 }
 
+// Whether some warning of `c` contains every needle.
+bool has_warning(const ModelConfig& c, const std::vector<std::string>& needles) {
+  for (const auto& w : c.warnings) {
+    bool all = true;
+    for (const auto& n : needles) all = all && w.find(n) != std::string::npos;
+    if (all) return true;
+  }
+  return false;
+}
+
 TEST(ConfigTest, TransformersRotaryDim) {
-  // partial_rotary_factor wins; qk_rope_head_dim (legacy) must agree when both are given.
+  // transformers 5.17 sizes each rope table by its own rope_parameters.<table>.partial_rotary_factor
+  // (default 1.0) when rope_parameters is nested; the top-level partial_rotary_factor and
+  // qk_rope_head_dim are then written but never read.
   json j = hf_json();
   j.erase("qk_rope_head_dim");
-  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 64);
+  ModelConfig c = parse_model_config(j, "config.json");
+  EXPECT_EQ(c.rope_head_dim, 64);
+  EXPECT_TRUE(c.warnings.empty());
 
   j = hf_json();
   j.erase("partial_rotary_factor");
   j["qk_rope_head_dim"] = 32;
   j["rope_parameters"]["main"]["partial_rotary_factor"] = 0.0625;
   j["rope_parameters"]["compress"]["partial_rotary_factor"] = 0.0625;
-  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 32);
+  c = parse_model_config(j, "config.json");
+  EXPECT_EQ(c.rope_head_dim, 32);
+  EXPECT_TRUE(c.warnings.empty());
+
+  // The case transformers itself writes: tables at 0.25, stale top-level defaults
+  // (partial_rotary_factor 0.125 and qk_rope_head_dim = head_dim * 0.125).
+  j = hf_json();
+  j["partial_rotary_factor"] = 0.125;
+  j["qk_rope_head_dim"] = 64;
+  j["rope_parameters"]["main"]["partial_rotary_factor"] = 0.25;
+  j["rope_parameters"]["compress"]["partial_rotary_factor"] = 0.25;
+  c = parse_model_config(j, "config.json");
+  EXPECT_EQ(c.rope_head_dim, 128);
+  ASSERT_EQ(c.warnings.size(), 2u);
+  EXPECT_TRUE(has_warning(c, {"'partial_rotary_factor' (0.125, a rotary dim of 64) is stale", "(0.25)", "128"}));
+  EXPECT_TRUE(has_warning(c, {"'qk_rope_head_dim' (64) is stale", "(0.25)", "128"}));
+
+  // Without rope_parameters' tables the top-level factor rules, over a stale qk_rope_head_dim.
+  j = hf_json();
+  j.erase("rope_parameters");
+  j["partial_rotary_factor"] = 0.25;
+  c = parse_model_config(j, "config.json");
+  EXPECT_EQ(c.rope_head_dim, 128);
+  EXPECT_TRUE(has_warning(c, {"'qk_rope_head_dim' (64) is stale", "partial_rotary_factor (0.25)"}));
 
   j = hf_json();
   j.erase("partial_rotary_factor");
   j.erase("qk_rope_head_dim");
+  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 64);  // the tables' 0.125
+
+  j = hf_json();
+  j.erase("rope_parameters");
+  j.erase("partial_rotary_factor");
+  j.erase("qk_rope_head_dim");
   EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 64);  // 64/512 of head_dim
 
-  j = hf_json();
-  j["partial_rotary_factor"] = 0.25;
-  expect_invalid(j, {"'qk_rope_head_dim'", "disagrees"});
-
-  j = hf_json();
-  j["partial_rotary_factor"] = 0.25;
-  j.erase("qk_rope_head_dim");
-  expect_invalid(j, {"'rope_parameters.main.partial_rotary_factor'"});  // sub-dicts still say 0.125
-  j["rope_parameters"]["main"]["partial_rotary_factor"] = 0.25;
-  j["rope_parameters"]["compress"]["partial_rotary_factor"] = 0.25;
-  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 128);
-
-  // A nested sub-dict without partial_rotary_factor means a full-width rope to transformers.
+  // A nested table without partial_rotary_factor rotates the full head (transformers'
+  // default 1.0); tables of different widths cannot be one DeepSeek-V4 rotary dim.
   j = hf_json();
   j["rope_parameters"]["compress"].erase("partial_rotary_factor");
-  expect_invalid(j, {"'rope_parameters.compress.partial_rotary_factor'", "transformers' default"});
+  expect_invalid(j, {"'rope_parameters.main.partial_rotary_factor' (0.125)",
+                     "'rope_parameters.compress.partial_rotary_factor' (1)", "64 and 512"});
+  j["rope_parameters"]["main"].erase("partial_rotary_factor");
+  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 512);
+
+  j = hf_json();
+  j["rope_parameters"]["main"]["partial_rotary_factor"] = 0.126;  // int(512 * 0.126) = 64
+  EXPECT_EQ(parse_model_config(j, "config.json").rope_head_dim, 64);
+  j["rope_parameters"]["main"]["partial_rotary_factor"] = 0.1;
+  j["rope_parameters"]["compress"]["partial_rotary_factor"] = 0.1;  // 51: odd
+  expect_invalid(j, {"'rope_parameters.{main,compress}.partial_rotary_factor' (0.1)", "51", "even"});
 
   j = hf_json();
   j["partial_rotary_factor"] = 1.5;

@@ -96,6 +96,7 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& config) {
   p.total_tensors = ckpt.tensors().size();
   p.total_bytes = ckpt.total_tensor_bytes();
   for (const auto& w : ckpt.warnings()) p.warnings.push_back(w);
+  for (const auto& w : config.warnings) p.warnings.push_back(w);
 
   QuantHint hint(config);
   p.hint_summary = hint.summary();

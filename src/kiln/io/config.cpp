@@ -352,25 +352,73 @@ void parse_transformers_form(const Fields& f, const json& layer_types, ModelConf
   c.num_hash_layers = 0;
   for (bool h : c.hash_layers) c.num_hash_layers += h ? 1 : 0;
 
-  // Rotary dimension: partial_rotary_factor, else legacy qk_rope_head_dim, else 64/512.
-  std::optional<double> factor;
+  // Rotary dimension, as transformers 5.17's DeepseekV4Config and rotary embedding compute
+  // it: each rope table (main, compress) rotates int(head_dim * f) dims, where f is the
+  // table's own partial_rotary_factor when rope_parameters is nested {main, compress}
+  // (default 1.0), else the top-level partial_rotary_factor, else qk_rope_head_dim /
+  // head_dim, else 64/512. With nested rope_parameters the top-level partial_rotary_factor
+  // and qk_rope_head_dim are not read: transformers writes them (qk_rope_head_dim derived
+  // from a default partial_rotary_factor of 0.125) but its forward never uses them, so a
+  // disagreement is a warning and the tables win.
+  std::optional<double> top_factor;
   if (f.has("partial_rotary_factor")) {
-    factor = f.req_pos_num("partial_rotary_factor");
-    if (*factor > 1.0) f.bad("partial_rotary_factor", "a number in (0, 1]", *f.find("partial_rotary_factor"));
+    top_factor = f.req_pos_num("partial_rotary_factor");
+    if (*top_factor > 1.0) f.bad("partial_rotary_factor", "a number in (0, 1]", *f.find("partial_rotary_factor"));
   }
-  if (factor) {
-    c.rope_head_dim = rotary_dim(c.head_dim, *factor);
-    if (f.has("qk_rope_head_dim")) {
-      const int64_t legacy = f.req_pos("qk_rope_head_dim");
-      if (legacy != c.rope_head_dim) {
-        fail_invalid("{}: field 'qk_rope_head_dim' ({}) disagrees with head_dim * partial_rotary_factor ({} * {} = {})",
-                     label, legacy, c.head_dim, *factor, c.rope_head_dim);
-      }
+  std::optional<int64_t> legacy;
+  if (f.has("qk_rope_head_dim")) legacy = f.req_pos("qk_rope_head_dim");
+  const json* rp = f.opt_obj("rope_parameters");
+  const bool nested = rp && rp->contains("main") && rp->contains("compress") && rp->at("main").is_object() &&
+                      rp->at("compress").is_object();
+  std::string rope_from;  // what gave the rotary dim, for messages
+  if (nested) {
+    double factor[2];
+    int64_t dim[2];
+    int i = 0;
+    for (std::string_view which : {"main", "compress"}) {
+      Fields sf(rp->at(std::string(which)), label, fmt::format("rope_parameters.{}", which));
+      factor[i] = sf.opt_pos_num("partial_rotary_factor", 1.0);
+      dim[i] = rotary_dim(c.head_dim, factor[i]);
+      ++i;
     }
-  } else if (f.has("qk_rope_head_dim")) {
-    c.rope_head_dim = f.req_pos("qk_rope_head_dim");
+    if (dim[0] != dim[1]) {
+      fail_invalid("{}: fields 'rope_parameters.main.partial_rotary_factor' ({}) and "
+                   "'rope_parameters.compress.partial_rotary_factor' ({}) give rotary dims {} and {} (head_dim {}, "
+                   "an absent factor is transformers' default 1.0); DeepSeek-V4 has one rotary dim for every layer "
+                   "(qk_rope_head_dim), so kiln cannot run a model whose sliding-window and compressed layers "
+                   "rotate different widths", label, factor[0], factor[1], dim[0], dim[1], c.head_dim);
+    }
+    c.rope_head_dim = dim[0];
+    rope_from = fmt::format("'rope_parameters.{{main,compress}}.partial_rotary_factor' ({})", factor[0]);
+    if (top_factor && rotary_dim(c.head_dim, *top_factor) != c.rope_head_dim) {
+      c.warnings.push_back(fmt::format(
+          "{}: field 'partial_rotary_factor' ({}, a rotary dim of {}) is stale: transformers does not read it when "
+          "rope_parameters has main/compress tables; kiln follows {}, a rotary dim of {}, as transformers does",
+          label, *top_factor, rotary_dim(c.head_dim, *top_factor), rope_from, c.rope_head_dim));
+    }
+    if (legacy && *legacy != c.rope_head_dim) {
+      c.warnings.push_back(fmt::format(
+          "{}: field 'qk_rope_head_dim' ({}) is stale: transformers does not read it when rope_parameters has "
+          "main/compress tables; kiln follows {}, a rotary dim of {}, as transformers does",
+          label, *legacy, rope_from, c.rope_head_dim));
+    }
+  } else if (top_factor) {
+    c.rope_head_dim = rotary_dim(c.head_dim, *top_factor);
+    rope_from = fmt::format("'partial_rotary_factor' ({})", *top_factor);
+    if (legacy && *legacy != c.rope_head_dim) {
+      c.warnings.push_back(fmt::format(
+          "{}: field 'qk_rope_head_dim' ({}) is stale: transformers takes the rotary dim from "
+          "partial_rotary_factor ({}), head_dim * {} = {}, and so does kiln",
+          label, *legacy, *top_factor, *top_factor, c.rope_head_dim));
+    }
+  } else if (legacy) {
+    c.rope_head_dim = *legacy;
   } else {
     c.rope_head_dim = rotary_dim(c.head_dim, 64.0 / 512.0);
+  }
+  if (!rope_from.empty() && (c.rope_head_dim <= 0 || c.rope_head_dim > c.head_dim || c.rope_head_dim % 2 != 0)) {
+    fail_invalid("{}: field {} gives a rotary dim of {}; it must be even, positive and at most head_dim ({})", label,
+                 rope_from, c.rope_head_dim, c.head_dim);
   }
 
   // RoPE: rope_parameters {main: {...}, compress: {...}}; otherwise a flat dict
@@ -378,20 +426,10 @@ void parse_transformers_form(const Fields& f, const json& layer_types, ModelConf
   // rope is plain at rope_theta.
   const double main_theta = f.opt_pos_num("rope_theta", 10000.0);
   const double compress_theta = f.opt_pos_num("compress_rope_theta", 160000.0);
-  const json* rp = f.opt_obj("rope_parameters");
-  const bool nested = rp && rp->contains("main") && rp->contains("compress") && rp->at("main").is_object() &&
-                      rp->at("compress").is_object();
   if (nested) {
     for (std::string_view which : {"main", "compress"}) {
       const std::string sub_path = fmt::format("rope_parameters.{}", which);
       Fields sf(rp->at(std::string(which)), label, sub_path);
-      // transformers sizes each rope table by its own partial_rotary_factor (default 1.0).
-      const double sub_factor = sf.opt_pos_num("partial_rotary_factor", 1.0);
-      if (rotary_dim(c.head_dim, sub_factor) != c.rope_head_dim) {
-        fail_invalid("{}: field '{}.partial_rotary_factor' ({}{}) gives a rotary dim of {}, but the model's is {}", label,
-                     sub_path, sub_factor, sf.has("partial_rotary_factor") ? "" : ", transformers' default",
-                     rotary_dim(c.head_dim, sub_factor), c.rope_head_dim);
-      }
       RopeParams r = parse_rope(sf, std::nullopt, which == "main" ? main_theta : compress_theta);
       (which == "main" ? c.rope_main : c.rope_compress) = r;
     }
@@ -566,11 +604,10 @@ ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) 
   if (c.num_kv_heads != 1) {
     fail_invalid("{}: field 'num_key_value_heads' is {}; DeepSeek-V4 has one shared K=V head", label, c.num_kv_heads);
   }
-  const char* rope_field = (c.form == ConfigForm::DeepSeek || !f.has("partial_rotary_factor")) ? "qk_rope_head_dim"
-                                                                                             : "partial_rotary_factor";
+  // (A rotary dim from a partial_rotary_factor was checked where it was derived.)
   if (c.rope_head_dim <= 0 || c.rope_head_dim > c.head_dim || c.rope_head_dim % 2 != 0) {
-    fail_invalid("{}: field '{}' gives a rotary dim of {}; it must be even, positive and at most head_dim ({})", label,
-                 rope_field, c.rope_head_dim, c.head_dim);
+    fail_invalid("{}: field 'qk_rope_head_dim' gives a rotary dim of {}; it must be even, positive and at most "
+                 "head_dim ({})", label, c.rope_head_dim, c.head_dim);
   }
   if (c.num_experts_per_tok > c.n_routed_experts) {
     fail_invalid("{}: field 'num_experts_per_tok' ({}) exceeds n_routed_experts ({})", label, c.num_experts_per_tok,

@@ -65,7 +65,7 @@ struct ModelConfig {
   int64_t num_heads = 0;
   int64_t num_kv_heads = 1;
   int64_t head_dim = 0;
-  int64_t rope_head_dim = 0;  // qk_rope_head_dim (or head_dim * partial_rotary_factor)
+  int64_t rope_head_dim = 0;  // qk_rope_head_dim, or as transformers derives it (config.cpp)
   int64_t q_lora_rank = 0;
   int64_t o_lora_rank = 0;
   int64_t o_groups = 0;
@@ -113,6 +113,11 @@ struct ModelConfig {
   std::optional<nlohmann::json> hf_quant_config;  // hf_quant_config.json (ModelOpt)
 
   std::optional<DSparkConfig> dspark;  // present when the dspark_* keys are
+
+  // Fields read differently from their face value, each naming the field and both values
+  // (e.g. a stale top-level partial_rotary_factor that transformers writes but does not
+  // use); the plan reports them as warnings.
+  std::vector<std::string> warnings;
 
   DrafterKind drafter() const {
     return dspark ? DrafterKind::DSpark : num_mtp_layers > 0 ? DrafterKind::Mtp : DrafterKind::None;
