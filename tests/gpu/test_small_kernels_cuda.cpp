@@ -2,10 +2,10 @@
 // combine, embeddings, argmax) against the CPU reference on random inputs with fixed
 // seeds, odd sizes and several rows. Where the kernel repeats the CPU's exact sequence of
 // roundings (rope, hc_post, the MoE combine, gathers) the comparison is bitwise; where a
-// long sum is reassociated (norms, mHC mixes) or expf/log1pf differ from libm by an ulp
-// (sigmoid, softplus, silu), the tolerance is relative, ~1e-5. Routing indices and
-// argmax indices must be exact, including exact ties (to the lowest id). Outputs are
-// poisoned (NaN / -1) first so an unwritten element fails.
+// long sum is reassociated (norms, mHC mixes, the routing softmax) or expf/log1pf differ
+// from libm by an ulp (sigmoid, softplus, silu), the tolerance is relative, ~1e-5. Routing
+// indices and argmax indices must be exact, including exact ties (to the lowest id), for
+// every score function. Outputs are poisoned (NaN / -1) first so an unwritten element fails.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -238,9 +238,11 @@ TEST(CudaSmallKernels, HcHeadMatchesCpu) {
 
 // ---- MoE --------------------------------------------------------------------------------
 
-// model/forward.cpp Impl::moe's routing, restated: scores sqrt(softplus), hash experts or
-// the top-K of score + bias with ties to the lowest id, normalised weights.
-void route_cpu(const std::vector<float>& logits, int64_t ldl, int R, int E, int K, const float* bias,
+// ops/cpu/moe_route.h restated: scores by the score function (softmax: exp(x - max) / sum
+// in expert order), hash experts or the top-K of score + bias with ties to the lowest id,
+// weights renormalised (sqrtsoftplus, sigmoid) or the softmax probabilities as they are,
+// times routed_scaling.
+void route_cpu(ScoringFunc f, const std::vector<float>& logits, int64_t ldl, int R, int E, int K, const float* bias,
                const std::vector<int32_t>* tid2eid, const std::vector<int32_t>& tok, float rsf, std::vector<int32_t>& idx,
                std::vector<float>& wt) {
   idx.assign(static_cast<size_t>(R * K), -1);
@@ -248,7 +250,17 @@ void route_cpu(const std::vector<float>& logits, int64_t ldl, int R, int E, int 
   std::vector<float> s(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
   std::vector<int32_t> order(static_cast<size_t>(E));
   for (int r = 0; r < R; ++r) {
-    for (int e = 0; e < E; ++e) s[static_cast<size_t>(e)] = std::sqrt(cpu::softplus(logits[static_cast<size_t>(r * ldl + e)]));
+    const float* lr = logits.data() + r * ldl;
+    if (f == ScoringFunc::Softmax) {
+      const float m = *std::max_element(lr, lr + E);
+      float sum = 0.0f;
+      for (int e = 0; e < E; ++e) sum += s[static_cast<size_t>(e)] = std::exp(lr[e] - m);
+      for (float& v : s) v /= sum;
+    } else {
+      for (int e = 0; e < E; ++e) {
+        s[static_cast<size_t>(e)] = f == ScoringFunc::Sigmoid ? cpu::sigmoid(lr[e]) : std::sqrt(cpu::softplus(lr[e]));
+      }
+    }
     int32_t* it = idx.data() + r * K;
     if (tid2eid != nullptr) {
       for (int k = 0; k < K; ++k) it[k] = (*tid2eid)[static_cast<size_t>(tok[static_cast<size_t>(r)] * K + k)];
@@ -264,45 +276,53 @@ void route_cpu(const std::vector<float>& logits, int64_t ldl, int R, int E, int 
     float sum = 0.0f;
     for (int k = 0; k < K; ++k) sum += s[static_cast<size_t>(it[k])];
     sum += 1e-20f;
-    for (int k = 0; k < K; ++k) wt[static_cast<size_t>(r * K + k)] = (s[static_cast<size_t>(it[k])] / sum) * rsf;
+    for (int k = 0; k < K; ++k) {
+      const float v = s[static_cast<size_t>(it[k])];
+      wt[static_cast<size_t>(r * K + k)] = (f == ScoringFunc::Softmax ? v : v / sum) * rsf;
+    }
   }
 }
 
+constexpr ScoringFunc kScoringFuncs[] = {ScoringFunc::SqrtSoftplus, ScoringFunc::Softmax, ScoringFunc::Sigmoid};
+
 TEST(CudaSmallKernels, MoeRouteScoreMatchesCpuWithTies) {
   struct Case { int E, K, R; int64_t ldl; };
-  for (const Case c : {Case{384, 8, 9, 384}, Case{257, 6, 5, 260}, Case{8, 8, 2, 8}}) {
-    const std::string what = "moe_route E " + std::to_string(c.E) + " K " + std::to_string(c.K);
-    std::vector<float> logits = uniform(static_cast<size_t>(c.R * c.ldl), -4.0f, 4.0f, 61 + c.E);
-    std::vector<float> bias = uniform(static_cast<size_t>(c.E), -0.2f, 0.2f, 62);
-    // Row 0: every expert scores the same and bias is equal on a stretch -> an exact tie
-    // resolved to the lowest ids. Row 1: three experts share the exact best biased score.
-    for (int e = 0; e < c.E; ++e) logits[static_cast<size_t>(e)] = 0.3f;
-    for (int e = 0; e < c.E; e += 2) bias[static_cast<size_t>(e)] = 0.25f;  // even ids tie above odd ones
-    if (c.E > 200) {
-      for (int e : {6, 200, 18}) {  // even ids: bias 0.25 already, row 0 unchanged
-        logits[static_cast<size_t>(c.ldl + e)] = 9.0f;
-        bias[static_cast<size_t>(e)] = 0.25f;
+  for (const ScoringFunc f : kScoringFuncs) {
+    for (const Case c : {Case{384, 8, 9, 384}, Case{257, 6, 5, 260}, Case{8, 8, 2, 8}}) {
+      const std::string what = "moe_route " + std::string(scoring_func_name(f)) + " E " + std::to_string(c.E) + " K " +
+                                std::to_string(c.K);
+      std::vector<float> logits = uniform(static_cast<size_t>(c.R * c.ldl), -4.0f, 4.0f, 61 + c.E);
+      std::vector<float> bias = uniform(static_cast<size_t>(c.E), -0.2f, 0.2f, 62);
+      // Row 0: every expert scores the same and bias is equal on a stretch -> an exact tie
+      // resolved to the lowest ids. Row 1: three experts share the exact best biased score.
+      for (int e = 0; e < c.E; ++e) logits[static_cast<size_t>(e)] = 0.3f;
+      for (int e = 0; e < c.E; e += 2) bias[static_cast<size_t>(e)] = 0.25f;  // even ids tie above odd ones
+      if (c.E > 200) {
+        for (int e : {6, 200, 18}) {  // even ids: bias 0.25 already, row 0 unchanged
+          logits[static_cast<size_t>(c.ldl + e)] = 9.0f;
+          bias[static_cast<size_t>(e)] = 0.25f;
+        }
       }
+      if (c.R > 2) logits[static_cast<size_t>(2 * c.ldl + 3)] = 25.0f;  // softplus' x > 20 branch
+      std::vector<int32_t> want_idx;
+      std::vector<float> want_wt;
+      const float rsf = 2.5f;
+      route_cpu(f, logits, c.ldl, c.R, c.E, c.K, bias.data(), nullptr, {}, rsf, want_idx, want_wt);
+      if (c.E >= 16) {  // the tie rows resolve as intended (guards the oracle, too)
+        for (int k = 0; k < c.K; ++k) EXPECT_EQ(want_idx[static_cast<size_t>(k)], 2 * k) << what;
+      }
+      if (c.E > 200) {
+        EXPECT_EQ(want_idx[static_cast<size_t>(c.K)], 6);
+        EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 1)], 18);
+        EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 2)], 200);
+      }
+      DevRows rows(std::vector<int32_t>(static_cast<size_t>(c.R), 0), std::vector<int32_t>(static_cast<size_t>(c.R), 0));
+      Dev<float> dl(logits), db(bias), dwt(want_wt.size());
+      Dev<int32_t> didx(want_idx.size());
+      cuda::moe_route(rows.rows(), f, dl.get(), c.ldl, c.E, c.K, db.get(), nullptr, rsf, didx.get(), dwt.get(), nullptr);
+      EXPECT_EQ(didx.host(), want_idx) << what;
+      expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
     }
-    if (c.R > 2) logits[static_cast<size_t>(2 * c.ldl + 3)] = 25.0f;  // softplus' x > 20 branch
-    std::vector<int32_t> want_idx;
-    std::vector<float> want_wt;
-    const float rsf = 2.5f;
-    route_cpu(logits, c.ldl, c.R, c.E, c.K, bias.data(), nullptr, {}, rsf, want_idx, want_wt);
-    if (c.E >= 16) {  // the tie rows resolve as intended (guards the oracle, too)
-      for (int k = 0; k < c.K; ++k) EXPECT_EQ(want_idx[static_cast<size_t>(k)], 2 * k) << what;
-    }
-    if (c.E > 200) {
-      EXPECT_EQ(want_idx[static_cast<size_t>(c.K)], 6);
-      EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 1)], 18);
-      EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 2)], 200);
-    }
-    DevRows rows(std::vector<int32_t>(static_cast<size_t>(c.R), 0), std::vector<int32_t>(static_cast<size_t>(c.R), 0));
-    Dev<float> dl(logits), db(bias), dwt(want_wt.size());
-    Dev<int32_t> didx(want_idx.size());
-    cuda::moe_route(rows.rows(), dl.get(), c.ldl, c.E, c.K, db.get(), nullptr, rsf, didx.get(), dwt.get(), nullptr);
-    EXPECT_EQ(didx.host(), want_idx) << what;
-    expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
   }
 }
 
@@ -314,15 +334,18 @@ TEST(CudaSmallKernels, MoeRouteHashMatchesCpu) {
   std::mt19937 g(72);
   for (int32_t& e : tid2eid) e = static_cast<int32_t>(g() % E);
   const std::vector<int32_t> tok = {3, 49, 0, 17, 3, 25, 8};
-  std::vector<int32_t> want_idx;
-  std::vector<float> want_wt;
-  route_cpu(logits, ldl, R, E, K, nullptr, &tid2eid, tok, 1.5f, want_idx, want_wt);
-  DevRows rows(tok, std::vector<int32_t>(static_cast<size_t>(R), 0));
-  Dev<float> dl(logits), dwt(want_wt.size());
-  Dev<int32_t> dt(tid2eid), didx(want_idx.size());
-  cuda::moe_route(rows.rows(), dl.get(), ldl, E, K, nullptr, dt.get(), 1.5f, didx.get(), dwt.get(), nullptr);
-  EXPECT_EQ(didx.host(), want_idx);
-  expect_close(dwt.host(), want_wt, 1e-5f, "hash weights");
+  for (const ScoringFunc f : kScoringFuncs) {
+    const std::string what = "hash " + std::string(scoring_func_name(f));
+    std::vector<int32_t> want_idx;
+    std::vector<float> want_wt;
+    route_cpu(f, logits, ldl, R, E, K, nullptr, &tid2eid, tok, 1.5f, want_idx, want_wt);
+    DevRows rows(tok, std::vector<int32_t>(static_cast<size_t>(R), 0));
+    Dev<float> dl(logits), dwt(want_wt.size());
+    Dev<int32_t> dt(tid2eid), didx(want_idx.size());
+    cuda::moe_route(rows.rows(), f, dl.get(), ldl, E, K, nullptr, dt.get(), 1.5f, didx.get(), dwt.get(), nullptr);
+    EXPECT_EQ(didx.host(), want_idx) << what;
+    expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
+  }
 }
 
 TEST(CudaSmallKernels, SwigluMatchesCpu) {
@@ -475,8 +498,10 @@ TEST(CudaSmallKernels, LaunchersRejectBadShapes) {
   hc.hidden = 4;
   EXPECT_THROW(cuda::hc_pre(hc, f, 1, f, f, f, nullptr), Error);
   EXPECT_THROW(cuda::hc_post(4, 4, f, 1, f, f, f, f, nullptr), Error);  // out aliases X
-  EXPECT_THROW(cuda::moe_route(rows, f, 8, 8, 9, f, nullptr, 1.0f, ibuf.get(), f, nullptr), Error);  // K > 8
-  EXPECT_THROW(cuda::moe_route(rows, f, 8, 8, 2, nullptr, nullptr, 1.0f, ibuf.get(), f, nullptr), Error);
+  EXPECT_THROW(cuda::moe_route(rows, ScoringFunc::SqrtSoftplus, f, 8, 8, 9, f, nullptr, 1.0f, ibuf.get(), f, nullptr),
+               Error);  // K > 8
+  EXPECT_THROW(cuda::moe_route(rows, ScoringFunc::SqrtSoftplus, f, 8, 8, 2, nullptr, nullptr, 1.0f, ibuf.get(), f, nullptr),
+               Error);
   EXPECT_THROW(cuda::argmax_rows(f, 4, 2, 8, ibuf.get(), nullptr), Error);  // ld < V
   EXPECT_THROW(cuda::rope_rows(rows, f, 8, 1, 8, 8, cuda::RopeView{}, false, nullptr), Error);  // empty table
 }

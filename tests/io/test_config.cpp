@@ -125,7 +125,7 @@ TEST(ConfigTest, FlashOfficialForm) {
   EXPECT_EQ(c.num_experts_per_tok, 6);
   EXPECT_EQ(c.n_shared_experts, 1);
   EXPECT_EQ(c.moe_intermediate_size, 2048);
-  EXPECT_EQ(c.scoring_func, "sqrtsoftplus");
+  EXPECT_EQ(c.scoring_func, ScoringFunc::SqrtSoftplus);
   EXPECT_TRUE(c.norm_topk_prob);
   EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 1.5);
   EXPECT_DOUBLE_EQ(c.swiglu_limit, 10.0);
@@ -780,6 +780,10 @@ TEST(ConfigTest, ConsistencyErrors) {
   j = flash_json();
   j["scoring_func"] = "relu";
   expect_invalid(j, {"'scoring_func'", "relu"});
+  for (ScoringFunc f : {ScoringFunc::SqrtSoftplus, ScoringFunc::Softmax, ScoringFunc::Sigmoid}) {
+    j["scoring_func"] = std::string(scoring_func_name(f));
+    EXPECT_EQ(parse_model_config(j, "config.json").scoring_func, f);
+  }
 
   j = flash_json();
   j["model_type"] = "deepseek_v3";

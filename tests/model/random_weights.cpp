@@ -39,7 +39,7 @@ ModelConfig tiny_forward_config(const std::vector<int64_t>& ratios, int64_t num_
   c.n_shared_experts = 1;
   c.num_experts_per_tok = 2;
   c.moe_intermediate_size = 20;
-  c.scoring_func = "sqrtsoftplus";
+  c.scoring_func = ScoringFunc::SqrtSoftplus;
   c.norm_topk_prob = true;
   c.routed_scaling_factor = 1.5;
   c.swiglu_limit = 1.0;  // small enough that the clamp is exercised

@@ -291,7 +291,7 @@ json deepseek_config(const json& src, const ModelConfig& c) {
       {"num_experts_per_tok", c.num_experts_per_tok},
       {"n_shared_experts", c.n_shared_experts},
       {"moe_intermediate_size", c.moe_intermediate_size},
-      {"scoring_func", c.scoring_func},
+      {"scoring_func", std::string(scoring_func_name(c.scoring_func))},
       {"topk_method", "noaux_tc"},
       {"norm_topk_prob", c.norm_topk_prob},
       {"routed_scaling_factor", c.routed_scaling_factor},

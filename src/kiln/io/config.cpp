@@ -560,10 +560,19 @@ ModelConfig parse_model_config(const nlohmann::json& j, std::string_view label) 
   c.n_shared_experts = f.req_nonneg("n_shared_experts");
   c.num_experts_per_tok = f.req_pos("num_experts_per_tok");
   c.moe_intermediate_size = f.req_pos("moe_intermediate_size");
-  c.scoring_func = f.opt_str("scoring_func").value_or("sqrtsoftplus");
-  if (c.scoring_func != "sqrtsoftplus" && c.scoring_func != "softmax" && c.scoring_func != "sigmoid") {
-    fail_invalid("{}: field 'scoring_func' is \"{}\" (expected \"sqrtsoftplus\", \"softmax\" or \"sigmoid\")", label,
-                 c.scoring_func);
+  {
+    const std::string sf = f.opt_str("scoring_func").value_or("sqrtsoftplus");
+    bool known = false;
+    for (ScoringFunc k : {ScoringFunc::SqrtSoftplus, ScoringFunc::Softmax, ScoringFunc::Sigmoid}) {
+      if (sf == scoring_func_name(k)) {
+        c.scoring_func = k;
+        known = true;
+      }
+    }
+    if (!known) {
+      fail_invalid("{}: field 'scoring_func' is \"{}\" (expected \"sqrtsoftplus\", \"softmax\" or \"sigmoid\")", label,
+                   sf);
+    }
   }
   c.norm_topk_prob = f.opt_bool("norm_topk_prob", true);
   // Defaults differ by form: DeepSeek's ModelArgs (route_scale 1, no clamp) and

@@ -20,6 +20,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/scoring.h"
+
 namespace kiln {
 
 enum class AttnKind { SWA, CSA, HCA };  // compress ratio 0 / 4-like (indexer) / 128-like
@@ -88,7 +90,7 @@ struct ModelConfig {
   int64_t n_shared_experts = 0;
   int64_t num_experts_per_tok = 0;
   int64_t moe_intermediate_size = 0;
-  std::string scoring_func;  // "sqrtsoftplus"
+  ScoringFunc scoring_func = ScoringFunc::SqrtSoftplus;
   bool norm_topk_prob = true;
   double routed_scaling_factor = 1.0;
   double swiglu_limit = 0.0;

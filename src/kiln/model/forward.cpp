@@ -11,8 +11,10 @@
 //    are bitwise identical whether the prompt is fed at once, in chunks, or one by one.
 //  * swiglu_limit <= 0 disables the clamp (DeepSeek's Expert; transformers always clamps
 //    and its configs always carry a positive limit).
-//  * Routing weights are always normalised (transformers ignores norm_topk_prob):
-//    w = s / (sum s + 1e-20) * routed_scaling_factor.
+//  * Routing follows DeepSeek's Gate for every scoring_func (ops/cpu/moe_route.h);
+//    norm_topk_prob is ignored, as by both references: sqrtsoftplus and sigmoid weights are
+//    renormalised, w = s / (sum s + 1e-20) * routed_scaling_factor (transformers' 1e-20);
+//    softmax weights are the probabilities themselves, times routed_scaling_factor.
 // Conventions taken from transformers (not choices): the sliding window is the
 // `sliding_window` positions p-W+1..p (mask kv_idx > q_idx - W); compressed entry j pools
 // block [j*m, (j+1)*m) and is rotated at position j*m; query p sees entries j < (p+1) div m;
@@ -31,6 +33,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/linear.h"
+#include "kiln/ops/cpu/moe_route.h"
 #include "kiln/ops/cpu/norm.h"
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/rope.h"
@@ -593,32 +596,12 @@ struct Forward::Impl {
     const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
     Vec logits(static_cast<size_t>(T * E));
     linear(m.gate, x, T, logits.data());
-    for (float& v : logits) v = std::sqrt(cpu::softplus(v));  // sqrtsoftplus scores
+    // DeepSeek's Gate for c.scoring_func: hash (tid2eid) or score (top-K of s + bias) routing.
     std::vector<int64_t> idx(static_cast<size_t>(T * K));
     Vec wt(static_cast<size_t>(T * K));
-    std::vector<int64_t> order(static_cast<size_t>(E));
-    Vec biased(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-      const float* s = logits.data() + t * E;
-      int64_t* it = idx.data() + t * K;
-      if (m.hash) {
-        for (int64_t k = 0; k < K; ++k) it[k] = m.tid2eid[static_cast<size_t>(tokens[static_cast<size_t>(t)] * K + k)];
-      } else {
-        // top-K of score + bias (selection only), exact ties to the lowest expert id
-        for (int64_t e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = s[e] + m.bias[static_cast<size_t>(e)];
-        std::iota(order.begin(), order.end(), int64_t{0});
-        std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t b) {
-          const float va = biased[static_cast<size_t>(a)], vb = biased[static_cast<size_t>(b)];
-          return va > vb || (va == vb && a < b);
-        });
-        std::copy(order.begin(), order.begin() + K, it);
-      }
-      float sum = 0.0f;
-      for (int64_t k = 0; k < K; ++k) sum += s[it[k]];
-      sum += 1e-20f;
-      const float rsf = static_cast<float>(c.routed_scaling_factor);
-      for (int64_t k = 0; k < K; ++k) wt[static_cast<size_t>(t * K + k)] = (s[it[k]] / sum) * rsf;
-    }
+    cpu::moe_route(c.scoring_func, logits.data(), T, E, K, m.hash ? nullptr : m.bias.data(),
+                   m.hash ? m.tid2eid.data() : nullptr, tokens.data(), static_cast<float>(c.routed_scaling_factor),
+                   idx.data(), wt.data());
     std::fill(out, out + T * H, 0.0f);
     Vec xg, yg;
     std::vector<std::pair<int64_t, int64_t>> hits;  // (token, slot)

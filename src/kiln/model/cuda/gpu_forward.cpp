@@ -422,8 +422,9 @@ void moe(const PassCtx& p, const GpuMoe& m) {
   const int64_t H = p.H, I = m.inter;
   const float lim = static_cast<float>(c.swiglu_limit);
   linear(m.gate, b.u.get(), R, b.glog.get(), p.s);
-  oc::moe_route(p.rows, b.glog.get(), E, E, K, m.hash ? nullptr : m.bias.get(), m.hash ? m.tid2eid.get() : nullptr,
-                static_cast<float>(c.routed_scaling_factor), b.idx.get(), b.wt.get(), p.s);
+  oc::moe_route(p.rows, c.scoring_func, b.glog.get(), E, E, K, m.hash ? nullptr : m.bias.get(),
+                m.hash ? m.tid2eid.get() : nullptr, static_cast<float>(c.routed_scaling_factor), b.idx.get(), b.wt.get(),
+                p.s);
   p.mark("moe router");
   m.w1.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.g.get(), I, p.s);
   m.w3.forward_indexed(b.u.get(), H, K, b.idx.get(), R * K, b.up.get(), I, p.s);

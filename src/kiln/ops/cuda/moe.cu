@@ -1,5 +1,5 @@
-// MoE routing, SwiGLU and the weighted combine on the GPU, the maths of
-// model/forward.cpp Impl::moe / expert_ffn. Routing is one warp per row: the scores live
+// MoE routing, SwiGLU and the weighted combine on the GPU, the maths of ops/cpu/moe_route.h
+// and model/forward.cpp Impl::moe / expert_ffn. Routing is one warp per row: the scores live
 // in shared memory and the top-K is K rounds of a warp arg-max (ties to the lowest
 // expert id, already chosen experts skipped), which gives the CPU partial_sort's order.
 #include <algorithm>
@@ -23,18 +23,37 @@ __device__ __forceinline__ bool route_better(float av, int ai, float bv, int bi)
   return av > bv || (av == bv && ai < bi);
 }
 
-__global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, const float* __restrict__ logits, int64_t ldl,
-                                 int E, int K, const float* __restrict__ bias, const int32_t* __restrict__ tid2eid,
-                                 float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ wt) {
+__global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, ScoringFunc f, const float* __restrict__ logits,
+                                 int64_t ldl, int E, int K, const float* __restrict__ bias,
+                                 const int32_t* __restrict__ tid2eid, float routed_scaling, int32_t* __restrict__ idx,
+                                 float* __restrict__ wt) {
   __shared__ float scores[kRouteWarps][kMaxExperts];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * kRouteWarps + warp;
   if (r >= R) return;  // whole warps leave together; no block barrier below
   float* s = scores[warp];
   const float* lr = logits + static_cast<int64_t>(r) * ldl;
-  for (int e = lane; e < E; e += 32) {
-    const float x = lr[e];
-    s[e] = sqrtf(x > 20.0f ? x : log1pf(expf(x)));  // sqrt(softplus), cpu::softplus
+  if (f == ScoringFunc::Softmax) {
+    // exp(x - max) / sum over the row; every lane ends with lane 0's sum (a butterfly
+    // sum may round differently per lane).
+    float m = lr[0];  // E >= 1
+    for (int e = lane; e < E; e += 32) m = fmaxf(m, lr[e]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float part = 0.0f;
+    for (int e = lane; e < E; e += 32) {
+      s[e] = expf(lr[e] - m);
+      part += s[e];
+    }
+    const float sum = __shfl_sync(0xffffffffu, warp_sum(part), 0);
+    for (int e = lane; e < E; e += 32) s[e] = s[e] / sum;
+  } else if (f == ScoringFunc::Sigmoid) {
+    for (int e = lane; e < E; e += 32) s[e] = 1.0f / (1.0f + expf(-lr[e]));  // cpu::sigmoid
+  } else {
+    for (int e = lane; e < E; e += 32) {
+      const float x = lr[e];
+      s[e] = sqrtf(x > 20.0f ? x : log1pf(expf(x)));  // sqrt(softplus), cpu::softplus
+    }
   }
   __syncwarp();
   int chosen[kMaxTopK];
@@ -61,12 +80,14 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, const f
     }
   }
   if (lane == 0) {
+    const bool renormalise = scoring_renormalises(f);
     float sum = 0.0f;
     for (int k = 0; k < K; ++k) sum += s[chosen[k]];
     sum += 1e-20f;
     for (int k = 0; k < K; ++k) {
       idx[static_cast<int64_t>(r) * K + k] = chosen[k];
-      wt[static_cast<int64_t>(r) * K + k] = __fmul_rn(s[chosen[k]] / sum, routed_scaling);
+      const float w = renormalise ? s[chosen[k]] / sum : s[chosen[k]];
+      wt[static_cast<int64_t>(r) * K + k] = __fmul_rn(w, routed_scaling);
     }
   }
 }
@@ -118,7 +139,7 @@ __global__ void moe_combine_kernel(const float* __restrict__ y, int64_t ldy, con
 
 }  // namespace
 
-void moe_route(const StepRows& rows, const float* logits, int64_t ldl, int E, int K, const float* bias,
+void moe_route(const StepRows& rows, ScoringFunc f, const float* logits, int64_t ldl, int E, int K, const float* bias,
                const int32_t* tid2eid, float routed_scaling, int32_t* idx, float* wt, cudaStream_t stream) {
   if (rows.R < 0) fail(ErrorKind::Usage, "cuda::moe_route: {} rows; expected >= 0", rows.R);
   if (E < 1 || E > kMaxExperts) fail(ErrorKind::Usage, "cuda::moe_route: {} experts; expected 1..{}", E, kMaxExperts);
@@ -133,7 +154,7 @@ void moe_route(const StepRows& rows, const float* logits, int64_t ldl, int E, in
   }
   if (tid2eid != nullptr && rows.tok == nullptr) fail(ErrorKind::Usage, "cuda::moe_route: hash routing needs rows.tok");
   const unsigned blocks = static_cast<unsigned>((rows.R + kRouteWarps - 1) / kRouteWarps);
-  moe_route_kernel<<<blocks, 32 * kRouteWarps, 0, stream>>>(rows.tok, rows.R, logits, ldl, E, K, bias, tid2eid,
+  moe_route_kernel<<<blocks, 32 * kRouteWarps, 0, stream>>>(rows.tok, rows.R, f, logits, ldl, E, K, bias, tid2eid,
                                                             routed_scaling, idx, wt);
   KILN_CUDA_CHECK_LAUNCH();
 }

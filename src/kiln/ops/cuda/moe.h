@@ -7,16 +7,20 @@
 
 #include <cuda_runtime.h>
 
+#include "kiln/core/scoring.h"
 #include "kiln/ops/cuda/step_rows.h"
 
 namespace kiln::ops::cuda {
 
-// Routing for every row: scores s_e = sqrt(softplus(logits[r, e])) (e < E, rows ldl apart).
-// Hash routing (tid2eid != null, [vocab, K]): experts tid2eid[tok[r] * K + k]. Score
-// routing (bias != null, [E]): the K highest s_e + bias_e, exact ties to the lowest e, in
+// Routing for every row, DeepSeek's Gate as ops/cpu/moe_route.h computes it: scores s_e of
+// logits[r, e] (e < E, rows ldl apart) by `f`: sqrt(softplus), sigmoid, or softmax over
+// the row (max and sum reduced across the warp, so not the CPU's summation order). Hash
+// routing (tid2eid != null, [vocab, K]): experts tid2eid[tok[r] * K + k]. Score routing
+// (bias != null, [E]): the K highest s_e + bias_e, exact ties to the lowest e, in
 // descending order of s_e + bias_e. Weights w_k = s_{e_k} / (sum_k s_{e_k} + 1e-20) *
-// routed_scaling (sum in k order). Writes idx [R, K] (int32) and wt [R, K].
-void moe_route(const StepRows& rows, const float* logits, int64_t ldl, int E, int K, const float* bias,
+// routed_scaling (sum in k order), or for softmax w_k = s_{e_k} * routed_scaling. Writes
+// idx [R, K] (int32) and wt [R, K].
+void moe_route(const StepRows& rows, ScoringFunc f, const float* logits, int64_t ldl, int E, int K, const float* bias,
                const int32_t* tid2eid, float routed_scaling, int32_t* idx, float* wt, cudaStream_t stream);
 
 // out[i, c] = silu(g') * u' with g' = min(g, limit), u' = clamp(u, -limit, limit) when
