@@ -110,6 +110,38 @@ TEST(PlanTest, Nvfp4Fp8WithBf16WoAAndMtp) {
   EXPECT_EQ(s["MTP attention wo_b"], S({"bf16"}));
 }
 
+// artifact-formats.md (d), third NVFP4 spelling: the official native layout with the main
+// model's experts converted to NVFP4 under native names; the MTP block stays MXFP4.
+TEST(PlanTest, NativeNamedNvfp4Experts) {
+  TempDir dir;
+  Plan p = plan_of(test::make_spec(Layout::NativeNvfp4, test::tiny_config(), 3), dir);
+  ASSERT_TRUE(p.loadable()) << all(p.errors) << all(p.missing);
+  EXPECT_TRUE(p.warnings.empty()) << all(p.warnings);
+  auto s = schemes(p);
+  EXPECT_EQ(s["routed experts"], S({"nvfp4 (modelopt weight_scale_2, native .scale)"}));
+  EXPECT_EQ(s["MTP routed experts"], S({"mxfp4 g32 F8_E8M0 .scale"}));
+  EXPECT_EQ(s["attention wq_a"], S({"fp8_block 128x128 F8_E8M0 .scale"}));
+  for (const auto& l : p.linears) {
+    if (l.group != "routed experts") continue;
+    EXPECT_EQ(l.scheme.scale_field, "scale") << l.path;
+    EXPECT_EQ(l.scheme.global, GlobalScaleConvention::Multiplier) << l.path;
+    EXPECT_TRUE(l.fields.count("weight_scale_2")) << l.path;
+  }
+  bool declared = false;
+  for (const auto& h : p.hint_summary) declared |= h.find("nvfp4 (moe_quant_algo)") != std::string::npos;
+  EXPECT_TRUE(declared) << all(p.hint_summary);
+
+  // The same tensors under a config that does not declare moe_quant_algo: loaded the same,
+  // the disagreement with expert_dtype "fp4" reported.
+  auto spec = test::make_spec(Layout::NativeNvfp4, test::tiny_config(), 3);
+  spec.config["quantization_config"].erase("moe_quant_algo");
+  TempDir dir2;
+  Plan q = plan_of(spec, dir2);
+  ASSERT_TRUE(q.loadable());
+  ASSERT_FALSE(q.warnings.empty());
+  EXPECT_NE(all(q.warnings).find("routed experts"), std::string::npos) << all(q.warnings);
+}
+
 TEST(PlanTest, V3StyleFp8WithTransformersNamesAndTrailingMtp) {
   TempDir dir;
   Plan p = plan_of(test::make_spec(Layout::V3Fp8, test::tiny_config(), 2), dir);

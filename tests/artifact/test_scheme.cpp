@@ -186,6 +186,57 @@ TEST_F(SchemeTest, NvFp4ModelOpt) {
   EXPECT_EQ(r.scheme->global, GlobalScaleConvention::Multiplier);
 }
 
+// artifact-formats.md (d), third NVFP4 spelling (V4-Pro NVFP4 conversions): DeepSeek's
+// native `.scale` holds the e4m3 group-16 scale, the global is ModelOpt's weight_scale_2 [1].
+TEST_F(SchemeTest, NvFp4NativeNames) {
+  add("weight", DType::U8, {64, 64});
+  add("scale", DType::F8_E4M3, {64, 8});
+  add("weight_scale_2", DType::F32, {1});
+  add("input_scale", DType::F32, {1});
+  auto r = detect(64, 128);
+  ASSERT_TRUE(r.scheme) << errs(r);
+  EXPECT_EQ(r.scheme->kind, SchemeKind::NVFP4);
+  EXPECT_EQ(r.scheme->global, GlobalScaleConvention::Multiplier);
+  EXPECT_EQ(r.scheme->scale_field, "scale");
+  EXPECT_EQ(r.scheme->block_k, 16);
+  EXPECT_TRUE(r.scheme->input_scale);
+  EXPECT_EQ(r.scheme->describe(), "nvfp4 (modelopt weight_scale_2, native .scale)");
+
+  fields_.clear();  // ModelOpt's own spelling is another group
+  add("weight", DType::U8, {64, 64});
+  add("weight_scale", DType::F8_E4M3, {64, 8});
+  add("weight_scale_2", DType::F32, {});
+  auto mo = detect(64, 128);
+  ASSERT_TRUE(mo.scheme) << errs(mo);
+  EXPECT_EQ(mo.scheme->describe(), "nvfp4 (modelopt weight_scale_2)");
+  EXPECT_FALSE(mo.scheme->same_as(*r.scheme));
+}
+
+TEST_F(SchemeTest, NvFp4NativeNamesChecked) {
+  // .scale as the E4M3 group scale still needs a global scale ...
+  add("weight", DType::U8, {64, 64});
+  add("scale", DType::F8_E4M3, {64, 8});
+  auto r = detect(64, 128);
+  EXPECT_FALSE(r.scheme);
+  EXPECT_NE(errs(r).find("m.scale is an NVFP4 group scale but the module has no global scale"), std::string::npos)
+      << errs(r);
+  // ... one per 16 inputs (not MXFP4's 32) ...
+  add("weight_scale_2", DType::F32, {1});
+  add("scale", DType::F8_E4M3, {64, 4});
+  r = detect(64, 128);
+  EXPECT_FALSE(r.scheme);
+  EXPECT_NE(errs(r).find("m.scale has shape [64, 4] but an NVFP4 group scale (one per 16 inputs) needs [64, 8]"),
+            std::string::npos)
+      << errs(r);
+  // ... and takes no compressed-tensors companions.
+  add("scale", DType::F8_E4M3, {64, 8});
+  add("input_global_scale", DType::F32, {1});
+  r = detect(64, 128);
+  EXPECT_FALSE(r.scheme);
+  EXPECT_NE(errs(r).find("m.input_global_scale does not belong to a native-named nvfp4 module"), std::string::npos)
+      << errs(r);
+}
+
 TEST_F(SchemeTest, NvFp4CompressedTensors) {
   add("weight_packed", DType::U8, {64, 64});
   add("weight_scale", DType::F8_E4M3, {64, 8});

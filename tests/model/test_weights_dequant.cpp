@@ -105,7 +105,8 @@ TEST(Dequant, Int4SymmetricAndZeroPoint) {
 
 TEST(Dequant, EveryTestLayoutLoadsWhole) {
   using test::Layout;
-  for (Layout l : {Layout::Native, Layout::W4A16Fp8Mtp, Layout::Nvfp4Fp8Mtp, Layout::V3Fp8, Layout::HfBf16}) {
+  for (Layout l : {Layout::Native, Layout::NativeNvfp4, Layout::W4A16Fp8Mtp, Layout::Nvfp4Fp8Mtp, Layout::V3Fp8,
+                   Layout::HfBf16}) {
     test::TempDir d;
     test::write_spec(test::make_spec(l, test::tiny_config(), 2), d.path());
     auto ckpt = Checkpoint::open(d.path());

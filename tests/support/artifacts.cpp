@@ -18,6 +18,7 @@ namespace kiln::test {
 const char* layout_name(Layout l) {
   switch (l) {
     case Layout::Native: return "native";
+    case Layout::NativeNvfp4: return "native-nvfp4";
     case Layout::W4A16Fp8Mtp: return "w4a16-fp8-mtp";
     case Layout::Nvfp4Fp8Mtp: return "nvfp4-fp8-mtp";
     case Layout::V3Fp8: return "v3-fp8";
@@ -143,6 +144,10 @@ Storage storage_for(Layout layout, Role role, bool mtp) {
     case Layout::Native:
       if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
       return {Kind::FP8, "scale", DType::F8_E8M0};
+    case Layout::NativeNvfp4:  // the MTP block as the official release has it
+      if (role == Role::Expert && !mtp) return {Kind::NVFP4, "scale", DType::F8_E4M3};
+      if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
+      return {Kind::FP8, "scale", DType::F8_E8M0};
     case Layout::W4A16Fp8Mtp:
       if (mtp) return {};
       if (role == Role::Expert) return {Kind::INT4, "weight_scale", DType::BF16};
@@ -218,12 +223,16 @@ class Emitter {
         tensor(module + ".weight_shape", DType::I64, {2}, Fill::Raw, shard);
         shape_values_[module + ".weight_shape"] = {n, k};
         break;
-      case Kind::NVFP4:
+      case Kind::NVFP4: {
+        // ModelOpt: weight_scale + scalar globals; native names: .scale + [1] globals.
+        const bool native = st.scale_field == "scale";
+        const std::vector<int64_t> scalar = native ? std::vector<int64_t>{1} : std::vector<int64_t>{};
         tensor(module + ".weight", DType::U8, {n, k / 2}, Fill::Raw, shard);
-        tensor(module + ".weight_scale", DType::F8_E4M3, {n, k / 16}, Fill::E4M3Scale, shard);
-        tensor(module + ".weight_scale_2", DType::F32, {}, Fill::F32Scale, shard);
-        tensor(module + ".input_scale", DType::F32, {}, Fill::F32Scale, shard);
+        tensor(module + "." + st.scale_field, DType::F8_E4M3, {n, k / 16}, Fill::E4M3Scale, shard);
+        tensor(module + ".weight_scale_2", DType::F32, scalar, Fill::F32Scale, shard);
+        tensor(module + ".input_scale", DType::F32, scalar, Fill::F32Scale, shard);
         break;
+      }
       case Kind::MXFP4:
         tensor(module + ".weight", DType::I8, {n, k / 2}, Fill::Raw, shard);
         tensor(module + ".scale", DType::F8_E8M0, {n, cdiv(k, 32)}, Fill::E8M0Scale, shard);
@@ -503,6 +512,21 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
     }
   }
   em.finish();
+  if (layout == Layout::NativeNvfp4 && !sparse) {
+    // As the conversions write them: w1 and w3 of an expert share one global scale, and
+    // the static activation scale is 1.0.
+    const float one = 1.0f;
+    for (auto& t : spec.tensors) {
+      const auto ends = [&](const std::string& suf) {
+        return t.name.size() >= suf.size() && t.name.compare(t.name.size() - suf.size(), suf.size(), suf) == 0;
+      };
+      if (ends(".input_scale")) std::memcpy(t.bytes.data(), &one, 4);
+      if (ends(".w3.weight_scale_2")) {
+        const PendingTensor* w1 = spec.find(t.name.substr(0, t.name.size() - 17) + "w1.weight_scale_2");
+        if (w1) t.bytes = w1->bytes;
+      }
+    }
+  }
   // Spread the backbone evenly over the main shards in tensor order (as producers do:
   // every shard non-empty, layers contiguous); the MTP block keeps its own last shard.
   {
@@ -518,9 +542,11 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
   // Declarations as their producers write them.
   switch (layout) {
     case Layout::Native:
+    case Layout::NativeNvfp4:
       spec.config["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
                                             {"quant_method", "fp8"},          {"scale_fmt", "ue8m0"},
                                             {"weight_block_size", {128, 128}}};
+      if (layout == Layout::NativeNvfp4) spec.config["quantization_config"]["moe_quant_algo"] = "NVFP4";
       spec.config["expert_dtype"] = "fp4";
       break;
     case Layout::W4A16Fp8Mtp:

@@ -1,5 +1,6 @@
 // Test artifacts written with kiln's own safetensors writer, one per real-world layout
-// (artifact-formats.md): the official DeepSeek-V4 native layout, canada-quant's
+// (artifact-formats.md): the official DeepSeek-V4 native layout, its NVFP4 conversion
+// under native names (V4-Pro NVFP4, artifact-formats.md (d)), canada-quant's
 // W4A16-FP8-MTP, NVFP4-FP8-MTP (ModelOpt experts), V3-style FP8 with F32
 // weight_scale_inv, and BF16 with transformers' module names and fused experts.
 //
@@ -22,6 +23,8 @@ namespace kiln::test {
 
 enum class Layout {
   Native,        // FP8 .scale E8M0 + MXFP4 experts + BF16 compressor/indexer/gate, MTP own shard
+  NativeNvfp4,   // Native, with the main model's experts NVFP4 under native names (.scale E4M3 +
+                 // weight_scale_2 [1], shared by w1/w3 + input_scale [1]); moe_quant_algo NVFP4
   W4A16Fp8Mtp,   // compressed-tensors int4 experts, FP8 attention w/ BF16 weight_scale, BF16 MTP
   Nvfp4Fp8Mtp,   // ModelOpt NVFP4 experts, FP8 attention, BF16 wo_a, BF16 MTP, hf_quant_config.json
   V3Fp8,         // FP8 everywhere incl. experts, F32 weight_scale_inv, transformers module names

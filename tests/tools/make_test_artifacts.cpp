@@ -11,7 +11,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   using kiln::test::Layout;
-  for (Layout l : {Layout::Native, Layout::W4A16Fp8Mtp, Layout::Nvfp4Fp8Mtp, Layout::V3Fp8, Layout::HfBf16}) {
+  for (Layout l : {Layout::Native, Layout::NativeNvfp4, Layout::W4A16Fp8Mtp, Layout::Nvfp4Fp8Mtp, Layout::V3Fp8,
+                   Layout::HfBf16}) {
     auto dir = std::filesystem::path(argv[1]) / kiln::test::layout_name(l);
     kiln::test::write_spec(kiln::test::make_spec(l, kiln::test::tiny_config(), l == Layout::HfBf16 ? 1 : 3), dir);
     std::cout << dir.string() << "\n";

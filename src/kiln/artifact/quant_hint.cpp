@@ -63,15 +63,21 @@ class DeepSeekFp8Source : public HintSource {
     auto more = string_list(q, "modules_to_not_convert", warn, "quantization_config");
     ignored_.insert(ignored_.end(), more.begin(), more.end());
     std::string experts = "unspecified";
-    if (auto it = q.find("moe_quant_algo"); it != q.end() && it->is_string() && *it == "NVFP4") {
-      expert_ = SchemeKind::NVFP4;
-      experts = "nvfp4 (moe_quant_algo)";
-    } else if (cfg.expert_dtype == "fp4") {
+    if (cfg.expert_dtype == "fp4") {
       expert_ = SchemeKind::MXFP4;
       experts = "mxfp4 (expert_dtype fp4)";
     } else if (cfg.expert_dtype == "fp8") {
       expert_ = SchemeKind::FP8Block;
       experts = "fp8_block (expert_dtype fp8)";
+    }
+    mtp_expert_ = expert_;
+    if (auto it = q.find("moe_quant_algo"); it != q.end() && it->is_string() && *it == "NVFP4") {
+      // moe_quant_algo covers the main model's experts. The native-named NVFP4 conversions
+      // keep the MTP block as the official release has it (artifact-formats.md (d)), so
+      // its experts are predicted by expert_dtype.
+      expert_ = SchemeKind::NVFP4;
+      experts = mtp_expert_ ? fmt::format("nvfp4 (moe_quant_algo), MTP {}", experts) : "nvfp4 (moe_quant_algo)";
+      if (!mtp_expert_) mtp_expert_ = SchemeKind::NVFP4;
     }
     std::string fmt_s = q.contains("scale_fmt") && q["scale_fmt"].is_string() ? q["scale_fmt"].get<std::string>() : "";
     auto b = block_pair(q, "weight_block_size");
@@ -87,8 +93,9 @@ class DeepSeekFp8Source : public HintSource {
         return QuantHint::Prediction{SchemeKind::BF16, "quantization_config ignored_layers"};
     }
     if (starts_with(c.module, "ffn.experts.")) {
-      if (!expert_) return std::nullopt;
-      return QuantHint::Prediction{*expert_, "quantization_config (fp8) routed experts"};
+      const std::optional<SchemeKind>& k = c.scope == Scope::Mtp ? mtp_expert_ : expert_;
+      if (!k) return std::nullopt;
+      return QuantHint::Prediction{*k, "quantization_config (fp8) routed experts"};
     }
     if (deepseek_bf16_module(c.module)) return QuantHint::Prediction{SchemeKind::BF16, "DeepSeek fp8 layout (kept bf16)"};
     return QuantHint::Prediction{SchemeKind::FP8Block, "quantization_config (fp8)"};
@@ -96,7 +103,7 @@ class DeepSeekFp8Source : public HintSource {
 
  private:
   std::vector<std::string> ignored_;
-  std::optional<SchemeKind> expert_;
+  std::optional<SchemeKind> expert_, mtp_expert_;  // main model's / MTP block's routed experts
 };
 
 class CompressedTensorsSource : public HintSource {

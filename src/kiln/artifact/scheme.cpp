@@ -46,8 +46,9 @@ std::string Scheme::describe() const {
                        g_idx ? " act-order" : "");
       break;
     case SchemeKind::NVFP4:
-      s += global == GlobalScaleConvention::Multiplier ? " (modelopt weight_scale_2)"
-                                                       : " (compressed-tensors weight_global_scale)";
+      s += global == GlobalScaleConvention::Multiplier ? " (modelopt weight_scale_2"
+                                                       : " (compressed-tensors weight_global_scale";
+      s += scale_field == "scale" ? ", native .scale)" : ")";
       break;
     case SchemeKind::MXFP4:
       s += fmt::format(" g32 {} .{}", dtype_name(*scale_dtype), scale_field);
@@ -290,7 +291,13 @@ std::optional<Scheme> Detector::detect_fp4(const TensorSlice* w) {
     if (gs2) {
       r.global = GlobalScaleConvention::Multiplier;
       expect_scalar(gs2, "weight_scale_2");
-      reject_extra({"weight", "weight_scale", "weight_scale_2", "input_scale"}, "ModelOpt nvfp4");
+      // ModelOpt's spelling, or DeepSeek-native names (V4-Pro NVFP4 conversions): the group
+      // scale under the native `.scale`, the global still ModelOpt's weight_scale_2.
+      if (field == "scale") {
+        reject_extra({"weight", "scale", "weight_scale_2", "input_scale"}, "native-named nvfp4");
+      } else {
+        reject_extra({"weight", "weight_scale", "weight_scale_2", "input_scale"}, "ModelOpt nvfp4");
+      }
       if (const TensorSlice* is = get("input_scale")) expect_scalar(is, "input_scale");
     } else {
       r.global = GlobalScaleConvention::Divisor;
