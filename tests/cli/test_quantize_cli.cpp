@@ -43,7 +43,7 @@ using kiln::test::kiln_run;
 using kiln::test::Out;
 
 const std::string kFixtures = std::string(KILN_TEST_DATA_DIR) + "/fixtures";
-const char* kRecipes[] = {"deepseek-native", "w4a16-fp8-mtp", "nvfp4-fp8-mtp", "fp8-v3-style"};
+const char* kRecipes[] = {"deepseek-native", "deepseek-native-nvfp4", "w4a16-fp8-mtp", "nvfp4-fp8-mtp", "fp8-v3-style"};
 const char* kSources[] = {"tiny_a/native", "tiny_b/native", "tiny_a/hf", "tiny_b/hf"};
 // The logits test: both fixtures and one transformers-named source (the other gives the
 // same bytes, checked by the layout test).
@@ -51,6 +51,7 @@ const char* kScoreSources[] = {"tiny_a/native", "tiny_b/native", "tiny_a/hf"};
 
 test::Layout layout_of(const std::string& recipe) {
   if (recipe == "deepseek-native") return test::Layout::Native;
+  if (recipe == "deepseek-native-nvfp4") return test::Layout::NativeNvfp4;
   if (recipe == "w4a16-fp8-mtp") return test::Layout::W4A16Fp8Mtp;
   if (recipe == "nvfp4-fp8-mtp") return test::Layout::Nvfp4Fp8Mtp;
   return test::Layout::V3Fp8;
@@ -78,6 +79,10 @@ SchemeKind expected_kind(const std::string& recipe, const std::string& group) {
   if (always_bf16) return SchemeKind::BF16;
   const bool experts = g == "routed experts";
   if (recipe == "deepseek-native") return experts ? SchemeKind::MXFP4 : SchemeKind::FP8Block;
+  if (recipe == "deepseek-native-nvfp4") {  // the MTP block as the official release has it
+    if (!experts) return SchemeKind::FP8Block;
+    return mtp ? SchemeKind::MXFP4 : SchemeKind::NVFP4;
+  }
   if (recipe == "fp8-v3-style") return SchemeKind::FP8Block;
   if (mtp) return SchemeKind::BF16;  // w4a16 and nvfp4 leave the MTP block in BF16
   if (recipe == "w4a16-fp8-mtp") return experts ? SchemeKind::Int4Group : SchemeKind::FP8Block;
@@ -487,6 +492,56 @@ TEST(QuantizeNvfp4, W1AndW3ShareAGlobalUnlessSplit) {
   EXPECT_GT(differ, 0);
 }
 
+// The NVFP4 layout under DeepSeek-native names (artifact-formats.md (d), third spelling),
+// through the real binary: `kiln quantize` writes it, `kiln inspect` plans it (NVFP4 routed
+// experts with .scale, MXFP4 MTP experts, no warnings), and `kiln score`'s logits and MTP
+// logits on it equal bitwise those on an F32 checkpoint of its exactly dequantized
+// weights (both global-scale conventions reach the kernels as one multiplier).
+TEST(QuantizeNvfp4, NativeNamedLayoutLoadsAndScoresAsItsDequantizedWeights) {
+  test::TempDir d;
+  const std::string src = kFixtures + "/tiny_a/native";
+  const fs::path q = d.path() / "q", deq = d.path() / "deq";
+  auto r = kiln_run("quantize --model " + src + " --recipe deepseek-native-nvfp4 --out " + q.string());
+  ASSERT_EQ(r.code, 0) << r.text;
+  EXPECT_NE(r.text.find("nvfp4 g16 (native .scale): 48"), std::string::npos) << r.text;  // 4 experts x 3 x 4 layers
+  EXPECT_NE(r.text.find("mxfp4 g32 E8M0: 12"), std::string::npos) << r.text;             // the MTP block's
+
+  auto ins = kiln_run("inspect --json " + q.string());
+  ASSERT_EQ(ins.code, 0) << ins.text;
+  const json j = json::parse(ins.text);
+  EXPECT_EQ(j["warnings"].size(), 0u) << j["warnings"].dump();
+  std::map<std::string, std::string> scheme;
+  for (const auto& g : j["groups"]) scheme[g["label"].get<std::string>()] = g["scheme"].get<std::string>();
+  EXPECT_EQ(scheme["routed experts"], "nvfp4 (modelopt weight_scale_2, native .scale)");
+  EXPECT_EQ(scheme["MTP routed experts"], "mxfp4 g32 F8_E8M0 .scale");
+  EXPECT_EQ(scheme["attention wq_b"], "fp8_block 128x128 F8_E8M0 .scale");
+
+  // The tensors as the conversions write them: .scale E4M3 per 16, weight_scale_2 [1] shared
+  // by w1 and w3, input_scale [1] = 1.
+  auto ckpt = Checkpoint::open(q);
+  const std::string p = "layers.2.ffn.experts.1.";
+  const auto* sc = ckpt.find(p + "w2.scale");
+  ASSERT_NE(sc, nullptr);
+  EXPECT_EQ(sc->info->dtype, DType::F8_E4M3);
+  EXPECT_EQ(sc->info->shape, (std::vector<int64_t>{64, 2}));  // hidden 64, moe_intermediate_size 32
+  EXPECT_EQ(ckpt.find(p + "w2.weight_scale_2")->info->shape, (std::vector<int64_t>{1}));
+  EXPECT_EQ(ckpt.find(p + "w2.input_scale")->info->shape, (std::vector<int64_t>{1}));
+  EXPECT_EQ(ckpt.find(p + "w2.weight_scale"), nullptr);
+  EXPECT_EQ(f32_scalar(ckpt, p + "w1.weight_scale_2"), f32_scalar(ckpt, p + "w3.weight_scale_2"));
+  EXPECT_EQ(f32_scalar(ckpt, p + "w1.input_scale"), 1.0f);
+  EXPECT_EQ(read_json(q / "config.json")["quantization_config"]["moe_quant_algo"], "NVFP4");
+
+  write_dequantized(q, deq);
+  score(q, "tiny_a", d.path() / "q");
+  score(deq, "tiny_a", d.path() / "deq");
+  for (const char* suffix : {".npy", "_mtp.npy"}) {
+    const auto a = read_npy(d.path() / (std::string("q") + suffix)).as_floats();
+    const auto b = read_npy(d.path() / (std::string("deq") + suffix)).as_floats();
+    ASSERT_EQ(a.size(), b.size()) << suffix;
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << suffix << " not bitwise equal";
+  }
+}
+
 // ---- shapes a scheme cannot hold ----------------------------------------------------
 
 TEST(QuantizeShapes, ModulesTheSchemeCannotHoldStayBf16AndAreDeclared) {
@@ -550,10 +605,11 @@ TEST(QuantizeCli, UsageErrors) {
     int code;
   } cases[] = {
       {"--model " + src + " --recipe int3 --out " + (d.path() / "a").string(),
-       "--recipe 'int3' is not a recipe; choose one of: deepseek-native, w4a16-fp8-mtp, nvfp4-fp8-mtp, fp8-v3-style", 1},
+       "--recipe 'int3' is not a recipe; choose one of: deepseek-native, deepseek-native-nvfp4, w4a16-fp8-mtp, "
+       "nvfp4-fp8-mtp, fp8-v3-style", 1},
       {"--model " + src + " --recipe deepseek-native --out " + src, "is the source checkpoint directory", 1},
       {"--model " + src + " --recipe deepseek-native --nvfp4-split-global --out " + (d.path() / "b").string(),
-       "--nvfp4-split-global applies to the nvfp4-fp8-mtp recipe only", 1},
+       "--nvfp4-split-global applies to the nvfp4-fp8-mtp and deepseek-native-nvfp4 recipes only", 1},
       {"--model " + (d.path() / "nope").string() + " --recipe deepseek-native --out " + (d.path() / "c").string(),
        "checkpoint directory does not exist", 1},
       {"--model " + src + " --recipe deepseek-native --max-shard-size 5XB --out " + (d.path() / "e").string(),

@@ -62,7 +62,7 @@ void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, 
 }
 
 TEST(QuantizedForward, EveryRecipeEqualsItsDequantizedLoadBitwise) {
-  for (const char* recipe : {"deepseek-native", "w4a16-fp8-mtp", "nvfp4-fp8-mtp", "fp8-v3-style"}) {
+  for (const char* recipe : {"deepseek-native", "deepseek-native-nvfp4", "w4a16-fp8-mtp", "nvfp4-fp8-mtp", "fp8-v3-style"}) {
     SCOPED_TRACE(recipe);
     test::TempDir d;
     quantize(kFixtures + "/tiny_a/native", recipe, d.path() / "q");

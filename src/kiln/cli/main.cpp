@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     qu->add_option("--out", quant.out, "Output directory (must be empty or absent unless --force)")->required();
     qu->add_flag("--force", quant.force, "Replace the checkpoint files (*.safetensors, index, configs) in a non-empty --out");
     qu->add_flag("--nvfp4-split-global", quant.nvfp4_split_global,
-                 "nvfp4-fp8-mtp: give w1 and w3 their own global scales (default: one per expert, as ModelOpt)");
+                 "NVFP4 recipes: give w1 and w3 their own global scales (default: one per expert, as ModelOpt)");
     qu->add_option("--max-shard-size", quant.max_shard_size, "Main-model shard size limit (MTP gets its own shard)")
         ->capture_default_str();
     qu->add_option("--threads", quant.threads, "Threads (0 = all cores)")->capture_default_str();

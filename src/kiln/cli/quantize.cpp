@@ -33,6 +33,7 @@
 #include "kiln/model/weights.h"
 #include "kiln/quant/parallel.h"
 #include "kiln/quant/quantize.h"
+#include "kiln/quant/recipes.h"
 
 namespace kiln::cli {
 namespace {
@@ -41,102 +42,15 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using quant::QTensor;
 
-// ---------------------------------------------------------------------------------------
-// Recipes
-
-enum class Kind { BF16, FP8, MXFP4, NVFP4, INT4 };
-
-struct Target {
-  Kind kind = Kind::BF16;
-  std::string scale_field;  // FP8: "scale" | "weight_scale" | "weight_scale_inv"
-  DType scale_dtype = DType::F8_E8M0;
-};
-
-enum class Role { Attn, WoA, IndexerWqB, Compressor, WeightsProj, Gate, Expert, Shared, MtpProj, Head };
-
-Role role_of(const std::string& m) {
-  auto starts = [&](std::string_view p) { return m.rfind(p, 0) == 0; };
-  if (starts("ffn.experts.")) return Role::Expert;
-  if (starts("ffn.shared_experts.")) return Role::Shared;
-  if (m == "ffn.gate") return Role::Gate;
-  if (starts("attn.compressor.") || starts("attn.indexer.compressor.")) return Role::Compressor;
-  if (m == "attn.indexer.wq_b") return Role::IndexerWqB;
-  if (m == "attn.indexer.weights_proj") return Role::WeightsProj;
-  if (m == "attn.wo_a") return Role::WoA;
-  if (starts("attn.")) return Role::Attn;
-  if (m == "e_proj" || m == "h_proj") return Role::MtpProj;
-  return Role::Head;
-}
-
-enum class RecipeId { Native, W4A16, Nvfp4, V3 };
-
-struct Recipe {
-  RecipeId id;
-  std::string_view name;
-  std::string_view description;
-  bool hf_names;
-};
-
-constexpr Recipe kRecipes[] = {
-    {RecipeId::Native, "deepseek-native",
-     "DeepSeek-V4 as DeepSeek ships it: FP8 128x128 E8M0 .scale (attention, shared experts, indexer wq_b, MTP "
-     "e_proj/h_proj), MXFP4 routed experts (MTP too), BF16 compressor/indexer projections, gate, head",
-     false},
-    {RecipeId::W4A16, "w4a16-fp8-mtp",
-     "compressed-tensors: int4 group-128 routed experts, FP8-block attention/shared/indexer wq_b with BF16 "
-     "weight_scale, MTP block BF16",
-     false},
-    {RecipeId::Nvfp4, "nvfp4-fp8-mtp",
-     "ModelOpt NVFP4 routed experts, FP8-block attention/shared/indexer wq_b (F32 weight_scale), BF16 wo_a, MTP "
-     "block BF16, hf_quant_config.json",
-     false},
-    {RecipeId::V3, "fp8-v3-style",
-     "DeepSeek-V3-style FP8 128x128 with F32 weight_scale_inv on every linear DeepSeek quantizes, routed experts "
-     "included (expert_dtype fp8), transformers module names",
-     true},
-};
-
-Target target_for(RecipeId r, Role role, bool mtp) {
-  const bool bf16_role = role == Role::Compressor || role == Role::WeightsProj || role == Role::Gate || role == Role::Head;
-  if (bf16_role) return {};
-  switch (r) {
-    case RecipeId::Native:
-      if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
-      return {Kind::FP8, "scale", DType::F8_E8M0};
-    case RecipeId::W4A16:
-      if (mtp || role == Role::MtpProj) return {};
-      if (role == Role::Expert) return {Kind::INT4, "weight_scale", DType::BF16};
-      return {Kind::FP8, "weight_scale", DType::BF16};
-    case RecipeId::Nvfp4:
-      if (mtp || role == Role::MtpProj || role == Role::WoA) return {};
-      if (role == Role::Expert) return {Kind::NVFP4, "weight_scale", DType::F8_E4M3};
-      return {Kind::FP8, "weight_scale", DType::F32};
-    case RecipeId::V3:
-      return {Kind::FP8, "weight_scale_inv", DType::F32};
-  }
-  return {};
-}
-
-std::string_view kind_label(const Target& t) {
-  switch (t.kind) {
-    case Kind::BF16: return "bf16";
-    case Kind::FP8:
-      if (t.scale_dtype == DType::F8_E8M0) return "fp8_block 128x128 E8M0";
-      return t.scale_dtype == DType::F32 ? "fp8_block 128x128 F32" : "fp8_block 128x128 BF16";
-    case Kind::MXFP4: return "mxfp4 g32 E8M0";
-    case Kind::NVFP4: return "nvfp4 g16 (modelopt)";
-    case Kind::INT4: return "int4_group g128 sym BF16";
-  }
-  return "?";
-}
-
-// Why a [n, k] module cannot be stored in `kind`, or nullopt.
-std::optional<std::string> unrepresentable(Kind kind, int64_t /*n*/, int64_t k) {
-  if ((kind == Kind::MXFP4 || kind == Kind::NVFP4) && k % 2 != 0)
-    return fmt::format("input width {} is odd; packed FP4 holds two values per byte", k);
-  if (kind == Kind::NVFP4 && k % 16 != 0) return fmt::format("input width {} is not a multiple of NVFP4's group of 16", k);
-  return std::nullopt;
-}
+// Recipes: quant/recipes.h.
+using quant::find_recipe;
+using quant::Recipe;
+using quant::RecipeId;
+using quant::role_of;
+using quant::Target;
+using quant::target_for;
+using quant::unrepresentable;
+using Kind = quant::TargetKind;
 
 // ---------------------------------------------------------------------------------------
 // Names
@@ -360,10 +274,13 @@ void check_same_model(const ModelConfig& a, const ModelConfig& b) {
 void declare_quantization(RecipeId r, json& cfg, std::optional<json>& hf_quant,
                           const std::vector<std::string>& kept_bf16) {
   switch (r) {
-    case RecipeId::Native: {
+    case RecipeId::Native:
+    case RecipeId::NativeNvfp4: {
       cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
                                     {"quant_method", "fp8"},          {"scale_fmt", "ue8m0"},
                                     {"weight_block_size", {128, 128}}};
+      // The NVFP4 conversions add moe_quant_algo to the official config and keep the rest.
+      if (r == RecipeId::NativeNvfp4) cfg["quantization_config"]["moe_quant_algo"] = "NVFP4";
       if (!kept_bf16.empty()) cfg["quantization_config"]["modules_to_not_convert"] = kept_bf16;
       cfg["expert_dtype"] = "fp4";
       break;
@@ -469,11 +386,14 @@ std::vector<OutTensor> linear_outs(const std::string& base, const Target& t, int
               {base + "." + t.scale_field, t.scale_dtype, {cdiv(n, 128), cdiv(k, 128)}}};
     case Kind::MXFP4:
       return {{base + ".weight", DType::I8, {n, k / 2}}, {base + ".scale", DType::F8_E8M0, {n, cdiv(k, 32)}}};
-    case Kind::NVFP4:
+    case Kind::NVFP4: {
+      // ModelOpt: weight_scale, scalar globals; native names: .scale, globals shaped [1].
+      const std::vector<int64_t> scalar = t.scale_field == "scale" ? std::vector<int64_t>{1} : std::vector<int64_t>{};
       return {{base + ".weight", DType::U8, {n, k / 2}},
-              {base + ".weight_scale", DType::F8_E4M3, {n, k / 16}},
-              {base + ".weight_scale_2", DType::F32, {}},
-              {base + ".input_scale", DType::F32, {}}};
+              {base + "." + t.scale_field, DType::F8_E4M3, {n, k / 16}},
+              {base + ".weight_scale_2", DType::F32, scalar},
+              {base + ".input_scale", DType::F32, scalar}};
+    }
     case Kind::INT4:
       return {{base + ".weight_packed", DType::I32, {n, cdiv(k, 8)}},
               {base + ".weight_scale", DType::BF16, {n, cdiv(k, 128)}},
@@ -743,7 +663,7 @@ int quantize(const Run& run) {
     }
     it.outs = linear_outs(it.base, it.target, l.n, l.k);
     it.order = inv_pos.at(l.path);
-    scheme_counts[std::string(kind_label(it.target))] += 1;
+    scheme_counts[std::string(quant::target_label(it.target))] += 1;
     if (l.scheme.kind != SchemeKind::BF16 || l.scheme.weight_dtype != DType::BF16) source_schemes[l.scheme.describe()] += 1;
     items.push_back(std::move(it));
   }
@@ -1006,22 +926,19 @@ int quantize(const Run& run) {
 
 std::vector<std::pair<std::string_view, std::string_view>> quantize_recipes() {
   std::vector<std::pair<std::string_view, std::string_view>> v;
-  for (const auto& r : kRecipes) v.emplace_back(r.name, r.description);
+  for (const auto& r : quant::recipes()) v.emplace_back(r.name, r.description);
   return v;
 }
 
 int run_quantize(const QuantizeOptions& opt, std::ostream& out, std::ostream& err) {
-  const Recipe* recipe = nullptr;
-  for (const auto& r : kRecipes) {
-    if (r.name == opt.recipe) recipe = &r;
-  }
+  const Recipe* recipe = find_recipe(opt.recipe);
   if (!recipe) {
     std::vector<std::string_view> names;
-    for (const auto& r : kRecipes) names.push_back(r.name);
+    for (const auto& r : quant::recipes()) names.push_back(r.name);
     fail(ErrorKind::Usage, "--recipe '{}' is not a recipe; choose one of: {}", opt.recipe, fmt::join(names, ", "));
   }
-  if (opt.nvfp4_split_global && recipe->id != RecipeId::Nvfp4) {
-    fail(ErrorKind::Usage, "--nvfp4-split-global applies to the nvfp4-fp8-mtp recipe only");
+  if (opt.nvfp4_split_global && recipe->id != RecipeId::Nvfp4 && recipe->id != RecipeId::NativeNvfp4) {
+    fail(ErrorKind::Usage, "--nvfp4-split-global applies to the nvfp4-fp8-mtp and deepseek-native-nvfp4 recipes only");
   }
   return quantize(Run{opt, *recipe, out, err});
 }

@@ -20,8 +20,9 @@ struct QuantizeOptions {
   std::string recipe;
   std::filesystem::path out;
   bool force = false;
-  // nvfp4-fp8-mtp: w1 and w3 of an expert get their own global scales (default: one
-  // shared global per expert from max(amax(w1), amax(w3)), as ModelOpt writes them).
+  // nvfp4-fp8-mtp, deepseek-native-nvfp4: w1 and w3 of an expert get their own global
+  // scales (default: one shared global per expert from max(amax(w1), amax(w3)), as
+  // ModelOpt writes them).
   bool nvfp4_split_global = false;
   // Main-model shard size limit ("5GB", "500MB", "1048576"); the MTP block always gets
   // its own shard(s).

@@ -1,0 +1,51 @@
+// The recipes of `kiln quantize`: for each, the scheme and on-disk spelling every linear
+// module of a DeepSeek-V4 checkpoint is written in, by the module's role (docs/quantization.md
+// has the exact layouts). Roles are read from canonical module names (artifact/names.h),
+// e.g. "attn.wq_a", "ffn.experts.3.w1", "e_proj".
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "kiln/core/dtype.h"
+
+namespace kiln::quant {
+
+enum class TargetKind { BF16, FP8, MXFP4, NVFP4, INT4 };
+
+// What a recipe stores one linear module as.
+struct Target {
+  TargetKind kind = TargetKind::BF16;
+  // FP8: "scale" | "weight_scale" | "weight_scale_inv"; NVFP4: "weight_scale" (ModelOpt)
+  // or "scale" (DeepSeek-native names, with [1]-shaped weight_scale_2 / input_scale).
+  std::string scale_field;
+  DType scale_dtype = DType::F8_E8M0;
+};
+
+enum class Role { Attn, WoA, IndexerWqB, Compressor, WeightsProj, Gate, Expert, Shared, MtpProj, Head };
+// The role of a canonical module (the part after "layers.N." / "mtp.N.", or a top-level name).
+Role role_of(std::string_view module);
+
+enum class RecipeId { Native, NativeNvfp4, W4A16, Nvfp4, V3 };
+
+struct Recipe {
+  RecipeId id;
+  std::string_view name;
+  std::string_view description;
+  bool hf_names;  // transformers' module names (else DeepSeek's native ones)
+};
+
+std::span<const Recipe> recipes();
+const Recipe* find_recipe(std::string_view name);  // nullptr when unknown
+
+// The target of a module of `role`; `mtp`: the module is in an MTP block.
+Target target_for(RecipeId r, Role role, bool mtp);
+// "fp8_block 128x128 E8M0", "nvfp4 g16 (modelopt)", ...
+std::string_view target_label(const Target& t);
+// Why a [n, k] module cannot be stored as `kind`, or nullopt.
+std::optional<std::string> unrepresentable(TargetKind kind, int64_t n, int64_t k);
+
+}  // namespace kiln::quant
