@@ -1,13 +1,17 @@
-// The GPU forward against the CPU reference on the fixtures and every artifact flavour:
-// logits (prefill, chunked, MTP), greedy tokens over 64 steps, MTP exactness on the GPU,
-// batching, and graph replay equal to eager bit for bit.
+// The GPU forward against the CPU reference on the fixtures, every artifact flavour and
+// the non-default router score functions: logits (prefill, chunked, MTP), greedy tokens
+// over 64 steps, MTP exactness on the GPU, batching, and graph replay equal to eager bit
+// for bit.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <numeric>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
@@ -31,22 +35,37 @@ struct Flavour {
   std::string fixture;  // tiny_a / tiny_b
   std::string layout;   // native / hf
   std::string recipe;   // "" = as stored (BF16)
+  std::string scoring;  // "" = the fixture's scoring_func (sqrtsoftplus), else config.json's rewritten
 };
 
 std::vector<Flavour> flavours() {
-  return {{"tiny_a native bf16", "tiny_a", "native", ""},
-          {"tiny_a hf bf16", "tiny_a", "hf", ""},
-          {"tiny_b native bf16", "tiny_b", "native", ""},
-          {"tiny_a deepseek-native (fp8 + mxfp4)", "tiny_a", "native", "deepseek-native"},
-          {"tiny_a w4a16-fp8-mtp", "tiny_a", "native", "w4a16-fp8-mtp"},
-          {"tiny_a nvfp4-fp8-mtp", "tiny_a", "native", "nvfp4-fp8-mtp"},
-          {"tiny_a fp8-v3-style", "tiny_a", "native", "fp8-v3-style"},
-          {"tiny_b fp8-v3-style", "tiny_b", "native", "fp8-v3-style"}};
+  return {{"tiny_a native bf16", "tiny_a", "native", "", ""},
+          {"tiny_a hf bf16", "tiny_a", "hf", "", ""},
+          {"tiny_b native bf16", "tiny_b", "native", "", ""},
+          {"tiny_a deepseek-native (fp8 + mxfp4)", "tiny_a", "native", "deepseek-native", ""},
+          {"tiny_a deepseek-native-nvfp4", "tiny_a", "native", "deepseek-native-nvfp4", ""},
+          {"tiny_a w4a16-fp8-mtp", "tiny_a", "native", "w4a16-fp8-mtp", ""},
+          {"tiny_a nvfp4-fp8-mtp", "tiny_a", "native", "nvfp4-fp8-mtp", ""},
+          {"tiny_a fp8-v3-style", "tiny_a", "native", "fp8-v3-style", ""},
+          {"tiny_b fp8-v3-style", "tiny_b", "native", "fp8-v3-style", ""},
+          {"tiny_a native bf16, scoring softmax", "tiny_a", "native", "", "softmax"},
+          {"tiny_b native bf16, scoring sigmoid", "tiny_b", "native", "", "sigmoid"}};
 }
 
-// The flavour's model directory (quantized into `tmp` when it has a recipe).
+// The flavour's model directory (quantized into `tmp` when it has a recipe; copied with
+// its scoring_func rewritten when it has one).
 fs::path model_dir(const Flavour& f, const test::TempDir& tmp) {
   const fs::path src = kFixtures + "/" + f.fixture + "/" + f.layout;
+  if (!f.scoring.empty()) {
+    const fs::path dst = tmp.path() / "s";
+    fs::create_directories(dst);
+    for (const auto& e : fs::directory_iterator(src)) fs::copy_file(e.path(), dst / e.path().filename());
+    std::ifstream in(src / "config.json");
+    nlohmann::json cfg = nlohmann::json::parse(in);
+    cfg["scoring_func"] = f.scoring;
+    std::ofstream(dst / "config.json", std::ios::trunc) << cfg.dump(2);
+    return dst;
+  }
   if (f.recipe.empty()) return src;
   cli::QuantizeOptions o;
   o.model = src;
