@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/model/decode_limits.h"
 #include "kiln/model/weights.h"
 
 namespace kiln::model {
@@ -43,7 +44,7 @@ class DecodeState {
 
   // How far behind its high-water mark (the furthest length reached) a state can be
   // truncated, for the main model and for each MTP block.
-  static constexpr int64_t kMaxRollback = 8;
+  static constexpr int64_t kMaxRollback = model::kMaxRollback;
 
   int64_t length() const { return length_; }          // tokens fed to the main model
   int64_t mtp_length(int m) const;                    // positions fed to MTP block m
