@@ -66,13 +66,29 @@ TEST(RunCli, BadArgumentsAreUsageErrors) {
       {"generate" + m + " --tokens 5,x,7", "not a list of token ids"},
       {"generate" + m + " --tokens 5,9999", "id 9999 at position 1 is outside the vocabulary [0, 256)"},
       {"score" + m + " --tokens 5,7 --out /tmp/x.npy --mode chunked:0", "--mode chunked:0"},
-      {"score" + m + " --tokens 5,7 --out /tmp/x.npy --device cuda", "--device cuda"},
+      {"score" + m + " --tokens 5,7 --out /tmp/x.npy --device gpu", "--device gpu: expected auto, cpu or cuda"},
+      {"generate --model " + std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_b/native --tokens 5,7 --max-tokens 300",
+       "need 302 positions, beyond the model's context of 256"},
       {"generate --model /nonexistent/model --tokens 5", "/nonexistent/model"},
   };
   for (const auto& c : cases) {
     auto r = kiln_run(c.args);
     EXPECT_EQ(r.code, 1) << c.args << "\n" << r.text;
     EXPECT_NE(r.text.find(c.expect), std::string::npos) << c.args << "\n" << r.text;
+  }
+}
+
+// --device cuda runs on a usable GPU, and without one (CI) exits 2 saying why.
+TEST(RunCli, DeviceCudaRunsOrSaysWhyNot) {
+  kiln::test::TempDir d;
+  const auto out = d.path() / "l.npy";
+  auto r = kiln_run("score --model " + kFx + "/native --tokens 5,7,9 --out " + out.string() + " --device cuda");
+  if (r.code == 0) {
+    EXPECT_TRUE(std::filesystem::exists(out)) << r.text;
+    EXPECT_NE(r.text.find("cuda"), std::string::npos) << r.text;
+  } else {
+    EXPECT_EQ(r.code, 2) << r.text;
+    EXPECT_NE(r.text.find("--device cuda: "), std::string::npos) << r.text;
   }
 }
 

@@ -16,7 +16,9 @@
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/model/cuda/gpu_forward.h"
-#include "kiln/runtime/cuda/gpu_generate.h"
+#include "kiln/runtime/cuda/gpu_backend.h"
+#include "kiln/runtime/engine.h"
+#include "kiln/runtime/generate.h"
 #include "kiln/runtime/loaded_model.h"
 #include "kiln/runtime/speculative.h"
 #include "support/artifacts.h"
@@ -78,7 +80,8 @@ fs::path model_dir(const Flavour& f, const test::TempDir& tmp) {
 
 struct Loaded {
   std::unique_ptr<runtime::LoadedModel> cpu;
-  std::unique_ptr<GpuForward> gpu;
+  std::unique_ptr<runtime::cuda::GpuBackend> backend;  // owns the GPU forward
+  GpuForward* gpu = nullptr;
 };
 
 Loaded load(const fs::path& dir, GpuOptions opt = {}) {
@@ -87,8 +90,38 @@ Loaded load(const fs::path& dir, GpuOptions opt = {}) {
   if (opt.max_context == GpuOptions{}.max_context) opt.max_context = 1024;
   auto w = model::cuda::upload_weights(l.cpu->weights, model::cuda::checkpoint_linears(l.cpu->checkpoint, l.cpu->plan),
                                        opt.max_rows, nullptr);
-  l.gpu = std::make_unique<GpuForward>(std::move(w), opt);
+  l.backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), opt));
+  l.gpu = &l.backend->forward();
   return l;
+}
+
+// Greedy decoding of every prompt (each in its own slot, all in one engine) on the GPU
+// backend: the engine that `kiln serve` and `kiln generate --device cuda` run.
+struct EngineRun {
+  std::vector<std::vector<int32_t>> tokens;
+  int64_t rounds = 0;
+};
+EngineRun decode_greedy(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int max_tokens, int k) {
+  runtime::EngineOptions eo;
+  eo.max_batch = static_cast<int>(prompts.size());
+  eo.mtp = k;
+  runtime::Engine engine(b, eo);
+  std::vector<std::shared_ptr<runtime::RequestHandle>> hs;
+  for (const auto& p : prompts) {
+    runtime::GenerationRequest r;
+    r.prompt = p;
+    r.max_tokens = max_tokens;
+    r.mtp = k;
+    hs.push_back(engine.submit(r));
+  }
+  EngineRun out;
+  for (const auto& h : hs) {
+    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
+    EXPECT_EQ(h->finish_reason(), runtime::FinishReason::Length) << h->error();
+    out.tokens.push_back(h->tokens());
+    out.rounds += h->draft_stats().rounds;
+  }
+  return out;
 }
 
 std::vector<int32_t> prompt_tokens(int64_t vocab, int T, int salt = 0) {
@@ -215,7 +248,7 @@ TEST(GpuForward, Greedy64StepsEqualTheCpuForBf16AndFp8) {
     runtime::SamplingParams sp;
     sp.temperature = 0;
     const auto cpu = runtime::generate_plain(*m.cpu->forward, prompt, 64, sp, -1);
-    const auto gpu = runtime::cuda::gpu_generate_greedy(*m.gpu, {prompt}, 64, 0);
+    const auto gpu = decode_greedy(*m.backend, {prompt}, 64, 0);
     EXPECT_EQ(gpu.tokens.at(0), cpu.tokens);
   }
 }
@@ -228,11 +261,11 @@ TEST(GpuForward, MtpSpeculativeIsExactOnTheGpu) {
     Loaded m = load(model_dir(fl, tmp));
     const int64_t V = m.cpu->config.vocab_size;
     const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 9), prompt_tokens(V, 14, 1), prompt_tokens(V, 5, 2)};
-    const auto plain = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 48, 0);
+    const auto plain = decode_greedy(*m.backend, prompts, 48, 0);
     for (int k = 1; k <= 3; ++k) {
-      const auto spec = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 48, k);
+      const auto spec = decode_greedy(*m.backend, prompts, 48, k);
       EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
-      EXPECT_GT(spec.stats.rounds, 0);
+      EXPECT_GT(spec.rounds, 0);
     }
   }
 }
@@ -241,7 +274,7 @@ TEST(GpuForward, BatchedSequencesEqualEachAlone) {
   Loaded m = load(kFixtures + "/tiny_b/native");
   const int64_t V = m.cpu->config.vocab_size;
   const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 7), prompt_tokens(V, 19, 3), prompt_tokens(V, 3, 5)};
-  const auto together = runtime::cuda::gpu_generate_greedy(*m.gpu, prompts, 32, 0);
+  const auto together = decode_greedy(*m.backend, prompts, 32, 0);
   runtime::SamplingParams sp;
   sp.temperature = 0;
   for (size_t b = 0; b < prompts.size(); ++b) {
@@ -287,13 +320,23 @@ TEST(GpuGenerateCli, CudaTokensEqualCpuTokens) {
     EXPECT_EQ(outs[1], outs[0]) << "mtp " << mtp;
     EXPECT_GT(outs[0].size(), 40u);
   }
-  cli::GenerateOptions o;
-  o.model = model;
-  o.tokens = "5,17";
-  o.device = "cuda";
-  o.sampling.temperature = 0.7f;
-  std::ostringstream out, err;
-  EXPECT_THROW(cli::run_generate(o, out, err), Error);  // sampling on the GPU: a clear usage error
+  // Sampling runs on the GPU engine too (the sampler is the host's): a seed reproduces a run.
+  std::string sampled[2];
+  for (auto& s : sampled) {
+    cli::GenerateOptions o;
+    o.model = model;
+    o.tokens = "5,17";
+    o.device = "cuda";
+    o.max_tokens = 24;
+    o.ignore_eos = true;
+    o.sampling.temperature = 0.7f;
+    o.sampling.seed = 9;
+    std::ostringstream out, err;
+    ASSERT_EQ(cli::run_generate(o, out, err), 0) << err.str();
+    s = out.str();
+  }
+  EXPECT_EQ(sampled[0], sampled[1]);
+  EXPECT_EQ(std::count(sampled[0].begin(), sampled[0].end(), ','), 23);
 }
 
 }  // namespace

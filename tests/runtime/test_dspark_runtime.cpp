@@ -10,7 +10,8 @@
 #include "kiln/core/error.h"
 #include "kiln/runtime/engine.h"
 #include "kiln/runtime/loaded_model.h"
-#include "kiln/runtime/speculative.h"
+#include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/generate.h"
 #include "support/artifacts.h"
 
 namespace kiln::runtime {
@@ -58,12 +59,13 @@ TEST(DSparkRuntime, EngineServesPlainDecodingAndRefusesMtp) {
   const auto want = generate_plain(*m->forward, prompt, 8, SamplingParams{}, -1).tokens;
   ASSERT_EQ(want.size(), 8u);
 
+  CpuBackend backend(*m->forward);
   expect_dspark_error([&] {
     EngineOptions o;
     o.mtp = 1;
-    Engine e(*m->forward, o);
+    Engine e(backend, o);
   });
-  Engine e(*m->forward, EngineOptions{});
+  Engine e(backend, EngineOptions{});
   EXPECT_FALSE(e.has_mtp());
   GenerationRequest bad;
   bad.prompt = prompt;
@@ -80,7 +82,7 @@ TEST(DSparkRuntime, EngineServesPlainDecodingAndRefusesMtp) {
   ASSERT_TRUE(h->finished());
   EXPECT_EQ(h->tokens(), want);
 
-  expect_dspark_error([&] { SpeculativeDecoder d(*m->forward, 1, SamplingParams{}); });
+  expect_dspark_error([&] { generate_speculative(*m->forward, prompt, 4, SamplingParams{}, 1, -1); });
 }
 
 }  // namespace

@@ -23,6 +23,9 @@
 #include "kiln/core/error.h"
 #include "kiln/io/npy.h"
 #include "kiln/runtime/loaded_model.h"
+#include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/engine.h"
+#include "kiln/runtime/generate.h"
 #include "kiln/runtime/speculative.h"
 #include "support/artifacts.h"
 
@@ -238,10 +241,11 @@ INSTANTIATE_TEST_SUITE_P(Models, GreedyExact,
                            return s;
                          });
 
-// Drafts forced to accept exactly r of K (r random): after every round the decoder's
-// state (main model and MTP block) equals plain sequential feeding of the same tokens:
-// the main model fed token by token, the MTP block fed row by row (main streams at p,
-// token p+1). Emitted tokens equal plain greedy.
+// Drafts forced to accept exactly r of K (r random): at the start of every round the
+// sequence's state (main model and MTP block) equals plain sequential feeding of the same
+// tokens: the main model fed token by token, the MTP block fed row by row (main streams
+// at p, token p+1). Emitted tokens equal plain greedy. Runs on the engine (the only
+// implementation of the round) over the CPU backend, whose slot state the hooks read.
 class EveryAcceptLength : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EveryAcceptLength, StateAfterEachRoundEqualsSequentialFeeding) {
@@ -257,19 +261,9 @@ TEST_P(EveryAcceptLength, StateAfterEachRoundEqualsSequentialFeeding) {
 
   for (int k : {2, 4}) {
     std::mt19937_64 g(static_cast<uint64_t>(k));
-    SpeculativeDecoder dec(f, k, {});
+    CpuBackend backend(f, {.max_slots = 1});
     std::vector<int> forced_counts(static_cast<size_t>(k + 1), 0);
-    dec.set_draft_hook([&](int64_t first, std::span<int32_t> drafts) {
-      const int r = static_cast<int>(std::uniform_int_distribution<int>(0, static_cast<int>(drafts.size()))(g));
-      ++forced_counts[static_cast<size_t>(r)];
-      for (size_t i = 0; i < drafts.size(); ++i) {
-        const int32_t want = truth[static_cast<size_t>(first) + i];
-        // the true continuation for r drafts, then a wrong token
-        drafts[i] = static_cast<int>(i) < r ? want : static_cast<int32_t>((want + 1 + i) % c.vocab_size);
-      }
-    });
-    std::vector<int32_t> out{dec.prefill(prompt)};
-    // Plain sequential reference, extended as tokens are emitted.
+    // Plain sequential reference, extended as the rounds go.
     auto ref = f.new_state();
     std::vector<float> h(static_cast<size_t>(S));
     auto extend_ref = [&](int64_t n) {  // main fed truth[0..n), MTP rows 0..n-1
@@ -279,21 +273,47 @@ TEST_P(EveryAcceptLength, StateAfterEachRoundEqualsSequentialFeeding) {
         f.mtp_step(ref, 0, h, std::span(truth).subspan(static_cast<size_t>(p + 1), 1), nullptr, nullptr);
       }
     };
-    while (static_cast<int>(out.size()) < total) {
-      dec.round(out, k);
-      const int64_t n = static_cast<int64_t>(prompt.size() + out.size()) - 1;
-      ASSERT_EQ(std::vector<int32_t>(truth.begin() + static_cast<int64_t>(prompt.size()),
-                                     truth.begin() + n + 1),
-                out)
-          << GetParam() << " k=" << k;
+    int rounds_checked = 0;
+    EngineOptions eo;
+    eo.max_batch = 1;
+    eo.mtp = k;
+    // Round start (drafts about to be made), N = tokens - 1 committed positions: the MTP
+    // block has fed exactly N rows; the main model may still hold the last round's
+    // rejected rows past N (the next pass feeds from N, which rolls them back), so the
+    // comparison is of the state rolled back to N.
+    eo.round_hook = [&](int slot, int64_t n) {
+      model::DecodeState st(backend.state(slot));
+      ASSERT_EQ(st.mtp_length(0), n);
+      ASSERT_GE(st.length(), n);
+      ASSERT_LE(st.length(), n + k);
+      f.truncate(st, n);
       extend_ref(n);
-      ASSERT_EQ(dec.state().length(), n);
-      ASSERT_EQ(dec.state().mtp_length(0), n);
-      ASSERT_EQ(dec.state().difference(ref), "") << GetParam() << " k=" << k << " after " << out.size() << " tokens";
-    }
+      ASSERT_EQ(st.difference(ref), "") << GetParam() << " k=" << k << " at length " << n;
+      ++rounds_checked;
+    };
+    eo.draft_hook = [&](int64_t first, std::span<int32_t> drafts) {
+      const int r = static_cast<int>(std::uniform_int_distribution<int>(0, static_cast<int>(drafts.size()))(g));
+      ++forced_counts[static_cast<size_t>(r)];
+      for (size_t i = 0; i < drafts.size(); ++i) {
+        const int32_t want = truth[static_cast<size_t>(first) + i];
+        // the true continuation for r drafts, then a wrong token
+        drafts[i] = static_cast<int>(i) < r ? want : static_cast<int32_t>((want + 1 + i) % c.vocab_size);
+      }
+    };
+    Engine engine(backend, eo);
+    GenerationRequest req;
+    req.prompt = prompt;
+    req.max_tokens = total;
+    req.mtp = k;
+    auto hd = engine.submit(req);
+    while (!hd->finished()) hd->wait_tokens(0, std::chrono::milliseconds(50));
+    EXPECT_EQ(hd->tokens(), std::vector<int32_t>(truth.begin() + static_cast<int64_t>(prompt.size()),
+                                                 truth.begin() + static_cast<int64_t>(prompt.size()) + total))
+        << GetParam() << " k=" << k;
+    EXPECT_GT(rounds_checked, total / (k + 1));
     for (int r = 0; r <= k; ++r) EXPECT_GT(forced_counts[static_cast<size_t>(r)], 0) << "accept length " << r;
     // Accepted counts are at least what was forced (a wrong token may still match).
-    EXPECT_GE(dec.stats().accepted_drafts, 1);
+    EXPECT_GE(hd->draft_stats().accepted_drafts, 1);
   }
 }
 
@@ -332,23 +352,18 @@ TEST(Speculative, StopsLikePlainAtEosAndMaxTokens) {
 
 TEST(Speculative, RejectsBadUse) {
   const LoadedModel& m = g_models->get("tiny_a/native");
-  EXPECT_THROW(SpeculativeDecoder(*m.forward, 0, {}), Error);
-  EXPECT_THROW(SpeculativeDecoder(*m.forward, kMaxDrafts + 1, {}), Error);
-  SpeculativeDecoder d(*m.forward, 2, {});
-  std::vector<int32_t> out;
-  EXPECT_THROW(d.round(out, 2), Error);  // before prefill
-  SamplingParams hot;
-  hot.temperature = 1.0f;
-  SpeculativeDecoder h(*m.forward, 2, hot);
-  EXPECT_THROW(h.set_draft_hook([](int64_t, std::span<int32_t>) {}), Error);
+  const auto prompt = prompt_of(m, 4, 1);
+  EXPECT_THROW(generate_speculative(*m.forward, prompt, 4, {}, 0, -1), Error);
+  EXPECT_THROW(generate_speculative(*m.forward, prompt, 4, {}, kMaxDrafts + 1, -1), Error);
   model::Weights no_mtp = m.weights;
   no_mtp.mtp.clear();
   model::Forward f(no_mtp, 1);
   try {
-    SpeculativeDecoder bad(f, 2, {});
+    generate_speculative(f, prompt, 4, {}, 2, -1);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("MTP block"), std::string::npos);
+    EXPECT_EQ(e.kind(), ErrorKind::Invalid);
   }
 }
 
@@ -421,11 +436,13 @@ TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
   }
 }
 
-// The real model: tiny_a at temperature 1.5, top-k 6, K = 3. The first two tokens the
-// speculative loop samples after a fixed prefix must follow the main model's exact joint
-// distribution p(t1) p(t2 | t1) (36 cells), computed here with plain forward steps. The
-// random MTP block rarely agrees with the main model, so most drafts take the residual
-// path and some are accepted.
+// Sampled speculative decoding through the engine (many requests batched together, each
+// with its own seed): the first two tokens (the first drawn at the end of the prefill,
+// the second the first token of a speculative round) must follow the main model's exact
+// joint distribution p(t1) p(t2 | t1) (36 cells), computed here with plain forward steps.
+// The random MTP block rarely agrees with the main model, so most drafts take the
+// residual path and some are accepted. (Later positions of a round are covered by
+// RejectionSamplerReproducesTheTargetDistribution.)
 TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
   const LoadedModel& m = g_models->get("tiny_a/native");
   const auto& f = *m.forward;
@@ -433,27 +450,21 @@ TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
   SamplingParams params;
   params.temperature = 1.5f;
   params.top_k = 6;
-  params.seed = 7;
   const auto prompt = prompt_of(m, 6, 4);
-  SpeculativeDecoder base(f, 3, params);
-  const int32_t t0 = base.prefill(prompt);
 
   // Exact distributions from the main model.
   std::vector<float> logits(static_cast<size_t>(V));
-  auto after = [&](const model::DecodeState& s, int32_t tok) {
-    model::DecodeState c(s);
-    const int32_t t[1] = {tok};
-    f.step(c, t, logits.data(), nullptr);
-    return std::pair{c, sampling_distribution(logits, params)};
-  };
-  // p1 is the distribution after the context [prompt, t0]: feed t0's logits.
   model::DecodeState pre = f.new_state();
-  f.step(pre, prompt, nullptr, nullptr);
-  auto [st1, p1] = after(pre, t0);
+  if (prompt.size() > 1) f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
+  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
+  const auto p1 = sampling_distribution(logits, params);
   std::map<std::pair<int32_t, int32_t>, double> joint;
   for (int32_t a = 0; a < V; ++a) {
     if (p1[static_cast<size_t>(a)] == 0.0) continue;
-    auto [st2, p2] = after(st1, a);
+    model::DecodeState s2(pre);
+    const int32_t t[1] = {a};
+    f.step(s2, t, logits.data(), nullptr);
+    const auto p2 = sampling_distribution(logits, params);
     for (int32_t b = 0; b < V; ++b)
       if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
   }
@@ -464,18 +475,34 @@ TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
 #else
   constexpr int kSamples = 2500;
 #endif
+  CpuBackend backend(f, {.max_slots = 64});
+  EngineOptions eo;
+  eo.max_batch = 64;
+  eo.max_waiting = kSamples;
+  eo.mtp = 3;
+  Engine engine(backend, eo);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int s = 0; s < kSamples; ++s) {
+    GenerationRequest r;
+    r.prompt = prompt;
+    r.max_tokens = 5;  // the first round drafts K = 3 (no more than the tokens still wanted - 1)
+    r.sampling = params;
+    r.sampling.seed = 1000 + static_cast<uint64_t>(s);
+    hs.push_back(engine.submit(r));
+    ASSERT_TRUE(hs.back());
+  }
   std::map<std::pair<int32_t, int32_t>, int64_t> seen;
   int64_t outside = 0, accepted = 0, proposed = 0;
-  for (int s = 0; s < kSamples; ++s) {
-    SpeculativeDecoder d(base);
-    d.reseed(1000 + static_cast<uint64_t>(s));
-    std::vector<int32_t> out;
-    while (out.size() < 2) d.round(out, 3);
+  for (const auto& h : hs) {
+    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
+    const auto out = h->tokens();
+    ASSERT_EQ(out.size(), 5u) << h->error();
     const std::pair<int32_t, int32_t> key{out[0], out[1]};
     if (joint.count(key)) ++seen[key];
     else ++outside;
-    accepted += d.stats().accepted_drafts;
-    for (int64_t x : d.stats().proposed) proposed += x;
+    const auto st = h->draft_stats();
+    accepted += st.accepted_drafts;
+    for (int64_t x : st.proposed) proposed += x;
   }
   std::vector<int64_t> counts;
   std::vector<double> probs;
@@ -484,8 +511,8 @@ TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
     probs.push_back(pr);
   }
   const Fit fit = chi_square(counts, probs);
-  std::printf("[ measured ] tiny_a t=1.5 top-k 6 K=3: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n", fit.chi2,
-              fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
+  std::printf("[ measured ] tiny_a t=1.5 top-k 6 K=3: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n",
+              fit.chi2, fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
   EXPECT_EQ(outside, 0);
   EXPECT_GE(fit.df, 20);
   EXPECT_GT(fit.p_value, kAlpha);

@@ -23,7 +23,8 @@
 #include "kiln/core/error.h"
 #include "kiln/runtime/engine.h"
 #include "kiln/runtime/loaded_model.h"
-#include "kiln/runtime/speculative.h"
+#include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/generate.h"
 #include "kiln/server/http_server.h"
 #include "kiln/tokenizer/tokenizer.h"
 
@@ -35,6 +36,7 @@ namespace fs = std::filesystem;
 struct Fixture {
   std::unique_ptr<kiln::runtime::LoadedModel> model;
   std::optional<kiln::tokenizer::Tokenizer> tok;
+  std::unique_ptr<kiln::runtime::CpuBackend> backend;
   std::unique_ptr<kiln::runtime::Engine> engine;
   std::unique_ptr<kiln::server::Server> server;
   std::thread thread;
@@ -44,7 +46,8 @@ struct Fixture {
     const fs::path dir = KILN_BUNDLED_MODEL;
     model = kiln::runtime::load_model(dir, 1, nullptr);
     tok = kiln::tokenizer::Tokenizer::from_file(dir / "tokenizer.json");
-    engine = std::make_unique<kiln::runtime::Engine>(*model->forward, eo);
+    backend = std::make_unique<kiln::runtime::CpuBackend>(*model->forward);
+    engine = std::make_unique<kiln::runtime::Engine>(*backend, eo);
     so.port = 0;
     so.http_threads = 256;
     so.max_body_bytes = 1 << 16;

@@ -12,12 +12,14 @@
 
 #ifdef KILN_HAVE_CUDA
 #include <chrono>
+#include <thread>
 
 #include "kiln/model/cuda/gpu_forward.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/model/cuda/synthetic.h"
 #include "kiln/ops/cuda/read_bandwidth.h"
-#include "kiln/runtime/cuda/gpu_generate.h"
+#include "kiln/runtime/cuda/gpu_backend.h"
+#include "kiln/runtime/engine.h"
 #include "kiln/runtime/loaded_model.h"
 #endif
 
@@ -91,6 +93,74 @@ double pass_weight_bytes(const GpuWeights& w, int B) {
   return bytes;
 }
 
+// Greedy decoding of B prompts on the engine (every prompt in its own slot, max_tokens
+// steps + 1 each), timed while all B sequences decode: from the moment every one has its
+// first token to the moment the first one finishes.
+struct DecodeRun {
+  std::vector<std::vector<int32_t>> tokens;
+  double tokens_per_s = 0.0, step_ms = 0.0;
+  runtime::DraftStats stats;  // summed over the batch
+};
+
+DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int steps, int k) {
+  using Clock = std::chrono::steady_clock;
+  const int B = static_cast<int>(prompts.size());
+  runtime::EngineOptions eo;
+  eo.max_batch = B;
+  eo.mtp = k;
+  eo.prefill_chunk = std::max<int64_t>(1, b.max_rows() - int64_t{B} * (1 + k));
+  runtime::Engine engine(b, eo);
+  std::vector<std::shared_ptr<runtime::RequestHandle>> hs;
+  for (const auto& p : prompts) {
+    runtime::GenerationRequest r;
+    r.prompt = p;
+    r.max_tokens = steps + 1;
+    r.mtp = k;
+    hs.push_back(engine.submit(std::move(r)));
+    if (!hs.back()) fail(ErrorKind::Usage, "bench: the engine refused a request");
+  }
+  auto count = [&] {
+    size_t n = 0;
+    for (const auto& h : hs) n += h->tokens().size();
+    return n;
+  };
+  auto all_started = [&] {
+    return std::all_of(hs.begin(), hs.end(), [](const auto& h) { return !h->tokens().empty() || h->finished(); });
+  };
+  auto any_finished = [&] { return std::any_of(hs.begin(), hs.end(), [](const auto& h) { return h->finished(); }); };
+  while (!all_started()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  const auto t0 = Clock::now();
+  const size_t c0 = count();
+  const uint64_t s0 = engine.metrics().steps.load();
+  while (!any_finished()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  const auto t1 = Clock::now();
+  const size_t c1 = count();
+  const uint64_t s1 = engine.metrics().steps.load();
+  DecodeRun r;
+  for (const auto& h : hs) {
+    while (!h->finished()) h->wait_tokens(h->tokens().size(), std::chrono::milliseconds(100));
+    if (h->finish_reason() == runtime::FinishReason::Error) fail(ErrorKind::Usage, "bench: {}", h->error());
+    r.tokens.push_back(h->tokens());
+    const auto st = h->draft_stats();
+    if (r.stats.proposed.size() < st.proposed.size()) {
+      r.stats.k = st.k;
+      r.stats.proposed.resize(st.proposed.size());
+      r.stats.accepted.resize(st.accepted.size());
+    }
+    for (size_t i = 0; i < st.proposed.size(); ++i) {
+      r.stats.proposed[i] += st.proposed[i];
+      r.stats.accepted[i] += st.accepted[i];
+    }
+    r.stats.rounds += st.rounds;
+    r.stats.accepted_drafts += st.accepted_drafts;
+    r.stats.emitted += st.emitted;
+  }
+  const double dt = std::chrono::duration<double>(t1 - t0).count();
+  r.tokens_per_s = dt > 0 ? static_cast<double>(c1 - c0) / dt : 0.0;
+  r.step_ms = s1 > s0 ? dt * 1e3 / static_cast<double>(s1 - s0) : 0.0;
+  return r;
+}
+
 }  // namespace
 
 int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
@@ -114,12 +184,12 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
 
   GpuOptions go;
   go.max_slots = maxB;
-  go.max_rows = std::max({64, maxB * (o.mtp + 1), o.context});
+  go.max_rows = std::max(64, maxB * (o.mtp + 1) + o.context);
   go.max_context = o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8;
   std::string label;
   std::unique_ptr<runtime::LoadedModel> loaded;
   std::unique_ptr<model::cuda::SyntheticModel> synth;
-  std::unique_ptr<GpuForward> f;
+  std::unique_ptr<runtime::cuda::GpuBackend> backend;
   {
     const auto t0 = std::chrono::steady_clock::now();
     GpuWeights w;
@@ -142,11 +212,17 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       w = model::cuda::upload_weights(loaded->weights, model::cuda::checkpoint_linears(loaded->checkpoint, loaded->plan),
                                       go.max_rows, &err);
     }
-    f = std::make_unique<GpuForward>(std::move(w), go);
+    backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
+    if (loaded) {  // on the device now: the host copy is not needed
+      loaded->forward.reset();
+      loaded->weights = model::Weights{};
+    }
+    const GpuForward* f = &backend->forward();
     err << fmt::format("bench: loaded in {:.1f} s; {:.2f} GB of linear data, {:.2f} GB of decode state\n",
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                        static_cast<double>(f->weights().linear_bytes) / 1e9, static_cast<double>(f->state_bytes()) / 1e9);
   }
+  GpuForward* f = &backend->forward();
   const int64_t V = f->config().vocab_size;
   auto prompts_for = [&](int B) {
     std::vector<std::vector<int32_t>> p(static_cast<size_t>(B));
@@ -168,9 +244,9 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   for (int B : batches) {
     const auto prompts = prompts_for(B);
     f->set_graphs(true);
-    runtime::cuda::gpu_generate_greedy(*f, prompts, 3, 0);  // warm-up: captures the decode graph
-    const auto res = runtime::cuda::gpu_generate_greedy(*f, prompts, o.steps + 1, 0);
-    const double step_wall = res.decode_s / static_cast<double>(std::max<int64_t>(res.decode_passes, 1));
+    decode_on_engine(*backend, prompts, 3, 0);  // warm-up: captures the decode graphs
+    const DecodeRun res = decode_on_engine(*backend, prompts, o.steps, 0);
+    const double step_wall = res.step_ms * 1e-3;
     std::vector<int32_t> tok(static_cast<size_t>(B)), slot(static_cast<size_t>(B)), pos(static_cast<size_t>(B));
     for (int b = 0; b < B; ++b) {
       tok[static_cast<size_t>(b)] = res.tokens[static_cast<size_t>(b)].back();
@@ -186,8 +262,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     const double bytes = pass_weight_bytes(f->weights(), B);
     const double frac = bytes / (g_ms * 1e-3) / bw.bytes_per_s;
     out << fmt::format("| {} | {:.1f} | {:.3f} | {:.3f} | {:.3f} | {:.2f}x | {:.1f} | {:.2f} |\n", B,
-                       res.decode_tokens_per_s(), step_wall * 1e3, g_ms, e_ms, e_ms / g_ms, bytes / 1e6, frac);
-    nlohmann::json r = {{"batch", B},          {"tokens_per_s", res.decode_tokens_per_s()}, {"step_ms_wall", step_wall * 1e3},
+                       res.tokens_per_s, step_wall * 1e3, g_ms, e_ms, e_ms / g_ms, bytes / 1e6, frac);
+    nlohmann::json r = {{"batch", B},          {"tokens_per_s", res.tokens_per_s}, {"step_ms_wall", step_wall * 1e3},
                         {"pass_ms_graph", g_ms}, {"pass_ms_eager", e_ms}, {"weight_bytes_per_pass", bytes},
                         {"hbm_fraction", frac}};
     if (!prof.empty()) {
@@ -206,16 +282,16 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     if (o.mtp > 0) {
       nlohmann::json spec = nlohmann::json::array();
       for (int k = 1; k <= o.mtp; ++k) {
-        runtime::cuda::gpu_generate_greedy(*f, prompts, 3, k);  // warm-up
-        const auto s = runtime::cuda::gpu_generate_greedy(*f, prompts, o.steps + 1, k);
+        decode_on_engine(*backend, prompts, 3, k);  // warm-up
+        const DecodeRun s = decode_on_engine(*backend, prompts, o.steps, k);
         const bool same = s.tokens == res.tokens;
         std::vector<double> acc;
         for (int i = 0; i < k; ++i) acc.push_back(s.stats.acceptance_rate(static_cast<size_t>(i)));
         out << fmt::format("|   mtp {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain |\n",
-                           k, s.decode_tokens_per_s(), s.decode_tokens_per_s() / res.decode_tokens_per_s(),
+                           k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
                            s.stats.mean_accepted_length(), fmt::join(acc, " / "), same ? "==" : "!=");
-        spec.push_back({{"k", k}, {"tokens_per_s", s.decode_tokens_per_s()},
-                        {"speedup", s.decode_tokens_per_s() / res.decode_tokens_per_s()},
+        spec.push_back({{"k", k}, {"tokens_per_s", s.tokens_per_s},
+                        {"speedup", s.tokens_per_s / res.tokens_per_s},
                         {"mean_accepted_length", s.stats.mean_accepted_length()}, {"acceptance", acc},
                         {"same_tokens_as_plain", same}});
       }

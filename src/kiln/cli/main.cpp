@@ -32,7 +32,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   sc->add_option("--mtp-out", score.mtp_out,
                  "Also write MTP draft logits [T-1, vocab]: row t from position t's streams and token t+1");
-  sc->add_option("--device", score.device, "cpu (the CUDA backend is not wired yet)")->capture_default_str();
+  sc->add_option("--device", score.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  sc->add_option("--max-context", score.max_context, "Positions allowed (0 = the model's max_position_embeddings)")
+      ->capture_default_str();
   sc->add_option("--threads", score.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   kiln::cli::GenerateOptions gen;
@@ -55,7 +57,9 @@ int main(int argc, char** argv) {
                "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
   ge->add_flag("--json", gen.json,
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
-  ge->add_option("--device", gen.device, "cpu, or cuda (GPU forward, greedy decoding)")->capture_default_str();
+  ge->add_option("--device", gen.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  ge->add_option("--max-context", gen.max_context, "Positions allowed (0 = the model's max_position_embeddings)")
+      ->capture_default_str();
   ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   kiln::cli::PerplexityOptions ppl;
@@ -68,6 +72,7 @@ int main(int argc, char** argv) {
   pp->add_option("--ctx", ppl.ctx, "Window length in tokens")->capture_default_str();
   pp->add_flag("--json", ppl.json, "Print one JSON object (tokens, scored_tokens, windows, nll_sum, perplexity, ...)");
   pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  pp->add_option("--device", ppl.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
 
   kiln::cli::BenchOptions bench;
   auto* be = app.add_subcommand("bench", "Decode speed of the CUDA backend per batch size: tokens/s, graph vs eager, "
@@ -113,6 +118,7 @@ int main(int argc, char** argv) {
   se->add_option("--api-key", serve.api_key, "Require 'Authorization: Bearer KEY' on /v1/*");
   se->add_option("--served-model-name", serve.served_model_name, "Model id reported by /v1/models (default: directory name)");
   se->add_option("--threads", serve.threads, "CPU threads for the forward (0 = all cores)")->capture_default_str();
+  se->add_option("--device", serve.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
   se->add_option("--max-batch", serve.max_batch, "Sequences decoded together")->capture_default_str();
   se->add_option("--max-waiting", serve.max_waiting, "Queued requests beyond the batch (more get 429)")->capture_default_str();
   se->add_option("--prefill-chunk", serve.prefill_chunk, "Prompt tokens fed per scheduler step")->capture_default_str();

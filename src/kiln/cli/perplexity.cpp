@@ -11,7 +11,7 @@
 #include "kiln/cli/run_commands.h"
 #include "kiln/cli/text_tokens.h"
 #include "kiln/core/error.h"
-#include "kiln/runtime/loaded_model.h"
+#include "kiln/cli/backend_session.h"
 
 namespace kiln::cli {
 namespace {
@@ -42,24 +42,46 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
     fail(ErrorKind::Usage, "{}: {} token(s); perplexity needs at least 2",
          o.text ? o.text->string() : std::string("--tokens"), ids.size());
 
-  auto m = runtime::load_model(dir, o.threads, o.json ? nullptr : &err);
-  const int64_t V = m->config.vocab_size, T = static_cast<int64_t>(ids.size());
+  const ModelConfig pre = load_model_config(dir);
+  if (pre.max_position_embeddings > 0 && o.ctx > pre.max_position_embeddings) {
+    fail(ErrorKind::Usage, "--ctx {}: beyond the model's context of {} positions", o.ctx, pre.max_position_embeddings);
+  }
+  const int64_t V = pre.vocab_size, T = static_cast<int64_t>(ids.size());
   for (int64_t i = 0; i < T; ++i) {
     if (ids[i] < 0 || ids[i] >= V)
       fail(ErrorKind::Usage, "token id {} at position {} is outside the model's vocabulary [0, {})", ids[i], i, V);
   }
+  // A window goes through the backend in passes of up to `chunk` rows (the GPU's buffers
+  // and graphs are sized for them; the logits do not depend on the split).
+  const bool gpu = resolve_device(o.device) == "cuda";
+  const int64_t chunk = std::min<int64_t>(o.ctx, gpu ? 256 : o.ctx);
+  BackendSession s({dir, o.device, o.threads, 1, static_cast<int>(chunk), o.ctx, o.json ? nullptr : &err});
+  runtime::Backend& b = s.backend();
 
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits(static_cast<size_t>(std::min(o.ctx, T) * V));
+  std::vector<float> logits(static_cast<size_t>(chunk * V));
   double total = 0.0;
   int64_t scored = 0, windows = 0;
+  runtime::PassRows rows;
+  std::vector<int32_t> outs;
   for (int64_t p = 0; p < T; p += o.ctx) {
     const int64_t n = std::min(o.ctx, T - p);
     if (n < 2) break;  // a last window of one token predicts nothing
-    auto state = m->forward->new_state();
-    m->forward->step(state, std::span(ids).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), logits.data(),
-                     nullptr);
-    for (int64_t i = 0; i + 1 < n; ++i) total += nll(logits.data() + i * V, V, ids[static_cast<size_t>(p + i + 1)]);
+    const int slot = b.acquire();
+    for (int64_t c = 0; c < n; c += chunk) {
+      const int64_t m = std::min(chunk, n - c);
+      rows.clear();
+      outs.clear();
+      for (int64_t i = 0; i < m; ++i) {
+        rows.add(ids[static_cast<size_t>(p + c + i)], slot, c + i);
+        outs.push_back(static_cast<int32_t>(i));
+      }
+      b.main(rows, outs, logits.data());
+      for (int64_t i = 0; i < m && c + i + 1 < n; ++i) {
+        total += nll(logits.data() + i * V, V, ids[static_cast<size_t>(p + c + i + 1)]);
+      }
+    }
+    b.release(slot);
     scored += n - 1;
     ++windows;
   }
@@ -76,13 +98,14 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
                         {"mean_nll", mean},
                         {"perplexity", ppl},
                         {"seconds", secs},
-                        {"tokens_per_s", static_cast<double>(T) / secs}};
+                        {"tokens_per_s", static_cast<double>(T) / secs},
+                        {"device", s.device()}};
     if (o.text) j["text"] = o.text->string();
     out << j.dump() << "\n";
   } else {
     out << fmt::format("tokens {} (scored {} in {} window(s) of up to {})\n", T, scored, windows, o.ctx);
     out << fmt::format("perplexity {:.4f} (mean NLL {:.6f} nats/token)\n", ppl, mean);
-    err << fmt::format("scored in {:.2f} s ({:.0f} tokens/s)\n", secs, static_cast<double>(T) / secs);
+    err << fmt::format("scored in {:.2f} s ({:.0f} tokens/s) on {}\n", secs, static_cast<double>(T) / secs, s.device());
   }
   return 0;
 }

@@ -15,6 +15,7 @@ struct PerplexityOptions {
   int64_t ctx = 512;                          // window length
   bool json = false;
   int threads = 0;
+  std::string device = "auto";  // auto | cpu | cuda
 };
 
 // The ids are cut into consecutive windows of `ctx` tokens; each window is run from a

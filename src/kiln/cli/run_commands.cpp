@@ -11,13 +11,9 @@
 
 #include "kiln/core/error.h"
 #include "kiln/io/npy.h"
-#include "kiln/runtime/loaded_model.h"
-#include "kiln/runtime/speculative.h"
-
-#ifdef KILN_HAVE_CUDA
-#include "kiln/model/cuda/gpu_forward.h"
-#include "kiln/runtime/cuda/gpu_generate.h"
-#endif
+#include "kiln/cli/backend_session.h"
+#include "kiln/model/weights.h"
+#include "kiln/runtime/generate.h"
 
 namespace kiln::cli {
 namespace {
@@ -26,58 +22,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void check_device(const std::string& device, bool cuda_ok) {
-  if (device == "cpu") return;
-  if (device == "cuda" && cuda_ok) {
-#ifdef KILN_HAVE_CUDA
-    return;
-#else
-    fail(ErrorKind::Usage, "--device cuda: this kiln was built without the CUDA backend (configure with nvcc on the PATH)");
-#endif
+// Positions a command needs against the model's context (max_position_embeddings), which
+// --max-context raises explicitly.
+void check_context(int64_t need, int64_t max_context, const ModelConfig& c, const char* what) {
+  const int64_t ctx = max_context > 0 ? max_context : c.max_position_embeddings;
+  if (ctx > 0 && need > ctx) {
+    fail(ErrorKind::Usage, "{} need {} positions, beyond the model's context of {}{} (raise it with --max-context)", what,
+         need, ctx, max_context > 0 ? " (--max-context)" : " (max_position_embeddings)");
   }
-  fail(ErrorKind::Usage, "--device {}: expected {}", device, cuda_ok ? "cpu or cuda" : "cpu (this command runs on the CPU reference backend)");
 }
-
-#ifdef KILN_HAVE_CUDA
-// Greedy decoding of one prompt on the GPU forward, as GenerateResults. The GPU loop stops
-// on length only; a result is cut after its first eos here.
-class GpuGreedy {
- public:
-  GpuGreedy(const runtime::LoadedModel& m, int64_t max_context, std::ostream* progress)
-      : f_(model::cuda::upload_weights(m.weights, model::cuda::checkpoint_linears(m.checkpoint, m.plan), kMaxRows,
-                                       progress),
-           options(max_context)) {}
-
-  // k = 0: plain; k > 0: MTP speculative decoding with k drafts per round.
-  runtime::GenerateResult run(const std::vector<int32_t>& ids, int max_tokens, int k, int32_t eos) {
-    runtime::cuda::GpuGenerateResult g = runtime::cuda::gpu_generate_greedy(f_, {ids}, max_tokens, k);
-    runtime::GenerateResult r;
-    r.tokens = std::move(g.tokens.at(0));
-    if (eos >= 0) {
-      auto it = std::find(r.tokens.begin(), r.tokens.end(), eos);
-      if (it != r.tokens.end()) {
-        r.tokens.erase(it + 1, r.tokens.end());
-        r.stop = "eos";
-      }
-    }
-    r.prefill_s = g.prefill_s;
-    r.decode_s = g.decode_s;
-    r.stats = g.stats;
-    return r;
-  }
-
- private:
-  static constexpr int kMaxRows = 64;
-  static model::cuda::GpuOptions options(int64_t max_context) {
-    model::cuda::GpuOptions go;
-    go.max_slots = 1;
-    go.max_rows = kMaxRows;
-    go.max_context = max_context;
-    return go;
-  }
-  model::cuda::GpuForward f_;
-};
-#endif
 
 void check_ids(const std::vector<int32_t>& ids, int64_t vocab) {
   if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
@@ -125,38 +78,56 @@ std::vector<int32_t> parse_tokens(const std::string& spec) {
 }
 
 int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
-  check_device(o.device, /*cuda_ok=*/false);
+  resolve_device(o.device);
   auto ids = parse_tokens(o.tokens);
-  auto m = runtime::load_model(o.model, o.threads, &err);
-  const auto& cfg = m->config;
-  check_ids(ids, cfg.vocab_size);
-  const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size, S = cfg.hc_mult * cfg.hidden_size;
-  const int64_t chunk = chunk_size(o.mode, T);
-  if (o.mtp_out && m->weights.mtp.empty()) {
-    fail_invalid("--mtp-out: {} {}", o.model.string(), model::mtp_unavailable(cfg, 0));
-  }
+  const int64_t T = static_cast<int64_t>(ids.size());
+  if (T == 0) fail(ErrorKind::Usage, "--tokens: no token ids given");
+  const ModelConfig pre = load_model_config(o.model);
+  if (o.mtp_out && pre.num_mtp_layers == 0) fail_invalid("--mtp-out: {} {}", o.model.string(), model::mtp_unavailable(pre, 0));
   if (o.mtp_out && T < 2) fail(ErrorKind::Usage, "--mtp-out needs at least 2 tokens");
+  check_context(T, o.max_context, pre, "--tokens");
+  // GPU passes take up to 256 rows (the buffers and graphs are sized for them); the
+  // logits do not depend on how the tokens are split into passes.
+  const bool gpu = resolve_device(o.device) == "cuda";
+  const int64_t chunk = std::min<int64_t>(chunk_size(o.mode, T), gpu ? 256 : T);
+  BackendSession s({o.model, o.device, o.threads, 1, static_cast<int>(chunk), std::max(T, o.max_context), &err});
+  runtime::Backend& b = s.backend();
+  const auto& cfg = s.config();
+  check_ids(ids, cfg.vocab_size);
+  const int64_t V = cfg.vocab_size;
 
-  std::vector<float> logits(static_cast<size_t>(T * V)), streams(static_cast<size_t>(T * S));
-  auto state = m->forward->new_state();
+  std::vector<float> logits(static_cast<size_t>(T * V));
+  std::vector<float> mtp(o.mtp_out ? static_cast<size_t>((T - 1) * V) : 0);
+  const int slot = b.acquire();
+  runtime::PassRows rows, mrows;
+  std::vector<int32_t> outs;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t p = 0; p < T; p += chunk) {
     const int64_t n = std::min(chunk, T - p);
-    m->forward->step(state, std::span(ids).subspan(static_cast<size_t>(p), static_cast<size_t>(n)),
-                     logits.data() + p * V, streams.data() + p * S);
+    rows.clear();
+    outs.clear();
+    for (int64_t i = 0; i < n; ++i) {
+      rows.add(ids[static_cast<size_t>(p + i)], slot, p + i);
+      outs.push_back(static_cast<int32_t>(i));
+    }
+    b.main(rows, outs, logits.data() + p * V);
+    if (o.mtp_out) {
+      // MTP rows q = p .. min(p + n, T - 1) - 1: main streams at q (row q - p of this pass), token q + 1.
+      mrows.clear();
+      for (int64_t q = p; q < std::min(p + n, T - 1); ++q) {
+        mrows.add(ids[static_cast<size_t>(q + 1)], slot, q);
+        mrows.src.push_back(static_cast<int32_t>(q - p));
+      }
+      outs.resize(static_cast<size_t>(mrows.size()));
+      b.mtp(0, mrows, runtime::MtpInput::MainStreams, outs, mtp.data() + p * V);
+    }
   }
   const double dt = seconds_since(t0);
+  b.release(slot);
   write_npy_f32(o.out, logits, {T, V});
-  out << fmt::format("scored {} tokens ({} mode) in {:.3f} s ({:.1f} tokens/s) -> {}\n", T, o.mode, dt,
+  out << fmt::format("scored {} tokens ({} mode, {}) in {:.3f} s ({:.1f} tokens/s) -> {}\n", T, o.mode, s.device(), dt,
                      static_cast<double>(T) / dt, o.out.string());
   if (o.mtp_out) {
-    std::vector<float> mtp(static_cast<size_t>((T - 1) * V));
-    for (int64_t p = 0; p < T - 1; p += chunk) {
-      const int64_t n = std::min(chunk, T - 1 - p);
-      m->forward->mtp_step(state, 0, std::span(streams).subspan(static_cast<size_t>(p * S), static_cast<size_t>(n * S)),
-                           std::span(ids).subspan(static_cast<size_t>(p + 1), static_cast<size_t>(n)),
-                           mtp.data() + p * V, nullptr);
-    }
     write_npy_f32(*o.mtp_out, mtp, {T - 1, V});
     out << fmt::format("MTP draft logits [{}, {}] -> {}\n", T - 1, V, o.mtp_out->string());
   }
@@ -164,42 +135,33 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
 }
 
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
-  check_device(o.device, /*cuda_ok=*/true);
-  if (o.device == "cuda" && o.sampling.temperature != 0.0f)
-    fail(ErrorKind::Usage, "--device cuda decodes greedily (temperature 0) for now; use --temperature 0 or --device cpu");
-  if (o.device == "cuda" && o.max_tokens < 1) fail(ErrorKind::Usage, "--device cuda: --max-tokens must be >= 1");
+  resolve_device(o.device);
   if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
   if (o.mtp && (*o.mtp < 1 || *o.mtp > runtime::kMaxDrafts))
     fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round", *o.mtp, runtime::kMaxDrafts);
   if (o.compare_plain && !o.mtp) fail(ErrorKind::Usage, "--compare-plain needs --mtp K");
   auto ids = parse_tokens(o.tokens);
-  // A DSpark checkpoint cannot draft: say so before spending the load on it.
-  if (o.mtp) {
-    const ModelConfig c = load_model_config(o.model);
-    if (c.dspark) fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(c, 0));
+  if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
+  // Before spending the load: a checkpoint that cannot draft, or a request past the context.
+  const ModelConfig pre = load_model_config(o.model);
+  if (o.mtp && pre.num_mtp_layers == 0) {
+    fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
   }
+  const int64_t need = static_cast<int64_t>(ids.size()) + o.max_tokens;
+  check_context(need, o.max_context, pre, "the prompt + --max-tokens");
   const auto t_load = std::chrono::steady_clock::now();
-  auto m = runtime::load_model(o.model, o.threads, o.json ? nullptr : &err);
+  const bool gpu = resolve_device(o.device) == "cuda";
+  BackendSession s({o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
+                    o.json ? nullptr : &err});
   const double load_s = seconds_since(t_load);
-  const auto& cfg = m->config;
+  const auto& cfg = s.config();
   check_ids(ids, cfg.vocab_size);
-  if (o.mtp && m->weights.mtp.empty())
-    fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(cfg, 0));
   const int32_t eos = o.ignore_eos ? -1 : static_cast<int32_t>(cfg.eos_token_id);
 
   std::optional<runtime::GenerateResult> plain;
   std::optional<runtime::GenerateResult> spec;
-#ifdef KILN_HAVE_CUDA
-  if (o.device == "cuda") {
-    GpuGreedy g(*m, static_cast<int64_t>(ids.size()) + o.max_tokens + runtime::kMaxDrafts + 2, o.json ? nullptr : &err);
-    if (!o.mtp || o.compare_plain) plain = g.run(ids, o.max_tokens, 0, eos);
-    if (o.mtp) spec = g.run(ids, o.max_tokens, *o.mtp, eos);
-  }
-#endif
-  if (o.device == "cpu") {
-    if (!o.mtp || o.compare_plain) plain = runtime::generate_plain(*m->forward, ids, o.max_tokens, o.sampling, eos);
-    if (o.mtp) spec = runtime::generate_speculative(*m->forward, ids, o.max_tokens, o.sampling, *o.mtp, eos);
-  }
+  if (!o.mtp || o.compare_plain) plain = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, 0, eos);
+  if (o.mtp) spec = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, *o.mtp, eos);
   const runtime::GenerateResult& r = spec ? *spec : *plain;
 
   auto timing = [&](const runtime::GenerateResult& g) {

@@ -1,5 +1,5 @@
-// `kiln score` (CPU reference backend) and `kiln generate` (CPU, or greedy on the CUDA
-// backend with --device cuda).
+// `kiln score` and `kiln generate`, on the CPU reference backend or the CUDA backend
+// (`--device auto|cpu|cuda`, cli/backend_session.h), through the engine's backend contract.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +22,9 @@ struct ScoreOptions {
   std::filesystem::path out;
   std::string mode = "full";  // full | incremental | chunked:N
   std::optional<std::filesystem::path> mtp_out;
-  std::string device = "cpu";
+  std::string device = "auto";
   int threads = 0;
+  int64_t max_context = 0;  // 0: the model's max_position_embeddings
 };
 int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err);
 
@@ -36,8 +37,9 @@ struct GenerateOptions {
   bool ignore_eos = false;
   std::optional<int> mtp;      // speculative decoding with this many MTP drafts per round (1..4)
   bool compare_plain = false;  // with mtp: also time plain decoding and report both
-  std::string device = "cpu";
+  std::string device = "auto";
   int threads = 0;
+  int64_t max_context = 0;  // 0: the model's max_position_embeddings
 };
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err);
 

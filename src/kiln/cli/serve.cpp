@@ -9,8 +9,8 @@
 
 #include "kiln/cli/default_model.h"
 #include "kiln/core/error.h"
+#include "kiln/cli/backend_session.h"
 #include "kiln/runtime/engine.h"
-#include "kiln/runtime/loaded_model.h"
 #include "kiln/server/http_server.h"
 #include "kiln/tokenizer/tokenizer.h"
 
@@ -36,8 +36,12 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   }
   err << "loading tokenizer " << tok_path.string() << "\n";
   const auto tok = tokenizer::Tokenizer::from_file(tok_path);
-  auto m = runtime::load_model(o.model, o.threads, &err);
-  const auto& cfg = m->config;
+  // Capacity: max_batch sequences; a pass holds every sequence's decode rows (with as many
+  // drafts as a request may ask for) and a prompt chunk.
+  const int drafts = load_model_config(o.model).num_mtp_layers > 0 ? runtime::kMaxDrafts : 0;
+  const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
+  BackendSession session({o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err});
+  const auto& cfg = session.config();
   if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
     fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}", tok_path.string(), tok.vocab_size(),
                  cfg.vocab_size);
@@ -48,7 +52,7 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   eo.max_waiting = o.max_waiting;
   eo.prefill_chunk = o.prefill_chunk;
   eo.mtp = o.mtp;
-  runtime::Engine engine(*m->forward, eo);
+  runtime::Engine engine(session.backend(), eo);
 
   server::ServerOptions so;
   so.host = o.host;
@@ -57,7 +61,7 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   so.model_name = o.served_model_name.empty() ? std::filesystem::absolute(o.model).lexically_normal().filename().string()
                                               : o.served_model_name;
   if (so.model_name.empty()) so.model_name = std::filesystem::absolute(o.model).lexically_normal().parent_path().filename().string();
-  so.max_context = o.max_context > 0 ? o.max_context : (cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096);
+  so.max_context = session.backend().max_context();
   so.http_threads = o.http_threads;
   so.max_body_bytes = o.max_body_bytes;
   so.idle_timeout = std::chrono::seconds(o.idle_timeout_s);
@@ -71,9 +75,9 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
     srv.stop();
   });
   waiter.detach();
-  out << fmt::format("kiln: serving '{}' at http://{}:{} (OpenAI API under /v1; context {} tokens; batch {}{}{})\n",
+  out << fmt::format("kiln: serving '{}' at http://{}:{} (OpenAI API under /v1; context {} tokens; batch {}{}{}; {})\n",
                      so.model_name, o.host, port, so.max_context, eo.max_batch, eo.mtp ? fmt::format("; MTP {}", eo.mtp) : "",
-                     o.api_key.empty() ? "" : "; API key required")
+                     o.api_key.empty() ? "" : "; API key required", session.describe())
       << std::flush;
   srv.run();
   err << "kiln: server stopped\n";

@@ -231,6 +231,13 @@ void check_vec(const std::vector<float>& v, int64_t n, const char* what, int64_t
 
 float fpow(double base, double e) { return static_cast<float>(std::pow(base, e)); }
 
+// One sequence's rows in a batched pass: rows [row0, row0 + T) at positions P0 .. P0+T-1,
+// with that sequence's state of the layer being run.
+struct Seg {
+  LayerState* st = nullptr;
+  int64_t row0 = 0, T = 0, P0 = 0;
+};
+
 }  // namespace
 
 struct Forward::Impl {
@@ -424,14 +431,17 @@ struct Forward::Impl {
     ++s.count;
   }
 
-  // Projects x and feeds the compressor.
-  void run_compressor(const Compressor& cp, CompressorState& s, const cpu::Rope& rope, const float* x, int64_t T,
-                      int64_t P0) const {
-    const int64_t W = s.width;
+  // Projects the rows of every sequence at once (one read of wkv and wgate) and feeds each
+  // sequence's compressor (`which` picks it from the sequence's layer state).
+  void run_compressor(const Compressor& cp, CompressorState& (*which)(LayerState&), const cpu::Rope& rope,
+                      std::span<const Seg> segs, const float* x, int64_t T) const {
+    const int64_t W = (cp.overlap ? 2 : 1) * cp.dim;
     Vec a(static_cast<size_t>(T * W)), z(static_cast<size_t>(T * W));
     linear2(cp.wkv, x, a.data(), cp.wgate, x, z.data(), T);
-    compress(cp, s, rope, a.data(), z.data(), T, P0);
+    for (const Seg& g : segs) compress(cp, which(*g.st), rope, a.data() + g.row0 * W, z.data() + g.row0 * W, g.T, g.P0);
   }
+  static CompressorState& main_comp(LayerState& st) { return *st.comp; }
+  static CompressorState& index_comp(LayerState& st) { return *st.icomp; }
 
   // ---- attention --------------------------------------------------------------------------
 
@@ -439,25 +449,28 @@ struct Forward::Impl {
   // ascending. score(t, j) = sum_h relu(q_h . k_j) * index_head_dim^-0.5 *
   // (x . weights_proj_h) * index_n_heads^-0.5 over visible j < (p+1) div ratio; keep the
   // min(index_topk, visible) highest, exact ties to the lowest j.
-  std::vector<std::vector<int64_t>> index_select(const Indexer& ix, CompressorState& s, const cpu::Rope& rope,
-                                                 const float* x, const float* qres, int64_t T, int64_t P0) const {
+  // Rows of all sequences at once: pos[t] is row t's position, seg_of[t] its sequence.
+  std::vector<std::vector<int64_t>> index_select(const Indexer& ix, const cpu::Rope& rope, std::span<const Seg> segs,
+                                                 std::span<const int64_t> pos, std::span<const int32_t> seg_of,
+                                                 const float* x, const float* qres, int64_t T) const {
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
-    run_compressor(ix.compressor, s, rope, x, T, P0);
+    run_compressor(ix.compressor, index_comp, rope, segs, x, T);
     Vec q(static_cast<size_t>(T * ih * id)), wts(static_cast<size_t>(T * ih));
     linear2(ix.wq_b, qres, q.data(), ix.weights_proj, x, wts.data(), T);
     const float softmax_scale = fpow(static_cast<double>(id), -0.5);
     const float weights_scaling = fpow(static_cast<double>(ih), -0.5);
     for (int64_t t = 0; t < T; ++t) {
-      rope.apply_heads(q.data() + t * ih * id, ih, id, id, P0 + t);
+      rope.apply_heads(q.data() + t * ih * id, ih, id, id, pos[static_cast<size_t>(t)]);
       for (int64_t h = 0; h < ih; ++h) wts[static_cast<size_t>(t * ih + h)] *= weights_scaling;
     }
     std::vector<std::vector<int64_t>> sel(static_cast<size_t>(T));
-    const int64_t m = s.ratio;
     pool.parallel_for(T, 1, [&](int64_t b, int64_t e) {
       Vec score;
       std::vector<int64_t> idx;
       for (int64_t t = b; t < e; ++t) {
-        const int64_t vis = std::min((P0 + t + 1) / m, s.count);
+        const CompressorState& s = *segs[static_cast<size_t>(seg_of[static_cast<size_t>(t)])].st->icomp;
+        const int64_t m = s.ratio;
+        const int64_t vis = std::min((pos[static_cast<size_t>(t)] + 1) / m, s.count);
         const int64_t k = std::min(c.index_topk, vis);
         auto& out = sel[static_cast<size_t>(t)];
         out.clear();
@@ -488,8 +501,11 @@ struct Forward::Impl {
     return sel;
   }
 
-  // DeepseekV4Attention.forward for T tokens at positions P0..; writes out [T, H].
-  void attention(const Attention& a, LayerState& st, const float* x, int64_t T, int64_t P0, float* out) const {
+  // DeepseekV4Attention.forward for the T rows of all sequences (segs; pos[t] and
+  // seg_of[t] give row t's position and sequence); writes out [T, H]. The projections
+  // read each weight once for all rows; the attention core reads each row's own state.
+  void attention(const Attention& a, std::span<const Seg> segs, std::span<const int64_t> pos,
+                 std::span<const int32_t> seg_of, const float* x, int64_t T, float* out) const {
     const cpu::Rope& rope = rope_for(a);
     const int64_t qr = c.q_lora_rank, Wn = c.sliding_window;
     // q path
@@ -499,24 +515,26 @@ struct Forward::Impl {
     Vec q(static_cast<size_t>(T * nh * D));
     linear(a.wq_b, qres.data(), T, q.data());
     cpu::rmsnorm(q.data(), T * nh, D, nullptr, eps, q.data());  // per-head unweighted RMS norm
-    for (int64_t t = 0; t < T; ++t) rope.apply_heads(q.data() + t * nh * D, nh, D, D, P0 + t);
+    for (int64_t t = 0; t < T; ++t) rope.apply_heads(q.data() + t * nh * D, nh, D, D, pos[static_cast<size_t>(t)]);
     // the single K=V head
     cpu::rmsnorm(kv.data(), T, D, a.kv_norm.data(), eps, kv.data());
-    for (int64_t t = 0; t < T; ++t) rope.apply(kv.data() + t * D, D, P0 + t);
+    for (int64_t t = 0; t < T; ++t) rope.apply(kv.data() + t * D, D, pos[static_cast<size_t>(t)]);
 
     // compressed entries (all tokens of the chunk are fed first; visibility is per query)
     std::vector<std::vector<int64_t>> selected;
-    if (a.compressor) run_compressor(*a.compressor, *st.comp, rope, x, T, P0);
-    if (a.kind == AttnKind::CSA) selected = index_select(*a.indexer, *st.icomp, rope, x, qres.data(), T, P0);
+    if (a.compressor) run_compressor(*a.compressor, main_comp, rope, segs, x, T);
+    if (a.kind == AttnKind::CSA) selected = index_select(*a.indexer, rope, segs, pos, seg_of, x, qres.data(), T);
 
     // Key lists per query: window positions max(0, p-W+1)..p (transformers' sliding mask
     // kv_idx > q_idx - sliding_window), then the compressed entries.
     std::vector<std::vector<const float*>> keys(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t p = P0 + t;
+      const Seg& g = segs[static_cast<size_t>(seg_of[static_cast<size_t>(t)])];
+      const LayerState& st = *g.st;
+      const int64_t p = pos[static_cast<size_t>(t)], P0 = g.P0;
       auto& ks = keys[static_cast<size_t>(t)];
       for (int64_t qp = std::max<int64_t>(0, p - Wn + 1); qp <= p; ++qp) {
-        ks.push_back(qp >= P0 ? kv.data() + (qp - P0) * D : st.window.data() + (qp % st.cap) * D);
+        ks.push_back(qp >= P0 ? kv.data() + (g.row0 + qp - P0) * D : st.window.data() + (qp % st.cap) * D);
       }
       if (a.kind == AttnKind::CSA) {
         for (int64_t j : selected[static_cast<size_t>(t)]) ks.push_back(st.comp->entry(j));
@@ -554,13 +572,19 @@ struct Forward::Impl {
       }
     });
 
-    // The window ring keeps the last `cap` rows.
-    for (int64_t t = std::max<int64_t>(0, T - st.cap); t < T; ++t) {
-      std::memcpy(st.window.data() + ((P0 + t) % st.cap) * D, kv.data() + t * D, static_cast<size_t>(D) * sizeof(float));
+    // Each sequence's window ring keeps its last `cap` rows.
+    for (const Seg& g : segs) {
+      LayerState& st = *g.st;
+      for (int64_t t = std::max<int64_t>(0, g.T - st.cap); t < g.T; ++t) {
+        std::memcpy(st.window.data() + ((g.P0 + t) % st.cap) * D, kv.data() + (g.row0 + t) * D,
+                    static_cast<size_t>(D) * sizeof(float));
+      }
     }
 
     // K = V carried the rotation into the output: undo it at the query position.
-    for (int64_t t = 0; t < T; ++t) rope.apply_heads(o.data() + t * nh * D, nh, D, D, P0 + t, /*inverse=*/true);
+    for (int64_t t = 0; t < T; ++t) {
+      rope.apply_heads(o.data() + t * nh * D, nh, D, D, pos[static_cast<size_t>(t)], /*inverse=*/true);
+    }
 
     // Grouped output projection: heads split in G contiguous groups, each projected by its
     // own [R, nh*D/G] block of wo_a, then wo_b over the concatenation.
@@ -650,13 +674,15 @@ struct Forward::Impl {
     return p;
   }
 
-  // DeepseekV4DecoderLayer.forward on streams X [T, n, H] (updated in place).
-  void block(const Block& b, LayerState& st, Vec& X, int64_t T, int64_t P0, std::span<const int32_t> tokens) const {
+  // DeepseekV4DecoderLayer.forward on streams X [T, n, H] (updated in place), the rows of
+  // every sequence in segs (each with its state of this layer) at once.
+  void block(const Block& b, std::span<const Seg> segs, std::span<const int64_t> pos, std::span<const int32_t> seg_of,
+             Vec& X, int64_t T, std::span<const int32_t> tokens) const {
     Vec u(static_cast<size_t>(T * H)), y(static_cast<size_t>(T * H)), post(static_cast<size_t>(T * n)),
         comb(static_cast<size_t>(T * n * n)), Xn(X.size());
     cpu::hc_pre(hc_params(b.hc_attn), X.data(), T, u.data(), post.data(), comb.data(), &pool);
     cpu::rmsnorm(u.data(), T, H, b.attn_norm.data(), eps, u.data());
-    attention(b.attn, st, u.data(), T, P0, y.data());
+    attention(b.attn, segs, pos, seg_of, u.data(), T, y.data());
     cpu::hc_post(n, H, X.data(), T, y.data(), post.data(), comb.data(), Xn.data());
     X.swap(Xn);
     cpu::hc_pre(hc_params(b.hc_ffn), X.data(), T, u.data(), post.data(), comb.data(), &pool);
@@ -666,12 +692,48 @@ struct Forward::Impl {
     X.swap(Xn);
   }
 
-  // hc_head, RMSNorm, head: logits [T, vocab].
-  void head(const HyperHead& hh, const std::vector<float>& norm, const Vec& X, int64_t T, float* logits) const {
+  // hc_head, RMSNorm, head: logits [R, vocab] of the rows `rows` of X (all T rows when
+  // empty), in that order.
+  void head(const HyperHead& hh, const std::vector<float>& norm, const Vec& X, int64_t T, std::span<const int64_t> rows,
+            float* logits) const {
+    const float* src = X.data();
+    Vec picked;
+    if (!rows.empty()) {
+      picked.resize(rows.size() * static_cast<size_t>(n * H));
+      for (size_t i = 0; i < rows.size(); ++i) {
+        std::memcpy(picked.data() + static_cast<int64_t>(i) * n * H, X.data() + rows[i] * n * H,
+                    static_cast<size_t>(n * H) * sizeof(float));
+      }
+      src = picked.data();
+      T = static_cast<int64_t>(rows.size());
+    }
     Vec h(static_cast<size_t>(T * H));
-    cpu::hc_head(n, H, hh.fn.data.data(), hh.base.data(), hh.scale, hc_eps, eps, X.data(), T, h.data(), &pool);
+    cpu::hc_head(n, H, hh.fn.data.data(), hh.base.data(), hh.scale, hc_eps, eps, src, T, h.data(), &pool);
     cpu::rmsnorm(h.data(), T, H, norm.data(), eps, h.data());
     linear(w.head, h.data(), T, logits);
+  }
+
+  // Rows of a batched pass: each sequence's rows follow the previous sequence's.
+  struct Layout {
+    std::vector<Seg> segs;           // per sequence; st is set per layer
+    std::vector<int64_t> pos;        // per row
+    std::vector<int32_t> seg_of;     // per row
+    std::vector<int32_t> tokens;     // per row
+    int64_t T = 0;
+  };
+  Layout layout(std::span<const int64_t> lengths, std::span<const std::span<const int32_t>> toks) const {
+    Layout L;
+    for (size_t i = 0; i < toks.size(); ++i) {
+      const int64_t Ti = static_cast<int64_t>(toks[i].size());
+      L.segs.push_back({nullptr, L.T, Ti, lengths[i]});
+      for (int64_t t = 0; t < Ti; ++t) {
+        L.pos.push_back(lengths[i] + t);
+        L.seg_of.push_back(static_cast<int32_t>(i));
+      }
+      L.tokens.insert(L.tokens.end(), toks[i].begin(), toks[i].end());
+      L.T += Ti;
+    }
+    return L;
   }
 
   void check_tokens(std::span<const int32_t> tokens) const {
@@ -694,52 +756,103 @@ DecodeState Forward::new_state() const {
 }
 
 void Forward::step(DecodeState& state, std::span<const int32_t> tokens, float* logits, float* streams) const {
+  const StepSeq seq{&state, tokens};
+  step(std::span(&seq, 1), {}, logits, streams);
+}
+
+void Forward::step(std::span<const StepSeq> seqs, std::span<const int64_t> logit_rows, float* logits,
+                   float* streams) const {
   const Impl& im = *impl_;
-  const int64_t T = static_cast<int64_t>(tokens.size());
+  std::vector<int64_t> lengths;
+  std::vector<std::span<const int32_t>> toks;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const DecodeState& st = *seqs[i].state;
+    if (st.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "step: the state was made for another model");
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j].state == seqs[i].state) fail(ErrorKind::Usage, "step: one state appears twice in a batched step");
+    }
+    im.check_tokens(seqs[i].tokens);
+    lengths.push_back(st.length_);
+    toks.push_back(seqs[i].tokens);
+  }
+  Impl::Layout L = im.layout(lengths, toks);
+  const int64_t T = L.T, H = im.H, n = im.n;
   if (T == 0) return;
-  if (state.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "step: the state was made for another model");
-  im.check_tokens(tokens);
-  const int64_t H = im.H, n = im.n, P0 = state.length_;
+  for (int64_t r : logit_rows) {
+    if (r < 0 || r >= T) fail(ErrorKind::Usage, "step: logits row {} outside the {} rows fed", r, T);
+  }
   // Embedding copied into every stream.
   Vec X(static_cast<size_t>(T * n * H));
   for (int64_t t = 0; t < T; ++t) {
-    const float* e = w_.embed.data.data() + static_cast<int64_t>(tokens[static_cast<size_t>(t)]) * H;
+    const float* e = w_.embed.data.data() + static_cast<int64_t>(L.tokens[static_cast<size_t>(t)]) * H;
     for (int64_t i = 0; i < n; ++i) std::memcpy(X.data() + (t * n + i) * H, e, static_cast<size_t>(H) * sizeof(float));
   }
-  for (size_t l = 0; l < w_.layers.size(); ++l) im.block(w_.layers[l], *state.layers_[l], X, T, P0, tokens);
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    for (size_t i = 0; i < seqs.size(); ++i) L.segs[i].st = seqs[i].state->layers_[l].get();
+    im.block(w_.layers[l], L.segs, L.pos, L.seg_of, X, T, L.tokens);
+  }
   if (streams) std::memcpy(streams, X.data(), X.size() * sizeof(float));
-  if (logits) im.head(w_.hc_head, w_.norm, X, T, logits);
-  state.length_ += T;
-  state.high_ = std::max(state.high_, state.length_);
-  state.tokens_.insert(state.tokens_.end(), tokens.begin(), tokens.end());
+  if (logits) im.head(w_.hc_head, w_.norm, X, T, logit_rows, logits);
+  for (const StepSeq& q : seqs) {
+    DecodeState& st = *q.state;
+    st.length_ += static_cast<int64_t>(q.tokens.size());
+    st.high_ = std::max(st.high_, st.length_);
+    st.tokens_.insert(st.tokens_.end(), q.tokens.begin(), q.tokens.end());
+  }
 }
 
 void Forward::mtp_step(DecodeState& state, int m, std::span<const float> streams, std::span<const int32_t> next_tokens,
                        float* logits, float* out_streams) const {
+  const MtpSeq seq{&state, streams, next_tokens};
+  mtp_step(m, std::span(&seq, 1), {}, logits, out_streams);
+}
+
+void Forward::mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int64_t> logit_rows, float* logits,
+                       float* out_streams) const {
   const Impl& im = *impl_;
   if (m < 0 || static_cast<size_t>(m) >= w_.mtp.size()) {
     fail(ErrorKind::Usage, "mtp_step: MTP block {} out of range [0, {})", m, w_.mtp.size());
   }
-  if (state.mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "mtp_step: the state was made for another model");
-  const int64_t T = static_cast<int64_t>(next_tokens.size()), H = im.H, n = im.n;
-  if (T == 0) return;
-  if (static_cast<int64_t>(streams.size()) != T * n * H) {
-    fail(ErrorKind::Usage, "mtp_step: {} stream values for {} tokens; expected {}", streams.size(), T, T * n * H);
+  const size_t mi = static_cast<size_t>(m);
+  const int64_t H = im.H, n = im.n;
+  std::vector<int64_t> lengths;
+  std::vector<std::span<const int32_t>> toks;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const MtpSeq& q = seqs[i];
+    if (q.state->mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "mtp_step: the state was made for another model");
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j].state == q.state) fail(ErrorKind::Usage, "mtp_step: one state appears twice in a batched step");
+    }
+    const int64_t Ti = static_cast<int64_t>(q.next_tokens.size());
+    if (static_cast<int64_t>(q.streams.size()) != Ti * n * H) {
+      fail(ErrorKind::Usage, "mtp_step: {} stream values for {} tokens; expected {}", q.streams.size(), Ti, Ti * n * H);
+    }
+    im.check_tokens(q.next_tokens);
+    lengths.push_back(q.state->mtp_length_[mi]);
+    toks.push_back(q.next_tokens);
   }
-  im.check_tokens(next_tokens);
-  const MtpBlock& mb = w_.mtp[static_cast<size_t>(m)];
-  const int64_t P0 = state.mtp_length_[static_cast<size_t>(m)];
+  Impl::Layout L = im.layout(lengths, toks);
+  const int64_t T = L.T;
+  if (T == 0) return;
+  for (int64_t r : logit_rows) {
+    if (r < 0 || r >= T) fail(ErrorKind::Usage, "mtp_step: logits row {} outside the {} rows fed", r, T);
+  }
+  const MtpBlock& mb = w_.mtp[mi];
   // MTPBlock.forward: x = e_proj(enorm(embed(next))) broadcast over streams + h_proj(hnorm(x)),
   // hnorm applied to each stream's H values.
   Vec e(static_cast<size_t>(T * H)), ep(static_cast<size_t>(T * H));
   for (int64_t t = 0; t < T; ++t) {
-    std::memcpy(e.data() + t * H, w_.embed.data.data() + static_cast<int64_t>(next_tokens[static_cast<size_t>(t)]) * H,
+    std::memcpy(e.data() + t * H, w_.embed.data.data() + static_cast<int64_t>(L.tokens[static_cast<size_t>(t)]) * H,
                 static_cast<size_t>(H) * sizeof(float));
   }
   cpu::rmsnorm(e.data(), T, H, mb.enorm.data(), im.eps, e.data());
   im.linear(mb.e_proj, e.data(), T, ep.data());
   Vec hs(static_cast<size_t>(T * n * H)), X(static_cast<size_t>(T * n * H));
-  cpu::rmsnorm(streams.data(), T * n, H, mb.hnorm.data(), im.eps, hs.data());
+  for (const Seg& g : L.segs) {
+    const auto& src = seqs[static_cast<size_t>(&g - L.segs.data())].streams;
+    std::memcpy(hs.data() + g.row0 * n * H, src.data(), src.size() * sizeof(float));
+  }
+  cpu::rmsnorm(hs.data(), T * n, H, mb.hnorm.data(), im.eps, hs.data());
   im.linear(mb.h_proj, hs.data(), T * n, X.data());
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < n; ++i) {
@@ -748,12 +861,14 @@ void Forward::mtp_step(DecodeState& state, int m, std::span<const float> streams
       for (int64_t d = 0; d < H; ++d) xr[d] = er[d] + xr[d];
     }
   }
-  im.block(mb.block, *state.mtp_[static_cast<size_t>(m)], X, T, P0, next_tokens);
+  for (size_t i = 0; i < seqs.size(); ++i) L.segs[i].st = seqs[i].state->mtp_[mi].get();
+  im.block(mb.block, L.segs, L.pos, L.seg_of, X, T, L.tokens);
   if (out_streams) std::memcpy(out_streams, X.data(), X.size() * sizeof(float));
-  if (logits) im.head(mb.hc_head, mb.norm, X, T, logits);
-  const size_t mi = static_cast<size_t>(m);
-  state.mtp_length_[mi] += T;
-  state.mtp_high_[mi] = std::max(state.mtp_high_[mi], state.mtp_length_[mi]);
+  if (logits) im.head(mb.hc_head, mb.norm, X, T, logit_rows, logits);
+  for (const MtpSeq& q : seqs) {
+    q.state->mtp_length_[mi] += static_cast<int64_t>(q.next_tokens.size());
+    q.state->mtp_high_[mi] = std::max(q.state->mtp_high_[mi], q.state->mtp_length_[mi]);
+  }
 }
 
 namespace {

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/model/decode_limits.h"
 #include "kiln/model/weights.h"
 
 namespace kiln::model {
@@ -43,7 +44,7 @@ class DecodeState {
 
   // How far behind its high-water mark (the furthest length reached) a state can be
   // truncated, for the main model and for each MTP block.
-  static constexpr int64_t kMaxRollback = 8;
+  static constexpr int64_t kMaxRollback = model::kMaxRollback;
 
   int64_t length() const { return length_; }          // tokens fed to the main model
   int64_t mtp_length(int m) const;                    // positions fed to MTP block m
@@ -87,6 +88,18 @@ class Forward {
   // hc_head, [T, hc_mult * hidden], or nullptr (the MTP block's input).
   void step(DecodeState& state, std::span<const int32_t> tokens, float* logits, float* streams) const;
 
+  // One sequence's part of a batched step.
+  struct StepSeq {
+    DecodeState* state = nullptr;
+    std::span<const int32_t> tokens;  // fed at state->length() ..
+  };
+  // Feeds several sequences in one pass: the rows are every sequence's tokens, in order,
+  // and each weight is read once for all of them (the attention core reads each row's own
+  // state). Every row's results are bitwise those of feeding its sequence alone. logits:
+  // [R, vocab] for the rows listed in logit_rows (all rows when empty), or nullptr;
+  // streams: [rows, hc_mult * hidden] or nullptr. A state may appear once.
+  void step(std::span<const StepSeq> seqs, std::span<const int64_t> logit_rows, float* logits, float* streams) const;
+
   // MTP block m, fed in sequence like the main model: row i takes the main model's
   // streams at position p_i = state.mtp_length(m) + i (those returned by step() for that
   // position) and the token at p_i + 1, and runs at position p_i (DeepSeek's MTPBlock and
@@ -95,6 +108,16 @@ class Forward {
   // multi-step drafting), or nullptr.
   void mtp_step(DecodeState& state, int m, std::span<const float> streams, std::span<const int32_t> next_tokens,
                 float* logits, float* out_streams) const;
+
+  // One sequence's part of a batched MTP step: rows of streams and next tokens as above.
+  struct MtpSeq {
+    DecodeState* state = nullptr;
+    std::span<const float> streams;
+    std::span<const int32_t> next_tokens;
+  };
+  // MTP block m over several sequences in one pass (as the batched step above).
+  void mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int64_t> logit_rows, float* logits,
+                float* out_streams) const;
 
   // Rollback: drop the main model's tokens at positions >= new_length, leaving the
   // state bitwise equal (DecodeState::difference) to feeding only the first new_length

@@ -1,11 +1,22 @@
-// Continuous batching on one model: a scheduler thread owns every running sequence and
-// loops over steps. Between steps, waiting requests join the running batch (up to
-// max_batch) and finished or cancelled ones leave it, their decode state freed at once.
-// In each step every running sequence that has its prompt fed gets one decode step (one
-// token, or one MTP round), and prompts are fed in chunks from a per-step budget of
-// prefill_chunk tokens (oldest first), so a long prompt never stalls running streams for
-// more than one chunk. Sequences never share state, so a request's tokens do not depend
-// on what else runs (tests/server checks this against the same request run alone).
+// Continuous batching over one backend (backend.h: the CPU reference or the GPU). A
+// scheduler thread owns every running sequence and loops over steps. Between steps,
+// waiting requests join (each takes a backend slot; up to max_batch) and finished or
+// cancelled ones leave, their slot released at once. Each step is one batch:
+//   1. MTP draft passes: for every sequence decoding speculatively, drafts 2..K of this
+//      round (draft 1 came from the previous step's catch-up), one MTP pass per draft
+//      position over all those sequences;
+//   2. one main pass: every decoding sequence's row (plain: the newest token; MTP: the
+//      newest token and its K drafts, the verify rows) plus prompt chunks of waiting
+//      prefills, oldest first, within a per-step budget of prefill_chunk tokens;
+//   3. on the host: sampling, or acceptance of drafts (runtime/speculative.h);
+//   4. one MTP catch-up pass (speculative sequences): the block's rows for the positions
+//      the main pass committed, on its verified streams; its last row per sequence is
+//      the next round's first draft.
+// Rollback is feeding again from an earlier position (backend.h). A row's result does
+// not depend on what else shares its pass, so a request's tokens do not depend on what
+// else runs (tests check this against the same request run alone): plain decoding draws
+// with the request's Sampler, speculative decoding gives exactly the plain tokens at
+// temperature 0 and the same distribution otherwise.
 //
 // A request is seen from outside through its RequestHandle: the generated ids arrive in
 // order, then the finish reason; cancel() (a client that went away, a stop string
@@ -23,17 +34,29 @@
 #include <thread>
 #include <vector>
 
-#include "kiln/model/forward.h"
+#include <functional>
+#include <span>
+
+#include "kiln/runtime/backend.h"
 #include "kiln/runtime/engine_metrics.h"
 #include "kiln/runtime/sampler.h"
+#include "kiln/runtime/speculative.h"
 
 namespace kiln::runtime {
 
 struct EngineOptions {
-  int max_batch = 64;           // sequences decoding at once
+  int max_batch = 64;           // sequences decoding at once (at most the backend's slots)
   int max_waiting = 1024;       // queued requests beyond the batch; more are refused
   int64_t prefill_chunk = 256;  // prompt tokens fed per step, across sequences
   int mtp = 0;                  // default MTP drafts per round for requests (0 = off)
+  // Tests only: at temperature 0, rewrites a round's K drafts (drafting at positions
+  // first_position ..) before verification, so every accept length can be reached with
+  // random-weight models; the output stays exact whatever it writes.
+  std::function<void(int64_t first_position, std::span<int32_t> drafts)> draft_hook;
+  // Tests only: called with a speculative sequence's slot and committed length (positions
+  // fed and kept) at the start of each of its rounds (before drafting), on the scheduler
+  // thread.
+  std::function<void(int slot, int64_t length)> round_hook;
 };
 
 struct GenerationRequest {
@@ -63,44 +86,59 @@ class RequestHandle {
   size_t prompt_tokens() const { return prompt_tokens_; }
   // Every token generated so far.
   std::vector<int32_t> tokens() const;
+  // When the request was submitted, produced its first token and finished (the latter
+  // two only once they happened), and its speculative decoding counters (k = 0: plain).
+  struct Timing {
+    Clock::time_point submitted, first_token, finished;
+  };
+  Timing timing() const;
+  DraftStats draft_stats() const;
 
  private:
   friend class Engine;
   explicit RequestHandle(size_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
-  void push(const std::vector<int32_t>& ids, FinishReason finish, std::string error = {});
+  void push(const std::vector<int32_t>& ids, FinishReason finish, std::string error = {}, const DraftStats* stats = nullptr);
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<int32_t> tokens_;
   FinishReason finish_ = FinishReason::None;
   std::string error_;
+  Timing timing_;
+  DraftStats stats_;
   std::atomic<bool> cancelled_{false};
   size_t prompt_tokens_;
 };
 
 class Engine {
  public:
-  Engine(const model::Forward& forward, EngineOptions options);
+  // The backend must outlive the engine, which drives it from its scheduler thread only.
+  Engine(Backend& backend, EngineOptions options);
   ~Engine();  // stops the scheduler; unfinished requests end as Cancelled
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // Queues a request. Throws kiln::Error (Usage) for a bad request (empty prompt, id
-  // outside the vocabulary, max_tokens < 1, MTP without an MTP block); returns nullptr
-  // when the queue is full (the caller answers 429).
+  // outside the vocabulary, max_tokens < 1, MTP without an MTP block, prompt + max_tokens
+  // beyond the backend's context); returns nullptr when the queue is full (the caller
+  // answers 429).
   std::shared_ptr<RequestHandle> submit(GenerationRequest request);
 
   const EngineMetrics& metrics() const { return metrics_; }
   const EngineOptions& options() const { return opts_; }
   int64_t vocab_size() const;
   bool has_mtp() const;
+  const Backend& backend() const { return b_; }
 
  private:
   struct Active;
+  struct StepWork;
   void loop();
   void step(std::vector<std::unique_ptr<Active>>& running);
+  void draft(std::vector<Active*>& spec);
+  void finish_step(std::vector<std::unique_ptr<Active>>& running);
 
-  const model::Forward& f_;
+  Backend& b_;
   EngineOptions opts_;
   EngineMetrics metrics_;
   std::mutex mu_;

@@ -1,7 +1,7 @@
-// Exact speculative decoding with the model's own MTP block as the drafter, and the
-// plain decoding loop it is checked against.
+// Exact speculative decoding with the model's own MTP block as the drafter: the round the
+// engine (engine.h) runs for every speculative sequence, and its acceptance rules.
 //
-// A round (SpeculativeDecoder::round), with N = the main model's length and `pending`
+// A round, with N = the main model's length and `pending`
 // the newest token (sampled, not yet fed to the main model):
 //  1. Draft K tokens with MTP block 0 used K times. Step 1 is the row at position N-1:
 //     the main model's last-layer streams at N-1 and `pending`; it was computed at the
@@ -11,8 +11,8 @@
 //     and of vLLM's EagleProposer.propose (vllm/v1/spec_decode/eagle.py, method
 //     "deepseek_mtp": later draft steps feed back the draft model's returned hidden
 //     states with the previous draft token ids at positions + 1), which is what we follow.
-//     Steps 2..K write temporary rows into the MTP state; they are rolled back
-//     (Forward::truncate_mtp) right after drafting.
+//     Steps 2..K write temporary rows into the MTP state; the catch-up (5) feeds again
+//     from position N over them (rollback, backend.h).
 //  2. Verify: ONE main-model step over [pending, d_1 .. d_K] at positions N .. N+K.
 //  3. Accept. Temperature 0: the longest prefix of drafts equal to the main model's
 //     argmax, then the main model's own argmax after it (plain greedy, exactly).
@@ -23,8 +23,8 @@
 //     accepted a bonus token is drawn from p_{K+1}. p and q are sampling_distribution()
 //     of the target and draft logits with the same temperature / top-k / top-p, so every
 //     emitted token is distributed exactly as Sampler would draw it from the main model.
-//  4. Roll back: the main state is truncated to N + accepted + 1 (pending and the
-//     accepted drafts stay fed).
+//  4. Roll back: the next pass feeds the main model from N + accepted + 1 (pending and
+//     the accepted drafts stay fed).
 //  5. MTP catch-up. The MTP block's committed rows are only ever computed from the main
 //     model's verified streams and accepted tokens: the rows at positions N .. N+accepted
 //     (streams of verify rows 0..accepted, tokens d_1..d_accepted and the new pending
@@ -37,13 +37,11 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <random>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "kiln/model/forward.h"
 #include "kiln/runtime/sampler.h"
 
 namespace kiln::runtime {
@@ -77,74 +75,5 @@ Verdict verify_greedy(std::span<const float> target_logits, int64_t vocab, std::
 // draft distribution d_i was drawn from (sampling_distribution of the draft logits).
 Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, const std::vector<std::vector<double>>& q,
                        std::span<const int32_t> drafts, const SamplingParams& params, std::mt19937_64& rng);
-
-class SpeculativeDecoder {
- public:
-  // k: drafts per round, 1..kMaxDrafts. The model must have an MTP block.
-  SpeculativeDecoder(const model::Forward& forward, int k, SamplingParams params);
-
-  // Feeds the prompt to the main model and the MTP block (rows 0..P-1) and returns the
-  // first generated token, drawn from the main model's logits at the last prompt token.
-  int32_t prefill(std::span<const int32_t> prompt);
-
-  // Chunked prefill, for a scheduler that interleaves a long prompt with other work: feeds
-  // the next min(budget, rest) prompt tokens (budget >= 1) to the main model and the MTP
-  // block and returns how many. Feeding the whole prompt this way, in any chunks, leaves
-  // the same state and first token as prefill(); `prompt` must be the same span every
-  // call. The first generated token is pending() once prefilled() is true.
-  int64_t prefill_some(std::span<const int32_t> prompt, int64_t budget);
-  bool prefilled() const { return pending_ >= 0; }
-
-  // One draft / verify / rollback round with min(k, max_drafts) drafts (0 = a plain
-  // step); appends the 1 .. drafts+1 emitted tokens to `out`.
-  void round(std::vector<int32_t>& out, int max_drafts);
-
-  // Restarts the random draws (temperature > 0) from `seed`, e.g. to branch a copy of a
-  // prefilled decoder into independent samples.
-  void reseed(uint64_t seed) { rng_.seed(seed); }
-
-  // Tests only: at temperature 0, rewrites the K drafts of a round (the MTP block's
-  // argmax chain, drafting at positions state().length() + 1 ..) before verification,
-  // so every accept length can be reached with random-weight models. The drafter's
-  // temporary rows are rolled back as usual; output stays exact whatever it writes.
-  using DraftHook = std::function<void(int64_t first_position, std::span<int32_t> drafts)>;
-  void set_draft_hook(DraftHook hook);
-
-  const model::DecodeState& state() const { return state_; }
-  const DraftStats& stats() const { return stats_; }
-  int32_t pending() const { return pending_; }
-  int k() const { return k_; }
-
- private:
-  const model::Forward& f_;
-  int k_;
-  SamplingParams params_;
-  std::mt19937_64 rng_;
-  model::DecodeState state_;
-  int32_t pending_ = -1;
-  std::vector<float> draft_logits_, draft_streams_;  // MTP row at position length-1
-  DraftStats stats_;
-  DraftHook hook_;
-};
-
-struct GenerateResult {
-  std::vector<int32_t> tokens;
-  std::string stop = "length";  // "length" | "eos"
-  double prefill_s = 0.0, decode_s = 0.0;
-  DraftStats stats;  // speculative only
-  double decode_tokens_per_s() const {
-    return tokens.size() > 1 && decode_s > 0 ? static_cast<double>(tokens.size() - 1) / decode_s : 0.0;
-  }
-};
-
-// Plain decoding: prefill, then one main-model step per token, drawn by Sampler.
-// eos < 0: never stop early.
-GenerateResult generate_plain(const model::Forward& forward, std::span<const int32_t> prompt, int max_tokens,
-                              const SamplingParams& params, int32_t eos);
-
-// The same tokens as generate_plain at temperature 0 (the same distribution otherwise),
-// with k MTP drafts per round.
-GenerateResult generate_speculative(const model::Forward& forward, std::span<const int32_t> prompt, int max_tokens,
-                                    const SamplingParams& params, int k, int32_t eos);
 
 }  // namespace kiln::runtime

@@ -560,6 +560,20 @@ PinnedInts::~PinnedInts() {
   if (p_) cudaFreeHost(p_);
 }
 
+void GpuForward::logits_rows_to_host(bool mtp, std::span<const int32_t> rows, float* dst) const {
+  const size_t V = sz(w_.config.vocab_size);
+  const float* src = mtp ? buf_->mtp_logits.get() : buf_->main_logits.get();
+  for (size_t i = 0; i < rows.size();) {
+    const int32_t r = rows[i];
+    if (r < 0 || r >= opt_.max_rows) fail(ErrorKind::Usage, "gpu forward: logits of row {} (1..{} rows)", r, opt_.max_rows);
+    size_t n = 1;  // a run of consecutive rows is one copy
+    while (i + n < rows.size() && rows[i + n] == r + static_cast<int32_t>(n)) ++n;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst + i * V, src + sz(r) * V, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    i += n;
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 std::vector<float> GpuForward::download_main_logits(int R) const {
   return fetch(stream_, buf_->main_logits, sz(R * w_.config.vocab_size));
 }

@@ -31,6 +31,7 @@
 #include <cuda_runtime.h>
 
 #include "kiln/model/cuda/gpu_weights.h"
+#include "kiln/model/decode_limits.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/rope.h"
 
@@ -61,7 +62,7 @@ struct GpuOptions {
 
 class GpuForward {
  public:
-  static constexpr int kMaxRollback = 8;
+  static constexpr int kMaxRollback = model::kMaxRollback;
 
   GpuForward(GpuWeights weights, const GpuOptions& opt);
   ~GpuForward();
@@ -102,6 +103,10 @@ class GpuForward {
   // Enqueues a copy of the last MTP pass's argmax (R rows) to pinned host memory `dst`
   // without waiting; valid once synchronize() (or a download) has returned.
   void mtp_argmax_to_host_async(int R, int32_t* dst) const;
+
+  // Copies the logits of rows `rows` (any order) of the last main (mtp = false) or MTP
+  // pass to dst [rows.size(), vocab], then waits for the stream.
+  void logits_rows_to_host(bool mtp, std::span<const int32_t> rows, float* dst) const;
 
   // Waits for the stream and copies results of the last pass of that kind (R rows).
   std::vector<float> download_main_logits(int R) const;

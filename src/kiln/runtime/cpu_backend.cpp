@@ -1,0 +1,117 @@
+#include "kiln/runtime/cpu_backend.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "kiln/core/error.h"
+
+namespace kiln::runtime {
+
+namespace {
+
+int64_t default_context(const model::Forward& f, int64_t asked) {
+  if (asked > 0) return asked;
+  const int64_t m = f.weights().config.max_position_embeddings;
+  return m > 0 ? m : int64_t{1} << 40;
+}
+
+// Logits rows of a pass, checked.
+std::vector<int64_t> logit_rows(std::span<const int32_t> out_rows, int rows, const float* logits) {
+  std::vector<int64_t> r;
+  r.reserve(out_rows.size());
+  for (int32_t i : out_rows) {
+    if (i < 0 || i >= rows) fail(ErrorKind::Usage, "cpu backend: logits of row {} of a {}-row pass", i, rows);
+    r.push_back(i);
+  }
+  if (!r.empty() && !logits) fail(ErrorKind::Usage, "cpu backend: logits rows asked for without a buffer");
+  return r;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const model::Forward& forward, CpuBackendOptions options)
+    : f_(forward),
+      opt_{options.max_slots, options.max_rows, default_context(forward, options.max_context)},
+      book_(std::max(options.max_slots, 1), static_cast<int>(forward.weights().mtp.size()), opt_.max_context,
+            std::max(options.max_rows, 1)) {
+  if (opt_.max_slots < 1 || opt_.max_rows < 1) {
+    fail(ErrorKind::Usage, "cpu backend: max_slots {} / max_rows {} (expected >= 1)", opt_.max_slots, opt_.max_rows);
+  }
+  states_.resize(static_cast<size_t>(opt_.max_slots));
+}
+
+std::string CpuBackend::describe() const {
+  return fmt::format("cpu ({} hardware threads)", std::thread::hardware_concurrency());
+}
+
+int64_t CpuBackend::weight_bytes() const {
+  const auto& w = f_.weights();
+  return static_cast<int64_t>(model::linear_weight_bytes(w) + w.embed.data.size() * sizeof(float));
+}
+
+int CpuBackend::acquire() {
+  const int s = book_.acquire();
+  if (s >= 0) states_[static_cast<size_t>(s)].emplace(f_.new_state());
+  return s;
+}
+
+void CpuBackend::release(int slot) {
+  book_.release(slot);
+  states_[static_cast<size_t>(slot)].reset();
+}
+
+const model::DecodeState& CpuBackend::state(int slot) const {
+  if (!book_.held(slot)) fail(ErrorKind::Usage, "cpu backend: slot {} is not held", slot);
+  return *states_[static_cast<size_t>(slot)];
+}
+
+void CpuBackend::main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) {
+  const auto lrows = logit_rows(out_rows, rows.size(), logits);
+  if (rows.empty()) return;
+  const auto groups = book_.feed(rows, -1);
+  std::vector<model::Forward::StepSeq> seqs;
+  for (const SlotBook::Group& g : groups) {
+    model::DecodeState& st = *states_[static_cast<size_t>(g.slot)];
+    if (g.pos0 < st.length()) f_.truncate(st, g.pos0);
+    seqs.push_back({&st, std::span(rows.tok).subspan(static_cast<size_t>(g.row0), static_cast<size_t>(g.n))});
+  }
+  const auto& c = config();
+  main_streams_.resize(static_cast<size_t>(rows.size() * c.hc_mult * c.hidden_size));
+  f_.step(seqs, lrows, lrows.empty() ? nullptr : logits, main_streams_.data());
+}
+
+void CpuBackend::mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) {
+  const auto lrows = logit_rows(out_rows, rows.size(), logits);
+  if (rows.empty()) return;
+  if (m < 0 || m >= mtp_blocks()) fail(ErrorKind::Usage, "cpu backend: MTP block {} of {}", m, mtp_blocks());
+  const auto& c = config();
+  const int64_t S = c.hc_mult * c.hidden_size;
+  const std::vector<float>& from = input == MtpInput::MainStreams ? main_streams_ : mtp_streams_;
+  const int64_t have = static_cast<int64_t>(from.size()) / S;
+  if (static_cast<int>(rows.src.size()) != rows.size()) {
+    fail(ErrorKind::Usage, "cpu backend: MTP pass of {} rows with {} source rows", rows.size(), rows.src.size());
+  }
+  for (int r = 0; r < rows.size(); ++r) {
+    const int32_t src = rows.src[static_cast<size_t>(r)];
+    if (src < 0 || src >= have) fail(ErrorKind::Usage, "cpu backend: MTP row {} takes streams row {} of {}", r, src, have);
+  }
+  const auto groups = book_.feed(rows, m);
+  mtp_in_.resize(static_cast<size_t>(rows.size() * S));
+  for (int r = 0; r < rows.size(); ++r) {
+    std::copy_n(from.data() + rows.src[static_cast<size_t>(r)] * S, S, mtp_in_.data() + r * S);
+  }
+  std::vector<model::Forward::MtpSeq> seqs;
+  for (const SlotBook::Group& g : groups) {
+    model::DecodeState& st = *states_[static_cast<size_t>(g.slot)];
+    if (g.pos0 < st.mtp_length(m)) f_.truncate_mtp(st, m, g.pos0);
+    seqs.push_back({&st, std::span<const float>(mtp_in_).subspan(static_cast<size_t>(g.row0 * S), static_cast<size_t>(g.n * S)),
+                    std::span(rows.tok).subspan(static_cast<size_t>(g.row0), static_cast<size_t>(g.n))});
+  }
+  std::vector<float> out(static_cast<size_t>(rows.size() * S));
+  f_.mtp_step(m, seqs, lrows, lrows.empty() ? nullptr : logits, out.data());
+  mtp_streams_.swap(out);
+}
+
+}  // namespace kiln::runtime

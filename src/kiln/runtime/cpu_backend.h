@@ -1,0 +1,49 @@
+// The CPU backend of the engine (backend.h) over the reference forward: every slot holds
+// a model::DecodeState; a pass groups its rows by slot and runs them as one batched step
+// (each weight read once for all rows; every row bitwise equal to feeding its sequence
+// alone). Rollback (a slot's first row before its fed length) truncates the state first.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "kiln/model/forward.h"
+#include "kiln/runtime/backend.h"
+
+namespace kiln::runtime {
+
+struct CpuBackendOptions {
+  int max_slots = 256;
+  int max_rows = 1 << 16;
+  int64_t max_context = 0;  // 0: the config's max_position_embeddings (unbounded when it has none)
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const model::Forward& forward, CpuBackendOptions options = {});
+
+  const ModelConfig& config() const override { return f_.weights().config; }
+  std::string describe() const override;
+  int mtp_blocks() const override { return static_cast<int>(f_.weights().mtp.size()); }
+  int max_slots() const override { return opt_.max_slots; }
+  int max_rows() const override { return opt_.max_rows; }
+  int64_t max_context() const override { return opt_.max_context; }
+  int64_t weight_bytes() const override;
+
+  int acquire() override;
+  void release(int slot) override;
+  void main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) override;
+  void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) override;
+
+  // Tests: the state of a held slot.
+  const model::DecodeState& state(int slot) const;
+
+ private:
+  const model::Forward& f_;
+  CpuBackendOptions opt_;
+  SlotBook book_;
+  std::vector<std::optional<model::DecodeState>> states_;
+  std::vector<float> main_streams_, mtp_streams_, mtp_in_;
+};
+
+}  // namespace kiln::runtime

@@ -1,0 +1,38 @@
+// The CUDA backend of the engine (backend.h) over the GPU forward (model/cuda/gpu_forward.h):
+// a pass uploads its rows, replays the captured graph for its row count, and copies the
+// logits rows asked for to the host. The MTP input streams stay on the device.
+#pragma once
+
+#include <memory>
+
+#include "kiln/model/cuda/gpu_forward.h"
+#include "kiln/runtime/backend.h"
+
+namespace kiln::runtime::cuda {
+
+class GpuBackend final : public Backend {
+ public:
+  explicit GpuBackend(std::unique_ptr<model::cuda::GpuForward> forward);
+
+  const ModelConfig& config() const override { return f_->config(); }
+  std::string describe() const override;
+  int mtp_blocks() const override { return f_->mtp_blocks(); }
+  int max_slots() const override { return f_->options().max_slots; }
+  int max_rows() const override { return f_->options().max_rows; }
+  int64_t max_context() const override { return f_->options().max_context; }
+  int64_t weight_bytes() const override;
+
+  int acquire() override { return book_.acquire(); }
+  void release(int slot) override { book_.release(slot); }
+  void main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) override;
+  void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) override;
+
+  model::cuda::GpuForward& forward() { return *f_; }
+
+ private:
+  std::unique_ptr<model::cuda::GpuForward> f_;
+  SlotBook book_;
+  int last_main_rows_ = 0, last_mtp_rows_ = 0;  // rows of the last pass of each kind (MTP sources)
+};
+
+}  // namespace kiln::runtime::cuda
