@@ -21,95 +21,14 @@
 #include <unistd.h>
 
 #include "kiln/core/error.h"
-#include "kiln/runtime/engine.h"
-#include "kiln/runtime/loaded_model.h"
-#include "kiln/runtime/cpu_backend.h"
-#include "kiln/runtime/generate.h"
-#include "kiln/server/http_server.h"
-#include "kiln/tokenizer/tokenizer.h"
+#include "server/server_fixture.h"
 
 namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-struct Fixture {
-  std::unique_ptr<kiln::runtime::LoadedModel> model;
-  std::optional<kiln::tokenizer::Tokenizer> tok;
-  std::unique_ptr<kiln::runtime::CpuBackend> backend;
-  std::unique_ptr<kiln::runtime::Engine> engine;
-  std::unique_ptr<kiln::server::Server> server;
-  std::thread thread;
-  int port = 0;
-
-  explicit Fixture(kiln::runtime::EngineOptions eo = {}, kiln::server::ServerOptions so = {}, bool run = true) {
-    const fs::path dir = KILN_BUNDLED_MODEL;
-    model = kiln::runtime::load_model(dir, 1, nullptr);
-    tok = kiln::tokenizer::Tokenizer::from_file(dir / "tokenizer.json");
-    backend = std::make_unique<kiln::runtime::CpuBackend>(*model->forward);
-    engine = std::make_unique<kiln::runtime::Engine>(*backend, eo);
-    so.port = 0;
-    so.http_threads = 256;
-    so.max_body_bytes = 1 << 16;
-    so.max_context = model->config.max_position_embeddings;
-    kiln::server::ModelTokens mt{static_cast<int32_t>(model->config.bos_token_id), static_cast<int32_t>(model->config.eos_token_id)};
-    server = std::make_unique<kiln::server::Server>(*engine, *tok, mt, so);
-    port = server->bind();
-    if (run) start();
-  }
-  void start() {
-    thread = std::thread([this] { server->run(); });
-  }
-  ~Fixture() {
-    server->stop();
-    if (thread.joinable()) thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-  // The oracle: the runtime's plain decoding of the same prompt, decoded as the server does.
-  std::string solo_text(const std::string& prompt, int max_tokens) const {
-    std::vector<int32_t> ids{static_cast<int32_t>(model->config.bos_token_id)};
-    const auto p = tok->encode(prompt);
-    ids.insert(ids.end(), p.begin(), p.end());
-    const auto r = kiln::runtime::generate_plain(*model->forward, ids, max_tokens, {}, static_cast<int32_t>(model->config.eos_token_id));
-    return tok->decode(r.tokens, /*skip_special_tokens=*/true);
-  }
-};
-
-// Concatenates the streamed text of an SSE body; checks the framing.
-std::string sse_text(const std::string& body, bool chat, std::string* finish = nullptr) {
-  std::string text;
-  size_t pos = 0;
-  bool done = false;
-  while (pos < body.size()) {
-    const size_t end = body.find("\n\n", pos);
-    EXPECT_NE(end, std::string::npos) << "unterminated event";
-    if (end == std::string::npos) break;
-    const std::string ev = body.substr(pos, end - pos);
-    pos = end + 2;
-    if (ev.rfind(":", 0) == 0) continue;  // keep-alive comment
-    EXPECT_EQ(ev.rfind("data: ", 0), 0u) << ev;
-    const std::string data = ev.substr(6);
-    if (data == "[DONE]") {
-      done = true;
-      continue;
-    }
-    const json j = json::parse(data);
-    if (j["choices"].empty()) continue;
-    const json& c = j["choices"][0];
-    if (chat) {
-      if (c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
-    } else {
-      text += c["text"].get<std::string>();
-    }
-    if (!c["finish_reason"].is_null() && finish) *finish = c["finish_reason"].get<std::string>();
-  }
-  EXPECT_TRUE(done) << "no [DONE]";
-  return text;
-}
+using kiln::test::Fixture;
+using kiln::test::sse_text;
 
 // The upper bound of the histogram bucket holding the q-quantile.
 double bucket_quantile(const kiln::runtime::Histogram& h, double q) {
@@ -276,6 +195,8 @@ TEST(Server, DisconnectedClientIsCancelled) {
   for (int i = 0; i < 100 && f.engine->metrics().running.load() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(f.engine->metrics().running.load(), 0);
   EXPECT_LT(f.engine->metrics().generated_tokens.load(), 1500u);
+  // Its slot is free: the idle engine leaves every slot of the backend to take.
+  for (int s = 0; s < f.backend->max_slots(); ++s) ASSERT_GE(f.backend->acquire(), 0) << "slot " << s << " still held";
 }
 
 // A connection may wait up to idle_timeout for its request; then the server closes it.
