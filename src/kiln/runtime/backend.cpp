@@ -1,6 +1,7 @@
 #include "kiln/runtime/backend.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "kiln/core/error.h"
 #include "kiln/model/decode_limits.h"
@@ -83,6 +84,16 @@ std::vector<SlotBook::Group> SlotBook::feed(const PassRows& rows, int block) {
     l.high = std::max(l.high, l.length);
   }
   return groups;
+}
+
+void Backend::check_outputs(const Outputs& out, int R) {
+  for (const auto& [rows, buffer, what] : {std::tuple{out.logits_rows, static_cast<const void*>(out.logits), "logits"},
+                                           std::tuple{out.argmax_rows, static_cast<const void*>(out.argmax), "argmax"}}) {
+    if (!rows.empty() && !buffer) fail(ErrorKind::Usage, "backend: {} of {} rows asked for without a buffer", what, rows.size());
+    for (int32_t r : rows) {
+      if (r < 0 || r >= R) fail(ErrorKind::Usage, "backend: {} of row {} of a {}-row pass", what, r, R);
+    }
+  }
 }
 
 }  // namespace kiln::runtime

@@ -98,15 +98,36 @@ class Backend {
   virtual int acquire() = 0;
   virtual void release(int slot) = 0;
 
-  // Main model over `rows`. logits: [out_rows.size(), vocab], the logits of those rows
-  // (indices into rows, any order), or nullptr. The last-layer streams of every row are
-  // kept for the next MTP pass.
-  virtual void main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) = 0;
+  // What a pass returns: the logits of the rows in logits_rows (indices into the pass's
+  // rows, any order) into logits [n, vocab], and the argmax (ties to the lowest id) of the
+  // rows in argmax_rows into argmax [n]. A row may be in both or neither.
+  struct Outputs {
+    std::span<const int32_t> logits_rows;
+    float* logits = nullptr;
+    std::span<const int32_t> argmax_rows;
+    int32_t* argmax = nullptr;
+  };
+
+  // Main model over `rows`. The last-layer streams of every row are kept for the next
+  // MTP pass.
+  virtual void main(const PassRows& rows, const Outputs& out) = 0;
 
   // MTP block m over `rows`: row r takes the streams of row rows.src[r] of the last main
-  // or MTP pass (input) and the token rows.tok[r], at rows.slot[r], rows.pos[r]. logits as
-  // for main(). Its output streams are kept for the next MTP pass.
-  virtual void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) = 0;
+  // or MTP pass (input) and the token rows.tok[r], at rows.slot[r], rows.pos[r]. Its
+  // output streams are kept for the next MTP pass.
+  virtual void mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) = 0;
+
+  // Logits only.
+  void main(const PassRows& rows, std::span<const int32_t> logits_rows, float* logits) {
+    main(rows, Outputs{logits_rows, logits, {}, nullptr});
+  }
+  void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> logits_rows, float* logits) {
+    mtp(m, rows, input, Outputs{logits_rows, logits, {}, nullptr});
+  }
+
+ protected:
+  // Checks `out` against a pass of R rows (kiln::Error otherwise).
+  static void check_outputs(const Outputs& out, int R);
 };
 
 }  // namespace kiln::runtime

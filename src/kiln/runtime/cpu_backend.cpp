@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "kiln/core/error.h"
+#include "kiln/runtime/sampler.h"
 
 namespace kiln::runtime {
 
@@ -15,18 +16,6 @@ int64_t default_context(const model::Forward& f, int64_t asked) {
   if (asked > 0) return asked;
   const int64_t m = f.weights().config.max_position_embeddings;
   return m > 0 ? m : int64_t{1} << 40;
-}
-
-// Logits rows of a pass, checked.
-std::vector<int64_t> logit_rows(std::span<const int32_t> out_rows, int rows, const float* logits) {
-  std::vector<int64_t> r;
-  r.reserve(out_rows.size());
-  for (int32_t i : out_rows) {
-    if (i < 0 || i >= rows) fail(ErrorKind::Usage, "cpu backend: logits of row {} of a {}-row pass", i, rows);
-    r.push_back(i);
-  }
-  if (!r.empty() && !logits) fail(ErrorKind::Usage, "cpu backend: logits rows asked for without a buffer");
-  return r;
 }
 
 }  // namespace
@@ -67,8 +56,28 @@ const model::DecodeState& CpuBackend::state(int slot) const {
   return *states_[static_cast<size_t>(slot)];
 }
 
-void CpuBackend::main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) {
-  const auto lrows = logit_rows(out_rows, rows.size(), logits);
+std::vector<int64_t> CpuBackend::head_rows(const Outputs& out, int R) {
+  check_outputs(out, R);
+  std::vector<int64_t> rows(out.logits_rows.begin(), out.logits_rows.end());
+  for (int32_t r : out.argmax_rows) {
+    if (std::find(rows.begin(), rows.end(), r) == rows.end()) rows.push_back(r);
+  }
+  logits_.resize(rows.size() * static_cast<size_t>(config().vocab_size));
+  return rows;
+}
+
+void CpuBackend::deliver(const Outputs& out, std::span<const int64_t> rows) {
+  const size_t V = static_cast<size_t>(config().vocab_size);
+  auto at = [&](int32_t r) {
+    const size_t i = static_cast<size_t>(std::find(rows.begin(), rows.end(), r) - rows.begin());
+    return std::span<const float>(logits_).subspan(i * V, V);
+  };
+  for (size_t i = 0; i < out.logits_rows.size(); ++i) std::ranges::copy(at(out.logits_rows[i]), out.logits + i * V);
+  for (size_t i = 0; i < out.argmax_rows.size(); ++i) out.argmax[i] = argmax(at(out.argmax_rows[i]));
+}
+
+void CpuBackend::main(const PassRows& rows, const Outputs& out) {
+  const auto lrows = head_rows(out, rows.size());
   if (rows.empty()) return;
   const auto groups = book_.feed(rows, -1);
   std::vector<model::Forward::StepSeq> seqs;
@@ -79,11 +88,12 @@ void CpuBackend::main(const PassRows& rows, std::span<const int32_t> out_rows, f
   }
   const auto& c = config();
   main_streams_.resize(static_cast<size_t>(rows.size() * c.hc_mult * c.hidden_size));
-  f_.step(seqs, lrows, lrows.empty() ? nullptr : logits, main_streams_.data());
+  f_.step(seqs, lrows, lrows.empty() ? nullptr : logits_.data(), main_streams_.data());
+  deliver(out, lrows);
 }
 
-void CpuBackend::mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) {
-  const auto lrows = logit_rows(out_rows, rows.size(), logits);
+void CpuBackend::mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) {
+  const auto lrows = head_rows(out, rows.size());
   if (rows.empty()) return;
   if (m < 0 || m >= mtp_blocks()) fail(ErrorKind::Usage, "cpu backend: MTP block {} of {}", m, mtp_blocks());
   const auto& c = config();
@@ -109,9 +119,10 @@ void CpuBackend::mtp(int m, const PassRows& rows, MtpInput input, std::span<cons
     seqs.push_back({&st, std::span<const float>(mtp_in_).subspan(static_cast<size_t>(g.row0 * S), static_cast<size_t>(g.n * S)),
                     std::span(rows.tok).subspan(static_cast<size_t>(g.row0), static_cast<size_t>(g.n))});
   }
-  std::vector<float> out(static_cast<size_t>(rows.size() * S));
-  f_.mtp_step(m, seqs, lrows, lrows.empty() ? nullptr : logits, out.data());
-  mtp_streams_.swap(out);
+  std::vector<float> streams(static_cast<size_t>(rows.size() * S));
+  f_.mtp_step(m, seqs, lrows, lrows.empty() ? nullptr : logits_.data(), streams.data());
+  mtp_streams_.swap(streams);
+  deliver(out, lrows);
 }
 
 }  // namespace kiln::runtime

@@ -32,8 +32,10 @@ class CpuBackend final : public Backend {
 
   int acquire() override;
   void release(int slot) override;
-  void main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) override;
-  void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) override;
+  using Backend::main;
+  using Backend::mtp;
+  void main(const PassRows& rows, const Outputs& out) override;
+  void mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) override;
 
   // Tests: the state of a held slot.
   const model::DecodeState& state(int slot) const;
@@ -43,7 +45,12 @@ class CpuBackend final : public Backend {
   CpuBackendOptions opt_;
   SlotBook book_;
   std::vector<std::optional<model::DecodeState>> states_;
-  std::vector<float> main_streams_, mtp_streams_, mtp_in_;
+  // The head runs on the rows whose logits or argmax are asked for; returns their logits
+  // [rows, vocab] in that order (copied / argmaxed into out by deliver).
+  std::vector<int64_t> head_rows(const Outputs& out, int R);
+  void deliver(const Outputs& out, std::span<const int64_t> rows);
+
+  std::vector<float> main_streams_, mtp_streams_, mtp_in_, logits_;
 };
 
 }  // namespace kiln::runtime

@@ -83,6 +83,27 @@ std::span<const float> row_of(const std::vector<float>& m, int64_t i, int64_t wi
   return std::span<const float>(m).subspan(static_cast<size_t>(i * width), static_cast<size_t>(width));
 }
 
+// The outputs one pass is asked for: greedy sequences take the device's argmax of their
+// rows (no logits cross to the host), sampled ones the logits.
+struct Wants {
+  std::vector<int32_t> logits_rows, argmax_rows;
+  void clear() {
+    logits_rows.clear();
+    argmax_rows.clear();
+  }
+  // Index of row r's result in the logits (greedy = false) or argmax output.
+  int add(int32_t r, bool greedy) {
+    auto& v = greedy ? argmax_rows : logits_rows;
+    v.push_back(r);
+    return static_cast<int>(v.size()) - 1;
+  }
+  Backend::Outputs outputs(std::vector<float>& logits, std::vector<int32_t>& argmax, int64_t vocab) const {
+    logits.resize(logits_rows.size() * static_cast<size_t>(vocab));
+    argmax.resize(argmax_rows.size());
+    return {logits_rows, logits.data(), argmax_rows, argmax.data()};
+  }
+};
+
 }  // namespace
 
 struct Engine::Active {
@@ -97,23 +118,27 @@ struct Engine::Active {
   std::optional<Sampler> sampler;  // plain decoding
   std::mt19937_64 rng;             // speculative decoding: drafts and acceptance
   int k = 0;                       // drafts per round (0: plain)
-  std::vector<float> draft_logits;  // speculative: the MTP block's row at length - 1
+  std::vector<float> draft_logits;  // speculative, sampled: the MTP block's row at length - 1
+  int32_t draft_argmax = -1;        // speculative, greedy: its argmax
   DraftStats stats, reported;
   // This step.
   int K = 0;  // drafts this round
   std::vector<int32_t> drafts;
   std::vector<std::vector<double>> q;
   int mtp_row = -1;                  // its row in the last MTP pass
-  int main_row0 = -1, logit0 = -1;   // its first row in the main pass and in its logits
+  int main_row0 = -1, out0 = -1;     // its first row in the main pass and in the pass's outputs
   int64_t chunk = 0, base = 0;       // prompt tokens fed this step; length before the step
   std::vector<int32_t> out;          // tokens emitted this step
 
   bool decoding() const { return pending >= 0; }
   int64_t prompt_length() const { return static_cast<int64_t>(request.prompt.size()); }
   bool greedy() const { return request.sampling.temperature <= 0.0f; }
-  int32_t draw(std::span<const float> logits) {
-    if (sampler) return sampler->next(logits);
-    return greedy() ? argmax(logits) : sample_from(sampling_distribution(logits, request.sampling), rng);
+  // The next token from this step's main pass output at out0: the device's argmax when
+  // greedy, else a draw from the logits (plain: the Sampler; speculative: the round's rng).
+  int32_t next_token(const std::vector<float>& logits, const std::vector<int32_t>& argmax, int64_t V) {
+    if (greedy()) return argmax[static_cast<size_t>(out0)];
+    const auto l = row_of(logits, out0, V);
+    return sampler ? sampler->next(l) : sample_from(sampling_distribution(l, request.sampling), rng);
   }
 };
 
@@ -254,32 +279,33 @@ void Engine::draft(std::vector<Active*>& spec) {
     a->q.clear();
     if (a->K == 0) continue;
     most = std::max(most, a->K);
-    if (!a->greedy()) a->q.push_back(sampling_distribution(a->draft_logits, a->request.sampling));
-    a->drafts[0] = a->greedy() ? argmax(a->draft_logits) : sample_from(a->q.back(), a->rng);
+    if (a->greedy()) {
+      a->drafts[0] = a->draft_argmax;
+    } else {
+      a->q.push_back(sampling_distribution(a->draft_logits, a->request.sampling));
+      a->drafts[0] = sample_from(a->q.back(), a->rng);
+    }
   }
   PassRows rows;
-  std::vector<int32_t> outs;
-  std::vector<float> logits;
+  Wants w;
   for (int i = 1; i < most; ++i) {
     rows.clear();
-    outs.clear();
+    w.clear();
     for (Active* a : spec) {
       if (a->K <= i) continue;
-      outs.push_back(rows.size());
+      const int32_t src = a->mtp_row;  // its row of the previous MTP pass
+      a->mtp_row = rows.size();
+      a->out0 = w.add(a->mtp_row, a->greedy());
       rows.add(a->drafts[static_cast<size_t>(i - 1)], a->slot, a->length + i - 1);
-      rows.src.push_back(a->mtp_row);
+      rows.src.push_back(src);
     }
-    logits.resize(outs.size() * static_cast<size_t>(V));
-    b_.mtp(0, rows, MtpInput::MtpStreams, outs, logits.data());
-    size_t j = 0;
+    b_.mtp(0, rows, MtpInput::MtpStreams, w.outputs(logits_, argmax_, V));
     for (Active* a : spec) {
       if (a->K <= i) continue;
-      a->mtp_row = outs[j];
-      const auto l = row_of(logits, static_cast<int64_t>(j++), V);
       if (a->greedy()) {
-        a->drafts[static_cast<size_t>(i)] = argmax(l);
+        a->drafts[static_cast<size_t>(i)] = argmax_[static_cast<size_t>(a->out0)];
       } else {
-        a->q.push_back(sampling_distribution(l, a->request.sampling));
+        a->q.push_back(sampling_distribution(row_of(logits_, a->out0, V), a->request.sampling));
         a->drafts[static_cast<size_t>(i)] = sample_from(a->q.back(), a->rng);
       }
     }
@@ -310,7 +336,7 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
   for (auto& a : running) {
     a->out.clear();
     a->chunk = 0;
-    a->logit0 = -1;
+    a->out0 = -1;
     a->base = a->length;
     if (!a->decoding()) {
       prefill.push_back(a.get());
@@ -328,13 +354,15 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
   if (!spec.empty()) draft(spec);
 
   PassRows rows;
-  std::vector<int32_t> outs;
+  Wants w;
   for (Active* a : decoding) {
     a->main_row0 = rows.size();
-    a->logit0 = static_cast<int>(outs.size());
     rows.add(a->pending, a->slot, a->length);
     for (int i = 0; i < a->K; ++i) rows.add(a->drafts[static_cast<size_t>(i)], a->slot, a->length + 1 + i);
-    for (int r = a->main_row0; r < rows.size(); ++r) outs.push_back(r);
+    for (int r = a->main_row0; r < rows.size(); ++r) {
+      const int at = w.add(r, a->greedy());
+      if (r == a->main_row0) a->out0 = at;
+    }
   }
   int64_t budget = std::min(opts_.prefill_chunk, rows_left);
   for (Active* a : prefill) {
@@ -344,27 +372,26 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
     for (int64_t i = 0; i < n; ++i) rows.add(a->request.prompt[static_cast<size_t>(a->fed + i)], a->slot, a->fed + i);
     a->chunk = n;
     budget -= n;
-    if (a->fed + n == P) {
-      a->logit0 = static_cast<int>(outs.size());
-      outs.push_back(rows.size() - 1);
-    }
+    if (a->fed + n == P) a->out0 = w.add(rows.size() - 1, a->greedy());
   }
   if (rows.empty()) return;
-  std::vector<float> logits(outs.size() * static_cast<size_t>(V));
-  b_.main(rows, outs, logits.data());
+  b_.main(rows, w.outputs(logits_, argmax_, V));
 
   // Sample, or accept drafts.
   for (Active* a : decoding) {
     if (a->k == 0) {
-      a->pending = a->draw(row_of(logits, a->logit0, V));
+      a->pending = a->next_token(logits_, argmax_, V);
       a->out.push_back(a->pending);
       a->length += 1;
       continue;
     }
-    const auto target = std::span<const float>(logits).subspan(static_cast<size_t>(a->logit0) * static_cast<size_t>(V),
-                                                               static_cast<size_t>((a->K + 1) * V));
-    const Verdict v = a->greedy() ? verify_greedy(target, V, a->drafts)
-                                  : verify_sampled(target, V, a->q, a->drafts, a->request.sampling, a->rng);
+    const Verdict v =
+        a->greedy()
+            ? verify_greedy(std::span<const int32_t>(argmax_).subspan(static_cast<size_t>(a->out0), static_cast<size_t>(a->K + 1)),
+                            a->drafts)
+            : verify_sampled(std::span<const float>(logits_).subspan(static_cast<size_t>(a->out0) * static_cast<size_t>(V),
+                                                                     static_cast<size_t>((a->K + 1) * V)),
+                             V, a->q, a->drafts, a->request.sampling, a->rng);
     ++a->stats.rounds;
     for (int i = 0; i < a->K; ++i) ++a->stats.proposed[static_cast<size_t>(i)];
     for (int i = 0; i < v.accepted; ++i) ++a->stats.accepted[static_cast<size_t>(i)];
@@ -381,7 +408,7 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
     a->length = a->fed;
     metrics_.prompt_tokens += static_cast<uint64_t>(a->chunk);
     if (a->fed == a->prompt_length()) {
-      a->pending = a->draw(row_of(logits, a->logit0, V));
+      a->pending = a->next_token(logits_, argmax_, V);
       a->out.push_back(a->pending);
     }
   }
@@ -391,7 +418,7 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
   // first draft.
   if (has_mtp()) {
     PassRows cu;
-    std::vector<int32_t> cu_outs;
+    Wants cw;
     std::vector<Active*> owners;
     for (auto& ap : running) {
       Active* a = ap.get();
@@ -407,16 +434,19 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
       }
       if (a->decoding()) {
         a->mtp_row = cu.size() - 1;
-        cu_outs.push_back(a->mtp_row);
+        a->out0 = cw.add(a->mtp_row, a->greedy());
         owners.push_back(a);
       }
     }
     if (!cu.empty()) {
-      std::vector<float> cl(cu_outs.size() * static_cast<size_t>(V));
-      b_.mtp(0, cu, MtpInput::MainStreams, cu_outs, cl.data());
-      for (size_t i = 0; i < owners.size(); ++i) {
-        const auto l = row_of(cl, static_cast<int64_t>(i), V);
-        owners[i]->draft_logits.assign(l.begin(), l.end());
+      b_.mtp(0, cu, MtpInput::MainStreams, cw.outputs(logits_, argmax_, V));
+      for (Active* a : owners) {
+        if (a->greedy()) {
+          a->draft_argmax = argmax_[static_cast<size_t>(a->out0)];
+        } else {
+          const auto l = row_of(logits_, a->out0, V);
+          a->draft_logits.assign(l.begin(), l.end());
+        }
       }
     }
   }

@@ -139,6 +139,8 @@ class Engine {
   void finish_step(std::vector<std::unique_ptr<Active>>& running);
 
   Backend& b_;
+  std::vector<float> logits_;    // the current pass's logits rows (scheduler thread only)
+  std::vector<int32_t> argmax_;  // and argmax rows
   EngineOptions opts_;
   EngineMetrics metrics_;
   std::mutex mu_;

@@ -27,6 +27,17 @@ Verdict verify_greedy(std::span<const float> target_logits, int64_t vocab, std::
   return v;
 }
 
+Verdict verify_greedy(std::span<const int32_t> target_argmax, std::span<const int32_t> drafts) {
+  const int K = static_cast<int>(drafts.size());
+  if (static_cast<int>(target_argmax.size()) != K + 1) {
+    fail(ErrorKind::Usage, "verify_greedy: {} target rows for {} drafts", target_argmax.size(), K);
+  }
+  Verdict v;
+  while (v.accepted < K && target_argmax[static_cast<size_t>(v.accepted)] == drafts[static_cast<size_t>(v.accepted)]) ++v.accepted;
+  v.next = target_argmax[static_cast<size_t>(v.accepted)];
+  return v;
+}
+
 Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, const std::vector<std::vector<double>>& q,
                        std::span<const int32_t> drafts, const SamplingParams& params, std::mt19937_64& rng) {
   const int K = static_cast<int>(drafts.size());

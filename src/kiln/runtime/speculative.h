@@ -70,6 +70,8 @@ struct Verdict {
 
 // Temperature 0: target_logits [(K+1), vocab] from the verify step; drafts [K].
 Verdict verify_greedy(std::span<const float> target_logits, int64_t vocab, std::span<const int32_t> drafts);
+// The same from the argmax of each of the K+1 target rows.
+Verdict verify_greedy(std::span<const int32_t> target_argmax, std::span<const int32_t> drafts);
 
 // Temperature > 0: rejection sampling as above. target_logits [(K+1), vocab]; q[i] the
 // draft distribution d_i was drawn from (sampling_distribution of the draft logits).

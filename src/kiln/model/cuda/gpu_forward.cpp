@@ -552,7 +552,7 @@ void GpuForward::mtp_argmax_to_host_async(int R, int32_t* dst) const {
                                   cudaMemcpyDeviceToHost, stream_));
 }
 
-PinnedInts::PinnedInts(size_t n) {
+PinnedInts::PinnedInts(size_t n) : n_(n) {
   KILN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), sizeof(int32_t) * std::max<size_t>(n, 1)));
 }
 
@@ -572,6 +572,21 @@ void GpuForward::logits_rows_to_host(bool mtp, std::span<const int32_t> rows, fl
     i += n;
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void GpuForward::argmax_rows_to_host(bool mtp, std::span<const int32_t> rows, int32_t* dst) const {
+  int32_t hi = 0;
+  for (int32_t r : rows) {
+    if (r < 0 || r >= opt_.max_rows) fail(ErrorKind::Usage, "gpu forward: argmax of row {} (1..{} rows)", r, opt_.max_rows);
+    hi = std::max(hi, r + 1);
+  }
+  if (rows.empty()) return;
+  // One copy of the leading rows' argmax into pinned memory, then the picks.
+  if (!argmax_host_ || argmax_host_->size() < static_cast<size_t>(hi)) argmax_host_ = std::make_unique<PinnedInts>(opt_.max_rows);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(argmax_host_->data(), (mtp ? buf_->mtp_argmax : buf_->main_argmax).get(),
+                                  sizeof(int32_t) * sz(hi), cudaMemcpyDeviceToHost, stream_));
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (size_t i = 0; i < rows.size(); ++i) dst[i] = (*argmax_host_)[sz(rows[i])];
 }
 
 std::vector<float> GpuForward::download_main_logits(int R) const {

@@ -44,6 +44,7 @@ class PinnedInts {
  public:
   explicit PinnedInts(size_t n);
   ~PinnedInts();
+  size_t size() const { return n_; }
   PinnedInts(const PinnedInts&) = delete;
   PinnedInts& operator=(const PinnedInts&) = delete;
   int32_t* data() const { return p_; }
@@ -51,6 +52,7 @@ class PinnedInts {
 
  private:
   int32_t* p_ = nullptr;
+  size_t n_ = 0;
 };
 
 struct GpuOptions {
@@ -107,6 +109,8 @@ class GpuForward {
   // Copies the logits of rows `rows` (any order) of the last main (mtp = false) or MTP
   // pass to dst [rows.size(), vocab], then waits for the stream.
   void logits_rows_to_host(bool mtp, std::span<const int32_t> rows, float* dst) const;
+  // The same for the argmax of rows (ties to the lowest id), into dst [rows.size()].
+  void argmax_rows_to_host(bool mtp, std::span<const int32_t> rows, int32_t* dst) const;
 
   // Waits for the stream and copies results of the last pass of that kind (R rows).
   std::vector<float> download_main_logits(int R) const;
@@ -146,6 +150,7 @@ class GpuForward {
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
   int64_t state_bytes_ = 0;
   OpTimer* timer_ = nullptr;  // set only while profile_main enqueues
+  mutable std::unique_ptr<PinnedInts> argmax_host_;  // argmax_rows_to_host's staging
 };
 
 }  // namespace kiln::model::cuda

@@ -25,18 +25,24 @@ std::string GpuBackend::describe() const {
 
 int64_t GpuBackend::weight_bytes() const { return f_->weights().linear_bytes; }
 
-void GpuBackend::main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) {
+// The device computed every row's logits and argmax; copy the ones asked for.
+void GpuBackend::deliver(bool mtp, const Outputs& out) {
+  if (!out.argmax_rows.empty()) f_->argmax_rows_to_host(mtp, out.argmax_rows, out.argmax);
+  if (!out.logits_rows.empty()) f_->logits_rows_to_host(mtp, out.logits_rows, out.logits);
+}
+
+void GpuBackend::main(const PassRows& rows, const Outputs& out) {
+  check_outputs(out, rows.size());
   if (rows.empty()) return;
-  if (!out_rows.empty() && !logits) fail(ErrorKind::Usage, "gpu backend: logits rows asked for without a buffer");
   book_.feed(rows, -1);
   f_->main(rows.tok, rows.slot, rows.pos);
   last_main_rows_ = rows.size();
-  if (!out_rows.empty()) f_->logits_rows_to_host(false, out_rows, logits);
+  deliver(false, out);
 }
 
-void GpuBackend::mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) {
+void GpuBackend::mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) {
+  check_outputs(out, rows.size());
   if (rows.empty()) return;
-  if (!out_rows.empty() && !logits) fail(ErrorKind::Usage, "gpu backend: logits rows asked for without a buffer");
   if (m < 0 || m >= mtp_blocks()) fail(ErrorKind::Usage, "gpu backend: MTP block {} of {}", m, mtp_blocks());
   if (static_cast<int>(rows.src.size()) != rows.size()) {
     fail(ErrorKind::Usage, "gpu backend: MTP pass of {} rows with {} source rows", rows.size(), rows.src.size());
@@ -49,7 +55,7 @@ void GpuBackend::mtp(int m, const PassRows& rows, MtpInput input, std::span<cons
   book_.feed(rows, m);
   f_->mtp(m, rows.tok, rows.slot, rows.pos, rows.src, input == MtpInput::MtpStreams);
   last_mtp_rows_ = rows.size();
-  if (!out_rows.empty()) f_->logits_rows_to_host(true, out_rows, logits);
+  deliver(true, out);
 }
 
 }  // namespace kiln::runtime::cuda

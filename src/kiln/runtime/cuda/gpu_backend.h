@@ -24,14 +24,17 @@ class GpuBackend final : public Backend {
 
   int acquire() override { return book_.acquire(); }
   void release(int slot) override { book_.release(slot); }
-  void main(const PassRows& rows, std::span<const int32_t> out_rows, float* logits) override;
-  void mtp(int m, const PassRows& rows, MtpInput input, std::span<const int32_t> out_rows, float* logits) override;
+  using Backend::main;
+  using Backend::mtp;
+  void main(const PassRows& rows, const Outputs& out) override;
+  void mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) override;
 
   model::cuda::GpuForward& forward() { return *f_; }
 
  private:
   std::unique_ptr<model::cuda::GpuForward> f_;
   SlotBook book_;
+  void deliver(bool mtp, const Outputs& out);
   int last_main_rows_ = 0, last_mtp_rows_ = 0;  // rows of the last pass of each kind (MTP sources)
 };
 
