@@ -17,24 +17,12 @@
 #include <vector>
 
 #include "kiln/runtime/loaded_model.h"
-#include "support/artifacts.h"
+#include "mid_model.h"
 
 namespace {
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-nlohmann::json mid_config() {
-  nlohmann::json c = kiln::test::tiny_config();
-  c.update({{"vocab_size", 4096},        {"hidden_size", 1024},       {"num_hidden_layers", 8},
-            {"num_attention_heads", 16}, {"head_dim", 128},           {"qk_rope_head_dim", 32},
-            {"q_lora_rank", 256},        {"o_lora_rank", 256},        {"o_groups", 4},
-            {"sliding_window", 64},      {"compress_ratios", {0, 4, 16, 4, 16, 4, 16, 4, 0}},
-            {"index_n_heads", 16},       {"index_head_dim", 64},      {"index_topk", 32},
-            {"n_routed_experts", 32},    {"num_experts_per_tok", 4},  {"moe_intermediate_size", 512},
-            {"num_hash_layers", 1}});
-  return c;
 }
 
 // Single-thread memcpy bandwidth over a buffer far larger than the caches (bytes/s).
@@ -71,10 +59,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) != "-") {
     dir = argv[1];
   } else {
-    dir = std::filesystem::temp_directory_path() / "kiln-bench-mid";
-    if (!std::filesystem::exists(dir / "config.json")) {
-      kiln::test::write_spec(kiln::test::make_spec(kiln::test::Layout::Native, mid_config(), 2), dir);
-    }
+    dir = kiln::bench::mid_model_dir();
   }
   const int prompt = argc > 2 ? std::atoi(argv[2]) : 256;
   const int decode = argc > 3 ? std::atoi(argv[3]) : 32;
