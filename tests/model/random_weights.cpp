@@ -188,4 +188,16 @@ model::Weights random_weights(const ModelConfig& c, uint64_t seed) {
   return w;
 }
 
+std::vector<int32_t> random_tokens(int64_t T, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int32_t> t(static_cast<size_t>(T));
+  for (auto& x : t) x = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, vocab - 1)(g));
+  return t;
+}
+
+const model::Weights& every_kind_weights() {
+  static const model::Weights w = random_weights(tiny_forward_config({0, 4, 16, 4, 8}, /*num_hash_layers=*/1, /*mtp=*/1), 7);
+  return w;
+}
+
 }  // namespace kiln::test

@@ -19,4 +19,11 @@ ModelConfig tiny_forward_config(const std::vector<int64_t>& ratios, int64_t num_
 
 model::Weights random_weights(const ModelConfig& c, uint64_t seed);
 
+// T token ids drawn uniformly from [0, vocab).
+std::vector<int32_t> random_tokens(int64_t T, int64_t vocab, uint64_t seed);
+
+// The forward tests' shared model, built once: SWA, CSA (indexer top-k smaller than the
+// visible entries), HCA at two rates, a hash layer and one MTP block.
+const model::Weights& every_kind_weights();
+
 }  // namespace kiln::test

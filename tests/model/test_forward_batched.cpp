@@ -13,28 +13,15 @@
 namespace kiln::model {
 namespace {
 
-std::vector<int32_t> random_tokens(int64_t T, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(T));
-  for (auto& x : t) x = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, vocab - 1)(g));
-  return t;
-}
-
 class ForwardBatched : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    config_ = new ModelConfig(test::tiny_forward_config({0, 4, 16, 4, 8}, /*num_hash_layers=*/1, /*mtp=*/1));
-    weights_ = new Weights(test::random_weights(*config_, 7));
+  void SetUp() override {
+    weights_ = &test::every_kind_weights();
+    config_ = &weights_->config;
   }
-  static void TearDownTestSuite() {
-    delete weights_;
-    delete config_;
-  }
-  static ModelConfig* config_;
-  static Weights* weights_;
+  const Weights* weights_ = nullptr;
+  const ModelConfig* config_ = nullptr;
 };
-ModelConfig* ForwardBatched::config_ = nullptr;
-Weights* ForwardBatched::weights_ = nullptr;
 
 TEST_F(ForwardBatched, EveryRowEqualsItsSequenceFedAlone) {
   Forward f(*weights_, 2);
@@ -49,7 +36,7 @@ TEST_F(ForwardBatched, EveryRowEqualsItsSequenceFedAlone) {
   for (int i = 0; i < kSeqs; ++i) {
     int64_t total = prompt_len[static_cast<size_t>(i)];
     for (int64_t c : chunks[static_cast<size_t>(i)]) total += c;
-    tok[static_cast<size_t>(i)] = random_tokens(total, V, 100 + static_cast<uint64_t>(i));
+    tok[static_cast<size_t>(i)] = test::random_tokens(total, V, 100 + static_cast<uint64_t>(i));
     solo.push_back(f.new_state());
     batched.push_back(f.new_state());
   }
@@ -108,7 +95,7 @@ TEST_F(ForwardBatched, MtpRowsEqualTheirSequenceAlone) {
   std::vector<std::vector<float>> streams;
   std::vector<DecodeState> solo, batched;
   for (size_t i = 0; i < len.size(); ++i) {
-    tok.push_back(random_tokens(len[i] + 1, V, 7 + i));
+    tok.push_back(test::random_tokens(len[i] + 1, V, 7 + i));
     auto st = f.new_state();
     streams.emplace_back(static_cast<size_t>(len[i] * S));
     f.step(st, std::span(tok[i]).first(static_cast<size_t>(len[i])), nullptr, streams[i].data());

@@ -29,13 +29,6 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   return den > 0 ? num / den : num;
 }
 
-std::vector<int32_t> random_tokens(int64_t T, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(T));
-  for (auto& x : t) x = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, vocab - 1)(g));
-  return t;
-}
-
 struct Fed {
   std::vector<float> logits, streams;
 };
@@ -59,24 +52,18 @@ Fed feed(const Forward& f, DecodeState& st, const std::vector<int32_t>& tokens, 
 
 class ForwardModes : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    config_ = new ModelConfig(test::tiny_forward_config({0, 4, 16, 4, 8}, /*num_hash_layers=*/1, /*mtp=*/1));
-    weights_ = new Weights(test::random_weights(*config_, 7));
+  void SetUp() override {
+    weights_ = &test::every_kind_weights();
+    config_ = &weights_->config;
   }
-  static void TearDownTestSuite() {
-    delete weights_;
-    delete config_;
-  }
-  static ModelConfig* config_;
-  static Weights* weights_;
+  const Weights* weights_ = nullptr;
+  const ModelConfig* config_ = nullptr;
   static constexpr int64_t kT = 100;
 };
-ModelConfig* ForwardModes::config_ = nullptr;
-Weights* ForwardModes::weights_ = nullptr;
 
 TEST_F(ForwardModes, WholeOneByOneAndChunksAgree) {
   Forward f(*weights_, 2);
-  const auto tokens = random_tokens(kT, config_->vocab_size, 11);
+  const auto tokens = test::random_tokens(kT, config_->vocab_size, 11);
   auto s0 = f.new_state();
   const Fed whole = feed(f, s0, tokens, {kT});
   EXPECT_EQ(s0.length(), kT);
@@ -94,7 +81,7 @@ TEST_F(ForwardModes, WholeOneByOneAndChunksAgree) {
 }
 
 TEST_F(ForwardModes, ThreadCountDoesNotChangeResults) {
-  const auto tokens = random_tokens(40, config_->vocab_size, 5);
+  const auto tokens = test::random_tokens(40, config_->vocab_size, 5);
   Forward f1(*weights_, 1), f3(*weights_, 3);
   auto a = f1.new_state(), b = f3.new_state();
   const Fed r1 = feed(f1, a, tokens, {40});
@@ -105,7 +92,7 @@ TEST_F(ForwardModes, ThreadCountDoesNotChangeResults) {
 TEST_F(ForwardModes, IndexerTopkMatters) {
   // With index_topk covering every visible entry the CSA layers attend to all of them:
   // the logits must move, or the indexer's selection would be untested.
-  const auto tokens = random_tokens(kT, config_->vocab_size, 11);
+  const auto tokens = test::random_tokens(kT, config_->vocab_size, 11);
   Weights all = *weights_;
   all.config.index_topk = 1000;
   Forward fa(all, 2), fk(*weights_, 2);
@@ -122,7 +109,7 @@ TEST_F(ForwardModes, IndexerTopkMatters) {
 
 TEST_F(ForwardModes, CopiedStateContinuesIdentically) {
   Forward f(*weights_, 2);
-  const auto tokens = random_tokens(kT, config_->vocab_size, 23);
+  const auto tokens = test::random_tokens(kT, config_->vocab_size, 23);
   const std::vector<int32_t> head(tokens.begin(), tokens.begin() + 53), tail(tokens.begin() + 53, tokens.end());
   auto st = f.new_state();
   feed(f, st, head, {53});
@@ -144,7 +131,7 @@ TEST_F(ForwardModes, CopiedStateContinuesIdentically) {
 
 TEST_F(ForwardModes, MtpInSequenceAndRowByRowAgree) {
   Forward f(*weights_, 2);
-  const auto tokens = random_tokens(kT, config_->vocab_size, 31);
+  const auto tokens = test::random_tokens(kT, config_->vocab_size, 31);
   auto st = f.new_state();
   const Fed main = feed(f, st, tokens, {kT});
   const int64_t V = config_->vocab_size, S = config_->hc_mult * config_->hidden_size, R = kT - 1;

@@ -18,13 +18,6 @@ namespace {
 
 constexpr int64_t kT = 72;
 
-std::vector<int32_t> random_tokens(int64_t T, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(T));
-  for (auto& x : t) x = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(0, vocab - 1)(g));
-  return t;
-}
-
 class Rollback : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -37,7 +30,7 @@ class Rollback : public ::testing::Test {
     config_->attn_kinds[L + 1] = AttnKind::HCA;
     weights_ = new Weights(test::random_weights(*config_, 99));
     forward_ = new Forward(*weights_, 2);
-    tokens_ = random_tokens(kT, config_->vocab_size, 5);
+    tokens_ = test::random_tokens(kT, config_->vocab_size, 5);
     // Plain references: the state after n tokens fed one at a time, and the streams.
     const int64_t S = config_->hc_mult * config_->hidden_size;
     streams_.assign(static_cast<size_t>(kT * S), 0.0f);
