@@ -19,6 +19,7 @@
 
 #include "kiln/ops/cuda/read_bandwidth.h"
 #include "kiln/core/error.h"
+#include "cuda_timing.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
 #include "kiln/quant/quantize.h"
@@ -112,32 +113,8 @@ Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64
 // Median seconds per call of `calls` forward calls over the copies, captured in a graph.
 double time_calls(const std::vector<QuantLinear>& lins, const float* x, float* y, int M, int calls, cudaStream_t st) {
   const int64_t n = lins[0].n(), k = lins[0].k();
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  KILN_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < calls; ++i) lins[static_cast<size_t>(i) % lins.size()].forward(x, k, M, y, n, st);
-  KILN_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-  KILN_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t e0, e1;
-  KILN_CUDA_CHECK(cudaEventCreate(&e0));
-  KILN_CUDA_CHECK(cudaEventCreate(&e1));
-  KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));  // warm-up
-  std::vector<float> ms;
-  for (int r = 0; r < 7; ++r) {
-    KILN_CUDA_CHECK(cudaEventRecord(e0, st));
-    KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));
-    KILN_CUDA_CHECK(cudaEventRecord(e1, st));
-    KILN_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  KILN_CUDA_CHECK(cudaEventDestroy(e0));
-  KILN_CUDA_CHECK(cudaEventDestroy(e1));
-  KILN_CUDA_CHECK(cudaGraphExecDestroy(ge));
-  KILN_CUDA_CHECK(cudaGraphDestroy(g));
-  return ms[ms.size() / 2] * 1e-3 / calls;
+  return kiln::bench::time_graph_calls(
+      [&](int i, cudaStream_t s) { lins[static_cast<size_t>(i) % lins.size()].forward(x, k, M, y, n, s); }, calls, st);
 }
 
 int run(bool quick, bool variants) {

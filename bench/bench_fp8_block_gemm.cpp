@@ -16,6 +16,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/act_quant.h"
+#include "cuda_timing.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/fp8_block_gemm.h"
 #include "kiln/ops/quant_linear.h"
@@ -43,35 +44,7 @@ const Shape kShapes[] = {{"wq_b", 64 * 512, 1024},
                          {"wq_a", 1024, 4096}};
 const int kMs[] = {1, 16, 64, 256, 1024, 4096};
 
-// Median seconds per call of `calls` calls of call(i), captured in a graph.
-double time_calls(const std::function<void(int, cudaStream_t)>& call, int calls, cudaStream_t st) {
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  KILN_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < calls; ++i) call(i, st);
-  KILN_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-  KILN_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-  cudaEvent_t e0, e1;
-  KILN_CUDA_CHECK(cudaEventCreate(&e0));
-  KILN_CUDA_CHECK(cudaEventCreate(&e1));
-  KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));  // warm-up
-  std::vector<float> ms;
-  for (int r = 0; r < 7; ++r) {
-    KILN_CUDA_CHECK(cudaEventRecord(e0, st));
-    KILN_CUDA_CHECK(cudaGraphLaunch(ge, st));
-    KILN_CUDA_CHECK(cudaEventRecord(e1, st));
-    KILN_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  KILN_CUDA_CHECK(cudaEventDestroy(e0));
-  KILN_CUDA_CHECK(cudaEventDestroy(e1));
-  KILN_CUDA_CHECK(cudaGraphExecDestroy(ge));
-  KILN_CUDA_CHECK(cudaGraphDestroy(g));
-  return ms[ms.size() / 2] * 1e-3 / calls;
-}
+using kiln::bench::time_graph_calls;
 
 template <typename T>
 T* device_alloc(size_t n) {
@@ -130,17 +103,17 @@ int run(bool quick) {
     for (int M : kMs) {
       if (quick && M != 1 && M != 64 && M != 1024) continue;
       const int calls = std::max(copies, 200) / copies * copies;
-      const double tq = time_calls(
+      const double tq = time_graph_calls(
           [&](int, cudaStream_t s) {
             kiln::ops::cuda::act_quant(x, sh.k, M, sh.k, xq, sh.k, xs, ActScaleLayout{1, ld}, s);
           },
           200, st);
-      const double tg = time_calls(
+      const double tg = time_graph_calls(
           [&](int i, cudaStream_t s) { gemms[static_cast<size_t>(i) % gemms.size()].run(s, xq, xs, ld, M, y, sh.n); },
           calls, st);
       double tl = 0;
       if (M <= ql_max_m)
-        tl = time_calls([&](int i, cudaStream_t s) { lins[static_cast<size_t>(i) % lins.size()].forward(x, sh.k, M, y, sh.n, s); },
+        tl = time_graph_calls([&](int i, cudaStream_t s) { lins[static_cast<size_t>(i) % lins.size()].forward(x, sh.k, M, y, sh.n, s); },
                         calls, st);
       const double bytes = static_cast<double>(gemms[0].weight_bytes()) + static_cast<double>(M) * sh.k * (1.0 + 4.0 / 128) +
                            static_cast<double>(M) * sh.n * 4.0;

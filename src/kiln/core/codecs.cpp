@@ -3,6 +3,8 @@
 // Encoders share one integer round-to-nearest-even routine on the float's bits.
 #include "kiln/core/codecs.h"
 
+#include <cstring>
+
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -220,5 +222,22 @@ uint8_t f32_to_e2m1(float f) {
 // ---- ue4m3 ----
 
 float ue4m3_to_f32(uint8_t v) { return kUE4M3[v]; }
+
+float scale_to_f32(DType dt, const std::byte* p) {
+  uint16_t h;
+  switch (dt) {
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
+    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
+    case DType::F8_E8M0:
+    case DType::U8: return e8m0_to_f32(static_cast<uint8_t>(*p));
+    case DType::F8_E4M3: return e4m3_to_f32(static_cast<uint8_t>(*p));
+    default: return 0.0f;
+  }
+}
 
 }  // namespace kiln

@@ -3,7 +3,10 @@
 // where the format has no infinity (e4m3 -> +-448, e2m1 -> +-6).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "kiln/core/dtype.h"
 
 namespace kiln {
 
@@ -38,5 +41,9 @@ inline float e2m1_packed_at(const uint8_t* bytes, int64_t i) {
 // ue4m3: unsigned e4m3 (NVFP4 group scales). Bias 7, 7 value bits; the top bit of the
 // byte must be 0 (a set sign bit is reported by validators, decoded here as NaN).
 float ue4m3_to_f32(uint8_t v);
+
+// One scale value stored as dtype dt at p (F32, BF16, F16, E8M0 / U8 as e8m0, F8_E4M3), as
+// the float it denotes; 0 for a dtype that is not a scale format.
+float scale_to_f32(DType dt, const std::byte* p);
 
 }  // namespace kiln

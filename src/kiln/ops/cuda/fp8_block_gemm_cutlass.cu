@@ -82,22 +82,6 @@ using StrideD = typename GemmKernel::StrideD;
 
 const char* status_text(cutlass::Status s) { return cutlass::cutlassGetStatusString(s); }
 
-float scale_value(DType dt, const std::byte* p) {
-  uint16_t h;
-  switch (dt) {
-    case DType::F32: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
-    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
-    case DType::F8_E8M0:
-    case DType::U8: return e8m0_to_f32(static_cast<uint8_t>(*p));
-    default: return 0.0f;
-  }
-}
-
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
@@ -193,7 +177,7 @@ Fp8BlockGemm Fp8BlockGemm::prepare(const HostQuantLinear& w, int max_m) {
   d.w = DeviceArray<uint8_t>(static_cast<size_t>(w.n * w.k), false);
   d.w.upload(reinterpret_cast<const uint8_t*>(w.weight.data), static_cast<size_t>(w.n * w.k));
   std::vector<float> sf(static_cast<size_t>(srows * scols));
-  for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_value(sd, w.scale.data + i * es);
+  for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(sd, w.scale.data + i * es);
   d.sw = DeviceArray<float>(sf);
   d.hw.device_id = dev;
   d.hw.sm_count = prop.multiProcessorCount;

@@ -45,23 +45,6 @@ uint32_t load_u32(const std::byte* p) {
   return v;
 }
 
-float scale_value(DType dt, const std::byte* p) {
-  uint16_t h;
-  switch (dt) {
-    case DType::F32: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
-    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
-    case DType::F8_E8M0:
-    case DType::U8: return e8m0_to_f32(static_cast<uint8_t>(*p));
-    case DType::F8_E4M3: return e4m3_to_f32(static_cast<uint8_t>(*p));
-    default: return 0.0f;
-  }
-}
-
 void expect_bytes(const HostQuantLinear& w, const char* what, HostBytes s, int64_t want) {
   if (static_cast<int64_t>(s.size) != want)
     fail_invalid("{}: {} holds {} bytes, expected {} for a [{}, {}] {} weight", w.name, what, s.size, want, w.n, w.k,
@@ -147,7 +130,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       p.scale_ld = static_cast<int>(scols);
       sf.resize(static_cast<size_t>(srows * scols));
       const size_t es = dtype_size(w.scale_dtype);
-      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_value(w.scale_dtype, w.scale.data + i * es);
+      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(w.scale_dtype, w.scale.data + i * es);
       break;
     }
     case LinearScheme::Int4Group: {
@@ -163,7 +146,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       p.scale_ld = static_cast<int>(groups);
       sf.resize(static_cast<size_t>(n * groups));
       const size_t es = dtype_size(w.scale_dtype);
-      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_value(w.scale_dtype, w.scale.data + i * es);
+      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(w.scale_dtype, w.scale.data + i * es);
       if (!w.zero_point.empty()) {
         expect_bytes(w, "weight_zero_point", w.zero_point, ceil_div(n, 8) * groups * 4);
         zpb.resize(static_cast<size_t>(n * groups));
