@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -49,6 +50,40 @@ TEST(NamesTest, EveryRuleMapsToItsCanonicalForm) {
       EXPECT_EQ(c->module, want) << name;
     }
   }
+}
+
+// hf_name is generated from the table's hf aliases; canonicalize maps every result back,
+// for every canonical name the table knows (all scopes, an expert index, MTP layers).
+TEST(NamesTest, HfNamesRoundTrip) {
+  std::map<std::string, bool> canonical;  // path -> linear (a linear's tensor adds ".weight")
+  for (const auto& r : name_rules()) {
+    std::string c(r.canonical);
+    if (auto e = c.find("{E}"); e != std::string::npos) c.replace(e, 3, "17");
+    if (r.top) {
+      canonical[c] = r.linear;
+    } else {
+      canonical["layers.2." + c] = r.linear;
+      canonical["mtp.0." + c] = r.linear;
+    }
+  }
+  size_t renamed = 0;
+  for (const auto& [c, linear] : canonical) {
+    const std::string hf = hf_name(c, 4);
+    auto back = canonicalize(hf + (linear ? ".weight" : ""), NameContext{4});
+    ASSERT_TRUE(back) << c << " -> " << hf;
+    EXPECT_EQ(back->path(), c) << c << " -> " << hf;
+    if (hf.find(c.substr(c.rfind('.') + 1)) == std::string::npos) ++renamed;
+  }
+  // transformers' own spellings, not the native body under model.:
+  EXPECT_EQ(hf_name("layers.3.attn.wq_a", 4), "model.layers.3.self_attn.q_a_proj");
+  EXPECT_EQ(hf_name("mtp.0.ffn.experts.5.w3", 4), "model.layers.4.mlp.experts.5.up_proj");
+  EXPECT_EQ(hf_name("layers.0.hc_attn_fn", 4), "model.layers.0.attn_hc.fn");
+  EXPECT_EQ(hf_name("layers.1.ffn.gate.bias", 4), "model.layers.1.mlp.gate.e_score_correction_bias");
+  EXPECT_EQ(hf_name("embed.weight", 4), "model.embed_tokens.weight");
+  EXPECT_EQ(hf_name("head", 4), "lm_head");
+  EXPECT_EQ(hf_name("hc_head_fn", 4), "model.hc_head.hc_fn");
+  EXPECT_EQ(hf_name("mtp.0.e_proj", 4), "model.layers.4.e_proj");  // MTP-only: native body
+  EXPECT_GT(renamed, 20u);
 }
 
 TEST(NamesTest, NativeNames) {

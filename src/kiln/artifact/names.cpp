@@ -77,55 +77,55 @@ constexpr NameRule kLayerRules[] = {
     {"ffn.gate.e_score_correction_bias", "ffn.gate.bias", false},
     {"ffn.shared_experts.down_proj", "ffn.shared_experts.w2", true},
     // --- transformers module names
-    {"self_attn.q_a_proj", "attn.wq_a", true},
-    {"self_attn.q_b_proj", "attn.wq_b", true},
-    {"self_attn.kv_proj", "attn.wkv", true},
-    {"self_attn.o_a_proj", "attn.wo_a", true},
-    {"self_attn.o_b_proj", "attn.wo_b", true},
-    {"self_attn.q_a_norm.weight", "attn.q_norm.weight", false},
-    {"self_attn.kv_norm.weight", "attn.kv_norm.weight", false},
-    {"self_attn.sinks", "attn.attn_sink", false},
-    {"self_attn.compressor.kv_proj", "attn.compressor.wkv", true},
-    {"self_attn.compressor.gate_proj", "attn.compressor.wgate", true},
-    {"self_attn.compressor.position_bias", "attn.compressor.ape", false},
-    {"self_attn.compressor.kv_norm.weight", "attn.compressor.norm.weight", false},
-    {"self_attn.compressor.indexer.kv_proj", "attn.indexer.compressor.wkv", true},
-    {"self_attn.compressor.indexer.gate_proj", "attn.indexer.compressor.wgate", true},
-    {"self_attn.compressor.indexer.position_bias", "attn.indexer.compressor.ape", false},
-    {"self_attn.compressor.indexer.kv_norm.weight", "attn.indexer.compressor.norm.weight", false},
-    {"self_attn.compressor.indexer.q_b_proj", "attn.indexer.wq_b", true},
-    {"self_attn.compressor.indexer.scorer.weights_proj", "attn.indexer.weights_proj", true},
-    {"mlp.gate", "ffn.gate", true},
-    {"mlp.gate.e_score_correction_bias", "ffn.gate.bias", false},
-    {"mlp.gate.tid2eid", "ffn.gate.tid2eid", false},
-    {"mlp.experts.{E}.gate_proj", "ffn.experts.{E}.w1", true},
-    {"mlp.experts.{E}.up_proj", "ffn.experts.{E}.w3", true},
-    {"mlp.experts.{E}.down_proj", "ffn.experts.{E}.w2", true},
-    {"mlp.shared_experts.gate_proj", "ffn.shared_experts.w1", true},
-    {"mlp.shared_experts.up_proj", "ffn.shared_experts.w3", true},
-    {"mlp.shared_experts.down_proj", "ffn.shared_experts.w2", true},
-    {"input_layernorm.weight", "attn_norm.weight", false},
-    {"post_attention_layernorm.weight", "ffn_norm.weight", false},
-    {"attn_hc.fn", "hc_attn_fn", false},
-    {"attn_hc.base", "hc_attn_base", false},
-    {"attn_hc.scale", "hc_attn_scale", false},
-    {"ffn_hc.fn", "hc_ffn_fn", false},
-    {"ffn_hc.base", "hc_ffn_base", false},
-    {"ffn_hc.scale", "hc_ffn_scale", false},
+    {"self_attn.q_a_proj", "attn.wq_a", true, false, true},
+    {"self_attn.q_b_proj", "attn.wq_b", true, false, true},
+    {"self_attn.kv_proj", "attn.wkv", true, false, true},
+    {"self_attn.o_a_proj", "attn.wo_a", true, false, true},
+    {"self_attn.o_b_proj", "attn.wo_b", true, false, true},
+    {"self_attn.q_a_norm.weight", "attn.q_norm.weight", false, false, true},
+    {"self_attn.kv_norm.weight", "attn.kv_norm.weight", false, false, true},
+    {"self_attn.sinks", "attn.attn_sink", false, false, true},
+    {"self_attn.compressor.kv_proj", "attn.compressor.wkv", true, false, true},
+    {"self_attn.compressor.gate_proj", "attn.compressor.wgate", true, false, true},
+    {"self_attn.compressor.position_bias", "attn.compressor.ape", false, false, true},
+    {"self_attn.compressor.kv_norm.weight", "attn.compressor.norm.weight", false, false, true},
+    {"self_attn.compressor.indexer.kv_proj", "attn.indexer.compressor.wkv", true, false, true},
+    {"self_attn.compressor.indexer.gate_proj", "attn.indexer.compressor.wgate", true, false, true},
+    {"self_attn.compressor.indexer.position_bias", "attn.indexer.compressor.ape", false, false, true},
+    {"self_attn.compressor.indexer.kv_norm.weight", "attn.indexer.compressor.norm.weight", false, false, true},
+    {"self_attn.compressor.indexer.q_b_proj", "attn.indexer.wq_b", true, false, true},
+    {"self_attn.compressor.indexer.scorer.weights_proj", "attn.indexer.weights_proj", true, false, true},
+    {"mlp.gate", "ffn.gate", true, false, true},
+    {"mlp.gate.e_score_correction_bias", "ffn.gate.bias", false, false, true},
+    {"mlp.gate.tid2eid", "ffn.gate.tid2eid", false, false, true},
+    {"mlp.experts.{E}.gate_proj", "ffn.experts.{E}.w1", true, false, true},
+    {"mlp.experts.{E}.up_proj", "ffn.experts.{E}.w3", true, false, true},
+    {"mlp.experts.{E}.down_proj", "ffn.experts.{E}.w2", true, false, true},
+    {"mlp.shared_experts.gate_proj", "ffn.shared_experts.w1", true, false, true},
+    {"mlp.shared_experts.up_proj", "ffn.shared_experts.w3", true, false, true},
+    {"mlp.shared_experts.down_proj", "ffn.shared_experts.w2", true, false, true},
+    {"input_layernorm.weight", "attn_norm.weight", false, false, true},
+    {"post_attention_layernorm.weight", "ffn_norm.weight", false, false, true},
+    {"attn_hc.fn", "hc_attn_fn", false, false, true},
+    {"attn_hc.base", "hc_attn_base", false, false, true},
+    {"attn_hc.scale", "hc_attn_scale", false, false, true},
+    {"ffn_hc.fn", "hc_ffn_fn", false, false, true},
+    {"ffn_hc.base", "hc_ffn_base", false, false, true},
+    {"ffn_hc.scale", "hc_ffn_scale", false, false, true},
 };
 
 constexpr NameRule kTopRules[] = {
     {"embed.weight", "embed.weight", false, true},
-    {"embed_tokens.weight", "embed.weight", false, true},
+    {"embed_tokens.weight", "embed.weight", false, true, true},
     {"head", "head", true, true},
-    {"lm_head", "head", true, true},
-    {"norm.weight", "norm.weight", false, true},
+    {"lm_head", "head", true, true, true},
+    {"norm.weight", "norm.weight", false, true, true},
     {"hc_head_fn", "hc_head_fn", false, true},
     {"hc_head_base", "hc_head_base", false, true},
     {"hc_head_scale", "hc_head_scale", false, true},
-    {"hc_head.hc_fn", "hc_head_fn", false, true},
-    {"hc_head.hc_base", "hc_head_base", false, true},
-    {"hc_head.hc_scale", "hc_head_scale", false, true},
+    {"hc_head.hc_fn", "hc_head_fn", false, true, true},
+    {"hc_head.hc_base", "hc_head_base", false, true, true},
+    {"hc_head.hc_scale", "hc_head_scale", false, true, true},
 };
 
 // Fused 3-D expert tensors (transformers): the tensor itself is the weight; FP8 copies
@@ -333,6 +333,37 @@ std::optional<CanonicalName> canonicalize(std::string_view name, const NameConte
   c->scope = scope;
   c->index = static_cast<int>(index);
   return c;
+}
+
+std::string hf_name(std::string_view path, int64_t num_layers) {
+  std::string_view body = path;
+  Scope scope = Scope::Top;
+  int64_t index = -1;
+  if (consume_prefix(body, "layers.")) {
+    scope = Scope::Layer;
+  } else if (consume_prefix(body, "mtp.")) {
+    scope = Scope::Mtp;
+  }
+  if (scope != Scope::Top && !consume_index(body, index)) return std::string(path);
+  // The rule whose canonical pattern is this body (plain) or its module (linear).
+  std::string alias(body);
+  for (const NameRule& r : name_rules()) {
+    if (!r.hf || r.top != (scope == Scope::Top)) continue;
+    int64_t expert = -1;
+    if (match_alias(r.canonical, body, expert) == body.size()) {
+      alias = fill_expert(r.alias, expert);
+      break;
+    }
+  }
+  switch (scope) {
+    case Scope::Top:
+      return alias == "lm_head" ? alias : "model." + alias;  // transformers keeps the head outside `model.`
+    case Scope::Layer:
+      return fmt::format("model.layers.{}.{}", index, alias);
+    case Scope::Mtp:
+      return fmt::format("model.layers.{}.{}", num_layers + index, alias);
+  }
+  return alias;
 }
 
 }  // namespace kiln

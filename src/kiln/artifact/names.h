@@ -61,7 +61,15 @@ struct NameRule {
   std::string_view canonical;
   bool linear;
   bool top = false;  // a top-level rule (else per layer / per MTP block)
+  bool hf = false;   // the alias is the spelling transformers writes for the canonical name
 };
 std::span<const NameRule> name_rules();
+
+// The spelling transformers uses for a canonical tensor or module path ("layers.3.attn.wq_a"
+// -> "model.layers.3.self_attn.q_a_proj", "mtp.0.attn.wq_a" -> "model.layers.{num_layers}.
+// self_attn.q_a_proj", "head" -> "lm_head"), from the rule table's hf aliases; names
+// transformers has no module for (MTP-only tensors) keep their native body under
+// model.layers.{num_layers + i}. canonicalize() maps every result back (tested).
+std::string hf_name(std::string_view canonical_path, int64_t num_layers);
 
 }  // namespace kiln

@@ -80,61 +80,9 @@ SplitPath split_path(const std::string& p) {
 }
 
 // transformers' module names for a native module or tensor inside a layer.
-std::string hf_body(const std::string& b) {
-  static const std::map<std::string, std::string, std::less<>> kExact = {
-      {"attn.wq_a", "self_attn.q_a_proj"},
-      {"attn.wq_b", "self_attn.q_b_proj"},
-      {"attn.wkv", "self_attn.kv_proj"},
-      {"attn.wo_a", "self_attn.o_a_proj"},
-      {"attn.wo_b", "self_attn.o_b_proj"},
-      {"attn.q_norm.weight", "self_attn.q_a_norm.weight"},
-      {"attn.kv_norm.weight", "self_attn.kv_norm.weight"},
-      {"attn.attn_sink", "self_attn.sinks"},
-      {"attn.compressor.wkv", "self_attn.compressor.kv_proj"},
-      {"attn.compressor.wgate", "self_attn.compressor.gate_proj"},
-      {"attn.compressor.ape", "self_attn.compressor.position_bias"},
-      {"attn.compressor.norm.weight", "self_attn.compressor.kv_norm.weight"},
-      {"attn.indexer.wq_b", "self_attn.compressor.indexer.q_b_proj"},
-      {"attn.indexer.weights_proj", "self_attn.compressor.indexer.scorer.weights_proj"},
-      {"attn.indexer.compressor.wkv", "self_attn.compressor.indexer.kv_proj"},
-      {"attn.indexer.compressor.wgate", "self_attn.compressor.indexer.gate_proj"},
-      {"attn.indexer.compressor.ape", "self_attn.compressor.indexer.position_bias"},
-      {"attn.indexer.compressor.norm.weight", "self_attn.compressor.indexer.kv_norm.weight"},
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn.gate", "mlp.gate"},
-      {"ffn.gate.bias", "mlp.gate.e_score_correction_bias"},
-      {"ffn.gate.tid2eid", "mlp.gate.tid2eid"},
-      {"ffn.shared_experts.w1", "mlp.shared_experts.gate_proj"},
-      {"ffn.shared_experts.w2", "mlp.shared_experts.down_proj"},
-      {"ffn.shared_experts.w3", "mlp.shared_experts.up_proj"},
-  };
-  if (auto it = kExact.find(b); it != kExact.end()) return it->second;
-  if (b.rfind("hc_attn_", 0) == 0) return "attn_hc." + b.substr(8);
-  if (b.rfind("hc_ffn_", 0) == 0) return "ffn_hc." + b.substr(7);
-  if (b.rfind("ffn.experts.", 0) == 0) {  // ffn.experts.E.wX
-    const size_t dot = b.find('.', 12);
-    const std::string e = b.substr(12, dot - 12), w = b.substr(dot + 1);
-    const char* hf = w == "w1" ? "gate_proj" : w == "w2" ? "down_proj" : "up_proj";
-    return fmt::format("mlp.experts.{}.{}", e, hf);
-  }
-  return b;  // MTP-only names (e_proj, enorm, hc_head_fn, ...) and copies of embed/head
-}
-
 // The output name of a canonical module (linear) or tensor (plain).
 std::string out_name(const Recipe& r, const ModelConfig& cfg, const std::string& canonical) {
-  if (!r.hf_names) return canonical;
-  SplitPath s = split_path(canonical);
-  switch (s.scope) {
-    case Scope::Top:
-      if (s.rest == "embed.weight") return "model.embed_tokens.weight";
-      if (s.rest == "head") return "lm_head";
-      if (s.rest.rfind("hc_head_", 0) == 0) return "model.hc_head.hc_" + s.rest.substr(8);
-      return "model." + s.rest;
-    case Scope::Layer: return fmt::format("model.layers.{}.{}", s.index, hf_body(s.rest));
-    case Scope::Mtp: return fmt::format("model.layers.{}.{}", cfg.num_layers + s.index, hf_body(s.rest));
-  }
-  return canonical;
+  return r.hf_names ? hf_name(canonical, cfg.num_layers) : canonical;
 }
 
 // Plain tensors: the dtype every recipe stores them in (DeepSeek's layout).
