@@ -16,10 +16,97 @@
 
 namespace kiln::cli {
 
-int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
+namespace {
+
+tokenizer::Tokenizer load_tokenizer(const ServeOptions& o, std::ostream& err) {
+  const std::filesystem::path tok_path = o.tokenizer ? *o.tokenizer : o.model / "tokenizer.json";
+  if (!std::filesystem::exists(tok_path)) {
+    fail(ErrorKind::Usage, "{} not found: `kiln serve` needs the model's tokenizer (put tokenizer.json in the model "
+                           "directory or pass --tokenizer)", tok_path.string());
+  }
+  err << "loading tokenizer " << tok_path.string() << "\n";
+  return tokenizer::Tokenizer::from_file(tok_path);
+}
+
+// Capacity: max_batch sequences; a pass holds every sequence's decode rows (with as many
+// drafts as a request may ask for) and a prompt chunk.
+SessionOptions session_options(const ServeOptions& o, std::ostream& err) {
+  const int drafts = load_model_config(o.model).num_mtp_layers > 0 ? runtime::kMaxDrafts : 0;
+  const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
+  return {o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err};
+}
+
+runtime::EngineOptions engine_options(const ServeOptions& o) {
+  runtime::EngineOptions eo;
+  eo.max_batch = o.max_batch;
+  eo.max_waiting = o.max_waiting;
+  eo.prefill_chunk = o.prefill_chunk;
+  eo.mtp = o.mtp;
+  return eo;
+}
+
+ServeOptions resolved(const ServeOptions& options) {
   ServeOptions o = options;
   o.model = model_or_default(o.model);
   if (o.port < 0 || o.port > 65535) fail(ErrorKind::Usage, "--port {}: expected 0..65535", o.port);
+  return o;
+}
+
+}  // namespace
+
+// Members in construction order; the server goes first on destruction (it stops its
+// connections before the engine under them).
+struct ServeInstance::Impl {
+  ServeOptions o;
+  tokenizer::Tokenizer tok;
+  BackendSession session;
+  runtime::Engine engine;
+  server::ServerOptions so;
+  std::unique_ptr<server::Server> srv;
+  int port = -1;
+
+  Impl(const ServeOptions& options, std::ostream& err)
+      : o(resolved(options)), tok(load_tokenizer(o, err)), session(session_options(o, err)),
+        engine(session.backend(), engine_options(o)) {
+    const auto& cfg = session.config();
+    if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
+      fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}",
+                   (o.tokenizer ? *o.tokenizer : o.model / "tokenizer.json").string(), tok.vocab_size(), cfg.vocab_size);
+    }
+    so.host = o.host;
+    so.port = o.port;
+    so.api_key = o.api_key;
+    so.model_name = o.served_model_name.empty() ? std::filesystem::absolute(o.model).lexically_normal().filename().string()
+                                                : o.served_model_name;
+    if (so.model_name.empty()) so.model_name = std::filesystem::absolute(o.model).lexically_normal().parent_path().filename().string();
+    so.max_context = session.backend().max_context();
+    so.vocab_size = cfg.vocab_size;
+    so.http_threads = o.http_threads;
+    so.max_body_bytes = o.max_body_bytes;
+    so.idle_timeout = std::chrono::seconds(o.idle_timeout_s);
+    server::ModelTokens mt{static_cast<int32_t>(cfg.bos_token_id), static_cast<int32_t>(cfg.eos_token_id)};
+    srv = std::make_unique<server::Server>(engine, tok, mt, so);
+    port = srv->bind();
+  }
+};
+
+ServeInstance::ServeInstance(const ServeOptions& o, std::ostream& err) : impl_(std::make_unique<Impl>(o, err)) {}
+ServeInstance::~ServeInstance() = default;
+
+int ServeInstance::port() const { return impl_->port; }
+std::string ServeInstance::url() const { return fmt::format("http://{}:{}", impl_->o.host, impl_->port); }
+void ServeInstance::run() { impl_->srv->run(); }
+void ServeInstance::stop() { impl_->srv->stop(); }
+
+std::string ServeInstance::ready_line() const {
+  const Impl& i = *impl_;
+  return fmt::format("kiln: serving '{}' at {} (OpenAI API under /v1; context {} tokens; batch {}{}{}; {})",
+                     i.so.model_name, url(), i.so.max_context, i.o.max_batch, i.o.mtp ? fmt::format("; MTP {}", i.o.mtp) : "",
+                     i.o.api_key.empty() ? "" : "; API key required", i.session.describe());
+}
+
+int run_serve(const ServeOptions& o, std::ostream& out, std::ostream& err) {
+  resolved(o);  // a bad --port fails before anything loads
   // SIGINT / SIGTERM are taken by a waiting thread (blocked here, before any thread starts,
   // so every thread inherits the mask); a write to a closed socket must not kill us.
   sigset_t sigs;
@@ -29,57 +116,15 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  const std::filesystem::path tok_path = o.tokenizer ? *o.tokenizer : o.model / "tokenizer.json";
-  if (!std::filesystem::exists(tok_path)) {
-    fail(ErrorKind::Usage, "{} not found: `kiln serve` needs the model's tokenizer (put tokenizer.json in the model "
-                           "directory or pass --tokenizer)", tok_path.string());
-  }
-  err << "loading tokenizer " << tok_path.string() << "\n";
-  const auto tok = tokenizer::Tokenizer::from_file(tok_path);
-  // Capacity: max_batch sequences; a pass holds every sequence's decode rows (with as many
-  // drafts as a request may ask for) and a prompt chunk.
-  const int drafts = load_model_config(o.model).num_mtp_layers > 0 ? runtime::kMaxDrafts : 0;
-  const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
-  BackendSession session({o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err});
-  const auto& cfg = session.config();
-  if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
-    fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}", tok_path.string(), tok.vocab_size(),
-                 cfg.vocab_size);
-  }
-
-  runtime::EngineOptions eo;
-  eo.max_batch = o.max_batch;
-  eo.max_waiting = o.max_waiting;
-  eo.prefill_chunk = o.prefill_chunk;
-  eo.mtp = o.mtp;
-  runtime::Engine engine(session.backend(), eo);
-
-  server::ServerOptions so;
-  so.host = o.host;
-  so.port = o.port;
-  so.api_key = o.api_key;
-  so.model_name = o.served_model_name.empty() ? std::filesystem::absolute(o.model).lexically_normal().filename().string()
-                                              : o.served_model_name;
-  if (so.model_name.empty()) so.model_name = std::filesystem::absolute(o.model).lexically_normal().parent_path().filename().string();
-  so.max_context = session.backend().max_context();
-  so.http_threads = o.http_threads;
-  so.max_body_bytes = o.max_body_bytes;
-  so.idle_timeout = std::chrono::seconds(o.idle_timeout_s);
-  server::ModelTokens mt{static_cast<int32_t>(cfg.bos_token_id), static_cast<int32_t>(cfg.eos_token_id)};
-  server::Server srv(engine, tok, mt, so);
-  const int port = srv.bind();
-
-  std::thread waiter([&srv, sigs] {
+  ServeInstance instance(o, err);
+  std::thread waiter([&instance, sigs] {
     int sig = 0;
     sigwait(&sigs, &sig);
-    srv.stop();
+    instance.stop();
   });
   waiter.detach();
-  out << fmt::format("kiln: serving '{}' at http://{}:{} (OpenAI API under /v1; context {} tokens; batch {}{}{}; {})\n",
-                     so.model_name, o.host, port, so.max_context, eo.max_batch, eo.mtp ? fmt::format("; MTP {}", eo.mtp) : "",
-                     o.api_key.empty() ? "" : "; API key required", session.describe())
-      << std::flush;
-  srv.run();
+  out << instance.ready_line() << "\n" << std::flush;
+  instance.run();
   err << "kiln: server stopped\n";
   return 0;
 }

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -26,6 +27,32 @@ struct ServeOptions {
   int http_threads = 512;
   size_t max_body_bytes = 4u << 20;
   int idle_timeout_s = 5;  // see server::ServerOptions::idle_timeout
+};
+
+// What `kiln serve` runs, loaded and bound but not yet serving: the tokenizer, the backend
+// on its device, the engine and the HTTP server on its port. `run_serve` serves one until
+// a signal; `kiln bench --serve --model` runs one in-process and drives it over loopback.
+class ServeInstance {
+ public:
+  // Loads the model named by `o.model` (the bundled model when empty; progress on `err`)
+  // and binds the port (`o.port` 0: any free port).
+  ServeInstance(const ServeOptions& o, std::ostream& err);
+  ~ServeInstance();
+  ServeInstance(const ServeInstance&) = delete;
+  ServeInstance& operator=(const ServeInstance&) = delete;
+
+  int port() const;
+  std::string url() const;  // http://host:port
+  // "kiln: serving '<model>' at <url> (...)": the ready line, without its newline.
+  std::string ready_line() const;
+  // Serves until stop() (from another thread).
+  void run();
+  void stop();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 // Loads the model (progress on `err`), prints the ready line with the URL on `out`, and
