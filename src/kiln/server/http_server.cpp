@@ -398,6 +398,7 @@ void Server::Impl::routes() {
     m["created"] = 0;
     m["owned_by"] = "kiln";
     m["max_model_len"] = opt.max_context;
+    if (opt.vocab_size > 0) m["vocab_size"] = opt.vocab_size;
     json r = json::object();
     r["object"] = "list";
     r["data"] = json::array({std::move(m)});

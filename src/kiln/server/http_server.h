@@ -25,6 +25,7 @@ struct ServerOptions {
   size_t max_body_bytes = 4u << 20;         // larger bodies get 413
   int http_threads = 512;                   // concurrent connections served
   int64_t max_context = 4096;               // prompt + generated tokens per request
+  int64_t vocab_size = 0;                   // > 0: /v1/models reports it (token-id prompts are < it)
   int default_chat_max_tokens = 1024;       // chat requests without max_tokens (bounded by the context)
   std::chrono::milliseconds heartbeat{1000};  // longest silence on a waiting connection
   // How long an open connection may wait for its (next) request before the server closes
