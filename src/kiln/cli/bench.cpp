@@ -29,7 +29,7 @@ namespace kiln::cli {
 
 int run_bench(const BenchOptions&, std::ostream&, std::ostream& err) {
   err << "kiln: error: `kiln bench` measures the CUDA backend, and this kiln was built without it (configure with "
-         "nvcc on the PATH, or -DKILN_CUDA=ON)\n";
+         "nvcc on the PATH, or -DKILN_CUDA=ON); `kiln bench --serve` (the HTTP load generator) works in every build\n";
   return 1;
 }
 

@@ -1,18 +1,86 @@
 // kiln — serves DeepSeek-V4-class models from the artifacts people publish.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <iostream>
+#include <string_view>
 
 #include "kiln/cli/default_model.h"
 #include "kiln/cli/inspect.h"
 #include "kiln/cli/bench.h"
+#include "kiln/cli/bench_serve.h"
 #include "kiln/cli/perplexity.h"
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/cli/serve.h"
 #include "kiln/core/error.h"
 
+namespace {
+
+// Runs a command, mapping kiln::Error to its exit code.
+template <typename F>
+int guarded(F&& run) {
+  try {
+    return run();
+  } catch (const kiln::Error& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+// `kiln bench --serve ...`: the HTTP load generator. Its options are not the CUDA bench's
+// (and it is built without CUDA too), so it parses its own command line.
+int bench_serve_main(int argc, char** argv) {
+  CLI::App app{"kiln bench --serve: load generator for an OpenAI-compatible server. N concurrent streams of "
+               "/v1/completions with random token-id prompts; per concurrency level: output tok/s, TTFT and TPOT "
+               "p50/p99 (docs/performance.md)"};
+  app.name("kiln bench");
+  kiln::cli::BenchServeOptions o;
+  app.add_flag("--serve")->description("This load generator (required)")->required();
+  auto* url = app.add_option("--url", o.url, "A running server, http://host:port (kiln, vLLM, llama.cpp, ...)");
+  auto* model = app.add_option("--model", o.model, "Or: start `kiln serve` on this checkpoint in this process, on a free "
+                                                   "loopback port");
+  url->excludes(model);
+  app.add_option("--concurrency", o.concurrency, "Concurrent streams, comma-separated: one measurement per value")
+      ->capture_default_str();
+  app.add_option("--prompt-tokens", o.prompt_tokens, "Prompt length: random token ids")->capture_default_str();
+  app.add_option("--output-tokens", o.output_tokens, "Tokens each stream generates (max_tokens with ignore_eos)")
+      ->capture_default_str();
+  app.add_option("--requests", o.requests, "Requests per level (0 = 2 x the concurrency; never fewer than it)")
+      ->capture_default_str();
+  app.add_option("--vocab", o.vocab, "Prompt ids are drawn from [0, N) (0 = the vocab_size /v1/models reports)")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "Seed of the prompts")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Requests sent before the first level, not measured")->capture_default_str();
+  app.add_option("--api-key", o.api_key, "Sent as 'Authorization: Bearer KEY'");
+  app.add_option("--served-model", o.served_model, "The requests' \"model\" (default: the first id /v1/models lists)");
+  app.add_option("--timeout", o.timeout_s, "Seconds of silence after which a stream fails")->capture_default_str();
+  app.add_flag("--json", o.json, "Also print one JSON object with every number");
+  app.add_option("--device", o.device, "--model: auto, cpu or cuda")->capture_default_str();
+  app.add_option("--threads", o.threads, "--model: CPU threads for the forward (0 = all cores)")->capture_default_str();
+  app.add_option("--max-batch", o.max_batch, "--model: sequences decoded together")->capture_default_str();
+  app.add_option("--prefill-chunk", o.prefill_chunk, "--model: prompt tokens fed per scheduler step")->capture_default_str();
+  app.add_option("--mtp", o.mtp, "--model: default MTP drafts per round (0 = off)")->capture_default_str();
+  app.add_option("--max-context", o.max_context, "--model: prompt + generated tokens per request (0 = the model's)")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;
+  }
+  return guarded([&] { return kiln::cli::run_bench_serve(o, std::cout, std::cerr); });
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string_view(argv[1]) == "bench" &&
+      std::any_of(argv + 2, argv + argc, [](const char* a) { return std::string_view(a) == "--serve"; })) {
+    return bench_serve_main(argc - 1, argv + 1);
+  }
   CLI::App app{"kiln: DeepSeek-V4 inference engine"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kiln 0.1.0");
@@ -76,7 +144,8 @@ int main(int argc, char** argv) {
 
   kiln::cli::BenchOptions bench;
   auto* be = app.add_subcommand("bench", "Decode speed of the CUDA backend per batch size: tokens/s, graph vs eager, "
-                                         "weight bytes per pass vs measured HBM bandwidth (docs/performance.md)");
+                                         "weight bytes per pass vs measured HBM bandwidth; with --serve, a load "
+                                         "generator for an HTTP server (docs/performance.md)");
   auto* be_model = be->add_option("--model", bench.model, "Checkpoint directory");
   auto* be_syn = be->add_flag("--synthetic", bench.synthetic,
                               "A V4-Flash-shaped model (real widths, --layers layers) with synthetic weights");
@@ -90,6 +159,8 @@ int main(int argc, char** argv) {
   be->add_option("--mtp", bench.mtp, "Also MTP speculative decoding with 1..N drafts per round")->capture_default_str();
   be->add_option("--text", bench.text, "Prompts from this UTF-8 text (the model's tokenizer.json)");
   be->add_flag("--json", bench.json, "Also print one JSON object with every number");
+  be->add_flag("--serve")->description("Instead: the HTTP load generator (N concurrent streams against a server; "
+                                       "`kiln bench --serve --help`)");
 
   kiln::cli::QuantizeOptions quant;
   auto* qu = app.add_subcommand("quantize", "Write a quantized artifact from a (BF16) checkpoint, in the layout of a real "
@@ -144,7 +215,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  try {
+  return guarded([&] {
     if (*ins) return kiln::cli::run_inspect(inspect, std::cout, std::cerr);
     if (*sc) return kiln::cli::run_score(score, std::cout, std::cerr);
     if (*ge) {
@@ -155,12 +226,6 @@ int main(int argc, char** argv) {
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
     if (*be) return kiln::cli::run_bench(bench, std::cout, std::cerr);
     if (*se) return kiln::cli::run_serve(serve, std::cout, std::cerr);
-  } catch (const kiln::Error& e) {
-    std::cerr << "kiln: error: " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const std::exception& e) {
-    std::cerr << "kiln: internal error: " << e.what() << "\n";
     return 1;
-  }
-  return 1;
+  });
 }
