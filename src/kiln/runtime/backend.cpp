@@ -32,6 +32,13 @@ void SlotBook::release(int slot) {
   held_[static_cast<size_t>(slot)] = false;
 }
 
+void SlotBook::copy(int src, int dst) {
+  if (!held(src) || !held(dst) || src == dst) {
+    fail(ErrorKind::Usage, "backend: copy of slot {} into slot {} (both must be held and differ)", src, dst);
+  }
+  len_[static_cast<size_t>(dst)] = len_[static_cast<size_t>(src)];
+}
+
 int64_t SlotBook::length(int slot, int block) const {
   if (!held(slot)) fail(ErrorKind::Usage, "backend: slot {} is not held", slot);
   return len_[static_cast<size_t>(slot)].at(static_cast<size_t>(block + 1)).length;

@@ -9,7 +9,8 @@
 // slot's first row is at its fed length (positions fed so far) or earlier: feeding again
 // from an earlier position is the rollback of speculative decoding, allowed down to
 // kMaxRollback positions behind the furthest position the slot reached. The MTP block
-// keeps its own fed length per slot, with the same rule.
+// keeps its own fed length per slot, with the same rule. copy_slot makes one slot's
+// sequence a copy of another's (the choices of a request with n > 1 share one prefill).
 #pragma once
 
 #include <cstdint>
@@ -55,6 +56,8 @@ class SlotBook {
   int acquire();  // -1 when all are held
   void release(int slot);
   bool held(int slot) const;
+  // dst takes src's lengths (kiln::Error unless both are held and differ).
+  void copy(int src, int dst);
   int slots() const { return static_cast<int>(held_.size()); }
 
   // One slot's rows in a pass: rows [row0, row0 + n) at positions pos0 ...
@@ -97,6 +100,11 @@ class Backend {
   // A free slot (its sequence starts empty), or -1 when all are taken.
   virtual int acquire() = 0;
   virtual void release(int slot) = 0;
+  // Makes held slot `dst` a copy of held slot `src`: the state of the main model and of
+  // every MTP block, and their fed lengths and rollback bounds, as if dst had been fed
+  // everything src was (src is unchanged). The next pass may feed dst exactly as it
+  // could feed src, and gives the same rows. Ordered with the passes.
+  virtual void copy_slot(int src, int dst) = 0;
 
   // What a pass returns: the logits of the rows in logits_rows (indices into the pass's
   // rows, any order) into logits [n, vocab], and the argmax (ties to the lowest id) of the

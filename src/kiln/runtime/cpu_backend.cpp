@@ -51,6 +51,11 @@ void CpuBackend::release(int slot) {
   states_[static_cast<size_t>(slot)].reset();
 }
 
+void CpuBackend::copy_slot(int src, int dst) {
+  book_.copy(src, dst);
+  states_[static_cast<size_t>(dst)].emplace(*states_[static_cast<size_t>(src)]);  // deep copy
+}
+
 const model::DecodeState& CpuBackend::state(int slot) const {
   if (!book_.held(slot)) fail(ErrorKind::Usage, "cpu backend: slot {} is not held", slot);
   return *states_[static_cast<size_t>(slot)];

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
 
   int acquire() override;
   void release(int slot) override;
+  void copy_slot(int src, int dst) override;
   using Backend::main;
   using Backend::mtp;
   void main(const PassRows& rows, const Outputs& out) override;

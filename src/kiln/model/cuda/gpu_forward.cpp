@@ -192,6 +192,29 @@ GpuForward::~GpuForward() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+void GpuForward::copy_slot(int src, int dst, int64_t positions) {
+  if (src < 0 || dst < 0 || src >= opt_.max_slots || dst >= opt_.max_slots || src == dst) {
+    fail(ErrorKind::Usage, "gpu forward: copy of slot {} into slot {} (slots are 0..{} and must differ)", src, dst,
+         opt_.max_slots - 1);
+  }
+  auto copy = [&](float* base, int64_t slot_stride, int64_t count) {
+    if (count <= 0) return;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(base + dst * slot_stride, base + src * slot_stride, sz(count) * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, stream_));
+  };
+  auto compressor = [&](const oc::CompressorRing& c) {
+    copy(c.kv, c.ring_slot_stride, c.ring_slot_stride);
+    copy(c.score, c.ring_slot_stride, c.ring_slot_stride);
+    // Entry j is emitted once position (j + 1) * ratio - 1 is fed.
+    copy(c.entries, c.entry_slot_stride, std::min<int64_t>(c.max_entries, std::max<int64_t>(positions, 0) / c.ratio) * c.dim);
+  };
+  for (const auto& st : layer_state_) {
+    copy(st->ring.data, st->ring.slot_stride, st->ring.slot_stride);
+    if (st->has_comp) compressor(st->comp);
+    if (st->has_icomp) compressor(st->icomp);
+  }
+}
+
 void GpuForward::upload_rows(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
                              std::span<const int32_t> src, bool tok_from_argmax) {
   const ModelConfig& c = w_.config;

@@ -91,6 +91,14 @@ class GpuForward {
   void mtp(int m, std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
            std::span<const int32_t> src, bool from_mtp);
 
+  // Makes slot dst's state a copy of slot src's in every layer (main layers and MTP
+  // blocks): the sliding-window ring and the compressors' raw-row rings whole, and the
+  // compressed entries of the first `positions` positions (later entries are written
+  // before any row reads them). Device-to-device copies enqueued on the forward's stream,
+  // so ordered with the passes before and after. The engine's n > 1 choices: one prefill,
+  // then copies.
+  void copy_slot(int src, int dst, int64_t positions);
+
   // Benchmarks: uploads the rows once, runs the main pass `reps` times back to back
   // (feeding the same positions again leaves the state as it was) and returns the GPU
   // time per pass in milliseconds (CUDA events around the launches; graph or eager as

@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 
@@ -24,6 +26,15 @@ std::string GpuBackend::describe() const {
 }
 
 int64_t GpuBackend::weight_bytes() const { return f_->weights().linear_bytes; }
+
+void GpuBackend::copy_slot(int src, int dst) {
+  book_.copy(src, dst);
+  // Positions fed so far, the furthest of the main model and the MTP blocks: nothing a
+  // later row reads lies beyond (rolled-back rows are fed again before they are read).
+  int64_t positions = 0;
+  for (int block = -1; block < mtp_blocks(); ++block) positions = std::max(positions, book_.length(src, block));
+  f_->copy_slot(src, dst, positions);
+}
 
 // The device computed every row's logits and argmax; copy the ones asked for.
 void GpuBackend::deliver(bool mtp, const Outputs& out) {

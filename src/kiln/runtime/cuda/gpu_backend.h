@@ -24,6 +24,7 @@ class GpuBackend final : public Backend {
 
   int acquire() override { return book_.acquire(); }
   void release(int slot) override { book_.release(slot); }
+  void copy_slot(int src, int dst) override;
   using Backend::main;
   using Backend::mtp;
   void main(const PassRows& rows, const Outputs& out) override;
