@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "kiln/core/dtype.h"
 
@@ -59,6 +60,7 @@ struct HostQuantLinear {
 namespace cuda {
 
 struct QuantLinearImpl;
+class DeviceUploader;  // ops/cuda/device_upload.h
 
 // A linear weight resident on the GPU in the layout its kernel reads, with the launch
 // configuration for every M in [1, max_m] fixed at prepare time.
@@ -70,6 +72,11 @@ class QuantLinear {
   // rows_per_thread: 0 picks the kernel's default for each M; 1, 2 or 4 forces it (for
   // benchmarks comparing variants; tiles of 32 tokens take at most 2).
   static QuantLinear prepare(const HostQuantLinear& w, int max_m, int rows_per_thread = 0);
+  // The same prepared form, with the bytes read, repacked and copied by `up`'s threads: they
+  // are on the device once up.finish() has returned, and the memory `w` points into must
+  // stay valid until then. Shape and dtype errors throw here; a content error (an e4m3 NaN
+  // code) is thrown by up.finish(). Sizes: ops/device_sizes.h.
+  static QuantLinear prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up);
 
   QuantLinear();
   QuantLinear(QuantLinear&&) noexcept;
@@ -101,6 +108,11 @@ class QuantLinear {
 
   // Bytes of prepared weight + scale (+ zero point) data one call reads from device memory.
   int64_t weight_bytes() const;
+  // Device bytes this object holds: the prepared data and the x staging buffer
+  // (ops::device::linear_device_bytes).
+  int64_t device_bytes() const;
+  // The prepared weight, scale and zero-point bytes, downloaded from the device (tests).
+  std::vector<std::byte> download_prepared() const;
   // "fp8_block mt=1 rw=4 lk=64 blocks=256" for the kernel chosen for M tokens.
   const char* describe(int M) const;
 
@@ -117,6 +129,8 @@ class QuantLinearSet {
   // Validates and uploads every weight (as QuantLinear::prepare); throws kiln::Error
   // naming the offending module. max_pairs: the largest P forward_indexed takes.
   static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs);
+  // The same, copying the experts' bytes through `up` (as QuantLinear::prepare(w, max_m, up)).
+  static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader& up);
 
   QuantLinearSet();
   QuantLinearSet(QuantLinearSet&&) noexcept;
@@ -141,11 +155,22 @@ class QuantLinearSet {
   int64_t k() const;
   // Bytes of prepared data of one expert's weight (the largest, when schemes differ).
   int64_t expert_bytes() const;
+  // Device bytes this set holds: every expert's prepared data, the descriptor tables and
+  // the x staging buffer (ops::device::linear_set_device_bytes).
+  int64_t device_bytes() const;
+  // Expert e's prepared weight, scale and zero-point bytes, downloaded (tests).
+  std::vector<std::byte> download_prepared(int e) const;
+
+  struct Impl;  // quant_linear_set.cpp
 
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Device bytes of the cuBLASLt state BF16 linears share (workspace, split buffers, the
+// outgrown split buffers kept for graphs captured earlier); 0 until a BF16 weight is
+// prepared for ops::device::kLtMinRows rows or more.
+int64_t lt_shared_device_bytes();
 
 }  // namespace cuda
 #endif

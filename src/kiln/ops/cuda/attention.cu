@@ -16,6 +16,7 @@
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/device_sizes.h"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -35,9 +36,10 @@ constexpr int kAttnThreads = 256;
 // Heads sharing one block's staged keys: 8 when there are enough rows to fill the GPU,
 // 2 for small (decode) steps so that more blocks run; the grouping changes only which
 // block computes a head, not any head's arithmetic.
-constexpr int kHeadGroupWide = 8;
-constexpr int kHeadGroupNarrow = 2;
-constexpr int kNarrowBelowRows = 16;
+// (ops/device_sizes.h, which also sizes the split workspace from them)
+constexpr int kHeadGroupWide = device::kAttnHeadGroupWide;
+constexpr int kHeadGroupNarrow = device::kAttnHeadGroupNarrow;
+constexpr int kNarrowBelowRows = device::kAttnNarrowBelowRows;
 // Keys staged per round: as many as keep the block's shared memory under the 48 KB a
 // launch gets without opting in (clamped to 8 .. 64). Every round is a global-load round
 // trip plus four barriers, so fewer, larger rounds cut a decode row's latency.
@@ -248,14 +250,8 @@ int sm_count() {
   return n;
 }
 
-// Key splits for R rows of `heads` heads: enough blocks for two per multiprocessor (at
-// most 16 splits); 1 (no split) once the rows and head groups fill the GPU.
-int attention_splits(int R, int heads) {
-  const int hg = R < kNarrowBelowRows ? kHeadGroupNarrow : kHeadGroupWide;
-  const int64_t blocks = static_cast<int64_t>(R) * ((heads + hg - 1) / hg);
-  const int64_t want = (2 * static_cast<int64_t>(sm_count()) + blocks - 1) / blocks;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, 16));
-}
+// Key splits for R rows of `heads` heads (ops/device_sizes.h).
+int attention_splits(int R, int heads) { return device::attention_splits(R, heads, sm_count()); }
 
 }  // namespace
 
@@ -321,12 +317,7 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
 }
 
 int64_t attention_workspace_floats(int max_rows, int heads, int dim) {
-  int64_t most = 0;
-  for (int R = 1; R <= max_rows; ++R) {
-    const int s = attention_splits(R, heads);
-    if (s > 1) most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * s * (dim + 2));
-  }
-  return most;
+  return device::attention_workspace_floats(max_rows, heads, dim, sm_count());
 }
 
 }  // namespace kiln::ops::cuda

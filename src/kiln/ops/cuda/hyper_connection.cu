@@ -8,12 +8,13 @@
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/hyper_connection.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
+#include "kiln/ops/device_sizes.h"
 
 namespace kiln::ops::cuda {
 namespace {
 
-constexpr int kMaxStreams = 4;                                  // hc_mult of DeepSeek-V4
-constexpr int kMaxMixes = (2 + kMaxStreams) * kMaxStreams;      // 24 fn rows
+constexpr int kMaxStreams = device::kHcMaxStreams;  // hc_mult of DeepSeek-V4
+constexpr int kMaxMixes = device::kHcMaxMixes;      // 24 fn rows
 constexpr int kThreads = 512;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -64,8 +65,7 @@ __device__ __forceinline__ void collapse(int n, int H, const float* X, const flo
   }
 }
 
-constexpr int kSplitCols = 512;   // columns of the flattened row per split block
-constexpr int kMaxSplits = 64;
+constexpr int kSplitCols = device::kHcSplitCols;  // columns of the flattened row per split block (ops/device_sizes.h)
 constexpr int kPartThreads = 256;
 
 // Block (s, t): columns [s * cols, (s + 1) * cols) of row t: the partial sum of squares
@@ -210,11 +210,9 @@ void check_shape(const char* what, int n, int H, int R) {
 
 }  // namespace
 
-int hc_mix_splits(int width) { return std::clamp((width + kSplitCols - 1) / kSplitCols, 1, kMaxSplits); }
+int hc_mix_splits(int width) { return device::hc_mix_splits(width); }
 
-int64_t hc_pre_workspace_floats(int R, int n, int hidden) {
-  return static_cast<int64_t>(R) * hc_mix_splits(n * hidden) * (kMaxMixes + 1);
-}
+int64_t hc_pre_workspace_floats(int R, int n, int hidden) { return device::hc_pre_workspace_floats(R, n, hidden); }
 
 void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
   check_shape("hc_pre", p.n, p.hidden, R);

@@ -16,18 +16,6 @@
 #include "kiln/ops/cuda/quant_linear_impl.h"
 
 namespace kiln::ops {
-
-const char* linear_scheme_name(LinearScheme s) {
-  switch (s) {
-    case LinearScheme::BF16: return "bf16";
-    case LinearScheme::FP8Block: return "fp8_block";
-    case LinearScheme::Int4Group: return "int4_group";
-    case LinearScheme::MXFP4: return "mxfp4";
-    case LinearScheme::NVFP4: return "nvfp4";
-  }
-  return "?";
-}
-
 namespace cuda {
 namespace {
 
@@ -35,7 +23,15 @@ using detail::DeviceBuffer;
 using detail::LaunchFn;
 using detail::LaunchShape;
 using detail::LinearParams;
+using detail::PendingUpload;
 using detail::RowGroups;
+
+static_assert(sizeof(LinearParams) == device::kLinearParamsBytes, "ops/device_sizes.h sizes the expert tables with it");
+static_assert(detail::chunk_elems(LinearScheme::BF16) == device::linear_chunk_elems(LinearScheme::BF16) &&
+              detail::chunk_elems(LinearScheme::FP8Block) == device::linear_chunk_elems(LinearScheme::FP8Block) &&
+              detail::chunk_elems(LinearScheme::Int4Group) == device::linear_chunk_elems(LinearScheme::Int4Group) &&
+              detail::chunk_elems(LinearScheme::MXFP4) == device::linear_chunk_elems(LinearScheme::MXFP4) &&
+              detail::chunk_elems(LinearScheme::NVFP4) == device::linear_chunk_elems(LinearScheme::NVFP4));
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -43,6 +39,23 @@ uint32_t load_u32(const std::byte* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
+}
+
+float scale_value(DType dt, const std::byte* p) {
+  uint16_t h;
+  switch (dt) {
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
+    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
+    case DType::F8_E8M0:
+    case DType::U8: return e8m0_to_f32(static_cast<uint8_t>(*p));
+    case DType::F8_E4M3: return e4m3_to_f32(static_cast<uint8_t>(*p));
+    default: return 0.0f;
+  }
 }
 
 void expect_bytes(const HostQuantLinear& w, const char* what, HostBytes s, int64_t want) {
@@ -76,9 +89,94 @@ int group_shift(const HostQuantLinear& w, int64_t elems, int64_t cols) {
                linear_scheme_name(w.scheme), w.block_k, elems);
 }
 
+// ---- Fills: each writes bytes [off, off + len) of one prepared buffer from the host view.
+
+// fp8 e4m3 codes with (b & 0x7F) == 0x7F are NaN; the bytes are columns c.. of row r.
+void check_no_e4m3_nan(const std::byte* in, uint64_t n, const std::string& name, uint64_t r, uint64_t c) {
+  constexpr uint64_t k7F = 0x7F7F7F7F7F7F7F7Full, k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    std::memcpy(&x, in + i, 8);
+    const uint64_t v = (x & k7F) ^ k7F;  // a zero byte where the code is NaN
+    if (((v - k01) & ~v & k80) != 0) break;
+  }
+  for (; i < n; ++i) {
+    const uint8_t b = static_cast<uint8_t>(in[i]);
+    if ((b & 0x7F) == 0x7F) fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", name, r, c + i, b);
+  }
+}
+
+// Rows of src_row bytes (src rows contiguous) laid out dst_row bytes apart, zero-padded.
+// nan_name: the weight is fp8 e4m3 (src_row = k codes per row), checked for the NaN code.
+DeviceUploader::Fill row_copy(const std::byte* src, int64_t src_row, int64_t dst_row, const char* nan_name) {
+  std::string name = nan_name ? nan_name : "";
+  const bool check = nan_name != nullptr;
+  return [src, src_row, dst_row, check, name](uint64_t off, uint64_t len, std::byte* dst) {
+    const uint64_t sr = static_cast<uint64_t>(src_row), dr = static_cast<uint64_t>(dst_row);
+    for (uint64_t pos = off; pos < off + len;) {
+      const uint64_t r = pos / dr, c = pos % dr, take = std::min(dr - c, off + len - pos);
+      std::byte* out = dst + (pos - off);
+      const uint64_t have = c < sr ? std::min(take, sr - c) : 0;
+      if (have) {
+        const std::byte* in = src + r * sr + c;
+        std::memcpy(out, in, have);
+        if (check) check_no_e4m3_nan(in, have, name, r, c);
+      }
+      if (take > have) std::memset(out + have, 0, take - have);
+      pos += take;
+    }
+  };
+}
+
+// fp32 values: element i is `value(i)`; pieces may start and end inside an element.
+template <typename F>
+DeviceUploader::Fill floats_fill(F value) {
+  return [value](uint64_t off, uint64_t len, std::byte* dst) {
+    for (uint64_t i = off / 4; i * 4 < off + len; ++i) {
+      const float v = value(i);
+      const uint64_t b0 = std::max(i * 4, off), b1 = std::min(i * 4 + 4, off + len);
+      std::memcpy(dst + (b0 - off), reinterpret_cast<const std::byte*>(&v) + (b0 - i * 4), b1 - b0);
+    }
+  };
+}
+
+DeviceUploader::Fill scales_to_f32(const std::byte* src, DType dt) {
+  const size_t es = dtype_size(dt);
+  return floats_fill([src, dt, es](uint64_t i) { return scale_value(dt, src + i * es); });
+}
+
+// int4 zero points: byte r * groups + g of the prepared [n, groups] array from the words
+// packed along n ([ceil(n / 8), groups], nibble r % 8).
+DeviceUploader::Fill zero_points(const std::byte* src, int64_t groups) {
+  const uint64_t G = static_cast<uint64_t>(groups);
+  return [src, G](uint64_t off, uint64_t len, std::byte* dst) {
+    for (uint64_t i = off; i < off + len; ++i) {
+      const uint64_t r = i / G, g = i % G;
+      const uint32_t zw = load_u32(src + 4 * ((r / 8) * G + g));
+      dst[i - off] = static_cast<std::byte>((zw >> (4 * (r % 8))) & 0xF);
+    }
+  };
+}
+
 }  // namespace
 
-std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread) {
+void detail::submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader* up) {
+  for (PendingUpload& u : uploads) {
+    if (u.bytes == 0) continue;
+    if (up) {
+      up->enqueue(u.dst, u.bytes, std::move(u.fill), u.src);
+      continue;
+    }
+    std::vector<std::byte> host(u.bytes);
+    u.fill(0, u.bytes, host.data());
+    KILN_CUDA_CHECK(cudaMemcpy(u.dst, host.data(), u.bytes, cudaMemcpyHostToDevice));
+  }
+  uploads.clear();
+}
+
+std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread,
+                                                        bool staging, std::vector<PendingUpload>& uploads) {
   if (w.n <= 0 || w.k <= 0) fail_invalid("{}: shape [{}, {}] is empty", w.name, w.n, w.k);
   if (rows_per_thread != 0 && rows_per_thread != 1 && rows_per_thread != 2 && rows_per_thread != 4)
     fail(ErrorKind::Usage, "{}: rows_per_thread = {} is not 0, 1, 2 or 4", w.name, rows_per_thread);
@@ -90,26 +188,24 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
   impl->n = w.n;
   impl->k = w.k;
   impl->max_m = max_m;
+  const device::LinearLayout layout = device::linear_layout(w);
   const int64_t n = w.n, k = w.k, E = detail::chunk_elems(w.scheme);
-  const int64_t kc = ceil_div(k, E), kp = kc * E;
+  const int64_t kc = layout.kc, kp = layout.kp;
   impl->kp = kp;
-  std::vector<std::byte> wq(static_cast<size_t>(n * kc * 16), std::byte{0});
-  auto copy_rows = [&](int64_t row_bytes) {
-    for (int64_t r = 0; r < n; ++r)
-      std::memcpy(wq.data() + r * kc * 16, w.weight.data + r * row_bytes, static_cast<size_t>(row_bytes));
-  };
-  std::vector<float> sf;     // f32 scales (fp8_block, int4_group)
-  std::vector<uint8_t> sb;   // byte scales (mxfp4, nvfp4)
-  std::vector<uint8_t> zpb;  // int4 zero points
   LinearParams& p = impl->params;
   p.n = n;
   p.kc = static_cast<int>(kc);
+  // What fills the buffers (after validation; nothing is read here but the view's sizes).
+  DeviceUploader::Fill wfill, sfill, zfill;
+  int64_t src_row = 0;
+  const char* nan_name = nullptr;
+  DeviceUploader::Source scale_src{w.scale.data, w.scale.size};
 
   switch (w.scheme) {
     case LinearScheme::BF16: {
       expect_dtype(w, "weight", w.weight_dtype, {DType::BF16});
       expect_bytes(w, "weight", w.weight, n * k * 2);
-      copy_rows(k * 2);
+      src_row = k * 2;
       break;
     }
     case LinearScheme::FP8Block: {
@@ -119,18 +215,12 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       if (w.block_n <= 0 || w.block_k <= 0) fail_invalid("{}: fp8 block {}x{} is not positive", w.name, w.block_n, w.block_k);
       const int64_t srows = ceil_div(n, w.block_n), scols = ceil_div(k, w.block_k);
       expect_scale_shape(w, srows, scols);
-      for (int64_t i = 0; i < n * k; ++i) {
-        if ((static_cast<uint8_t>(w.weight.data[i]) & 0x7F) == 0x7F)
-          fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", w.name, i / k, i % k,
-                       static_cast<uint8_t>(w.weight.data[i]));
-      }
-      copy_rows(k);
+      src_row = k;
+      nan_name = w.name;
       p.grp_shift = group_shift(w, E, scols);
       p.block_n = static_cast<int>(std::min<int64_t>(w.block_n, n));
       p.scale_ld = static_cast<int>(scols);
-      sf.resize(static_cast<size_t>(srows * scols));
-      const size_t es = dtype_size(w.scale_dtype);
-      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(w.scale_dtype, w.scale.data + i * es);
+      sfill = scales_to_f32(w.scale.data, w.scale_dtype);
       break;
     }
     case LinearScheme::Int4Group: {
@@ -141,20 +231,13 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       if (w.block_k <= 0) fail_invalid("{}: int4 group size {} is not positive", w.name, w.block_k);
       const int64_t groups = ceil_div(k, w.block_k);
       expect_scale_shape(w, n, groups);
-      copy_rows(words * 4);
+      src_row = words * 4;
       p.grp_shift = group_shift(w, E, groups);
       p.scale_ld = static_cast<int>(groups);
-      sf.resize(static_cast<size_t>(n * groups));
-      const size_t es = dtype_size(w.scale_dtype);
-      for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(w.scale_dtype, w.scale.data + i * es);
+      sfill = scales_to_f32(w.scale.data, w.scale_dtype);
       if (!w.zero_point.empty()) {
         expect_bytes(w, "weight_zero_point", w.zero_point, ceil_div(n, 8) * groups * 4);
-        zpb.resize(static_cast<size_t>(n * groups));
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t g = 0; g < groups; ++g) {
-            const uint32_t zw = load_u32(w.zero_point.data + 4 * ((r / 8) * groups + g));
-            zpb[static_cast<size_t>(r * groups + g)] = static_cast<uint8_t>((zw >> (4 * (r % 8))) & 0xF);
-          }
+        zfill = zero_points(w.zero_point.data, groups);
       }
       break;
     }
@@ -175,35 +258,24 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       expect_bytes(w, "weight", w.weight, n * k / 2);
       const int64_t scols = ceil_div(k, g);
       expect_scale_shape(w, n, scols);
-      copy_rows(k / 2);
+      src_row = k / 2;
       // One (mxfp4) or two (nvfp4) scale bytes per 32-element chunk; missing ones are 0.
       const int64_t per_row = mx ? kc : 2 * kc;
-      sb.assign(static_cast<size_t>(n * per_row), 0);
-      for (int64_t r = 0; r < n; ++r)
-        std::memcpy(sb.data() + r * per_row, w.scale.data + r * scols, static_cast<size_t>(scols));
+      sfill = row_copy(w.scale.data, scols, per_row, nullptr);
       p.scale_ld = static_cast<int>(per_row);
       p.global = mx ? 1.0f : w.global;
       break;
     }
   }
+  wfill = row_copy(w.weight.data, src_row, kc * 16, nan_name);
 
-  impl->w = DeviceBuffer(wq.size());
-  impl->w.upload(wq.data(), wq.size());
+  impl->w = DeviceBuffer(static_cast<size_t>(layout.weight_bytes));
   p.w = impl->w.get();
-  if (!sf.empty()) {
-    impl->scale = DeviceBuffer(sf.size() * sizeof(float));
-    impl->scale.upload(sf.data(), sf.size() * sizeof(float));
-  } else if (!sb.empty()) {
-    impl->scale = DeviceBuffer(sb.size());
-    impl->scale.upload(sb.data(), sb.size());
-  }
+  impl->scale = DeviceBuffer(static_cast<size_t>(layout.scale_bytes));
   p.scale = impl->scale.get();
-  if (!zpb.empty()) {
-    impl->zp = DeviceBuffer(zpb.size());
-    impl->zp.upload(zpb.data(), zpb.size());
-    p.zp = static_cast<const uint8_t*>(impl->zp.get());
-  }
-  impl->xpad = DeviceBuffer(static_cast<size_t>(max_m) * static_cast<size_t>(kp) * sizeof(float));
+  impl->zp = DeviceBuffer(static_cast<size_t>(layout.zero_point_bytes));
+  if (layout.zero_point_bytes) p.zp = static_cast<const uint8_t*>(impl->zp.get());
+  if (staging) impl->xpad = DeviceBuffer(static_cast<size_t>(layout.staging_bytes(max_m)));
   impl->weight_bytes = static_cast<int64_t>(impl->w.bytes() + impl->scale.bytes() + impl->zp.bytes());
 
   // Kernel choice for every M: the smallest token tile that holds M (tiles of 32 beyond),
@@ -234,15 +306,52 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", linear_scheme_name(w.scheme), mt, rw, 1 << l,
                           pl.shape.blocks, pl.shape.mtiles);
   }
+  uploads.push_back({impl->w.get(), impl->w.bytes(), std::move(wfill), {w.weight.data, w.weight.size}});
+  if (sfill) uploads.push_back({impl->scale.get(), impl->scale.bytes(), std::move(sfill), scale_src});
+  if (zfill) uploads.push_back({impl->zp.get(), impl->zp.bytes(), std::move(zfill), {w.zero_point.data, w.zero_point.size}});
   return impl;
+}
+
+namespace {
+
+void prepare_with(const HostQuantLinear& w, int max_m, int rows_per_thread, DeviceUploader* up,
+                  std::unique_ptr<QuantLinearImpl>& slot) {
+  std::vector<PendingUpload> uploads;
+  slot = detail::prepare_linear(w, max_m, rows_per_thread, true, uploads);
+  if (rows_per_thread == 0) detail::prepare_lt(*slot);  // forced variants stay on the CUDA-core kernels
+  detail::submit_uploads(uploads, up);
+}
+
+}  // namespace
+
+std::vector<std::byte> detail::download_prepared(const QuantLinearImpl& d) {
+  std::vector<std::byte> out(d.w.bytes() + d.scale.bytes() + d.zp.bytes());
+  size_t at = 0;
+  for (const DeviceBuffer* b : {&d.w, &d.scale, &d.zp}) {
+    if (b->bytes()) KILN_CUDA_CHECK(cudaMemcpy(out.data() + at, b->get(), b->bytes(), cudaMemcpyDeviceToHost));
+    at += b->bytes();
+  }
+  return out;
 }
 
 QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   QuantLinear out;
-  out.impl_ = detail::prepare_linear(w, max_m, rows_per_thread);
-  if (rows_per_thread == 0) detail::prepare_lt(*out.impl_);  // forced variants stay on the CUDA-core kernels
+  prepare_with(w, max_m, rows_per_thread, nullptr, out.impl_);
   return out;
 }
+
+QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up) {
+  QuantLinear out;
+  prepare_with(w, max_m, 0, &up, out.impl_);
+  return out;
+}
+
+int64_t QuantLinear::device_bytes() const {
+  return impl_ ? static_cast<int64_t>(impl_->w.bytes() + impl_->scale.bytes() + impl_->zp.bytes() + impl_->xpad.bytes())
+               : 0;
+}
+
+std::vector<std::byte> QuantLinear::download_prepared() const { return detail::download_prepared(*impl_); }
 
 QuantLinear::QuantLinear() = default;
 QuantLinear::QuantLinear(QuantLinear&&) noexcept = default;

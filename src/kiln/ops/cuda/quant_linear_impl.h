@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/device_upload.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/device_sizes.h"
 #include "kiln/ops/quant_linear.h"
 
 namespace kiln::ops::cuda {
@@ -81,7 +83,7 @@ struct QuantLinearImpl {
 namespace detail {
 // From this many rows on, a BF16 QuantLinear multiplies with cuBLASLt (the CUDA-core kernels
 // become compute-bound there).
-inline constexpr int kLtMinRows = 16;
+inline constexpr int kLtMinRows = device::kLtMinRows;
 // Binds the cuBLASLt path of a prepared BF16 weight (an algorithm per M >= kLtMinRows,
 // chosen now); leaves d.lt null where it does not apply.
 void prepare_lt(QuantLinearImpl& d);
@@ -89,8 +91,27 @@ void prepare_lt(QuantLinearImpl& d);
 // this M / ldy has no bound algorithm.
 bool lt_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int M, float* y, int64_t ldy, cudaStream_t st);
 
-// QuantLinear::prepare's work (validation errors name w.name).
-std::unique_ptr<QuantLinearImpl> prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread);
+// One device range of a prepared weight and the fill that writes its content from the
+// host view (the same bytes whether it runs in one piece or many, on any thread).
+struct PendingUpload {
+  void* dst = nullptr;
+  uint64_t bytes = 0;
+  DeviceUploader::Fill fill;
+  DeviceUploader::Source src;
+};
+
+// QuantLinear::prepare's work up to the data: validates (errors name w.name), allocates the
+// buffers sized by ops::device::linear_layout (and, with `staging`, the x staging buffer),
+// chooses the kernel for every M, and appends the uploads that fill the buffers to
+// `uploads` (nothing is copied yet).
+std::unique_ptr<QuantLinearImpl> prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread, bool staging,
+                                                std::vector<PendingUpload>& uploads);
+// Runs the uploads through `up`, or (null) synchronously: each range filled whole into host
+// memory and copied before returning. Called last by a prepare step, after everything that
+// can throw, so that no enqueued copy targets a buffer an exception frees.
+void submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader* up);
+// The prepared weight, scale and zero-point bytes of `d`, downloaded.
+std::vector<std::byte> download_prepared(const QuantLinearImpl& d);
 }  // namespace detail
 
 }  // namespace kiln::ops::cuda

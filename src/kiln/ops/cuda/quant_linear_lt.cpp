@@ -37,7 +37,7 @@ namespace {
                    cublasLtGetStatusString(kiln_st_), static_cast<int>(kiln_st_));                              \
   } while (0)
 
-constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kWorkspaceBytes = static_cast<size_t>(device::kLtWorkspaceBytes);
 
 // Process-wide: the handle, the workspace and the split buffers (grown at prepare time only).
 struct LtShared {
@@ -144,3 +144,15 @@ bool lt_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int M, fl
 }
 
 }  // namespace kiln::ops::cuda::detail
+
+namespace kiln::ops::cuda {
+
+int64_t lt_shared_device_bytes() {
+  detail::LtShared& sh = detail::shared();
+  std::lock_guard<std::mutex> lock(sh.mu);
+  size_t b = sh.workspace.bytes() + sh.split.bytes();
+  for (const auto& r : sh.retired) b += r.bytes();
+  return static_cast<int64_t>(b);
+}
+
+}  // namespace kiln::ops::cuda

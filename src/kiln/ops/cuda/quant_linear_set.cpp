@@ -55,12 +55,20 @@ struct QuantLinearSet::Impl {
   int64_t expert_bytes = 0;
 };
 
-QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count, int max_pairs) {
+namespace {
+
+// Every expert's data is filled through `up` (null: synchronously) after everything that
+// can throw, so no copy is pending when a failed prepare frees the experts.
+QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up,
+                                  std::unique_ptr<QuantLinearSet::Impl>& slot) {
   if (weights == nullptr || count < 1)
     fail(ErrorKind::Usage, "expert linear set: {} weights given, expected at least one", weights ? count : 0);
   if (max_pairs < 1 || max_pairs > 65535)
     fail(ErrorKind::Usage, "expert linear set {}: max_pairs = {} is outside [1, 65535]", weights[0].name, max_pairs);
-  auto impl = std::make_unique<Impl>();
+  slot = std::make_unique<QuantLinearSet::Impl>();
+  QuantLinearSet::Impl* impl = slot.get();
+  using Impl = QuantLinearSet::Impl;
+  std::vector<detail::PendingUpload> uploads;
   impl->count = count;
   impl->max_pairs = max_pairs;
   impl->n = weights[0].n;
@@ -70,8 +78,7 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
     if (w.n != impl->n || w.k != impl->k)
       fail_invalid("{}: expert {} is [{}, {}], expected [{}, {}] like {} (all experts of a set share one shape)", w.name,
                    e, w.n, w.k, impl->n, impl->k, weights[0].name);
-    impl->experts.push_back(detail::prepare_linear(w, 1, 0));
-    impl->experts.back()->xpad = DeviceBuffer();  // the set stages x in its own buffer
+    impl->experts.push_back(detail::prepare_linear(w, 1, 0, /*staging=*/false, uploads));  // the set stages x itself
     impl->expert_bytes = std::max(impl->expert_bytes, impl->experts.back()->weight_bytes);
   }
 
@@ -124,11 +131,36 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
   for (size_t i = 0; i < impl->launches.size(); ++i)
     impl->launches[i].table = static_cast<const LinearParams*>(impl->tables.get()) + i * static_cast<size_t>(count);
   impl->xpad = DeviceBuffer(static_cast<size_t>(max_pairs) * static_cast<size_t>(impl->kp) * sizeof(float));
+  detail::submit_uploads(uploads, up);
+  return impl;
+}
 
+}  // namespace
+
+QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count, int max_pairs) {
   QuantLinearSet out;
-  out.impl_ = std::move(impl);
+  prepare_set(weights, count, max_pairs, nullptr, out.impl_);
   return out;
 }
+
+QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader& up) {
+  QuantLinearSet out;
+  prepare_set(weights, count, max_pairs, &up, out.impl_);
+  return out;
+}
+
+int64_t QuantLinearSet::device_bytes() const {
+  if (!impl_) return 0;
+  int64_t b = static_cast<int64_t>(impl_->tables.bytes() + impl_->xpad.bytes());
+  for (const auto& e : impl_->experts) b += static_cast<int64_t>(e->w.bytes() + e->scale.bytes() + e->zp.bytes() + e->xpad.bytes());
+  return b;
+}
+
+std::vector<std::byte> QuantLinearSet::download_prepared(int e) const {
+  if (e < 0 || e >= impl_->count) fail(ErrorKind::Usage, "expert linear set: expert {} of {}", e, impl_->count);
+  return detail::download_prepared(*impl_->experts[static_cast<size_t>(e)]);
+}
+
 
 QuantLinearSet::QuantLinearSet() = default;
 QuantLinearSet::QuantLinearSet(QuantLinearSet&&) noexcept = default;

@@ -1,0 +1,87 @@
+// Sizes of the CUDA backend's device allocations as pure functions (no CUDA needed): the
+// kernels' workspaces, the rotary tables and the prepared layout of a linear weight. The
+// CUDA code sizes its allocations with these, and the GPU memory planner
+// (model/gpu_memory.h) adds the same numbers up before anything is allocated, so the two
+// cannot drift apart. Compiled as C++17 by nvcc too.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::ops::device {
+
+// ---- mHC pre (ops/cuda/hyper_connection.cu): the mix products of one row are split over
+// hc_mix_splits(n * hidden) blocks whose partial sums land in a workspace.
+inline constexpr int kHcMaxStreams = 4;                                // hc_mult of DeepSeek-V4
+inline constexpr int kHcMaxMixes = (2 + kHcMaxStreams) * kHcMaxStreams;  // 24 fn rows
+inline constexpr int kHcSplitCols = 512;  // columns of the flattened row per split block
+inline constexpr int kHcMaxSplits = 64;
+inline int hc_mix_splits(int width) { return std::clamp((width + kHcSplitCols - 1) / kHcSplitCols, 1, kHcMaxSplits); }
+inline int64_t hc_pre_workspace_floats(int R, int n, int hidden) {
+  return static_cast<int64_t>(R) * hc_mix_splits(n * hidden) * (kHcMaxMixes + 1);
+}
+
+// ---- attention (ops/cuda/attention.cu): heads per block, and the key splits of a step
+// whose rows and head groups do not fill the GPU (flash-decoding partials in a workspace).
+inline constexpr int kAttnHeadGroupWide = 8;
+inline constexpr int kAttnHeadGroupNarrow = 2;
+inline constexpr int kAttnNarrowBelowRows = 16;
+// Enough blocks for two per multiprocessor (at most 16 splits); 1 once the GPU is full.
+inline int attention_splits(int R, int heads, int sms) {
+  const int hg = R < kAttnNarrowBelowRows ? kAttnHeadGroupNarrow : kAttnHeadGroupWide;
+  const int64_t blocks = static_cast<int64_t>(R) * ((heads + hg - 1) / hg);
+  const int64_t want = (2 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, 16));
+}
+// Workspace floats attention() needs for any R <= max_rows (0: it never splits).
+inline int64_t attention_workspace_floats(int max_rows, int heads, int dim, int sms) {
+  int64_t most = 0;
+  for (int R = 1; R <= max_rows; ++R) {
+    const int s = attention_splits(R, heads, sms);
+    if (s > 1) most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * s * (dim + 2));
+  }
+  return most;
+}
+
+// ---- rotary tables (ops/cuda/rope.h RopeTable): cos then sin, dim / 2 of each per position.
+inline int64_t rope_table_floats(int64_t dim, int64_t max_pos) { return 2 * max_pos * (dim / 2); }
+
+// ---- linear layers (ops/cuda/quant_linear*.cpp). A prepared weight row is kc 16-byte
+// chunks (k padded with zeros to whole chunks); scales as quant_linear_detail.h describes:
+//   BF16 none; FP8Block f32 [ceil(n / block_n), ceil(k / block_k)]; Int4Group f32
+//   [n, ceil(k / block_k)] + zero points u8 [n, groups] when stored; MXFP4 u8 [n, kc];
+//   NVFP4 u8 [n, 2 kc].
+// Every QuantLinear also holds an fp32 x staging buffer [max_m, kp]; a QuantLinearSet holds
+// one [max_pairs, kp] for all its experts and a device table of their descriptors per
+// scheme present. BF16 weights prepared for kLtMinRows rows or more also share the
+// process-wide cuBLASLt workspace and split buffers (quant_linear_lt.cpp).
+constexpr int linear_chunk_elems(LinearScheme s) {
+  return s == LinearScheme::BF16 ? 8 : s == LinearScheme::FP8Block ? 16 : 32;
+}
+inline constexpr int64_t kLinearParamsBytes = 56;        // sizeof(detail::LinearParams), static_asserted there
+inline constexpr int kLtMinRows = 16;                   // cuBLASLt from this many rows (BF16 only)
+inline constexpr int64_t kLtWorkspaceBytes = int64_t{32} << 20;
+
+struct LinearLayout {
+  int64_t kc = 0;  // 16-byte chunks per weight row
+  int64_t kp = 0;  // k padded to whole chunks: the x staging row width
+  int64_t weight_bytes = 0, scale_bytes = 0, zero_point_bytes = 0;
+  int64_t stored_bytes() const { return weight_bytes + scale_bytes + zero_point_bytes; }
+  int64_t staging_bytes(int64_t rows) const { return rows * kp * 4; }
+};
+
+// The prepared layout of `w` (its scheme, n, k, block sizes and whether it has zero points;
+// no byte is read). Shapes the prepare step would reject still get a layout.
+LinearLayout linear_layout(const HostQuantLinear& w);
+
+// Device bytes of QuantLinear::prepare(w, max_m): the prepared data and the x staging buffer.
+int64_t linear_device_bytes(const HostQuantLinear& w, int max_m);
+// Device bytes of QuantLinearSet::prepare(ws, count, max_pairs).
+int64_t linear_set_device_bytes(const HostQuantLinear* ws, int count, int max_pairs);
+// The elements of cuBLASLt's split buffer (bf16 hi and lo halves) a BF16 weight prepared for
+// max_m rows needs (0: it does not use cuBLASLt).
+int64_t lt_split_elems(const HostQuantLinear& w, int max_m);
+
+}  // namespace kiln::ops::device
