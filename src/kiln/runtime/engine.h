@@ -18,9 +18,17 @@
 // with the request's Sampler, speculative decoding gives exactly the plain tokens at
 // temperature 0 and the same distribution otherwise.
 //
-// A request is seen from outside through its RequestHandle: the generated ids arrive in
-// order, then the finish reason; cancel() (a client that went away, a stop string
-// matched) ends it at the next step.
+// A request is seen from outside through its RequestHandle (request_handle.h): the
+// generated ids of each choice arrive in order (with their logprobs when asked), then the
+// finish reason; cancel() (a client that went away, a stop string matched) ends it at the
+// next step.
+//
+// What a sequence takes from its rows: greedy sequences that want no logprobs take the
+// device's argmax (no logits cross to the host); the others take logits rows and choose
+// on the host, where logprobs are computed too (engine_output.cpp). A per-request token
+// mask (constrained decoding) belongs there: such a sequence takes logits rows, and
+// Active::choose applies the mask before choosing (drafts would be checked against it
+// in the same way).
 #pragma once
 
 #include <atomic>
@@ -39,6 +47,8 @@
 
 #include "kiln/runtime/backend.h"
 #include "kiln/runtime/engine_metrics.h"
+#include "kiln/runtime/logprobs.h"
+#include "kiln/runtime/request_handle.h"
 #include "kiln/runtime/sampler.h"
 #include "kiln/runtime/speculative.h"
 
@@ -61,53 +71,22 @@ struct EngineOptions {
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;
-  int max_tokens = 16;
+  int max_tokens = 16;  // 0 only with prompt_logprobs (the prompt is scored, nothing generated)
   SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
   int mtp = -1;                      // drafts per round; -1 = the engine's default
-};
-
-enum class FinishReason { None, Length, Stop, Cancelled, Error };
-const char* to_string(FinishReason r);
-
-class RequestHandle {
- public:
-  using Clock = std::chrono::steady_clock;
-
-  // Blocks until there are tokens beyond the first `have`, the request finished, or the
-  // timeout passed; returns the new tokens (possibly none).
-  std::vector<int32_t> wait_tokens(size_t have, std::chrono::milliseconds timeout);
-  bool finished() const;
-  FinishReason finish_reason() const;
-  std::string error() const;
-  // Ends the request at the next step (no effect once finished).
-  void cancel() { cancelled_.store(true); }
-  bool cancelled() const { return cancelled_.load(); }
-  size_t prompt_tokens() const { return prompt_tokens_; }
-  // Every token generated so far.
-  std::vector<int32_t> tokens() const;
-  // When the request was submitted, produced its first token and finished (the latter
-  // two only once they happened), and its speculative decoding counters (k = 0: plain).
-  struct Timing {
-    Clock::time_point submitted, first_token, finished;
-  };
-  Timing timing() const;
-  DraftStats draft_stats() const;
-
- private:
-  friend class Engine;
-  explicit RequestHandle(size_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
-  void push(const std::vector<int32_t>& ids, FinishReason finish, std::string error = {}, const DraftStats* stats = nullptr);
-
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> tokens_;
-  FinishReason finish_ = FinishReason::None;
-  std::string error_;
-  Timing timing_;
-  DraftStats stats_;
-  std::atomic<bool> cancelled_{false};
-  size_t prompt_tokens_;
+  // Choices: n sequences share the prompt's prefill (fed once in one slot, then copied
+  // into the others, Backend::copy_slot) and decode as separate rows. Choice i samples
+  // with seed sampling.seed + i, so it draws what the one-choice request with that seed
+  // draws.
+  int n = 1;
+  // -1: no logprobs. 0..kMaxLogprobs: every generated token's logprob and the top-N
+  // alternatives of its row (runtime/logprobs.h: the distribution before temperature).
+  int logprobs = -1;
+  // Also the logprobs of the prompt's tokens 1..P-1 (echo), with max(logprobs, 0) alternatives.
+  bool prompt_logprobs = false;
+  // Wakes with every change of the handle (RequestHandle); may be shared. Optional.
+  std::shared_ptr<Waker> waker;
 };
 
 class Engine {
@@ -119,9 +98,10 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Queues a request. Throws kiln::Error (Usage) for a bad request (empty prompt, id
-  // outside the vocabulary, max_tokens < 1, MTP without an MTP block, prompt + max_tokens
-  // beyond the backend's context); returns nullptr when the queue is full (the caller
-  // answers 429).
+  // outside the vocabulary, max_tokens < 1 (< 0 with prompt logprobs), n outside
+  // 1..max_batch, MTP without an MTP block, prompt + max_tokens beyond the backend's
+  // context); returns nullptr when the queue is full (the caller answers 429). A request
+  // of n choices joins the batch when there is room for all of them.
   std::shared_ptr<RequestHandle> submit(GenerationRequest request);
 
   const EngineMetrics& metrics() const { return metrics_; }
@@ -132,10 +112,18 @@ class Engine {
 
  private:
   struct Active;
-  struct StepWork;
   void loop();
+  void admit(std::vector<std::unique_ptr<Active>>& running);
+  // Ends a running choice without tokens (cancelled, failed), counting the request once.
+  void end(std::unique_ptr<Active>& a, FinishReason reason, const std::string& error = {});
   void step(std::vector<std::unique_ptr<Active>>& running);
   void draft(std::vector<Active*>& spec);
+  // engine_output.cpp: the main pass's results on the host.
+  void take_main(std::vector<Active*>& decoding, std::vector<Active*>& prefill);
+  void prompt_fed(Active& a);
+  std::vector<Active*> catch_up(std::vector<std::unique_ptr<Active>>& running);
+  void keep_first_drafts(const std::vector<Active*>& owners);
+  void fork(const std::vector<Active*>& prefill, const std::vector<Active*>& drafting);
   void finish_step(std::vector<std::unique_ptr<Active>>& running);
 
   Backend& b_;
