@@ -1,7 +1,8 @@
 """The official `openai` Python client (PyPI, pinned in scripts/python-requirements.txt)
 against a running `kiln serve` (tests/server/run_openai_client.sh BASE_URL):
 completions and chat, streaming and not, usage, and an error surfacing as a 400
-BadRequestError. Streamed text must equal the non-streamed text at temperature 0."""
+BadRequestError, logprobs with echo (completions) and in chat's shape, n > 1. Streamed text
+must equal the non-streamed text at temperature 0."""
 import sys
 
 import openai
@@ -43,6 +44,36 @@ def main(base_url):
     assert chat == (r.choices[0].message.content or ""), (chat, r.choices[0].message.content)
     checks += 1
     assert usage is not None and usage.model_dump() == r.usage.model_dump(), (usage, r.usage)
+    checks += 1
+
+    # logprobs + echo on completions (lm-evaluation-harness's loglikelihood shape), n > 1.
+    e = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    lp = e.choices[0].logprobs
+    assert e.choices[0].text.startswith(prompt), e.choices[0].text
+    n = e.usage.prompt_tokens + e.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n, lp
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    for value, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert value <= 0.0 and 2 <= len(top) <= 3, (value, top)
+        assert value <= max(top.values()) + 1e-12, (value, top)
+    assert lp.text_offset == sorted(lp.text_offset), lp.text_offset
+    checks += 1
+    score = client.completions.create(model=model, prompt=prompt, max_tokens=0, temperature=0, echo=True, logprobs=1)
+    assert score.choices[0].logprobs.token_logprobs == lp.token_logprobs[:e.usage.prompt_tokens], score
+    checks += 1
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens, content
+    for entry in content:
+        assert len(entry.top_logprobs) == 3, entry
+        values = [t.logprob for t in entry.top_logprobs]
+        assert values == sorted(values, reverse=True), values
+        assert entry.logprob == values[0], entry  # greedy
+    checks += 1
+    many = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2], many
+    assert len({c.text for c in many.choices}) == 1, many
     checks += 1
 
     try:

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kiln/core/error.h"
+#include "kiln/runtime/logprobs.h"
 
 namespace kiln::server {
 
@@ -88,8 +89,6 @@ std::string string(const json& v, const std::string& name) {
 
 // Parameters kiln does not implement are refused unless they ask for the default.
 void refuse_unsupported(const json& o) {
-  if (const json* n = field(o, "n"); n && integer(*n, "n", 1, 128) != 1) bad_field("n", "'n' must be 1 (one choice per request)");
-  if (const json* b = field(o, "best_of"); b && integer(*b, "best_of", 1, 128) != 1) bad_field("best_of", "'best_of' must be 1");
   for (const char* name : {"presence_penalty", "frequency_penalty"}) {
     if (const json* p = field(o, name); p && number(*p, name, -2.0, 2.0) != 0.0) {
       bad_field(name, "'{}' is not supported (only 0)", name);
@@ -98,15 +97,46 @@ void refuse_unsupported(const json& o) {
   if (const json* l = field(o, "logit_bias"); l && !(l->is_object() && l->empty())) {
     bad_field("logit_bias", "'logit_bias' is not supported");
   }
-  for (const char* name : {"logprobs", "top_logprobs"}) {
-    if (const json* l = field(o, name); l && !(l->is_boolean() && !l->get<bool>()) && !(l->is_number_integer() && l->get<int64_t>() == 0)) {
-      bad_field(name, "'{}' is not supported", name);
-    }
-  }
-  if (const json* e = field(o, "echo"); e && boolean(*e, "echo")) bad_field("echo", "'echo' is not supported");
   if (const json* s = field(o, "suffix"); s && !(s->is_string() && s->get<std::string>().empty())) {
     bad_field("suffix", "'suffix' is not supported");
   }
+}
+
+// n, best_of, logprobs / top_logprobs, echo: completions take `logprobs` N (the top-N
+// alternatives) and `echo`; chat takes `logprobs: true` with `top_logprobs` N.
+void parse_choices_and_logprobs(const json& o, ParsedRequest& r) {
+  if (const json* n = field(o, "n")) r.n = static_cast<int>(integer(*n, "n", 1, kMaxChoices));
+  if (const json* b = field(o, "best_of"); b && integer(*b, "best_of", 1, kMaxChoices) != r.n) {
+    bad_field("best_of", "'best_of' must equal 'n' (kiln returns every choice it samples)");
+  }
+  const int max_lp = runtime::kMaxLogprobs;
+  if (r.endpoint == Endpoint::Completions) {
+    if (const json* l = field(o, "logprobs")) {
+      if (l->is_boolean()) {
+        bad_field("logprobs", "'logprobs' on completions is the number of alternatives per token (an integer 0..{}), "
+                  "got a boolean", max_lp);
+      }
+      r.logprobs = static_cast<int>(integer(*l, "logprobs", 0, max_lp));
+    }
+    if (field(o, "top_logprobs")) {
+      bad_field("top_logprobs", "'top_logprobs' is a chat completions parameter; completions take 'logprobs': N");
+    }
+    if (const json* e = field(o, "echo")) r.echo = boolean(*e, "echo");
+  } else {
+    bool lp = false;
+    if (const json* l = field(o, "logprobs")) lp = boolean(*l, "logprobs");
+    int top = 0;
+    if (const json* t = field(o, "top_logprobs")) {
+      top = static_cast<int>(integer(*t, "top_logprobs", 0, max_lp));
+      if (top > 0 && !lp) bad_field("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    }
+    if (lp) r.logprobs = top;
+    if (const json* e = field(o, "echo"); e && boolean(*e, "echo")) {
+      bad_field("echo", "'echo' is a completions parameter; chat completions do not echo{}",
+                r.stream ? " (streamed or not)" : "");
+    }
+  }
+  if (const json* t = field(o, "return_tokens_as_token_ids")) r.tokens_as_ids = boolean(*t, "return_tokens_as_token_ids");
 }
 
 void parse_common(const json& o, ParsedRequest& r) {
@@ -125,7 +155,7 @@ void parse_common(const json& o, ParsedRequest& r) {
     r.seed = s->is_number_unsigned() ? s->get<uint64_t>() : static_cast<uint64_t>(s->get<int64_t>());
   }
   const char* max_name = field(o, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (const json* m = field(o, max_name)) r.max_tokens = static_cast<int>(integer(*m, max_name, 1, 1 << 30));
+  if (const json* m = field(o, max_name)) r.max_tokens = static_cast<int>(integer(*m, max_name, 0, 1 << 30));
   if (const json* s = field(o, "stop")) {
     if (s->is_string()) {
       r.stop.push_back(s->get<std::string>());
@@ -147,27 +177,52 @@ void parse_common(const json& o, ParsedRequest& r) {
   if (const json* e = field(o, "ignore_eos")) r.ignore_eos = boolean(*e, "ignore_eos");
   if (const json* m = field(o, "mtp")) r.mtp = static_cast<int>(integer(*m, "mtp", 0, 4));
   refuse_unsupported(o);
+  parse_choices_and_logprobs(o, r);
+  if (r.max_tokens && *r.max_tokens == 0 && !r.echo) {
+    bad_field(max_name, "'{}' is 0; that needs 'echo': true (the prompt scored, nothing generated)", max_name);
+  }
 }
 
+std::vector<int32_t> token_ids(const json& a, const std::string& name) {
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ids.push_back(static_cast<int32_t>(integer(a[i], fmt::format("{}[{}]", name, i), 0, std::numeric_limits<int32_t>::max())));
+  }
+  return ids;
+}
+
+// A string, an array of token ids, or a list of either (several prompts).
 void parse_prompt(const json& o, ParsedRequest& r) {
   const json* p = field(o, "prompt");
   if (!p) bad_field("prompt", "'prompt' is required");
+  auto text = [&](const json& v, const std::string& name) {
+    ParsedRequest::Prompt q;
+    q.text = string(v, name);
+    if (q.text->empty()) bad_field(name, "'{}' is empty", name);
+    r.prompts.push_back(std::move(q));
+  };
   if (p->is_string()) {
-    r.prompt_text = p->get<std::string>();
+    text(*p, "prompt");
   } else if (p->is_array()) {
     if (p->empty()) bad_field("prompt", "'prompt' is an empty array");
-    if ((*p)[0].is_string()) {
-      if (p->size() != 1) bad_field("prompt", "'prompt' with {} strings: one prompt per request", p->size());
-      r.prompt_text = (*p)[0].get<std::string>();
-    } else {
+    if (p->size() > kMaxPrompts) bad_field("prompt", "'prompt' has {} prompts; at most {}", p->size(), kMaxPrompts);
+    const json& first = (*p)[0];
+    if (first.is_string()) {
+      for (size_t i = 0; i < p->size(); ++i) text((*p)[i], fmt::format("prompt[{}]", i));
+    } else if (first.is_array()) {
       for (size_t i = 0; i < p->size(); ++i) {
-        r.prompt_ids.push_back(static_cast<int32_t>(integer((*p)[i], fmt::format("prompt[{}]", i), 0, std::numeric_limits<int32_t>::max())));
+        const std::string name = fmt::format("prompt[{}]", i);
+        const json& a = (*p)[i];
+        if (!a.is_array() || a.empty()) bad_field(name, "'{}' must be a non-empty array of token ids", name);
+        r.prompts.push_back({std::nullopt, token_ids(a, name)});
       }
+    } else {
+      r.prompts.push_back({std::nullopt, token_ids(*p, "prompt")});
     }
   } else {
-    bad_field("prompt", "'prompt' must be a string, an array of one string or an array of token ids, got {}", type_name(*p));
+    bad_field("prompt", "'prompt' must be a string, an array of token ids, or an array of strings or of token-id arrays, "
+              "got {}", type_name(*p));
   }
-  if (r.prompt_text && r.prompt_text->empty()) bad_field("prompt", "'prompt' is empty");
 }
 
 void parse_chat(const json& o, ParsedRequest& r) {
@@ -291,13 +346,18 @@ void check_depth(std::string_view body) {
   }
 }
 
-}  // namespace
-
-ParsedRequest parse_request(std::string_view body, Endpoint endpoint) {
+json parse_object(std::string_view body) {
   check_depth(body);
   json o = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (o.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
   if (!o.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, got {}", type_name(o)));
+  return o;
+}
+
+}  // namespace
+
+ParsedRequest parse_request(std::string_view body, Endpoint endpoint) {
+  const json o = parse_object(body);
   ParsedRequest r;
   r.endpoint = endpoint;
   if (endpoint == Endpoint::Completions) {
@@ -307,6 +367,52 @@ ParsedRequest parse_request(std::string_view body, Endpoint endpoint) {
   }
   parse_common(o, r);
   return r;
+}
+
+TokenizeRequest parse_tokenize(std::string_view body) {
+  const json o = parse_object(body);
+  TokenizeRequest t;
+  const json* p = field(o, "prompt");
+  const json* m = field(o, "messages");
+  if (p && m) bad_field("messages", "give 'prompt' or 'messages', not both");
+  if (!p && !m) bad_field("prompt", "'prompt' (a text) or 'messages' (a chat) is required");
+  if (p) {
+    t.prompt = string(*p, "prompt");
+  } else {
+    ParsedRequest r;
+    r.endpoint = Endpoint::Chat;
+    parse_chat(o, r);
+    t.chat = std::move(r);
+    t.add_special_tokens = false;
+  }
+  if (const json* v = field(o, "model")) string(*v, "model");
+  if (const json* a = field(o, "add_special_tokens")) t.add_special_tokens = boolean(*a, "add_special_tokens");
+  if (const json* a = field(o, "return_token_strs")) t.return_token_strs = boolean(*a, "return_token_strs");
+  return t;
+}
+
+std::vector<int32_t> parse_detokenize(std::string_view body, int64_t vocab) {
+  const json o = parse_object(body);
+  const json* t = field(o, "tokens");
+  if (!t) bad_field("tokens", "'tokens' is required");
+  if (!t->is_array()) bad_field("tokens", "'tokens' must be an array of token ids, got {}", type_name(*t));
+  if (const json* v = field(o, "model")) string(*v, "model");
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < t->size(); ++i) {
+    ids.push_back(static_cast<int32_t>(integer((*t)[i], fmt::format("tokens[{}]", i), 0, std::max<int64_t>(vocab - 1, 0))));
+  }
+  return ids;
+}
+
+std::string chat_prompt_text(const ParsedRequest& r) {
+  tokenizer::dsv4::ChatOptions co;
+  co.thinking_mode = r.thinking;
+  co.reasoning_effort = r.reasoning_effort;
+  try {
+    return tokenizer::dsv4::encode_messages(r.messages, co);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), "messages");
+  }
 }
 
 }  // namespace kiln::server

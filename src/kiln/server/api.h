@@ -44,9 +44,13 @@ enum class Endpoint { Completions, Chat };
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::Completions;
   std::string model;
-  // Completions: the prompt as text, or as token ids when given as an integer array.
-  std::optional<std::string> prompt_text;
-  std::vector<int32_t> prompt_ids;
+  // Completions: one prompt or several (OpenAI's list of strings or of token-id arrays),
+  // each as text or as token ids.
+  struct Prompt {
+    std::optional<std::string> text;
+    std::vector<int32_t> ids;
+  };
+  std::vector<Prompt> prompts;
   // Chat: the messages (top-level `tools` attached to the system message, as DeepSeek's
   // encoding expects them) and the thinking mode.
   nlohmann::ordered_json messages;
@@ -64,9 +68,40 @@ struct ParsedRequest {
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;     // kiln extension (as vLLM)
   std::optional<int> mtp;      // kiln extension: MTP drafts per round for this request
+  // Choices per prompt.
+  int n = 1;
+  // -1: none. Completions: `logprobs` N; chat: `top_logprobs` (0 unless given) once
+  // `logprobs` is true. 0..20.
+  int logprobs = -1;
+  bool echo = false;                 // completions: the prompt before the completion (and its logprobs)
+  bool tokens_as_ids = false;        // return_tokens_as_token_ids (vLLM): tokens as "token_id:N"
 };
+
+// The most prompts one completions request may carry.
+inline constexpr size_t kMaxPrompts = 1024;
+// The most choices per prompt (`n`; the engine's batch bounds it further).
+inline constexpr int kMaxChoices = 128;
 
 // Throws ApiError (400) naming the offending field for anything kiln cannot honour.
 ParsedRequest parse_request(std::string_view body, Endpoint endpoint);
+
+// POST /tokenize (vLLM's shape): {"prompt": "..."} or {"messages": [...]} (with the chat
+// fields of chat completions: tools, thinking, ...), "add_special_tokens" (default: true
+// for a prompt, which then starts with BOS as completions do; messages carry their own)
+// and "return_token_strs".
+struct TokenizeRequest {
+  std::optional<std::string> prompt;
+  std::optional<ParsedRequest> chat;  // messages, as a chat completions request
+  bool add_special_tokens = true;
+  bool return_token_strs = false;
+};
+TokenizeRequest parse_tokenize(std::string_view body);
+
+// POST /detokenize: {"tokens": [ids]} (each id in [0, vocab)).
+std::vector<int32_t> parse_detokenize(std::string_view body, int64_t vocab);
+
+// The messages of a chat request as the prompt text chat completions feed (DeepSeek-V4's
+// encoding, BOS included). Throws ApiError (400, "messages") for input it refuses.
+std::string chat_prompt_text(const ParsedRequest& r);
 
 }  // namespace kiln::server

@@ -11,13 +11,13 @@
 
 #include "kiln/core/error.h"
 #include "kiln/server/api.h"
+#include "kiln/server/generation.h"
 #include "kiln/server/metrics_text.h"
 #include "kiln/server/output_text.h"
 
 namespace kiln::server {
 
 using json = nlohmann::ordered_json;
-using runtime::FinishReason;
 
 namespace {
 
@@ -42,73 +42,7 @@ const char* reason_phrase(int status) {
   }
 }
 
-json usage_json(size_t prompt, size_t completion) {
-  json u = json::object();
-  u["prompt_tokens"] = prompt;
-  u["completion_tokens"] = completion;
-  u["total_tokens"] = prompt + completion;
-  return u;
-}
-
 }  // namespace
-
-// One request between the engine and its HTTP connection.
-struct Generation {
-  ParsedRequest req;
-  std::shared_ptr<runtime::RequestHandle> handle;
-  std::string id;
-  int64_t created = 0;
-  size_t have = 0;  // tokens taken from the handle
-  size_t sent = 0;  // completions: text bytes streamed
-  OutputText out;
-  ChatSplitter chat;
-  bool sent_role = false, done = false;
-  std::string finish;  // OpenAI finish_reason once finished
-
-  Generation(ParsedRequest r, std::shared_ptr<runtime::RequestHandle> h, const tokenizer::Tokenizer& tok)
-      : req(std::move(r)), handle(std::move(h)), out(tok, req.stop), chat(req.thinking) {}
-  bool is_chat() const { return req.endpoint == Endpoint::Chat; }
-
-  // One wait of a connection's worker: on server shutdown, cancels and ends the request;
-  // otherwise takes new tokens, returning at the first ones (streams) or only when the
-  // request is over (until_over), in both cases after `wait` at most. True when over.
-  bool advance(bool stopping, std::chrono::milliseconds wait, bool until_over) {
-    if (stopping) {
-      handle->cancel();
-      pull(std::chrono::milliseconds(0));
-      return true;
-    }
-    if (!until_over) return pull(wait);
-    const auto until = std::chrono::steady_clock::now() + wait;
-    bool over = false;
-    while (!over && std::chrono::steady_clock::now() < until) {
-      over = pull(std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()) +
-                  std::chrono::milliseconds(1));
-    }
-    return over;
-  }
-
-  // Takes new tokens (waiting up to `wait`); returns true when the request is over.
-  bool pull(std::chrono::milliseconds wait) {
-    auto ids = handle->wait_tokens(have, wait);
-    bool over = handle->finished();
-    if (over) ids = [&] {  // tokens pushed together with the finish
-      auto all = handle->tokens();
-      return std::vector<int32_t>(all.begin() + static_cast<std::ptrdiff_t>(have), all.end());
-    }();
-    have += ids.size();
-    if (!ids.empty() && out.add(ids)) {
-      handle->cancel();  // a stop string matched
-      over = true;
-    }
-    if (over) {
-      out.finish();
-      const FinishReason r = out.stopped() ? FinishReason::Stop : handle->finish_reason();
-      finish = r == FinishReason::Length ? "length" : r == FinishReason::Cancelled ? "abort" : "stop";
-    }
-    return over;
-  }
-};
 
 struct Server::Impl {
   runtime::Engine& engine;
@@ -132,132 +66,100 @@ struct Server::Impl {
 
   std::shared_ptr<Generation> start(ParsedRequest req);
   void generate(const httplib::Request& q, httplib::Response& res, Endpoint endpoint);
-  std::string chunk(Generation& g, const std::string& text, const ChatDelta* delta, const char* finish,
-                    const json* tool_calls) const;
-  std::string full_response(Generation& g) const;
+  void tokenize(const httplib::Request& q, httplib::Response& res);
+  void detokenize(const httplib::Request& q, httplib::Response& res);
   void routes();
 };
 
 std::shared_ptr<Generation> Server::Impl::start(ParsedRequest req) {
   const bool chat = req.endpoint == Endpoint::Chat;
-  std::vector<int32_t> prompt;
   const char* prompt_field = chat ? "messages" : "prompt";
-  try {
-    if (chat) {
-      tokenizer::dsv4::ChatOptions co;
-      co.thinking_mode = req.thinking;
-      co.reasoning_effort = req.reasoning_effort;
-      prompt = tok.encode(tokenizer::dsv4::encode_messages(req.messages, co));
-    } else if (req.prompt_text) {
-      if (tokens.bos >= 0) prompt.push_back(tokens.bos);
-      const auto ids = tok.encode(*req.prompt_text);
-      prompt.insert(prompt.end(), ids.begin(), ids.end());
-    } else {
-      prompt = req.prompt_ids;
+  if (req.n > engine.options().max_batch) {
+    throw ApiError(400, fmt::format("'n' is {}; this server decodes at most {} sequences at once (--max-batch)", req.n,
+                                    engine.options().max_batch), "n");
+  }
+  // Every prompt is checked before any is submitted.
+  std::vector<GenerationPrompt> prompts;
+  std::vector<int> max_tokens;
+  const size_t count = chat ? 1 : req.prompts.size();
+  for (size_t i = 0; i < count; ++i) {
+    const std::string field = count > 1 ? fmt::format("{}[{}]", prompt_field, i) : prompt_field;
+    GenerationPrompt p;
+    try {
+      if (chat) {
+        p.ids = tok.encode(chat_prompt_text(req));
+      } else if (req.prompts[i].text) {
+        if (tokens.bos >= 0) p.ids.push_back(tokens.bos);
+        const auto ids = tok.encode(*req.prompts[i].text);
+        p.ids.insert(p.ids.end(), ids.begin(), ids.end());
+        p.text = *req.prompts[i].text;
+      } else {
+        p.ids = req.prompts[i].ids;
+        for (size_t j = 0; j < p.ids.size(); ++j) {
+          if (p.ids[j] >= engine.vocab_size()) {
+            throw ApiError(400, fmt::format("'{}[{}]' is {}, outside the vocabulary [0, {})", field, j, p.ids[j],
+                                            engine.vocab_size()), field);
+          }
+        }
+        if (req.echo) p.text = tok.decode(p.ids, /*skip_special_tokens=*/true);
+      }
+    } catch (const Error& e) {
+      throw ApiError(400, e.what(), field);
     }
-  } catch (const Error& e) {
-    throw ApiError(400, e.what(), prompt_field);
-  }
-  const int64_t P = static_cast<int64_t>(prompt.size());
-  if (P == 0) throw ApiError(400, fmt::format("'{}' encodes to no tokens", prompt_field), prompt_field);
-  if (P >= opt.max_context) {
-    throw ApiError(400, fmt::format("the prompt is {} tokens; the context is {} tokens", P, opt.max_context), prompt_field);
-  }
-  const int64_t room = opt.max_context - P;
-  int max_tokens = req.max_tokens ? *req.max_tokens
+    const int64_t P = static_cast<int64_t>(p.ids.size());
+    if (P == 0) throw ApiError(400, fmt::format("'{}' encodes to no tokens", field), field);
+    if (P >= opt.max_context) {
+      throw ApiError(400, fmt::format("the prompt is {} tokens; the context is {} tokens", P, opt.max_context), field);
+    }
+    const int64_t room = opt.max_context - P;
+    const int mt = req.max_tokens ? *req.max_tokens
                                   : static_cast<int>(std::min<int64_t>(chat ? opt.default_chat_max_tokens : 16, room));
-  if (max_tokens > room) {
-    throw ApiError(400, fmt::format("max_tokens {} + the prompt's {} tokens exceed the context of {} tokens", max_tokens, P,
-                                    opt.max_context), req.max_tokens ? "max_tokens" : prompt_field);
+    if (mt > room) {
+      throw ApiError(400, fmt::format("max_tokens {} + the prompt's {} tokens exceed the context of {} tokens", mt, P,
+                                      opt.max_context), req.max_tokens ? "max_tokens" : field);
+    }
+    max_tokens.push_back(mt);
+    prompts.push_back(std::move(p));
   }
-  runtime::GenerationRequest g;
-  g.prompt = std::move(prompt);
-  g.max_tokens = max_tokens;
-  g.sampling.temperature = req.temperature;
-  g.sampling.top_p = req.top_p;
-  g.sampling.top_k = req.top_k;
+  if (req.mtp && *req.mtp > 0 && !engine.has_mtp()) throw ApiError(400, "'mtp': the model has no MTP block", "mtp");
+  uint64_t seed = 0;
   if (req.seed) {
-    g.sampling.seed = *req.seed;
+    seed = *req.seed;
   } else {
     std::random_device rd;
-    g.sampling.seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   }
-  if (!req.ignore_eos && tokens.eos >= 0) g.stop_tokens.push_back(tokens.eos);
-  if (req.mtp) {
-    if (*req.mtp > 0 && !engine.has_mtp()) throw ApiError(400, "'mtp': the model has no MTP block", "mtp");
-    g.mtp = *req.mtp;
+  auto gen = std::make_shared<Generation>(req, tok, opt.model_name);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    runtime::GenerationRequest g;
+    g.prompt = prompts[i].ids;
+    g.max_tokens = max_tokens[i];
+    g.sampling.temperature = req.temperature;
+    g.sampling.top_p = req.top_p;
+    g.sampling.top_k = req.top_k;
+    // Prompt i's choice c draws with seed + i * n + c: every choice of the request its own.
+    g.sampling.seed = seed + static_cast<uint64_t>(i) * static_cast<uint64_t>(req.n);
+    if (!req.ignore_eos && tokens.eos >= 0) g.stop_tokens.push_back(tokens.eos);
+    if (req.mtp) g.mtp = *req.mtp;
+    g.n = req.n;
+    g.logprobs = req.logprobs;
+    g.prompt_logprobs = req.echo && req.logprobs >= 0;
+    g.waker = gen->waker();
+    try {
+      prompts[i].handle = engine.submit(std::move(g));
+    } catch (const Error& e) {
+      gen->cancel();
+      throw ApiError(400, e.what(), prompts.size() > 1 ? fmt::format("{}[{}]", prompt_field, i) : prompt_field);
+    }
+    if (!prompts[i].handle) {
+      gen->cancel();
+      throw ApiError(429, "the request queue is full; retry later", {}, {}, "queue_full");
+    }
+    gen->add_prompt(std::move(prompts[i]));
   }
-  std::shared_ptr<runtime::RequestHandle> handle;
-  try {
-    handle = engine.submit(std::move(g));
-  } catch (const Error& e) {
-    throw ApiError(400, e.what(), prompt_field);
-  }
-  if (!handle) throw ApiError(429, "the request queue is full; retry later", {}, {}, "queue_full");
-  auto gen = std::make_shared<Generation>(std::move(req), std::move(handle), tok);
-  gen->id = fmt::format("{}-{}{:x}", chat ? "chatcmpl" : "cmpl", id_prefix, next_id.fetch_add(1));
-  gen->created = static_cast<int64_t>(std::time(nullptr));
+  gen->ready(fmt::format("{}-{}{:x}", chat ? "chatcmpl" : "cmpl", id_prefix, next_id.fetch_add(1)),
+             static_cast<int64_t>(std::time(nullptr)));
   return gen;
-}
-
-std::string Server::Impl::chunk(Generation& g, const std::string& text, const ChatDelta* delta, const char* finish,
-                                const json* tool_calls) const {
-  json c = json::object();
-  c["id"] = g.id;
-  c["object"] = g.is_chat() ? "chat.completion.chunk" : "text_completion";
-  c["created"] = g.created;
-  c["model"] = opt.model_name;
-  json choice = json::object();
-  choice["index"] = 0;
-  if (g.is_chat()) {
-    json d = json::object();
-    if (!g.sent_role) {
-      d["role"] = "assistant";
-      g.sent_role = true;
-    }
-    if (delta && !delta->reasoning.empty()) d["reasoning_content"] = delta->reasoning;
-    if (delta && !delta->content.empty()) d["content"] = delta->content;
-    if (tool_calls && !tool_calls->empty()) {
-      json calls = *tool_calls;
-      for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
-      d["tool_calls"] = std::move(calls);
-    }
-    choice["delta"] = std::move(d);
-  } else {
-    choice["text"] = text;
-  }
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish ? json(finish) : json(nullptr);
-  c["choices"] = json::array({std::move(choice)});
-  return "data: " + dump(c) + "\n\n";
-}
-
-std::string Server::Impl::full_response(Generation& g) const {
-  json r = json::object();
-  r["id"] = g.id;
-  r["object"] = g.is_chat() ? "chat.completion" : "text_completion";
-  r["created"] = g.created;
-  r["model"] = opt.model_name;
-  json choice = json::object();
-  choice["index"] = 0;
-  if (g.is_chat()) {
-    json m = json::object();
-    m["role"] = "assistant";
-    m["content"] = g.chat.content();
-    if (g.req.thinking == tokenizer::dsv4::ThinkingMode::Thinking) m["reasoning_content"] = g.chat.reasoning();
-    if (!g.chat.tool_calls().empty()) {
-      m["tool_calls"] = g.chat.tool_calls();
-      g.finish = "tool_calls";
-    }
-    choice["message"] = std::move(m);
-  } else {
-    choice["text"] = g.out.text();
-  }
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = g.finish;
-  r["choices"] = json::array({std::move(choice)});
-  r["usage"] = usage_json(g.handle->prompt_tokens(), g.have);
-  return dump(r);
 }
 
 void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, Endpoint endpoint) {
@@ -273,56 +175,26 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
   ++*active;
   auto* act = active;
   auto release = [g, act](bool) {
-    g->handle->cancel();  // no effect once finished; frees the state of a dropped client
+    g->cancel();  // no effect once finished; frees the state of a dropped client
     --*act;
   };
   const auto wait = opt.heartbeat;
-  if (g->req.stream) {
+  if (g->request().stream) {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, g, wait](size_t, httplib::DataSink& sink) {
-          if (g->done) {
+          if (g->done()) {
             sink.done();
             return true;
           }
-          const size_t before = g->have;
-          const bool over = g->advance(stopping.load(), wait, /*until_over=*/false);
-          if (!over && g->have == before) {
+          g->advance(stopping.load(), wait, /*until_over=*/false);
+          const std::string out = g->events();
+          if (out.empty()) {
             static constexpr char kPing[] = ": keep-alive\n\n";
             return sink.write(kPing, sizeof kPing - 1);
           }
-          std::string out;
-          const std::string_view stable(g->out.text().data(), g->out.stable());
-          if (g->is_chat()) {
-            const ChatDelta d = g->chat.update(stable, over);
-            if (!d.empty() || !g->sent_role) out += chunk(*g, {}, &d, nullptr, nullptr);
-          } else if (stable.size() > g->sent) {
-            out += chunk(*g, std::string(stable.substr(g->sent)), nullptr, nullptr, nullptr);
-            g->sent = stable.size();
-          }
-          if (over) {
-            const json* calls = g->is_chat() && !g->chat.tool_calls().empty() ? &g->chat.tool_calls() : nullptr;
-            if (calls) g->finish = "tool_calls";
-            if (g->handle->finish_reason() == FinishReason::Error) {
-              out += "data: " + ApiError(500, g->handle->error()).body() + "\n\n";
-            } else {
-              out += chunk(*g, {}, nullptr, g->finish.c_str(), calls);
-            }
-            if (g->req.include_usage) {
-              json u = json::object();
-              u["id"] = g->id;
-              u["object"] = g->is_chat() ? "chat.completion.chunk" : "text_completion";
-              u["created"] = g->created;
-              u["model"] = opt.model_name;
-              u["choices"] = json::array();
-              u["usage"] = usage_json(g->handle->prompt_tokens(), g->have);
-              out += "data: " + dump(u) + "\n\n";
-            }
-            out += "data: [DONE]\n\n";
-            g->done = true;
-          }
-          return out.empty() || sink.write(out.data(), out.size());
+          return sink.write(out.data(), out.size());
         },
         release);
     return;
@@ -330,22 +202,66 @@ void Server::Impl::generate(const httplib::Request& q, httplib::Response& res, E
   res.set_chunked_content_provider(
       "application/json",
       [this, g, wait](size_t, httplib::DataSink& sink) {
-        if (g->done) {
+        if (g->done()) {
           sink.done();
           return true;
         }
-        const bool over = g->advance(stopping.load(), wait, /*until_over=*/true);
-        if (!over) {
+        if (!g->advance(stopping.load(), wait, /*until_over=*/true)) {
           // Whitespace before a JSON document is valid; it finds a client that left.
           return sink.write(" ", 1);
         }
-        if (g->is_chat()) g->chat.update(g->out.text(), true);
-        std::string body = g->handle->finish_reason() == FinishReason::Error ? ApiError(500, g->handle->error()).body()
-                                                                               : full_response(*g);
-        g->done = true;
+        const std::string body = g->body();
         return sink.write(body.data(), body.size());
       },
       release);
+}
+
+// vLLM's /tokenize: the ids completions (a prompt) or chat completions (messages) feed.
+void Server::Impl::tokenize(const httplib::Request& q, httplib::Response& res) {
+  try {
+    const TokenizeRequest t = parse_tokenize(q.body);
+    std::vector<int32_t> ids;
+    try {
+      if (t.chat) {
+        ids = tok.encode(chat_prompt_text(*t.chat));
+      } else {
+        if (t.add_special_tokens && tokens.bos >= 0) ids.push_back(tokens.bos);
+        const auto more = tok.encode(*t.prompt);
+        ids.insert(ids.end(), more.begin(), more.end());
+      }
+    } catch (const Error& e) {
+      throw ApiError(400, e.what(), t.chat ? "messages" : "prompt");
+    }
+    json r = json::object();
+    r["count"] = ids.size();
+    r["max_model_len"] = opt.max_context;
+    r["tokens"] = ids;
+    if (t.return_token_strs) {
+      json strs = json::array();
+      for (const int32_t id : ids) strs.push_back(tok.id_to_token(id).value_or(""));
+      r["token_strs"] = std::move(strs);
+    } else {
+      r["token_strs"] = nullptr;
+    }
+    counters.count(200);
+    res.set_content(dump(r), "application/json");
+  } catch (const ApiError& e) {
+    counters.count(e.status());
+    send_error(res, e);
+  }
+}
+
+void Server::Impl::detokenize(const httplib::Request& q, httplib::Response& res) {
+  try {
+    const auto ids = parse_detokenize(q.body, engine.vocab_size());
+    json r = json::object();
+    r["prompt"] = tok.decode(ids, /*skip_special_tokens=*/false);
+    counters.count(200);
+    res.set_content(dump(r), "application/json");
+  } catch (const ApiError& e) {
+    counters.count(e.status());
+    send_error(res, e);
+  }
 }
 
 void Server::Impl::routes() {
@@ -408,6 +324,8 @@ void Server::Impl::routes() {
             [this](const httplib::Request& q, httplib::Response& res) { generate(q, res, Endpoint::Completions); });
   http.Post("/v1/chat/completions",
             [this](const httplib::Request& q, httplib::Response& res) { generate(q, res, Endpoint::Chat); });
+  http.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& res) { tokenize(q, res); });
+  http.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& res) { detokenize(q, res); });
 }
 
 Server::Server(runtime::Engine& engine, const tokenizer::Tokenizer& tokenizer, ModelTokens tokens, ServerOptions options)
