@@ -13,6 +13,7 @@
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/cli/serve.h"
+#include "kiln/cli/tokenize.h"
 #include "kiln/core/error.h"
 
 namespace {
@@ -202,6 +203,21 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();
 
+  kiln::cli::TokenizeOptions tk;
+  auto* to = app.add_subcommand("tokenize", "The token ids of a text, a file or a chat (as the server feeds them)");
+  {
+    auto* text = to->add_option("--text", tk.text, "A text (encoded as is: no BOS)");
+    auto* file = to->add_option("--file", tk.file, "A UTF-8 file (encoded as is)");
+    auto* chat = to->add_option("--chat", tk.chat, "A chat: JSON (or a JSON file) of messages, or {\"messages\": [...], "
+                                                  "\"tools\", \"thinking\", ...}; DeepSeek-V4's chat encoding");
+    text->excludes(file)->excludes(chat);
+    file->excludes(chat);
+    auto* tf = to->add_option("--tokenizer", tk.tokenizer, "tokenizer.json");
+    to->add_option("--model", tk.model, "Or the tokenizer.json of this model directory (default: the bundled model)")
+        ->excludes(tf);
+    to->add_flag("--json", tk.json, "Print {\"ids\": [...]} (default: the ids comma-separated)");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -226,6 +242,7 @@ int main(int argc, char** argv) {
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
     if (*be) return kiln::cli::run_bench(bench, std::cout, std::cerr);
     if (*se) return kiln::cli::run_serve(serve, std::cout, std::cerr);
+    if (*to) return kiln::cli::run_tokenize(tk, std::cout, std::cerr);
     return 1;
   });
 }
