@@ -22,7 +22,7 @@
 #include "kiln/model/weights.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/linear_source.h"
 #include "kiln/quant/quantize.h"
 #include "support/artifacts.h"
 
@@ -34,7 +34,7 @@ using Fields = std::vector<std::pair<std::string, QTensor>>;
 // The loader's view of one planned module as the CUDA prepare step takes it (the GPU
 // model loader's own function).
 inline HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m) {
-  return model::cuda::host_view(ckpt, m);
+  return model::host_view(ckpt, m);
 }
 
 struct Case {

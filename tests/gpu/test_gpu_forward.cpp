@@ -88,7 +88,7 @@ Loaded load(const fs::path& dir, GpuOptions opt = {}) {
   Loaded l;
   l.cpu = runtime::load_model(dir, 2, nullptr);
   if (opt.max_context == GpuOptions{}.max_context) opt.max_context = 1024;
-  auto w = model::cuda::upload_weights(l.cpu->weights, model::cuda::checkpoint_linears(l.cpu->checkpoint, l.cpu->plan),
+  auto w = model::cuda::upload_weights(l.cpu->weights, model::checkpoint_linears(l.cpu->checkpoint, l.cpu->plan),
                                        opt.max_rows, nullptr);
   l.backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), opt));
   l.gpu = &l.backend->forward();

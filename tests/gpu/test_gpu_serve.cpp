@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "kiln/model/cuda/gpu_forward.h"
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/linear_source.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #include "server/server_fixture.h"
 
@@ -23,7 +23,7 @@ std::unique_ptr<runtime::Backend> gpu_backend(int slots, int rows) {
   go.max_slots = slots;
   go.max_rows = rows;
   go.max_context = m->config.max_position_embeddings;
-  auto w = model::cuda::upload_weights(m->weights, model::cuda::checkpoint_linears(m->checkpoint, m->plan), go.max_rows,
+  auto w = model::cuda::upload_weights(m->weights, model::checkpoint_linears(m->checkpoint, m->plan), go.max_rows,
                                        nullptr);
   return std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<model::cuda::GpuForward>(std::move(w), go));
 }

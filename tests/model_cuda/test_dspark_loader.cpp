@@ -7,7 +7,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/linear_source.h"
 #include "kiln/model/weights.h"
 #include "support/artifacts.h"
 

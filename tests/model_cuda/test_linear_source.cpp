@@ -11,8 +11,8 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/safetensors.h"
-#include "kiln/model/cuda/linear_source.h"
-#include "kiln/model/cuda/synthetic.h"
+#include "kiln/model/linear_source.h"
+#include "kiln/model/synthetic.h"
 #include "support/artifacts.h"
 #include "support/plan_module.h"
 

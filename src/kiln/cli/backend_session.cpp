@@ -2,14 +2,16 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 #include "kiln/core/error.h"
 #include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/host_memory.h"
 
 #ifdef KILN_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "kiln/model/cuda/gpu_forward.h"
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/runtime/cuda/device_model.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #endif
 
@@ -55,27 +57,42 @@ std::string resolve_device(const std::string& asked) {
   fail(ErrorKind::Usage, "--device {}: expected auto, cpu or cuda", asked);
 }
 
-BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device(o.device)) {
-  loaded_ = runtime::load_model(o.model, o.threads, o.progress);
-  const ModelConfig& c = loaded_->config;
-  int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
-  if (ctx <= 0) ctx = 4096;
+BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device(o.device)), asked_slots_(o.max_slots) {
   if (device_ == "cpu") {
+    const auto t0 = std::chrono::steady_clock::now();
+    runtime::PeakAnonSampler sampler;
+    loaded_ = runtime::load_model(o.model, o.threads, o.progress);
+    const ModelConfig& c = loaded_->config;
+    int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
+    if (ctx <= 0) ctx = 4096;
     backend_ = std::make_unique<runtime::CpuBackend>(*loaded_->forward,
                                                      runtime::CpuBackendOptions{o.max_slots, std::max(o.max_rows, 1), ctx});
+    sampler.stop();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double gb = static_cast<double>(loaded_->plan.total_bytes) / 1e9;
+    load_stats_ = fmt::format("load {:.2f} GB in {:.2f} s ({:.2f} GB/s); peak host memory RssAnon {:.2f} GB, VmHWM {:.2f} GB",
+                              gb, dt, dt > 0 ? gb / dt : 0.0, static_cast<double>(sampler.peak()) / 1e9,
+                              static_cast<double>(runtime::read_host_memory().vm_hwm) / 1e9);
+    if (o.progress) *o.progress << load_stats_ << "\n" << std::flush;
     return;
   }
 #ifdef KILN_HAVE_CUDA
-  model::cuda::GpuOptions go;
-  go.max_slots = o.max_slots;
-  go.max_rows = o.max_rows;
-  go.max_context = ctx;
-  auto w = model::cuda::upload_weights(loaded_->weights, model::cuda::checkpoint_linears(loaded_->checkpoint, loaded_->plan),
-                                       go.max_rows, o.progress);
-  // The host copy of the weights is not needed once they are on the device.
-  loaded_->forward.reset();
-  loaded_->weights = model::Weights{};
-  backend_ = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<model::cuda::GpuForward>(std::move(w), go));
+  // The context bound needs only config.json; the weights go straight to the device.
+  int64_t ctx = o.max_context;
+  if (ctx <= 0) ctx = load_model_config(o.model).max_position_embeddings;
+  if (ctx <= 0) ctx = 4096;
+  runtime::cuda::DeviceModelOptions dmo;
+  dmo.threads = o.threads;
+  dmo.max_slots = o.max_slots;
+  dmo.fewer_slots_ok = o.fewer_slots_ok;
+  dmo.max_rows = o.max_rows;
+  dmo.rows_per_slot = o.rows_per_slot;
+  dmo.max_context = ctx;
+  dmo.gpu_memory_fraction = o.gpu_memory_fraction;
+  dmo.progress = o.progress;
+  runtime::cuda::DeviceModel dm = runtime::cuda::open_device_model(o.model, dmo);
+  load_stats_ = dm.stats.describe();
+  backend_ = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward));
 #endif
 }
 
@@ -83,8 +100,10 @@ BackendSession::~BackendSession() = default;
 
 std::string BackendSession::describe() const {
   const auto& b = *backend_;
-  return fmt::format("{}; weights {:.2f} GB; {} sequences x {} positions, {} rows per pass", b.describe(),
-                     static_cast<double>(b.weight_bytes()) / 1e9, b.max_slots(), b.max_context(), b.max_rows());
+  return fmt::format("{}; weights {:.2f} GB; {} sequences x {} positions{}, {} rows per pass; {}", b.describe(),
+                     static_cast<double>(b.weight_bytes()) / 1e9, b.max_slots(), b.max_context(),
+                     slots_lowered() ? fmt::format(" (--max-batch {} lowered to what fits)", asked_slots_) : "",
+                     b.max_rows(), load_stats_);
 }
 
 }  // namespace kiln::cli

@@ -26,6 +26,13 @@ struct SessionOptions {
   int max_rows = 64;         // rows per pass (the GPU sizes its buffers and graphs for it)
   int64_t max_context = 0;   // positions per sequence (0: the model's max_position_embeddings)
   std::ostream* progress = nullptr;
+  // CUDA: the share of the device's total memory kiln may allocate (model/gpu_memory.h); a
+  // model that does not fit is an Error(Invalid) naming the bytes, before the upload.
+  double gpu_memory_fraction = 0.9;
+  // CUDA: hold as many sequences as fit, up to max_slots (serve), instead of failing;
+  // rows_per_slot > 0 shrinks max_rows by that many rows per sequence not held.
+  bool fewer_slots_ok = false;
+  int rows_per_slot = 0;
 };
 
 class BackendSession {
@@ -38,11 +45,19 @@ class BackendSession {
   runtime::Backend& backend() { return *backend_; }
   const ModelConfig& config() const { return backend_->config(); }
   const std::string& device() const { return device_; }
-  // The ready line's device part: the device, weight bytes and capacity.
+  // The ready line's device part: the device, weight bytes, capacity ("N sequences x M
+  // positions", and whether fewer sequences than asked for fit) and the load's cost.
   std::string describe() const;
+  // Sequences held: max_slots, or fewer when the GPU holds fewer (fewer_slots_ok).
+  int slots() const { return backend_->max_slots(); }
+  bool slots_lowered() const { return asked_slots_ > slots(); }
+  // "load 15.31 GB in 3.10 s (4.94 GB/s; ...); peak host memory RssAnon 1.21 GB, VmHWM 1.40 GB"
+  const std::string& load_stats() const { return load_stats_; }
 
  private:
   std::string device_;
+  int asked_slots_ = 0;
+  std::string load_stats_;
   std::unique_ptr<runtime::LoadedModel> loaded_;
   std::unique_ptr<runtime::Backend> backend_;
 };

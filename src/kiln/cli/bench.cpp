@@ -16,7 +16,8 @@
 
 #include "kiln/model/cuda/gpu_forward.h"
 #include "kiln/ops/cuda/check.h"
-#include "kiln/model/cuda/synthetic.h"
+#include "kiln/model/synthetic.h"
+#include "kiln/runtime/cuda/device_model.h"
 #include "kiln/ops/cuda/read_bandwidth.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #include "kiln/runtime/engine.h"
@@ -187,35 +188,35 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   go.max_rows = std::max(64, maxB * (o.mtp + 1) + o.context);
   go.max_context = o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8;
   std::string label;
-  std::unique_ptr<runtime::LoadedModel> loaded;
-  std::unique_ptr<model::cuda::SyntheticModel> synth;
+  std::unique_ptr<model::SyntheticModel> synth;
   std::unique_ptr<runtime::cuda::GpuBackend> backend;
   {
     const auto t0 = std::chrono::steady_clock::now();
-    GpuWeights w;
     if (o.synthetic) {
-      model::cuda::SyntheticSpec spec;
+      model::SyntheticSpec spec;
       spec.layers = o.layers;
       spec.all_bf16 = o.experts == "bf16";
       if (!spec.all_bf16) spec.experts = parse_scheme(o.experts);
       spec.mtp = o.mtp > 0;
       err << "bench: building the synthetic model\n";
-      synth = std::make_unique<model::cuda::SyntheticModel>(spec);
+      synth = std::make_unique<model::SyntheticModel>(spec);
       label = synth->describe();
-      w = model::cuda::upload_weights(synth->weights(), synth->linears(), go.max_rows, &err);
+      GpuWeights w = model::cuda::upload_weights(synth->weights(), synth->linears(), go.max_rows, &err);
+      backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
     } else {
-      loaded = runtime::load_model(o.model, 0, &err);
-      if (o.mtp > 0 && loaded->weights.mtp.empty()) {
-        fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(loaded->config, 0));
-      }
+      // Straight from the mapped shards to the device (runtime/cuda/device_model.h).
+      const ModelConfig pre = load_model_config(o.model);
+      if (o.mtp > 0 && pre.num_mtp_layers == 0) fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
+      runtime::cuda::DeviceModelOptions dmo;
+      dmo.max_slots = go.max_slots;
+      dmo.max_rows = go.max_rows;
+      dmo.max_context = go.max_context;
+      dmo.progress = &err;
+      auto dm = runtime::cuda::open_device_model(o.model, dmo);
+      if (o.mtp > 0 && dm.forward->mtp_blocks() == 0)
+        fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(dm.forward->config(), 0));
       label = o.model.string();
-      w = model::cuda::upload_weights(loaded->weights, model::cuda::checkpoint_linears(loaded->checkpoint, loaded->plan),
-                                      go.max_rows, &err);
-    }
-    backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
-    if (loaded) {  // on the device now: the host copy is not needed
-      loaded->forward.reset();
-      loaded->weights = model::Weights{};
+      backend = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward));
     }
     const GpuForward* f = &backend->forward();
     err << fmt::format("bench: loaded in {:.1f} s; {:.2f} GB of linear data, {:.2f} GB of decode state\n",

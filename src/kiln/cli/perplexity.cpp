@@ -55,7 +55,9 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
   // and graphs are sized for them; the logits do not depend on the split).
   const bool gpu = resolve_device(o.device) == "cuda";
   const int64_t chunk = std::min<int64_t>(o.ctx, gpu ? 256 : o.ctx);
-  BackendSession s({dir, o.device, o.threads, 1, static_cast<int>(chunk), o.ctx, o.json ? nullptr : &err});
+  SessionOptions so{dir, o.device, o.threads, 1, static_cast<int>(chunk), o.ctx, o.json ? nullptr : &err};
+  so.gpu_memory_fraction = o.gpu_memory_fraction;
+  BackendSession s(so);
   runtime::Backend& b = s.backend();
 
   const auto t0 = std::chrono::steady_clock::now();

@@ -16,6 +16,7 @@ struct PerplexityOptions {
   bool json = false;
   int threads = 0;
   std::string device = "auto";  // auto | cpu | cuda
+  double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 
 // The ids are cut into consecutive windows of `ctx` tokens; each window is run from a

@@ -90,7 +90,9 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
   // logits do not depend on how the tokens are split into passes.
   const bool gpu = resolve_device(o.device) == "cuda";
   const int64_t chunk = std::min<int64_t>(chunk_size(o.mode, T), gpu ? 256 : T);
-  BackendSession s({o.model, o.device, o.threads, 1, static_cast<int>(chunk), std::max(T, o.max_context), &err});
+  SessionOptions so{o.model, o.device, o.threads, 1, static_cast<int>(chunk), std::max(T, o.max_context), &err};
+  so.gpu_memory_fraction = o.gpu_memory_fraction;
+  BackendSession s(so);
   runtime::Backend& b = s.backend();
   const auto& cfg = s.config();
   check_ids(ids, cfg.vocab_size);
@@ -151,8 +153,10 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   check_context(need, o.max_context, pre, "the prompt + --max-tokens");
   const auto t_load = std::chrono::steady_clock::now();
   const bool gpu = resolve_device(o.device) == "cuda";
-  BackendSession s({o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
-                    o.json ? nullptr : &err});
+  SessionOptions so{o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
+                    o.json ? nullptr : &err};
+  so.gpu_memory_fraction = o.gpu_memory_fraction;
+  BackendSession s(so);
   const double load_s = seconds_since(t_load);
   const auto& cfg = s.config();
   check_ids(ids, cfg.vocab_size);
@@ -173,6 +177,7 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   if (o.json) {
     nlohmann::json t = timing(r);
     t["load_s"] = load_s;
+    t["load"] = s.load_stats();
     nlohmann::json j = {{"tokens", r.tokens}, {"prompt_tokens", ids.size()}, {"stop", r.stop}, {"timing", t}};
     if (spec) {
       const auto& s = spec->stats;

@@ -25,6 +25,7 @@ struct ScoreOptions {
   std::string device = "auto";
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
+  double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err);
 
@@ -40,6 +41,7 @@ struct GenerateOptions {
   std::string device = "auto";
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
+  double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err);
 

@@ -28,17 +28,23 @@ tokenizer::Tokenizer load_tokenizer(const ServeOptions& o, std::ostream& err) {
   return tokenizer::Tokenizer::from_file(tok_path);
 }
 
-// Capacity: max_batch sequences; a pass holds every sequence's decode rows (with as many
-// drafts as a request may ask for) and a prompt chunk.
+// Capacity: max_batch sequences, or as many as the GPU holds (model/gpu_memory.h); a pass
+// holds every sequence's decode rows (with as many drafts as a request may ask for) and a
+// prompt chunk.
 SessionOptions session_options(const ServeOptions& o, std::ostream& err) {
   const int drafts = load_model_config(o.model).num_mtp_layers > 0 ? runtime::kMaxDrafts : 0;
   const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
-  return {o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err};
+  SessionOptions so{o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err};
+  so.gpu_memory_fraction = o.gpu_memory_fraction;
+  so.fewer_slots_ok = true;
+  so.rows_per_slot = 1 + drafts;
+  return so;
 }
 
-runtime::EngineOptions engine_options(const ServeOptions& o) {
+// The engine takes the sequences the backend holds (requests beyond wait, then get 429).
+runtime::EngineOptions engine_options(const ServeOptions& o, int slots) {
   runtime::EngineOptions eo;
-  eo.max_batch = o.max_batch;
+  eo.max_batch = slots;
   eo.max_waiting = o.max_waiting;
   eo.prefill_chunk = o.prefill_chunk;
   eo.mtp = o.mtp;
@@ -67,7 +73,7 @@ struct ServeInstance::Impl {
 
   Impl(const ServeOptions& options, std::ostream& err)
       : o(resolved(options)), tok(load_tokenizer(o, err)), session(session_options(o, err)),
-        engine(session.backend(), engine_options(o)) {
+        engine(session.backend(), engine_options(o, session.slots())) {
     const auto& cfg = session.config();
     if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
       fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}",
@@ -100,8 +106,10 @@ void ServeInstance::stop() { impl_->srv->stop(); }
 
 std::string ServeInstance::ready_line() const {
   const Impl& i = *impl_;
-  return fmt::format("kiln: serving '{}' at {} (OpenAI API under /v1; context {} tokens; batch {}{}{}; {})",
-                     i.so.model_name, url(), i.so.max_context, i.o.max_batch, i.o.mtp ? fmt::format("; MTP {}", i.o.mtp) : "",
+  return fmt::format("kiln: serving '{}' at {} (OpenAI API under /v1; context {} tokens; batch {}{}{}{}; {})",
+                     i.so.model_name, url(), i.so.max_context, i.session.slots(),
+                     i.session.slots_lowered() ? fmt::format(" (--max-batch {} does not fit the GPU)", i.o.max_batch) : "",
+                     i.o.mtp ? fmt::format("; MTP {}", i.o.mtp) : "",
                      i.o.api_key.empty() ? "" : "; API key required", i.session.describe());
 }
 

@@ -27,6 +27,7 @@ struct ServeOptions {
   int http_threads = 512;
   size_t max_body_bytes = 4u << 20;
   int idle_timeout_s = 5;  // see server::ServerOptions::idle_timeout
+  double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 
 // What `kiln serve` runs, loaded and bound but not yet serving: the tokenizer, the backend

@@ -52,11 +52,19 @@ std::vector<float> to_floats(const Checkpoint& ckpt, const TensorSlice& s) {
   auto b = slice_bytes(ckpt, s);
   const int64_t n = static_cast<int64_t>(b.size() / dtype_size(s.dtype()));
   std::vector<float> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = float_at(s.dtype(), b.data(), i);
+  decode_floats(s.dtype(), b.data(), n, out.data());
   return out;
 }
 
 }  // namespace
+
+void decode_floats(DType dt, const std::byte* src, int64_t count, float* dst) {
+  if (dt == DType::F32) {
+    std::memcpy(dst, src, static_cast<size_t>(count) * 4);
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) dst[i] = float_at(dt, src, i);
+}
 
 Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
   Linear L;
@@ -262,6 +270,28 @@ uint64_t linear_weight_bytes(const Weights& w) {
   return total;
 }
 
+uint64_t plain_weight_bytes(const Weights& w) {
+  uint64_t floats = w.embed.data.size() + w.norm.size() + w.hc_head.fn.data.size() + w.hc_head.base.size();
+  auto hyper = [&](const HyperConnection& h) { floats += h.fn.data.size() + h.base.size() + h.scale.size(); };
+  auto compressor = [&](const Compressor& c) { floats += c.ape.data.size() + c.norm.size(); };
+  auto block = [&](const Block& b) {
+    floats += b.attn_norm.size() + b.ffn_norm.size();
+    hyper(b.hc_attn);
+    hyper(b.hc_ffn);
+    const Attention& a = b.attn;
+    floats += a.q_norm.size() + a.kv_norm.size() + a.sink.size();
+    if (a.compressor) compressor(*a.compressor);
+    if (a.indexer) compressor(a.indexer->compressor);
+    floats += b.ffn.bias.size() + b.ffn.tid2eid.size();  // int32: 4 bytes too
+  };
+  for (const Block& b : w.layers) block(b);
+  for (const MtpBlock& m : w.mtp) {
+    floats += m.enorm.size() + m.hnorm.size() + m.norm.size() + m.hc_head.fn.data.size() + m.hc_head.base.size();
+    block(m.block);
+  }
+  return 4 * floats;
+}
+
 std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks) {
   if (c.dspark) {
     return fmt::format("has a DSpark drafter ({} stages, block size {}), not a classic MTP block; kiln does not "
@@ -283,6 +313,12 @@ class Binder {
   Linear linear(const std::string& path) const {
     auto it = linears_.find(path);
     if (it == linears_.end()) fail_invalid("internal: the plan has no linear module {}", path);
+    if (opt_.skip_linears) {
+      Linear l;
+      l.out = it->second->n;
+      l.in = it->second->k;
+      return l;
+    }
     return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
   }
   bool has_linear(const std::string& path) const { return linears_.count(path) != 0; }
@@ -407,7 +443,11 @@ Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions
   Binder b(ckpt, plan, opt);
   Weights w;
   w.config = cfg;
-  w.embed = b.tensor("embed.weight");
+  if (opt.skip_embed) {
+    w.embed.shape = {cfg.vocab_size, cfg.hidden_size};
+  } else {
+    w.embed = b.tensor("embed.weight");
+  }
   w.head = b.linear("head");
   w.norm = b.floats("norm.weight");
   w.hc_head = hyper_head(b, "");

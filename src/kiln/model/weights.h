@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/core/dtype.h"
 #include "kiln/io/config.h"
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/rope.h"
@@ -121,7 +122,17 @@ struct LoadOptions {
   // quantized and 16-bit modules keep their stored form and decode inside the kernel
   // (bitwise the same results, fewer resident bytes).
   bool dequantize = false;
+  // true: linear modules are bound without their bytes (Linear::out / in set, nothing
+  // resident). For a backend that reads them from the mapped shards itself (the CUDA
+  // loader): no host copy of the model. Such Weights cannot run the CPU forward.
+  bool skip_linears = false;
+  // true: embed.weight is left empty (Weights::embed.shape set, no data), for the same reason.
+  bool skip_embed = false;
 };
+
+// `count` stored values of float dtype `dt` (F32, BF16, F16, F8_E8M0 or U8 as E8M0,
+// F8_E4M3) decoded to fp32 exactly, as load_weights decodes every plain tensor.
+void decode_floats(DType dt, const std::byte* src, int64_t count, float* dst);
 
 // The rotary embedding of one of the config's two ropes (SWA layers: rope_main; CSA/HCA:
 // rope_compress) over the last rope_head_dim channels, as both backends build it.
@@ -129,6 +140,9 @@ ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
 
 // Resident bytes of all linear modules' weights (fp32 or prepared quantized form).
 uint64_t linear_weight_bytes(const Weights& w);
+// Resident bytes of everything else: the fp32 plain tensors (embedding, norms, mHC, sinks,
+// compressor biases, router biases) and tid2eid.
+uint64_t plain_weight_bytes(const Weights& w);
 
 // Why a model with config `c` and `mtp_blocks` loaded MTP blocks cannot decode with MTP
 // drafts, as the words after its name: "has no MTP block to draft with", or for a DSpark

@@ -27,17 +27,25 @@ std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int th
                  m->plan.errors.size(), m->plan.missing.size(), why);
   }
   say(fmt::format("planned {} linear modules; {}", m->plan.linears.size(),
-                  opt.dequantize ? "dequantizing to fp32" : "keeping them in their stored form"));
+                  opt.skip_linears  ? "leaving them in the mapped shards for the device to read"
+                  : opt.dequantize ? "dequantizing to fp32"
+                                   : "keeping them in their stored form"));
   m->weights = model::load_weights(m->checkpoint, m->plan, opt);
-  m->forward = std::make_unique<model::Forward>(m->weights, threads);
+  // Without the linears' bytes (or the embedding) there is nothing for the CPU to run.
+  if (!opt.skip_linears && !opt.skip_embed) m->forward = std::make_unique<model::Forward>(m->weights, threads);
   std::string extra;
   if (!m->weights.mtp.empty()) extra = fmt::format(" + {} MTP block(s)", m->weights.mtp.size());
   if (m->plan.dspark && !m->plan.dspark->stages_found.empty()) {
     extra = fmt::format(" (DSpark drafter, {} tensors, not loaded: kiln does not run DSpark drafting yet)",
                         m->plan.dspark->num_tensors);
   }
-  say(fmt::format("ready: {} layers{}, {:.1f} MB of linear weights", m->config.num_layers, extra,
-                  static_cast<double>(model::linear_weight_bytes(m->weights)) / 1e6));
+  if (opt.skip_linears) {
+    say(fmt::format("bound {} layers{}: {:.1f} MB of small parameters on the host", m->config.num_layers, extra,
+                    static_cast<double>(model::plain_weight_bytes(m->weights)) / 1e6));
+  } else {
+    say(fmt::format("ready: {} layers{}, {:.1f} MB of linear weights", m->config.num_layers, extra,
+                    static_cast<double>(model::linear_weight_bytes(m->weights)) / 1e6));
+  }
   return m;
 }
 

@@ -24,7 +24,8 @@ struct LoadedModel {
 
 // Throws kiln::Error (Invalid with the plan's first errors when not loadable).
 // progress: where to print load progress (nullptr = silent). opt: how linear weights are
-// held (default: in their stored form, decoded inside the kernels).
+// held (default: in their stored form, decoded inside the kernels); with opt.skip_linears
+// or opt.skip_embed there is no CPU forward (`forward` stays null).
 std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int threads, std::ostream* progress,
                                         const model::LoadOptions& opt = {});
 

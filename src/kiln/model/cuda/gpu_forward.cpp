@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kiln/core/error.h"
+#include "kiln/model/gpu_memory.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/copy_rows.h"
 #include "kiln/ops/cuda/elementwise.h"
@@ -80,19 +81,19 @@ struct GpuForward::SlotState {
 
 namespace {
 
-// Allocates one compressor's rings and entries for `slots` sequences.
-oc::CompressorRing make_ring(int slots, int ratio, int dim, bool overlap, int max_rows, int64_t max_context,
-                             DeviceArray<float>& kv, DeviceArray<float>& score, DeviceArray<float>& entries,
-                             int64_t& bytes) {
+// Allocates one compressor's rings and entries for `slots` sequences, sized by
+// model/gpu_memory.h (which the memory planner adds up).
+oc::CompressorRing make_ring(int slots, const GpuCompressorState& st, DeviceArray<float>& kv, DeviceArray<float>& score,
+                             DeviceArray<float>& entries, int64_t& bytes) {
   oc::CompressorRing c;
-  c.ratio = ratio;
-  c.dim = dim;
-  c.overlap = overlap;
-  c.width = (overlap ? 2 : 1) * dim;
-  c.cap = (overlap ? 2 : 1) * ratio + max_rows + GpuForward::kMaxRollback;
-  c.ring_slot_stride = static_cast<int64_t>(c.cap) * c.width;
-  c.max_entries = static_cast<int>(max_context / ratio);
-  c.entry_slot_stride = static_cast<int64_t>(std::max(c.max_entries, 1)) * dim;
+  c.ratio = st.ratio;
+  c.dim = st.dim;
+  c.overlap = st.overlap;
+  c.width = st.width;
+  c.cap = st.cap;
+  c.ring_slot_stride = st.ring_stride;
+  c.max_entries = st.max_entries;
+  c.entry_slot_stride = st.entry_stride;
   kv = DeviceArray<float>(sz(slots * c.ring_slot_stride));
   score = DeviceArray<float>(sz(slots * c.ring_slot_stride));
   entries = DeviceArray<float>(sz(slots * c.entry_slot_stride));
@@ -101,6 +102,19 @@ oc::CompressorRing make_ring(int slots, int ratio, int dim, bool overlap, int ma
   c.entries = entries.get();
   bytes += static_cast<int64_t>((kv.size() + score.size() + entries.size()) * sizeof(float));
   return c;
+}
+
+// The shape model/gpu_memory.h sizes the buffers from, read off the uploaded weights.
+GpuModelShape shape_of(const GpuWeights& w) {
+  GpuModelShape m;
+  auto add = [&](const GpuBlock& b) {
+    m.blocks.push_back({b.attn.kind, b.attn.compressor ? b.attn.compressor->ratio : 0});
+    m.inter = std::max<int64_t>(m.inter, b.ffn.inter);
+    if (b.ffn.shared) m.shared_inter = std::max<int64_t>(m.shared_inter, b.ffn.shared->w1.n());
+  };
+  for (const GpuBlock& b : w.layers) add(b);
+  for (const GpuMtp& mb : w.mtp) add(mb.block);
+  return m;
 }
 
 }  // namespace
@@ -117,71 +131,62 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   rope_main_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_main)), opt_.max_context);
   rope_compress_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_compress)), opt_.max_context);
 
-  const int64_t Rm = opt_.max_rows, H = c.hidden_size, n = c.hc_mult, D = c.head_dim, nh = c.num_heads;
-  const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, V = c.vocab_size;
-  int64_t widest = 1, index_entries = 1;
-  int64_t inter = 1, shared_inter = 1;
-  auto scan = [&](const GpuBlock& b) {
-    if (b.attn.compressor) widest = std::max<int64_t>(widest, (b.attn.compressor->overlap ? 2 : 1) * D);
-    if (b.attn.indexer) {
-      widest = std::max<int64_t>(widest, 2 * c.index_head_dim);
-      index_entries = std::max<int64_t>(index_entries, opt_.max_context / b.attn.indexer->compressor.ratio);
-    }
-    inter = std::max<int64_t>(inter, b.ffn.inter);
-    if (b.ffn.shared) shared_inter = std::max<int64_t>(shared_inter, b.ffn.shared->w1.n());
+  int dev = 0, sms = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const GpuModelShape shape = shape_of(w_);
+  const GpuActivationSizes a = gpu_activation_sizes(c, shape, opt_.max_rows, opt_.max_context, sms);
+  activation_bytes_ = 4 * a.rope;
+  auto f = [&](int64_t count) {
+    activation_bytes_ += 4 * count;
+    return DeviceArray<float>(sz(count));
   };
-  for (const GpuBlock& b : w_.layers) scan(b);
-  for (const GpuMtp& m : w_.mtp) scan(m.block);
-
-  auto f = [](int64_t count) { return DeviceArray<float>(sz(count)); };
-  auto i32 = [](int64_t count) { return DeviceArray<int32_t>(sz(count)); };
+  auto i32 = [&](int64_t count) {
+    activation_bytes_ += 4 * count;
+    return DeviceArray<int32_t>(sz(count));
+  };
   buf_ = std::make_unique<Buffers>();
   Buffers& b = *buf_;
-  b.tok = i32(Rm), b.slot = i32(Rm), b.pos = i32(Rm), b.src = i32(Rm);
-  b.X = f(Rm * n * H), b.Xn = f(Rm * n * H), b.u = f(Rm * H), b.y = f(Rm * H), b.post = f(Rm * n), b.comb = f(Rm * n * n);
-  b.hc_work = f(oc::hc_pre_workspace_floats(static_cast<int>(Rm), static_cast<int>(n), static_cast<int>(H)));
-  b.qres = f(Rm * c.q_lora_rank), b.kv = f(Rm * D), b.q = f(Rm * nh * D), b.o = f(Rm * nh * D);
-  b.mid = f(Rm * c.o_groups * c.o_lora_rank);
-  b.ca = f(Rm * widest), b.cz = f(Rm * widest);
-  b.iq = f(Rm * std::max<int64_t>(1, c.index_n_heads * c.index_head_dim)), b.iw = f(Rm * std::max<int64_t>(1, c.index_n_heads));
-  b.iscratch = f(Rm * index_entries);
-  b.sel = i32(Rm * std::max<int64_t>(1, c.index_topk)), b.nsel = i32(Rm);
-  b.attn_work = f(std::max<int64_t>(1, oc::attention_workspace_floats(static_cast<int>(Rm), static_cast<int>(nh), static_cast<int>(D))));
-  b.glog = f(Rm * E), b.wt = f(Rm * K), b.idx = i32(Rm * K);
-  b.g = f(Rm * K * inter), b.up = f(Rm * K * inter), b.ye = f(Rm * K * H);
-  b.sg = f(Rm * shared_inter), b.su = f(Rm * shared_inter), b.sy = f(Rm * H);
-  b.h = f(Rm * H);
-  b.main_logits = f(Rm * V), b.mtp_logits = f(Rm * V);
-  b.main_streams = f(Rm * n * H), b.mtp_streams = f(Rm * n * H);
-  b.main_argmax = i32(Rm), b.mtp_argmax = i32(Rm);
-  b.mtp_in = f(Rm * n * H), b.e = f(Rm * H), b.ep = f(Rm * H), b.hs = f(Rm * n * H);
+  b.tok = i32(a.tok), b.slot = i32(a.slot), b.pos = i32(a.pos), b.src = i32(a.src);
+  b.X = f(a.X), b.Xn = f(a.Xn), b.u = f(a.u), b.y = f(a.y), b.post = f(a.post), b.comb = f(a.comb);
+  b.hc_work = f(a.hc_work);
+  b.qres = f(a.qres), b.kv = f(a.kv), b.q = f(a.q), b.o = f(a.o);
+  b.mid = f(a.mid);
+  b.ca = f(a.ca), b.cz = f(a.cz);
+  b.iq = f(a.iq), b.iw = f(a.iw);
+  b.iscratch = f(a.iscratch);
+  b.sel = i32(a.sel), b.nsel = i32(a.nsel);
+  b.attn_work = f(a.attn_work);
+  b.glog = f(a.glog), b.wt = f(a.wt), b.idx = i32(a.idx);
+  b.g = f(a.g), b.up = f(a.up), b.ye = f(a.ye);
+  b.sg = f(a.sg), b.su = f(a.su), b.sy = f(a.sy);
+  b.h = f(a.h);
+  b.main_logits = f(a.main_logits), b.mtp_logits = f(a.mtp_logits);
+  b.main_streams = f(a.main_streams), b.mtp_streams = f(a.mtp_streams);
+  b.main_argmax = i32(a.main_argmax), b.mtp_argmax = i32(a.mtp_argmax);
+  b.mtp_in = f(a.mtp_in), b.e = f(a.e), b.ep = f(a.ep), b.hs = f(a.hs);
 
   // Per-slot state of every layer (main layers, then MTP blocks).
-  auto make_state = [&](const GpuBlock& blk) {
+  const int slots = opt_.max_slots;
+  for (const GpuModelShape::Block& blk : shape.blocks) {
+    const GpuBlockState st = gpu_block_state(c, blk, opt_.max_rows, opt_.max_context);
     auto s = std::make_unique<SlotState>();
-    const int slots = opt_.max_slots;
-    s->ring.cap = static_cast<int>(c.sliding_window + Rm + kMaxRollback);
-    s->ring.dim = static_cast<int>(D);
-    s->ring.slot_stride = static_cast<int64_t>(s->ring.cap) * D;
-    s->window = f(slots * s->ring.slot_stride);
+    s->ring.cap = st.window_cap;
+    s->ring.dim = st.dim;
+    s->ring.slot_stride = st.window_stride;
+    s->window = DeviceArray<float>(sz(slots * s->ring.slot_stride));
     s->ring.data = s->window.get();
     state_bytes_ += static_cast<int64_t>(s->window.size() * sizeof(float));
-    if (blk.attn.compressor) {
-      const GpuCompressor& cp = *blk.attn.compressor;
-      s->comp = make_ring(slots, cp.ratio, cp.dim, cp.overlap, static_cast<int>(Rm), opt_.max_context, s->ckv,
-                          s->cscore, s->centries, state_bytes_);
+    if (st.comp) {
+      s->comp = make_ring(slots, *st.comp, s->ckv, s->cscore, s->centries, state_bytes_);
       s->has_comp = true;
     }
-    if (blk.attn.indexer) {
-      const GpuCompressor& cp = blk.attn.indexer->compressor;
-      s->icomp = make_ring(slots, cp.ratio, cp.dim, cp.overlap, static_cast<int>(Rm), opt_.max_context, s->ikv,
-                           s->iscore, s->ientries, state_bytes_);
+    if (st.icomp) {
+      s->icomp = make_ring(slots, *st.icomp, s->ikv, s->iscore, s->ientries, state_bytes_);
       s->has_icomp = true;
     }
-    return s;
-  };
-  for (const GpuBlock& blk : w_.layers) layer_state_.push_back(make_state(blk));
-  for (const GpuMtp& m : w_.mtp) layer_state_.push_back(make_state(m.block));
+    layer_state_.push_back(std::move(s));
+  }
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 

@@ -134,8 +134,10 @@ class GpuForward {
   size_t graphs_captured() const { return graphs_.size(); }
   void set_graphs(bool on) { opt_.graphs = on; }
 
-  // Bytes of device memory held for weights, state and activations.
+  // Bytes of device memory held for the decode state of all slots (gpu_slot_bytes() x
+  // max_slots), and for the activation buffers and rotary tables (gpu_activation_sizes()).
   int64_t state_bytes() const { return state_bytes_; }
+  int64_t activation_bytes() const { return activation_bytes_; }
 
   struct Buffers;   // activation buffers (gpu_forward.cpp)
   struct SlotState; // per-layer state of every slot (gpu_forward.cpp)
@@ -157,6 +159,7 @@ class GpuForward {
   cudaEvent_t meta_copied_ = nullptr;
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
   int64_t state_bytes_ = 0;
+  int64_t activation_bytes_ = 0;
   OpTimer* timer_ = nullptr;  // set only while profile_main enqueues
   mutable std::unique_ptr<PinnedInts> argmax_host_;  // argmax_rows_to_host's staging
 };

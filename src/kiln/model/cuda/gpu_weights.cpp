@@ -5,41 +5,83 @@
 #include <string>
 
 #include "kiln/core/error.h"
+#include "kiln/model/gpu_memory.h"
 
 namespace kiln::model::cuda {
 namespace {
 
+using ops::cuda::CancelUploadsOnThrow;
+using ops::cuda::DeviceUploader;
+
+// Walks the host Weights (the structure and the small fp32 tensors) and prepares every
+// linear from its stored bytes. model/gpu_memory.cpp counts the same walk. Each building
+// step declares its result first and a CancelUploadsOnThrow after it: an exception stops
+// the copies into the result's buffers before they are freed.
 class Uploader {
  public:
-  Uploader(const LinearSource& src, int max_rows) : src_(src), max_rows_(max_rows) {}
+  Uploader(const LinearSource& src, int max_rows, DeviceUploader* up) : src_(src), max_rows_(max_rows), up_(up) {}
 
   QuantLinear linear(const std::string& path, int max_m = 0) {
-    QuantLinear q = QuantLinear::prepare(src_(path), max_m > 0 ? max_m : max_rows_);
+    const int m = max_m > 0 ? max_m : gpu_linear_rows(max_rows_);
+    QuantLinear q = up_ ? QuantLinear::prepare(src_(path), m, *up_) : QuantLinear::prepare(src_(path), m);
     bytes += q.weight_bytes();
+    device_bytes += q.device_bytes();
     return q;
   }
 
-  static DeviceArray<float> floats(const std::vector<float>& v) { return DeviceArray<float>(v); }
+  template <typename T>
+  DeviceArray<T> array(const std::vector<T>& v) {
+    DeviceArray<T> a(v);
+    device_bytes += static_cast<int64_t>(a.size() * sizeof(T));
+    return a;
+  }
 
   GpuCompressor compressor(const Compressor& c, const std::string& p) {
     GpuCompressor g;
+    CancelUploadsOnThrow guard(up_);
     g.ratio = static_cast<int>(c.ratio);
     g.dim = static_cast<int>(c.dim);
     g.overlap = c.overlap;
     g.wkv = linear(p + "wkv");
     g.wgate = linear(p + "wgate");
-    g.ape = floats(c.ape.data);
-    g.norm = floats(c.norm);
+    g.ape = array(c.ape.data);
+    g.norm = array(c.norm);
     return g;
   }
 
-  GpuHyper hyper(const HyperConnection& h) { return GpuHyper{floats(h.fn.data), floats(h.base), floats(h.scale)}; }
-  GpuHead head(const HyperHead& h) { return GpuHead{floats(h.fn.data), floats(h.base), h.scale}; }
+  GpuHyper hyper(const HyperConnection& h) {
+    GpuHyper g;
+    CancelUploadsOnThrow guard(up_);
+    g.fn = array(h.fn.data);
+    g.base = array(h.base);
+    g.scale = array(h.scale);
+    return g;
+  }
+  GpuHead head(const HyperHead& h) {
+    GpuHead g;
+    CancelUploadsOnThrow guard(up_);
+    g.fn = array(h.fn.data);
+    g.base = array(h.base);
+    g.scale = h.scale;
+    return g;
+  }
+
+  QuantLinearSet experts(const std::string& p, const char* proj, int64_t count, int pairs) {
+    std::vector<ops::HostQuantLinear> views;
+    views.reserve(static_cast<size_t>(count));
+    for (int64_t e = 0; e < count; ++e) views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
+    const int n = static_cast<int>(views.size());
+    QuantLinearSet set = up_ ? QuantLinearSet::prepare(views.data(), n, pairs, *up_) : QuantLinearSet::prepare(views.data(), n, pairs);
+    bytes += set.expert_bytes() * set.count();
+    device_bytes += set.device_bytes();
+    return set;
+  }
 
   GpuBlock block(const Block& b, const ModelConfig& cfg, const std::string& p) {
     GpuBlock g;
-    g.attn_norm = floats(b.attn_norm);
-    g.ffn_norm = floats(b.ffn_norm);
+    CancelUploadsOnThrow guard(up_);
+    g.attn_norm = array(b.attn_norm);
+    g.ffn_norm = array(b.ffn_norm);
     g.hc_attn = hyper(b.hc_attn);
     g.hc_ffn = hyper(b.hc_ffn);
     const Attention& a = b.attn;
@@ -50,89 +92,121 @@ class Uploader {
     ga.wkv = linear(p + "attn.wkv");
     ga.wo_a = linear(p + "attn.wo_a");
     ga.wo_b = linear(p + "attn.wo_b");
-    ga.q_norm = floats(a.q_norm);
-    ga.kv_norm = floats(a.kv_norm);
-    ga.sink = floats(a.sink);
+    ga.q_norm = array(a.q_norm);
+    ga.kv_norm = array(a.kv_norm);
+    ga.sink = array(a.sink);
     if (a.compressor) ga.compressor = compressor(*a.compressor, p + "attn.compressor.");
     if (a.indexer) {
-      GpuIndexer ix;
+      ga.indexer.emplace();
+      GpuIndexer& ix = *ga.indexer;
       ix.wq_b = linear(p + "attn.indexer.wq_b");
       ix.weights_proj = linear(p + "attn.indexer.weights_proj");
       ix.compressor = compressor(a.indexer->compressor, p + "attn.indexer.compressor.");
-      ga.indexer = std::move(ix);
     }
     const Moe& m = b.ffn;
     GpuMoe& gm = g.ffn;
     gm.hash = m.hash;
     gm.gate = linear(p + "ffn.gate");
     if (m.hash) {
-      gm.tid2eid = DeviceArray<int32_t>(m.tid2eid);
+      gm.tid2eid = array(m.tid2eid);
     } else {
-      gm.bias = floats(m.bias);
+      gm.bias = array(m.bias);
     }
     const int64_t E = cfg.n_routed_experts;
-    const int pairs = max_rows_ * static_cast<int>(cfg.num_experts_per_tok);
-    auto experts = [&](const char* proj) {  // one projection of every routed expert
-      std::vector<ops::HostQuantLinear> views;
-      views.reserve(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e) views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
-      QuantLinearSet set = QuantLinearSet::prepare(views.data(), static_cast<int>(views.size()), pairs);
-      bytes += set.expert_bytes() * set.count();
-      return set;
-    };
-    gm.w1 = experts("w1");
-    gm.w2 = experts("w2");
-    gm.w3 = experts("w3");
+    const int pairs = gpu_expert_pairs(cfg, max_rows_);
+    gm.w1 = experts(p, "w1", E, pairs);
+    gm.w2 = experts(p, "w2", E, pairs);
+    gm.w3 = experts(p, "w3", E, pairs);
     gm.inter = gm.w1.n();
     if (m.shared) {
-      GpuExpert s;
+      gm.shared.emplace();
+      GpuExpert& s = *gm.shared;
       s.w1 = linear(p + "ffn.shared_experts.w1");
       s.w2 = linear(p + "ffn.shared_experts.w2");
       s.w3 = linear(p + "ffn.shared_experts.w3");
-      gm.shared = std::move(s);
     }
     return g;
   }
 
-  int64_t bytes = 0;
+  int64_t bytes = 0;         // prepared linear data
+  int64_t device_bytes = 0;  // everything allocated
 
  private:
   const LinearSource& src_;
   int max_rows_;
+  DeviceUploader* up_;
 };
+
+// The embedding, converted to fp32 on the device piece by piece from its stored form.
+DeviceArray<float> embed_from(const HostTensorView& v, int64_t count, DeviceUploader& up) {
+  if (v.numel != count)
+    fail_invalid("embed.weight holds {} values, expected {} (vocab x hidden)", v.numel, count);
+  DeviceArray<float> a(static_cast<size_t>(count), false);
+  const DType dt = v.dtype;
+  const std::byte* src = v.bytes.data;
+  const size_t es = dtype_size(dt);
+  up.enqueue(
+      a.get(), static_cast<uint64_t>(count) * 4,
+      [dt, src, es](uint64_t off, uint64_t len, std::byte* dst) {
+        // Whole elements: pieces are cut at multiples of the staging size (4-byte aligned).
+        decode_floats(dt, src + off / 4 * es, static_cast<int64_t>(len / 4), reinterpret_cast<float*>(dst));
+      },
+      {src, v.bytes.size});
+  return a;
+}
 
 }  // namespace
 
-GpuWeights upload_weights(const Weights& w, const LinearSource& linears, int max_rows, std::ostream* progress) {
+GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int max_rows, const UploadSettings& s) {
   if (max_rows < 1) fail(ErrorKind::Usage, "upload_weights: max_rows = {} (need >= 1)", max_rows);
   const ModelConfig& cfg = w.config;
-  Uploader up(linears, max_rows);
   GpuWeights g;
+  std::unique_ptr<DeviceUploader> up;
+  if (!s.synchronous) up = std::make_unique<DeviceUploader>(s.upload);
+  CancelUploadsOnThrow guard(up.get());
+  Uploader u(sources.linears, max_rows, up.get());
   g.config = cfg;
-  g.embed = DeviceArray<float>(w.embed.data);
-  g.head = up.linear("head");
-  g.norm = Uploader::floats(w.norm);
-  g.hc_head = up.head(w.hc_head);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    g.layers.push_back(up.block(w.layers[l], cfg, fmt::format("layers.{}.", l)));
-    if (progress) *progress << fmt::format("  gpu: layer {}/{} uploaded ({:.1f} MB of linear data so far)\n", l + 1,
-                                           w.layers.size(), static_cast<double>(up.bytes) / 1e6) << std::flush;
+  if (!w.embed.data.empty()) {
+    g.embed = u.array(w.embed.data);
+  } else {
+    const int64_t count = cfg.vocab_size * cfg.hidden_size;
+    if (!up || sources.embed.bytes.empty())
+      fail(ErrorKind::Usage, "upload_weights: the Weights hold no embedding and no stored embedding was given");
+    g.embed = embed_from(sources.embed, count, *up);
+    u.device_bytes += count * 4;
   }
+  g.head = u.linear("head");
+  g.norm = u.array(w.norm);
+  g.hc_head = u.head(w.hc_head);
+  for (size_t l = 0; l < w.layers.size(); ++l) g.layers.push_back(u.block(w.layers[l], cfg, fmt::format("layers.{}.", l)));
   for (size_t m = 0; m < w.mtp.size(); ++m) {
     const std::string p = fmt::format("mtp.{}.", m);
     const MtpBlock& mb = w.mtp[m];
-    GpuMtp gm;
-    gm.e_proj = up.linear(p + "e_proj");
-    gm.h_proj = up.linear(p + "h_proj", max_rows * static_cast<int>(cfg.hc_mult));
-    gm.enorm = Uploader::floats(mb.enorm);
-    gm.hnorm = Uploader::floats(mb.hnorm);
-    gm.norm = Uploader::floats(mb.norm);
-    gm.hc_head = up.head(mb.hc_head);
-    gm.block = up.block(mb.block, cfg, p);
-    g.mtp.push_back(std::move(gm));
+    GpuMtp& gm = g.mtp.emplace_back();
+    gm.e_proj = u.linear(p + "e_proj");
+    gm.h_proj = u.linear(p + "h_proj", gpu_hproj_rows(cfg, max_rows));
+    gm.enorm = u.array(mb.enorm);
+    gm.hnorm = u.array(mb.hnorm);
+    gm.norm = u.array(mb.norm);
+    gm.hc_head = u.head(mb.hc_head);
+    gm.block = u.block(mb.block, cfg, p);
   }
-  g.linear_bytes = up.bytes;
+  if (up) {
+    up->finish();
+    g.upload_bytes = static_cast<int64_t>(up->bytes_copied());
+    g.upload_seconds = up->seconds();
+    g.upload_threads = up->threads();
+    g.upload_staging_bytes = static_cast<int64_t>(up->staging_bytes());
+  }
+  g.linear_bytes = u.bytes;
+  g.device_bytes = u.device_bytes;
   return g;
+}
+
+GpuWeights upload_weights(const Weights& w, const LinearSource& linears, int max_rows, std::ostream* progress) {
+  UploadSettings s;
+  s.upload.progress = progress;
+  return upload_weights(w, DeviceSources{linears, {}}, max_rows, s);
 }
 
 }  // namespace kiln::model::cuda

@@ -2,7 +2,10 @@
 // linear modules as ops::cuda::QuantLinear (one kernel per M chosen at prepare), the
 // routed experts of a layer as one QuantLinearSet per projection (the expert is picked
 // on the device), everything else fp32 device arrays. Built from the CPU Weights (for
-// the fp32 tensors and the structure) and a LinearSource (the stored linear bytes).
+// the fp32 tensors and the structure; their linears may hold no bytes, see
+// LoadOptions::skip_linears) and a LinearSource (the stored linear bytes), read and copied
+// by a DeviceUploader's threads through pinned staging (ops/cuda/device_upload.h).
+// model/gpu_memory.h counts what this allocates before it runs.
 #pragma once
 
 #include <cstdint>
@@ -10,9 +13,10 @@
 #include <ostream>
 #include <vector>
 
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/linear_source.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cuda/device_buffer.h"
+#include "kiln/ops/cuda/device_upload.h"
 #include "kiln/ops/quant_linear.h"
 
 namespace kiln::model::cuda {
@@ -87,11 +91,34 @@ struct GpuWeights {
   std::vector<GpuBlock> layers;
   std::vector<GpuMtp> mtp;
   int64_t linear_bytes = 0;  // prepared linear data (weights + scales) on the device
+  int64_t device_bytes = 0;  // every device allocation above (gpu_weight_bytes: linears + staging + params)
+  // The streamed upload: bytes copied, seconds from its start to the last copy, threads and
+  // the bytes of each of their two pinned staging buffers (0 when synchronous).
+  int64_t upload_bytes = 0;
+  double upload_seconds = 0;
+  int upload_threads = 0;
+  int64_t upload_staging_bytes = 0;
+};
+
+// Where the bytes the host Weights do not hold come from.
+struct DeviceSources {
+  LinearSource linears;
+  HostTensorView embed;  // used when Weights::embed holds no data (LoadOptions::skip_embed)
+};
+
+struct UploadSettings {
+  ops::cuda::UploadOptions upload;  // threads, staging, page dropping, progress
+  // true: every linear prepared and copied on this thread, whole (the prepare step's
+  // synchronous form; the same bytes on the device). Needs the embedding in the Weights.
+  bool synchronous = false;
 };
 
 // max_rows: the most rows (tokens) one step will feed; every linear is prepared for it
 // (experts for max_rows * num_experts_per_tok pairs, the MTP h_proj for max_rows *
-// hc_mult rows). progress: a line per layer, or nullptr.
+// hc_mult rows; model/gpu_memory.h). Validation errors name the module; a content error
+// (an fp8 NaN code) comes after the copies.
+GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int max_rows, const UploadSettings& s);
+// The same with default settings (progress: a line every ~2 s while copying, or nullptr).
 GpuWeights upload_weights(const Weights& w, const LinearSource& linears, int max_rows, std::ostream* progress);
 
 }  // namespace kiln::model::cuda

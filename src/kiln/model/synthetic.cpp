@@ -1,27 +1,27 @@
-#include "kiln/model/cuda/synthetic.h"
+#include "kiln/model/synthetic.h"
 
 #include <fmt/format.h>
 
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <tuple>
 
+#include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 
-namespace kiln::model::cuda {
+namespace kiln::model {
 
 using ops::HostBytes;
 using ops::HostQuantLinear;
 using ops::LinearScheme;
 
-ModelConfig flash_shaped_config(int layers, bool mtp) {
+nlohmann::json flash_shaped_config_json(int layers, bool mtp) {
   if (layers < 1) fail(ErrorKind::Usage, "synthetic model: {} layers (need >= 1)", layers);
   std::vector<int> ratios;
   for (int l = 0; l < layers; ++l) ratios.push_back(l < 2 ? 0 : (l % 2 == 0 ? 4 : 128));
   if (mtp) ratios.push_back(0);
-  const nlohmann::json j = {
+  return {
       {"architectures", {"DeepseekV4ForCausalLM"}}, {"model_type", "deepseek_v4"}, {"vocab_size", 129280},
       {"hidden_size", 4096}, {"num_hidden_layers", layers}, {"num_nextn_predict_layers", mtp ? 1 : 0},
       {"num_attention_heads", 64}, {"num_key_value_heads", 1}, {"head_dim", 512}, {"qk_rope_head_dim", 64},
@@ -36,42 +36,120 @@ ModelConfig flash_shaped_config(int layers, bool mtp) {
       {"swiglu_limit", 10.0}, {"hidden_act", "silu"}, {"hc_mult", 4}, {"hc_sinkhorn_iters", 20}, {"hc_eps", 1e-6},
       {"rms_norm_eps", 1e-6}, {"bos_token_id", 0}, {"eos_token_id", 1}, {"tie_word_embeddings", false},
       {"torch_dtype", "bfloat16"}};
-  return parse_model_config(j, "synthetic V4-Flash-shaped config");
+}
+
+ModelConfig flash_shaped_config(int layers, bool mtp) {
+  return parse_model_config(flash_shaped_config_json(layers, mtp), "synthetic V4-Flash-shaped config");
 }
 
 namespace {
 
-// splitmix64: fast, seeded, good enough for synthetic weights.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return static_cast<float>(next() >> 40) * 0x1p-24f; }  // [0, 1)
-  float symmetric(float a) { return (2.0f * uniform() - 1.0f) * a; }
-};
+// splitmix64 made seekable: word i of a stream is mix(seed + (i + 1) * gamma), exactly the
+// i-th output of splitmix64 started at `seed`.
+uint64_t word(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+float uniform(uint64_t seed, uint64_t i) { return static_cast<float>(word(seed, i) >> 40) * 0x1p-24f; }  // [0, 1)
+float symmetric(uint64_t seed, uint64_t i, float a) { return (2.0f * uniform(seed, i) - 1.0f) * a; }
 
-std::vector<float> random_floats(Rng& r, int64_t n, float a) {
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = r.symmetric(a);
-  return v;
+uint64_t name_seed(uint64_t seed, std::string_view s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  return seed ^ h;
 }
 
-void fill_bytes(Rng& r, std::vector<std::byte>& b) {
-  size_t i = 0;
-  for (; i + 8 <= b.size(); i += 8) {
-    const uint64_t v = r.next();
-    std::memcpy(b.data() + i, &v, 8);
-  }
-  for (; i < b.size(); ++i) b[i] = static_cast<std::byte>(r.next() & 0xFF);
-}
+bool ends_with(std::string_view s, std::string_view t) { return s.size() >= t.size() && s.substr(s.size() - t.size()) == t; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
+
+HostQuantLinear synthetic_linear_form(LinearScheme s, int64_t n, int64_t k) {
+  HostQuantLinear v;
+  v.scheme = s;
+  v.n = n;
+  v.k = k;
+  switch (s) {
+    case LinearScheme::BF16: v.weight_dtype = DType::BF16; break;
+    case LinearScheme::FP8Block:
+      v.weight_dtype = DType::F8_E4M3;
+      v.block_n = 128, v.block_k = 128;
+      v.scale_rows = ceil_div(n, 128), v.scale_cols = ceil_div(k, 128);
+      v.scale_dtype = DType::F8_E8M0;
+      break;
+    case LinearScheme::Int4Group:
+      v.weight_dtype = DType::I32;
+      v.block_k = 128;
+      v.scale_rows = n, v.scale_cols = ceil_div(k, 128);
+      v.scale_dtype = DType::BF16;
+      break;
+    case LinearScheme::MXFP4:
+    case LinearScheme::NVFP4: {
+      const bool mx = s == LinearScheme::MXFP4;
+      v.weight_dtype = DType::U8;
+      v.block_k = mx ? 32 : 16;
+      v.scale_rows = n, v.scale_cols = k / v.block_k;
+      v.scale_dtype = mx ? DType::F8_E8M0 : DType::F8_E4M3;
+      if (!mx) v.global = 1.0f / 256.0f;
+      break;
+    }
+  }
+  return v;
+}
+
+void synthetic_linear_bytes(LinearScheme s, int64_t n, int64_t k, bool scale, uint64_t seed, uint64_t offset,
+                            std::span<std::byte> out) {
+  if (scale) {
+    // One value everywhere: fp8 2^-14, int4 bf16 ~0.00995, mxfp4 2^-8, nvfp4 e4m3 1.0 (x global).
+    for (size_t i = 0; i < out.size(); ++i) {
+      uint8_t b = 0;
+      switch (s) {
+        case LinearScheme::BF16: b = 0; break;
+        case LinearScheme::FP8Block: b = 127 - 14; break;
+        case LinearScheme::Int4Group: b = ((offset + i) % 2 == 0) ? 0x23 : 0x3C; break;  // 0x3C23 little-endian
+        case LinearScheme::MXFP4: b = 127 - 8; break;
+        case LinearScheme::NVFP4: b = 0x38; break;
+      }
+      out[i] = static_cast<std::byte>(b);
+    }
+    return;
+  }
+  const uint64_t sd = seed ^ static_cast<uint64_t>(n * 1000003 + k) ^ static_cast<uint64_t>(s);
+  // Byte `at` is byte at % per of word at / per: bf16 takes one word per element (2 bytes),
+  // the packed schemes one word per 8 bytes.
+  const uint64_t per = s == LinearScheme::BF16 ? 2 : 8;
+  for (size_t i = 0; i < out.size();) {
+    const uint64_t at = offset + i, wi = at / per;
+    uint64_t x = word(sd, wi);
+    if (s == LinearScheme::BF16)  // sign, exponent 2^-9 .. 2^-6, random mantissa
+      x = ((x & 1) << 15) | ((118 + ((x >> 1) & 3)) << 7) | ((x >> 3) & 0x7F);
+    for (uint64_t b = at % per; b < per && i < out.size(); ++b, ++i) {
+      uint8_t v = static_cast<uint8_t>(x >> (8 * b));
+      if (s == LinearScheme::FP8Block && (v & 0x7F) == 0x7F) v ^= 1;  // never the e4m3 NaN code
+      out[i] = static_cast<std::byte>(v);
+    }
+  }
+}
+
+float synthetic_plain_value(std::string_view m, uint64_t seed, uint64_t i) {
+  const uint64_t sd = name_seed(seed, m);
+  if (m == "embed.weight") return symmetric(sd, i, 1.0f);
+  if (ends_with(m, "norm.weight") || ends_with(m, "_scale")) return 1.0f;
+  if (ends_with(m, "_fn")) return symmetric(sd, i, 1e-2f);
+  if (ends_with(m, "_base") || ends_with(m, ".ape")) return symmetric(sd, i, 0.1f);
+  if (ends_with(m, "attn_sink")) return symmetric(sd, i, 1.0f);
+  if (ends_with(m, "gate.bias")) return symmetric(sd, i, 0.01f);
+  return 0.0f;
+}
+
+int32_t synthetic_tid2eid(const ModelConfig& c, uint64_t seed, uint64_t i) {
+  const uint64_t K = static_cast<uint64_t>(c.num_experts_per_tok), E = static_cast<uint64_t>(c.n_routed_experts);
+  const uint64_t e0 = word(name_seed(seed, "ffn.gate.tid2eid"), i / K) % E;
+  return static_cast<int32_t>((e0 + (i % K) * 41) % E);
+}
 
 struct SyntheticModel::Store {
   struct Blob {
@@ -84,67 +162,22 @@ struct SyntheticModel::Store {
   const ModelConfig* cfg = nullptr;
   SyntheticSpec spec;
 
-  // Random codes with valid scales: every weight of magnitude ~1e-2 (no NaN codes).
   const Blob& blob(LinearScheme s, int64_t n, int64_t k) {
     auto key = std::make_tuple(static_cast<int>(s), n, k);
     auto it = blobs.find(key);
     if (it != blobs.end()) return *it->second;
     auto b = std::make_unique<Blob>();
-    Rng r{spec.seed ^ static_cast<uint64_t>(n * 1000003 + k) ^ static_cast<uint64_t>(s)};
     HostQuantLinear& v = b->view;
-    v.scheme = s;
-    v.n = n;
-    v.k = k;
-    switch (s) {
-      case LinearScheme::BF16: {
-        b->weight.resize(static_cast<size_t>(n * k * 2));
-        for (size_t i = 0; i < b->weight.size(); i += 2) {
-          // sign, exponent 2^-9 .. 2^-6, random mantissa
-          const uint64_t x = r.next();
-          const uint16_t h = static_cast<uint16_t>(((x & 1) << 15) | ((118 + ((x >> 1) & 3)) << 7) | ((x >> 3) & 0x7F));
-          std::memcpy(b->weight.data() + i, &h, 2);
-        }
-        v.weight_dtype = DType::BF16;
-        break;
-      }
-      case LinearScheme::FP8Block: {
-        b->weight.resize(static_cast<size_t>(n * k));
-        fill_bytes(r, b->weight);
-        for (auto& c : b->weight)
-          if ((static_cast<uint8_t>(c) & 0x7F) == 0x7F) c = static_cast<std::byte>(static_cast<uint8_t>(c) ^ 1);
-        v.weight_dtype = DType::F8_E4M3;
-        v.block_n = 128, v.block_k = 128;
-        v.scale_rows = ceil_div(n, 128), v.scale_cols = ceil_div(k, 128);
-        b->scale.assign(static_cast<size_t>(v.scale_rows * v.scale_cols), static_cast<std::byte>(127 - 14));
-        v.scale_dtype = DType::F8_E8M0;
-        break;
-      }
-      case LinearScheme::Int4Group: {
-        b->weight.resize(static_cast<size_t>(n * ceil_div(k, 8) * 4));
-        fill_bytes(r, b->weight);
-        v.weight_dtype = DType::I32;
-        v.block_k = 128;
-        v.scale_rows = n, v.scale_cols = ceil_div(k, 128);
-        b->scale.resize(static_cast<size_t>(v.scale_rows * v.scale_cols * 2));
-        const uint16_t s16 = 0x3C23;  // bf16 ~0.00995
-        for (size_t i = 0; i < b->scale.size(); i += 2) std::memcpy(b->scale.data() + i, &s16, 2);
-        v.scale_dtype = DType::BF16;
-        break;
-      }
-      case LinearScheme::MXFP4:
-      case LinearScheme::NVFP4: {
-        b->weight.resize(static_cast<size_t>(n * k / 2));
-        fill_bytes(r, b->weight);
-        v.weight_dtype = DType::U8;
-        const bool mx = s == LinearScheme::MXFP4;
-        v.block_k = mx ? 32 : 16;
-        v.scale_rows = n, v.scale_cols = k / v.block_k;
-        b->scale.assign(static_cast<size_t>(v.scale_rows * v.scale_cols),
-                        static_cast<std::byte>(mx ? 127 - 8 : 0x38));  // 2^-8, or e4m3 1.0 x global
-        v.scale_dtype = mx ? DType::F8_E8M0 : DType::F8_E4M3;
-        if (!mx) v.global = 1.0f / 256.0f;
-        break;
-      }
+    v = synthetic_linear_form(s, n, k);
+    const int64_t wbytes = s == LinearScheme::BF16       ? n * k * 2
+                           : s == LinearScheme::FP8Block  ? n * k
+                           : s == LinearScheme::Int4Group ? n * ceil_div(k, 8) * 4
+                                                          : n * k / 2;
+    b->weight.resize(static_cast<size_t>(wbytes));
+    synthetic_linear_bytes(s, n, k, false, spec.seed, 0, b->weight);
+    if (s != LinearScheme::BF16) {
+      b->scale.resize(static_cast<size_t>(v.scale_rows * v.scale_cols) * dtype_size(v.scale_dtype));
+      synthetic_linear_bytes(s, n, k, true, spec.seed, 0, b->scale);
     }
     v.weight = HostBytes{b->weight.data(), b->weight.size()};
     v.scale = HostBytes{b->scale.data(), b->scale.size()};
@@ -214,66 +247,66 @@ SyntheticModel::SyntheticModel(const SyntheticSpec& spec) : spec_(spec), store_(
   const ModelConfig& c = w.config;
   store_->cfg = &w.config;
   store_->spec = spec;
-  Rng r{spec.seed};
   const int64_t H = c.hidden_size, n = c.hc_mult, mix = (2 + n) * n;
+  // A plain tensor of `count` values, named as in the checkpoint (inside its scope).
+  auto plain = [&](std::string_view name, int64_t count) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = synthetic_plain_value(name, spec.seed, i);
+    return v;
+  };
   w.embed.shape = {c.vocab_size, H};
-  w.embed.data = random_floats(r, c.vocab_size * H, 1.0f);
-  w.norm.assign(static_cast<size_t>(H), 1.0f);
-  auto hyper = [&] {
+  w.embed.data = plain("embed.weight", c.vocab_size * H);
+  w.norm = plain("norm.weight", H);
+  auto hyper = [&](const char* sub) {
     HyperConnection h;
     h.fn.shape = {mix, n * H};
-    h.fn.data = random_floats(r, mix * n * H, 1e-2f);
-    h.base = random_floats(r, mix, 0.1f);
-    h.scale = {1.0f, 1.0f, 1.0f};
+    h.fn.data = plain(fmt::format("hc_{}_fn", sub), mix * n * H);
+    h.base = plain(fmt::format("hc_{}_base", sub), mix);
+    h.scale = plain(fmt::format("hc_{}_scale", sub), 3);
     return h;
   };
   auto head = [&] {
     HyperHead h;
     h.fn.shape = {n, n * H};
-    h.fn.data = random_floats(r, n * n * H, 1e-2f);
-    h.base = random_floats(r, n, 0.1f);
+    h.fn.data = plain("hc_head_fn", n * n * H);
+    h.base = plain("hc_head_base", n);
     h.scale = 1.0f;
     return h;
   };
-  auto compressor = [&](int64_t ratio, int64_t dim, bool overlap) {
+  auto compressor = [&](const std::string& p, int64_t ratio, int64_t dim, bool overlap) {
     Compressor cp;
     cp.ratio = ratio, cp.dim = dim, cp.overlap = overlap;
     const int64_t width = (overlap ? 2 : 1) * dim;
     cp.ape.shape = {ratio, width};
-    cp.ape.data = random_floats(r, ratio * width, 0.1f);
-    cp.norm.assign(static_cast<size_t>(dim), 1.0f);
+    cp.ape.data = plain(p + "ape", ratio * width);
+    cp.norm = plain(p + "norm.weight", dim);
     return cp;
   };
   auto block = [&](int64_t layer, bool is_mtp) {
     Block b;
-    b.attn_norm.assign(static_cast<size_t>(H), 1.0f);
-    b.ffn_norm.assign(static_cast<size_t>(H), 1.0f);
-    b.hc_attn = hyper();
-    b.hc_ffn = hyper();
+    b.attn_norm = plain("attn_norm.weight", H);
+    b.ffn_norm = plain("ffn_norm.weight", H);
+    b.hc_attn = hyper("attn");
+    b.hc_ffn = hyper("ffn");
     Attention& a = b.attn;
     a.kind = c.attn_kind(layer);
     a.ratio = c.compress_ratio(layer);
-    a.q_norm.assign(static_cast<size_t>(c.q_lora_rank), 1.0f);
-    a.kv_norm.assign(static_cast<size_t>(c.head_dim), 1.0f);
-    a.sink = random_floats(r, c.num_heads, 1.0f);
-    if (a.kind != AttnKind::SWA) a.compressor = compressor(a.ratio, c.head_dim, a.kind == AttnKind::CSA);
+    a.q_norm = plain("attn.q_norm.weight", c.q_lora_rank);
+    a.kv_norm = plain("attn.kv_norm.weight", c.head_dim);
+    a.sink = plain("attn.attn_sink", c.num_heads);
+    if (a.kind != AttnKind::SWA) a.compressor = compressor("attn.compressor.", a.ratio, c.head_dim, a.kind == AttnKind::CSA);
     if (a.kind == AttnKind::CSA) {
       Indexer ix;
-      ix.compressor = compressor(a.ratio, c.index_head_dim, true);
+      ix.compressor = compressor("attn.indexer.compressor.", a.ratio, c.index_head_dim, true);
       a.indexer = std::move(ix);
     }
     Moe& m = b.ffn;
     m.hash = !is_mtp && c.is_hash_layer(layer);
     if (m.hash) {
       m.tid2eid.resize(static_cast<size_t>(c.vocab_size * c.num_experts_per_tok));
-      for (size_t t = 0; t < m.tid2eid.size(); t += static_cast<size_t>(c.num_experts_per_tok)) {
-        // distinct experts per token
-        const int32_t e0 = static_cast<int32_t>(r.next() % static_cast<uint64_t>(c.n_routed_experts));
-        for (int64_t k = 0; k < c.num_experts_per_tok; ++k)
-          m.tid2eid[t + static_cast<size_t>(k)] = static_cast<int32_t>((e0 + k * 41) % c.n_routed_experts);
-      }
+      for (size_t i = 0; i < m.tid2eid.size(); ++i) m.tid2eid[i] = synthetic_tid2eid(c, spec.seed, i);
     } else {
-      m.bias = random_floats(r, c.n_routed_experts, 0.01f);
+      m.bias = plain("ffn.gate.bias", c.n_routed_experts);
     }
     if (c.n_shared_experts > 0) m.shared = Expert{};
     return b;
@@ -282,9 +315,9 @@ SyntheticModel::SyntheticModel(const SyntheticSpec& spec) : spec_(spec), store_(
   w.hc_head = head();
   if (spec.mtp) {
     MtpBlock mb;
-    mb.enorm.assign(static_cast<size_t>(H), 1.0f);
-    mb.hnorm.assign(static_cast<size_t>(H), 1.0f);
-    mb.norm.assign(static_cast<size_t>(H), 1.0f);
+    mb.enorm = plain("enorm.weight", H);
+    mb.hnorm = plain("hnorm.weight", H);
+    mb.norm = plain("norm.weight", H);
     mb.hc_head = head();
     mb.block = block(c.num_layers, true);
     w.mtp.push_back(std::move(mb));
@@ -304,4 +337,4 @@ std::string SyntheticModel::describe() const {
                      spec_.all_bf16 ? "bf16" : "fp8_block");
 }
 
-}  // namespace kiln::model::cuda
+}  // namespace kiln::model

@@ -1,4 +1,4 @@
-#include "kiln/model/cuda/linear_source.h"
+#include "kiln/model/linear_source.h"
 
 #include <cstring>
 #include <memory>
@@ -9,7 +9,7 @@
 #include "kiln/io/checkpoint.h"
 #include "kiln/model/weights.h"
 
-namespace kiln::model::cuda {
+namespace kiln::model {
 
 using ops::HostBytes;
 using ops::HostQuantLinear;
@@ -79,4 +79,13 @@ LinearSource checkpoint_linears(const Checkpoint& ckpt, const Plan& plan) {
   };
 }
 
-}  // namespace kiln::model::cuda
+HostTensorView checkpoint_embed(const Checkpoint& ckpt, const Plan& plan) {
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.path != "embed.weight") continue;
+    const auto b = slice_bytes(ckpt, t.tensor);
+    return HostTensorView{t.tensor.dtype(), {b.data(), b.size()}, static_cast<int64_t>(b.size() / dtype_size(t.tensor.dtype()))};
+  }
+  fail(ErrorKind::Invalid, "internal: the plan has no embed.weight");
+}
+
+}  // namespace kiln::model
