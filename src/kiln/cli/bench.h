@@ -23,6 +23,9 @@ struct BenchOptions {
   int mtp = 0;                              // > 0: also MTP speculative decoding with 1..mtp drafts
   std::optional<std::filesystem::path> text;  // prompts from this text (model's tokenizer.json)
   bool json = false;
+  // Instead of measuring: write the V4-Flash-shaped model (--layers, --experts) to this
+  // directory as a real checkpoint (cli/write_synthetic.h); works without CUDA.
+  std::filesystem::path write_synthetic;
 };
 
 int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err);

@@ -13,6 +13,7 @@
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/cli/serve.h"
+#include "kiln/cli/write_synthetic.h"
 #include "kiln/cli/tokenize.h"
 #include "kiln/core/error.h"
 
@@ -102,6 +103,9 @@ int main(int argc, char** argv) {
   sc->add_option("--mtp-out", score.mtp_out,
                  "Also write MTP draft logits [T-1, vocab]: row t from position t's streams and token t+1");
   sc->add_option("--device", score.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  sc->add_option("--gpu-memory-fraction", score.gpu_memory_fraction,
+                 "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
+      ->capture_default_str();
   sc->add_option("--max-context", score.max_context, "Positions allowed (0 = the model's max_position_embeddings)")
       ->capture_default_str();
   sc->add_option("--threads", score.threads, "CPU threads (0 = all cores)")->capture_default_str();
@@ -127,6 +131,9 @@ int main(int argc, char** argv) {
   ge->add_flag("--json", gen.json,
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
   ge->add_option("--device", gen.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  ge->add_option("--gpu-memory-fraction", gen.gpu_memory_fraction,
+                 "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
+      ->capture_default_str();
   ge->add_option("--max-context", gen.max_context, "Positions allowed (0 = the model's max_position_embeddings)")
       ->capture_default_str();
   ge->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
@@ -142,6 +149,9 @@ int main(int argc, char** argv) {
   pp->add_flag("--json", ppl.json, "Print one JSON object (tokens, scored_tokens, windows, nll_sum, perplexity, ...)");
   pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
   pp->add_option("--device", ppl.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  pp->add_option("--gpu-memory-fraction", ppl.gpu_memory_fraction,
+                 "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
+      ->capture_default_str();
 
   kiln::cli::BenchOptions bench;
   auto* be = app.add_subcommand("bench", "Decode speed of the CUDA backend per batch size: tokens/s, graph vs eager, "
@@ -160,6 +170,11 @@ int main(int argc, char** argv) {
   be->add_option("--mtp", bench.mtp, "Also MTP speculative decoding with 1..N drafts per round")->capture_default_str();
   be->add_option("--text", bench.text, "Prompts from this UTF-8 text (the model's tokenizer.json)");
   be->add_flag("--json", bench.json, "Also print one JSON object with every number");
+  be->add_option("--write-synthetic", bench.write_synthetic,
+                 "Instead: write the V4-Flash-shaped model (--layers layers, an MTP block with --mtp N, --experts "
+                 "mxfp4|nvfp4) to this directory as a DeepSeek-native checkpoint with random weights")
+      ->excludes(be_model)
+      ->excludes(be_syn);
   be->add_flag("--serve")->description("Instead: the HTTP load generator (N concurrent streams against a server; "
                                        "`kiln bench --serve --help`)");
 
@@ -191,6 +206,9 @@ int main(int argc, char** argv) {
   se->add_option("--served-model-name", serve.served_model_name, "Model id reported by /v1/models (default: directory name)");
   se->add_option("--threads", serve.threads, "CPU threads for the forward (0 = all cores)")->capture_default_str();
   se->add_option("--device", serve.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  se->add_option("--gpu-memory-fraction", serve.gpu_memory_fraction,
+                 "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
+      ->capture_default_str();
   se->add_option("--max-batch", serve.max_batch, "Sequences decoded together")->capture_default_str();
   se->add_option("--max-waiting", serve.max_waiting, "Queued requests beyond the batch (more get 429)")->capture_default_str();
   se->add_option("--prefill-chunk", serve.prefill_chunk, "Prompt tokens fed per scheduler step")->capture_default_str();
@@ -240,6 +258,9 @@ int main(int argc, char** argv) {
     }
     if (*pp) return kiln::cli::run_perplexity(ppl, std::cout, std::cerr);
     if (*qu) return kiln::cli::run_quantize(quant, std::cout, std::cerr);
+    if (*be && !bench.write_synthetic.empty())
+      return kiln::cli::run_write_synthetic(bench.write_synthetic, bench.layers, bench.experts, bench.mtp > 0,
+                                           std::cout, std::cerr);
     if (*be) return kiln::cli::run_bench(bench, std::cout, std::cerr);
     if (*se) return kiln::cli::run_serve(serve, std::cout, std::cerr);
     if (*to) return kiln::cli::run_tokenize(tk, std::cout, std::cerr);

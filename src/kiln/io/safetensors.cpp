@@ -636,6 +636,7 @@ struct SafetensorsWriter::Impl {
   State state = State::Declaring;
   int fd = -1;
   size_t next = 0;  // next declaration to write
+  uint64_t part = 0;  // bytes of decls[next] written so far by write_part()
   uint64_t data_start = 0;
   uint64_t data_size = 0;
 
@@ -790,6 +791,9 @@ void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> 
     fail(ErrorKind::Usage, "{}: write({}) out of order: tensors must be written in declaration order, next is {}",
          m.label(), qname(name), qname(d.name));
   }
+  if (m.part != 0)
+    fail(ErrorKind::Usage, "{}: tensor {}: write() after {} bytes of it were written in parts", m.label(), qname(name),
+         m.part);
   if (bytes.size() != d.end - d.begin)
     fail(ErrorKind::Usage, "{}: tensor {}: write() got {} bytes, expected {} ({} x shape {})", m.label(),
          qname(name), bytes.size(), d.end - d.begin, dtype_name(d.dtype), shape_str(d.shape));
@@ -797,9 +801,35 @@ void SafetensorsWriter::write(std::string_view name, std::span<const std::byte> 
   ++m.next;
 }
 
+void SafetensorsWriter::write_part(std::string_view name, std::span<const std::byte> bytes) {
+  Impl& m = *impl_;
+  m.require(Impl::State::Writing, "write_part");
+  if (m.part == 0)
+    while (m.next < m.decls.size() && m.decls[m.next].sparse) ++m.next;
+  if (m.next >= m.decls.size())
+    fail(ErrorKind::Usage, "{}: write_part({}) but every declared tensor has been written", m.label(), qname(name));
+  const auto& d = m.decls[m.next];
+  if (d.name != name)
+    fail(ErrorKind::Usage, "{}: write_part({}) out of order: tensors must be written in declaration order, next is {}",
+         m.label(), qname(name), qname(d.name));
+  const uint64_t total = d.end - d.begin;
+  if (m.part + bytes.size() > total)
+    fail(ErrorKind::Usage, "{}: tensor {}: write_part() of {} bytes after {} overruns its {} bytes", m.label(), qname(name),
+         bytes.size(), m.part, total);
+  m.guarded([&] { pwrite_all(m.fd, bytes.data(), bytes.size(), m.data_start + d.begin + m.part, m.path); });
+  m.part += bytes.size();
+  if (m.part == total) {
+    ++m.next;
+    m.part = 0;
+  }
+}
+
 void SafetensorsWriter::finish() {
   Impl& m = *impl_;
   m.require(Impl::State::Writing, "finish");
+  if (m.part != 0)
+    fail(ErrorKind::Usage, "{}: finish() but tensor {} has {} of its {} bytes written", m.label(),
+         qname(m.decls[m.next].name), m.part, m.decls[m.next].end - m.decls[m.next].begin);
   while (m.next < m.decls.size() && m.decls[m.next].sparse) ++m.next;
   if (m.next < m.decls.size())
     fail(ErrorKind::Usage, "{}: finish() but tensor {} (and any after it) was declared and never written", m.label(),

@@ -113,6 +113,10 @@ class SafetensorsWriter {
   // Writes the header; after this only write() and finish() may be called.
   void begin();
   void write(std::string_view name, std::span<const std::byte> bytes);
+  // The next bytes of tensor `name` (the one being written, or the next declared): a tensor
+  // may arrive in consecutive parts, so writing needs no more memory than one part; it is
+  // complete when all its bytes are written. Same order and byte-count rules as write().
+  void write_part(std::string_view name, std::span<const std::byte> bytes);
   void finish();
 
   // Convenience: declare + begin + write all + finish, for small test files.

@@ -9,6 +9,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "kiln/core/dtype.h"
 
@@ -47,5 +50,24 @@ Target target_for(RecipeId r, Role role, bool mtp);
 std::string_view target_label(const Target& t);
 // Why a [n, k] module cannot be stored as `kind`, or nullopt.
 std::optional<std::string> unrepresentable(TargetKind kind, int64_t n, int64_t k);
+
+// One tensor a recipe writes.
+struct StoredTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const;
+};
+// The tensors of a [n, k] linear module named `base` (on-disk spelling) stored as `t`, in
+// writing order: weight first, then its scale and companions.
+std::vector<StoredTensor> target_tensors(const std::string& base, const Target& t, int64_t n, int64_t k);
+// The dtype every recipe stores a plain tensor in (DeepSeek's layout), by its canonical
+// name inside its scope ("attn_norm.weight", "ffn.gate.tid2eid", "hc_attn_fn", ...).
+DType plain_dtype(const std::string& module);
+// config.json's quantization_config (and hf_quant_config.json where the producer writes
+// one) as recipe `r`'s producer writes them. `kept_bf16`: modules the recipe would quantize
+// but whose shape the scheme cannot hold (exact names).
+void declare_quantization(RecipeId r, nlohmann::json& cfg, std::optional<nlohmann::json>& hf_quant,
+                          const std::vector<std::string>& kept_bf16);
 
 }  // namespace kiln::quant

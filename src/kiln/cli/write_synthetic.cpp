@@ -1,0 +1,283 @@
+#include "kiln/cli/write_synthetic.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <algorithm>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "kiln/artifact/inventory.h"
+#include "kiln/core/codecs.h"
+#include "kiln/core/error.h"
+#include "kiln/io/config.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/model/synthetic.h"
+
+namespace kiln::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using ops::LinearScheme;
+
+constexpr size_t kPiece = size_t{32} << 20;  // bytes generated and written at a time
+
+// How one stored tensor's bytes are made.
+struct Content {
+  enum class Kind { LinearWeight, LinearScale, Constant, Plain, Tid2eid, Shape } kind = Kind::Plain;
+  LinearScheme scheme = LinearScheme::BF16;
+  int64_t n = 0, k = 0;
+  float value = 0;     // Constant
+  std::string module;  // Plain: the canonical name inside its scope (picks the value recipe)
+};
+
+struct Out {
+  quant::StoredTensor t;
+  Content c;
+  bool mtp = false;
+  int shard = 0;
+};
+
+LinearScheme scheme_of(quant::TargetKind k) {
+  switch (k) {
+    case quant::TargetKind::BF16: return LinearScheme::BF16;
+    case quant::TargetKind::FP8: return LinearScheme::FP8Block;
+    case quant::TargetKind::MXFP4: return LinearScheme::MXFP4;
+    case quant::TargetKind::NVFP4: return LinearScheme::NVFP4;
+    case quant::TargetKind::INT4: return LinearScheme::Int4Group;
+  }
+  return LinearScheme::BF16;
+}
+
+void encode(DType dt, float v, std::byte* dst) {
+  switch (dt) {
+    case DType::F32: std::memcpy(dst, &v, 4); return;
+    case DType::BF16: {
+      const uint16_t h = f32_to_bf16(v);
+      std::memcpy(dst, &h, 2);
+      return;
+    }
+    case DType::F16: {
+      const uint16_t h = f32_to_f16(v);
+      std::memcpy(dst, &h, 2);
+      return;
+    }
+    default: fail_invalid("internal: synthetic checkpoint: no float encoding for {}", dtype_name(dt));
+  }
+}
+
+// The tensors of one linear module stored as `target`, with what fills each.
+std::vector<Out> linear_outs(const ExpectedTensor& e, const quant::Target& target) {
+  const LinearScheme s = scheme_of(target.kind);
+  const ops::HostQuantLinear form = model::synthetic_linear_form(s, e.n, e.k);
+  std::vector<Out> outs;
+  for (auto& t : quant::target_tensors(e.path(), target, e.n, e.k)) {
+    Out o;
+    o.c.scheme = s;
+    o.c.n = e.n;
+    o.c.k = e.k;
+    const std::string suffix = t.name.substr(e.path().size());
+    if (suffix == ".weight" || suffix == ".weight_packed") {
+      o.c.kind = Content::Kind::LinearWeight;
+    } else if (suffix == ".weight_shape") {
+      o.c.kind = Content::Kind::Shape;
+    } else if (suffix == ".weight_scale_2") {
+      o.c.kind = Content::Kind::Constant;
+      o.c.value = form.global;
+    } else if (suffix == ".input_scale") {
+      o.c.kind = Content::Kind::Constant;
+      o.c.value = 1.0f;
+    } else if (t.dtype == form.scale_dtype) {
+      o.c.kind = Content::Kind::LinearScale;  // the generator's own scale bytes
+    } else {
+      // The same scale as a float of another dtype (fp8 scales stored F32 / BF16): 2^-14.
+      o.c.kind = Content::Kind::Constant;
+      o.c.value = 0x1p-14f;
+    }
+    o.t = std::move(t);
+    outs.push_back(std::move(o));
+  }
+  return outs;
+}
+
+void fill(const Out& o, const ModelConfig& cfg, uint64_t seed, uint64_t off, std::span<std::byte> buf) {
+  const Content& c = o.c;
+  const size_t es = dtype_size(o.t.dtype);
+  switch (c.kind) {
+    case Content::Kind::LinearWeight: model::synthetic_linear_bytes(c.scheme, c.n, c.k, false, seed, off, buf); return;
+    case Content::Kind::LinearScale: model::synthetic_linear_bytes(c.scheme, c.n, c.k, true, seed, off, buf); return;
+    default: break;
+  }
+  // Element-wise kinds: pieces hold whole elements (kPiece is a multiple of 8).
+  for (size_t b = 0; b < buf.size(); b += es) {
+    const uint64_t i = (off + b) / es;
+    std::byte* dst = buf.data() + b;
+    switch (c.kind) {
+      case Content::Kind::Constant: encode(o.t.dtype, c.value, dst); break;
+      case Content::Kind::Plain: encode(o.t.dtype, model::synthetic_plain_value(c.module, seed, i), dst); break;
+      case Content::Kind::Tid2eid: {
+        const int64_t v = model::synthetic_tid2eid(cfg, seed, i);
+        std::memcpy(dst, &v, 8);
+        break;
+      }
+      case Content::Kind::Shape: {
+        const int64_t v = i == 0 ? c.n : c.k;
+        std::memcpy(dst, &v, 8);
+        break;
+      }
+      default: break;
+    }
+  }
+}
+
+void remove_checkpoint_files(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const fs::path p = e.path();
+    const std::string name = p.filename().string();
+    if (p.extension() == ".safetensors" || name == "model.safetensors.index.json" || name == "config.json" ||
+        name == "hf_quant_config.json")
+      fs::remove(p);
+  }
+}
+
+void write_json(const fs::path& p, const json& j) {
+  std::ofstream f(p, std::ios::trunc);
+  f << j.dump(2) << "\n";
+  if (!f) fail_io("{}: cannot write", p.string());
+}
+
+}  // namespace
+
+uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, const SyntheticCheckpointOptions& o) {
+  const quant::Recipe* recipe = nullptr;
+  for (const auto& r : quant::recipes())
+    if (r.id == o.recipe) recipe = &r;
+  if (!recipe || recipe->hf_names)
+    fail(ErrorKind::Usage, "synthetic checkpoint: recipe {} does not use DeepSeek's native names", recipe ? recipe->name : "?");
+  const ModelConfig cfg = parse_model_config(config_in, "synthetic checkpoint config");
+  json config = config_in;
+  std::optional<json> hf_quant;
+  quant::declare_quantization(o.recipe, config, hf_quant, {});
+
+  std::vector<Out> outs;
+  for (const ExpectedTensor& e : expected_inventory(cfg)) {
+    if (e.optional) continue;
+    const bool mtp = e.scope == Scope::Mtp;
+    if (e.linear) {
+      const quant::Target target = quant::target_for(o.recipe, quant::role_of(e.module), mtp);
+      if (auto why = quant::unrepresentable(target.kind, e.n, e.k))
+        fail_invalid("synthetic checkpoint: {} [{}, {}]: {}", e.path(), e.n, e.k, *why);
+      for (Out& x : linear_outs(e, target)) {
+        x.mtp = mtp;
+        outs.push_back(std::move(x));
+      }
+    } else {
+      Out x;
+      x.t = {e.path(), quant::plain_dtype(e.module), e.shape};
+      x.c.kind = e.module == "ffn.gate.tid2eid" ? Content::Kind::Tid2eid : Content::Kind::Plain;
+      x.c.module = e.module;
+      x.mtp = mtp;
+      outs.push_back(std::move(x));
+    }
+  }
+
+  // Shards: the main model in order up to the size limit (a module's tensors stay
+  // together), then the MTP block in its own shard, as DeepSeek's release has it.
+  int shards = 0;
+  uint64_t in_shard = 0, total = 0;
+  bool mtp_started = false;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    Out& x = outs[i];
+    const uint64_t b = x.t.nbytes();
+    const bool starts_module = x.c.kind == Content::Kind::Plain || x.c.kind == Content::Kind::Tid2eid ||
+                               x.c.kind == Content::Kind::LinearWeight;
+    const bool new_mtp = x.mtp && !mtp_started;
+    if (shards == 0 || new_mtp || (starts_module && in_shard > 0 && in_shard + b > o.max_shard_bytes)) {
+      ++shards;
+      in_shard = 0;
+      if (x.mtp) mtp_started = true;
+    }
+    x.shard = shards - 1;
+    in_shard += b;
+    total += b;
+  }
+
+  fs::create_directories(dir);
+  remove_checkpoint_files(dir);
+  std::vector<std::byte> buf(kPiece);
+  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  json weight_map = json::object();
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t done = 0;
+  size_t i = 0;
+  for (int s = 0; s < shards; ++s) {
+    const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards);
+    SafetensorsWriter w(dir / file);
+    const size_t first = i;
+    uint64_t bytes = 0;
+    for (; i < outs.size() && outs[i].shard == s; ++i) {
+      w.declare(outs[i].t.name, outs[i].t.dtype, outs[i].t.shape);
+      weight_map[outs[i].t.name] = file;
+      bytes += outs[i].t.nbytes();
+    }
+    w.begin();
+    for (size_t j = first; j < i; ++j) {
+      const Out& x = outs[j];
+      const uint64_t n = x.t.nbytes();
+      if (n == 0) w.write_part(x.t.name, {});
+      for (uint64_t off = 0; off < n; off += kPiece) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(kPiece, n - off));
+        // Generation runs on several threads, each a slice of whole 8-byte words.
+        const size_t slice = (len / threads + 7) / 8 * 8;
+        std::vector<std::thread> pool;
+        for (size_t a = slice; a < len; a += slice)
+          pool.emplace_back([&, a] { fill(x, cfg, o.seed, off + a, std::span<std::byte>(buf.data() + a, std::min(slice, len - a))); });
+        fill(x, cfg, o.seed, off, std::span<std::byte>(buf.data(), std::min(slice, len)));
+        for (auto& t : pool) t.join();
+        w.write_part(x.t.name, std::span<const std::byte>(buf.data(), len));
+      }
+    }
+    w.finish();
+    done += bytes;
+    if (o.progress) {
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      *o.progress << fmt::format("  wrote {} ({:.2f} GB, {} tensors; {:.2f} of {:.2f} GB, {:.2f} GB/s)\n", file,
+                                 static_cast<double>(bytes) / 1e9, i - first, static_cast<double>(done) / 1e9,
+                                 static_cast<double>(total) / 1e9, dt > 0 ? static_cast<double>(done) / 1e9 / dt : 0.0)
+                   << std::flush;
+    }
+  }
+  write_json(dir / "model.safetensors.index.json", json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  write_json(dir / "config.json", config);
+  if (hf_quant) write_json(dir / "hf_quant_config.json", *hf_quant);
+  return total;
+}
+
+int run_write_synthetic(const fs::path& dir, int layers, const std::string& experts, bool mtp, std::ostream& out,
+                        std::ostream& err) {
+  SyntheticCheckpointOptions o;
+  if (experts == "mxfp4") {
+    o.recipe = quant::RecipeId::Native;
+  } else if (experts == "nvfp4") {
+    o.recipe = quant::RecipeId::NativeNvfp4;
+  } else {
+    fail(ErrorKind::Usage, "--write-synthetic writes DeepSeek's native layouts: --experts mxfp4 (deepseek-native) or "
+                           "nvfp4 (deepseek-native-nvfp4), not {}", experts);
+  }
+  o.progress = &err;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string what = fmt::format("{} layer{}{}, experts {}", layers, layers == 1 ? "" : "s", mtp ? " + MTP" : "", experts);
+  err << fmt::format("writing a V4-Flash-shaped checkpoint ({}) to {}\n", what, dir.string());
+  const uint64_t bytes = write_synthetic_checkpoint(dir, model::flash_shaped_config_json(layers, mtp), o);
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out << fmt::format("wrote {}: V4-Flash-shaped, {}, {:.2f} GB in {:.1f} s\n", dir.string(), what,
+                     static_cast<double>(bytes) / 1e9, dt);
+  return 0;
+}
+
+}  // namespace kiln::cli
