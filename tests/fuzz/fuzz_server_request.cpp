@@ -1,6 +1,6 @@
 // libFuzzer target: the server's request path before the model — JSON body validation for
-// both endpoints (server/api.cpp) and, for chat bodies that validate, DeepSeek-V4's chat
-// encoding of the messages. Every input must either succeed or raise ApiError /
+// both endpoints and /tokenize, /detokenize (server/api.cpp) and, for chat bodies that
+// validate, DeepSeek-V4's chat encoding of the messages. Every input must either succeed or raise ApiError /
 // kiln::Error; a crash, a sanitizer report or any other exception is a finding.
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +23,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } catch (const kiln::server::ApiError&) {
     } catch (const kiln::Error&) {
     }
+  }
+  // /tokenize (with messages: the chat encoding) and /detokenize.
+  try {
+    const auto t = kiln::server::parse_tokenize(body);
+    if (t.chat) (void)kiln::server::chat_prompt_text(*t.chat);
+  } catch (const kiln::server::ApiError&) {
+  } catch (const kiln::Error&) {
+  }
+  try {
+    (void)kiln::server::parse_detokenize(body, 4096);
+  } catch (const kiln::server::ApiError&) {
   }
   return 0;
 }
