@@ -197,7 +197,7 @@ uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, 
     const bool starts_module = x.c.kind == Content::Kind::Plain || x.c.kind == Content::Kind::Tid2eid ||
                                x.c.kind == Content::Kind::LinearWeight;
     const bool new_mtp = x.mtp && !mtp_started;
-    if (shards == 0 || new_mtp || (starts_module && in_shard > 0 && in_shard + b > o.max_shard_bytes)) {
+    if (shards == 0 || new_mtp || (!x.mtp && starts_module && in_shard > 0 && in_shard + b > o.max_shard_bytes)) {
       ++shards;
       in_shard = 0;
       if (x.mtp) mtp_started = true;
