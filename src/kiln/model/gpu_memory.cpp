@@ -216,7 +216,7 @@ double gb(int64_t b) { return static_cast<double>(b) / 1e9; }
 
 std::string GpuMemoryPlan::summary() const {
   return fmt::format("weights {:.2f} GB + activations {:.2f} GB ({} rows) + {} x {:.3f} GB of decode state ({} positions) + "
-                     "reserve {:.2f} GB = {:.2f} GB of {:.2f} GB ({:.2f} of {:.2f} GB, {:.2f} GB free)",
+                     "reserve {:.2f} GB = {:.2f} GB of {:.2f} GB ({} of {:.2f} GB, {:.2f} GB free)",
                      gb(needs.weights), gb(needs.activations), needs.max_rows, slots, gb(needs.per_slot),
                      needs.max_context, gb(reserve), gb(bytes(slots)), gb(budget), fraction, gb(total), gb(free));
 }
@@ -240,7 +240,7 @@ GpuMemoryPlan plan_gpu_memory(const GpuMemoryNeeds& needs, int64_t total, int64_
   if (fit < want) {
     fail_invalid("the model does not fit on {}: {} sequence{} of {} positions need {:.2f} GB (weights {:.2f} GB + "
                  "activations for {} rows {:.2f} GB + decode state {:.3f} GB per sequence + reserve {:.2f} GB), but "
-                 "{:.2f} GB is available (--gpu-memory-fraction {:.2f} of {:.2f} GB total, {:.2f} GB free); lower "
+                 "{:.2f} GB is available (--gpu-memory-fraction {} of {:.2f} GB total, {:.2f} GB free); lower "
                  "--max-context{} or raise --gpu-memory-fraction",
                  device, want, want == 1 ? "" : "s", needs.max_context, gb(p.bytes(want)), gb(needs.weights), needs.max_rows,
                  gb(needs.activations), gb(needs.per_slot), gb(p.reserve), gb(p.budget), o.fraction, gb(total), gb(free),
