@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kiln/artifact/inventory.h"
+#include "kiln/cli/default_model.h"
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/io/config.h"
@@ -274,6 +275,17 @@ int run_write_synthetic(const fs::path& dir, int layers, const std::string& expe
   const std::string what = fmt::format("{} layer{}{}, experts {}", layers, layers == 1 ? "" : "s", mtp ? " + MTP" : "", experts);
   err << fmt::format("writing a V4-Flash-shaped checkpoint ({}) to {}\n", what, dir.string());
   const uint64_t bytes = write_synthetic_checkpoint(dir, model::flash_shaped_config_json(layers, mtp), o);
+  // `kiln serve` needs a tokenizer.json beside the model: the bundled model's (its ids are a
+  // subset of the vocabulary; with random weights only token-id prompts mean anything).
+  try {
+    const fs::path tok = find_default_model() / "tokenizer.json";
+    if (fs::exists(tok)) {
+      fs::copy_file(tok, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+      err << fmt::format("  copied {} (for kiln serve; prompts should be token ids)\n", tok.string());
+    }
+  } catch (const std::exception&) {
+    err << "  no tokenizer.json written (the bundled model was not found): give kiln serve --tokenizer\n";
+  }
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   out << fmt::format("wrote {}: V4-Flash-shaped, {}, {:.2f} GB in {:.1f} s\n", dir.string(), what,
                      static_cast<double>(bytes) / 1e9, dt);

@@ -35,7 +35,8 @@ uint64_t write_synthetic_checkpoint(const std::filesystem::path& dir, const nloh
                                     const SyntheticCheckpointOptions& o);
 
 // The CLI: V4-Flash's config with `layers` layers (and one MTP block with `mtp`); experts
-// "mxfp4" (recipe deepseek-native) or "nvfp4" (deepseek-native-nvfp4).
+// "mxfp4" (recipe deepseek-native) or "nvfp4" (deepseek-native-nvfp4). The bundled model's
+// tokenizer.json is copied beside it, so `kiln serve --model DIR` runs (token-id prompts).
 int run_write_synthetic(const std::filesystem::path& dir, int layers, const std::string& experts, bool mtp,
                         std::ostream& out, std::ostream& err);
 
