@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 status=0
 ctest --test-dir build-fuzz -L fuzz --output-on-failure || status=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan -LE gpu --output-on-failure -j "$(nproc)" || status=1
+  ctest --test-dir build-asan -LE "gpu|slow" --output-on-failure -j "$(nproc)" || status=1
 ctest --test-dir build -LE gpu --output-on-failure -j "$(nproc)" || status=1
 exit $status

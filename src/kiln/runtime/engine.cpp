@@ -100,6 +100,7 @@ std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest r) {
     } else {
       a->sampler.emplace(sp);
     }
+    if (r.constraint) a->matcher.emplace(*r.constraint->schema);
     return a;
   };
   auto lead = make(0);
@@ -195,14 +196,11 @@ void Engine::draft(std::vector<Active*>& spec) {
   for (Active* a : spec) {
     a->drafts.assign(static_cast<size_t>(a->K), 0);
     a->q.clear();
+    a->draft_states.clear();
+    if (a->matcher) a->draft_states.push_back(*a->matcher);
     if (a->K == 0) continue;
     most = std::max(most, a->K);
-    if (a->greedy()) {
-      a->drafts[0] = a->draft_argmax;
-    } else {
-      a->q.push_back(sampling_distribution(a->draft_logits, a->request.sampling));
-      a->drafts[0] = sample_from(a->q.back(), a->rng);
-    }
+    a->drafts[0] = a->pick_draft(0, a->draft_logits, a->draft_argmax);
   }
   PassRows rows;
   Wants w;
@@ -213,24 +211,21 @@ void Engine::draft(std::vector<Active*>& spec) {
       if (a->K <= i) continue;
       const int32_t src = a->mtp_row;  // its row of the previous MTP pass
       a->mtp_row = rows.size();
-      a->out0 = w.add(a->mtp_row, a->greedy());
+      a->out0 = w.add(a->mtp_row, a->draft_by_argmax());
       rows.add(a->drafts[static_cast<size_t>(i - 1)], a->slot, a->length + i - 1);
       rows.src.push_back(src);
     }
     b_.mtp(0, rows, MtpInput::MtpStreams, w.outputs(logits_, argmax_, V));
     for (Active* a : spec) {
       if (a->K <= i) continue;
-      if (a->greedy()) {
-        a->drafts[static_cast<size_t>(i)] = argmax_[static_cast<size_t>(a->out0)];
-      } else {
-        a->q.push_back(sampling_distribution(row_of(logits_, a->out0, V), a->request.sampling));
-        a->drafts[static_cast<size_t>(i)] = sample_from(a->q.back(), a->rng);
-      }
+      const bool arg = a->draft_by_argmax();
+      a->drafts[static_cast<size_t>(i)] =
+          a->pick_draft(i, arg ? std::span<const float>() : row_of(logits_, a->out0, V), arg ? argmax_[static_cast<size_t>(a->out0)] : -1);
     }
   }
   if (opts_.draft_hook) {
     for (Active* a : spec) {
-      if (a->K > 0 && a->greedy()) opts_.draft_hook(a->length + 1, a->drafts);
+      if (a->K > 0 && a->draft_by_argmax()) opts_.draft_hook(a->length + 1, a->drafts);
     }
   }
 }
@@ -330,7 +325,7 @@ std::vector<Engine::Active*> Engine::catch_up(std::vector<std::unique_ptr<Active
     }
     if (a->decoding()) {
       a->mtp_row = cu.size() - 1;
-      a->out0 = cw.add(a->mtp_row, a->greedy());
+      a->out0 = cw.add(a->mtp_row, a->draft_by_argmax());
       owners.push_back(a);
     }
   }
@@ -345,7 +340,7 @@ std::vector<Engine::Active*> Engine::catch_up(std::vector<std::unique_ptr<Active
 void Engine::keep_first_drafts(const std::vector<Active*>& owners) {
   const int64_t V = vocab_size();
   for (Active* a : owners) {
-    if (a->greedy()) {
+    if (a->draft_by_argmax()) {
       a->draft_argmax = argmax_[static_cast<size_t>(a->out0)];
     } else {
       const auto l = row_of(logits_, a->out0, V);
@@ -380,7 +375,7 @@ void Engine::fork(const std::vector<Active*>& prefill, const std::vector<Active*
   std::vector<Active*> owners;
   auto add = [&](Active* a, int32_t src) {
     a->mtp_row = rows.size();
-    a->out0 = w.add(a->mtp_row, a->greedy());
+    a->out0 = w.add(a->mtp_row, a->draft_by_argmax());
     rows.add(a->pending, a->slot, a->length - 1);
     rows.src.push_back(src);
     owners.push_back(a);

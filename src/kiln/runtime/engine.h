@@ -51,6 +51,7 @@
 #include "kiln/runtime/request_handle.h"
 #include "kiln/runtime/sampler.h"
 #include "kiln/runtime/speculative.h"
+#include "kiln/runtime/token_mask.h"
 
 namespace kiln::runtime {
 
@@ -87,6 +88,9 @@ struct GenerationRequest {
   bool prompt_logprobs = false;
   // Wakes with every change of the handle (RequestHandle); may be shared. Optional.
   std::shared_ptr<Waker> waker;
+  // Structured output: only tokens that keep the text a prefix of a document the schema
+  // accepts are drawn (speculative drafts and their verification under the same masks).
+  std::shared_ptr<const TokenConstraint> constraint;
 };
 
 class Engine {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <optional>
+
+#include "kiln/runtime/json_schema.h"
 #include <random>
 #include <span>
 #include <vector>
@@ -82,7 +84,21 @@ struct Engine::Active {
   bool wants_logprobs() const { return request.logprobs >= 0; }
   // Whether its main-model rows are asked for the device's argmax rather than logits:
   // greedy with nothing else to compute from the row.
-  bool by_argmax() const { return greedy() && !wants_logprobs() && !request.prompt_logprobs; }
+  bool by_argmax() const { return greedy() && !wants_logprobs() && !request.prompt_logprobs && !constrained(); }
+  // Whether its MTP rows (drafts) are asked for the argmax rather than logits.
+  bool draft_by_argmax() const { return greedy() && !constrained(); }
+  bool constrained() const { return request.constraint != nullptr; }
+  // Structured output: the matcher after the text so far (the pending token included), and
+  // during a round the states after each draft (draft_states[i]: before draft i + 1).
+  std::optional<JsonMatcher> matcher;
+  std::vector<JsonMatcher> draft_states;
+  std::vector<uint8_t> mask_buf;
+  std::vector<float> masked_buf;
+  // row under the constraint in state m (the row itself when unconstrained).
+  std::span<const float> constrain(std::span<const float> row, const JsonMatcher* m);
+  // Draft i of this round from the MTP block's row (its logits, or its argmax when drafts
+  // go by argmax); records q and the draft's constraint state.
+  int32_t pick_draft(int i, std::span<const float> row, int32_t row_argmax);
   // The next token from output `at` of a main pass (an argmax row when by_argmax, else a
   // logits row): argmax when greedy, else a draw (plain: the Sampler; speculative: the
   // round's rng). Records its logprob when asked.

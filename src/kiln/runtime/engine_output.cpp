@@ -14,12 +14,37 @@ void Engine::Active::record_logprob(std::span<const float> row, int32_t token) {
   if (wants_logprobs()) out_lp.push_back(token_logprob(row, token, request.logprobs));
 }
 
+std::span<const float> Engine::Active::constrain(std::span<const float> row, const JsonMatcher* m) {
+  if (!m) return row;
+  request.constraint->apply(row, *m, mask_buf, masked_buf);
+  return masked_buf;
+}
+
 int32_t Engine::Active::choose(const std::vector<float>& logits, const std::vector<int32_t>& argmax_out, int at, int64_t V) {
   if (by_argmax()) return argmax_out[static_cast<size_t>(at)];
-  const auto l = row_of(logits, at, V);
+  const auto raw = row_of(logits, at, V);
+  const auto l = constrain(raw, matcher ? &*matcher : nullptr);
   const int32_t t = greedy() ? argmax(l) : sampler ? sampler->next(l) : sample_from(sampling_distribution(l, request.sampling), rng);
-  record_logprob(l, t);
+  record_logprob(raw, t);
+  if (matcher) request.constraint->advance(*matcher, t);
   return t;
+}
+
+int32_t Engine::Active::pick_draft(int i, std::span<const float> row, int32_t row_argmax) {
+  if (draft_by_argmax()) return row_argmax;
+  const auto l = constrain(row, matcher ? &draft_states[static_cast<size_t>(i)] : nullptr);
+  int32_t d;
+  if (greedy()) {
+    d = argmax(l);
+  } else {
+    q.push_back(sampling_distribution(l, request.sampling));
+    d = sample_from(q.back(), rng);
+  }
+  if (matcher) {
+    draft_states.push_back(draft_states[static_cast<size_t>(i)]);
+    request.constraint->advance(draft_states.back(), d);
+  }
+  return d;
 }
 
 // Sample, or accept drafts; gather prompt logprobs; a prompt fed to its end gives every
@@ -34,7 +59,15 @@ void Engine::take_main(std::vector<Active*>& decoding, std::vector<Active*>& pre
       continue;
     }
     const size_t K1 = static_cast<size_t>(a->K + 1);
+    std::vector<float> masked;  // structured output: each verify row under its draft state's mask
+    if (a->matcher) {
+      for (size_t i = 0; i < K1; ++i) {
+        const auto m = a->constrain(row_of(logits_, a->out0 + static_cast<int64_t>(i), V), &a->draft_states[i]);
+        masked.insert(masked.end(), m.begin(), m.end());
+      }
+    }
     const auto verify_rows = [&] {
+      if (a->matcher) return std::span<const float>(masked);
       return std::span<const float>(logits_).subspan(static_cast<size_t>(a->out0) * static_cast<size_t>(V), K1 * static_cast<size_t>(V));
     };
     const Verdict v =
@@ -54,6 +87,10 @@ void Engine::take_main(std::vector<Active*>& decoding, std::vector<Active*>& pre
     }
     a->length += v.accepted + 1;
     a->pending = v.next;
+    if (a->matcher) {
+      *a->matcher = a->draft_states[static_cast<size_t>(v.accepted)];
+      a->request.constraint->advance(*a->matcher, v.next);
+    }
   }
   for (Active* a : prefill) {
     if (a->chunk == 0) continue;

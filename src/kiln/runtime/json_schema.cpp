@@ -238,6 +238,16 @@ bool JsonMatcher::could_end(const Stack& s) const {
   return false;
 }
 
+bool JsonMatcher::in_plain_string(int chars) const {
+  if (stacks_.empty()) return false;
+  for (const Stack& s : stacks_) {
+    if (s.empty()) return false;
+    const Frame& f = s.back();
+    if (f.type != kString || f.phase != kPlain || f.a + chars > kMaxString) return false;
+  }
+  return true;
+}
+
 bool JsonMatcher::accepting() const {
   return std::any_of(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return could_end(s); });
 }

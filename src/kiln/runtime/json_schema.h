@@ -86,6 +86,9 @@ class JsonMatcher {
   // Nothing can follow (the document is closed): only the end may come.
   bool closed() const;
   bool dead() const { return stacks_.empty(); }
+  // Inside a string's plain text in every state, with room for `chars` more characters:
+  // then any run of plain string characters (token_mask.h's "plain" tokens) is accepted.
+  bool in_plain_string(int chars) const;
 
   struct Frame {
     uint8_t type = 0, phase = 0;

@@ -139,7 +139,35 @@ void parse_choices_and_logprobs(const json& o, ParsedRequest& r) {
   if (const json* t = field(o, "return_tokens_as_token_ids")) r.tokens_as_ids = boolean(*t, "return_tokens_as_token_ids");
 }
 
+// response_format: text, json_object, or json_schema with a schema in the supported subset
+// (runtime/json_schema.h; anything else is a 400 naming the keyword).
+void parse_response_format(const json& o, ParsedRequest& r) {
+  const json* rf = field(o, "response_format");
+  if (!rf) return;
+  const json* t = rf->is_object() ? field(*rf, "type") : nullptr;
+  if (!t || !t->is_string()) bad_field("response_format", "'response_format' must be an object with a 'type'");
+  const std::string type = t->get<std::string>();
+  if (type == "text") return;
+  if (r.thinking == tokenizer::dsv4::ThinkingMode::Thinking) {
+    bad_field("response_format", "'response_format' {} with thinking: the reasoning would have to be JSON too", type);
+  }
+  if (type == "json_object") {
+    r.response_schema = std::make_shared<runtime::JsonSchema>(runtime::JsonSchema::any_object());
+    return;
+  }
+  if (type != "json_schema") bad_field("response_format", "'response_format.type' is '{}'; expected text, json_object or json_schema", type);
+  const json* js = field(*rf, "json_schema");
+  const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+  if (!schema) bad_field("response_format", "'response_format.json_schema.schema' is required for type json_schema");
+  try {
+    r.response_schema = std::make_shared<runtime::JsonSchema>(runtime::JsonSchema::compile(*schema));
+  } catch (const runtime::JsonSchemaError& e) {
+    bad_field("response_format", "{} (keyword '{}')", e.what(), e.keyword());
+  }
+}
+
 void parse_common(const json& o, ParsedRequest& r) {
+  parse_response_format(o, r);
   if (const json* m = field(o, "model")) r.model = string(*m, "model");
   if (const json* t = field(o, "temperature")) r.temperature = static_cast<float>(number(*t, "temperature", 0.0, 2.0));
   if (const json* t = field(o, "top_p")) {
@@ -316,11 +344,6 @@ void parse_chat(const json& o, ParsedRequest& r) {
     const std::string s = string(*e, "reasoning_effort");
     if (s == "high" || s == "max") r.reasoning_effort = tokenizer::dsv4::reasoning_effort_from_string(s);
     else if (s != "low" && s != "medium" && s != "none") bad_field("reasoning_effort", "'reasoning_effort' is '{}'; expected low, medium, high or max", s);
-  }
-  if (const json* rf = field(o, "response_format")) {
-    if (!rf->is_object() || !field(*rf, "type") || !(*rf)["type"].is_string() || (*rf)["type"].get<std::string>() != "text") {
-      bad_field("response_format", "'response_format' other than {{\"type\": \"text\"}} is not supported");
-    }
   }
 }
 

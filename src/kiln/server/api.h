@@ -4,6 +4,10 @@
 // them directly: any byte string either parses or throws ApiError, never anything else.
 #pragma once
 
+#include <memory>
+
+#include "kiln/runtime/json_schema.h"
+
 #include <fmt/format.h>
 
 #include <cstdint>
@@ -75,6 +79,8 @@ struct ParsedRequest {
   int logprobs = -1;
   bool echo = false;                 // completions: the prompt before the completion (and its logprobs)
   bool tokens_as_ids = false;        // return_tokens_as_token_ids (vLLM): tokens as "token_id:N"
+  // response_format json_object / json_schema: the compiled schema (nullptr: free text).
+  std::shared_ptr<const runtime::JsonSchema> response_schema;
 };
 
 // The most prompts one completions request may carry.

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <ctime>
 #include <random>
+#include <mutex>
 #include <thread>
 
 #include "kiln/core/error.h"
@@ -57,6 +58,21 @@ struct Server::Impl {
   HttpCounters counters;
   std::atomic<int64_t>* active = nullptr;
   int listen_fd = -1;  // the socket cpp-httplib binds (set by the socket-options hook)
+  // Structured output: the vocabulary's bytes as a trie, built at the first request that
+  // asks for a response_format.
+  std::once_flag trie_once;
+  std::shared_ptr<const runtime::TokenTrie> trie;
+  std::shared_ptr<const runtime::TokenTrie> token_trie() {
+    std::call_once(trie_once, [&] {
+      std::vector<std::string> bytes(tok.vocab_size());
+      for (size_t id = 0; id < bytes.size(); ++id) {
+        const auto b = tok.token_bytes(static_cast<int32_t>(id));
+        if (b && !tok.is_special(static_cast<int32_t>(id))) bytes[id] = std::string(*b);
+      }
+      trie = std::make_shared<runtime::TokenTrie>(bytes);
+    });
+    return trie;
+  }
 
   Impl(runtime::Engine& e, const tokenizer::Tokenizer& t, ModelTokens mt, ServerOptions o)
       : engine(e), tok(t), tokens(mt), opt(std::move(o)) {
@@ -140,6 +156,16 @@ std::shared_ptr<Generation> Server::Impl::start(ParsedRequest req) {
     // Prompt i's choice c draws with seed + i * n + c: every choice of the request its own.
     g.sampling.seed = seed + static_cast<uint64_t>(i) * static_cast<uint64_t>(req.n);
     if (!req.ignore_eos && tokens.eos >= 0) g.stop_tokens.push_back(tokens.eos);
+    if (req.response_schema) {
+      // The document ends with the end token (ignore_eos or not: nothing may follow it).
+      if (tokens.eos < 0) throw ApiError(400, "'response_format': the model has no end token to close the document", "response_format");
+      auto c = std::make_shared<runtime::TokenConstraint>();
+      c->schema = req.response_schema;
+      c->trie = token_trie();
+      c->end_tokens = {tokens.eos};
+      g.constraint = std::move(c);
+      if (req.ignore_eos) g.stop_tokens.push_back(tokens.eos);
+    }
     if (req.mtp) g.mtp = *req.mtp;
     g.n = req.n;
     g.logprobs = req.logprobs;

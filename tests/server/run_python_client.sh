@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Starts `kiln serve` on a free loopback port with the bundled model, runs the official
-# `openai` Python client test against it, and stops the server.
-#   usage: run_openai_client.sh KILN PYTHON    (PYTHON: build-deps/venv/bin/python, scripts/setup.sh)
+# Starts `kiln serve` on a free loopback port with the bundled model, runs a Python test
+# client against it (tests/server/SCRIPT, given the server's /v1 URL), and stops the server.
+#   usage: run_python_client.sh KILN PYTHON SCRIPT    (PYTHON: build-deps/venv/bin/python, scripts/setup.sh)
 set -euo pipefail
 kiln=$1
 python=$2
+script=$3
 here=$(cd "$(dirname "$0")" && pwd)
-if ! "$python" -c 'import openai' 2>/dev/null; then
-  echo "error: $python cannot import openai (pinned in scripts/python-requirements.txt): run scripts/setup.sh" >&2
+if ! "$python" -c 'import openai, jsonschema' 2>/dev/null; then
+  echo "error: $python cannot import openai and jsonschema (pinned in scripts/python-requirements.txt): run scripts/setup.sh" >&2
   exit 1
 fi
 log=$(mktemp)
@@ -22,4 +23,4 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -n "$url" ] || { echo "kiln serve printed no ready line"; cat "$log"; exit 1; }
-"$python" "$here/openai_client.py" "$url/v1"
+"$python" "$here/$script" "$url/v1"
