@@ -159,6 +159,21 @@ DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<in
   const double dt = std::chrono::duration<double>(t1 - t0).count();
   r.tokens_per_s = dt > 0 ? static_cast<double>(c1 - c0) / dt : 0.0;
   r.step_ms = s1 > s0 ? dt * 1e3 / static_cast<double>(s1 - s0) : 0.0;
+  if (c1 <= c0 || s1 - s0 < 4) {
+    // No window with every sequence decoding (a prompt was still being fed when the first
+    // sequence finished): the whole run from the first token to the last instead.
+    Clock::time_point first = Clock::time_point::max(), last = Clock::time_point::min();
+    size_t tokens = 0;
+    for (const auto& h : hs) {
+      const auto t = h->timing();
+      first = std::min(first, t.first_token);
+      last = std::max(last, t.finished);
+      tokens += h->tokens().size() - 1;
+    }
+    const double all = std::chrono::duration<double>(last - first).count();
+    r.tokens_per_s = all > 0 ? static_cast<double>(tokens) / all : 0.0;
+    r.step_ms = 0.0;  // not measured
+  }
   return r;
 }
 
