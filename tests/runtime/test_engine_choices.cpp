@@ -193,9 +193,12 @@ TEST(EngineChoices, ManyChoicesWaitForRoomAndCancelTogether) {
   wait(*c);
   EXPECT_EQ(c->tokens(0).size(), 4u);
   EXPECT_EQ(c->tokens(1), c->tokens(0));
+  // The counters move right after the handles are told (the scheduler's next statements).
+  for (int i = 0; i < 100 && (engine.metrics().running.load() != 0 || engine.metrics().requests_finished.load() != 1); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_EQ(engine.metrics().requests_cancelled.load(), 1u);
   EXPECT_EQ(engine.metrics().requests_finished.load(), 1u);
-  for (int i = 0; i < 100 && engine.metrics().running.load() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   expect_all_slots_free(b);
 }
 
