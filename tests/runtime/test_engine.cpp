@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "kiln/core/error.h"
+#include "engine_fixture.h"
 #include "kiln/runtime/cpu_backend.h"
 #include "kiln/runtime/engine.h"
 #include "kiln/runtime/generate.h"
@@ -17,13 +18,9 @@ namespace {
 namespace fs = std::filesystem;
 using namespace kiln::runtime;
 
-const fs::path kModel = fs::path(KILN_TEST_DATA_DIR) / "fixtures" / "tiny_b" / "native";
+const fs::path kModel = kiln::test::kEngineModel;
 
-std::vector<int32_t> prompt_of(int n, int salt) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back((i * 37 + salt * 11 + 5) % 384);
-  return p;
-}
+std::vector<int32_t> prompt_of(int n, int salt) { return kiln::test::engine_prompt(n, salt); }
 
 std::vector<int32_t> run_alone(CpuBackend& b, const GenerationRequest& r, int64_t chunk) {
   EngineOptions eo;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kiln/cli/text_tokens.h"
+#include "kiln/cli/int_list.h"
 #include "kiln/core/error.h"
 
 #ifdef KILN_HAVE_CUDA
@@ -41,24 +42,6 @@ namespace {
 using model::cuda::GpuForward;
 using model::cuda::GpuOptions;
 using model::cuda::GpuWeights;
-
-std::vector<int> parse_batches(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      const int v = std::stoi(item, &used);
-      if (used != item.size() || v < 1) throw std::invalid_argument(item);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      fail(ErrorKind::Usage, "--batches: '{}' is not a positive integer", item);
-    }
-  }
-  if (out.empty()) fail(ErrorKind::Usage, "--batches: no batch size given");
-  return out;
-}
 
 ops::LinearScheme parse_scheme(const std::string& s) {
   for (auto v : {ops::LinearScheme::BF16, ops::LinearScheme::FP8Block, ops::LinearScheme::Int4Group,
@@ -180,7 +163,7 @@ DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<in
 }  // namespace
 
 int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
-  const std::vector<int> batches = parse_batches(o.batches);
+  const std::vector<int> batches = parse_positive_list(o.batches, "--batches");
   int maxB = 0;
   for (int b : batches) maxB = std::max(maxB, b);
   if (o.steps < 1 || o.context < 1) fail(ErrorKind::Usage, "--steps and --context must be >= 1");

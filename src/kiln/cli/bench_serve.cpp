@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/cli/serve.h"
+#include "kiln/cli/int_list.h"
 #include "kiln/core/error.h"
 
 namespace kiln::cli {
@@ -29,24 +30,6 @@ namespace {
 using json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-std::vector<int> parse_levels(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      const int v = std::stoi(item, &used);
-      if (used != item.size() || v < 1) throw std::invalid_argument(item);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      fail(ErrorKind::Usage, "--concurrency: '{}' is not a positive integer", item);
-    }
-  }
-  if (out.empty()) fail(ErrorKind::Usage, "--concurrency: no level given");
-  return out;
-}
 
 std::string clip(std::string_view s, size_t n = 200) {
   return s.size() <= n ? std::string(s) : std::string(s.substr(0, n)) + "...";
@@ -374,7 +357,7 @@ struct InProcessServer {
 }  // namespace
 
 int run_bench_serve(const BenchServeOptions& o, std::ostream& out, std::ostream& err) {
-  const std::vector<int> levels = parse_levels(o.concurrency);
+  const std::vector<int> levels = parse_positive_list(o.concurrency, "--concurrency");
   if (o.url.empty() == o.model.empty()) {
     fail(ErrorKind::Usage, "give exactly one of --url URL (a running server) and --model DIR (kiln serve in this process)");
   }

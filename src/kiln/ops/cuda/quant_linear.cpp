@@ -41,23 +41,6 @@ uint32_t load_u32(const std::byte* p) {
   return v;
 }
 
-float scale_value(DType dt, const std::byte* p) {
-  uint16_t h;
-  switch (dt) {
-    case DType::F32: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
-    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
-    case DType::F8_E8M0:
-    case DType::U8: return e8m0_to_f32(static_cast<uint8_t>(*p));
-    case DType::F8_E4M3: return e4m3_to_f32(static_cast<uint8_t>(*p));
-    default: return 0.0f;
-  }
-}
-
 void expect_bytes(const HostQuantLinear& w, const char* what, HostBytes s, int64_t want) {
   if (static_cast<int64_t>(s.size) != want)
     fail_invalid("{}: {} holds {} bytes, expected {} for a [{}, {}] {} weight", w.name, what, s.size, want, w.n, w.k,
@@ -143,7 +126,7 @@ DeviceUploader::Fill floats_fill(F value) {
 
 DeviceUploader::Fill scales_to_f32(const std::byte* src, DType dt) {
   const size_t es = dtype_size(dt);
-  return floats_fill([src, dt, es](uint64_t i) { return scale_value(dt, src + i * es); });
+  return floats_fill([src, dt, es](uint64_t i) { return scale_to_f32(dt, src + i * es); });
 }
 
 // int4 zero points: byte r * groups + g of the prepared [n, groups] array from the words
