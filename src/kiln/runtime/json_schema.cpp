@@ -257,96 +257,75 @@ bool JsonMatcher::closed() const {
 }
 
 // A value of `node` starts with byte c (whitespace before it is the caller's business).
+// Each kind opens its frame through the same starters; a free-form value (Any) tries them
+// all.
 void JsonMatcher::start_value(Stack s, int node, uint8_t c, std::vector<Stack>& out) const {
   const JsonNode& n = schema_->nodes()[static_cast<size_t>(node)];
-  Frame f;
-  f.node = static_cast<int16_t>(node);
   auto push = [&](Frame fr) {
     Stack t = s;
     t.push_back(fr);
     out.push_back(std::move(t));
   };
+  auto frame = [&](uint8_t type) {
+    Frame f;
+    f.node = static_cast<int16_t>(node);
+    f.type = type;
+    return f;
+  };
+  auto container = [&](uint8_t open, uint8_t type) {
+    if (c != open) return;
+    Frame f = frame(type);
+    f.phase = kOpen;
+    push(f);
+  };
+  auto string = [&] {
+    if (c == '"') push(frame(kString));
+  };
+  auto number = [&] {
+    if (c != '-' && !(c >= '0' && c <= '9')) return;
+    Frame f = frame(kNumber);
+    f.phase = c == '-' ? kMinus : c == '0' ? kZero : kInt;
+    f.a = c >= '1' && c <= '9' ? 1 : 0;
+    push(f);
+  };
+  auto words = [&](int first, int last) {  // kWords[first .. last)
+    for (int w = first; w < last; ++w) {
+      if (c != static_cast<uint8_t>(kWords[w][0])) continue;
+      Frame f = frame(kLiteral);
+      f.node = -1;
+      f.a = w;
+      f.b = 1;
+      push(f);
+    }
+  };
   switch (n.kind) {
     case Kind::AnyOf:
       for (int alt : n.alts) start_value(s, alt, c, out);
       return;
-    case Kind::Any: {
-      // Free-form: any JSON value, nested up to the node's depth.
-      if (c == '{' || c == '[') {
-        if (n.items < 0) return;  // nested as deep as allowed
-        f.type = c == '{' ? kObject : kArray;
-        f.phase = kOpen;
-        push(f);
-        return;
+    case Kind::Any:
+      // Free-form: any JSON value, containers only while the nesting budget lasts.
+      if (n.items >= 0) {
+        container('{', kObject);
+        container('[', kArray);
       }
-      if (c == '"') {
-        f.type = kString;
-        push(f);
-        return;
-      }
-      if (c == '-' || (c >= '0' && c <= '9')) {
-        f.type = kNumber;
-        f.phase = c == '-' ? kMinus : c == '0' ? kZero : kInt;
-        f.a = c >= '1' && c <= '9' ? 1 : 0;
-        push(f);
-        return;
-      }
-      for (int w = 0; w < 3; ++w) {
-        if (c == static_cast<uint8_t>(kWords[w][0])) {
-          f.type = kLiteral;
-          f.node = -1;
-          f.a = w;
-          f.b = 1;
-          push(f);
-        }
-      }
+      string();
+      number();
+      words(0, 3);
       return;
-    }
-    case Kind::Object:
-      if (c != '{') return;
-      f.type = kObject;
-      f.phase = kOpen;
-      push(f);
-      return;
-    case Kind::Array:
-      if (c != '[') return;
-      f.type = kArray;
-      f.phase = kOpen;
-      push(f);
-      return;
-    case Kind::String:
-      if (c != '"') return;
-      f.type = kString;
-      push(f);
-      return;
+    case Kind::Object: container('{', kObject); return;
+    case Kind::Array: container('[', kArray); return;
+    case Kind::String: string(); return;
     case Kind::Number:
-    case Kind::Integer:
-      if (c != '-' && !(c >= '0' && c <= '9')) return;
-      f.type = kNumber;
-      f.phase = c == '-' ? kMinus : c == '0' ? kZero : kInt;
-      f.a = c >= '1' && c <= '9' ? 1 : 0;
-      push(f);
-      return;
-    case Kind::Boolean:
-    case Kind::Null:
-      for (int w = n.kind == Kind::Boolean ? 0 : 2; w < (n.kind == Kind::Boolean ? 2 : 3); ++w) {
-        if (c == static_cast<uint8_t>(kWords[w][0])) {
-          f.type = kLiteral;
-          f.node = -1;
-          f.a = w;
-          f.b = 1;
-          push(f);
-        }
-      }
-      return;
+    case Kind::Integer: number(); return;
+    case Kind::Boolean: words(0, 2); return;
+    case Kind::Null: words(2, 3); return;
     case Kind::Literals:
       for (size_t i = 0; i < n.literals.size(); ++i) {
-        if (static_cast<uint8_t>(n.literals[i][0]) == c) {
-          f.type = kLiteral;
-          f.a = static_cast<int32_t>(i);
-          f.b = 1;
-          push(f);
-        }
+        if (static_cast<uint8_t>(n.literals[i][0]) != c) continue;
+        Frame f = frame(kLiteral);
+        f.a = static_cast<int32_t>(i);
+        f.b = 1;
+        push(f);
       }
       return;
   }
