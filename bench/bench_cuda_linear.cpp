@@ -20,6 +20,7 @@
 #include "kiln/ops/cuda/read_bandwidth.h"
 #include "kiln/core/error.h"
 #include "cuda_timing.h"
+#include "flash_shapes.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
 #include "kiln/quant/quantize.h"
@@ -33,17 +34,8 @@ using kiln::ops::LinearScheme;
 using kiln::ops::cuda::QuantLinear;
 using kiln::quant::QTensor;
 
-struct Shape {
-  const char* name;
-  int64_t n, k;
-};
-// hidden 4096; q_lora 1024, 64 heads x 512 head dim, o_groups 8 x o_lora 1024, expert
-// intermediate 2048.
-const Shape kShapes[] = {{"wq_b", 64 * 512, 1024},
-                         {"wo_b", 4096, 8 * 1024},
-                         {"expert_w1_w3", 2048, 4096},
-                         {"expert_w2", 4096, 2048},
-                         {"wq_a", 1024, 4096}};
+using kiln::bench::Shape;
+constexpr const auto& kShapes = kiln::bench::kFlashShapes;
 const int kMs[] = {1, 2, 4, 8, 16, 32, 64};
 
 HostBytes view(const QTensor& t) { return {t.bytes.data(), t.bytes.size()}; }

@@ -17,6 +17,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/act_quant.h"
 #include "cuda_timing.h"
+#include "flash_shapes.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/fp8_block_gemm.h"
 #include "kiln/ops/quant_linear.h"
@@ -31,17 +32,8 @@ using kiln::ops::LinearScheme;
 using kiln::ops::cuda::Fp8BlockGemm;
 using kiln::ops::cuda::QuantLinear;
 
-struct Shape {
-  const char* name;
-  int64_t n, k;
-};
-// As bench_cuda_linear: hidden 4096; q_lora 1024, 64 heads x 512, o_groups 8 x 1024,
-// expert intermediate 2048.
-const Shape kShapes[] = {{"wq_b", 64 * 512, 1024},
-                         {"wo_b", 4096, 8 * 1024},
-                         {"expert_w1_w3", 2048, 4096},
-                         {"expert_w2", 4096, 2048},
-                         {"wq_a", 1024, 4096}};
+using kiln::bench::Shape;
+constexpr const auto& kShapes = kiln::bench::kFlashShapes;
 const int kMs[] = {1, 16, 64, 256, 1024, 4096};
 
 using kiln::bench::time_graph_calls;

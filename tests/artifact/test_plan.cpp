@@ -9,6 +9,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
+#include "plan_test_util.h"
 #include "support/artifacts.h"
 
 namespace kiln {
@@ -18,16 +19,8 @@ using test::ArtifactSpec;
 using test::Layout;
 using test::TempDir;
 
-Plan plan_of(const ArtifactSpec& spec, const TempDir& dir) {
-  test::write_spec(spec, dir.path());
-  return build_plan(Checkpoint::open(dir.path()), load_model_config(dir.path()));
-}
-
-std::string all(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += x + "\n";
-  return s;
-}
+using test::all;
+using test::plan_of;
 
 // group label -> set of scheme descriptions
 std::map<std::string, std::set<std::string>> schemes(const Plan& p) {

@@ -11,6 +11,7 @@
 #include "kiln/artifact/report.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
+#include "plan_test_util.h"
 #include "support/artifacts.h"
 
 namespace kiln {
@@ -20,16 +21,8 @@ using test::ArtifactSpec;
 using test::Layout;
 using test::TempDir;
 
-Plan plan_of(const ArtifactSpec& spec, const TempDir& dir) {
-  test::write_spec(spec, dir.path());
-  return build_plan(Checkpoint::open(dir.path()), load_model_config(dir.path()));
-}
-
-std::string all(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += x + "\n";
-  return s;
-}
+using test::all;
+using test::plan_of;
 
 bool is_drafter(const std::string& name) { return name.rfind("mtp.", 0) == 0; }
 
