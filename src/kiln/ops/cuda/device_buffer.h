@@ -12,6 +12,15 @@
 
 namespace kiln::ops::cuda {
 
+// cudaMemset and a cudaMemcpy from pageable host memory may return before the device has
+// written the bytes, and they run on the legacy default stream, which the engine's
+// non-blocking streams (compute, upload workers) do not wait for. Every synchronous-looking
+// fill or upload of a long-lived buffer therefore ends with this: without it a forward
+// built right after its buffers could read them before they are zeroed or filled (a race
+// seen on H100: the first pass's logits differed; compute-sanitizer, which serialises,
+// hid it).
+inline void settle_legacy_stream() { KILN_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy)); }
+
 template <typename T>
 class DeviceArray {
  public:
@@ -19,7 +28,10 @@ class DeviceArray {
   explicit DeviceArray(size_t n, bool zero = true) : n_(n) {
     if (n) {
       KILN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
-      if (zero) KILN_CUDA_CHECK(cudaMemset(p_, 0, n * sizeof(T)));
+      if (zero) {
+        KILN_CUDA_CHECK(cudaMemset(p_, 0, n * sizeof(T)));
+        settle_legacy_stream();
+      }
     }
   }
   explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size(), false) { upload(host.data(), host.size()); }
@@ -36,7 +48,10 @@ class DeviceArray {
   }
   void upload(const T* src, size_t n) {
     if (n > n_) fail(ErrorKind::Usage, "DeviceArray: upload of {} elements into {}", n, n_);
-    if (n) KILN_CUDA_CHECK(cudaMemcpy(p_, src, n * sizeof(T), cudaMemcpyHostToDevice));
+    if (n) {
+      KILN_CUDA_CHECK(cudaMemcpy(p_, src, n * sizeof(T), cudaMemcpyHostToDevice));
+      settle_legacy_stream();
+    }
   }
   std::vector<T> download(size_t n) const {
     if (n > n_) fail(ErrorKind::Usage, "DeviceArray: download of {} elements from {}", n, n_);

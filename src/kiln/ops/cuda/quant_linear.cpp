@@ -27,11 +27,11 @@ using detail::PendingUpload;
 using detail::RowGroups;
 
 static_assert(sizeof(LinearParams) == device::kLinearParamsBytes, "ops/device_sizes.h sizes the expert tables with it");
-static_assert(detail::chunk_elems(LinearScheme::BF16) == device::linear_chunk_elems(LinearScheme::BF16) &&
-              detail::chunk_elems(LinearScheme::FP8Block) == device::linear_chunk_elems(LinearScheme::FP8Block) &&
-              detail::chunk_elems(LinearScheme::Int4Group) == device::linear_chunk_elems(LinearScheme::Int4Group) &&
-              detail::chunk_elems(LinearScheme::MXFP4) == device::linear_chunk_elems(LinearScheme::MXFP4) &&
-              detail::chunk_elems(LinearScheme::NVFP4) == device::linear_chunk_elems(LinearScheme::NVFP4));
+static_assert(detail::chunk_elems(SchemeKind::BF16) == device::linear_chunk_elems(SchemeKind::BF16) &&
+              detail::chunk_elems(SchemeKind::FP8Block) == device::linear_chunk_elems(SchemeKind::FP8Block) &&
+              detail::chunk_elems(SchemeKind::Int4Group) == device::linear_chunk_elems(SchemeKind::Int4Group) &&
+              detail::chunk_elems(SchemeKind::MXFP4) == device::linear_chunk_elems(SchemeKind::MXFP4) &&
+              detail::chunk_elems(SchemeKind::NVFP4) == device::linear_chunk_elems(SchemeKind::NVFP4));
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -44,21 +44,21 @@ uint32_t load_u32(const std::byte* p) {
 void expect_bytes(const HostQuantLinear& w, const char* what, HostBytes s, int64_t want) {
   if (static_cast<int64_t>(s.size) != want)
     fail_invalid("{}: {} holds {} bytes, expected {} for a [{}, {}] {} weight", w.name, what, s.size, want, w.n, w.k,
-                 linear_scheme_name(w.scheme));
+                 scheme_kind_name(w.scheme));
 }
 
 void expect_dtype(const HostQuantLinear& w, const char* what, DType got, std::initializer_list<DType> ok) {
   if (std::find(ok.begin(), ok.end(), got) != ok.end()) return;
   std::string names;
   for (DType d : ok) names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
-  fail_invalid("{}: {} is {}, the CUDA {} kernel expects {}", w.name, what, dtype_name(got), linear_scheme_name(w.scheme),
+  fail_invalid("{}: {} is {}, the CUDA {} kernel expects {}", w.name, what, dtype_name(got), scheme_kind_name(w.scheme),
                names);
 }
 
 void expect_scale_shape(const HostQuantLinear& w, int64_t rows, int64_t cols) {
   if (w.scale_rows != rows || w.scale_cols != cols)
     fail_invalid("{}: scale is [{}, {}], expected [{}, {}] for a [{}, {}] {} weight (block {}x{})", w.name, w.scale_rows,
-                 w.scale_cols, rows, cols, w.n, w.k, linear_scheme_name(w.scheme), w.block_n, w.block_k);
+                 w.scale_cols, rows, cols, w.n, w.k, scheme_kind_name(w.scheme), w.block_n, w.block_k);
   expect_bytes(w, "scale", w.scale, rows * cols * static_cast<int64_t>(dtype_size(w.scale_dtype)));
 }
 
@@ -69,7 +69,7 @@ int group_shift(const HostQuantLinear& w, int64_t elems, int64_t cols) {
   if (w.block_k > 0 && w.block_k % elems == 0 && std::has_single_bit(static_cast<uint64_t>(w.block_k / elems)))
     return std::countr_zero(static_cast<uint64_t>(w.block_k / elems));
   fail_invalid("{}: {} block/group of {} inputs is not supported by the CUDA kernel (needs {} x a power of two)", w.name,
-               linear_scheme_name(w.scheme), w.block_k, elems);
+               scheme_kind_name(w.scheme), w.block_k, elems);
 }
 
 // ---- Fills: each writes bytes [off, off + len) of one prepared buffer from the host view.
@@ -155,6 +155,7 @@ void detail::submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader*
     u.fill(0, u.bytes, host.data());
     KILN_CUDA_CHECK(cudaMemcpy(u.dst, host.data(), u.bytes, cudaMemcpyHostToDevice));
   }
+  if (!up) settle_legacy_stream();
   uploads.clear();
 }
 
@@ -185,13 +186,13 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
   DeviceUploader::Source scale_src{w.scale.data, w.scale.size};
 
   switch (w.scheme) {
-    case LinearScheme::BF16: {
+    case SchemeKind::BF16: {
       expect_dtype(w, "weight", w.weight_dtype, {DType::BF16});
       expect_bytes(w, "weight", w.weight, n * k * 2);
       src_row = k * 2;
       break;
     }
-    case LinearScheme::FP8Block: {
+    case SchemeKind::FP8Block: {
       expect_dtype(w, "weight", w.weight_dtype, {DType::F8_E4M3});
       expect_bytes(w, "weight", w.weight, n * k);
       expect_dtype(w, "scale", w.scale_dtype, {DType::F8_E8M0, DType::U8, DType::F32, DType::BF16, DType::F16});
@@ -206,7 +207,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       sfill = scales_to_f32(w.scale.data, w.scale_dtype);
       break;
     }
-    case LinearScheme::Int4Group: {
+    case SchemeKind::Int4Group: {
       expect_dtype(w, "weight_packed", w.weight_dtype, {DType::I32});
       const int64_t words = ceil_div(k, 8);
       expect_bytes(w, "weight_packed", w.weight, n * words * 4);
@@ -224,9 +225,9 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       }
       break;
     }
-    case LinearScheme::MXFP4:
-    case LinearScheme::NVFP4: {
-      const bool mx = w.scheme == LinearScheme::MXFP4;
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: {
+      const bool mx = w.scheme == SchemeKind::MXFP4;
       const int64_t g = mx ? 32 : 16;
       if (mx) {
         expect_dtype(w, "weight", w.weight_dtype, {DType::I8, DType::U8});
@@ -237,7 +238,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
         expect_dtype(w, "weight_scale", w.scale_dtype, {DType::F8_E4M3});
         if (k % 16) fail_invalid("{}: nvfp4 needs k to be a multiple of 16, got {}", w.name, k);
       }
-      if (w.block_k != g) fail_invalid("{}: {} group is {} inputs, expected {}", w.name, linear_scheme_name(w.scheme), w.block_k, g);
+      if (w.block_k != g) fail_invalid("{}: {} group is {} inputs, expected {}", w.name, scheme_kind_name(w.scheme), w.block_k, g);
       expect_bytes(w, "weight", w.weight, n * k / 2);
       const int64_t scols = ceil_div(k, g);
       expect_scale_shape(w, n, scols);
@@ -278,7 +279,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     auto& pl = impl->plans[static_cast<size_t>(M - 1)];
     const int rw = rows_per_thread ? std::min(rows_per_thread, 64 / mt) : detail::rows_per_thread(w.scheme, mt);
     pl.fn = detail::select_launcher(w.scheme, mt, rw);
-    if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", linear_scheme_name(w.scheme), mt, rw);
+    if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", scheme_kind_name(w.scheme), mt, rw);
     pl.shape.mtiles = static_cast<unsigned>(ceil_div(M, mt));
     pl.rw = rw;
     auto blocks = [&](int l) { return static_cast<int64_t>(detail::row_blocks(n, rw, l)); };
@@ -286,7 +287,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     while (l < max_lk_log2 && blocks(l) * pl.shape.mtiles < 2 * sms) ++l;
     pl.shape.lk_log2 = l;
     pl.shape.blocks = static_cast<unsigned>(blocks(l));
-    pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", linear_scheme_name(w.scheme), mt, rw, 1 << l,
+    pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), mt, rw, 1 << l,
                           pl.shape.blocks, pl.shape.mtiles);
   }
   uploads.push_back({impl->w.get(), impl->w.bytes(), std::move(wfill), {w.weight.data, w.weight.size}});
@@ -395,7 +396,7 @@ void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_s
 int64_t QuantLinear::n() const { return impl_->n; }
 int64_t QuantLinear::k() const { return impl_->k; }
 int QuantLinear::max_m() const { return impl_->max_m; }
-LinearScheme QuantLinear::scheme() const { return impl_->scheme; }
+SchemeKind QuantLinear::scheme() const { return impl_->scheme; }
 int64_t QuantLinear::weight_bytes() const { return impl_->weight_bytes; }
 const char* QuantLinear::describe(int M) const {
   if (M < 1 || M > impl_->max_m) fail(ErrorKind::Usage, "linear describe: M = {} is outside [1, {}]", M, impl_->max_m);

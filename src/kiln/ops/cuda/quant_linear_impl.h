@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/device_buffer.h"
 #include "kiln/ops/cuda/device_upload.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 #include "kiln/ops/device_sizes.h"
@@ -38,7 +39,10 @@ class DeviceBuffer {
     if (p_) cudaFree(p_);  // nothing to report from a destructor
   }
   void upload(const void* src, size_t bytes) {
-    if (bytes) KILN_CUDA_CHECK(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice));
+    if (bytes) {
+      KILN_CUDA_CHECK(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice));
+      settle_legacy_stream();
+    }
   }
   void* get() const { return p_; }
   size_t bytes() const { return bytes_; }
@@ -62,7 +66,7 @@ struct LtPath;  // quant_linear_lt.cpp
 }  // namespace detail
 
 struct QuantLinearImpl {
-  LinearScheme scheme{};
+  SchemeKind scheme{};
   int64_t n = 0, k = 0, kp = 0;  // kp: k padded to whole chunks (the staging row width)
   int max_m = 0;
   detail::DeviceBuffer w, scale, zp, xpad;
