@@ -9,7 +9,9 @@
 
 #include <cuda_runtime.h>
 
+#include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -191,8 +193,18 @@ void same_weights(const GpuWeights& a, const GpuWeights& b) {
   EXPECT_EQ(a.device_bytes, b.device_bytes);
 }
 
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+::testing::AssertionResult bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
+  if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0) return ::testing::AssertionSuccess();
+  double worst = 0;
+  size_t at = 0, differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(static_cast<double>(a[i]) - b[i]);
+    if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i])) ++differ;
+    if (d > worst || std::isnan(d)) worst = d, at = i;
+  }
+  return ::testing::AssertionFailure() << differ << " of " << a.size() << " values differ; largest |a-b| " << worst
+                                       << " at " << at << " (" << a[at] << " vs " << b[at] << ")";
 }
 
 TEST(GpuLoad, StraightToDeviceEqualsTheLoadThroughTheCpuModel) {

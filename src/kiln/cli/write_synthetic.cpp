@@ -16,7 +16,9 @@
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/io/config.h"
+#include "kiln/io/config_writer.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/synthetic.h"
 
 namespace kiln::cli {
@@ -24,14 +26,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using ops::LinearScheme;
 
 constexpr size_t kPiece = size_t{32} << 20;  // bytes generated and written at a time
 
 // How one stored tensor's bytes are made.
 struct Content {
   enum class Kind { LinearWeight, LinearScale, Constant, Plain, Tid2eid, Shape } kind = Kind::Plain;
-  LinearScheme scheme = LinearScheme::BF16;
+  SchemeKind scheme = SchemeKind::BF16;
   int64_t n = 0, k = 0;
   float value = 0;     // Constant
   std::string module;  // Plain: the canonical name inside its scope (picks the value recipe)
@@ -43,17 +44,6 @@ struct Out {
   bool mtp = false;
   int shard = 0;
 };
-
-LinearScheme scheme_of(quant::TargetKind k) {
-  switch (k) {
-    case quant::TargetKind::BF16: return LinearScheme::BF16;
-    case quant::TargetKind::FP8: return LinearScheme::FP8Block;
-    case quant::TargetKind::MXFP4: return LinearScheme::MXFP4;
-    case quant::TargetKind::NVFP4: return LinearScheme::NVFP4;
-    case quant::TargetKind::INT4: return LinearScheme::Int4Group;
-  }
-  return LinearScheme::BF16;
-}
 
 void encode(DType dt, float v, std::byte* dst) {
   switch (dt) {
@@ -74,7 +64,7 @@ void encode(DType dt, float v, std::byte* dst) {
 
 // The tensors of one linear module stored as `target`, with what fills each.
 std::vector<Out> linear_outs(const ExpectedTensor& e, const quant::Target& target) {
-  const LinearScheme s = scheme_of(target.kind);
+  const SchemeKind s = target.kind;
   const ops::HostQuantLinear form = model::synthetic_linear_form(s, e.n, e.k);
   std::vector<Out> outs;
   for (auto& t : quant::target_tensors(e.path(), target, e.n, e.k)) {
@@ -146,12 +136,6 @@ void remove_checkpoint_files(const fs::path& dir) {
   }
 }
 
-void write_json(const fs::path& p, const json& j) {
-  std::ofstream f(p, std::ios::trunc);
-  f << j.dump(2) << "\n";
-  if (!f) fail_io("{}: cannot write", p.string());
-}
-
 }  // namespace
 
 uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, const SyntheticCheckpointOptions& o) {
@@ -214,7 +198,22 @@ uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, 
   const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
   json weight_map = json::object();
   const auto t0 = std::chrono::steady_clock::now();
-  uint64_t done = 0;
+  uint64_t written = 0;
+  double write_s = 0;  // of it in write(2): the rest is generating the bytes
+  auto last_note = t0;
+  // Progress at every shard's end and every ~5 s inside one (a shard is several GB).
+  auto note_progress = [&](const std::string& file, bool shard_done) {
+    if (!o.progress) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!shard_done && now - last_note < std::chrono::seconds(5)) return;
+    last_note = now;
+    const double dt = std::chrono::duration<double>(now - t0).count();
+    *o.progress << fmt::format("  {} {:.2f} of {:.2f} GB ({:.2f} GB/s, {:.0f}% of the time writing){}\n",
+                               shard_done ? "total" : "writing", static_cast<double>(written) / 1e9,
+                               static_cast<double>(total) / 1e9, dt > 0 ? static_cast<double>(written) / 1e9 / dt : 0.0,
+                               dt > 0 ? 100 * write_s / dt : 0.0, shard_done ? "" : ", in " + file)
+                << std::flush;
+  };
   size_t i = 0;
   for (int s = 0; s < shards; ++s) {
     const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards);
@@ -240,22 +239,22 @@ uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, 
           pool.emplace_back([&, a] { fill(x, cfg, o.seed, off + a, std::span<std::byte>(buf.data() + a, std::min(slice, len - a))); });
         fill(x, cfg, o.seed, off, std::span<std::byte>(buf.data(), std::min(slice, len)));
         for (auto& t : pool) t.join();
+        const auto t1 = std::chrono::steady_clock::now();
         w.write_part(x.t.name, std::span<const std::byte>(buf.data(), len));
+        write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+        written += len;
+        note_progress(file, false);
       }
     }
     w.finish();
-    done += bytes;
     if (o.progress) {
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      *o.progress << fmt::format("  wrote {} ({:.2f} GB, {} tensors; {:.2f} of {:.2f} GB, {:.2f} GB/s)\n", file,
-                                 static_cast<double>(bytes) / 1e9, i - first, static_cast<double>(done) / 1e9,
-                                 static_cast<double>(total) / 1e9, dt > 0 ? static_cast<double>(done) / 1e9 / dt : 0.0)
-                   << std::flush;
+      *o.progress << fmt::format("  wrote {} ({:.2f} GB, {} tensors)\n", file, static_cast<double>(bytes) / 1e9, i - first);
+      note_progress(file, true);
     }
   }
-  write_json(dir / "model.safetensors.index.json", json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
-  write_json(dir / "config.json", config);
-  if (hf_quant) write_json(dir / "hf_quant_config.json", *hf_quant);
+  write_json_file(dir / "model.safetensors.index.json", json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  write_json_file(dir / "config.json", config);
+  if (hf_quant) write_json_file(dir / "hf_quant_config.json", *hf_quant);
   return total;
 }
 
