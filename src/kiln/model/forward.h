@@ -10,11 +10,9 @@
 //
 // Rollback (speculative decoding): Forward::truncate / truncate_mtp drop the last tokens
 // fed and leave exactly the state that feeding only the kept tokens would have left, at
-// a bounded cost (no recompute). The state keeps, per layer, a window ring of
-// sliding_window + kMaxRollback rows and, per compressor, a ring of the raw (kv, score)
-// rows of the last (overlap ? 2 : 1) * ratio + kMaxRollback positions; the pending rows
-// of the unfinished block and the overlap rows of the last finished block are read from
-// that ring, so a truncation only resets counters and pops the compressed entries and
+// a bounded cost (no recompute): the state holds what model/decode_contract.h says (the
+// CPU's rings keep kMaxRollback rows beyond the window and the unfinished compressor
+// blocks), so a truncation only resets counters and pops the compressed entries and
 // indexer keys emitted for removed positions. The limit: a state can go back to any
 // length >= high_water - kMaxRollback, where high_water is the furthest length it ever
 // reached (truncation does not lower it), so K <= kMaxRollback - 1 drafts per round
@@ -22,17 +20,23 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 #include "kiln/model/weights.h"
+
+namespace kiln::ops::cpu {
+struct AttentionState;  // ops/cpu/attention_state.h
+}
 
 namespace kiln::model {
 
-struct LayerState;  // defined in forward.cpp
+// One layer's decode state of one sequence on the CPU.
+using LayerState = ops::cpu::AttentionState;
 
 class DecodeState {
  public:
@@ -98,7 +102,18 @@ class Forward {
   // state). Every row's results are bitwise those of feeding its sequence alone. logits:
   // [R, vocab] for the rows listed in logit_rows (all rows when empty), or nullptr;
   // streams: [rows, hc_mult * hidden] or nullptr. A state may appear once.
-  void step(std::span<const StepSeq> seqs, std::span<const int64_t> logit_rows, float* logits, float* streams) const;
+  // features (a DSpark drafter's input, model/dspark.h): [rows, targets * hidden], per row
+  // the mean over the hc streams of the output of each config.dspark->target_layer_ids
+  // layer, concatenated in that order; or nullptr.
+  void step(std::span<const StepSeq> seqs, std::span<const int64_t> logit_rows, float* logits, float* streams,
+            float* features = nullptr) const;
+
+  // A drafter's V4 block (model/dspark.h) on streams X [T, hc_mult * hidden], updated in
+  // place: mHC, attn_norm, then `attention` (out [T, hidden] from its normed input
+  // [T, hidden]) in place of the block's own, then the block's MoE as the backbone runs it.
+  using AttentionFn = std::function<void(const float* x, int64_t T, float* out)>;
+  void block_with(const Block& b, std::vector<float>& X, int64_t T, std::span<const int32_t> tokens,
+                  const AttentionFn& attention) const;
 
   // MTP block m, fed in sequence like the main model: row i takes the main model's
   // streams at position p_i = state.mtp_length(m) + i (those returned by step() for that

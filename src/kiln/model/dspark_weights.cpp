@@ -1,0 +1,126 @@
+// Binds a DSpark drafter's planned tensors (Plan::dspark, artifact/plan.h) to
+// DSparkWeights (model/dspark.h): linears in their stored form (or fp32), everything else
+// decoded to fp32. The plan has already matched every tensor and checked every shape.
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "kiln/artifact/plan.h"
+#include "kiln/core/error.h"
+#include "kiln/io/checkpoint.h"
+#include "kiln/model/dspark.h"
+
+namespace kiln::model {
+
+namespace {
+
+class DSparkBinder {
+ public:
+  DSparkBinder(const Checkpoint& ckpt, const PlannedDSpark& d, const LoadOptions& opt) : ckpt_(ckpt), opt_(opt) {
+    for (const auto& l : d.linears) linears_[l.path] = &l;
+    for (const auto& t : d.tensors) tensors_[t.path] = &t;
+  }
+  bool has(const std::string& path) const { return linears_.count(path) || tensors_.count(path); }
+  Linear linear(const std::string& path) const {
+    auto it = linears_.find(path);
+    if (it == linears_.end()) fail_invalid("{}: the DSpark drafter has no linear module {}", ckpt_.dir().string(), path);
+    return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
+  }
+  Tensor tensor(const std::string& path) const {
+    auto it = tensors_.find(path);
+    if (it == tensors_.end()) fail_invalid("{}: the DSpark drafter has no tensor {}", ckpt_.dir().string(), path);
+    const TensorSlice& s = it->second->tensor;
+    auto bytes = ckpt_.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
+    const int64_t count = static_cast<int64_t>(bytes.size() / dtype_size(s.dtype()));
+    Tensor t{s.shape(), std::vector<float>(static_cast<size_t>(count))};
+    decode_floats(s.dtype(), bytes.data(), count, t.data.data());
+    return t;
+  }
+  std::vector<float> floats(const std::string& path) const { return tensor(path).data; }
+
+ private:
+  const Checkpoint& ckpt_;
+  LoadOptions opt_;
+  std::unordered_map<std::string, const PlannedLinear*> linears_;
+  std::unordered_map<std::string, const PlannedTensor*> tensors_;
+};
+
+// A stage: a sliding-window V4 block with a score-routed MoE (dspark.md 1.3).
+Block stage_block(const DSparkBinder& b, const ModelConfig& cfg, const std::string& p) {
+  Block bl;
+  bl.attn_norm = b.floats(p + "attn_norm.weight");
+  bl.ffn_norm = b.floats(p + "ffn_norm.weight");
+  for (auto [hc, sub] : {std::pair{&bl.hc_attn, "attn"}, std::pair{&bl.hc_ffn, "ffn"}}) {
+    *hc = HyperConnection{b.tensor(fmt::format("{}hc_{}_fn", p, sub)), b.floats(fmt::format("{}hc_{}_base", p, sub)),
+                          b.floats(fmt::format("{}hc_{}_scale", p, sub))};
+  }
+  Attention& a = bl.attn;
+  a.kind = AttnKind::SWA;
+  a.ratio = 0;
+  a.wq_a = b.linear(p + "attn.wq_a");
+  a.q_norm = b.floats(p + "attn.q_norm.weight");
+  a.wq_b = b.linear(p + "attn.wq_b");
+  a.wkv = b.linear(p + "attn.wkv");
+  a.kv_norm = b.floats(p + "attn.kv_norm.weight");
+  a.wo_a = b.linear(p + "attn.wo_a");
+  a.wo_b = b.linear(p + "attn.wo_b");
+  a.sink = b.floats(p + "attn.attn_sink");
+  Moe& f = bl.ffn;
+  f.gate = b.linear(p + "ffn.gate");
+  f.bias = b.floats(p + "ffn.gate.bias");
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
+    const std::string q = fmt::format("{}ffn.experts.{}.", p, e);
+    f.experts.push_back(Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")});
+  }
+  if (b.has(p + "ffn.shared_experts.w1")) {
+    const std::string q = p + "ffn.shared_experts.";
+    f.shared = Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")};
+  }
+  return bl;
+}
+
+}  // namespace
+
+DSparkWeights load_dspark_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt) {
+  const ModelConfig& cfg = plan.config;
+  const std::string dir = ckpt.dir().string();
+  if (!cfg.dspark || !plan.dspark) fail_invalid("{}: config.json declares no DSpark drafter (no dspark_* keys)", dir);
+  if (!plan.loadable()) {
+    std::string why;
+    for (size_t i = 0; i < plan.missing.size() && i < 3; ++i) why += "; missing " + plan.missing[i];
+    for (size_t i = 0; i < plan.errors.size() && i < 3; ++i) why += "; " + plan.errors[i];
+    fail_invalid("{}: the checkpoint is not loadable{}", dir, why);
+  }
+  const DSparkConfig& d = *cfg.dspark;
+  if (static_cast<int64_t>(plan.dspark->stages_found.size()) != d.stages) {
+    fail_invalid("{}: config.json declares a DSpark drafter of {} stages but the checkpoint holds {} (mtp.N tensors)", dir,
+                 d.stages, plan.dspark->stages_found.size());
+  }
+  if (opt.skip_linears || opt.skip_embed) fail_invalid("load_dspark_weights: the CPU drafter needs its weights resident");
+  DSparkBinder b(ckpt, *plan.dspark, opt);
+  DSparkWeights w;
+  w.config = d;
+  w.main_proj = b.linear("mtp.0.main_proj");
+  w.main_norm = b.floats("mtp.0.main_norm.weight");
+  for (int64_t s = 0; s < d.stages; ++s) w.stages.push_back(stage_block(b, cfg, fmt::format("mtp.{}.", s)));
+  const std::string last = fmt::format("mtp.{}.", d.stages - 1);
+  w.norm = b.floats(last + "norm.weight");
+  w.hc_head.fn = b.tensor(last + "hc_head_fn");
+  w.hc_head.base = b.floats(last + "hc_head_base");
+  w.hc_head.scale = b.floats(last + "hc_head_scale").at(0);
+  w.markov_w1 = b.tensor(last + "markov_head.markov_w1.weight");
+  w.markov_w2 = b.linear(last + "markov_head.markov_w2");
+  if (plan.dspark->confidence_head) {
+    // [1, H + rank]: one row, used as a vector.
+    const Linear c = dequantize_linear(ckpt, [&]() -> const PlannedLinear& {
+      for (const auto& l : plan.dspark->linears) {
+        if (l.path == last + "confidence_head.proj") return l;
+      }
+      fail_invalid("{}: the DSpark drafter's confidence head {}confidence_head.proj is not planned", dir, last);
+    }());
+    w.confidence = c.w;
+  }
+  return w;
+}
+
+}  // namespace kiln::model
