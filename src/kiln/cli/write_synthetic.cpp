@@ -8,6 +8,10 @@
 #include <optional>
 #include <algorithm>
 #include <span>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -126,6 +130,79 @@ void fill(const Out& o, const ModelConfig& cfg, uint64_t seed, uint64_t off, std
   }
 }
 
+// Threads that split each piece's generation into slices of whole 8-byte words. They are
+// started once: a piece is 32 MB, and starting threads per piece costs more than the work
+// on some VMs (the kernel zeroes and maps every new thread's stack).
+class SliceCrew {
+ public:
+  explicit SliceCrew(size_t threads) {
+    for (size_t t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
+  }
+  ~SliceCrew() {
+    {
+      std::lock_guard lk(mu_);
+      quit_ = true;
+    }
+    start_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  SliceCrew(const SliceCrew&) = delete;
+  SliceCrew& operator=(const SliceCrew&) = delete;
+
+  // Calls fn(begin, count) over [0, len) in slices, one per thread; returns when all are
+  // done, rethrowing the first exception a slice threw.
+  void run(size_t len, const std::function<void(size_t, size_t)>& fn) {
+    const size_t n = workers_.size() + 1;
+    {
+      std::lock_guard lk(mu_);
+      fn_ = &fn;
+      len_ = len;
+      slice_ = (len / n + 7) / 8 * 8;
+      pending_ = workers_.size();
+      ++round_;
+    }
+    start_.notify_all();
+    do_slice(0);
+    std::unique_lock lk(mu_);
+    done_.wait(lk, [&] { return pending_ == 0; });
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  }
+
+ private:
+  void do_slice(size_t t) {
+    const size_t a = t * slice_;
+    try {
+      if (a < len_) (*fn_)(a, std::min(slice_, len_ - a));
+    } catch (...) {
+      std::lock_guard lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void work(size_t t) {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock lk(mu_);
+        start_.wait(lk, [&] { return quit_ || round_ != seen; });
+        if (quit_) return;
+        seen = round_;
+      }
+      do_slice(t);
+      std::lock_guard lk(mu_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable start_, done_;
+  const std::function<void(size_t, size_t)>* fn_ = nullptr;
+  size_t len_ = 0, slice_ = 0, pending_ = 0;
+  uint64_t round_ = 0;
+  bool quit_ = false;
+  std::exception_ptr error_;
+};
+
 void remove_checkpoint_files(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) {
     const fs::path p = e.path();
@@ -195,7 +272,7 @@ uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, 
   fs::create_directories(dir);
   remove_checkpoint_files(dir);
   std::vector<std::byte> buf(kPiece);
-  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  SliceCrew crew(std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8));
   json weight_map = json::object();
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t written = 0;
@@ -232,13 +309,7 @@ uint64_t write_synthetic_checkpoint(const fs::path& dir, const json& config_in, 
       if (n == 0) w.write_part(x.t.name, {});
       for (uint64_t off = 0; off < n; off += kPiece) {
         const size_t len = static_cast<size_t>(std::min<uint64_t>(kPiece, n - off));
-        // Generation runs on several threads, each a slice of whole 8-byte words.
-        const size_t slice = (len / threads + 7) / 8 * 8;
-        std::vector<std::thread> pool;
-        for (size_t a = slice; a < len; a += slice)
-          pool.emplace_back([&, a] { fill(x, cfg, o.seed, off + a, std::span<std::byte>(buf.data() + a, std::min(slice, len - a))); });
-        fill(x, cfg, o.seed, off, std::span<std::byte>(buf.data(), std::min(slice, len)));
-        for (auto& t : pool) t.join();
+crew.run(len, [&](size_t a, size_t l) { fill(x, cfg, o.seed, off + a, std::span<std::byte>(buf.data() + a, l)); });
         const auto t1 = std::chrono::steady_clock::now();
         w.write_part(x.t.name, std::span<const std::byte>(buf.data(), len));
         write_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
