@@ -4,7 +4,7 @@
 #include <tuple>
 
 #include "kiln/core/error.h"
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 
 namespace kiln::runtime {
 
@@ -72,7 +72,7 @@ std::vector<SlotBook::Group> SlotBook::feed(const PassRows& rows, int block) {
       if (g.slot == s) fail(ErrorKind::Usage, "backend: the {}rows of slot {} are not consecutive in the pass", what, s);
     }
     const Lengths& l = len_[static_cast<size_t>(s)][static_cast<size_t>(block + 1)];
-    const int64_t earliest = std::max<int64_t>(0, l.high - model::kMaxRollback);
+    const int64_t earliest = model::earliest_rollback(l.high);
     if (p > l.length || p < earliest) {
       fail(ErrorKind::Usage, "backend: {}row {} of slot {} is at position {}; the slot has {} positions fed and can go "
            "back to {} at the earliest", what, r, s, p, l.length, earliest);
@@ -101,6 +101,14 @@ void Backend::check_outputs(const Outputs& out, int R) {
       if (r < 0 || r >= R) fail(ErrorKind::Usage, "backend: {} of row {} of a {}-row pass", what, r, R);
     }
   }
+}
+
+void Backend::dspark_commit(const PassRows&) {
+  fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
+}
+
+void Backend::dspark_draft(std::span<const DSparkRound>, const DraftChoice&, std::vector<std::vector<int32_t>>&) {
+  fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
 }
 
 }  // namespace kiln::runtime

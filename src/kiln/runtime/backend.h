@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -124,6 +125,23 @@ class Backend {
   // or MTP pass (input) and the token rows.tok[r], at rows.slot[r], rows.pos[r]. Its
   // output streams are kept for the next MTP pass.
   virtual void mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) = 0;
+
+  // DSpark drafter (model/dspark.h), when the backend runs one: its block size, else 0.
+  virtual int dspark_block() const { return 0; }
+  // Commits rows to the slots' drafter state: row r writes position rows.pos[r] of slot
+  // rows.slot[r] from the target features of row rows.src[r] of the last main pass; a
+  // slot's rows continue its committed length (only committed positions are ever written).
+  virtual void dspark_commit(const PassRows& rows);
+  // One draft round per sequence at its slot's committed length (model/dspark.h):
+  // choose(i, k, adjusted) picks d_{k+1} of request i; drafts[i] receives its `drafts` tokens.
+  struct DSparkRound {
+    int slot = 0;
+    int32_t anchor = 0;
+    int drafts = 0;
+  };
+  using DraftChoice = std::function<int32_t(size_t seq, int k, std::span<const float> adjusted)>;
+  virtual void dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
+                            std::vector<std::vector<int32_t>>& drafts);
 
   // Logits only.
   void main(const PassRows& rows, std::span<const int32_t> logits_rows, float* logits) {

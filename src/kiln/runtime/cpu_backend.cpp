@@ -20,7 +20,7 @@ int64_t default_context(const model::Forward& f, int64_t asked) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(const model::Forward& forward, CpuBackendOptions options)
+CpuBackend::CpuBackend(const model::Forward& forward, CpuBackendOptions options, const model::DSparkWeights* dspark)
     : f_(forward),
       opt_{options.max_slots, options.max_rows, default_context(forward, options.max_context)},
       book_(std::max(options.max_slots, 1), static_cast<int>(forward.weights().mtp.size()), opt_.max_context,
@@ -29,6 +29,10 @@ CpuBackend::CpuBackend(const model::Forward& forward, CpuBackendOptions options)
     fail(ErrorKind::Usage, "cpu backend: max_slots {} / max_rows {} (expected >= 1)", opt_.max_slots, opt_.max_rows);
   }
   states_.resize(static_cast<size_t>(opt_.max_slots));
+  if (dspark) {
+    drafter_ = std::make_unique<model::DSparkDrafter>(forward, *dspark);
+    dspark_states_.resize(static_cast<size_t>(opt_.max_slots));
+  }
 }
 
 std::string CpuBackend::describe() const {
@@ -43,6 +47,7 @@ int64_t CpuBackend::weight_bytes() const {
 int CpuBackend::acquire() {
   const int s = book_.acquire();
   if (s >= 0) states_[static_cast<size_t>(s)].emplace(f_.new_state());
+  if (s >= 0 && drafter_) dspark_states_[static_cast<size_t>(s)] = drafter_->new_state();
   return s;
 }
 
@@ -54,6 +59,52 @@ void CpuBackend::release(int slot) {
 void CpuBackend::copy_slot(int src, int dst) {
   book_.copy(src, dst);
   states_[static_cast<size_t>(dst)].emplace(*states_[static_cast<size_t>(src)]);  // deep copy
+  if (drafter_) dspark_states_[static_cast<size_t>(dst)] = dspark_states_[static_cast<size_t>(src)];
+}
+
+const model::DSparkState& CpuBackend::dspark_state(int slot) const {
+  if (!book_.held(slot) || !drafter_) fail(ErrorKind::Usage, "cpu backend: slot {} has no DSpark state", slot);
+  return dspark_states_[static_cast<size_t>(slot)];
+}
+
+void CpuBackend::dspark_commit(const PassRows& rows) {
+  if (!drafter_) Backend::dspark_commit(rows);
+  const int64_t F = drafter_->feature_width(), have = static_cast<int64_t>(features_.size()) / F;
+  if (static_cast<int>(rows.src.size()) != rows.size()) fail(ErrorKind::Usage, "cpu backend: DSpark commit without source rows");
+  std::vector<model::DSparkDrafter::CommitSeq> seqs;
+  std::vector<std::vector<float>> feats;
+  for (int r = 0; r < rows.size();) {
+    const int slot = rows.slot[static_cast<size_t>(r)];
+    if (!book_.held(slot)) fail(ErrorKind::Usage, "cpu backend: DSpark commit to slot {}, not held", slot);
+    model::DSparkState& st = dspark_states_[static_cast<size_t>(slot)];
+    std::vector<float> f;
+    for (; r < rows.size() && rows.slot[static_cast<size_t>(r)] == slot; ++r) {
+      const int64_t pos = rows.pos[static_cast<size_t>(r)], src = rows.src[static_cast<size_t>(r)];
+      if (pos != st.length() + static_cast<int64_t>(f.size()) / F) {
+        fail(ErrorKind::Usage, "cpu backend: DSpark commit of position {} to slot {}, which has {} committed", pos, slot,
+             st.length());
+      }
+      if (src < 0 || src >= have) fail(ErrorKind::Usage, "cpu backend: DSpark commit from main row {} of {}", src, have);
+      f.insert(f.end(), features_.begin() + src * F, features_.begin() + (src + 1) * F);
+    }
+    feats.push_back(std::move(f));
+    seqs.push_back({&st, {}});
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) seqs[i].features = feats[i];
+  drafter_->commit(seqs);
+}
+
+void CpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
+                              std::vector<std::vector<int32_t>>& drafts) {
+  if (!drafter_) Backend::dspark_draft(rounds, choose, drafts);
+  std::vector<model::DSparkDrafter::DraftSeq> seqs;
+  for (const DSparkRound& r : rounds) {
+    if (!book_.held(r.slot)) fail(ErrorKind::Usage, "cpu backend: DSpark draft for slot {}, not held", r.slot);
+    seqs.push_back({&dspark_states_[static_cast<size_t>(r.slot)], r.anchor, r.drafts});
+  }
+  auto outs = drafter_->draft(seqs, choose);
+  drafts.resize(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
 }
 
 const model::DecodeState& CpuBackend::state(int slot) const {
@@ -93,7 +144,9 @@ void CpuBackend::main(const PassRows& rows, const Outputs& out) {
   }
   const auto& c = config();
   main_streams_.resize(static_cast<size_t>(rows.size() * c.hc_mult * c.hidden_size));
-  f_.step(seqs, lrows, lrows.empty() ? nullptr : logits_.data(), main_streams_.data());
+  if (drafter_) features_.resize(static_cast<size_t>(rows.size() * drafter_->feature_width()));
+  f_.step(seqs, lrows, lrows.empty() ? nullptr : logits_.data(), main_streams_.data(),
+          drafter_ ? features_.data() : nullptr);
   deliver(out, lrows);
 }
 

@@ -4,9 +4,11 @@
 // alone). Rollback (a slot's first row before its fed length) truncates the state first.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <vector>
 
+#include "kiln/model/dspark.h"
 #include "kiln/model/forward.h"
 #include "kiln/runtime/backend.h"
 
@@ -20,7 +22,9 @@ struct CpuBackendOptions {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const model::Forward& forward, CpuBackendOptions options = {});
+  // dspark: the checkpoint's DSpark drafter to run (model/dspark.h), or nullptr; it must
+  // outlive the backend.
+  CpuBackend(const model::Forward& forward, CpuBackendOptions options = {}, const model::DSparkWeights* dspark = nullptr);
 
   const ModelConfig& config() const override { return f_.weights().config; }
   std::string describe() const override;
@@ -38,14 +42,23 @@ class CpuBackend final : public Backend {
   void main(const PassRows& rows, const Outputs& out) override;
   void mtp(int m, const PassRows& rows, MtpInput input, const Outputs& out) override;
 
-  // Tests: the state of a held slot.
+  int dspark_block() const override { return drafter_ ? static_cast<int>(drafter_->block_size()) : 0; }
+  void dspark_commit(const PassRows& rows) override;
+  void dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
+                    std::vector<std::vector<int32_t>>& drafts) override;
+
+  // Tests: the state of a held slot (main model, MTP blocks; the DSpark drafter's).
   const model::DecodeState& state(int slot) const;
+  const model::DSparkState& dspark_state(int slot) const;
 
  private:
   const model::Forward& f_;
   CpuBackendOptions opt_;
   SlotBook book_;
   std::vector<std::optional<model::DecodeState>> states_;
+  std::unique_ptr<model::DSparkDrafter> drafter_;
+  std::vector<model::DSparkState> dspark_states_;
+  std::vector<float> features_;  // the last main pass's DSpark target features
   // The head runs on the rows whose logits or argmax are asked for; returns their logits
   // [rows, vocab] in that order (copied / argmaxed into out by deliver).
   std::vector<int64_t> head_rows(const Outputs& out, int R);

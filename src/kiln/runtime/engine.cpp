@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "kiln/core/error.h"
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 #include "kiln/model/weights.h"
 #include "kiln/runtime/engine_active.h"
 
@@ -21,7 +21,19 @@ Engine::Engine(Backend& backend, EngineOptions options) : b_(backend), opts_(std
   if (opts_.max_batch > b_.max_slots()) {
     fail(ErrorKind::Usage, "engine: max_batch {} but the backend holds {} sequences", opts_.max_batch, b_.max_slots());
   }
-  if (opts_.mtp < 0 || opts_.mtp > kMaxDrafts) fail(ErrorKind::Usage, "engine: mtp {} (expected 0..{})", opts_.mtp, kMaxDrafts);
+  drafter_ = opts_.drafter != DrafterKind::None ? opts_.drafter : b_.dspark_block() > 0 ? DrafterKind::DSpark : DrafterKind::Mtp;
+  if (drafter_ == DrafterKind::DSpark && b_.dspark_block() == 0 && opts_.mtp > 0) {
+    fail(ErrorKind::Usage, "engine: DSpark drafts: the backend ({}) runs no DSpark drafter{}", b_.describe(),
+         b_.config().dspark ? " (the checkpoint has one; kiln runs it on the CPU backend only)" : "");
+  }
+  if (b_.dspark_block() >= model::kMaxRollback) {
+    fail(ErrorKind::Usage, "engine: a DSpark block of {} drafts needs more rollback than the {} rows kept", b_.dspark_block(),
+         model::kMaxRollback);
+  }
+  if (opts_.mtp < 0 || opts_.mtp > max_drafts()) {
+    fail(ErrorKind::Usage, "engine: {} drafts per round (expected 0..{}{})", opts_.mtp, max_drafts(),
+         drafter_ == DrafterKind::DSpark ? ", the DSpark block size" : "");
+  }
   // Every running sequence's decode rows (with its drafts) fit one pass, and a prompt
   // chunk still gets a row.
   const int64_t decode_rows = static_cast<int64_t>(opts_.max_batch) * (1 + opts_.mtp);
@@ -50,7 +62,8 @@ Engine::~Engine() {
 }
 
 int64_t Engine::vocab_size() const { return b_.config().vocab_size; }
-bool Engine::has_mtp() const { return b_.mtp_blocks() > 0; }
+bool Engine::has_mtp() const { return drafter_ == DrafterKind::DSpark ? b_.dspark_block() > 0 : b_.mtp_blocks() > 0; }
+int Engine::max_drafts() const { return drafter_ == DrafterKind::DSpark && b_.dspark_block() > 0 ? b_.dspark_block() : kMaxDrafts; }
 
 std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest r) {
   const int64_t V = vocab_size();
@@ -74,7 +87,7 @@ std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest r) {
          r.max_tokens, ctx);
   }
   if (r.mtp < 0) r.mtp = opts_.mtp;
-  if (r.mtp > kMaxDrafts) fail(ErrorKind::Usage, "mtp {} (expected 0..{})", r.mtp, kMaxDrafts);
+  if (r.mtp > max_drafts()) fail(ErrorKind::Usage, "mtp {} (expected 0..{})", r.mtp, max_drafts());
   if (r.mtp > opts_.mtp && static_cast<int64_t>(opts_.max_batch) * (1 + r.mtp) >= b_.max_rows()) {
     fail(ErrorKind::Usage, "mtp {}: {} sequences with {} drafts each do not fit the backend's {} rows per pass", r.mtp,
          opts_.max_batch, r.mtp, b_.max_rows());
@@ -191,6 +204,7 @@ void Engine::loop() {
 // from the last catch-up, the others from one MTP pass per draft position, each row on
 // the block's own output streams of the previous draft (runtime/speculative.h).
 void Engine::draft(std::vector<Active*>& spec) {
+  if (drafter_ == DrafterKind::DSpark) return draft_dspark(spec);
   const int64_t V = vocab_size();
   int most = 0;
   for (Active* a : spec) {
@@ -307,6 +321,10 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
 // first draft. Returns those sequences.
 std::vector<Engine::Active*> Engine::catch_up(std::vector<std::unique_ptr<Active>>& running) {
   if (!has_mtp()) return {};
+  if (drafter_ == DrafterKind::DSpark) {
+    commit_dspark(running);
+    return {};
+  }
   const int64_t V = vocab_size();
   PassRows cu;
   Wants cw;
@@ -365,7 +383,7 @@ void Engine::fork(const std::vector<Active*>& prefill, const std::vector<Active*
       b_.copy_slot(a->slot, f->slot);
       f->awaiting_fork = false;
       f->main_row0 = a->main_row0 + static_cast<int>(a->chunk) - 1;  // its first token's streams: the prompt's last row
-      if (f->k > 0) forked.push_back(f);
+      if (f->k > 0 && drafter_ == DrafterKind::Mtp) forked.push_back(f);  // DSpark: the copy holds its rings
     }
     a->forks.clear();
   }

@@ -59,7 +59,10 @@ struct EngineOptions {
   int max_batch = 64;           // sequences decoding at once (at most the backend's slots)
   int max_waiting = 1024;       // queued requests beyond the batch; more are refused
   int64_t prefill_chunk = 256;  // prompt tokens fed per step, across sequences
-  int mtp = 0;                  // default MTP drafts per round for requests (0 = off)
+  int mtp = 0;                  // default drafts per round for requests (0 = off)
+  // What drafts: DrafterKind::None = what the backend runs (its DSpark drafter when it has
+  // one, else the MTP block); Mtp or DSpark to insist (an error when the backend has none).
+  DrafterKind drafter = DrafterKind::None;
   // Tests only: at temperature 0, rewrites a round's K drafts (drafting at positions
   // first_position ..) before verification, so every accept length can be reached with
   // random-weight models; the output stays exact whatever it writes.
@@ -112,6 +115,8 @@ class Engine {
   const EngineOptions& options() const { return opts_; }
   int64_t vocab_size() const;
   bool has_mtp() const;
+  DrafterKind drafter() const { return drafter_; }
+  int max_drafts() const;  // drafts per round: the DSpark block size, or kMaxDrafts for MTP
   const Backend& backend() const { return b_; }
 
  private:
@@ -122,6 +127,8 @@ class Engine {
   void end(std::unique_ptr<Active>& a, FinishReason reason, const std::string& error = {});
   void step(std::vector<std::unique_ptr<Active>>& running);
   void draft(std::vector<Active*>& spec);
+  void draft_dspark(std::vector<Active*>& spec);  // engine_dspark.cpp
+  void commit_dspark(std::vector<std::unique_ptr<Active>>& running);
   // engine_output.cpp: the main pass's results on the host.
   void take_main(std::vector<Active*>& decoding, std::vector<Active*>& prefill);
   void prompt_fed(Active& a);
@@ -131,6 +138,7 @@ class Engine {
   void finish_step(std::vector<std::unique_ptr<Active>>& running);
 
   Backend& b_;
+  DrafterKind drafter_ = DrafterKind::Mtp;
   std::vector<float> logits_;    // the current pass's logits rows (scheduler thread only)
   std::vector<int32_t> argmax_;  // and argmax rows
   EngineOptions opts_;

@@ -22,8 +22,13 @@ int64_t reference_context(std::span<const int32_t> prompt, int max_tokens) {
 GenerateResult generate(Backend& backend, std::span<const int32_t> prompt, int max_tokens, const SamplingParams& params,
                         int k, int32_t eos) {
   if (prompt.empty()) fail(ErrorKind::Usage, "generate: empty prompt");
-  if (k < 0 || k > kMaxDrafts) fail(ErrorKind::Usage, "generate: {} drafts per round; expected 0..{}", k, kMaxDrafts);
-  if (k > 0 && backend.mtp_blocks() == 0) {
+  // DSpark drafts (when the backend runs a drafter) go up to its block size.
+  const int most = backend.dspark_block() > 0 ? backend.dspark_block() : kMaxDrafts;
+  if (k < 0 || k > most) {
+    fail(ErrorKind::Usage, "generate: {} drafts per round; expected 0..{}{}", k, most,
+         backend.dspark_block() > 0 ? " (the DSpark block size)" : "");
+  }
+  if (k > 0 && backend.mtp_blocks() == 0 && backend.dspark_block() == 0) {
     fail_invalid("speculative decoding: the model {}", model::mtp_unavailable(backend.config(), 0));
   }
   GenerateResult r;

@@ -1,0 +1,56 @@
+// The engine's DSpark round (engine.h, model/dspark.h): all K drafts of a round come from
+// one drafter pass at the start of the step (the block at the committed length, anchored
+// on the pending token, then the sequential Markov loop choosing each draft as an MTP
+// draft is chosen: the argmax, or a draw from the same sampling distribution, recorded
+// for the rejection sampler); the verification, acceptance and rollback of the main model
+// are the MTP round's. After the main pass the positions it committed (prompt chunks, the
+// pending token and the accepted drafts) are written to the drafter's rings from that
+// pass's target features, so the rings only ever hold committed positions.
+#include "kiln/runtime/engine_active.h"
+
+namespace kiln::runtime {
+
+void Engine::draft_dspark(std::vector<Active*>& spec) {
+  std::vector<Backend::DSparkRound> rounds;
+  std::vector<Active*> who;
+  for (Active* a : spec) {
+    a->drafts.assign(static_cast<size_t>(a->K), 0);
+    a->q.clear();
+    a->draft_states.clear();
+    if (a->matcher) a->draft_states.push_back(*a->matcher);
+    if (a->K == 0) continue;
+    rounds.push_back({a->slot, a->pending, a->K});
+    who.push_back(a);
+  }
+  if (!rounds.empty()) {
+    std::vector<std::vector<int32_t>> drafts;
+    b_.dspark_draft(
+        rounds,
+        [&](size_t i, int k, std::span<const float> row) {
+          Active* a = who[i];
+          return a->pick_draft(k, row, a->draft_by_argmax() ? argmax(row) : -1);
+        },
+        drafts);
+    for (size_t i = 0; i < who.size(); ++i) who[i]->drafts = std::move(drafts[i]);
+  }
+  if (opts_.draft_hook) {
+    for (Active* a : who) {
+      if (a->draft_by_argmax()) opts_.draft_hook(a->length + 1, a->drafts);
+    }
+  }
+}
+
+void Engine::commit_dspark(std::vector<std::unique_ptr<Active>>& running) {
+  PassRows rows;
+  for (auto& ap : running) {
+    const Active* a = ap.get();
+    if (a->k == 0 || a->length == a->base) continue;
+    for (int64_t p = a->base; p < a->length; ++p) {
+      rows.add(0, a->slot, p);
+      rows.src.push_back(static_cast<int32_t>(a->main_row0 + (p - a->base)));
+    }
+  }
+  if (!rows.empty()) b_.dspark_commit(rows);
+}
+
+}  // namespace kiln::runtime

@@ -1,0 +1,240 @@
+// Exact speculative decoding with the DSpark drafter on the CPU backend, on the fixture of
+// tools/make_dspark_fixture.py (tiny V4 in the 0731 layout, a 3-stage drafter, block 5):
+// greedy tokens equal plain greedy at every k; after every round the main model's state
+// and the drafter's rings equal sequential feeding of the committed tokens, for every
+// accept length; sampled tokens follow the main model's joint distribution.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <set>
+
+#include "kiln/core/error.h"
+#include "kiln/model/dspark.h"
+#include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/engine.h"
+#include "kiln/runtime/generate.h"
+#include "kiln/runtime/loaded_model.h"
+#include "runtime/chi_square.h"
+
+namespace kiln::runtime {
+namespace {
+
+using namespace test_stats;
+
+struct Fixture {
+  std::unique_ptr<LoadedModel> m;
+  model::DSparkWeights d;
+};
+
+const Fixture& fx() {
+  static const Fixture* F = [] {
+    auto* f = new Fixture;
+    f->m = load_model(std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_dspark/native", 1, nullptr);
+    f->d = model::load_dspark_weights(f->m->checkpoint, f->m->plan);
+    return f;
+  }();
+  return *F;
+}
+
+std::vector<int32_t> prompt_of(size_t n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int32_t> p(n);
+  for (auto& t : p) t = static_cast<int32_t>(std::uniform_int_distribution<int64_t>(2, 254)(g));
+  return p;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kGenerate = 96;
+#else
+constexpr int kGenerate = 256;
+#endif
+
+TEST(DSparkSpec, GreedySameTokensAsPlainForEveryK) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  const auto prompt = prompt_of(9, 1);
+  const GenerateResult plain = generate_plain(f, prompt, kGenerate, {}, -1);
+  ASSERT_EQ(plain.tokens.size(), static_cast<size_t>(kGenerate));
+  EXPECT_GE(std::set<int32_t>(plain.tokens.begin(), plain.tokens.end()).size(), 8u);
+  for (int k = 1; k <= 5; ++k) {
+    CpuBackend b(f, {.max_slots = 1, .max_context = 1024}, &F.d);
+    const GenerateResult spec = generate(b, prompt, kGenerate, {}, k, -1);
+    EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
+    const DraftStats& s = spec.stats;
+    EXPECT_EQ(s.emitted + 1, kGenerate);
+    std::string rates;
+    for (size_t i = 0; i < s.proposed.size(); ++i) rates += fmt::format(" {}/{}", s.accepted[i], s.proposed[i]);
+    std::printf("[ measured ] tiny_dspark k=%d: accepted/proposed per position:%s; mean accepted length %.3f\n", k,
+                rates.c_str(), s.mean_accepted_length());
+  }
+}
+
+// Drafts forced to accept exactly r of K (r random): at the start of every round the main
+// model's state equals token-by-token feeding and the drafter's rings equal committing
+// each position's features one by one.
+TEST(DSparkSpec, StateAfterEachRoundEqualsSequentialFeeding) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  const auto prompt = prompt_of(6, 2);
+  const int total = kGenerate / 2;
+  const GenerateResult plain = generate_plain(f, prompt, total + 8, {}, -1);
+  std::vector<int32_t> truth(prompt);
+  truth.insert(truth.end(), plain.tokens.begin(), plain.tokens.end());
+  for (int k : {2, 5}) {
+    std::mt19937_64 g(static_cast<uint64_t>(k));
+    CpuBackend backend(f, {.max_slots = 1, .max_context = 1024}, &F.d);
+    model::DSparkDrafter ref_drafter(f, F.d, 1);
+    auto ref = f.new_state();
+    auto ref_d = ref_drafter.new_state();
+    std::vector<float> feat(static_cast<size_t>(ref_drafter.feature_width()));
+    auto extend_ref = [&](int64_t n) {
+      while (ref.length() < n) {
+        const int64_t p = ref.length();
+        const model::Forward::StepSeq one{&ref, std::span(truth).subspan(static_cast<size_t>(p), 1)};
+        f.step(std::span(&one, 1), {}, nullptr, nullptr, feat.data());
+        const model::DSparkDrafter::CommitSeq c{&ref_d, feat};
+        ref_drafter.commit(std::span(&c, 1));
+      }
+    };
+    std::vector<int> forced(static_cast<size_t>(k + 1), 0);
+    int rounds = 0;
+    EngineOptions eo;
+    eo.max_batch = 1;
+    eo.mtp = k;
+    eo.round_hook = [&](int slot, int64_t n) {
+      model::DecodeState st(backend.state(slot));
+      ASSERT_GE(st.length(), n);
+      f.truncate(st, n);
+      extend_ref(n);
+      ASSERT_EQ(st.difference(ref), "") << "k=" << k << " at " << n;
+      ASSERT_EQ(backend.dspark_state(slot).difference(ref_d), "") << "k=" << k << " at " << n;
+      ++rounds;
+    };
+    eo.draft_hook = [&](int64_t first, std::span<int32_t> drafts) {
+      const int r = std::uniform_int_distribution<int>(0, static_cast<int>(drafts.size()))(g);
+      ++forced[static_cast<size_t>(r)];
+      for (size_t i = 0; i < drafts.size(); ++i) {
+        const int32_t want = truth[static_cast<size_t>(first) + i];
+        drafts[i] = static_cast<int>(i) < r ? want : static_cast<int32_t>((want + 1 + i) % 256);
+      }
+    };
+    Engine engine(backend, eo);
+    EXPECT_EQ(engine.drafter(), DrafterKind::DSpark);
+    GenerationRequest req;
+    req.prompt = prompt;
+    req.max_tokens = total;
+    auto h = engine.submit(req);
+    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
+    EXPECT_EQ(h->tokens(), std::vector<int32_t>(truth.begin() + static_cast<int64_t>(prompt.size()),
+                                                truth.begin() + static_cast<int64_t>(prompt.size()) + total));
+    EXPECT_GT(rounds, total / (k + 1));
+    for (int r = 0; r <= k; ++r) EXPECT_GT(forced[static_cast<size_t>(r)], 0) << "accept length " << r;
+  }
+}
+
+TEST(DSparkSpec, RefusesKBeyondTheBlockAndDSparkWithoutADrafter) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  CpuBackend b(f, {.max_slots = 1, .max_context = 1024}, &F.d);
+  try {
+    generate(b, std::vector<int32_t>{5, 6}, 4, {}, 6, -1);
+    ADD_FAILURE() << "k = 6 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("6 drafts per round; expected 0..5 (the DSpark block size)"), std::string::npos)
+        << e.what();
+  }
+  EngineOptions eo;
+  eo.mtp = 6;
+  eo.max_batch = 1;
+  EXPECT_THROW(Engine(b, eo), Error);
+  CpuBackend none(f, {.max_slots = 1, .max_context = 1024});
+  eo.mtp = 2;
+  eo.drafter = DrafterKind::DSpark;
+  try {
+    Engine e(none, eo);
+    ADD_FAILURE() << "DSpark without a drafter accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("runs no DSpark drafter"), std::string::npos) << e.what();
+  }
+}
+
+// The first two sampled tokens (the prefill's, then the first of a DSpark round) follow
+// the main model's exact joint distribution p(t1) p(t2 | t1).
+TEST(DSparkSpec, SampledTokensFollowTheMainModelsDistribution) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  const int64_t V = F.m->config.vocab_size;
+  SamplingParams params;
+  params.temperature = 1.5f;
+  params.top_k = 6;
+  const auto prompt = prompt_of(7, 4);
+  std::vector<float> logits(static_cast<size_t>(V));
+  model::DecodeState pre = f.new_state();
+  f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
+  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
+  const auto p1 = sampling_distribution(logits, params);
+  std::map<std::pair<int32_t, int32_t>, double> joint;
+  for (int32_t a = 0; a < V; ++a) {
+    if (p1[static_cast<size_t>(a)] == 0.0) continue;
+    model::DecodeState s2(pre);
+    const int32_t t[1] = {a};
+    f.step(s2, t, logits.data(), nullptr);
+    const auto p2 = sampling_distribution(logits, params);
+    for (int32_t b = 0; b < V; ++b)
+      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
+  }
+  ASSERT_EQ(joint.size(), 36u);
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr int kSamples = 1000;
+#else
+  constexpr int kSamples = 2500;
+#endif
+  CpuBackend backend(f, {.max_slots = 64, .max_context = 1024}, &F.d);
+  EngineOptions eo;
+  eo.max_batch = 64;
+  eo.max_waiting = kSamples;
+  eo.mtp = 4;
+  Engine engine(backend, eo);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (int s = 0; s < kSamples; ++s) {
+    GenerationRequest r;
+    r.prompt = prompt;
+    r.max_tokens = 6;  // the first round drafts K = 4
+    r.sampling = params;
+    r.sampling.seed = 2000 + static_cast<uint64_t>(s);
+    hs.push_back(engine.submit(r));
+    ASSERT_TRUE(hs.back());
+  }
+  std::map<std::pair<int32_t, int32_t>, int64_t> seen;
+  int64_t outside = 0, accepted = 0, proposed = 0;
+  for (const auto& h : hs) {
+    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
+    const auto out = h->tokens();
+    ASSERT_EQ(out.size(), 6u) << h->error();
+    const std::pair<int32_t, int32_t> key{out[0], out[1]};
+    if (joint.count(key)) ++seen[key];
+    else ++outside;
+    const auto st = h->draft_stats();
+    accepted += st.accepted_drafts;
+    for (int64_t x : st.proposed) proposed += x;
+  }
+  std::vector<int64_t> counts;
+  std::vector<double> probs;
+  for (const auto& [key, pr] : joint) {
+    counts.push_back(seen[key]);
+    probs.push_back(pr);
+  }
+  const Fit fit = chi_square(counts, probs);
+  std::printf("[ measured ] tiny_dspark t=1.5 top-k 6 K=4: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n", fit.chi2,
+              fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
+  EXPECT_EQ(outside, 0);
+  EXPECT_GE(fit.df, 20);
+  EXPECT_GT(fit.p_value, kAlpha);
+  EXPECT_GT(proposed, 0);
+}
+
+}  // namespace
+}  // namespace kiln::runtime
