@@ -185,7 +185,7 @@ TEST(CudaSmallKernels, HcPreMatchesCpu) {
     cpu::hc_pre(p, X.data(), c.R, col.data(), post.data(), comb.data(), nullptr);
 
     Dev<float> dX(X), dfn(fn), dbase(base), dscale(scale), dcol(col.size()), dpost(post.size()), dcomb(comb.size());
-    cuda::HcDevice d;
+    cuda::HcParams d;
     d.n = c.n;
     d.hidden = c.H;
     d.fn = dfn.get();
@@ -493,7 +493,7 @@ TEST(CudaSmallKernels, LaunchersRejectBadShapes) {
   const cuda::StepRows rows{ibuf.get(), ibuf.get(), ibuf.get(), 2};
   EXPECT_THROW(cuda::rmsnorm(f, 4, 2, 0, nullptr, 1e-6f, f, 4, nullptr), Error);
   EXPECT_THROW(cuda::rmsnorm(f, 3, 2, 4, nullptr, 1e-6f, f, 4, nullptr), Error);
-  cuda::HcDevice hc;
+  cuda::HcParams hc;
   hc.n = 5;
   hc.hidden = 4;
   EXPECT_THROW(cuda::hc_pre(hc, f, 1, f, f, f, nullptr), Error);

@@ -10,7 +10,7 @@
 #include "kiln/artifact/plan.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 #include "kiln/model/gpu_memory.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/model/weights.h"

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "kiln/core/error.h"
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 #include "kiln/ops/device_sizes.h"
 
 namespace kiln::model {
@@ -82,16 +82,17 @@ GpuActivationSizes gpu_activation_sizes(const ModelConfig& c, const GpuModelShap
 
 namespace {
 
-GpuCompressorState compressor_state(int ratio, int dim, bool overlap, int max_rows, int64_t max_context) {
+// The contract's ring (model/decode_contract.h) and the entries of max_context positions.
+GpuCompressorState compressor_state(const CompressorLayout& l, int64_t max_context) {
   GpuCompressorState s;
-  s.ratio = ratio;
-  s.dim = dim;
-  s.overlap = overlap;
-  s.width = (overlap ? 2 : 1) * dim;
-  s.cap = (overlap ? 2 : 1) * ratio + max_rows + kMaxRollback;
+  s.ratio = static_cast<int>(l.ratio);
+  s.dim = static_cast<int>(l.dim);
+  s.overlap = l.overlap;
+  s.width = static_cast<int>(l.width);
+  s.cap = static_cast<int>(l.cap);
   s.ring_stride = static_cast<int64_t>(s.cap) * s.width;
-  s.max_entries = static_cast<int>(max_context / ratio);
-  s.entry_stride = static_cast<int64_t>(std::max(s.max_entries, 1)) * dim;
+  s.max_entries = static_cast<int>(max_context / l.ratio);
+  s.entry_stride = static_cast<int64_t>(std::max(s.max_entries, 1)) * s.dim;
   return s;
 }
 
@@ -101,16 +102,15 @@ int64_t GpuBlockState::floats() const {
   return window_stride + (comp ? comp->floats() : 0) + (icomp ? icomp->floats() : 0);
 }
 
+// The GPU stores every row of a step before reading: step_rows = max_rows.
 GpuBlockState gpu_block_state(const ModelConfig& c, const GpuModelShape::Block& b, int max_rows, int64_t max_context) {
+  const LayerStateLayout l = layer_state_layout(c, b.kind, b.ratio, max_rows);
   GpuBlockState s;
-  s.window_cap = static_cast<int>(c.sliding_window + max_rows + kMaxRollback);
-  s.dim = static_cast<int>(c.head_dim);
-  s.window_stride = static_cast<int64_t>(s.window_cap) * c.head_dim;
-  if (b.kind != AttnKind::SWA)
-    s.comp = compressor_state(static_cast<int>(b.ratio), static_cast<int>(c.head_dim), b.kind == AttnKind::CSA, max_rows,
-                              max_context);
-  if (b.kind == AttnKind::CSA)
-    s.icomp = compressor_state(static_cast<int>(b.ratio), static_cast<int>(c.index_head_dim), true, max_rows, max_context);
+  s.window_cap = static_cast<int>(l.window_cap);
+  s.dim = static_cast<int>(l.dim);
+  s.window_stride = static_cast<int64_t>(s.window_cap) * s.dim;
+  if (l.comp) s.comp = compressor_state(*l.comp, max_context);
+  if (l.icomp) s.icomp = compressor_state(*l.icomp, max_context);
   return s;
 }
 

@@ -1,5 +1,6 @@
-// The DeepSeek-V4 forward on the GPU: the same maths as the CPU reference
-// (model/forward.h) with the kernels of ops/cuda, for several sequences at once.
+// The DeepSeek-V4 forward on the GPU: the model definition (model/definition.h) that the
+// CPU reference (model/forward.h) also runs, on the GPU ops of gpu_ops.h (the kernels of
+// ops/cuda), for several sequences at once.
 //
 // Static plan. Construction uploads the weights (every op bound to its prepared kernel),
 // allocates the decode state of `max_slots` sequences and every activation buffer for
@@ -30,14 +31,13 @@
 
 #include <cuda_runtime.h>
 
+#include "kiln/model/cuda/gpu_ops.h"
 #include "kiln/model/cuda/gpu_weights.h"
-#include "kiln/model/decode_limits.h"
+#include "kiln/model/decode_contract.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/rope.h"
 
 namespace kiln::model::cuda {
-
-struct OpTimer;  // gpu_forward.cpp
 
 // Page-locked host ints (cudaMallocHost), the target of asynchronous device-to-host copies.
 class PinnedInts {
@@ -139,8 +139,7 @@ class GpuForward {
   int64_t state_bytes() const { return state_bytes_; }
   int64_t activation_bytes() const { return activation_bytes_; }
 
-  struct Buffers;   // activation buffers (gpu_forward.cpp)
-  struct SlotState; // per-layer state of every slot (gpu_forward.cpp)
+  struct Buffers;  // activation buffers (gpu_forward.cpp)
 
  private:
   enum class Pass : uint8_t { Main, MtpFromMain, MtpFromMtp };
@@ -154,7 +153,7 @@ class GpuForward {
   cudaStream_t stream_ = nullptr;
   ops::cuda::RopeTable rope_main_, rope_compress_;
   std::unique_ptr<Buffers> buf_;
-  std::vector<std::unique_ptr<SlotState>> layer_state_;  // main layers, then MTP blocks
+  std::vector<std::unique_ptr<GpuLayerState>> layer_state_;  // main layers, then MTP blocks
   int32_t* host_meta_ = nullptr;                          // pinned staging [4, max_rows]
   cudaEvent_t meta_copied_ = nullptr;
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)

@@ -5,20 +5,13 @@
 
 #include <cstdint>
 
+#include "kiln/ops/hyper_connection_params.h"
+
 namespace kiln::ops::cpu {
 
 class ThreadPool;
 
-struct HcParams {
-  int64_t n = 0;       // hc_mult
-  int64_t hidden = 0;  // H
-  const float* fn = nullptr;     // [(2+n)*n, n*H]
-  const float* base = nullptr;   // [(2+n)*n]
-  const float* scale = nullptr;  // [3]
-  int sinkhorn_iters = 0;
-  float hc_eps = 0;
-  float norm_eps = 0;  // rms_norm_eps of the unweighted input norm
-};
+using ops::HcParams;  // ops/hyper_connection_params.h
 
 // pre-mix: flat = X[t] / rms(X[t]); m = fn . flat;
 //   pre  = sigmoid(m[0:n] * scale0 + base[0:n]) + hc_eps

@@ -1,5 +1,5 @@
 // window_write and attention (attention.h): the GPU twin of the window ring update and the
-// sink softmax of Impl::attention in model/forward.cpp.
+// sink softmax of ops/cpu/attention.cpp (attention).
 //
 // attention: one block per (row, group of 8 heads, or 2 for steps of few rows). The row's keys (window rows,
 // then compressed entries) are staged kKeyTile at a time in shared memory and used by

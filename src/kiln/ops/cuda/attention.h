@@ -1,5 +1,5 @@
 // DeepSeek-V4 attention state and kernels on the GPU (the CPU reference is
-// model/forward.cpp: Impl::compress / emit / index_select / attention). All state is per
+// ops/cpu/attention.h: compressor_feed / indexer_select / attention). All state is per
 // KV slot in preallocated device buffers; nothing here allocates, synchronises or reads
 // a count from the host, so every launcher can be captured in a CUDA graph. What a row
 // may see is derived from its position alone (rows.pos), which also makes rollback free:
@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include "kiln/ops/attention_kinds.h"
 #include "kiln/ops/cuda/rope.h"
 #include "kiln/ops/cuda/step_rows.h"
 
@@ -55,7 +56,7 @@ void window_write(const StepRows& rows, const float* kv, int64_t ldkv, const Win
 // Feeds the compressor: for every row writes kv row a[r] and score row z[r] + ape[pos % ratio]
 // (a, z: [R, width], rows ld floats apart; ape: [ratio, width]); then, for every row whose
 // position completes a block ((pos + 1) % ratio == 0), emits entry j = (pos + 1) / ratio - 1
-// exactly as Impl::emit: per channel ch < dim a softmax over the rows' scores (overlap:
+// exactly as ops/cpu/compressor.cpp: per channel ch < dim a softmax over the rows' scores (overlap:
 // the previous block's channel ch, absent for j = 0, then this block's channel dim + ch;
 // otherwise this block's channel ch), the kv values weighted by it, then RMS norm with
 // `norm` (eps) and rotation at position j * ratio. Entries with j >= max_entries are not
@@ -74,7 +75,7 @@ void indexer_select(const StepRows& rows, const float* q, int64_t ldq, const flo
                     int head_dim, float softmax_scale, const CompressorRing& ic, int topk, int32_t* sel, int32_t* nsel,
                     float* scratch, cudaStream_t stream);
 
-enum class AttnKeys : uint8_t { Window, WindowAndSelected, WindowAndAll };
+using ops::AttnKeys;  // ops/attention_kinds.h
 
 // Attention of every row and head over one shared K=V head, with a per-head sink logit:
 // keys = the window rows of positions max(0, p - window + 1) .. p (from `ring`, already

@@ -1,5 +1,5 @@
-// compressor_feed (attention.h): the GPU twin of Impl::compress / Impl::emit in
-// model/forward.cpp. Two kernels on one stream, so every raw row of the step is in the
+// compressor_feed (attention.h): the GPU twin of compressor_feed in ops/cpu/compressor.cpp.
+// Two kernels on one stream, so every raw row of the step is in the
 // ring before any block of the step is pooled (a chunk may complete a block whose first
 // rows come from the same step).
 #include <cstdint>

@@ -123,7 +123,7 @@ __device__ void mixes_from_partials(const float* part, int t, int splits, int W,
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcDevice p, const float* __restrict__ X, float* collapsed,
+__global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const float* __restrict__ X, float* collapsed,
                                                           float* post, float* comb, int splits) {
   __shared__ float m[kMaxMixes];
   __shared__ float pre[kMaxStreams];
@@ -214,7 +214,7 @@ int hc_mix_splits(int width) { return device::hc_mix_splits(width); }
 
 int64_t hc_pre_workspace_floats(int R, int n, int hidden) { return device::hc_pre_workspace_floats(R, n, hidden); }
 
-void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
+void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
   check_shape("hc_pre", p.n, p.hidden, R);
   if (R == 0) return;
   if (p.fn == nullptr || p.base == nullptr || p.scale == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null fn, base or scale");

@@ -7,20 +7,11 @@
 
 #include <cuda_runtime.h>
 
+#include "kiln/ops/hyper_connection_params.h"
+
 namespace kiln::ops::cuda {
 
-struct HcDevice {
-  int n = 0;            // hc_mult
-  int hidden = 0;       // H
-  const float* fn = nullptr;     // [(2+n)*n, n*H]
-  const float* base = nullptr;   // [(2+n)*n]
-  const float* scale = nullptr;  // [3] (device)
-  int sinkhorn_iters = 0;
-  float hc_eps = 0;
-  float norm_eps = 0;
-  // Workspace for the split mix products: hc_pre_workspace_floats(R, n, hidden) floats.
-  float* workspace = nullptr;
-};
+using ops::HcParams;  // ops/hyper_connection_params.h (device pointers, workspace set)
 
 // The mix products fn . X[t] (24 rows over n*H columns for V4) are split over
 // hc_mix_splits(n*H) blocks per row, so one row does not stream fn through one
@@ -30,7 +21,7 @@ int64_t hc_pre_workspace_floats(int R, int n, int hidden);
 
 // collapsed [R, H], post [R, n], comb [R, n, n] as cpu::hc_pre (up to the association of
 // the mix sums: m = (sum of the splits' partial fn . x) * rsqrt(mean(x^2) + eps)).
-void hc_pre(const HcDevice& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream);
+void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream);
 
 // out [R, n, H] = cpu::hc_post (out must not alias X).
 void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,

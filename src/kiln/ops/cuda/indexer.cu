@@ -1,4 +1,4 @@
-// indexer_select (attention.h): the GPU twin of Impl::index_select in model/forward.cpp.
+// indexer_select (attention.h): the GPU twin of ops/cpu/indexer.cpp (indexer_select).
 // One block per row:
 //  1. scores of the visible entries into scratch (one warp per entry, lanes over the
 //     head_dim channels; the per-head terms are added in ascending head order exactly as

@@ -1,5 +1,5 @@
 // MoE routing, SwiGLU and the weighted combine on the GPU, the maths of ops/cpu/moe_route.h
-// and model/forward.cpp Impl::moe / expert_ffn. Routing is one warp per row: the scores live
+// and ops/cpu/moe.h (moe_experts, moe_combine). Routing is one warp per row: the scores live
 // in shared memory and the top-K is K rounds of a warp arg-max (ties to the lowest
 // expert id, already chosen experts skipped), which gives the CPU partial_sort's order.
 #include <algorithm>

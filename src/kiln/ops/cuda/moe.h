@@ -1,6 +1,6 @@
 // Mixture-of-experts pieces on the GPU around the expert matrix products
 // (ops/quant_linear.h QuantLinearSet): routing, SwiGLU and the weighted combine, the
-// same maths as model/forward.cpp Impl::moe / expert_ffn. No host synchronisation.
+// same maths as ops/cpu/moe.h (moe_experts, moe_combine). No host synchronisation.
 #pragma once
 
 #include <cstdint>
