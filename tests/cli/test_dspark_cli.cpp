@@ -129,12 +129,25 @@ TEST_F(DSparkCli, GenerateAndPerplexityMatchTheModelWithoutTheDrafter) {
   EXPECT_EQ(json_line(a)["perplexity"], json_line(b)["perplexity"]);
 }
 
-TEST_F(DSparkCli, MtpOnADSparkCheckpointIsAClearError) {
+TEST_F(DSparkCli, MtpDraftsWithTheDSparkDrafterAndSpecMtpIsAClearError) {
+  // --mtp K on a DSpark checkpoint drafts with its drafter (--spec defaults to what the
+  // checkpoint has) and gives the plain tokens.
+  for (const char* k : {"1", "5"}) {
+    Out r = kiln_run("generate --model " + q(dspark()) + " --tokens 5,17,42 --max-tokens 12 --ignore-eos --json "
+                     "--compare-plain --device cpu --mtp " + k);
+    ASSERT_EQ(r.code, 0) << r.text;
+    const auto j = json_line(r);
+    EXPECT_EQ(j["mtp"]["drafter"], "dspark");
+    EXPECT_EQ(j["plain"]["tokens_identical"], true);
+  }
+  Out big = kiln_run("generate --model " + q(dspark()) + " --tokens 5,17,42 --max-tokens 4 --mtp 6");
+  EXPECT_NE(big.code, 0) << big.text;
+  EXPECT_NE(big.text.find("--mtp 6: expected 1..5 draft tokens per round (the DSpark block size)"), std::string::npos)
+      << big.text;
   for (const char* k : {"1", "4"}) {
-    Out r = kiln_run("generate --model " + q(dspark()) + " --tokens 5,17,42 --max-tokens 4 --mtp " + k);
+    Out r = kiln_run("generate --model " + q(dspark()) + " --tokens 5,17,42 --max-tokens 4 --spec mtp --mtp " + k);
     EXPECT_NE(r.code, 0) << r.text;
-    for (const char* want : {"--mtp", "has a DSpark drafter (3 stages, block size 5), not a classic MTP block",
-                             "does not implement DSpark drafting yet"}) {
+    for (const char* want : {"--mtp", "has a DSpark drafter (3 stages, block size 5), not a classic MTP block"}) {
       EXPECT_NE(r.text.find(want), std::string::npos) << want << "\n" << r.text;
     }
     EXPECT_EQ(r.text.find("ready:"), std::string::npos) << "failed before loading the weights\n" << r.text;

@@ -65,8 +65,9 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
     const ModelConfig& c = loaded_->config;
     int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
     if (ctx <= 0) ctx = 4096;
-    backend_ = std::make_unique<runtime::CpuBackend>(*loaded_->forward,
-                                                     runtime::CpuBackendOptions{o.max_slots, std::max(o.max_rows, 1), ctx});
+    if (o.dspark) dspark_ = std::make_unique<model::DSparkWeights>(model::load_dspark_weights(loaded_->checkpoint, loaded_->plan));
+    backend_ = std::make_unique<runtime::CpuBackend>(
+        *loaded_->forward, runtime::CpuBackendOptions{o.max_slots, std::max(o.max_rows, 1), ctx}, dspark_.get());
     sampler.stop();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double gb = static_cast<double>(loaded_->plan.total_bytes) / 1e9;
@@ -75,6 +76,10 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
                               static_cast<double>(runtime::read_host_memory().vm_hwm) / 1e9);
     if (o.progress) *o.progress << load_stats_ << "\n" << std::flush;
     return;
+  }
+  if (o.dspark) {
+    fail(ErrorKind::Usage, "--spec dspark: the DSpark drafter runs on the CPU backend only (--device cpu); the CUDA "
+                           "backend has no DSpark drafter yet");
   }
 #ifdef KILN_HAVE_CUDA
   // The context bound needs only config.json; the weights go straight to the device.

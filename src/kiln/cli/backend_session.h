@@ -8,6 +8,7 @@
 #include <ostream>
 #include <string>
 
+#include "kiln/model/dspark.h"
 #include "kiln/runtime/backend.h"
 #include "kiln/runtime/loaded_model.h"
 
@@ -33,6 +34,9 @@ struct SessionOptions {
   // rows_per_slot > 0 shrinks max_rows by that many rows per sequence not held.
   bool fewer_slots_ok = false;
   int rows_per_slot = 0;
+  // CPU: also load and run the checkpoint's DSpark drafter (model/dspark.h); an error
+  // naming the checkpoint when it has none, and on the CUDA backend (not implemented there).
+  bool dspark = false;
 };
 
 class BackendSession {
@@ -59,6 +63,7 @@ class BackendSession {
   int asked_slots_ = 0;
   std::string load_stats_;
   std::unique_ptr<runtime::LoadedModel> loaded_;
+  std::unique_ptr<model::DSparkWeights> dspark_;  // before backend_: the backend reads it
   std::unique_ptr<runtime::Backend> backend_;
 };
 

@@ -125,7 +125,10 @@ int main(int argc, char** argv) {
   ge->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at the end-of-sequence token");
   ge->add_option("--mtp", gen.mtp,
                  "Speculative decoding: K = 1..4 tokens drafted per round by the MTP block, verified in one "
-                 "main-model pass (exact: greedy output is unchanged; sampling keeps the model's distribution)");
+                 "main-model pass (exact: greedy output is unchanged; sampling keeps the model's distribution); "
+                 "with a DSpark drafter K = 1..its block size");
+  ge->add_option("--spec", gen.spec, "dspark | mtp | off: the drafter of --mtp K (default: what the checkpoint has; "
+                                     "dspark alone drafts the whole block; DSpark runs on --device cpu)");
   ge->add_flag("--compare-plain", gen.compare_plain,
                "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
   ge->add_flag("--json", gen.json,

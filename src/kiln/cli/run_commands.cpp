@@ -139,15 +139,24 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
   resolve_device(o.device);
   if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
-  if (o.mtp && (*o.mtp < 1 || *o.mtp > runtime::kMaxDrafts))
-    fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round", *o.mtp, runtime::kMaxDrafts);
-  if (o.compare_plain && !o.mtp) fail(ErrorKind::Usage, "--compare-plain needs --mtp K");
-  auto ids = parse_tokens(o.tokens);
-  if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
+  if (!o.spec.empty() && o.spec != "dspark" && o.spec != "mtp" && o.spec != "off")
+    fail(ErrorKind::Usage, "--spec {}: expected dspark, mtp or off", o.spec);
   // Before spending the load: a checkpoint that cannot draft, or a request past the context.
   const ModelConfig pre = load_model_config(o.model);
-  if (o.mtp && pre.num_mtp_layers == 0) {
-    fail_invalid("--mtp {}: {} {}", *o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
+  // --spec: the drafter (default: what the checkpoint has); --mtp K: drafts per round
+  // (DSpark: up to the block size, by default the whole block).
+  const bool dspark = o.spec == "dspark" || (o.spec.empty() && o.mtp && pre.dspark);
+  if (o.spec == "dspark" && !pre.dspark) fail_invalid("--spec dspark: {} has no DSpark drafter (no dspark_* keys)", o.model.string());
+  std::optional<int> k = o.spec == "off" ? std::nullopt : o.mtp;
+  if (dspark && !k) k = static_cast<int>(pre.dspark->block_size);
+  const int most = dspark ? static_cast<int>(pre.dspark->block_size) : runtime::kMaxDrafts;
+  if (k && (*k < 1 || *k > most))
+    fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round{}", *k, most, dspark ? " (the DSpark block size)" : "");
+  if (o.compare_plain && !k) fail(ErrorKind::Usage, "--compare-plain needs --mtp K or --spec");
+  auto ids = parse_tokens(o.tokens);
+  if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
+  if (k && !dspark && pre.num_mtp_layers == 0) {
+    fail_invalid("--mtp {}: {} {}", *k, o.model.string(), model::mtp_unavailable(pre, 0));
   }
   const int64_t need = static_cast<int64_t>(ids.size()) + o.max_tokens;
   check_context(need, o.max_context, pre, "the prompt + --max-tokens");
@@ -156,6 +165,7 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   SessionOptions so{o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
                     o.json ? nullptr : &err};
   so.gpu_memory_fraction = o.gpu_memory_fraction;
+  so.dspark = dspark;
   BackendSession s(so);
   const double load_s = seconds_since(t_load);
   const auto& cfg = s.config();
@@ -164,8 +174,8 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
 
   std::optional<runtime::GenerateResult> plain;
   std::optional<runtime::GenerateResult> spec;
-  if (!o.mtp || o.compare_plain) plain = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, 0, eos);
-  if (o.mtp) spec = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, *o.mtp, eos);
+  if (!k || o.compare_plain) plain = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, 0, eos);
+  if (k) spec = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, *k, eos);
   const runtime::GenerateResult& r = spec ? *spec : *plain;
 
   auto timing = [&](const runtime::GenerateResult& g) {
@@ -185,6 +195,7 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
       for (size_t i = 0; i < s.proposed.size(); ++i) rate.push_back(s.acceptance_rate(i));
       const int64_t proposed = std::accumulate(s.proposed.begin(), s.proposed.end(), int64_t{0});
       j["mtp"] = {{"k", s.k},
+                  {"drafter", dspark ? "dspark" : "mtp"},
                   {"rounds", s.rounds},
                   {"proposed_per_position", s.proposed},
                   {"accepted_per_position", s.accepted},
@@ -213,8 +224,8 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
       std::string rates;
       for (size_t i = 0; i < st.proposed.size(); ++i)
         rates += fmt::format("{}{}/{} ({:.1f}%)", i ? ", " : "", st.accepted[i], st.proposed[i], 100.0 * st.acceptance_rate(i));
-      err << fmt::format("MTP k={}: {} rounds, mean accepted length {:.3f} tokens/round; accepted per draft position: {}\n",
-                         st.k, st.rounds, st.mean_accepted_length(), rates);
+      err << fmt::format("{} k={}: {} rounds, mean accepted length {:.3f} tokens/round; accepted per draft position: {}\n",
+                         dspark ? "DSpark" : "MTP", st.k, st.rounds, st.mean_accepted_length(), rates);
     }
     if (spec && plain) {
       err << fmt::format("plain decoding: {:.1f} tokens/s; tokens {} the MTP run's\n", plain->decode_tokens_per_s(),

@@ -36,7 +36,8 @@ struct GenerateOptions {
   runtime::SamplingParams sampling;
   bool json = false;
   bool ignore_eos = false;
-  std::optional<int> mtp;      // speculative decoding with this many MTP drafts per round (1..4)
+  std::optional<int> mtp;      // speculative decoding with this many drafts per round (MTP 1..4, DSpark 1..block)
+  std::string spec;            // "dspark" | "mtp" | "off"; "" = what the checkpoint has (with --mtp K)
   bool compare_plain = false;  // with mtp: also time plain decoding and report both
   std::string device = "auto";
   int threads = 0;
