@@ -208,10 +208,7 @@ void Engine::draft(std::vector<Active*>& spec) {
   const int64_t V = vocab_size();
   int most = 0;
   for (Active* a : spec) {
-    a->drafts.assign(static_cast<size_t>(a->K), 0);
-    a->q.clear();
-    a->draft_states.clear();
-    if (a->matcher) a->draft_states.push_back(*a->matcher);
+    a->start_round();
     if (a->K == 0) continue;
     most = std::max(most, a->K);
     a->drafts[0] = a->pick_draft(0, a->draft_logits, a->draft_argmax);

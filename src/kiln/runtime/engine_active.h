@@ -78,6 +78,14 @@ struct Engine::Active {
   std::vector<TokenLogprob> out_lp;  // and their logprobs (request.logprobs >= 0)
   bool done = false;                 // ends this step without a token (max_tokens 0)
 
+  // A round's drafting starts: K draft slots, no draft distributions yet, the constraint
+  // state before draft 1.
+  void start_round() {
+    drafts.assign(static_cast<size_t>(K), 0);
+    q.clear();
+    draft_states.clear();
+    if (matcher) draft_states.push_back(*matcher);
+  }
   bool decoding() const { return pending >= 0; }
   int64_t prompt_length() const { return static_cast<int64_t>(request.prompt.size()); }
   bool greedy() const { return request.sampling.temperature <= 0.0f; }

@@ -14,10 +14,7 @@ void Engine::draft_dspark(std::vector<Active*>& spec) {
   std::vector<Backend::DSparkRound> rounds;
   std::vector<Active*> who;
   for (Active* a : spec) {
-    a->drafts.assign(static_cast<size_t>(a->K), 0);
-    a->q.clear();
-    a->draft_states.clear();
-    if (a->matcher) a->draft_states.push_back(*a->matcher);
+    a->start_round();
     if (a->K == 0) continue;
     rounds.push_back({a->slot, a->pending, a->K});
     who.push_back(a);
