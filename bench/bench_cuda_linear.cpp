@@ -30,7 +30,6 @@ namespace {
 using kiln::DType;
 using kiln::ops::HostBytes;
 using kiln::ops::HostQuantLinear;
-using kiln::ops::LinearScheme;
 using kiln::ops::cuda::QuantLinear;
 using kiln::quant::QTensor;
 
@@ -46,24 +45,24 @@ struct Quantized {
   HostQuantLinear host;
 };
 
-Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64_t k) {
+Quantized quantize(SchemeKind s, const std::vector<float>& w, int64_t n, int64_t k) {
   Quantized q;
   HostQuantLinear& h = q.host;
   h.scheme = s;
   h.n = n;
   h.k = k;
-  h.name = kiln::ops::linear_scheme_name(s);
+  h.name = kiln::scheme_kind_name(s);
   auto scale2d = [&](const QTensor& sc) {
     h.scale_dtype = sc.dtype;
     h.scale_rows = sc.shape.at(0);
     h.scale_cols = sc.shape.at(1);
   };
   switch (s) {
-    case LinearScheme::BF16:
+    case SchemeKind::BF16:
       q.keep.push_back(kiln::quant::encode_floats(w, {n, k}, DType::BF16));
       h.weight_dtype = DType::BF16;
       break;
-    case LinearScheme::FP8Block: {
+    case SchemeKind::FP8Block: {
       auto r = kiln::quant::quantize_fp8_block(w, n, k);  // 128 x 128, E8M0 (DeepSeek-V4 native)
       q.keep = {r.weight, r.scale};
       h.weight_dtype = DType::F8_E4M3;
@@ -71,7 +70,7 @@ Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64
       h.block_n = h.block_k = 128;
       break;
     }
-    case LinearScheme::Int4Group: {
+    case SchemeKind::Int4Group: {
       auto r = kiln::quant::quantize_int4_group(w, n, k);  // group 128, symmetric, BF16 scales
       q.keep = {r.packed, r.scale};
       h.weight_dtype = DType::I32;
@@ -79,7 +78,7 @@ Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64
       h.block_k = 128;
       break;
     }
-    case LinearScheme::MXFP4: {
+    case SchemeKind::MXFP4: {
       auto r = kiln::quant::quantize_mxfp4(w, n, k);
       q.keep = {r.weight, r.scale};
       h.weight_dtype = r.weight.dtype;
@@ -87,7 +86,7 @@ Quantized quantize(LinearScheme s, const std::vector<float>& w, int64_t n, int64
       h.block_k = 32;
       break;
     }
-    case LinearScheme::NVFP4: {
+    case SchemeKind::NVFP4: {
       auto r = kiln::quant::quantize_nvfp4(w, n, k, kiln::quant::nvfp4_global_for(kiln::quant::amax(w)));
       q.keep = {r.weight, r.scale};
       h.weight_dtype = DType::U8;
@@ -124,8 +123,8 @@ int run(bool quick, bool variants) {
   const double rotate_bytes = 8.0 * prop.l2CacheSize;  // weights rotated per graph replay
   std::printf("| scheme | shape | N x K | M | us/call | weight+scale MB | GB/s | of measured | kernel |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
-  const LinearScheme schemes[] = {LinearScheme::BF16, LinearScheme::FP8Block, LinearScheme::Int4Group,
-                                  LinearScheme::MXFP4, LinearScheme::NVFP4};
+  const SchemeKind schemes[] = {SchemeKind::BF16, SchemeKind::FP8Block, SchemeKind::Int4Group,
+                                  SchemeKind::MXFP4, SchemeKind::NVFP4};
   for (const Shape& sh : kShapes) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 0.02f);
@@ -137,7 +136,7 @@ int run(bool quick, bool variants) {
     KILN_CUDA_CHECK(cudaMalloc(&x, xh.size() * sizeof(float)));
     KILN_CUDA_CHECK(cudaMalloc(&y, static_cast<size_t>(max_m * sh.n) * sizeof(float)));
     KILN_CUDA_CHECK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(float), cudaMemcpyHostToDevice));
-    for (LinearScheme s : schemes) {
+    for (SchemeKind s : schemes) {
       const Quantized q = quantize(s, w, sh.n, sh.k);
       for (int rw : {0, 1, 2, 4}) {
       if (rw != 0 && !variants) continue;
@@ -152,7 +151,7 @@ int run(bool quick, bool variants) {
         const int calls = std::max(copies, 200) / copies * copies;
         const double t = time_calls(lins, x, y, M, calls, st);
         const double gbs = bytes / t / 1e9;
-        std::printf("| %s | %s | %lld x %lld | %d | %.2f | %.2f | %.0f | %.2f | %s%s |\n", kiln::ops::linear_scheme_name(s),
+        std::printf("| %s | %s | %lld x %lld | %d | %.2f | %.2f | %.0f | %.2f | %s%s |\n", kiln::scheme_kind_name(s),
                     sh.name, static_cast<long long>(sh.n), static_cast<long long>(sh.k), M, t * 1e6, bytes / 1e6, gbs,
                     gbs * 1e9 / bw.bytes_per_s, lins[0].describe(M), rw ? " (forced)" : "");
         std::fflush(stdout);

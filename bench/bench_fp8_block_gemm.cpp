@@ -28,7 +28,6 @@ namespace {
 using kiln::DType;
 using kiln::ops::ActScaleLayout;
 using kiln::ops::HostQuantLinear;
-using kiln::ops::LinearScheme;
 using kiln::ops::cuda::Fp8BlockGemm;
 using kiln::ops::cuda::QuantLinear;
 
@@ -62,7 +61,7 @@ int run(bool quick) {
     for (float& v : w) v = nd(rng);
     const auto q = kiln::quant::quantize_fp8_block(w, sh.n, sh.k);  // 128 x 128, E8M0
     HostQuantLinear h;
-    h.scheme = LinearScheme::FP8Block;
+    h.scheme = SchemeKind::FP8Block;
     h.n = sh.n;
     h.k = sh.k;
     h.weight_dtype = DType::F8_E4M3;

@@ -29,6 +29,7 @@
 #include "kiln/io/config.h"
 #include "kiln/io/npy.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "cli/kiln_process.h"
 #include "support/artifacts.h"

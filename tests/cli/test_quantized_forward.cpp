@@ -92,7 +92,7 @@ TEST(QuantizedForward, SplitGlobalNvfp4FusedEqualsUnfusedBitwise) {
   int differ = 0;
   for (const auto& l : q.layers) {
     for (const auto& e : l.ffn.experts) {
-      ASSERT_EQ(e.w1.q.format, ops::cpu::WeightFormat::FP4);
+      ASSERT_EQ(e.w1.q.scheme, SchemeKind::NVFP4);
       differ += e.w1.q.global != e.w3.q.global;
     }
   }

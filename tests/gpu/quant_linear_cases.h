@@ -19,6 +19,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
@@ -87,6 +88,7 @@ struct LoadedCase {
     auto det = detect_scheme(module, plan.fields, c.n, c.k);
     if (!det.scheme) throw std::runtime_error(c.label + ": " + (det.errors.empty() ? "?" : det.errors[0]));
     plan.scheme = *det.scheme;
+    plan.roles = det.roles;
     W = model::dequantize_linear(ckpt, plan).w;
     host = host_view(ckpt, plan);
   }

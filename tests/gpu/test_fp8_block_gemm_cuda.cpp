@@ -436,7 +436,7 @@ TEST(CudaFp8BlockGemm, UnsupportedShapesAndArgumentsAreClearErrors) {
   h.scale_rows = h.scale_cols = 4;
   expect_error([&] { cuda::Fp8BlockGemm::prepare(h, 4); }, "needs 128x128 blocks");
   h = lc.host;
-  h.scheme = LinearScheme::BF16;
+  h.scheme = SchemeKind::BF16;
   expect_error([&] { cuda::Fp8BlockGemm::prepare(h, 4); }, "takes fp8_block weights");
   h = lc.host;
   h.scale_cols = 1;

@@ -192,7 +192,7 @@ TEST(CudaQuantLinear, BadInputIsAClearError) {
   std::vector<std::byte> wb(64 * 2), sb(1);
   HostQuantLinear h;
   h.name = "layers.0.attn.wq_a";
-  h.scheme = LinearScheme::FP8Block;
+  h.scheme = SchemeKind::FP8Block;
   h.n = 8;
   h.k = 16;
   h.weight_dtype = DType::F8_E4M3;
@@ -236,7 +236,7 @@ TEST(CudaQuantLinear, BadInputIsAClearError) {
   b.weight = {wb.data(), 96};
   expect_error(b, "block/group of 48 inputs is not supported");
   b = h;
-  b.scheme = LinearScheme::NVFP4;
+  b.scheme = SchemeKind::NVFP4;
   b.weight_dtype = DType::U8;
   b.scale_dtype = DType::F8_E4M3;
   b.k = 24;

@@ -12,6 +12,7 @@
 #include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "support/artifacts.h"
 
 namespace kiln {

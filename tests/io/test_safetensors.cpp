@@ -1,4 +1,5 @@
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

@@ -7,6 +7,7 @@
 #include "io/io_test_util.h"
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 
 namespace kiln {
 namespace {

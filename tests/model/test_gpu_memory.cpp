@@ -122,7 +122,7 @@ TEST(DeviceSizes, PreparedLinearLayoutPerScheme) {
   ops::HostQuantLinear w;
   w.n = 300;
   w.k = 200;
-  w.scheme = ops::LinearScheme::BF16;  // 8 per chunk: 25 chunks
+  w.scheme = SchemeKind::BF16;  // 8 per chunk: 25 chunks
   dev::LinearLayout l = dev::linear_layout(w);
   EXPECT_EQ(l.kc, 25);
   EXPECT_EQ(l.kp, 200);
@@ -130,7 +130,7 @@ TEST(DeviceSizes, PreparedLinearLayoutPerScheme) {
   EXPECT_EQ(l.scale_bytes, 0);
   EXPECT_EQ(dev::linear_device_bytes(w, 16), l.stored_bytes() + 16 * 200 * 4);
 
-  w.scheme = ops::LinearScheme::FP8Block;  // 16 per chunk: 13 chunks (k padded to 208)
+  w.scheme = SchemeKind::FP8Block;  // 16 per chunk: 13 chunks (k padded to 208)
   w.block_n = w.block_k = 128;
   l = dev::linear_layout(w);
   EXPECT_EQ(l.kc, 13);
@@ -138,7 +138,7 @@ TEST(DeviceSizes, PreparedLinearLayoutPerScheme) {
   EXPECT_EQ(l.weight_bytes, 300 * 13 * 16);
   EXPECT_EQ(l.scale_bytes, 3 * 2 * 4);  // f32 [ceil(300/128), ceil(200/128)]
 
-  w.scheme = ops::LinearScheme::Int4Group;  // 32 per chunk: 7 chunks; groups of 128: 2
+  w.scheme = SchemeKind::Int4Group;  // 32 per chunk: 7 chunks; groups of 128: 2
   w.block_n = 1;
   std::byte zp[4]{};
   w.zero_point = {zp, 4};
@@ -149,21 +149,21 @@ TEST(DeviceSizes, PreparedLinearLayoutPerScheme) {
   w.zero_point = {};
   EXPECT_EQ(dev::linear_layout(w).zero_point_bytes, 0);
 
-  w.scheme = ops::LinearScheme::MXFP4;
+  w.scheme = SchemeKind::MXFP4;
   w.block_k = 32;
   EXPECT_EQ(dev::linear_layout(w).scale_bytes, 300 * 7);  // one byte per chunk
-  w.scheme = ops::LinearScheme::NVFP4;
+  w.scheme = SchemeKind::NVFP4;
   w.block_k = 16;
   EXPECT_EQ(dev::linear_layout(w).scale_bytes, 300 * 14);  // two per chunk
 
   // A set: every expert's data, one descriptor table per scheme present, one staging buffer.
   ops::HostQuantLinear e[3] = {w, w, w};
-  e[1].scheme = ops::LinearScheme::MXFP4;
+  e[1].scheme = SchemeKind::MXFP4;
   e[1].block_k = 32;
   const int64_t stored = 2 * dev::linear_layout(w).stored_bytes() + dev::linear_layout(e[1]).stored_bytes();
   EXPECT_EQ(dev::linear_set_device_bytes(e, 3, 10), stored + 2 * 3 * dev::kLinearParamsBytes + 10 * 224 * 4);
   // cuBLASLt only for BF16 from kLtMinRows rows.
-  w.scheme = ops::LinearScheme::BF16;
+  w.scheme = SchemeKind::BF16;
   EXPECT_EQ(dev::lt_split_elems(w, dev::kLtMinRows - 1), 0);
   EXPECT_EQ(dev::lt_split_elems(w, 64), 64 * 200);
 }

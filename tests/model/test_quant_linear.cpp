@@ -14,6 +14,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cpu/linear.h"
 #include "kiln/ops/cpu/quant_decode.h"
@@ -85,6 +86,7 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
   auto det = detect_scheme("m", pl.fields, n, k, m.hint);
   ASSERT_TRUE(det.scheme) << (det.errors.empty() ? "" : det.errors[0]);
   pl.scheme = *det.scheme;
+  pl.roles = det.roles;
   const Linear ref = dequantize_linear(ckpt, pl);
   const Linear q = prepare_linear(ckpt, pl);
   ASSERT_EQ(q.quantized(), expect_quantized);
@@ -127,7 +129,7 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
 
 TEST(QuantLinear, Avx2DecodersAreUsedWhereTheCpuHasAvx2) {
   ops::cpu::QuantWeight q;
-  q.format = ops::cpu::WeightFormat::FP4;
+  q.scheme = SchemeKind::MXFP4;
   EXPECT_EQ(ops::cpu::avx2_decoder(q) != nullptr, ops::cpu::cpu_has_avx2());
   EXPECT_EQ(ops::cpu::decoder_for(q), ops::cpu::cpu_has_avx2() ? ops::cpu::avx2_decoder(q) : ops::cpu::portable_decoder(q));
 }
@@ -245,7 +247,7 @@ TEST(QuantLinear, BatchedJobsEqualSeparateProducts) {
   a.out = 24;
   a.in = k;
   ops::cpu::QuantWeight qa;
-  qa.format = ops::cpu::WeightFormat::FP8Block;
+  qa.scheme = SchemeKind::FP8Block;
   for (int64_t i = 0; i < a.out * k; ++i) qa.codes.push_back(g.e4m3());
   qa.block_n = 8;
   qa.block_k = 16;
@@ -280,7 +282,7 @@ TEST(QuantLinear, MismatchedArraysAreRefused) {
   l.out = 4;
   l.in = 32;
   ops::cpu::QuantWeight q;
-  q.format = ops::cpu::WeightFormat::FP4;
+  q.scheme = SchemeKind::NVFP4;
   q.codes.assign(4 * 16, 0);
   q.block_k = 16;
   q.scale_cols = 2;
@@ -293,7 +295,7 @@ TEST(QuantLinear, MismatchedArraysAreRefused) {
     EXPECT_NE(std::string(e.what()).find("scale codes"), std::string::npos) << e.what();
   }
   q.scale_codes.assign(8, 0);
-  q.format = ops::cpu::WeightFormat::Int4Group;
+  q.scheme = SchemeKind::Int4Group;
   q.codes.assign(4 * 16, 0);
   q.scales.assign(8, 1.0f);
   q.scale_codes.clear();

@@ -12,11 +12,10 @@
 namespace kiln::model {
 namespace {
 
-using ops::LinearScheme;
 
 TEST(SyntheticGenerators, AnyPieceEqualsTheWhole) {
-  for (LinearScheme s : {LinearScheme::BF16, LinearScheme::FP8Block, LinearScheme::Int4Group, LinearScheme::MXFP4,
-                         LinearScheme::NVFP4}) {
+  for (SchemeKind s : {SchemeKind::BF16, SchemeKind::FP8Block, SchemeKind::Int4Group, SchemeKind::MXFP4,
+                         SchemeKind::NVFP4}) {
     for (bool scale : {false, true}) {
       std::vector<std::byte> whole(4099);
       synthetic_linear_bytes(s, 256, 512, scale, 7, 0, whole);
@@ -34,9 +33,9 @@ TEST(SyntheticGenerators, AnyPieceEqualsTheWhole) {
 
 TEST(SyntheticGenerators, ValuesAreValidAndSmall) {
   std::vector<std::byte> b(1 << 16);
-  synthetic_linear_bytes(LinearScheme::FP8Block, 128, 512, false, 1, 0, b);
+  synthetic_linear_bytes(SchemeKind::FP8Block, 128, 512, false, 1, 0, b);
   for (std::byte x : b) EXPECT_NE(static_cast<uint8_t>(x) & 0x7F, 0x7F);
-  synthetic_linear_bytes(LinearScheme::BF16, 128, 256, false, 1, 0, b);
+  synthetic_linear_bytes(SchemeKind::BF16, 128, 256, false, 1, 0, b);
   for (size_t i = 0; i < b.size(); i += 2) {
     uint16_t h;
     std::memcpy(&h, b.data() + i, 2);
@@ -63,12 +62,12 @@ TEST(SyntheticGenerators, ValuesAreValidAndSmall) {
 }
 
 TEST(SyntheticGenerators, FormMatchesTheBytes) {
-  const ops::HostQuantLinear f = synthetic_linear_form(LinearScheme::NVFP4, 64, 256);
+  const ops::HostQuantLinear f = synthetic_linear_form(SchemeKind::NVFP4, 64, 256);
   EXPECT_EQ(f.scale_dtype, DType::F8_E4M3);
   EXPECT_EQ(f.block_k, 16);
   EXPECT_EQ(f.scale_cols, 16);
   EXPECT_FLOAT_EQ(f.global, 1.0f / 256.0f);
-  const ops::HostQuantLinear g = synthetic_linear_form(LinearScheme::FP8Block, 300, 200);
+  const ops::HostQuantLinear g = synthetic_linear_form(SchemeKind::FP8Block, 300, 200);
   EXPECT_EQ(g.scale_rows, 3);
   EXPECT_EQ(g.scale_cols, 2);
   EXPECT_EQ(g.scale_dtype, DType::F8_E8M0);

@@ -8,6 +8,7 @@
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "support/artifacts.h"
 #include "support/plan_module.h"
@@ -36,6 +37,7 @@ std::vector<float> dequant(const std::vector<SafetensorsWriter::Tensor>& tensors
   auto det = detect_scheme("m", pl.fields, n, k);
   EXPECT_TRUE(det.scheme) << (det.errors.empty() ? "" : det.errors[0]);
   pl.scheme = *det.scheme;
+  pl.roles = det.roles;
   return dequantize_linear(ckpt, pl).w;
 }
 

@@ -11,6 +11,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/model/synthetic.h"
 #include "support/artifacts.h"
@@ -42,7 +43,10 @@ std::unique_ptr<Written> write(const std::vector<SafetensorsWriter::Tensor>& ten
   if (!detect) return w;
   auto det = detect_scheme("m", w->pl.fields, n, k);
   EXPECT_TRUE(det.scheme) << (det.errors.empty() ? "" : det.errors[0]);
-  if (det.scheme) w->pl.scheme = *det.scheme;
+  if (det.scheme) {
+    w->pl.scheme = *det.scheme;
+    w->pl.roles = det.roles;
+  }
   return w;
 }
 
@@ -50,7 +54,7 @@ TEST(LinearSource, Bf16WeightIsHandedOverAsStored) {
   const auto bytes = filled(6 * 8 * 2, 3);
   auto w = write({{"m.weight", DType::BF16, {6, 8}, bytes}}, 6, 8);
   const ops::HostQuantLinear h = host_view(*w->ckpt, w->pl);
-  EXPECT_EQ(h.scheme, ops::LinearScheme::BF16);
+  EXPECT_EQ(h.scheme, SchemeKind::BF16);
   EXPECT_EQ(h.n, 6);
   EXPECT_EQ(h.k, 8);
   EXPECT_EQ(h.weight_dtype, DType::BF16);
@@ -65,7 +69,7 @@ TEST(LinearSource, Fp8BlockCarriesItsScaleGrid) {
                   {"m.weight_scale_inv", DType::F32, {2, 1}, filled(8, 0)}},
                  256, 128);
   const ops::HostQuantLinear h = host_view(*w->ckpt, w->pl);
-  EXPECT_EQ(h.scheme, ops::LinearScheme::FP8Block);
+  EXPECT_EQ(h.scheme, SchemeKind::FP8Block);
   EXPECT_EQ(h.scale_dtype, DType::F32);
   EXPECT_EQ(h.scale_rows, 2);
   EXPECT_EQ(h.scale_cols, 1);
@@ -98,8 +102,9 @@ TEST(LinearSource, FusedExpertSlicesPointAtTheirOwnRows) {
   for (int64_t e = 0; e < E; ++e) {
     for (int half = 0; half < 2; ++half) {
       PlannedLinear pl = w->pl;
-      pl.fields.at("weight").expert = e;
-      pl.fields.at("weight").half = half;
+      pl.roles.weight = pl.fields.at("weight");
+      pl.roles.weight.expert = e;
+      pl.roles.weight.half = half;
       const ops::HostQuantLinear h = host_view(*w->ckpt, pl);
       const size_t len = static_cast<size_t>(I * H * 2);
       ASSERT_EQ(h.weight.size, len);

@@ -17,6 +17,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "kiln/quant/fast_codecs.h"
 #include "kiln/quant/quantize.h"
@@ -47,6 +48,7 @@ Deq roundtrip(const Fields& fields, int64_t n, int64_t k) {
     return {};
   }
   pl.scheme = *det.scheme;
+  pl.roles = det.roles;
   return {*det.scheme, model::dequantize_linear(ckpt, pl).w};
 }
 

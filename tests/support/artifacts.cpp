@@ -12,6 +12,8 @@
 
 #include "kiln/core/codecs.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_writer.h"
+#include "kiln/quant/recipes.h"
 
 namespace kiln::test {
 
@@ -126,40 +128,18 @@ nlohmann::json flash_0731_config() {
 
 namespace {
 
-enum class Kind { BF16, FP8, INT4, NVFP4, MXFP4 };
+using quant::Role;
 
-// What a layout stores a linear module as.
-struct Storage {
-  Kind kind = Kind::BF16;
-  std::string scale_field;  // FP8: "scale" | "weight_scale_inv" | "weight_scale"
-  DType scale_dtype = DType::F8_E8M0;
-};
-
-enum class Role { Attn, WoA, IndexerWqB, Compressor, WeightsProj, Gate, Expert, Shared, MtpProj, Head };
-
-Storage storage_for(Layout layout, Role role, bool mtp) {
-  const bool bf16_role = role == Role::Compressor || role == Role::WeightsProj || role == Role::Gate || role == Role::Head;
-  if (layout == Layout::HfBf16 || bf16_role) return {};
+// What a layout stores a linear module of `role` as: the recipe table of `kiln quantize`
+// (quant/recipes.h) for the layouts it writes; every module BF16 for HfBf16.
+quant::Target target_for(Layout layout, Role role, bool mtp) {
   switch (layout) {
-    case Layout::Native:
-      if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
-      return {Kind::FP8, "scale", DType::F8_E8M0};
-    case Layout::NativeNvfp4:  // the MTP block as the official release has it
-      if (role == Role::Expert && !mtp) return {Kind::NVFP4, "scale", DType::F8_E4M3};
-      if (role == Role::Expert) return {Kind::MXFP4, "scale", DType::F8_E8M0};
-      return {Kind::FP8, "scale", DType::F8_E8M0};
-    case Layout::W4A16Fp8Mtp:
-      if (mtp) return {};
-      if (role == Role::Expert) return {Kind::INT4, "weight_scale", DType::BF16};
-      return {Kind::FP8, "weight_scale", DType::BF16};
-    case Layout::Nvfp4Fp8Mtp:
-      if (mtp || role == Role::WoA) return {};
-      if (role == Role::Expert) return {Kind::NVFP4, "weight_scale", DType::F8_E4M3};
-      return {Kind::FP8, "weight_scale", DType::F32};
-    case Layout::V3Fp8:
-      return {Kind::FP8, "weight_scale_inv", DType::F32};
-    case Layout::HfBf16:
-      break;
+    case Layout::Native: return quant::target_for(quant::RecipeId::Native, role, mtp);
+    case Layout::NativeNvfp4: return quant::target_for(quant::RecipeId::NativeNvfp4, role, mtp);
+    case Layout::W4A16Fp8Mtp: return quant::target_for(quant::RecipeId::W4A16, role, mtp);
+    case Layout::Nvfp4Fp8Mtp: return quant::target_for(quant::RecipeId::Nvfp4, role, mtp);
+    case Layout::V3Fp8: return quant::target_for(quant::RecipeId::V3, role, mtp);
+    case Layout::HfBf16: break;
   }
   return {};
 }
@@ -204,39 +184,15 @@ class Emitter {
     spec_.tensors.push_back(std::move(t));
   }
 
-  void linear(const std::string& module, int64_t n, int64_t k, const Storage& st, int shard) {
-    switch (st.kind) {
-      case Kind::BF16:
-        tensor(module + ".weight", DType::BF16, {n, k}, Fill::Bf16Weight, shard);
-        break;
-      case Kind::FP8: {
-        tensor(module + ".weight", DType::F8_E4M3, {n, k}, Fill::Raw, shard);
-        Fill f = st.scale_dtype == DType::F8_E8M0 ? Fill::E8M0Scale
-                 : st.scale_dtype == DType::F32   ? Fill::F32Scale
-                                                  : Fill::Bf16Scale;
-        tensor(module + "." + st.scale_field, st.scale_dtype, {cdiv(n, 128), cdiv(k, 128)}, f, shard);
-        break;
-      }
-      case Kind::INT4:
-        tensor(module + ".weight_packed", DType::I32, {n, cdiv(k, 8)}, Fill::Raw, shard);
-        tensor(module + ".weight_scale", DType::BF16, {n, cdiv(k, 128)}, Fill::Bf16Scale, shard);
-        tensor(module + ".weight_shape", DType::I64, {2}, Fill::Raw, shard);
-        shape_values_[module + ".weight_shape"] = {n, k};
-        break;
-      case Kind::NVFP4: {
-        // ModelOpt: weight_scale + scalar globals; native names: .scale + [1] globals.
-        const bool native = st.scale_field == "scale";
-        const std::vector<int64_t> scalar = native ? std::vector<int64_t>{1} : std::vector<int64_t>{};
-        tensor(module + ".weight", DType::U8, {n, k / 2}, Fill::Raw, shard);
-        tensor(module + "." + st.scale_field, DType::F8_E4M3, {n, k / 16}, Fill::E4M3Scale, shard);
-        tensor(module + ".weight_scale_2", DType::F32, scalar, Fill::F32Scale, shard);
-        tensor(module + ".input_scale", DType::F32, scalar, Fill::F32Scale, shard);
-        break;
-      }
-      case Kind::MXFP4:
-        tensor(module + ".weight", DType::I8, {n, k / 2}, Fill::Raw, shard);
-        tensor(module + ".scale", DType::F8_E8M0, {n, cdiv(k, 32)}, Fill::E8M0Scale, shard);
-        break;
+  // The tensors the recipe table stores the module as (quant::target_tensors), each filled
+  // as its role needs: the weight first, then scales and companions.
+  void linear(const std::string& module, int64_t n, int64_t k, const quant::Target& target, int shard) {
+    bool weight = true;
+    for (auto& t : quant::target_tensors(module, target, n, k)) {
+      if (t.dtype == DType::I64) shape_values_[t.name] = {n, k};  // int4's weight_shape
+      const Fill fill = fill_for(t.dtype, weight);
+      tensor(t.name, t.dtype, std::move(t.shape), fill, shard);
+      weight = false;
     }
   }
 
@@ -251,6 +207,17 @@ class Emitter {
   }
 
  private:
+  static Fill fill_for(DType dt, bool weight) {
+    if (weight) return dt == DType::BF16 ? Fill::Bf16Weight : Fill::Raw;
+    switch (dt) {
+      case DType::F8_E8M0: return Fill::E8M0Scale;
+      case DType::F8_E4M3: return Fill::E4M3Scale;
+      case DType::F32: return Fill::F32Scale;  // fp8 scales, nvfp4 global and input scales
+      case DType::BF16: return Fill::Bf16Scale;
+      default: return Fill::Raw;  // int4's weight_shape: its values are set by finish()
+    }
+  }
+
   static std::vector<std::byte> make_bytes(const std::string& name, DType dt, int64_t n, Fill fill, int64_t modulo) {
     std::vector<std::byte> b(static_cast<size_t>(n) * dtype_size(dt));
     Rng r(name);
@@ -421,7 +388,7 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
   em.tensor(top("hc_head_fn"), f32, {nhc, nhc * H}, Fill::F32Small, main_shards - 1);
   em.tensor(top("hc_head_base"), f32, {nhc}, Fill::F32Small, main_shards - 1);
   em.tensor(top("hc_head_scale"), f32, {1}, Fill::F32One, main_shards - 1);
-  em.linear(top("head"), V, H, storage_for(layout, Role::Head, false), main_shards - 1);
+  em.linear(top("head"), V, H, target_for(layout, Role::Head, false), main_shards - 1);
 
   for (int64_t li = 0; li < L + drafts; ++li) {
     const bool mtp = li >= L;
@@ -432,7 +399,7 @@ ArtifactSpec make_spec(Layout layout, const nlohmann::json& cfg, int num_shards,
     else prefix = hf ? fmt::format("model.layers.{}.", li) : fmt::format("layers.{}.", li);
     auto nm = [&](const std::string& body) { return prefix + (hf ? hf_body(body) : body); };
     auto lin = [&](const std::string& body, int64_t n, int64_t k, Role role) {
-      em.linear(nm(body), n, k, storage_for(layout, role, mtp), shard);
+      em.linear(nm(body), n, k, target_for(layout, role, mtp), shard);
     };
     const int64_t ratio = static_cast<size_t>(li) < ratios.size() ? ratios[static_cast<size_t>(li)].get<int64_t>() : 0;
 

@@ -16,19 +16,6 @@
 #include "kiln/core/codecs.h"
 
 namespace kiln {
-
-std::string format_ranges(const std::vector<int>& v) {
-  std::string out;
-  for (size_t i = 0; i < v.size();) {
-    size_t j = i;
-    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
-    if (!out.empty()) out += ", ";
-    out += j == i ? fmt::format("{}", v[i]) : fmt::format("{}-{}", v[i], v[j]);
-    i = j + 1;
-  }
-  return out;
-}
-
 namespace {
 
 std::string shape_str(const std::vector<int64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
@@ -303,12 +290,13 @@ Plan build_plan(const Checkpoint& ckpt, const ModelConfig& config) {
     pl.n = e.n;
     pl.k = e.k;
     pl.scheme = *det.scheme;
+    pl.roles = std::move(det.roles);
     for (const auto& [f, t] : acc.fields) pl.bytes += t.nbytes();
     pl.fields = std::move(acc.fields);
 
     // Scale dtype checks that need values (F32/BF16 scales) or a conversion note (U8).
     if (pl.scheme.kind == SchemeKind::FP8Block) {
-      const TensorSlice& sc = pl.fields.at(pl.scheme.scale_field);
+      const TensorSlice& sc = *pl.roles.scale;
       if (sc.dtype() == DType::U8) {
         if (!scale_checked.count(sc.name)) {
           p.warnings.push_back(fmt::format("{}: scale {} is U8; read as E8M0 exponents 2^(v-127) (converted at load)",

@@ -13,6 +13,7 @@
 #include "kiln/artifact/inventory.h"
 #include "kiln/artifact/names.h"
 #include "kiln/artifact/scheme.h"
+#include "kiln/core/format_ranges.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
 
@@ -24,8 +25,9 @@ struct PlannedLinear {
   std::string disk_module;  // the module as spelled on disk (for hint matching, messages)
   std::string group;        // report group label
   int64_t n = 0, k = 0;     // logical [out, in]
-  ModuleFields fields;
+  ModuleFields fields;      // every tensor of the module by on-disk field (report, byte counts)
   Scheme scheme;
+  LinearRoles roles;        // the same tensors by role: what loaders read (linear_view.h)
   uint64_t bytes = 0;
 };
 
@@ -83,8 +85,5 @@ struct Plan {
 };
 
 Plan build_plan(const Checkpoint& ckpt, const ModelConfig& cfg);
-
-// "0-2, 5, 7-9"
-std::string format_ranges(const std::vector<int>& sorted);
 
 }  // namespace kiln

@@ -7,17 +7,6 @@
 
 namespace kiln {
 
-std::string_view scheme_kind_name(SchemeKind k) {
-  switch (k) {
-    case SchemeKind::BF16: return "bf16";
-    case SchemeKind::FP8Block: return "fp8_block";
-    case SchemeKind::Int4Group: return "int4_group";
-    case SchemeKind::NVFP4: return "nvfp4";
-    case SchemeKind::MXFP4: return "mxfp4";
-  }
-  return "?";
-}
-
 std::vector<int64_t> TensorSlice::shape() const {
   std::vector<int64_t> s = info->shape;
   if (expert >= 0 && !s.empty()) s.erase(s.begin());
@@ -132,6 +121,8 @@ class Detector {
   }
 
   std::optional<Scheme> detect(std::optional<std::pair<int64_t, int64_t>> hint);
+  // The module's tensors by role, for the scheme detect() found.
+  LinearRoles roles(const Scheme& s) const;
 
   std::vector<std::string> errors;
 
@@ -197,6 +188,18 @@ std::optional<Scheme> Detector::detect(std::optional<std::pair<int64_t, int64_t>
             w->name, dtype_name(w->dtype()));
       return std::nullopt;
   }
+}
+
+LinearRoles Detector::roles(const Scheme& s) const {
+  auto opt = [&](std::string_view f) { return get(f) ? std::optional<TensorSlice>(*get(f)) : std::nullopt; };
+  LinearRoles r;
+  r.weight = get("weight") ? *get("weight") : *get("weight_packed");
+  if (s.kind != SchemeKind::BF16) r.scale = opt(s.scale_field);
+  if (s.zero_point) r.zero_point = opt("weight_zero_point");
+  if (s.g_idx) r.g_idx = opt("weight_g_idx");
+  if (s.global == GlobalScaleConvention::Multiplier) r.global_scale = opt("weight_scale_2");
+  if (s.global == GlobalScaleConvention::Divisor) r.global_scale = opt("weight_global_scale");
+  return r;
 }
 
 std::optional<Scheme> Detector::detect_fp8(const TensorSlice* w, std::optional<std::pair<int64_t, int64_t>> hint) {
@@ -379,6 +382,7 @@ DetectResult detect_scheme(std::string_view path, const ModuleFields& fields, in
   r.scheme = d.detect(block_hint);
   r.errors = std::move(d.errors);
   if (!r.errors.empty()) r.scheme.reset();
+  if (r.scheme) r.roles = d.roles(*r.scheme);
   return r;
 }
 

@@ -10,19 +10,10 @@
 #include <vector>
 
 #include "kiln/core/dtype.h"
+#include "kiln/core/scheme_kind.h"
 #include "kiln/io/safetensors.h"
 
 namespace kiln {
-
-enum class SchemeKind : uint8_t {
-  BF16,       // unquantized (BF16, F16 or F32 weight; dtype in weight_dtype)
-  FP8Block,   // e4m3 weight, 2-D grid of scales (block_n x block_k; per-tensor and
-              // per-channel are the degenerate grids)
-  Int4Group,  // compressed-tensors pack-quantized: 8 int4 per int32, LSB first, +8 offset
-  NVFP4,      // e2m1 pairs + e4m3 scale per 16 + fp32 global scale
-  MXFP4,      // e2m1 pairs + e8m0 scale per 32
-};
-std::string_view scheme_kind_name(SchemeKind k);  // "bf16", "fp8_block", "int4_group", ...
 
 // How an NVFP4 global scale is stored: ModelOpt multiplies by weight_scale_2
 // (amax/(6*448)); compressed-tensors divides by weight_global_scale ((6*448)/amax).
@@ -63,8 +54,21 @@ struct Scheme {
 // The tensors a linear module has on disk, by field name ("weight", "scale", ...).
 using ModuleFields = std::map<std::string, TensorSlice, std::less<>>;
 
+// The same tensors by role, resolved once by detect_scheme from the on-disk spellings
+// (`weight` or `weight_packed`; `scale`, `weight_scale_inv` or `weight_scale`;
+// `weight_zero_point`, `weight_g_idx`; `weight_scale_2` or `weight_global_scale`, whose
+// convention Scheme::global records). Nothing downstream of artifact/ reads a field name.
+struct LinearRoles {
+  TensorSlice weight;
+  std::optional<TensorSlice> scale;         // every quantized scheme
+  std::optional<TensorSlice> zero_point;    // int4_group asymmetric
+  std::optional<TensorSlice> g_idx;         // int4_group act-order
+  std::optional<TensorSlice> global_scale;  // nvfp4 (the multiplier: artifact/linear_view.h)
+};
+
 struct DetectResult {
   std::optional<Scheme> scheme;  // nullopt when errors is non-empty
+  LinearRoles roles;             // set with the scheme
   std::vector<std::string> errors;
 };
 

@@ -43,10 +43,10 @@ using model::cuda::GpuForward;
 using model::cuda::GpuOptions;
 using model::cuda::GpuWeights;
 
-ops::LinearScheme parse_scheme(const std::string& s) {
-  for (auto v : {ops::LinearScheme::BF16, ops::LinearScheme::FP8Block, ops::LinearScheme::Int4Group,
-                 ops::LinearScheme::MXFP4, ops::LinearScheme::NVFP4}) {
-    if (s == ops::linear_scheme_name(v)) return v;
+SchemeKind parse_scheme(const std::string& s) {
+  for (auto v : {SchemeKind::BF16, SchemeKind::FP8Block, SchemeKind::Int4Group,
+                 SchemeKind::MXFP4, SchemeKind::NVFP4}) {
+    if (s == scheme_kind_name(v)) return v;
   }
   fail(ErrorKind::Usage, "--experts {}: one of bf16, fp8_block, int4_group, mxfp4, nvfp4", s);
 }

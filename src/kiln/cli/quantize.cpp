@@ -6,12 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -23,15 +20,17 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/artifact/inventory.h"
+#include "kiln/artifact/linear_view.h"
 #include "kiln/artifact/names.h"
 #include "kiln/artifact/plan.h"
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/io/config.h"
+#include "kiln/io/config_writer.h"
 #include "kiln/io/safetensors.h"
-#include "kiln/model/weights.h"
-#include "kiln/quant/parallel.h"
+#include "kiln/io/safetensors_writer.h"
+#include "kiln/quant/dequantize.h"
 #include "kiln/quant/quantize.h"
 #include "kiln/quant/recipes.h"
 
@@ -50,7 +49,6 @@ using quant::role_of;
 using quant::Target;
 using quant::target_for;
 using quant::unrepresentable;
-using Kind = quant::TargetKind;
 
 // ---------------------------------------------------------------------------------------
 // Names
@@ -86,128 +84,6 @@ std::string out_name(const Recipe& r, const ModelConfig& cfg, const std::string&
 }
 
 using quant::plain_dtype;
-
-// ---------------------------------------------------------------------------------------
-// Config
-
-// config.json in DeepSeek's form: the source's own when it is in that form, else built
-// from the parsed fields (transformers' form has no DeepSeek spelling for some choices;
-// those are refused).
-json deepseek_config(const json& src, const ModelConfig& c) {
-  if (c.form == ConfigForm::DeepSeek) {
-    json j = src;
-    j.erase("quantization_config");
-    j.erase("expert_dtype");
-    return j;
-  }
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    if (c.hash_layers[static_cast<size_t>(l)] != (l < c.num_hash_layers)) {
-      fail_invalid("the source config routes layers {} by hash; DeepSeek's config form (num_hash_layers) can only "
-                   "express the first N layers", format_ranges([&] {
-                     std::vector<int> v;
-                     for (int64_t i = 0; i < c.num_layers; ++i)
-                       if (c.hash_layers[static_cast<size_t>(i)]) v.push_back(static_cast<int>(i));
-                     return v;
-                   }()));
-    }
-  }
-  for (size_t l = 0; l < c.compress_ratios.size(); ++l) {
-    const int64_t r = c.compress_ratios[l];
-    const AttnKind want = r == 0 ? AttnKind::SWA : r == 4 ? AttnKind::CSA : AttnKind::HCA;
-    if (want != c.attn_kinds[l]) {
-      fail_invalid("layer {} is {} with compression ratio {}; DeepSeek's config form reads ratio 4 as CSA and other "
-                   "non-zero ratios as HCA", l, attn_kind_name(c.attn_kinds[l]), r);
-    }
-  }
-  if (c.rope_main.yarn) fail_invalid("the source's sliding-window RoPE uses YaRN; DeepSeek's config form cannot express it");
-  json j = {
-      {"architectures", {"DeepseekV4ForCausalLM"}},
-      {"model_type", "deepseek_v4"},
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"num_hidden_layers", c.num_layers},
-      {"num_nextn_predict_layers", c.num_mtp_layers},
-      {"num_attention_heads", c.num_heads},
-      {"num_key_value_heads", c.num_kv_heads},
-      {"head_dim", c.head_dim},
-      {"qk_rope_head_dim", c.rope_head_dim},
-      {"q_lora_rank", c.q_lora_rank},
-      {"o_lora_rank", c.o_lora_rank},
-      {"o_groups", c.o_groups},
-      {"sliding_window", c.sliding_window},
-      {"compress_ratios", c.compress_ratios},
-      {"compress_rope_theta", c.rope_compress.theta},
-      {"rope_theta", c.rope_main.theta},
-      {"index_n_heads", c.index_n_heads},
-      {"index_head_dim", c.index_head_dim},
-      {"index_topk", c.index_topk},
-      {"n_routed_experts", c.n_routed_experts},
-      {"num_experts_per_tok", c.num_experts_per_tok},
-      {"n_shared_experts", c.n_shared_experts},
-      {"moe_intermediate_size", c.moe_intermediate_size},
-      {"scoring_func", std::string(scoring_func_name(c.scoring_func))},
-      {"topk_method", "noaux_tc"},
-      {"norm_topk_prob", c.norm_topk_prob},
-      {"routed_scaling_factor", c.routed_scaling_factor},
-      {"num_hash_layers", c.num_hash_layers},
-      {"swiglu_limit", c.swiglu_limit},
-      {"hidden_act", "silu"},
-      {"hc_mult", c.hc_mult},
-      {"hc_sinkhorn_iters", c.hc_sinkhorn_iters},
-      {"hc_eps", c.hc_eps},
-      {"rms_norm_eps", c.rms_norm_eps},
-      {"bos_token_id", c.bos_token_id},
-      {"eos_token_id", c.eos_token_id},
-      {"tie_word_embeddings", c.tie_word_embeddings},
-      {"torch_dtype", "bfloat16"},
-  };
-  if (c.rope_compress.yarn) {
-    j["rope_scaling"] = {{"type", "yarn"},
-                         {"factor", c.rope_compress.factor},
-                         {"original_max_position_embeddings", c.rope_compress.original_max_position},
-                         {"beta_fast", c.rope_compress.beta_fast},
-                         {"beta_slow", c.rope_compress.beta_slow}};
-  }
-  if (c.max_position_embeddings > 0) j["max_position_embeddings"] = c.max_position_embeddings;
-  return j;
-}
-
-// The rewritten config must describe the same model as the source's.
-void check_same_model(const ModelConfig& a, const ModelConfig& b) {
-  auto rope_eq = [](const RopeParams& x, const RopeParams& y) {
-    return x.theta == y.theta && x.yarn == y.yarn &&
-           (!x.yarn || (x.factor == y.factor && x.original_max_position == y.original_max_position &&
-                        x.beta_fast == y.beta_fast && x.beta_slow == y.beta_slow));
-  };
-  struct F {
-    const char* name;
-    bool same;
-  } fields[] = {
-      {"vocab_size", a.vocab_size == b.vocab_size},
-      {"hidden_size", a.hidden_size == b.hidden_size},
-      {"num_layers", a.num_layers == b.num_layers},
-      {"num_mtp_layers", a.num_mtp_layers == b.num_mtp_layers},
-      {"heads", a.num_heads == b.num_heads && a.head_dim == b.head_dim && a.rope_head_dim == b.rope_head_dim},
-      {"lora ranks", a.q_lora_rank == b.q_lora_rank && a.o_lora_rank == b.o_lora_rank && a.o_groups == b.o_groups},
-      {"sliding_window", a.sliding_window == b.sliding_window},
-      {"compress_ratios", a.compress_ratios == b.compress_ratios && a.attn_kinds == b.attn_kinds},
-      {"hash layers", a.hash_layers == b.hash_layers},
-      {"indexer", a.index_n_heads == b.index_n_heads && a.index_head_dim == b.index_head_dim &&
-                      a.index_topk == b.index_topk},
-      {"experts", a.n_routed_experts == b.n_routed_experts && a.n_shared_experts == b.n_shared_experts &&
-                      a.num_experts_per_tok == b.num_experts_per_tok &&
-                      a.moe_intermediate_size == b.moe_intermediate_size},
-      {"routing", a.scoring_func == b.scoring_func && a.norm_topk_prob == b.norm_topk_prob &&
-                      a.routed_scaling_factor == b.routed_scaling_factor && a.swiglu_limit == b.swiglu_limit},
-      {"mHC", a.hc_mult == b.hc_mult && a.hc_sinkhorn_iters == b.hc_sinkhorn_iters && a.hc_eps == b.hc_eps},
-      {"rms_norm_eps", a.rms_norm_eps == b.rms_norm_eps},
-      {"rope", rope_eq(a.rope_main, b.rope_main) && rope_eq(a.rope_compress, b.rope_compress)},
-      {"token ids", a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id},
-  };
-  for (const auto& f : fields) {
-    if (!f.same) fail_invalid("internal: the rewritten config.json changes the model's {}", f.name);
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // The output plan
@@ -306,21 +182,13 @@ uint64_t parse_size(const std::string& s) {
 // ---------------------------------------------------------------------------------------
 // Reading source tensors
 
-std::vector<float> plain_floats(const Checkpoint& ckpt, const TensorSlice& t) {
-  auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
-  const size_t n = b.size() / dtype_size(t.dtype());
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = quant::decode_scale(t.dtype(), b.data() + i * dtype_size(t.dtype()));
-  return v;
-}
-
 QTensor convert_plain(const Checkpoint& ckpt, const PlannedTensor& p, DType want, std::vector<int64_t> shape) {
   const TensorSlice& t = p.tensor;
+  const auto b = slice_bytes(ckpt, t);
+  QTensor q;
+  q.dtype = want;
+  q.shape = std::move(shape);
   if (want == DType::I64) {
-    auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
-    QTensor q;
-    q.dtype = DType::I64;
-    q.shape = std::move(shape);
     const size_t n = b.size() / dtype_size(t.dtype());
     q.bytes.resize(n * 8);
     for (size_t i = 0; i < n; ++i) {
@@ -339,71 +207,22 @@ QTensor convert_plain(const Checkpoint& ckpt, const PlannedTensor& p, DType want
     return q;
   }
   if (t.dtype() == want) {  // exact copy
-    auto b = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
-    QTensor q;
-    q.dtype = want;
-    q.shape = std::move(shape);
     q.bytes.assign(b.begin(), b.end());
     return q;
   }
-  return quant::encode_floats(plain_floats(ckpt, t), std::move(shape), want);
+  std::vector<float> v(b.size() / dtype_size(t.dtype()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = quant::decode_scale(t.dtype(), b.data() + i * dtype_size(t.dtype()));
+  return quant::encode_floats(v, std::move(q.shape), want);
 }
 
-// A linear module of the source as fp32 [n, k]. Unquantized sources (the usual case) are
-// converted here, in parallel, with the finiteness check folded in; quantized ones go
-// through the loader's exact dequantization.
-struct Source {
-  std::vector<float> w;
-  bool finite = true;
-};
-
-Source read_linear(const Checkpoint& ckpt, const PlannedLinear& l, int threads) {
-  Source src;
-  if (l.scheme.kind != SchemeKind::BF16) {
-    src.w = model::dequantize_linear(ckpt, l).w;
-    src.finite = quant::all_finite(src.w);
-    return src;
-  }
-  const TensorSlice& t = l.fields.at("weight");
-  auto all = ckpt.shards().at(static_cast<size_t>(t.shard)).data(*t.info);
-  uint64_t off = 0, len = all.size();
-  if (t.expert >= 0) {  // fused [E, rows, cols]: one expert's rows, and for gate_up one half
-    len /= static_cast<uint64_t>(t.info->shape.at(0));
-    off += static_cast<uint64_t>(t.expert) * len;
-  }
-  if (t.half >= 0) {
-    len /= 2;
-    off += static_cast<uint64_t>(t.half) * len;
-  }
-  const std::byte* b = all.data() + off;
-  const DType dt = t.dtype();
-  const size_t es = dtype_size(dt);
-  if (len != static_cast<uint64_t>(l.n * l.k) * es) fail_invalid("internal: {} slice of {} bytes for [{}, {}]", t.name, len, l.n, l.k);
-  src.w.resize(static_cast<size_t>(l.n * l.k));
-  std::atomic<bool> finite{true};
-  quant::parallel_for(l.n, threads, l.n * l.k, [&](int64_t r0, int64_t r1) {
-    float* out = src.w.data();
-    const int64_t i0 = r0 * l.k, i1 = r1 * l.k;
-    if (dt == DType::BF16) {
-      for (int64_t i = i0; i < i1; ++i) {
-        uint16_t h;
-        std::memcpy(&h, b + 2 * i, 2);
-        out[i] = std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
-      }
-    } else if (dt == DType::F32) {
-      std::memcpy(out + i0, b + 4 * i0, static_cast<size_t>(i1 - i0) * 4);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) out[i] = quant::decode_scale(dt, b + static_cast<size_t>(i) * es);
-    }
-    bool ok = true;
-    for (int64_t i = i0; i < i1; ++i) ok &= std::isfinite(out[i]);
-    if (!ok) finite = false;
-  });
-  src.finite = finite;
-  return src;
+// A linear module of the source as fp32 [n, k], in any scheme, through the exact
+// dequantization (quant/dequantize.h), rows split over `threads`.
+std::vector<float> read_linear(const Checkpoint& ckpt, const PlannedLinear& l, int threads) {
+  return quant::dequantize(linear_view(ckpt, l), threads);
 }
 
 // ---------------------------------------------------------------------------------------
+// What to write
 
 struct Run {
   const QuantizeOptions& opt;
@@ -411,6 +230,179 @@ struct Run {
   std::ostream& out;
   std::ostream& err;
 };
+
+// What the output holds, beside its tensors, for the report.
+struct Summary {
+  std::vector<std::string> kept_bf16, kept_bf16_why;
+  std::map<std::string, size_t> scheme_counts;   // by target label
+  std::map<std::string, size_t> source_schemes;  // quantized source modules, by scheme
+  size_t downcast = 0;                           // plain tensors rounded to BF16
+};
+
+// Every planned linear and tensor as the recipe writes it, in inventory order.
+std::vector<Item> plan_items(const Plan& plan, const ModelConfig& cfg, const Recipe& recipe, Summary& sum) {
+  std::unordered_map<std::string, size_t> inv_pos;
+  {
+    auto inv = expected_inventory(cfg);
+    for (size_t i = 0; i < inv.size(); ++i) inv_pos.emplace(inv[i].path(), i);
+  }
+  std::vector<Item> items;
+  items.reserve(plan.linears.size() + plan.tensors.size());
+  for (const auto& l : plan.linears) {
+    Item it;
+    it.lin = &l;
+    it.mtp = l.name.scope == Scope::Mtp;
+    it.target = target_for(recipe.id, role_of(l.name.module), it.mtp);
+    it.base = out_name(recipe, cfg, l.path);
+    if (auto why = unrepresentable(it.target.kind, l.n, l.k)) {
+      sum.kept_bf16.push_back(it.base);
+      sum.kept_bf16_why.push_back(fmt::format("{} [{}, {}]: {}", it.base, l.n, l.k, *why));
+      it.target = Target{};
+    }
+    it.outs = quant::target_tensors(it.base, it.target, l.n, l.k);
+    it.order = inv_pos.at(l.path);
+    sum.scheme_counts[std::string(quant::target_label(it.target))] += 1;
+    if (l.scheme.kind != SchemeKind::BF16 || l.scheme.weight_dtype != DType::BF16) sum.source_schemes[l.scheme.describe()] += 1;
+    items.push_back(std::move(it));
+  }
+  for (const auto& p : plan.tensors) {
+    Item it;
+    it.plain = &p;
+    const SplitPath sp = split_path(p.path);
+    it.mtp = sp.scope == Scope::Mtp;
+    it.dtype = plain_dtype(sp.rest);
+    if (it.dtype == DType::BF16 && p.tensor.dtype() != DType::BF16) ++sum.downcast;
+    it.base = out_name(recipe, cfg, p.path);
+    it.outs = {{it.base, it.dtype, p.tensor.shape()}};
+    if (it.outs[0].shape.empty()) it.outs[0].shape = {1};  // scalars stored as [1], as the inventory expects
+    it.order = inv_pos.at(p.path);
+    items.push_back(std::move(it));
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.order < b.order; });
+
+  // Every name written must read back as the module it stands for.
+  const NameContext ctx{cfg.num_layers};
+  std::set<std::string> seen;
+  for (const auto& it : items) {
+    const std::string want = it.lin ? it.lin->path : it.plain->path;
+    for (const auto& t : it.outs) {
+      auto c = canonicalize(t.name, ctx);
+      if (!c || c->path() != want || !seen.insert(t.name).second) {
+        fail_invalid("internal: output tensor {} would not read back as {}", t.name, want);
+      }
+    }
+  }
+  return items;
+}
+
+// Shards: the main model filled up to the size limit, then the MTP block on its own.
+// Sets every item's shard; returns the number of shards.
+int assign_shards(std::vector<Item>& items, uint64_t max_shard) {
+  int num_shards = 0;
+  for (const bool mtp : {false, true}) {
+    uint64_t in_shard = 0;
+    bool any = false;
+    for (auto& it : items) {
+      if (it.mtp != mtp) continue;
+      if (any && in_shard + it.bytes() > max_shard) {
+        ++num_shards;
+        in_shard = 0;
+      }
+      it.shard = num_shards;
+      in_shard += it.bytes();
+      any = true;
+    }
+    if (any) ++num_shards;
+  }
+  return num_shards;
+}
+
+// NVFP4 globals: w1 and w3 of one expert share one (ModelOpt unifies their amax) unless
+// --nvfp4-split-global.
+class Nvfp4Globals {
+ public:
+  Nvfp4Globals(const Checkpoint& ckpt, const Plan& plan, const QuantizeOptions& o) : ckpt_(ckpt), o_(o) {
+    for (const auto& l : plan.linears) by_path_.emplace(l.path, &l);
+  }
+
+  float operator()(const PlannedLinear& l, float own_amax) {
+    const std::string& p = l.path;
+    const bool gate_up = p.size() > 3 && (p.compare(p.size() - 3, 3, ".w1") == 0 || p.compare(p.size() - 3, 3, ".w3") == 0);
+    if (o_.nvfp4_split_global || !gate_up) return quant::nvfp4_global_for(own_amax);
+    const std::string prefix = p.substr(0, p.size() - 3);
+    if (auto it = shared_.find(prefix); it != shared_.end()) return it->second;
+    const std::string partner = prefix + (p.back() == '1' ? ".w3" : ".w1");
+    float a = own_amax;
+    if (auto it = by_path_.find(partner);
+        it != by_path_.end() && !unrepresentable(SchemeKind::NVFP4, it->second->n, it->second->k)) {
+      a = std::max(a, quant::amax(read_linear(ckpt_, *it->second, o_.threads)));
+    }
+    const float g = quant::nvfp4_global_for(a);
+    shared_.emplace(prefix, g);
+    return g;
+  }
+
+ private:
+  const Checkpoint& ckpt_;
+  const QuantizeOptions& o_;
+  std::unordered_map<std::string, const PlannedLinear*> by_path_;
+  std::unordered_map<std::string, float> shared_;  // keyed by the expert's path prefix
+};
+
+// The tensors of one linear module stored as its target, in target_tensors' order.
+std::vector<QTensor> quantize_linear(const Checkpoint& ckpt, const Item& it, const QuantizeOptions& o,
+                                     Nvfp4Globals& globals) {
+  const PlannedLinear& l = *it.lin;
+  const std::vector<float> w = read_linear(ckpt, l, o.threads);
+  if (it.target.kind != SchemeKind::BF16 && !quant::all_finite(w)) {
+    fail_invalid("{} ({} in {}) holds NaN or infinite values; refusing to quantize it", l.path, l.roles.weight.name,
+                 o.model.string());
+  }
+  std::vector<QTensor> q;
+  switch (it.target.kind) {
+    case SchemeKind::BF16:
+      q.push_back(quant::encode_floats(w, {l.n, l.k}, DType::BF16));
+      break;
+    case SchemeKind::FP8Block: {
+      quant::Fp8BlockOptions fo;
+      fo.scale_dtype = it.target.scale_dtype;
+      fo.threads = o.threads;
+      auto r = quant::quantize_fp8_block(w, l.n, l.k, fo);
+      q.push_back(std::move(r.weight));
+      q.push_back(std::move(r.scale));
+      break;
+    }
+    case SchemeKind::MXFP4: {
+      quant::Mxfp4Options mo;
+      mo.threads = o.threads;
+      auto r = quant::quantize_mxfp4(w, l.n, l.k, mo);
+      q.push_back(std::move(r.weight));
+      q.push_back(std::move(r.scale));
+      break;
+    }
+    case SchemeKind::NVFP4: {
+      auto r = quant::quantize_nvfp4(w, l.n, l.k, globals(l, quant::amax(w)), quant::Nvfp4Convention::ModelOpt,
+                                     o.threads);
+      q.push_back(std::move(r.weight));
+      q.push_back(std::move(r.scale));
+      q.push_back(std::move(r.global_scale));
+      // No calibration data: a unit activation scale (see docs/quantization.md).
+      const float input_scale = 1.0f;
+      q.push_back(quant::encode_floats(std::span<const float>(&input_scale, 1), {}, DType::F32));
+      break;
+    }
+    case SchemeKind::Int4Group: {
+      quant::Int4Options io;
+      io.threads = o.threads;
+      auto r = quant::quantize_int4_group(w, l.n, l.k, io);
+      q.push_back(std::move(r.packed));
+      q.push_back(std::move(r.scale));
+      q.push_back(std::move(r.shape));
+      break;
+    }
+  }
+  return q;
+}
 
 void prepare_out_dir(const QuantizeOptions& o) {
   std::error_code ec;
@@ -439,137 +431,16 @@ void prepare_out_dir(const QuantizeOptions& o) {
   if (ec) fail_io("--out {}: cannot create: {}", o.out.string(), ec.message());
 }
 
-void write_json(const fs::path& p, const json& j) {
-  std::ofstream f(p);
-  f << j.dump(2) << "\n";
-  f.close();
-  if (!f) fail_io("{}: write failed", p.string());
-}
-
-int quantize(const Run& run) {
+// Streams the items into their shards (one module read, quantized and written at a time),
+// then writes the index and the configs. A failure removes the files already written: a
+// partial artifact must not look like a checkpoint.
+void write_artifact(const Checkpoint& ckpt, const Plan& plan, const std::vector<Item>& items, int num_shards,
+                    const json& cfg_out, const std::optional<json>& hf_quant, const Run& run) {
   const QuantizeOptions& o = run.opt;
-  const Recipe& recipe = run.recipe;
-  const auto t0 = std::chrono::steady_clock::now();
-  const uint64_t max_shard = parse_size(o.max_shard_size);
-
-  // 1. The source, through the plan.
-  const Checkpoint ckpt = Checkpoint::open(o.model);
-  const ModelConfig cfg = load_model_config(o.model);
-  const json src_cfg = read_json_file(o.model / "config.json");
-  const Plan plan = build_plan(ckpt, cfg);
-  if (!plan.loadable()) {
-    std::vector<std::string> why = plan.errors;
-    for (const auto& m : plan.missing) why.push_back("missing " + m);
-    fail_invalid("{} is not loadable ({} problem(s)), so it cannot be quantized; first: {} (run `kiln inspect {}` for "
-                 "the full report)", o.model.string(), why.size(), why.front(), o.model.string());
-  }
-  if (cfg.dspark) {
-    fail_invalid("{} has a DSpark drafter (config.json's dspark_* keys); kiln quantize does not carry it yet (issue 19) "
-                 "and will not write a copy that silently drops it", o.model.string());
-  }
-
-  // 2. What to write: every planned linear and tensor, in inventory order.
-  std::unordered_map<std::string, size_t> inv_pos;
-  {
-    auto inv = expected_inventory(cfg);
-    for (size_t i = 0; i < inv.size(); ++i) inv_pos.emplace(inv[i].path(), i);
-  }
-  std::vector<Item> items;
-  items.reserve(plan.linears.size() + plan.tensors.size());
-  std::vector<std::string> kept_bf16, kept_bf16_why;
-  std::map<std::string, size_t> scheme_counts;
-  std::map<std::string, size_t> source_schemes;
-  for (const auto& l : plan.linears) {
-    Item it;
-    it.lin = &l;
-    it.mtp = l.name.scope == Scope::Mtp;
-    it.target = target_for(recipe.id, role_of(l.name.module), it.mtp);
-    it.base = out_name(recipe, cfg, l.path);
-    if (auto why = unrepresentable(it.target.kind, l.n, l.k)) {
-      kept_bf16.push_back(it.base);
-      kept_bf16_why.push_back(fmt::format("{} [{}, {}]: {}", it.base, l.n, l.k, *why));
-      it.target = Target{};
-    }
-    it.outs = quant::target_tensors(it.base, it.target, l.n, l.k);
-    it.order = inv_pos.at(l.path);
-    scheme_counts[std::string(quant::target_label(it.target))] += 1;
-    if (l.scheme.kind != SchemeKind::BF16 || l.scheme.weight_dtype != DType::BF16) source_schemes[l.scheme.describe()] += 1;
-    items.push_back(std::move(it));
-  }
-  size_t downcast = 0;
-  for (const auto& p : plan.tensors) {
-    Item it;
-    it.plain = &p;
-    const SplitPath sp = split_path(p.path);
-    it.mtp = sp.scope == Scope::Mtp;
-    it.dtype = plain_dtype(sp.rest);
-    if (it.dtype == DType::BF16 && p.tensor.dtype() != DType::BF16) ++downcast;
-    it.base = out_name(recipe, cfg, p.path);
-    it.outs = {{it.base, it.dtype, p.tensor.shape()}};
-    if (it.outs[0].shape.empty()) it.outs[0].shape = {1};  // scalars stored as [1], as the inventory expects
-    it.order = inv_pos.at(p.path);
-    items.push_back(std::move(it));
-  }
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.order < b.order; });
-
-  // Every name written must read back as the module it stands for.
-  {
-    const NameContext ctx{cfg.num_layers};
-    std::set<std::string> seen;
-    for (const auto& it : items) {
-      const std::string want = it.lin ? it.lin->path : it.plain->path;
-      for (const auto& t : it.outs) {
-        auto c = canonicalize(t.name, ctx);
-        if (!c || c->path() != want || !seen.insert(t.name).second) {
-          fail_invalid("internal: output tensor {} would not read back as {}", t.name, want);
-        }
-      }
-    }
-  }
-
-  // 3. Shards: the main model filled up to the size limit, then the MTP block on its own.
-  int num_shards = 0;
-  {
-    uint64_t in_shard = 0;
-    bool any = false;
-    for (auto& it : items) {
-      if (it.mtp) continue;
-      if (any && in_shard + it.bytes() > max_shard) {
-        ++num_shards;
-        in_shard = 0;
-      }
-      it.shard = num_shards;
-      in_shard += it.bytes();
-      any = true;
-    }
-    if (any) ++num_shards;
-    in_shard = 0;
-    any = false;
-    for (auto& it : items) {
-      if (!it.mtp) continue;
-      if (any && in_shard + it.bytes() > max_shard) {
-        ++num_shards;
-        in_shard = 0;
-      }
-      it.shard = num_shards;
-      in_shard += it.bytes();
-      any = true;
-    }
-    if (any) ++num_shards;
-  }
   auto shard_name = [&](int s) {
     return num_shards == 1 ? std::string("model.safetensors")
                            : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, num_shards);
   };
-
-  // 4. Config and declarations (validated before any tensor is written).
-  json cfg_out = deepseek_config(src_cfg, cfg);
-  std::optional<json> hf_quant;
-  quant::declare_quantization(recipe.id, cfg_out, hf_quant, kept_bf16);
-  check_same_model(cfg, parse_model_config(cfg_out, "the rewritten config.json"));
-
-  prepare_out_dir(o);
-
   size_t total_tensors = 0;
   uint64_t total_bytes = 0;
   for (const auto& it : items) {
@@ -578,29 +449,8 @@ int quantize(const Run& run) {
   }
   const bool tty = &run.err == &std::cerr && ::isatty(STDERR_FILENO);
   Progress progress(run.err, tty, total_tensors, total_bytes);
+  Nvfp4Globals globals(ckpt, plan, o);
 
-  // NVFP4 globals shared by w1 and w3 of one expert (ModelOpt unifies their amax).
-  std::unordered_map<std::string, const PlannedLinear*> by_path;
-  for (const auto& l : plan.linears) by_path.emplace(l.path, &l);
-  std::unordered_map<std::string, float> shared_global;  // keyed by the expert's path prefix
-  auto nvfp4_global = [&](const PlannedLinear& l, float own_amax) -> float {
-    const std::string& p = l.path;
-    const bool gate_up = p.size() > 3 && (p.compare(p.size() - 3, 3, ".w1") == 0 || p.compare(p.size() - 3, 3, ".w3") == 0);
-    if (o.nvfp4_split_global || !gate_up) return quant::nvfp4_global_for(own_amax);
-    const std::string prefix = p.substr(0, p.size() - 3);
-    if (auto it = shared_global.find(prefix); it != shared_global.end()) return it->second;
-    const std::string partner = prefix + (p.back() == '1' ? ".w3" : ".w1");
-    float a = own_amax;
-    if (auto it = by_path.find(partner); it != by_path.end() && !unrepresentable(Kind::NVFP4, it->second->n, it->second->k)) {
-      a = std::max(a, quant::amax(read_linear(ckpt, *it->second, o.threads).w));
-    }
-    const float g = quant::nvfp4_global_for(a);
-    shared_global.emplace(prefix, g);
-    return g;
-  };
-
-  // 5. Stream. A failure removes the shards already written: a partial artifact must not
-  // look like a checkpoint.
   struct Cleanup {
     std::vector<fs::path> files;
     bool done = false;
@@ -626,59 +476,8 @@ int quantize(const Run& run) {
     for (const auto& it : items) {
       if (it.shard != s) continue;
       std::vector<QTensor> q;
-      if (it.plain) {
-        q.push_back(convert_plain(ckpt, *it.plain, it.dtype, it.outs[0].shape));
-      } else {
-        const PlannedLinear& l = *it.lin;
-        const Source lin = read_linear(ckpt, l, o.threads);
-        if (it.target.kind != Kind::BF16 && !lin.finite) {
-          fail_invalid("{} ({} in {}) holds NaN or infinite values; refusing to quantize it", l.path,
-                       l.fields.begin()->second.name, o.model.string());
-        }
-        const std::span<const float> wv(lin.w);
-        switch (it.target.kind) {
-          case Kind::BF16:
-            q.push_back(quant::encode_floats(wv, {l.n, l.k}, DType::BF16));
-            break;
-          case Kind::FP8: {
-            quant::Fp8BlockOptions fo;
-            fo.scale_dtype = it.target.scale_dtype;
-            fo.threads = o.threads;
-            auto r = quant::quantize_fp8_block(wv, l.n, l.k, fo);
-            q.push_back(std::move(r.weight));
-            q.push_back(std::move(r.scale));
-            break;
-          }
-          case Kind::MXFP4: {
-            quant::Mxfp4Options mo;
-            mo.threads = o.threads;
-            auto r = quant::quantize_mxfp4(wv, l.n, l.k, mo);
-            q.push_back(std::move(r.weight));
-            q.push_back(std::move(r.scale));
-            break;
-          }
-          case Kind::NVFP4: {
-            auto r = quant::quantize_nvfp4(wv, l.n, l.k, nvfp4_global(l, quant::amax(wv)),
-                                           quant::Nvfp4Convention::ModelOpt, o.threads);
-            q.push_back(std::move(r.weight));
-            q.push_back(std::move(r.scale));
-            q.push_back(std::move(r.global_scale));
-            // No calibration data: a unit activation scale (see docs/quantization.md).
-            const float input_scale = 1.0f;
-            q.push_back(quant::encode_floats(std::span<const float>(&input_scale, 1), {}, DType::F32));
-            break;
-          }
-          case Kind::INT4: {
-            quant::Int4Options io;
-            io.threads = o.threads;
-            auto r = quant::quantize_int4_group(wv, l.n, l.k, io);
-            q.push_back(std::move(r.packed));
-            q.push_back(std::move(r.scale));
-            q.push_back(std::move(r.shape));
-            break;
-          }
-        }
-      }
+      if (it.plain) q.push_back(convert_plain(ckpt, *it.plain, it.dtype, it.outs[0].shape));
+      else q = quantize_linear(ckpt, it, o, globals);
       if (q.size() != it.outs.size()) fail_invalid("internal: {} produced {} tensors", it.base, q.size());
       uint64_t bytes = 0;
       for (size_t i = 0; i < q.size(); ++i) {
@@ -696,18 +495,13 @@ int quantize(const Run& run) {
     cleanup.files.push_back(path);
   }
 
-  {
-    nlohmann::ordered_json index;
-    index["metadata"] = {{"total_size", total_bytes}};
-    index["weight_map"] = weight_map;
-    std::ofstream f(o.out / "model.safetensors.index.json");
-    f << index.dump(2) << "\n";
-    f.close();
-    if (!f) fail_io("{}: write failed", (o.out / "model.safetensors.index.json").string());
-  }
+  nlohmann::ordered_json index;
+  index["metadata"] = {{"total_size", total_bytes}};
+  index["weight_map"] = weight_map;
   cleanup.files.push_back(o.out / "model.safetensors.index.json");
-  write_json(o.out / "config.json", cfg_out);
-  if (hf_quant) write_json(o.out / "hf_quant_config.json", *hf_quant);
+  write_json_file(o.out / "model.safetensors.index.json", index);
+  write_json_file(o.out / "config.json", cfg_out);
+  if (hf_quant) write_json_file(o.out / "hf_quant_config.json", *hf_quant);
   cleanup.done = true;
   // Tokenizer and generation files travel with the weights.
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
@@ -715,11 +509,19 @@ int quantize(const Run& run) {
     std::error_code ec;
     if (fs::is_regular_file(o.model / f, ec)) fs::copy_file(o.model / f, o.out / f, fs::copy_options::overwrite_existing);
   }
+}
 
-  // 6. Report.
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+void print_report(const Run& run, const ModelConfig& cfg, const Plan& plan, const std::vector<Item>& items,
+                  int num_shards, const Summary& sum, double secs) {
+  const QuantizeOptions& o = run.opt;
+  size_t total_tensors = 0;
+  uint64_t total_bytes = 0;
+  for (const auto& it : items) {
+    total_tensors += it.outs.size();
+    total_bytes += it.bytes();
+  }
   auto& out = run.out;
-  out << fmt::format("kiln quantize: recipe {}\n", recipe.name);
+  out << fmt::format("kiln quantize: recipe {}\n", run.recipe.name);
   out << fmt::format("source      {} ({} config, {} shard(s), {} linear modules, {})\n", o.model.string(),
                      cfg.form == ConfigForm::DeepSeek ? "DeepSeek" : "transformers", plan.num_shards,
                      plan.linears.size(), Progress::human(plan.total_bytes));
@@ -727,27 +529,68 @@ int quantize(const Run& run) {
                      cfg.num_mtp_layers > 0 && !plan.mtp_found.empty() ? " (MTP block in its own)" : "", total_tensors,
                      Progress::human(total_bytes));
   std::vector<std::string> counts;
-  for (const auto& [k, n] : scheme_counts) counts.push_back(fmt::format("{}: {}", k, n));
+  for (const auto& [k, n] : sum.scheme_counts) counts.push_back(fmt::format("{}: {}", k, n));
   out << fmt::format("modules     {}\n", fmt::join(counts, ", "));
-  if (!source_schemes.empty()) {
+  if (!sum.source_schemes.empty()) {
     std::vector<std::string> v;
-    for (const auto& [k, n] : source_schemes) v.push_back(fmt::format("{} x{}", k, n));
+    for (const auto& [k, n] : sum.source_schemes) v.push_back(fmt::format("{} x{}", k, n));
     out << fmt::format("note        requantized from a quantized source ({}): the source's rounding error adds to "
                        "this recipe's\n", fmt::join(v, ", "));
   }
-  if (downcast > 0) {
+  if (sum.downcast > 0) {
     out << fmt::format("note        {} norm/embedding tensor(s) stored in another float dtype were rounded to BF16\n",
-                       downcast);
+                       sum.downcast);
   }
   if (!plan.unused.empty()) {
     out << fmt::format("note        {} source tensor(s) with no role in the model were not copied\n", plan.unused.size());
   }
-  if (!kept_bf16.empty()) {
+  if (!sum.kept_bf16.empty()) {
     out << fmt::format("kept bf16   {} module(s) the recipe would quantize, whose shape the scheme cannot hold "
-                       "(declared as not converted in the config):\n", kept_bf16.size());
-    for (const auto& w : kept_bf16_why) out << "              " << w << "\n";
+                       "(declared as not converted in the config):\n", sum.kept_bf16.size());
+    for (const auto& w : sum.kept_bf16_why) out << "              " << w << "\n";
   }
   out << fmt::format("done in {:.2f} s; check it with: kiln inspect {}\n", secs, o.out.string());
+}
+
+int quantize(const Run& run) {
+  const QuantizeOptions& o = run.opt;
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t max_shard = parse_size(o.max_shard_size);
+
+  // 1. The source, through the plan.
+  const Checkpoint ckpt = Checkpoint::open(o.model);
+  const ModelConfig cfg = load_model_config(o.model);
+  const json src_cfg = read_json_file(o.model / "config.json");
+  const Plan plan = build_plan(ckpt, cfg);
+  if (!plan.loadable()) {
+    std::vector<std::string> why = plan.errors;
+    for (const auto& m : plan.missing) why.push_back("missing " + m);
+    fail_invalid("{} is not loadable ({} problem(s)), so it cannot be quantized; first: {} (run `kiln inspect {}` for "
+                 "the full report)", o.model.string(), why.size(), why.front(), o.model.string());
+  }
+  if (cfg.dspark) {
+    fail_invalid("{} has a DSpark drafter (config.json's dspark_* keys); kiln quantize does not carry it yet (issue 19) "
+                 "and will not write a copy that silently drops it", o.model.string());
+  }
+
+  // 2. What to write, and where.
+  Summary sum;
+  std::vector<Item> items = plan_items(plan, cfg, run.recipe, sum);
+  const int num_shards = assign_shards(items, max_shard);
+
+  // 3. Config and declarations (validated before any tensor is written).
+  json cfg_out = deepseek_config_json(src_cfg, cfg);
+  std::optional<json> hf_quant;
+  quant::declare_quantization(run.recipe.id, cfg_out, hf_quant, sum.kept_bf16);
+  check_same_model(cfg, parse_model_config(cfg_out, "the rewritten config.json"));
+
+  // 4. Stream.
+  prepare_out_dir(o);
+  write_artifact(ckpt, plan, items, num_shards, cfg_out, hf_quant, run);
+
+  // 5. Report.
+  print_report(run, cfg, plan, items, num_shards, sum,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
 

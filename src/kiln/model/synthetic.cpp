@@ -14,7 +14,6 @@ namespace kiln::model {
 
 using ops::HostBytes;
 using ops::HostQuantLinear;
-using ops::LinearScheme;
 
 nlohmann::json flash_shaped_config_json(int layers, bool mtp) {
   if (layers < 1) fail(ErrorKind::Usage, "synthetic model: {} layers (need >= 1)", layers);
@@ -67,28 +66,28 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-HostQuantLinear synthetic_linear_form(LinearScheme s, int64_t n, int64_t k) {
+HostQuantLinear synthetic_linear_form(SchemeKind s, int64_t n, int64_t k) {
   HostQuantLinear v;
   v.scheme = s;
   v.n = n;
   v.k = k;
   switch (s) {
-    case LinearScheme::BF16: v.weight_dtype = DType::BF16; break;
-    case LinearScheme::FP8Block:
+    case SchemeKind::BF16: v.weight_dtype = DType::BF16; break;
+    case SchemeKind::FP8Block:
       v.weight_dtype = DType::F8_E4M3;
       v.block_n = 128, v.block_k = 128;
       v.scale_rows = ceil_div(n, 128), v.scale_cols = ceil_div(k, 128);
       v.scale_dtype = DType::F8_E8M0;
       break;
-    case LinearScheme::Int4Group:
+    case SchemeKind::Int4Group:
       v.weight_dtype = DType::I32;
       v.block_k = 128;
       v.scale_rows = n, v.scale_cols = ceil_div(k, 128);
       v.scale_dtype = DType::BF16;
       break;
-    case LinearScheme::MXFP4:
-    case LinearScheme::NVFP4: {
-      const bool mx = s == LinearScheme::MXFP4;
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: {
+      const bool mx = s == SchemeKind::MXFP4;
       v.weight_dtype = DType::U8;
       v.block_k = mx ? 32 : 16;
       v.scale_rows = n, v.scale_cols = k / v.block_k;
@@ -100,18 +99,18 @@ HostQuantLinear synthetic_linear_form(LinearScheme s, int64_t n, int64_t k) {
   return v;
 }
 
-void synthetic_linear_bytes(LinearScheme s, int64_t n, int64_t k, bool scale, uint64_t seed, uint64_t offset,
+void synthetic_linear_bytes(SchemeKind s, int64_t n, int64_t k, bool scale, uint64_t seed, uint64_t offset,
                             std::span<std::byte> out) {
   if (scale) {
     // One value everywhere: fp8 2^-14, int4 bf16 ~0.00995, mxfp4 2^-8, nvfp4 e4m3 1.0 (x global).
     for (size_t i = 0; i < out.size(); ++i) {
       uint8_t b = 0;
       switch (s) {
-        case LinearScheme::BF16: b = 0; break;
-        case LinearScheme::FP8Block: b = 127 - 14; break;
-        case LinearScheme::Int4Group: b = ((offset + i) % 2 == 0) ? 0x23 : 0x3C; break;  // 0x3C23 little-endian
-        case LinearScheme::MXFP4: b = 127 - 8; break;
-        case LinearScheme::NVFP4: b = 0x38; break;
+        case SchemeKind::BF16: b = 0; break;
+        case SchemeKind::FP8Block: b = 127 - 14; break;
+        case SchemeKind::Int4Group: b = ((offset + i) % 2 == 0) ? 0x23 : 0x3C; break;  // 0x3C23 little-endian
+        case SchemeKind::MXFP4: b = 127 - 8; break;
+        case SchemeKind::NVFP4: b = 0x38; break;
       }
       out[i] = static_cast<std::byte>(b);
     }
@@ -120,15 +119,15 @@ void synthetic_linear_bytes(LinearScheme s, int64_t n, int64_t k, bool scale, ui
   const uint64_t sd = seed ^ static_cast<uint64_t>(n * 1000003 + k) ^ static_cast<uint64_t>(s);
   // Byte `at` is byte at % per of word at / per: bf16 takes one word per element (2 bytes),
   // the packed schemes one word per 8 bytes.
-  const uint64_t per = s == LinearScheme::BF16 ? 2 : 8;
+  const uint64_t per = s == SchemeKind::BF16 ? 2 : 8;
   for (size_t i = 0; i < out.size();) {
     const uint64_t at = offset + i, wi = at / per;
     uint64_t x = word(sd, wi);
-    if (s == LinearScheme::BF16)  // sign, exponent 2^-9 .. 2^-6, random mantissa
+    if (s == SchemeKind::BF16)  // sign, exponent 2^-9 .. 2^-6, random mantissa
       x = ((x & 1) << 15) | ((118 + ((x >> 1) & 3)) << 7) | ((x >> 3) & 0x7F);
     for (uint64_t b = at % per; b < per && i < out.size(); ++b, ++i) {
       uint8_t v = static_cast<uint8_t>(x >> (8 * b));
-      if (s == LinearScheme::FP8Block && (v & 0x7F) == 0x7F) v ^= 1;  // never the e4m3 NaN code
+      if (s == SchemeKind::FP8Block && (v & 0x7F) == 0x7F) v ^= 1;  // never the e4m3 NaN code
       out[i] = static_cast<std::byte>(v);
     }
   }
@@ -162,20 +161,20 @@ struct SyntheticModel::Store {
   const ModelConfig* cfg = nullptr;
   SyntheticSpec spec;
 
-  const Blob& blob(LinearScheme s, int64_t n, int64_t k) {
+  const Blob& blob(SchemeKind s, int64_t n, int64_t k) {
     auto key = std::make_tuple(static_cast<int>(s), n, k);
     auto it = blobs.find(key);
     if (it != blobs.end()) return *it->second;
     auto b = std::make_unique<Blob>();
     HostQuantLinear& v = b->view;
     v = synthetic_linear_form(s, n, k);
-    const int64_t wbytes = s == LinearScheme::BF16       ? n * k * 2
-                           : s == LinearScheme::FP8Block  ? n * k
-                           : s == LinearScheme::Int4Group ? n * ceil_div(k, 8) * 4
+    const int64_t wbytes = s == SchemeKind::BF16       ? n * k * 2
+                           : s == SchemeKind::FP8Block  ? n * k
+                           : s == SchemeKind::Int4Group ? n * ceil_div(k, 8) * 4
                                                           : n * k / 2;
     b->weight.resize(static_cast<size_t>(wbytes));
     synthetic_linear_bytes(s, n, k, false, spec.seed, 0, b->weight);
-    if (s != LinearScheme::BF16) {
+    if (s != SchemeKind::BF16) {
       b->scale.resize(static_cast<size_t>(v.scale_rows * v.scale_cols) * dtype_size(v.scale_dtype));
       synthetic_linear_bytes(s, n, k, true, spec.seed, 0, b->scale);
     }
@@ -189,8 +188,8 @@ struct SyntheticModel::Store {
     const ModelConfig& c = *cfg;
     const int64_t H = c.hidden_size, D = c.head_dim, nh = c.num_heads, qr = c.q_lora_rank;
     const int64_t G = c.o_groups, Rl = c.o_lora_rank, I = c.moe_intermediate_size;
-    const LinearScheme dense = spec.all_bf16 ? LinearScheme::BF16 : LinearScheme::FP8Block;
-    const LinearScheme experts = spec.all_bf16 ? LinearScheme::BF16 : spec.experts;
+    const SchemeKind dense = spec.all_bf16 ? SchemeKind::BF16 : SchemeKind::FP8Block;
+    const SchemeKind experts = spec.all_bf16 ? SchemeKind::BF16 : spec.experts;
     const bool mtp = path.rfind("mtp.", 0) == 0;
     int64_t layer = -1;
     if (path.rfind("layers.", 0) == 0) layer = std::stoll(path.substr(7));
@@ -199,20 +198,20 @@ struct SyntheticModel::Store {
       const size_t n = std::strlen(s);
       return path.size() >= n && path.compare(path.size() - n, n, s) == 0;
     };
-    LinearScheme s = dense;
+    SchemeKind s = dense;
     int64_t n = 0, k = 0;
     if (path == "head") {
-      s = LinearScheme::BF16, n = c.vocab_size, k = H;
+      s = SchemeKind::BF16, n = c.vocab_size, k = H;
     } else if (ends("e_proj") || ends("h_proj")) {
-      s = LinearScheme::BF16, n = H, k = H;
+      s = SchemeKind::BF16, n = H, k = H;
     } else if (path.find("compressor.") != std::string::npos) {
       const bool indexer = path.find("indexer.") != std::string::npos;
       const bool overlap = indexer || c.compress_ratio(layer) == 4;
-      s = LinearScheme::BF16, n = (overlap ? 2 : 1) * (indexer ? c.index_head_dim : D), k = H;
+      s = SchemeKind::BF16, n = (overlap ? 2 : 1) * (indexer ? c.index_head_dim : D), k = H;
     } else if (ends("indexer.wq_b")) {
       n = c.index_n_heads * c.index_head_dim, k = qr;
     } else if (ends("weights_proj")) {
-      s = LinearScheme::BF16, n = c.index_n_heads, k = H;
+      s = SchemeKind::BF16, n = c.index_n_heads, k = H;
     } else if (ends("attn.wq_a")) {
       n = qr, k = H;
     } else if (ends("attn.wq_b")) {
@@ -224,7 +223,7 @@ struct SyntheticModel::Store {
     } else if (ends("attn.wo_b")) {
       n = H, k = G * Rl;
     } else if (ends("ffn.gate")) {
-      s = LinearScheme::BF16, n = c.n_routed_experts, k = H;
+      s = SchemeKind::BF16, n = c.n_routed_experts, k = H;
     } else if (path.find("shared_experts.") != std::string::npos) {
       const int64_t Is = I * c.n_shared_experts;
       n = ends("w2") ? H : Is, k = ends("w2") ? Is : H;
@@ -333,7 +332,7 @@ LinearSource SyntheticModel::linears() const {
 
 std::string SyntheticModel::describe() const {
   return fmt::format("V4-Flash-shaped, {} layers{}, experts {}, dense {}", spec_.layers, spec_.mtp ? " + MTP" : "",
-                     ops::linear_scheme_name(spec_.all_bf16 ? LinearScheme::BF16 : spec_.experts),
+                     scheme_kind_name(spec_.all_bf16 ? SchemeKind::BF16 : spec_.experts),
                      spec_.all_bf16 ? "bf16" : "fp8_block");
 }
 

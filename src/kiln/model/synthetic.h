@@ -29,7 +29,7 @@ namespace kiln::model {
 
 struct SyntheticSpec {
   int layers = 4;
-  ops::LinearScheme experts = ops::LinearScheme::MXFP4;
+  SchemeKind experts = SchemeKind::MXFP4;
   bool all_bf16 = false;  // every linear BF16 (experts too)
   bool mtp = true;        // one MTP block (BF16 projections, FP8 attention, experts as above)
   uint64_t seed = 20261204;
@@ -43,10 +43,10 @@ ModelConfig flash_shaped_config(int layers, bool mtp);
 // The stored form of a synthetic [n, k] module in scheme `s` (dtypes, block sizes, scale
 // shape, nvfp4 global), without bytes: fp8_block 128x128 E8M0 scales, int4 group 128 BF16
 // scales, mxfp4 E8M0, nvfp4 E4M3 with global 1/256. Every weight has magnitude ~1e-2.
-ops::HostQuantLinear synthetic_linear_form(ops::LinearScheme s, int64_t n, int64_t k);
+ops::HostQuantLinear synthetic_linear_form(SchemeKind s, int64_t n, int64_t k);
 // Bytes [offset, offset + out.size()) of the weight (scale = false) or scale of the
 // synthetic (s, n, k) module: random codes (never the fp8 NaN code) and one scale value.
-void synthetic_linear_bytes(ops::LinearScheme s, int64_t n, int64_t k, bool scale, uint64_t seed, uint64_t offset,
+void synthetic_linear_bytes(SchemeKind s, int64_t n, int64_t k, bool scale, uint64_t seed, uint64_t offset,
                             std::span<std::byte> out);
 // Element i of a synthetic plain tensor, by its canonical name inside its scope
 // ("embed.weight", "attn_norm.weight", "hc_ffn_fn", "attn.compressor.ape", "ffn.gate.bias",

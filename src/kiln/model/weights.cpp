@@ -5,28 +5,15 @@
 
 #include <fmt/format.h>
 
+#include "kiln/artifact/linear_view.h"
 #include "kiln/artifact/plan.h"
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
+#include "kiln/quant/dequantize.h"
+#include "kiln/quant/quantize.h"
 
 namespace kiln::model {
-// The bytes a (possibly fused) slice covers: experts are the leading dim, gate/up
-// halves are contiguous halves of an expert's rows.
-std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice& s) {
-  auto all = ckpt.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
-  uint64_t off = 0, len = all.size();
-  if (s.expert >= 0) {
-    len /= static_cast<uint64_t>(s.info->shape.at(0));
-    off += static_cast<uint64_t>(s.expert) * len;
-  }
-  if (s.half >= 0) {
-    len /= 2;
-    off += static_cast<uint64_t>(s.half) * len;
-  }
-  return all.subspan(off, len);
-}
-
 namespace {
 
 template <typename T>
@@ -37,15 +24,7 @@ T load(const std::byte* p) {
 }
 
 float float_at(DType dt, const std::byte* base, int64_t i) {
-  switch (dt) {
-    case DType::F32: return load<float>(base + 4 * i);
-    case DType::BF16: return bf16_to_f32(load<uint16_t>(base + 2 * i));
-    case DType::F16: return f16_to_f32(load<uint16_t>(base + 2 * i));
-    case DType::F8_E8M0:
-    case DType::U8: return e8m0_to_f32(load<uint8_t>(base + i));
-    case DType::F8_E4M3: return e4m3_to_f32(load<uint8_t>(base + i));
-    default: fail_invalid("internal: {} is not a float dtype", dtype_name(dt));
-  }
+  return quant::decode_scale(dt, base + static_cast<size_t>(i) * dtype_size(dt));
 }
 
 std::vector<float> to_floats(const Checkpoint& ckpt, const TensorSlice& s) {
@@ -70,171 +49,87 @@ Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
   Linear L;
   L.out = m.n;
   L.in = m.k;
-  const int64_t n = m.n, k = m.k;
-  L.w.resize(static_cast<size_t>(n * k));
-  float* w = L.w.data();
-  const Scheme& sc = m.scheme;
-  auto field = [&](const char* f) -> const TensorSlice& { return m.fields.at(f); };
-  switch (sc.kind) {
-    case SchemeKind::BF16: {
-      const TensorSlice& t = field("weight");
-      auto b = slice_bytes(ckpt, t);
-      for (int64_t i = 0; i < n * k; ++i) w[i] = float_at(t.dtype(), b.data(), i);
-      break;
-    }
-    case SchemeKind::FP8Block: {
-      auto q = slice_bytes(ckpt, field("weight"));
-      const TensorSlice& st = field(sc.scale_field.c_str());
-      auto s = slice_bytes(ckpt, st);
-      const int64_t scols = (k + sc.block_k - 1) / sc.block_k;
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t c = 0; c < k; ++c) {
-          const float scale = float_at(st.dtype(), s.data(), (r / sc.block_n) * scols + c / sc.block_k);
-          w[r * k + c] = e4m3_to_f32(load<uint8_t>(q.data() + r * k + c)) * scale;
-        }
-      }
-      break;
-    }
-    case SchemeKind::MXFP4:
-    case SchemeKind::NVFP4: {
-      const TensorSlice& wt = m.fields.count("weight") ? field("weight") : field("weight_packed");
-      auto q = slice_bytes(ckpt, wt);
-      const TensorSlice& st = field(sc.scale_field.c_str());
-      auto s = slice_bytes(ckpt, st);
-      const int64_t g = sc.block_k, scols = (k + g - 1) / g;
-      float global = 1.0f;
-      if (sc.global == GlobalScaleConvention::Multiplier) global = to_floats(ckpt, field("weight_scale_2")).at(0);
-      if (sc.global == GlobalScaleConvention::Divisor) global = 1.0f / to_floats(ckpt, field("weight_global_scale")).at(0);
-      const auto* qb = reinterpret_cast<const uint8_t*>(q.data());
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t c = 0; c < k; ++c) {
-          const float scale = float_at(st.dtype(), s.data(), r * scols + c / g);
-          w[r * k + c] = e2m1_packed_at(qb + r * (k / 2), c) * scale * global;
-        }
-      }
-      break;
-    }
-    case SchemeKind::Int4Group: {
-      auto q = slice_bytes(ckpt, field("weight_packed"));
-      const TensorSlice& st = field("weight_scale");
-      auto s = slice_bytes(ckpt, st);
-      const int64_t words = (k + 7) / 8, groups = st.shape().at(1), g = sc.block_k;
-      std::span<const std::byte> zp, gidx;
-      if (sc.zero_point) zp = slice_bytes(ckpt, field("weight_zero_point"));
-      if (sc.g_idx) gidx = slice_bytes(ckpt, field("weight_g_idx"));
-      for (int64_t r = 0; r < n; ++r) {
-        for (int64_t c = 0; c < k; ++c) {
-          const uint32_t word = load<uint32_t>(q.data() + 4 * (r * words + c / 8));
-          const int u = static_cast<int>((word >> (4 * (c % 8))) & 0xF);
-          const int64_t grp = sc.g_idx ? load<int32_t>(gidx.data() + 4 * c) : c / g;
-          if (grp < 0 || grp >= groups)
-            fail_invalid("{}: g_idx[{}] = {} is outside [0, {})", field("weight_g_idx").name, c, grp, groups);
-          int z = 8;
-          if (sc.zero_point) {
-            const uint32_t zw = load<uint32_t>(zp.data() + 4 * ((r / 8) * groups + grp));
-            z = static_cast<int>((zw >> (4 * (r % 8))) & 0xF);
-          }
-          w[r * k + c] = static_cast<float>(u - z) * float_at(st.dtype(), s.data(), r * groups + grp);
-        }
-      }
-      break;
-    }
-  }
+  L.w = quant::dequantize(linear_view(ckpt, m));
   return L;
 }
 
 namespace {
 
-std::vector<uint8_t> raw_bytes(const Checkpoint& ckpt, const TensorSlice& s) {
-  auto b = slice_bytes(ckpt, s);
-  const auto* p = reinterpret_cast<const uint8_t*>(b.data());
-  return std::vector<uint8_t>(p, p + b.size());
+std::vector<uint8_t> raw_bytes(HostBytes b) {
+  const auto* p = reinterpret_cast<const uint8_t*>(b.data);
+  return std::vector<uint8_t>(p, p + b.size);
+}
+
+std::vector<float> floats_of(DType dt, HostBytes b) {
+  std::vector<float> out(b.size / dtype_size(dt));
+  decode_floats(dt, b.data, static_cast<int64_t>(out.size()), out.data());
+  return out;
 }
 
 }  // namespace
 
 Linear prepare_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
-  const Scheme& sc = m.scheme;
-  auto field = [&](const char* f) -> const TensorSlice& { return m.fields.at(f); };
+  const HostQuantLinear v = linear_view(ckpt, m);
   const int64_t n = m.n, k = m.k;
   ops::cpu::QuantWeight q;
-  std::string what;
-  switch (sc.kind) {
-    case SchemeKind::BF16: {
-      const TensorSlice& t = field("weight");
-      if (t.dtype() != DType::BF16 && t.dtype() != DType::F16) return dequantize_linear(ckpt, m);
-      q.format = t.dtype() == DType::BF16 ? ops::cpu::WeightFormat::BF16 : ops::cpu::WeightFormat::F16;
-      q.codes = raw_bytes(ckpt, t);
-      what = t.name;
+  q.scheme = v.scheme;
+  q.weight_dtype = v.weight_dtype;
+  std::string what = m.roles.weight.name;  // the tensor the prepared arrays are checked against
+  switch (v.scheme) {
+    case SchemeKind::BF16:
+      if (v.weight_dtype != DType::BF16 && v.weight_dtype != DType::F16) return dequantize_linear(ckpt, m);
+      q.codes = raw_bytes(v.weight);
       break;
-    }
     case SchemeKind::FP8Block: {
-      const TensorSlice& t = field("weight");
-      q.format = ops::cpu::WeightFormat::FP8Block;
-      q.codes = raw_bytes(ckpt, t);
-      q.block_n = sc.block_n;
-      q.block_k = sc.block_k;
-      q.scale_cols = sc.block_k > 0 ? (k + sc.block_k - 1) / sc.block_k : 0;
-      q.scales = to_floats(ckpt, field(sc.scale_field.c_str()));
-      // dequantize_linear reads the grid row-major with scale_cols columns.
-      const size_t need = sc.block_n > 0 ? static_cast<size_t>((n + sc.block_n - 1) / sc.block_n * q.scale_cols) : 0;
+      q.codes = raw_bytes(v.weight);
+      q.block_n = v.block_n;
+      q.block_k = v.block_k;
+      q.scale_cols = v.block_k > 0 ? (k + v.block_k - 1) / v.block_k : 0;
+      q.scales = floats_of(v.scale_dtype, v.scale);
+      // dequantize reads the grid row-major with scale_cols columns.
+      const size_t need = v.block_n > 0 ? static_cast<size_t>((n + v.block_n - 1) / v.block_n * q.scale_cols) : 0;
       if (q.scales.size() > need) q.scales.resize(need);
-      what = t.name;
       break;
     }
     case SchemeKind::MXFP4:
-    case SchemeKind::NVFP4: {
-      const TensorSlice& t = m.fields.count("weight") ? field("weight") : field("weight_packed");
-      const TensorSlice& st = field(sc.scale_field.c_str());
-      if (dtype_size(st.dtype()) != 1) return dequantize_linear(ckpt, m);
-      q.format = ops::cpu::WeightFormat::FP4;
-      q.codes = raw_bytes(ckpt, t);
-      q.block_k = sc.block_k;
-      q.scale_cols = sc.block_k > 0 ? (k + sc.block_k - 1) / sc.block_k : 0;
-      q.scale_codes = raw_bytes(ckpt, st);
+    case SchemeKind::NVFP4:
+      if (dtype_size(v.scale_dtype) != 1) return dequantize_linear(ckpt, m);
+      q.codes = raw_bytes(v.weight);
+      q.block_k = v.block_k;
+      q.scale_cols = v.block_k > 0 ? (k + v.block_k - 1) / v.block_k : 0;
+      q.scale_codes = raw_bytes(v.scale);
       for (int i = 0; i < 256; ++i) {
         const auto b = static_cast<std::byte>(i);
-        q.scale_lut[static_cast<size_t>(i)] = float_at(st.dtype(), &b, 0);
+        q.scale_lut[static_cast<size_t>(i)] = float_at(v.scale_dtype, &b, 0);
       }
-      // Both NVFP4 conventions become a multiplier, as dequantize_linear computes it.
-      if (sc.global == GlobalScaleConvention::Multiplier) q.global = to_floats(ckpt, field("weight_scale_2")).at(0);
-      if (sc.global == GlobalScaleConvention::Divisor) q.global = 1.0f / to_floats(ckpt, field("weight_global_scale")).at(0);
-      what = t.name;
+      q.global = v.global;  // the multiplier, as dequantize applies it
       break;
-    }
     case SchemeKind::Int4Group: {
-      const TensorSlice& t = field("weight_packed");
-      const TensorSlice& st = field("weight_scale");
-      q.format = ops::cpu::WeightFormat::Int4Group;
-      q.codes = raw_bytes(ckpt, t);
-      q.block_k = sc.block_k;
-      q.scale_cols = st.shape().at(1);
-      q.scales = to_floats(ckpt, st);
+      q.codes = raw_bytes(v.weight);
+      q.block_k = v.block_k;
+      q.scale_cols = v.scale_cols;
+      q.scales = floats_of(v.scale_dtype, v.scale);
       const int64_t groups = q.scale_cols;
-      if (sc.zero_point) {
-        auto zp = slice_bytes(ckpt, field("weight_zero_point"));
+      if (!v.zero_point.empty()) {
         const int64_t zrows = (n + 7) / 8;
-        if (static_cast<int64_t>(zp.size()) < 4 * zrows * groups) {
-          fail_invalid("{}: {} bytes; {} zero-point rows of {} groups need {}", field("weight_zero_point").name, zp.size(),
-                       zrows, groups, 4 * zrows * groups);
+        if (static_cast<int64_t>(v.zero_point.size) < 4 * zrows * groups) {
+          fail_invalid("{}: {} bytes; {} zero-point rows of {} groups need {}", m.roles.zero_point->name,
+                       v.zero_point.size, zrows, groups, 4 * zrows * groups);
         }
         q.zeros.resize(static_cast<size_t>(n * groups));
         for (int64_t r = 0; r < n; ++r) {
           for (int64_t g = 0; g < groups; ++g) {
-            const uint32_t zw = load<uint32_t>(zp.data() + 4 * ((r / 8) * groups + g));
+            const uint32_t zw = load<uint32_t>(v.zero_point.data + 4 * ((r / 8) * groups + g));
             q.zeros[static_cast<size_t>(r * groups + g)] = static_cast<uint8_t>((zw >> (4 * (r % 8))) & 0xF);
           }
         }
       }
-      if (sc.g_idx) {
-        const TensorSlice& gt = field("weight_g_idx");
-        auto gb = slice_bytes(ckpt, gt);
-        if (static_cast<int64_t>(gb.size()) < 4 * k) fail_invalid("{}: {} bytes; {} columns need {}", gt.name, gb.size(), k, 4 * k);
+      if (!v.g_idx.empty()) {
+        const std::string& gname = m.roles.g_idx->name;
+        if (static_cast<int64_t>(v.g_idx.size) < 4 * k) fail_invalid("{}: {} bytes; {} columns need {}", gname, v.g_idx.size, k, 4 * k);
         q.g_idx.resize(static_cast<size_t>(k));
-        for (int64_t c = 0; c < k; ++c) q.g_idx[static_cast<size_t>(c)] = load<int32_t>(gb.data() + 4 * c);
-        what = gt.name;  // the range check below names g_idx
-      } else {
-        what = t.name;
+        for (int64_t c = 0; c < k; ++c) q.g_idx[static_cast<size_t>(c)] = load<int32_t>(v.g_idx.data + 4 * c);
+        what = gname;  // the range check below names g_idx
       }
       break;
     }

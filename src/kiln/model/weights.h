@@ -157,11 +157,8 @@ std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks);
 // int4_group as (u - 8 or u - zero point) x group scale, honouring g_idx.
 Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt = {});
 
-// The bytes of one planned tensor slice (for fused [E, ...] expert tensors: the expert's
-// part, and of a fused gate_up its half), borrowed from the memory-mapped shard.
-std::span<const std::byte> slice_bytes(const Checkpoint& ckpt, const TensorSlice& s);
-
-// One planned linear module, dequantized to fp32 [n, k] (the scheme's formula above).
+// One planned linear module, dequantized to fp32 [n, k] (quant/dequantize.h: the scheme's
+// formula above), read through the plan's roles (artifact/linear_view.h).
 Linear dequantize_linear(const Checkpoint& ckpt, const PlannedLinear& module);
 
 // One planned linear module in its stored form with its decoder bound (fp32 weights,

@@ -57,8 +57,8 @@ inline int64_t rope_table_floats(int64_t dim, int64_t max_pos) { return 2 * max_
 // one [max_pairs, kp] for all its experts and a device table of their descriptors per
 // scheme present. BF16 weights prepared for kLtMinRows rows or more also share the
 // process-wide cuBLASLt workspace and split buffers (quant_linear_lt.cpp).
-constexpr int linear_chunk_elems(LinearScheme s) {
-  return s == LinearScheme::BF16 ? 8 : s == LinearScheme::FP8Block ? 16 : 32;
+constexpr int linear_chunk_elems(SchemeKind s) {
+  return s == SchemeKind::BF16 ? 8 : s == SchemeKind::FP8Block ? 16 : 32;
 }
 inline constexpr int64_t kLinearParamsBytes = 56;        // sizeof(detail::LinearParams), static_asserted there
 inline constexpr int kLtMinRows = 16;                   // cuBLASLt from this many rows (BF16 only)

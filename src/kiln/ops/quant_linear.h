@@ -1,5 +1,5 @@
 // Decode-size linear layers on quantized weights: y[M, N] = x[M, K] W^T, W [N, K] in
-// one of kiln's weight schemes (artifact-formats.md §1), M = 1..max_m tokens.
+// one of kiln's weight schemes (core/scheme_kind.h, artifact-formats.md §1), M = 1..max_m tokens.
 //
 // Activations and outputs are fp32 (row-major, any row stride); products are summed in
 // fp32 and weights are dequantized in registers, each element exactly as kiln's CPU
@@ -7,8 +7,8 @@
 // reference is the order of the fp32 sums (and, for nvfp4, that the global scale
 // multiplies the finished sum instead of every element).
 //
-// A HostQuantLinear is a view of the on-disk tensors of one module (host memory, raw
-// little-endian bytes). Preparing it (once, at load) validates every size and dtype,
+// A HostQuantLinear (core/stored_linear.h) is a view of the on-disk tensors of one module
+// (host memory, raw little-endian bytes). Preparing it (once, at load) validates every size and dtype,
 // repacks, uploads and chooses the kernel for every M; a call then only launches.
 #pragma once
 
@@ -18,43 +18,14 @@
 #include <vector>
 
 #include "kiln/core/dtype.h"
+#include "kiln/core/scheme_kind.h"
+#include "kiln/core/stored_linear.h"
 
 namespace kiln::ops {
 
-enum class LinearScheme : uint8_t {
-  BF16,       // weight BF16 [n, k]
-  FP8Block,   // weight F8_E4M3 [n, k]; scale [ceil(n/block_n), ceil(k/block_k)] in F8_E8M0,
-              // U8 (as E8M0), F32, BF16 or F16
-  Int4Group,  // weight_packed I32 [n, ceil(k/8)] (8 values per word, LSB first, stored q + 8);
-              // scale BF16/F16/F32 [n, groups]; optional zero point I32 [ceil(n/8), groups]
-              // packed along n (stored zp + 8); group = block_k
-  MXFP4,      // weight I8/U8 [n, k/2] (e2m1 pairs, low nibble first); scale F8_E8M0/U8 [n, ceil(k/32)]
-  NVFP4,      // weight U8 [n, k/2]; scale F8_E4M3 [n, k/16]; global multiplier `global`
-};
-const char* linear_scheme_name(LinearScheme s);  // "bf16", "fp8_block", ...
-
-// Raw bytes in host memory (a std::span would do, but this header is also compiled as
-// C++17 by nvcc).
-struct HostBytes {
-  const std::byte* data = nullptr;
-  size_t size = 0;
-  bool empty() const { return size == 0; }
-};
-
-struct HostQuantLinear {
-  LinearScheme scheme = LinearScheme::BF16;
-  int64_t n = 0, k = 0;  // out features, in features
-  DType weight_dtype = DType::BF16;
-  HostBytes weight;
-  DType scale_dtype = DType::F32;
-  HostBytes scale;                        // empty for BF16
-  int64_t scale_rows = 0, scale_cols = 0;  // the scale tensor's 2-D shape
-  int64_t block_n = 1, block_k = 0;       // rows / inputs per scale (fp8 block, int4 group, 32, 16)
-  HostBytes zero_point;                   // int4 asymmetric only (I32, packed along n)
-  float global = 1.0f;                    // nvfp4: the multiplier (ModelOpt weight_scale_2, or
-                                          // 1 / compressed-tensors weight_global_scale)
-  const char* name = "linear";            // module path, for error messages
-};
+// The view of one module's stored tensors (core/stored_linear.h).
+using kiln::HostBytes;
+using kiln::HostQuantLinear;
 
 #ifdef KILN_HAVE_CUDA
 namespace cuda {
@@ -95,7 +66,7 @@ class QuantLinear {
   int64_t n() const;
   int64_t k() const;
   int max_m() const;
-  LinearScheme scheme() const;
+  SchemeKind scheme() const;
   // Grouped rows (DeepSeek-V4's grouped output projection wo_a): for g < groups,
   //   y[m, g * (n / groups) + o] = W[g * (n / groups) + o, :] . x[m, g * x_group_stride + :k]
   // for o < n / groups, m < M: each group of rows multiplies its own slice of x. One

@@ -58,48 +58,48 @@ const Recipe* find_recipe(std::string_view name) {
 }
 
 Target target_for(RecipeId r, Role role, bool mtp) {
-  using K = TargetKind;
+  using K = SchemeKind;
   const bool bf16_role = role == Role::Compressor || role == Role::WeightsProj || role == Role::Gate || role == Role::Head;
   if (bf16_role) return {};
   switch (r) {
     case RecipeId::Native:
       if (role == Role::Expert) return {K::MXFP4, "scale", DType::F8_E8M0};
-      return {K::FP8, "scale", DType::F8_E8M0};
+      return {K::FP8Block, "scale", DType::F8_E8M0};
     case RecipeId::NativeNvfp4:  // the MTP block stays as the official release has it
       if (role == Role::Expert && !mtp) return {K::NVFP4, "scale", DType::F8_E4M3};
       if (role == Role::Expert) return {K::MXFP4, "scale", DType::F8_E8M0};
-      return {K::FP8, "scale", DType::F8_E8M0};
+      return {K::FP8Block, "scale", DType::F8_E8M0};
     case RecipeId::W4A16:
       if (mtp || role == Role::MtpProj) return {};
-      if (role == Role::Expert) return {K::INT4, "weight_scale", DType::BF16};
-      return {K::FP8, "weight_scale", DType::BF16};
+      if (role == Role::Expert) return {K::Int4Group, "weight_scale", DType::BF16};
+      return {K::FP8Block, "weight_scale", DType::BF16};
     case RecipeId::Nvfp4:
       if (mtp || role == Role::MtpProj || role == Role::WoA) return {};
       if (role == Role::Expert) return {K::NVFP4, "weight_scale", DType::F8_E4M3};
-      return {K::FP8, "weight_scale", DType::F32};
+      return {K::FP8Block, "weight_scale", DType::F32};
     case RecipeId::V3:
-      return {K::FP8, "weight_scale_inv", DType::F32};
+      return {K::FP8Block, "weight_scale_inv", DType::F32};
   }
   return {};
 }
 
 std::string_view target_label(const Target& t) {
   switch (t.kind) {
-    case TargetKind::BF16: return "bf16";
-    case TargetKind::FP8:
+    case SchemeKind::BF16: return "bf16";
+    case SchemeKind::FP8Block:
       if (t.scale_dtype == DType::F8_E8M0) return "fp8_block 128x128 E8M0";
       return t.scale_dtype == DType::F32 ? "fp8_block 128x128 F32" : "fp8_block 128x128 BF16";
-    case TargetKind::MXFP4: return "mxfp4 g32 E8M0";
-    case TargetKind::NVFP4: return t.scale_field == "scale" ? "nvfp4 g16 (native .scale)" : "nvfp4 g16 (modelopt)";
-    case TargetKind::INT4: return "int4_group g128 sym BF16";
+    case SchemeKind::MXFP4: return "mxfp4 g32 E8M0";
+    case SchemeKind::NVFP4: return t.scale_field == "scale" ? "nvfp4 g16 (native .scale)" : "nvfp4 g16 (modelopt)";
+    case SchemeKind::Int4Group: return "int4_group g128 sym BF16";
   }
   return "?";
 }
 
-std::optional<std::string> unrepresentable(TargetKind kind, int64_t /*n*/, int64_t k) {
-  if ((kind == TargetKind::MXFP4 || kind == TargetKind::NVFP4) && k % 2 != 0)
+std::optional<std::string> unrepresentable(SchemeKind kind, int64_t /*n*/, int64_t k) {
+  if ((kind == SchemeKind::MXFP4 || kind == SchemeKind::NVFP4) && k % 2 != 0)
     return fmt::format("input width {} is odd; packed FP4 holds two values per byte", k);
-  if (kind == TargetKind::NVFP4 && k % 16 != 0)
+  if (kind == SchemeKind::NVFP4 && k % 16 != 0)
     return fmt::format("input width {} is not a multiple of NVFP4's group of 16", k);
   return std::nullopt;
 }
@@ -116,13 +116,13 @@ uint64_t StoredTensor::nbytes() const {
 
 std::vector<StoredTensor> target_tensors(const std::string& base, const Target& t, int64_t n, int64_t k) {
   switch (t.kind) {
-    case TargetKind::BF16: return {{base + ".weight", DType::BF16, {n, k}}};
-    case TargetKind::FP8:
+    case SchemeKind::BF16: return {{base + ".weight", DType::BF16, {n, k}}};
+    case SchemeKind::FP8Block:
       return {{base + ".weight", DType::F8_E4M3, {n, k}},
               {base + "." + t.scale_field, t.scale_dtype, {cdiv(n, 128), cdiv(k, 128)}}};
-    case TargetKind::MXFP4:
+    case SchemeKind::MXFP4:
       return {{base + ".weight", DType::I8, {n, k / 2}}, {base + ".scale", DType::F8_E8M0, {n, cdiv(k, 32)}}};
-    case TargetKind::NVFP4: {
+    case SchemeKind::NVFP4: {
       // ModelOpt: weight_scale, scalar globals; native names: .scale, globals shaped [1].
       const std::vector<int64_t> scalar = t.scale_field == "scale" ? std::vector<int64_t>{1} : std::vector<int64_t>{};
       return {{base + ".weight", DType::U8, {n, k / 2}},
@@ -130,7 +130,7 @@ std::vector<StoredTensor> target_tensors(const std::string& base, const Target& 
               {base + ".weight_scale_2", DType::F32, scalar},
               {base + ".input_scale", DType::F32, scalar}};
     }
-    case TargetKind::INT4:
+    case SchemeKind::Int4Group:
       return {{base + ".weight_packed", DType::I32, {n, cdiv(k, 8)}},
               {base + ".weight_scale", DType::BF16, {n, cdiv(k, 128)}},
               {base + ".weight_shape", DType::I64, {2}}};

@@ -14,14 +14,13 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/dtype.h"
+#include "kiln/core/scheme_kind.h"
 
 namespace kiln::quant {
 
-enum class TargetKind { BF16, FP8, MXFP4, NVFP4, INT4 };
-
 // What a recipe stores one linear module as.
 struct Target {
-  TargetKind kind = TargetKind::BF16;
+  SchemeKind kind = SchemeKind::BF16;
   // FP8: "scale" | "weight_scale" | "weight_scale_inv"; NVFP4: "weight_scale" (ModelOpt)
   // or "scale" (DeepSeek-native names, with [1]-shaped weight_scale_2 / input_scale).
   std::string scale_field;
@@ -49,7 +48,7 @@ Target target_for(RecipeId r, Role role, bool mtp);
 // "fp8_block 128x128 E8M0", "nvfp4 g16 (modelopt)", ...
 std::string_view target_label(const Target& t);
 // Why a [n, k] module cannot be stored as `kind`, or nullopt.
-std::optional<std::string> unrepresentable(TargetKind kind, int64_t n, int64_t k);
+std::optional<std::string> unrepresentable(SchemeKind kind, int64_t n, int64_t k);
 
 // One tensor a recipe writes.
 struct StoredTensor {

@@ -4,20 +4,7 @@
 
 #include <set>
 
-namespace kiln::ops {
-
-const char* linear_scheme_name(LinearScheme s) {
-  switch (s) {
-    case LinearScheme::BF16: return "bf16";
-    case LinearScheme::FP8Block: return "fp8_block";
-    case LinearScheme::Int4Group: return "int4_group";
-    case LinearScheme::MXFP4: return "mxfp4";
-    case LinearScheme::NVFP4: return "nvfp4";
-  }
-  return "?";
-}
-
-namespace device {
+namespace kiln::ops::device {
 namespace {
 int64_t ceil_div(int64_t a, int64_t b) { return b > 0 ? (a + b - 1) / b : 0; }
 }  // namespace
@@ -29,16 +16,16 @@ LinearLayout linear_layout(const HostQuantLinear& w) {
   l.kp = l.kc * linear_chunk_elems(w.scheme);
   l.weight_bytes = n * l.kc * 16;
   switch (w.scheme) {
-    case LinearScheme::BF16: break;
-    case LinearScheme::FP8Block: l.scale_bytes = ceil_div(n, w.block_n) * ceil_div(k, w.block_k) * 4; break;
-    case LinearScheme::Int4Group: {
+    case SchemeKind::BF16: break;
+    case SchemeKind::FP8Block: l.scale_bytes = ceil_div(n, w.block_n) * ceil_div(k, w.block_k) * 4; break;
+    case SchemeKind::Int4Group: {
       const int64_t groups = ceil_div(k, w.block_k);
       l.scale_bytes = n * groups * 4;
       if (!w.zero_point.empty()) l.zero_point_bytes = n * groups;
       break;
     }
-    case LinearScheme::MXFP4: l.scale_bytes = n * l.kc; break;
-    case LinearScheme::NVFP4: l.scale_bytes = n * 2 * l.kc; break;
+    case SchemeKind::MXFP4: l.scale_bytes = n * l.kc; break;
+    case SchemeKind::NVFP4: l.scale_bytes = n * 2 * l.kc; break;
   }
   return l;
 }
@@ -50,7 +37,7 @@ int64_t linear_device_bytes(const HostQuantLinear& w, int max_m) {
 
 int64_t linear_set_device_bytes(const HostQuantLinear* ws, int count, int max_pairs) {
   int64_t bytes = 0, kp = 0;
-  std::set<LinearScheme> schemes;
+  std::set<SchemeKind> schemes;
   for (int e = 0; e < count; ++e) {
     const LinearLayout l = linear_layout(ws[e]);
     bytes += l.stored_bytes();
@@ -61,9 +48,8 @@ int64_t linear_set_device_bytes(const HostQuantLinear* ws, int count, int max_pa
 }
 
 int64_t lt_split_elems(const HostQuantLinear& w, int max_m) {
-  if (w.scheme != LinearScheme::BF16 || max_m < kLtMinRows) return 0;
+  if (w.scheme != SchemeKind::BF16 || max_m < kLtMinRows) return 0;
   return int64_t{max_m} * linear_layout(w).kp;
 }
 
-}  // namespace device
-}  // namespace kiln::ops
+}  // namespace kiln::ops::device

@@ -9,10 +9,10 @@ namespace kiln::ops::cpu {
 
 bool cpu_has_avx2();  // AVX2 and F16C
 
-// The baseline x86-64 / any-target decoder of q's format (nullptr for F32).
+// The baseline x86-64 / any-target decoder of q's scheme (nullptr for an fp32 weight).
 DecodeRowsFn portable_decoder(const QuantWeight& q);
 
-// The AVX2 decoder of q's format, or nullptr (no AVX2 on this CPU, or none for the format).
+// The AVX2 decoder of q's scheme, or nullptr (no AVX2 on this CPU, or none for the scheme).
 DecodeRowsFn avx2_decoder(const QuantWeight& q);
 
 }  // namespace kiln::ops::cpu

@@ -164,13 +164,14 @@ bool cpu_has_avx2() {
 
 DecodeRowsFn avx2_decoder(const QuantWeight& q) {
   if (!cpu_has_avx2()) return nullptr;
-  switch (q.format) {
-    case WeightFormat::BF16: return decode_bf16_avx2;
-    case WeightFormat::FP8Block: return decode_fp8_avx2;
-    case WeightFormat::FP4: return decode_fp4_avx2;
-    case WeightFormat::Int4Group: return q.g_idx.empty() ? decode_int4_avx2 : nullptr;
-    default: return nullptr;
+  switch (q.scheme) {
+    case SchemeKind::BF16: return q.weight_dtype == DType::BF16 ? decode_bf16_avx2 : nullptr;
+    case SchemeKind::FP8Block: return decode_fp8_avx2;
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: return decode_fp4_avx2;
+    case SchemeKind::Int4Group: return q.g_idx.empty() ? decode_int4_avx2 : nullptr;
   }
+  return nullptr;
 }
 
 }  // namespace kiln::ops::cpu

@@ -219,13 +219,13 @@ DecodeRowsFn decoder_for(const QuantWeight& q) {
 }
 
 DecodeRowsFn portable_decoder(const QuantWeight& q) {
-  switch (q.format) {
-    case WeightFormat::F32: return nullptr;
-    case WeightFormat::BF16: return decode_bf16;
-    case WeightFormat::F16: return decode_f16;
-    case WeightFormat::FP8Block: return decode_fp8_block;
-    case WeightFormat::Int4Group: return q.g_idx.empty() ? decode_int4 : decode_int4_gidx;
-    case WeightFormat::FP4: return decode_fp4;
+  switch (q.scheme) {
+    case SchemeKind::BF16:
+      return q.weight_dtype == DType::BF16 ? decode_bf16 : q.weight_dtype == DType::F16 ? decode_f16 : nullptr;
+    case SchemeKind::FP8Block: return decode_fp8_block;
+    case SchemeKind::Int4Group: return q.g_idx.empty() ? decode_int4 : decode_int4_gidx;
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4: return decode_fp4;
   }
   return nullptr;
 }
@@ -249,21 +249,22 @@ void PreparedLinear::prepare(QuantWeight qw, std::string_view what) {
                             qw.block_k > 0 ? ceil_div(in, qw.block_k) : 0));
     }
   };
-  switch (qw.format) {
-    case WeightFormat::F32: bad(what, "of format f32 has no quantized form");
-    case WeightFormat::BF16:
-    case WeightFormat::F16:
+  switch (qw.scheme) {
+    case SchemeKind::BF16:
+      if (qw.weight_dtype != DType::BF16 && qw.weight_dtype != DType::F16) {
+        bad(what, fmt::format("of dtype {} has no quantized form", dtype_name(qw.weight_dtype)));
+      }
       qw.row_bytes = 2 * in;
       need(qw.codes.size(), n * static_cast<size_t>(qw.row_bytes), "codes");
       break;
-    case WeightFormat::FP8Block:
+    case SchemeKind::FP8Block:
       qw.row_bytes = in;
       need(qw.codes.size(), n * static_cast<size_t>(in), "codes");
       if (qw.block_n <= 0) bad(what, "needs a positive block_n");
       groups_cover();
       need(qw.scales.size(), static_cast<size_t>(ceil_div(out, qw.block_n) * qw.scale_cols), "scales");
       break;
-    case WeightFormat::Int4Group:
+    case SchemeKind::Int4Group:
       qw.row_bytes = 4 * ceil_div(in, 8);
       need(qw.codes.size(), n * static_cast<size_t>(qw.row_bytes), "codes");
       if (qw.scale_cols <= 0) bad(what, "needs at least one group");
@@ -285,7 +286,8 @@ void PreparedLinear::prepare(QuantWeight qw, std::string_view what) {
         }
       }
       break;
-    case WeightFormat::FP4:
+    case SchemeKind::MXFP4:
+    case SchemeKind::NVFP4:
       if (in % 2 != 0) bad(what, fmt::format("packs e2m1 pairs; {} inputs is odd", in));
       qw.row_bytes = in / 2;
       need(qw.codes.size(), n * static_cast<size_t>(qw.row_bytes), "codes");

@@ -13,25 +13,30 @@
 #include <string_view>
 #include <vector>
 
+#include "kiln/core/dtype.h"
+#include "kiln/core/scheme_kind.h"
+
 namespace kiln::ops::cpu {
 
 class ThreadPool;
 
-enum class WeightFormat : uint8_t { F32, BF16, F16, FP8Block, Int4Group, FP4 };
-
-// The quantized form of one [out, in] matrix. Which fields are used depends on the format:
-//   BF16/F16   codes: 2 bytes per value, row-major.
+// The quantized form of one [out, in] matrix, in its scheme (core/scheme_kind.h). The
+// decoder is derived from the scheme: BF16 takes `weight_dtype` apart (BF16 or F16 codes;
+// F32, the default, is no quantized form: the weight stays fp32), MXFP4 and NVFP4 share
+// one e2m1 decoder (their scale codes differ only in scale_lut). Fields by scheme:
+//   BF16       codes: 2 bytes per value, row-major.
 //   FP8Block   codes: one e4m3 byte per value; scales: fp32 [ceil(out/block_n), scale_cols]
 //              (block_n x block_k blocks, partial last blocks allowed); w = e4m3 * scale.
 //   Int4Group  codes: ceil(in/8) little-endian uint32 words per row, 8 nibbles each, least
 //              significant first; scales: fp32 [out, scale_cols]; zeros: [out, scale_cols]
 //              nibble values (empty = symmetric, 8); g_idx: group of each input column
 //              (empty = c / block_k); w = float(u - z) * scale.
-//   FP4        codes: in/2 bytes per row, element 2j in the low nibble of byte j (e2m1);
-//              scale_codes: [out, scale_cols] bytes decoded by scale_lut (e4m3 for NVFP4,
+//   MXFP4/     codes: in/2 bytes per row, element 2j in the low nibble of byte j (e2m1);
+//   NVFP4      scale_codes: [out, scale_cols] bytes decoded by scale_lut (e4m3 for NVFP4,
 //              e8m0 for MXFP4); w = (e2m1 * scale) * global (global = 1 for MXFP4).
 struct QuantWeight {
-  WeightFormat format = WeightFormat::F32;
+  SchemeKind scheme = SchemeKind::BF16;
+  DType weight_dtype = DType::F32;  // BF16 scheme: BF16 or F16 codes (F32: no quantized form)
   std::vector<uint8_t> codes;
   int64_t row_bytes = 0;
   std::vector<float> scales;
@@ -48,7 +53,7 @@ struct QuantWeight {
 // Writes rows [r0, r1) of W, dequantized, to out [(r1 - r0), in].
 using DecodeRowsFn = void (*)(const QuantWeight& q, int64_t in, int64_t r0, int64_t r1, float* out);
 
-// The decoder for q's format on this CPU, chosen once (quant_decode.h; F32: nullptr).
+// The decoder for q's scheme on this CPU, chosen once (quant_decode.h; nullptr for an fp32 weight).
 DecodeRowsFn decoder_for(const QuantWeight& q);
 
 // y = x W^T for one nn.Linear-shaped weight. decode == nullptr: W is `w` in fp32;

@@ -131,8 +131,8 @@ struct Fp8BlockGemmImpl {
 };
 
 Fp8BlockGemm Fp8BlockGemm::prepare(const HostQuantLinear& w, int max_m) {
-  if (w.scheme != LinearScheme::FP8Block)
-    fail_invalid("{}: the FP8 block GEMM takes fp8_block weights, got {}", w.name, linear_scheme_name(w.scheme));
+  if (w.scheme != SchemeKind::FP8Block)
+    fail_invalid("{}: the FP8 block GEMM takes fp8_block weights, got {}", w.name, scheme_kind_name(w.scheme));
   if (w.block_n != kBlock || w.block_k != kBlock)
     fail_invalid("{}: fp8 block {}x{}; the FP8 block GEMM needs 128x128 blocks", w.name, w.block_n, w.block_k);
   if (w.n <= 0 || w.k <= 0 || w.n % kBlock != 0 || w.k % kBlock != 0)

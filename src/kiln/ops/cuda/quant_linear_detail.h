@@ -30,8 +30,8 @@ struct LinearParams {
 };
 
 // Elements of one 16-byte chunk: bf16 8, fp8 16, int4 / e2m1 32.
-constexpr int chunk_elems(LinearScheme s) {
-  return s == LinearScheme::BF16 ? 8 : s == LinearScheme::FP8Block ? 16 : 32;
+constexpr int chunk_elems(SchemeKind s) {
+  return s == SchemeKind::BF16 ? 8 : s == SchemeKind::FP8Block ? 16 : 32;
 }
 
 // Threads per block of every linear kernel.
@@ -71,14 +71,14 @@ using IndexedLaunchFn = void (*)(const LinearParams* table, int count, const Lau
 inline constexpr int kTokenTiles[] = {1, 2, 4, 8, 16, 32};
 // (H100 measurements in docs/performance.md: 4-bit schemes gain most from sharing x
 // across rows; bf16 and fp8 beyond one token from the higher occupancy of 2 rows.)
-constexpr int rows_per_thread(LinearScheme s, int mt) {
+constexpr int rows_per_thread(SchemeKind s, int mt) {
   if (mt >= 32) return 2;
-  if (s == LinearScheme::BF16) return mt == 1 ? 4 : 2;
-  if (s == LinearScheme::FP8Block) return 2;
+  if (s == SchemeKind::BF16) return mt == 1 ? 4 : 2;
+  if (s == SchemeKind::FP8Block) return 2;
   return 4;
 }
-LaunchFn select_launcher(LinearScheme s, int mt, int rw);
-IndexedLaunchFn select_indexed_launcher(LinearScheme s, int rw);  // null unless rw is 1, 2 or 4
+LaunchFn select_launcher(SchemeKind s, int mt, int rw);
+IndexedLaunchFn select_indexed_launcher(SchemeKind s, int rw);  // null unless rw is 1, 2 or 4
 
 // dst[m, c] = src[m, c] for c < k, 0 for k <= c < kp (m < M); rows ldx apart in src, kp in dst.
 void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream);

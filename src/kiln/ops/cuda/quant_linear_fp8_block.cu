@@ -2,6 +2,6 @@
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda::detail {
-LaunchFn launcher_fp8_block(int mt, int rw) { return kernels::launcher_for<LinearScheme::FP8Block>(mt, rw); }
-IndexedLaunchFn indexed_launcher_fp8_block(int rw) { return kernels::indexed_launcher_for<LinearScheme::FP8Block>(rw); }
+LaunchFn launcher_fp8_block(int mt, int rw) { return kernels::launcher_for<SchemeKind::FP8Block>(mt, rw); }
+IndexedLaunchFn indexed_launcher_fp8_block(int rw) { return kernels::indexed_launcher_for<SchemeKind::FP8Block>(rw); }
 }  // namespace kiln::ops::cuda::detail

@@ -53,24 +53,24 @@ void launch_split_bf16(const float* x, int64_t ldx, int M, int64_t k, int64_t kp
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-LaunchFn select_launcher(LinearScheme s, int mt, int rw) {
+LaunchFn select_launcher(SchemeKind s, int mt, int rw) {
   switch (s) {
-    case LinearScheme::BF16: return launcher_bf16(mt, rw);
-    case LinearScheme::FP8Block: return launcher_fp8_block(mt, rw);
-    case LinearScheme::Int4Group: return launcher_int4_group(mt, rw);
-    case LinearScheme::MXFP4: return launcher_mxfp4(mt, rw);
-    case LinearScheme::NVFP4: return launcher_nvfp4(mt, rw);
+    case SchemeKind::BF16: return launcher_bf16(mt, rw);
+    case SchemeKind::FP8Block: return launcher_fp8_block(mt, rw);
+    case SchemeKind::Int4Group: return launcher_int4_group(mt, rw);
+    case SchemeKind::MXFP4: return launcher_mxfp4(mt, rw);
+    case SchemeKind::NVFP4: return launcher_nvfp4(mt, rw);
   }
   return nullptr;
 }
 
-IndexedLaunchFn select_indexed_launcher(LinearScheme s, int rw) {
+IndexedLaunchFn select_indexed_launcher(SchemeKind s, int rw) {
   switch (s) {
-    case LinearScheme::BF16: return indexed_launcher_bf16(rw);
-    case LinearScheme::FP8Block: return indexed_launcher_fp8_block(rw);
-    case LinearScheme::Int4Group: return indexed_launcher_int4_group(rw);
-    case LinearScheme::MXFP4: return indexed_launcher_mxfp4(rw);
-    case LinearScheme::NVFP4: return indexed_launcher_nvfp4(rw);
+    case SchemeKind::BF16: return indexed_launcher_bf16(rw);
+    case SchemeKind::FP8Block: return indexed_launcher_fp8_block(rw);
+    case SchemeKind::Int4Group: return indexed_launcher_int4_group(rw);
+    case SchemeKind::MXFP4: return indexed_launcher_mxfp4(rw);
+    case SchemeKind::NVFP4: return indexed_launcher_nvfp4(rw);
   }
   return nullptr;
 }

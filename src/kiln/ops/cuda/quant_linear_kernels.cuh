@@ -67,11 +67,11 @@ __device__ __forceinline__ float e8m0_scale(uint32_t v) {
 // value times 2^-120 or 2^-126, denormal for the smallest codes), then multiplied back by
 // that power of two in fp32; int4 is 128 + u in bf16 minus 128 + z in fp32.
 
-template <LinearScheme S>
+template <SchemeKind S>
 struct Codec;
 
 template <>
-struct Codec<LinearScheme::BF16> {
+struct Codec<SchemeKind::BF16> {
   static constexpr int E = 8;
   __device__ static void decode8(const uint4& q, int, float* w) {
 #pragma unroll
@@ -84,7 +84,7 @@ struct Codec<LinearScheme::BF16> {
 };
 
 template <>
-struct Codec<LinearScheme::FP8Block> {
+struct Codec<SchemeKind::FP8Block> {
   static constexpr int E = 16;
   __device__ static void decode8(const uint4& q, int j, float* w) {
 #pragma unroll
@@ -115,20 +115,20 @@ __device__ __forceinline__ void decode_e2m1_word(uint32_t v, float* w) {
 }
 
 template <>
-struct Codec<LinearScheme::MXFP4> {
+struct Codec<SchemeKind::MXFP4> {
   static constexpr int E = 32;
   __device__ static void decode8(const uint4& q, int j, float* w) { decode_e2m1_word(word(q, j), w); }
 };
 
 template <>
-struct Codec<LinearScheme::NVFP4> {
+struct Codec<SchemeKind::NVFP4> {
   static constexpr int E = 32;
   __device__ static void decode8(const uint4& q, int j, float* w) { decode_e2m1_word(word(q, j), w); }
 };
 
 // int4: 128 + u is exact in bf16 (u < 16), minus 128 + z exactly in fp32.
 template <>
-struct Codec<LinearScheme::Int4Group> {
+struct Codec<SchemeKind::Int4Group> {
   static constexpr int E = 32;
   __device__ static void decode8(const uint4& q, int j, float zero, float* w) {
     const uint32_t v = word(q, j);
@@ -142,31 +142,31 @@ struct Codec<LinearScheme::Int4Group> {
 };
 
 // Per-chunk scales of one row: one float per group of 8 elements (E/8 of them).
-template <LinearScheme S>
+template <SchemeKind S>
 struct ChunkScales {
   float s[Codec<S>::E / 8 > 0 ? Codec<S>::E / 8 : 1];
   float zero;  // int4: 128 + zero point
 };
 
-template <LinearScheme S>
+template <SchemeKind S>
 __device__ __forceinline__ void load_scales(const LinearParams& p, int64_t row, int64_t srow, int c,
                                             ChunkScales<S>& out) {
   constexpr int G = Codec<S>::E / 8;
-  if constexpr (S == LinearScheme::FP8Block) {
+  if constexpr (S == SchemeKind::FP8Block) {
     const float s = __ldg(static_cast<const float*>(p.scale) + srow + (c >> p.grp_shift));
 #pragma unroll
     for (int g = 0; g < G; ++g) out.s[g] = s;
-  } else if constexpr (S == LinearScheme::Int4Group) {
+  } else if constexpr (S == SchemeKind::Int4Group) {
     const int64_t i = row * p.scale_ld + (c >> p.grp_shift);
     const float s = __ldg(static_cast<const float*>(p.scale) + i);
 #pragma unroll
     for (int g = 0; g < G; ++g) out.s[g] = s;
     out.zero = 128.0f + (p.zp ? static_cast<float>(__ldg(p.zp + i)) : 8.0f);
-  } else if constexpr (S == LinearScheme::MXFP4) {
+  } else if constexpr (S == SchemeKind::MXFP4) {
     const float s = e8m0_scale(__ldg(static_cast<const uint8_t*>(p.scale) + row * p.kc + c));
 #pragma unroll
     for (int g = 0; g < G; ++g) out.s[g] = s;
-  } else if constexpr (S == LinearScheme::NVFP4) {
+  } else if constexpr (S == SchemeKind::NVFP4) {
     const uint16_t two = __ldg(reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(p.scale) + row * 2 * p.kc) + c);
     const float s0 = e4m3_scale(two & 0xFFu), s1 = e4m3_scale(two >> 8);
     out.s[0] = s0, out.s[1] = s0, out.s[2] = s1, out.s[3] = s1;
@@ -182,7 +182,7 @@ __device__ __forceinline__ void load_scales(const LinearParams& p, int64_t row, 
 // code is then the kernel's before grouping existed, statement for statement); the
 // grouped one a group's rows; the indexed one an expert's params read from device
 // memory. A block either runs this whole or not at all (it holds __syncthreads).
-template <LinearScheme S, int MT, int RW>
+template <SchemeKind S, int MT, int RW>
 __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_log2, const float* __restrict__ x,
                                             const int64_t ldx, int M, float* __restrict__ y, const int64_t ldy,
                                             const int m0, const int64_t row_lo, const int64_t row_end) {
@@ -238,7 +238,7 @@ __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_
       float w[RW][8];
 #pragma unroll
       for (int r = 0; r < RW; ++r) {
-        if constexpr (S == LinearScheme::Int4Group)
+        if constexpr (S == SchemeKind::Int4Group)
           C::decode8(q[r], j, sc[r].zero, w[r]);
         else
           C::decode8(q[r], j, w[r]);
@@ -259,7 +259,7 @@ __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_
             t = fmaf(b.y, w[r][5], t);
             t = fmaf(b.z, w[r][6], t);
             t = fmaf(b.w, w[r][7], t);
-            if constexpr (S == LinearScheme::BF16)
+            if constexpr (S == SchemeKind::BF16)
               acc[m][r] += t;
             else
               acc[m][r] = fmaf(t, sc[r].s[j], acc[m][r]);
@@ -313,7 +313,7 @@ __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_
     for (int m = 0; m < MT; ++m) {
       if (m < M) {
         float v = acc[m][r];
-        if constexpr (S == LinearScheme::NVFP4) v *= p.global;
+        if constexpr (S == SchemeKind::NVFP4) v *= p.global;
         y[m * ldy + row0 + r] = v;
       }
     }
@@ -325,7 +325,7 @@ __device__ __forceinline__ void linear_rows(const LinearParams& p, const int lk_
 // slice). The plain product is its own instantiation with the bounds of the original
 // kernel (0, p.n from the parameter bank): a runtime row range cost it up to 14 more
 // registers per thread (ptxas -v), i.e. occupancy, on the path every other layer takes.
-template <LinearScheme S, int MT, int RW, bool Grouped>
+template <SchemeKind S, int MT, int RW, bool Grouped>
 __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const int lk_log2,
                                                           const float* __restrict__ x, const int64_t ldx, const int M,
                                                           float* __restrict__ y, const int64_t ldy, const RowGroups g) {
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
 // holds a null weight for experts of other schemes, and ids outside [0, count) name
 // nothing: such blocks return before touching y. Otherwise exactly linear_kernel's M = 1
 // product of expert e on x row pair / x_div into y row pair.
-template <LinearScheme S, int RW>
+template <SchemeKind S, int RW>
 __global__ void __launch_bounds__(kThreads) linear_indexed_kernel(const LinearParams* __restrict__ table, const int count,
                                                                   const int lk_log2, const float* __restrict__ x,
                                                                   const int64_t ldx, const int x_div,
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) linear_indexed_kernel(const LinearPa
                         y + static_cast<int64_t>(pair) * ldy, ldy, 0, 0, p.n);
 }
 
-template <LinearScheme S, int MT, int RW>
+template <SchemeKind S, int MT, int RW>
 void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t ldx, int M, float* y, int64_t ldy,
             const RowGroups& g, cudaStream_t stream) {
   static_assert(Codec<S>::E == chunk_elems(S));
@@ -370,7 +370,7 @@ void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-template <LinearScheme S, int RW>
+template <SchemeKind S, int RW>
 void launch_indexed(const LinearParams* table, int count, const LaunchShape& s, const float* x, int64_t ldx, int x_div,
                     const int32_t* expert, int P, float* y, int64_t ldy, cudaStream_t stream) {
   linear_indexed_kernel<S, RW><<<dim3(s.blocks, 1, static_cast<unsigned>(P)), kThreads, 0, stream>>>(
@@ -379,7 +379,7 @@ void launch_indexed(const LinearParams* table, int count, const LaunchShape& s, 
 }
 
 // The (token tile, rows per thread) pairs compiled: MT x RW accumulators stay <= 64.
-template <LinearScheme S>
+template <SchemeKind S>
 LaunchFn launcher_for(int mt, int rw) {
 #define KILN_TILE(MT_, RW_) \
   if (mt == MT_ && rw == RW_) return &launch<S, MT_, RW_>;
@@ -394,7 +394,7 @@ LaunchFn launcher_for(int mt, int rw) {
 }
 
 // The indexed (M = 1) kernel for each rows-per-thread count the one-token plans use.
-template <LinearScheme S>
+template <SchemeKind S>
 IndexedLaunchFn indexed_launcher_for(int rw) {
   if (rw == 1) return &launch_indexed<S, 1>;
   if (rw == 2) return &launch_indexed<S, 2>;

@@ -77,7 +77,7 @@ struct LtPath {
 };
 
 void prepare_lt(QuantLinearImpl& d) {
-  if (d.scheme != LinearScheme::BF16 || d.max_m < kLtMinRows) return;
+  if (d.scheme != SchemeKind::BF16 || d.max_m < kLtMinRows) return;
   LtShared& sh = shared();
   std::lock_guard<std::mutex> lock(sh.mu);
   if (!sh.handle) {

@@ -44,12 +44,12 @@ struct QuantLinearSet::Impl {
   int64_t kp = 0;  // staging row width (see above)
   std::vector<std::unique_ptr<QuantLinearImpl>> experts;
   struct Launch {
-    LinearScheme scheme{};
+    SchemeKind scheme{};
     detail::IndexedLaunchFn fn = nullptr;
     std::vector<detail::LaunchShape> shapes;  // [P - 1] for P = 1 .. max_pairs
     const LinearParams* table = nullptr;  // [count], inside `tables`
   };
-  std::vector<Launch> launches;  // one per scheme present, in LinearScheme order
+  std::vector<Launch> launches;  // one per scheme present, in SchemeKind order
   DeviceBuffer tables;           // [launches.size()][count] LinearParams
   DeviceBuffer xpad;             // [max_pairs, kp] floats
   int64_t expert_bytes = 0;
@@ -82,10 +82,10 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
     impl->expert_bytes = std::max(impl->expert_bytes, impl->experts.back()->weight_bytes);
   }
 
-  const LinearScheme all[] = {LinearScheme::BF16, LinearScheme::FP8Block, LinearScheme::Int4Group, LinearScheme::MXFP4,
-                              LinearScheme::NVFP4};
+  const SchemeKind all[] = {SchemeKind::BF16, SchemeKind::FP8Block, SchemeKind::Int4Group, SchemeKind::MXFP4,
+                              SchemeKind::NVFP4};
   std::vector<LinearParams> host_tables;
-  for (LinearScheme s : all) {
+  for (SchemeKind s : all) {
     const QuantLinearImpl* first = nullptr;
     std::vector<LinearParams> table(static_cast<size_t>(count));  // null weights: not this scheme
     for (int e = 0; e < count; ++e) {
@@ -122,7 +122,7 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
       }
     }
     l.fn = detail::select_indexed_launcher(s, first->plans[0].rw);
-    if (!l.fn) fail_invalid("internal: no indexed {} kernel for {} rows per thread", linear_scheme_name(s), first->plans[0].rw);
+    if (!l.fn) fail_invalid("internal: no indexed {} kernel for {} rows per thread", scheme_kind_name(s), first->plans[0].rw);
     impl->launches.push_back(l);
     host_tables.insert(host_tables.end(), table.begin(), table.end());
   }
