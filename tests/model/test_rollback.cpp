@@ -151,7 +151,7 @@ TEST_F(Rollback, ChainedRoundsMatchPlainFeeding) {
 
 // After a long prefill chunk, the full rollback depth is available.
 TEST_F(Rollback, FullDepthAfterPrefillChunk) {
-  constexpr int64_t R = DecodeState::kMaxRollback;
+  constexpr int64_t R = kMaxRollback;
   for (int64_t P : {int64_t{40}, int64_t{47}, int64_t{63}}) {
     auto s = forward_->new_state();
     forward_->step(s, std::span(tokens_).subspan(0, static_cast<size_t>(P)), nullptr, nullptr);
@@ -164,7 +164,7 @@ TEST_F(Rollback, FullDepthAfterPrefillChunk) {
 }
 
 TEST_F(Rollback, LimitsAreClearErrors) {
-  constexpr int64_t R = DecodeState::kMaxRollback;
+  constexpr int64_t R = kMaxRollback;
   DecodeState s(ref_[30]);
   EXPECT_THROW(forward_->truncate(s, 31), Error);
   EXPECT_THROW(forward_->truncate(s, -1), Error);

@@ -34,7 +34,7 @@ void check_rollback(const char* what, int64_t new_length, int64_t length, int64_
   if (new_length < high_water - kMaxRollback) {
     fail(ErrorKind::Usage,
          "{}: cannot roll back to length {}: the state has reached length {} and keeps only the rows of the last {} "
-         "positions behind that for rollback (DecodeState::kMaxRollback)",
+         "positions behind that for rollback (kMaxRollback, model/decode_contract.h)",
          what, new_length, high_water, kMaxRollback);
   }
 }

@@ -11,6 +11,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/model/forward.h"
+#include "kiln/ops/cpu/attention.h"
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/norm.h"
 #include "kiln/ops/cpu/quant_linear.h"
@@ -92,22 +93,8 @@ struct DSparkDrafter::Impl {
         keys.clear();
         for (int64_t p = std::max<int64_t>(0, N - W); p < N; ++p) keys.push_back(st.rings_[stage].data() + (p % W) * D);
         for (int64_t r = 0; r < B; ++r) keys.push_back(kv.data() + (static_cast<int64_t>(i) * B + r) * D);
-        const float* qh = q.data() + (t * nh + h) * D;
-        const float sink = a.sink[static_cast<size_t>(h)];
-        s.resize(keys.size());
-        float mx = sink;
-        for (size_t k = 0; k < keys.size(); ++k) {
-          s[k] = cpu::dot(qh, keys[k], D) * scaling;
-          mx = std::max(mx, s[k]);
-        }
-        float sum = 0.0f;
-        for (size_t k = 0; k < keys.size(); ++k) {
-          s[k] = std::exp(s[k] - mx);
-          sum += s[k];
-        }
-        sum += std::exp(sink - mx);
-        float* oh = o.data() + (t * nh + h) * D;
-        for (size_t k = 0; k < keys.size(); ++k) cpu::axpy(s[k] / sum, keys[k], oh, D);
+        cpu::attend_head(q.data() + (t * nh + h) * D, keys, a.sink[static_cast<size_t>(h)], scaling, D, s,
+                         o.data() + (t * nh + h) * D);
       }
     });
     // K = V carried the rotation into the output: undo it at the query position.

@@ -46,10 +46,6 @@ class DecodeState {
   DecodeState& operator=(DecodeState&&) noexcept;
   DecodeState(const DecodeState&);  // deep copy (used to compare feeding modes)
 
-  // How far behind its high-water mark (the furthest length reached) a state can be
-  // truncated, for the main model and for each MTP block.
-  static constexpr int64_t kMaxRollback = model::kMaxRollback;
-
   int64_t length() const { return length_; }          // tokens fed to the main model
   int64_t mtp_length(int m) const;                    // positions fed to MTP block m
   int64_t high_water() const { return high_; }        // furthest length() reached

@@ -33,7 +33,7 @@
 // state equals plain sequential feeding of the same tokens to the main model and of
 // rows (main streams at p, token p+1) to the MTP block (tests/runtime checks this).
 // Rollback depth used: K for the main model, K-1 for the MTP block (K <= 4 <
-// DecodeState::kMaxRollback).
+// model::kMaxRollback).
 #pragma once
 
 #include <cstdint>

@@ -10,11 +10,12 @@
 // launches for a given row count, captured once as a CUDA graph per (pass, row count)
 // and replayed with the new rows' metadata; replay equals eager bit for bit.
 //
-// State per slot and layer: a sliding-window ring of window + max_rows +
-// kMaxRollback K=V rows, the compressors' raw-row rings, their emitted entries for
-// max_context positions. Rolling a sequence back is free: the caller re-feeds positions
-// from the new length and the rows written there overwrite the rolled-back ones (every
-// entry and window row a row reads is at a position <= its own).
+// State per slot and layer (model/decode_contract.h, step_rows = max_rows): a
+// sliding-window ring of window + max_rows + kMaxRollback K=V rows, the compressors'
+// raw-row rings, their emitted entries for max_context positions. Rolling a sequence
+// back is free: the caller re-feeds positions from the new length and the rows written
+// there overwrite the rolled-back ones (every entry and window row a row reads is at a
+// position <= its own).
 //
 // Not thread-safe: one host thread drives a GpuForward.
 #pragma once
@@ -64,8 +65,6 @@ struct GpuOptions {
 
 class GpuForward {
  public:
-  static constexpr int kMaxRollback = model::kMaxRollback;
-
   GpuForward(GpuWeights weights, const GpuOptions& opt);
   ~GpuForward();
   GpuForward(const GpuForward&) = delete;

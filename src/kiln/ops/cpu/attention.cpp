@@ -12,6 +12,24 @@
 
 namespace kiln::ops::cpu {
 
+void attend_head(const float* q, std::span<const float* const> keys, float sink, float scale, int64_t dim,
+                 std::vector<float>& scratch, float* o) {
+  std::vector<float>& s = scratch;
+  s.resize(keys.size());
+  float mx = sink;
+  for (size_t k = 0; k < keys.size(); ++k) {
+    s[k] = dot(q, keys[k], dim) * scale;
+    mx = std::max(mx, s[k]);
+  }
+  float sum = 0.0f;
+  for (size_t k = 0; k < keys.size(); ++k) {
+    s[k] = std::exp(s[k] - mx);
+    sum += s[k];
+  }
+  sum += std::exp(sink - mx);
+  for (size_t k = 0; k < keys.size(); ++k) axpy(s[k] / sum, keys[k], o, dim);
+}
+
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,
                const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool) {
   const int64_t T = rows.R(), nh = heads, D = dim, Wn = window;
@@ -39,23 +57,7 @@ void attention(const StepRows& rows, const float* q, const float* kv, int64_t he
     std::vector<float> s;
     for (int64_t it = b; it < e; ++it) {
       const int64_t t = it / nh, h = it % nh;
-      const auto& ks = key_rows[static_cast<size_t>(t)];
-      const float* qh = q + (t * nh + h) * D;
-      s.resize(ks.size());
-      const float sk = sink[h];
-      float mx = sk;
-      for (size_t k = 0; k < ks.size(); ++k) {
-        s[k] = dot(qh, ks[k], D) * scale;
-        mx = std::max(mx, s[k]);
-      }
-      float sum = 0.0f;
-      for (size_t k = 0; k < ks.size(); ++k) {
-        s[k] = std::exp(s[k] - mx);
-        sum += s[k];
-      }
-      sum += std::exp(sk - mx);
-      float* oh = o + (t * nh + h) * D;
-      for (size_t k = 0; k < ks.size(); ++k) axpy(s[k] / sum, ks[k], oh, D);
+      attend_head(q + (t * nh + h) * D, key_rows[static_cast<size_t>(t)], sink[h], scale, D, s, o + (t * nh + h) * D);
     }
   });
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kiln/ops/attention_kinds.h"
@@ -50,5 +51,13 @@ void indexer_select(const StepRows& rows, const float* q, const float* w, int64_
 // o [R, heads * dim]. Afterwards each sequence's window ring holds its step's kv rows.
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,
                const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool);
+
+// One head of one query over its keys (K = V rows of `dim` floats), with a sink logit:
+// s_k = (q . key_k) * scale, m = max(sink, max_k s_k); o += exp(s_k - m) / (sum_k
+// exp(s_k - m) + exp(sink - m)) * key_k, k in order. o must start at zero; scratch is
+// resized to the key count. The core of attention() above, for other attention layouts
+// (the DSpark drafter's block attention).
+void attend_head(const float* q, std::span<const float* const> keys, float sink, float scale, int64_t dim,
+                 std::vector<float>& scratch, float* o);
 
 }  // namespace kiln::ops::cpu
