@@ -15,7 +15,6 @@
 #include <fstream>
 #include <iterator>
 #include <map>
-#include <random>
 #include <set>
 #include <sstream>
 
@@ -301,7 +300,7 @@ std::map<SchemeKind, double> weight_errors(const fs::path& src, const fs::path& 
 }
 
 // The fixtures are tiny random models whose routing (hash/score top-k experts, indexer
-// top-k) flips under weight noise as small as 1e-4 relative (DISABLED_NoiseFloor below),
+// top-k) flips under weight noise as small as 1e-4 relative (bench/bench_quant_noise_floor.cpp),
 // so the max relative error of their logits is dominated by those flips and saturates
 // near 0.5 for every flavour; the RMS error and top-1 agreement still order the flavours.
 // Bounds: the measured values of docs/quantization.md with headroom.
@@ -353,42 +352,6 @@ TEST(QuantizeLogits, EveryRecipeStaysNearBf16AndEqualsItsDequantizedWeights) {
       }
       table += fmt::format("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} |\n", source, recipe,
                            m.max_rel, m.rms_rel, m.top1, t.max_rel, t.rms_rel, t.top1, werr);
-    }
-  }
-  std::cout << table;
-}
-
-// Reference for the table: the same distances for BF16 weights with Gaussian relative
-// noise of a given size on every linear (no quantization). Run with
-// --gtest_also_run_disabled_tests --gtest_filter=QuantizeLogits.DISABLED_NoiseFloor
-TEST(QuantizeLogits, DISABLED_NoiseFloor) {
-  std::string table = "| fixture | relative weight noise | logits max rel | logits rms rel | top-1 agree |\n|---|---|---|---|---|\n";
-  for (std::string fx : {"tiny_a", "tiny_b"}) {
-    const fs::path src = kFixtures + "/" + fx + "/native";
-    test::TempDir d;
-    score(src, fx, d.path() / "bf16");
-    for (double eps : {1e-4, 1e-3, 1e-2, 3e-2}) {
-      write_dequantized(src, d.path() / "noisy");
-      auto ckpt = Checkpoint::open(src);
-      auto plan = build_plan(ckpt, load_model_config(src));
-      std::vector<SafetensorsWriter::Tensor> ts;
-      std::mt19937 rng(1);
-      std::normal_distribution<float> nd;
-      for (const auto& l : plan.linears) {
-        auto w = model::dequantize_linear(ckpt, l).w;
-        for (auto& v : w) v *= 1.0f + static_cast<float>(eps) * nd(rng);
-        std::vector<std::byte> b(w.size() * 4);
-        std::memcpy(b.data(), w.data(), b.size());
-        ts.push_back({l.path + ".weight", DType::F32, {l.n, l.k}, b});
-      }
-      for (const auto& p : plan.tensors) {
-        auto by = ckpt.shards()[static_cast<size_t>(p.tensor.shard)].data(*p.tensor.info);
-        ts.push_back({p.path, p.tensor.dtype(), p.tensor.shape(), std::vector<std::byte>(by.begin(), by.end())});
-      }
-      SafetensorsWriter::write_file(d.path() / "noisy" / "model.safetensors", ts);
-      score(d.path() / "noisy", fx, d.path() / "noisy");
-      auto m = distance(d.path() / "noisy.npy", d.path() / "bf16.npy");
-      table += fmt::format("| {} | {:g} | {:.3f} | {:.3f} | {:.3f} |\n", fx, eps, m.max_rel, m.rms_rel, m.top1);
     }
   }
   std::cout << table;

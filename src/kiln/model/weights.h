@@ -151,10 +151,11 @@ uint64_t plain_weight_bytes(const Weights& w);
 std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks);
 
 // Binds every planned tensor (the plan must be loadable); linears as `opt` says, the
-// rest dequantized to fp32. Every scheme of artifact/scheme.h decodes exactly: bf16/f16/f32 as stored; fp8_block as
-// e4m3 x block scale (E8M0, F32, BF16, F16 or U8-as-E8M0); mxfp4 as e2m1 x 2^(s-127);
-// nvfp4 as e2m1 x e4m3 group scale x global (weight_scale_2, or 1/weight_global_scale);
-// int4_group as (u - 8 or u - zero point) x group scale, honouring g_idx.
+// rest dequantized to fp32. Every scheme decodes exactly (quant/dequantize.h): bf16/f16/f32
+// as stored; fp8_block as e4m3 x block scale (E8M0, F32, BF16, F16 or U8-as-E8M0); mxfp4 as
+// e2m1 x 2^(s-127); nvfp4 as e2m1 x e4m3 group scale x global multiplier (either on-disk
+// convention, normalised by artifact/linear_view.h); int4_group as (u - 8 or u - zero
+// point) x group scale, honouring g_idx.
 Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt = {});
 
 // One planned linear module, dequantized to fp32 [n, k] (quant/dequantize.h: the scheme's

@@ -208,10 +208,10 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       break;
     }
     case SchemeKind::Int4Group: {
-      expect_dtype(w, "weight_packed", w.weight_dtype, {DType::I32});
+      expect_dtype(w, "weight", w.weight_dtype, {DType::I32});
       const int64_t words = ceil_div(k, 8);
-      expect_bytes(w, "weight_packed", w.weight, n * words * 4);
-      expect_dtype(w, "weight_scale", w.scale_dtype, {DType::BF16, DType::F16, DType::F32});
+      expect_bytes(w, "weight", w.weight, n * words * 4);
+      expect_dtype(w, "scale", w.scale_dtype, {DType::BF16, DType::F16, DType::F32});
       if (w.block_k <= 0) fail_invalid("{}: int4 group size {} is not positive", w.name, w.block_k);
       const int64_t groups = ceil_div(k, w.block_k);
       expect_scale_shape(w, n, groups);
@@ -220,7 +220,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       p.scale_ld = static_cast<int>(groups);
       sfill = scales_to_f32(w.scale.data, w.scale_dtype);
       if (!w.zero_point.empty()) {
-        expect_bytes(w, "weight_zero_point", w.zero_point, ceil_div(n, 8) * groups * 4);
+        expect_bytes(w, "zero point", w.zero_point, ceil_div(n, 8) * groups * 4);
         zfill = zero_points(w.zero_point.data, groups);
       }
       break;
@@ -235,7 +235,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
         if (k % 2) fail_invalid("{}: mxfp4 needs an even k, got {}", w.name, k);
       } else {
         expect_dtype(w, "weight", w.weight_dtype, {DType::U8});
-        expect_dtype(w, "weight_scale", w.scale_dtype, {DType::F8_E4M3});
+        expect_dtype(w, "scale", w.scale_dtype, {DType::F8_E4M3});
         if (k % 16) fail_invalid("{}: nvfp4 needs k to be a multiple of 16, got {}", w.name, k);
       }
       if (w.block_k != g) fail_invalid("{}: {} group is {} inputs, expected {}", w.name, scheme_kind_name(w.scheme), w.block_k, g);
