@@ -251,20 +251,34 @@ TEST(GpuLoad, StraightToDeviceEqualsTheLoadThroughTheCpuModel) {
     EXPECT_GT(dm.stats.peak_rss_anon, 0);
 
     // Bitwise the same logits: a prefill, decode steps of two sequences, the MTP block.
+    // Each pass is downloaded (which waits for it) before the other forward runs: the
+    // cuBLASLt split buffers and workspace are process-wide (ops/cuda/quant_linear_lt.cpp),
+    // so two forwards' passes must not overlap on the device.
     GpuForward before(std::move(old), GpuOptions{slots, rows, ctx, true});
     const int T = 40;
     const auto tok = prompt_tokens(c.vocab_size, T + 8);
-    for (GpuForward* g : {&before, &fresh}) g->main(std::span(tok.data(), T), std::vector<int32_t>(T, 0), iota_vec(T));
-    EXPECT_TRUE(bitwise_equal(before.download_main_logits(T), fresh.download_main_logits(T)));
+    auto prefill = [&](GpuForward& g) {
+      g.main(std::span(tok.data(), T), std::vector<int32_t>(T, 0), iota_vec(T));
+      return g.download_main_logits(T);
+    };
+    const auto prefilled = prefill(before);
+    EXPECT_TRUE(bitwise_equal(prefilled, prefill(fresh)));
     if (fresh.mtp_blocks() > 0) {
-      for (GpuForward* g : {&before, &fresh})
-        g->mtp(0, std::span(tok.data() + 1, T), std::vector<int32_t>(T, 0), iota_vec(T), iota_vec(T), false);
-      EXPECT_TRUE(bitwise_equal(before.download_mtp_logits(T), fresh.download_mtp_logits(T)));
+      auto mtp = [&](GpuForward& g) {
+        g.mtp(0, std::span(tok.data() + 1, T), std::vector<int32_t>(T, 0), iota_vec(T), iota_vec(T), false);
+        return g.download_mtp_logits(T);
+      };
+      const auto drafted = mtp(before);
+      EXPECT_TRUE(bitwise_equal(drafted, mtp(fresh)));
     }
     for (int s = 0; s < 6; ++s) {
       const std::vector<int32_t> t2 = {tok[static_cast<size_t>(T + s)], tok[static_cast<size_t>(s)]}, sl = {0, 1}, ps = {T + s, s};
-      for (GpuForward* g : {&before, &fresh}) g->main(t2, sl, ps);
-      EXPECT_TRUE(bitwise_equal(before.download_main_logits(2), fresh.download_main_logits(2))) << "step " << s;
+      auto step = [&](GpuForward& g) {
+        g.main(t2, sl, ps);
+        return g.download_main_logits(2);
+      };
+      const auto stepped = step(before);
+      EXPECT_TRUE(bitwise_equal(stepped, step(fresh))) << "step " << s;
     }
   }
 }

@@ -77,9 +77,9 @@ double pass_weight_bytes(const GpuWeights& w, int B) {
   return bytes;
 }
 
-// Greedy decoding of B prompts on the engine (every prompt in its own slot, max_tokens
-// steps + 1 each), timed while all B sequences decode: from the moment every one has its
-// first token to the moment the first one finishes.
+// Greedy decoding of B prompts on the engine (every prompt in its own slot), timed while
+// all B sequences decode: from the moment every one has its first token to the moment the
+// first one finishes.
 struct DecodeRun {
   std::vector<std::vector<int32_t>> tokens;
   double tokens_per_s = 0.0, step_ms = 0.0;
@@ -94,11 +94,17 @@ DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<in
   eo.mtp = k;
   eo.prefill_chunk = std::max<int64_t>(1, b.max_rows() - int64_t{B} * (1 + k));
   runtime::Engine engine(b, eo);
+  // Sequences whose prompts are fed early decode while later prompts are still being fed;
+  // every request runs long enough that all B decode together for at least `steps` steps
+  // (the same max_tokens for all and for every k, so greedy tokens stay comparable between
+  // runs). A step's prefill budget holds at least one whole prompt (run_bench sizes the
+  // passes so), so the prompts are fed within 2B + 1 steps.
+  const int64_t feeding_steps = 2 * int64_t{B} + 1;
   std::vector<std::shared_ptr<runtime::RequestHandle>> hs;
   for (const auto& p : prompts) {
     runtime::GenerationRequest r;
     r.prompt = p;
-    r.max_tokens = steps + 1;
+    r.max_tokens = static_cast<int>(steps + 1 + feeding_steps);
     r.mtp = k;
     hs.push_back(engine.submit(std::move(r)));
     if (!hs.back()) fail(ErrorKind::Usage, "bench: the engine refused a request");
@@ -184,7 +190,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   GpuOptions go;
   go.max_slots = maxB;
   go.max_rows = std::max(64, maxB * (o.mtp + 1) + o.context);
-  go.max_context = o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8;
+  // decode_on_engine's requests also decode while the other prompts are fed (2B + 1 steps).
+  go.max_context = o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8 + 2 * int64_t{maxB} + 1;
   std::string label;
   std::unique_ptr<model::SyntheticModel> synth;
   std::unique_ptr<runtime::cuda::GpuBackend> backend;
