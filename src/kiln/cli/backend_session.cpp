@@ -5,7 +5,9 @@
 #include <chrono>
 
 #include "kiln/core/error.h"
+#include "kiln/model/weights.h"
 #include "kiln/runtime/cpu_backend.h"
+#include "kiln/runtime/engine_metrics.h"
 #include "kiln/runtime/host_memory.h"
 
 #ifdef KILN_HAVE_CUDA
@@ -57,6 +59,31 @@ std::string resolve_device(const std::string& asked) {
   fail(ErrorKind::Usage, "--device {}: expected auto, cpu or cuda", asked);
 }
 
+Drafting resolve_drafting(const std::filesystem::path& model, const ModelConfig& pre, const DraftingAsked& a) {
+  if (!a.spec.empty() && a.spec != "dspark" && a.spec != "mtp" && a.spec != "off")
+    fail(ErrorKind::Usage, "--spec {}: expected dspark, mtp or off", a.spec);
+  if (a.spec == "off" && a.mtp.value_or(0) > 0) fail(ErrorKind::Usage, "--mtp {}: --spec off drafts nothing", *a.mtp);
+  if (a.spec == "dspark" && !pre.dspark) fail_invalid("--spec dspark: {} has no DSpark drafter (no dspark_* keys)", model.string());
+  Drafting d;
+  d.dspark = a.spec == "dspark" || (a.spec.empty() && a.dspark_by_default && pre.dspark);
+  if (d.dspark && pre.dspark->block_size > runtime::kMaxDSparkDrafts) {
+    fail_invalid("{}: dspark_block_size is {}; kiln's DSpark drafting takes blocks of up to {} (DeepSeek's largest)",
+                 model.string(), pre.dspark->block_size, runtime::kMaxDSparkDrafts);
+  }
+  d.most = d.dspark ? static_cast<int>(pre.dspark->block_size) : runtime::kMaxDrafts;
+  if (a.spec != "off") d.k = a.mtp;
+  if (d.dspark && !d.k) d.k = d.most;
+  if (d.k && (*d.k < a.least || *d.k > d.most)) {
+    fail(ErrorKind::Usage, "--mtp {}: expected {}..{} draft tokens per round{}", *d.k, a.least, d.most,
+         d.dspark ? " (the DSpark block size)" : "");
+  }
+  if (!d.dspark && pre.num_mtp_layers == 0 && (d.k.value_or(0) > 0 || a.spec == "mtp")) {
+    fail_invalid("{}: {} {}", d.k.value_or(0) > 0 ? fmt::format("--mtp {}", *d.k) : std::string("--spec mtp"), model.string(),
+                 model::mtp_unavailable(pre, 0));
+  }
+  return d;
+}
+
 BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device(o.device)), asked_slots_(o.max_slots) {
   if (device_ == "cpu") {
     const auto t0 = std::chrono::steady_clock::now();
@@ -65,7 +92,12 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
     const ModelConfig& c = loaded_->config;
     int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
     if (ctx <= 0) ctx = 4096;
-    if (o.dspark) dspark_ = std::make_unique<model::DSparkWeights>(model::load_dspark_weights(loaded_->checkpoint, loaded_->plan));
+    if (o.dspark) {
+      dspark_ = std::make_unique<model::DSparkWeights>(model::load_dspark_weights(loaded_->checkpoint, loaded_->plan));
+      if (o.progress) {
+        *o.progress << fmt::format("DSpark drafter loaded: {} stages, block {}\n", c.dspark->stages, c.dspark->block_size);
+      }
+    }
     backend_ = std::make_unique<runtime::CpuBackend>(
         *loaded_->forward, runtime::CpuBackendOptions{o.max_slots, std::max(o.max_rows, 1), ctx}, dspark_.get());
     sampler.stop();

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -38,6 +39,21 @@ struct SessionOptions {
   // naming the checkpoint when it has none, and on the CUDA backend (not implemented there).
   bool dspark = false;
 };
+
+// What drafts, from `--spec dspark|mtp|off` and `--mtp K`, checked against the
+// checkpoint's config.json before anything loads (errors name the option and value).
+struct Drafting {
+  bool dspark = false;   // the checkpoint's DSpark drafter (SessionOptions::dspark), else its MTP block
+  std::optional<int> k;  // drafts per round; none: no drafting
+  int most = 0;          // the most drafts a round may have: the DSpark block size, or runtime::kMaxDrafts
+};
+struct DraftingAsked {
+  std::string spec;          // "" (what the checkpoint has) | "dspark" | "mtp" | "off"
+  std::optional<int> mtp;    // --mtp K
+  bool dspark_by_default;    // spec "": a DSpark checkpoint drafts with its drafter (then K defaults to its block)
+  int least = 1;             // the smallest K accepted (serve: 0, the drafter loaded but no drafts by default)
+};
+Drafting resolve_drafting(const std::filesystem::path& model, const ModelConfig& pre, const DraftingAsked& a);
 
 class BackendSession {
  public:

@@ -215,7 +215,11 @@ int main(int argc, char** argv) {
   se->add_option("--max-batch", serve.max_batch, "Sequences decoded together")->capture_default_str();
   se->add_option("--max-waiting", serve.max_waiting, "Queued requests beyond the batch (more get 429)")->capture_default_str();
   se->add_option("--prefill-chunk", serve.prefill_chunk, "Prompt tokens fed per scheduler step")->capture_default_str();
-  se->add_option("--mtp", serve.mtp, "Default MTP drafts per round (0 = off; requests may set 'mtp')")->capture_default_str();
+  se->add_option("--mtp", serve.mtp,
+                 "Default drafts per round (0 = off; requests may set 'mtp'): MTP 0..4, DSpark 0..its block size "
+                 "(default: a DSpark drafter's whole block, else 0)");
+  se->add_option("--spec", serve.spec, "dspark | mtp | off: the drafter (default: what the checkpoint has; a DSpark "
+                                       "drafter runs on the CPU backend; off: requests may not ask for drafts)");
   se->add_option("--max-context", serve.max_context, "Prompt + generated tokens per request (0 = the model's maximum)")
       ->capture_default_str();
   se->add_option("--http-threads", serve.http_threads, "Concurrent connections")->capture_default_str();

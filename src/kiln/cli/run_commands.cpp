@@ -83,7 +83,10 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
   const int64_t T = static_cast<int64_t>(ids.size());
   if (T == 0) fail(ErrorKind::Usage, "--tokens: no token ids given");
   const ModelConfig pre = load_model_config(o.model);
-  if (o.mtp_out && pre.num_mtp_layers == 0) fail_invalid("--mtp-out: {} {}", o.model.string(), model::mtp_unavailable(pre, 0));
+  if (o.mtp_out && pre.num_mtp_layers == 0) {
+    fail_invalid("--mtp-out: {} {}{}", o.model.string(), model::mtp_unavailable(pre, 0),
+                 pre.dspark ? "; --mtp-out writes a classic MTP block's draft logits" : "");
+  }
   if (o.mtp_out && T < 2) fail(ErrorKind::Usage, "--mtp-out needs at least 2 tokens");
   check_context(T, o.max_context, pre, "--tokens");
   // GPU passes take up to 256 rows (the buffers and graphs are sized for them); the
@@ -139,25 +142,16 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
 int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err) {
   resolve_device(o.device);
   if (o.max_tokens < 0) fail(ErrorKind::Usage, "--max-tokens must be >= 0");
-  if (!o.spec.empty() && o.spec != "dspark" && o.spec != "mtp" && o.spec != "off")
-    fail(ErrorKind::Usage, "--spec {}: expected dspark, mtp or off", o.spec);
   // Before spending the load: a checkpoint that cannot draft, or a request past the context.
   const ModelConfig pre = load_model_config(o.model);
-  // --spec: the drafter (default: what the checkpoint has); --mtp K: drafts per round
-  // (DSpark: up to the block size, by default the whole block).
-  const bool dspark = o.spec == "dspark" || (o.spec.empty() && o.mtp && pre.dspark);
-  if (o.spec == "dspark" && !pre.dspark) fail_invalid("--spec dspark: {} has no DSpark drafter (no dspark_* keys)", o.model.string());
-  std::optional<int> k = o.spec == "off" ? std::nullopt : o.mtp;
-  if (dspark && !k) k = static_cast<int>(pre.dspark->block_size);
-  const int most = dspark ? static_cast<int>(pre.dspark->block_size) : runtime::kMaxDrafts;
-  if (k && (*k < 1 || *k > most))
-    fail(ErrorKind::Usage, "--mtp {}: expected 1..{} draft tokens per round{}", *k, most, dspark ? " (the DSpark block size)" : "");
+  // --spec: the drafter (default: what the checkpoint has, with --mtp K); --mtp K: drafts
+  // per round (DSpark: up to the block size; --spec dspark alone drafts the whole block).
+  const Drafting d = resolve_drafting(o.model, pre, {o.spec, o.mtp, o.mtp.has_value()});
+  const bool dspark = d.dspark;
+  const std::optional<int> k = d.k;
   if (o.compare_plain && !k) fail(ErrorKind::Usage, "--compare-plain needs --mtp K or --spec");
   auto ids = parse_tokens(o.tokens);
   if (ids.empty()) fail(ErrorKind::Usage, "--tokens: no token ids given");
-  if (k && !dspark && pre.num_mtp_layers == 0) {
-    fail_invalid("--mtp {}: {} {}", *k, o.model.string(), model::mtp_unavailable(pre, 0));
-  }
   const int64_t need = static_cast<int64_t>(ids.size()) + o.max_tokens;
   check_context(need, o.max_context, pre, "the prompt + --max-tokens");
   const auto t_load = std::chrono::steady_clock::now();

@@ -28,26 +28,37 @@ tokenizer::Tokenizer load_tokenizer(const ServeOptions& o, std::ostream& err) {
   return tokenizer::Tokenizer::from_file(tok_path);
 }
 
+// The drafter and default drafts per round (BackendSession's resolve_drafting). The
+// checkpoint's DSpark drafter drafts by default where it runs (the CPU backend).
+Drafting serve_drafting(const ServeOptions& o) {
+  Drafting d = resolve_drafting(o.model, load_model_config(o.model), {o.spec, o.mtp, resolve_device(o.device) == "cpu", 0});
+  if (o.spec != "off" && !d.k) d.k = 0;  // no drafts by default; requests may ask ('mtp')
+  return d;
+}
+
 // Capacity: max_batch sequences, or as many as the GPU holds (model/gpu_memory.h); a pass
 // holds every sequence's decode rows (with as many drafts as a request may ask for) and a
 // prompt chunk.
-SessionOptions session_options(const ServeOptions& o, std::ostream& err) {
-  const int drafts = load_model_config(o.model).num_mtp_layers > 0 ? runtime::kMaxDrafts : 0;
+SessionOptions session_options(const ServeOptions& o, const Drafting& d, std::ostream& err) {
+  const bool drafter = d.dspark || (d.k && load_model_config(o.model).num_mtp_layers > 0);
+  const int drafts = drafter ? d.most : 0;
   const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
   SessionOptions so{o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err};
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   so.fewer_slots_ok = true;
   so.rows_per_slot = 1 + drafts;
+  so.dspark = d.dspark;
   return so;
 }
 
 // The engine takes the sequences the backend holds (requests beyond wait, then get 429).
-runtime::EngineOptions engine_options(const ServeOptions& o, int slots) {
+runtime::EngineOptions engine_options(const ServeOptions& o, const Drafting& d, int slots) {
   runtime::EngineOptions eo;
   eo.max_batch = slots;
   eo.max_waiting = o.max_waiting;
   eo.prefill_chunk = o.prefill_chunk;
-  eo.mtp = o.mtp;
+  eo.mtp = d.k.value_or(0);
+  eo.drafter = d.dspark ? DrafterKind::DSpark : DrafterKind::Mtp;
   return eo;
 }
 
@@ -64,6 +75,7 @@ ServeOptions resolved(const ServeOptions& options) {
 // connections before the engine under them).
 struct ServeInstance::Impl {
   ServeOptions o;
+  Drafting drafting;
   tokenizer::Tokenizer tok;
   BackendSession session;
   runtime::Engine engine;
@@ -72,8 +84,8 @@ struct ServeInstance::Impl {
   int port = -1;
 
   Impl(const ServeOptions& options, std::ostream& err)
-      : o(resolved(options)), tok(load_tokenizer(o, err)), session(session_options(o, err)),
-        engine(session.backend(), engine_options(o, session.slots())) {
+      : o(resolved(options)), drafting(serve_drafting(o)), tok(load_tokenizer(o, err)),
+        session(session_options(o, drafting, err)), engine(session.backend(), engine_options(o, drafting, session.slots())) {
     const auto& cfg = session.config();
     if (static_cast<int64_t>(tok.vocab_size()) > cfg.vocab_size) {
       fail_invalid("{}: the tokenizer has {} ids but the model's vocabulary is {}",
@@ -90,6 +102,7 @@ struct ServeInstance::Impl {
     so.http_threads = o.http_threads;
     so.max_body_bytes = o.max_body_bytes;
     so.idle_timeout = std::chrono::seconds(o.idle_timeout_s);
+    so.drafting = drafting.k.has_value();
     server::ModelTokens mt{static_cast<int32_t>(cfg.bos_token_id), static_cast<int32_t>(cfg.eos_token_id)};
     srv = std::make_unique<server::Server>(engine, tok, mt, so);
     port = srv->bind();
@@ -104,12 +117,26 @@ std::string ServeInstance::url() const { return fmt::format("http://{}:{}", impl
 void ServeInstance::run() { impl_->srv->run(); }
 void ServeInstance::stop() { impl_->srv->stop(); }
 
+namespace {
+
+// "; DSpark 5 drafts per round (block 5)", "; MTP 2", "; MTP on request", "" (no drafter
+// or --spec off), or that the checkpoint's DSpark drafter does not run here (CUDA).
+std::string drafting_part(const Drafting& d, const ModelConfig& c) {
+  if (d.dspark) return fmt::format("; DSpark {} drafts per round (block {})", *d.k, d.most);
+  std::string s;
+  if (d.k && c.num_mtp_layers > 0) s = *d.k > 0 ? fmt::format("; MTP {}", *d.k) : "; MTP on request";
+  if (c.dspark && d.k) s += "; DSpark drafter not run (CPU backend only)";
+  return s;
+}
+
+}  // namespace
+
 std::string ServeInstance::ready_line() const {
   const Impl& i = *impl_;
   return fmt::format("kiln: serving '{}' at {} (OpenAI API under /v1; context {} tokens; batch {}{}{}{}; {})",
                      i.so.model_name, url(), i.so.max_context, i.session.slots(),
                      i.session.slots_lowered() ? fmt::format(" (--max-batch {} does not fit the GPU)", i.o.max_batch) : "",
-                     i.o.mtp ? fmt::format("; MTP {}", i.o.mtp) : "",
+                     drafting_part(i.drafting, i.session.config()),
                      i.o.api_key.empty() ? "" : "; API key required", i.session.describe());
 }
 

@@ -22,7 +22,11 @@ struct ServeOptions {
   int max_batch = 64;
   int max_waiting = 1024;
   int64_t prefill_chunk = 256;
-  int mtp = 0;
+  // Drafting: --spec dspark | mtp | off ("": what the checkpoint has: a DSpark checkpoint
+  // drafts with its drafter on the CPU backend); --mtp K: drafts per round by default
+  // (requests may set 'mtp'; unset: a DSpark drafter's whole block, else 0).
+  std::string spec;
+  std::optional<int> mtp;
   int64_t max_context = 0;  // 0 = the model's max_position_embeddings
   int http_threads = 512;
   size_t max_body_bytes = 4u << 20;

@@ -26,9 +26,9 @@ Engine::Engine(Backend& backend, EngineOptions options) : b_(backend), opts_(std
     fail(ErrorKind::Usage, "engine: DSpark drafts: the backend ({}) runs no DSpark drafter{}", b_.describe(),
          b_.config().dspark ? " (the checkpoint has one; kiln runs it on the CPU backend only)" : "");
   }
-  if (b_.dspark_block() >= model::kMaxRollback) {
-    fail(ErrorKind::Usage, "engine: a DSpark block of {} drafts needs more rollback than the {} rows kept", b_.dspark_block(),
-         model::kMaxRollback);
+  if (b_.dspark_block() > kMaxDSparkDrafts) {
+    fail(ErrorKind::Usage, "engine: a DSpark block of {} drafts (dspark_block_size); kiln drafts at most {} per round",
+         b_.dspark_block(), kMaxDSparkDrafts);
   }
   if (opts_.mtp < 0 || opts_.mtp > max_drafts()) {
     fail(ErrorKind::Usage, "engine: {} drafts per round (expected 0..{}{})", opts_.mtp, max_drafts(),
@@ -44,7 +44,7 @@ Engine::Engine(Backend& backend, EngineOptions options) : b_(backend), opts_(std
   if (opts_.mtp > 0 && !has_mtp()) {
     fail(ErrorKind::Usage, "engine: --mtp {}: the model {}", opts_.mtp, model::mtp_unavailable(b_.config(), static_cast<size_t>(b_.mtp_blocks())));
   }
-  static_assert(kMaxDrafts < model::kMaxRollback, "a round rolls back up to kMaxDrafts positions");
+  static_assert(kMaxDraftPositions < model::kMaxRollback, "a round rolls back up to as many positions as it drafts");
   thread_ = std::thread([this] { loop(); });
 }
 

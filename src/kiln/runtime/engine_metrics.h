@@ -2,13 +2,23 @@
 // scheduler thread and read at any time (the server renders them as Prometheus text).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <vector>
 
+#include "kiln/runtime/speculative.h"
+
 namespace kiln::runtime {
+
+// DSpark drafts per round: at most DeepSeek's largest block (gamma = 5, ../shared/docs/
+// dspark.md); the engine refuses a drafter whose dspark_block_size is larger.
+inline constexpr int kMaxDSparkDrafts = 5;
+// Draft positions a round may have with either drafter (MTP: kMaxDrafts): what the
+// per-position counters hold and what a request's `mtp` may ask for.
+inline constexpr int kMaxDraftPositions = std::max(kMaxDrafts, kMaxDSparkDrafts);
 
 // A cumulative histogram with fixed upper bounds (seconds), as Prometheus expects.
 class Histogram {
@@ -37,8 +47,8 @@ struct EngineMetrics {
   std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
   std::atomic<int64_t> waiting{0}, running{0};
   std::atomic<uint64_t> steps{0};
-  // Speculative decoding, per draft position (up to 4).
-  std::array<std::atomic<uint64_t>, 4> mtp_proposed{}, mtp_accepted{};
+  // Speculative decoding (MTP or DSpark), per draft position.
+  std::array<std::atomic<uint64_t>, kMaxDraftPositions> mtp_proposed{}, mtp_accepted{};
   Histogram ttft;  // seconds from submit to the first token
   Histogram tpot;  // seconds between consecutive tokens of a request (per token)
 };

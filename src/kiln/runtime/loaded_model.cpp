@@ -36,8 +36,7 @@ std::unique_ptr<LoadedModel> load_model(const std::filesystem::path& dir, int th
   std::string extra;
   if (!m->weights.mtp.empty()) extra = fmt::format(" + {} MTP block(s)", m->weights.mtp.size());
   if (m->plan.dspark && !m->plan.dspark->stages_found.empty()) {
-    extra = fmt::format(" (DSpark drafter, {} tensors, not loaded: kiln does not run DSpark drafting yet)",
-                        m->plan.dspark->num_tensors);
+    extra = fmt::format(" (DSpark drafter, {} tensors: read only to draft with it)", m->plan.dspark->num_tensors);
   }
   if (opt.skip_linears) {
     say(fmt::format("bound {} layers{}: {:.1f} MB of small parameters on the host", m->config.num_layers, extra,

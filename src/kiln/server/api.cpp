@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kiln/core/error.h"
+#include "kiln/runtime/engine_metrics.h"
 #include "kiln/runtime/logprobs.h"
 
 namespace kiln::server {
@@ -203,7 +204,7 @@ void parse_common(const json& o, ParsedRequest& r) {
     if (const json* u = field(*so, "include_usage")) r.include_usage = boolean(*u, "stream_options.include_usage");
   }
   if (const json* e = field(o, "ignore_eos")) r.ignore_eos = boolean(*e, "ignore_eos");
-  if (const json* m = field(o, "mtp")) r.mtp = static_cast<int>(integer(*m, "mtp", 0, 4));
+  if (const json* m = field(o, "mtp")) r.mtp = static_cast<int>(integer(*m, "mtp", 0, runtime::kMaxDraftPositions));
   refuse_unsupported(o);
   parse_choices_and_logprobs(o, r);
   if (r.max_tokens && *r.max_tokens == 0 && !r.echo) {

@@ -71,7 +71,7 @@ struct ParsedRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;     // kiln extension (as vLLM)
-  std::optional<int> mtp;      // kiln extension: MTP drafts per round for this request
+  std::optional<int> mtp;      // kiln extension: drafts per round for this request (MTP or DSpark; 0: none)
   // Choices per prompt.
   int n = 1;
   // -1: none. Completions: `logprobs` N; chat: `top_logprobs` (0 unless given) once

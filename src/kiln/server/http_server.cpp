@@ -137,7 +137,17 @@ std::shared_ptr<Generation> Server::Impl::start(ParsedRequest req) {
     max_tokens.push_back(mt);
     prompts.push_back(std::move(p));
   }
-  if (req.mtp && *req.mtp > 0 && !engine.has_mtp()) throw ApiError(400, "'mtp': the model has no MTP block", "mtp");
+  if (req.mtp && *req.mtp > 0) {
+    const bool dspark = engine.drafter() == DrafterKind::DSpark;
+    if (!opt.drafting) throw ApiError(400, "'mtp': this server drafts nothing (kiln serve --spec off)", "mtp");
+    if (!engine.has_mtp()) {
+      throw ApiError(400, dspark ? "'mtp': this server runs no DSpark drafter" : "'mtp': the model has no MTP block", "mtp");
+    }
+    if (*req.mtp > engine.max_drafts()) {
+      throw ApiError(400, fmt::format("'mtp' is {}; expected 0..{} drafts per round ({})", *req.mtp, engine.max_drafts(),
+                                      dspark ? "the DSpark block size" : "MTP"), "mtp");
+    }
+  }
   uint64_t seed = 0;
   if (req.seed) {
     seed = *req.seed;

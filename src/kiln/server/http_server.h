@@ -27,6 +27,7 @@ struct ServerOptions {
   int64_t max_context = 4096;               // prompt + generated tokens per request
   int64_t vocab_size = 0;                   // > 0: /v1/models reports it (token-id prompts are < it)
   int default_chat_max_tokens = 1024;       // chat requests without max_tokens (bounded by the context)
+  bool drafting = true;                     // false (kiln serve --spec off): requests may not ask for drafts ('mtp')
   std::chrono::milliseconds heartbeat{1000};  // longest silence on a waiting connection
   // How long an open connection may wait for its (next) request before the server closes
   // it. Also how long stop() can wait for a connection that stays idle: cpp-httplib ends

@@ -45,11 +45,11 @@ std::string render_metrics(const runtime::EngineMetrics& m, const HttpCounters& 
   metric(out, "kiln_engine_steps_total", "counter", "Scheduler steps run.", static_cast<double>(m.steps.load()));
   histogram(out, "kiln_time_to_first_token_seconds", "Time from queueing to the first generated token.", m.ttft);
   histogram(out, "kiln_time_per_output_token_seconds", "Time between consecutive generated tokens of a request.", m.tpot);
-  out += "# HELP kiln_mtp_draft_tokens_total MTP draft tokens proposed, by draft position.\n"
+  out += "# HELP kiln_mtp_draft_tokens_total Draft tokens proposed (MTP or DSpark), by draft position.\n"
          "# TYPE kiln_mtp_draft_tokens_total counter\n";
   for (size_t i = 0; i < m.mtp_proposed.size(); ++i)
     out += fmt::format("kiln_mtp_draft_tokens_total{{position=\"{}\"}} {}\n", i, m.mtp_proposed[i].load());
-  out += "# HELP kiln_mtp_accepted_tokens_total MTP draft tokens accepted, by draft position.\n"
+  out += "# HELP kiln_mtp_accepted_tokens_total Draft tokens accepted (MTP or DSpark), by draft position.\n"
          "# TYPE kiln_mtp_accepted_tokens_total counter\n";
   for (size_t i = 0; i < m.mtp_accepted.size(); ++i)
     out += fmt::format("kiln_mtp_accepted_tokens_total{{position=\"{}\"}} {}\n", i, m.mtp_accepted[i].load());
