@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -157,6 +158,8 @@ TEST_F(DSparkCli, MtpDraftsWithTheDSparkDrafterAndSpecMtpIsAClearError) {
   EXPECT_NE(s.code, 0) << s.text;
   EXPECT_NE(s.text.find("--mtp-out"), std::string::npos) << s.text;
   EXPECT_NE(s.text.find("has a DSpark drafter"), std::string::npos) << s.text;
+  EXPECT_NE(s.text.find("--mtp-out writes a classic MTP block's draft logits"), std::string::npos) << s.text;
+  EXPECT_EQ(s.text.find("does not implement DSpark drafting"), std::string::npos) << s.text;
   // Plain decoding of the same checkpoint is fine (the other tests), and a model without
   // any drafter keeps its old message.
   Out n = kiln_run("generate --model " + q(plain()) + " --tokens 5,7 --mtp 2");
@@ -215,6 +218,114 @@ TEST(DSparkCliBadInput, MissingOrMisshapenDrafterTensorIsNamed) {
     EXPECT_EQ(g.code, 2) << g.text;
     EXPECT_NE(g.text.find(c.expect[0]), std::string::npos) << g.text;
   }
+}
+
+// Broken copies of the oracle fixture (tests/data/fixtures/tiny_dspark/native, written by
+// tools/make_dspark_fixture.py): one shard's header edited in place (a tensor dropped, or
+// given another shape of the same bytes), or config.json edited.
+class BrokenOracleFixture {
+ public:
+  BrokenOracleFixture() : dir_("kiln-dspark-broken") {
+    std::filesystem::copy(kOracle, dir_.path(), std::filesystem::copy_options::recursive);
+  }
+  const std::filesystem::path& path() const { return dir_.path(); }
+  void erase(const std::string& name) {
+    edit_header(name, [&](nlohmann::json& h) { h.erase(name); });
+    const auto index = dir_.path() / "model.safetensors.index.json";
+    auto j = nlohmann::json::parse(read_file(index));
+    j["weight_map"].erase(name);
+    std::ofstream(index) << j.dump();
+  }
+  void reshape(const std::string& name, const std::vector<int64_t>& shape) {
+    edit_header(name, [&](nlohmann::json& h) { h[name]["shape"] = shape; });
+  }
+  void set_config(const std::string& key, const nlohmann::json& value) {
+    const auto path = dir_.path() / "config.json";
+    auto j = nlohmann::json::parse(read_file(path));
+    j[key] = value;
+    std::ofstream(path) << j.dump();
+  }
+
+ private:
+  static inline const std::filesystem::path kOracle = std::filesystem::path(KILN_TEST_DATA_DIR) / "fixtures/tiny_dspark/native";
+  // The safetensors layout: u64 header length (little-endian), the JSON header, the data.
+  void edit_header(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+    const auto index = nlohmann::json::parse(read_file(dir_.path() / "model.safetensors.index.json"));
+    const auto shard = dir_.path() / index["weight_map"][name].get<std::string>();
+    const std::string file = read_file(shard);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(file[static_cast<size_t>(i)]);
+    auto header = nlohmann::json::parse(file.substr(8, n));
+    ASSERT_TRUE(header.contains(name)) << name;
+    edit(header);
+    std::string text = header.dump();
+    text.resize((text.size() + 7) / 8 * 8, ' ');
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((text.size() >> (8 * i)) & 0xFF);
+    std::ofstream(shard, std::ios::binary) << out << text << file.substr(8 + n);
+  }
+  TempDir dir_;
+};
+
+TEST(DSparkCliBadInput, BrokenCopiesOfTheOracleFixtureNameTheTensor) {
+  struct Case {
+    std::string name;
+    std::function<void(BrokenOracleFixture&)> mutate;
+    std::vector<std::string> expect;
+  } cases[] = {
+      {"missing Markov head", [](BrokenOracleFixture& f) { f.erase("mtp.2.markov_head.markov_w1.weight"); },
+       {"mtp.2.markov_head.markov_w1.weight"}},
+      {"missing stage attention", [](BrokenOracleFixture& f) { f.erase("mtp.1.attn.wq_b.weight"); },
+       {"mtp.1.attn.wq_b.weight"}},
+      {"missing hc_head", [](BrokenOracleFixture& f) { f.erase("mtp.2.hc_head_fn"); }, {"mtp.2.hc_head_fn"}},
+      {"misshapen main_proj", [](BrokenOracleFixture& f) { f.reshape("mtp.0.main_proj.weight", {192, 64}); },
+       {"mtp.0.main_proj.weight", "[192, 64]"}},
+      {"misshapen confidence head", [](BrokenOracleFixture& f) { f.reshape("mtp.2.confidence_head.proj.weight", {2, 40}); },
+       {"mtp.2.confidence_head.proj.weight", "[2, 40]"}},
+      {"misshapen Markov w2", [](BrokenOracleFixture& f) { f.reshape("mtp.2.markov_head.markov_w2.weight", {16, 256}); },
+       {"mtp.2.markov_head.markov_w2.weight", "[16, 256]"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    BrokenOracleFixture f;
+    c.mutate(f);
+    Out r = kiln_run("inspect " + q(f.path()));
+    EXPECT_EQ(r.code, 2) << r.text;
+    EXPECT_NE(r.text.find("NOT LOADABLE"), std::string::npos) << r.text;
+    for (const auto& e : c.expect) EXPECT_NE(r.text.find(e), std::string::npos) << e << "\n" << r.text;
+    // Plain decoding and DSpark drafting both refuse it before running, naming the tensor.
+    for (const char* spec : {"", " --spec dspark --mtp 3"}) {
+      Out g = kiln_run("generate --device cpu --model " + q(f.path()) + " --tokens 5,7 --max-tokens 2" + spec);
+      EXPECT_EQ(g.code, 2) << spec << "\n" << g.text;
+      for (const auto& e : c.expect) EXPECT_NE(g.text.find(e), std::string::npos) << spec << " " << e << "\n" << g.text;
+    }
+  }
+}
+
+TEST(DSparkCliBadInput, DraftCountsBeyondTheBlockAreNamed) {
+  const std::string model = q(std::filesystem::path(KILN_TEST_DATA_DIR) / "fixtures/tiny_dspark/native");
+  const std::string run = "generate --device cpu --model " + model + " --tokens 5,7 --max-tokens 2 ";
+  struct Case {
+    std::string args, want;
+  } cases[] = {
+      {"--spec dspark --mtp 6", "--mtp 6: expected 1..5 draft tokens per round (the DSpark block size)"},
+      {"--mtp 0", "--mtp 0: expected 1..5 draft tokens per round (the DSpark block size)"},
+      {"--spec off --mtp 2", "--mtp 2: --spec off drafts nothing"},
+      {"--spec eagle --mtp 2", "--spec eagle: expected dspark, mtp or off"},
+  };
+  for (const auto& c : cases) {
+    Out r = kiln_run(run + c.args);
+    EXPECT_NE(r.code, 0) << c.args << "\n" << r.text;
+    EXPECT_NE(r.text.find(c.want), std::string::npos) << c.args << "\n" << r.text;
+  }
+  // A block larger than kiln drafts: plain decoding runs, drafting is refused naming the key.
+  BrokenOracleFixture f;
+  f.set_config("dspark_block_size", 6);
+  Out plain = kiln_run("generate --device cpu --model " + q(f.path()) + " --tokens 5,7 --max-tokens 2");
+  EXPECT_EQ(plain.code, 0) << plain.text;
+  Out r = kiln_run("generate --device cpu --model " + q(f.path()) + " --tokens 5,7 --max-tokens 2 --spec dspark");
+  EXPECT_EQ(r.code, 2) << r.text;
+  EXPECT_NE(r.text.find("dspark_block_size is 6; kiln's DSpark drafting takes blocks of up to 5"), std::string::npos) << r.text;
 }
 
 // A header-exact replica of DeepSeek-V4-Flash-0731 (dspark.md 1.4 and section 2): its
