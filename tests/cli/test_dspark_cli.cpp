@@ -174,12 +174,30 @@ TEST_F(DSparkCli, QuantizeRefusesToDropTheDrafter) {
   EXPECT_NE(r.text.find("silently drops it"), std::string::npos) << r.text;
 }
 
+// A checkpoint made bad by `mutate`: every string of `expect` is in the error.
+template <class Checkpoint>
+struct BadCase {
+  std::string name;
+  std::function<void(Checkpoint&)> mutate;
+  std::vector<std::string> expect;
+};
+
+// inspect says NOT LOADABLE, and generate (plain, and drafting with --spec dspark) exits 2
+// before running; each names every string of `expect`.
+void expect_refused_naming(const std::filesystem::path& dir, const std::vector<std::string>& expect) {
+  Out r = kiln_run("inspect " + q(dir));
+  EXPECT_EQ(r.code, 2) << r.text;
+  EXPECT_NE(r.text.find("NOT LOADABLE"), std::string::npos) << r.text;
+  for (const auto& e : expect) EXPECT_NE(r.text.find(e), std::string::npos) << e << "\n" << r.text;
+  for (const char* spec : {"", " --spec dspark --mtp 3"}) {
+    Out g = kiln_run("generate --device cpu --model " + q(dir) + " --tokens 5,7 --max-tokens 2" + spec);
+    EXPECT_EQ(g.code, 2) << spec << "\n" << g.text;
+    for (const auto& e : expect) EXPECT_NE(g.text.find(e), std::string::npos) << spec << " " << e << "\n" << g.text;
+  }
+}
+
 TEST(DSparkCliBadInput, MissingOrMisshapenDrafterTensorIsNamed) {
-  struct Case {
-    std::string name;
-    std::function<void(ArtifactSpec&)> mutate;
-    std::vector<std::string> expect;
-  } cases[] = {
+  const BadCase<ArtifactSpec> cases[] = {
       {"missing",
        [](ArtifactSpec& s) {
          s.erase("mtp.1.attn.wq_b.weight");
@@ -210,13 +228,7 @@ TEST(DSparkCliBadInput, MissingOrMisshapenDrafterTensorIsNamed) {
     c.mutate(spec);
     TempDir d;
     kiln::test::write_spec(spec, d.path());
-    Out r = kiln_run("inspect " + q(d.path()));
-    EXPECT_EQ(r.code, 2) << r.text;
-    EXPECT_NE(r.text.find("NOT LOADABLE"), std::string::npos) << r.text;
-    for (const auto& e : c.expect) EXPECT_NE(r.text.find(e), std::string::npos) << e << "\n" << r.text;
-    Out g = kiln_run("generate --model " + q(d.path()) + " --tokens 5,7 --max-tokens 2");
-    EXPECT_EQ(g.code, 2) << g.text;
-    EXPECT_NE(g.text.find(c.expect[0]), std::string::npos) << g.text;
+    expect_refused_naming(d.path(), c.expect);
   }
 }
 
@@ -268,11 +280,7 @@ class BrokenOracleFixture {
 };
 
 TEST(DSparkCliBadInput, BrokenCopiesOfTheOracleFixtureNameTheTensor) {
-  struct Case {
-    std::string name;
-    std::function<void(BrokenOracleFixture&)> mutate;
-    std::vector<std::string> expect;
-  } cases[] = {
+  const BadCase<BrokenOracleFixture> cases[] = {
       {"missing Markov head", [](BrokenOracleFixture& f) { f.erase("mtp.2.markov_head.markov_w1.weight"); },
        {"mtp.2.markov_head.markov_w1.weight"}},
       {"missing stage attention", [](BrokenOracleFixture& f) { f.erase("mtp.1.attn.wq_b.weight"); },
@@ -289,16 +297,7 @@ TEST(DSparkCliBadInput, BrokenCopiesOfTheOracleFixtureNameTheTensor) {
     SCOPED_TRACE(c.name);
     BrokenOracleFixture f;
     c.mutate(f);
-    Out r = kiln_run("inspect " + q(f.path()));
-    EXPECT_EQ(r.code, 2) << r.text;
-    EXPECT_NE(r.text.find("NOT LOADABLE"), std::string::npos) << r.text;
-    for (const auto& e : c.expect) EXPECT_NE(r.text.find(e), std::string::npos) << e << "\n" << r.text;
-    // Plain decoding and DSpark drafting both refuse it before running, naming the tensor.
-    for (const char* spec : {"", " --spec dspark --mtp 3"}) {
-      Out g = kiln_run("generate --device cpu --model " + q(f.path()) + " --tokens 5,7 --max-tokens 2" + spec);
-      EXPECT_EQ(g.code, 2) << spec << "\n" << g.text;
-      for (const auto& e : c.expect) EXPECT_NE(g.text.find(e), std::string::npos) << spec << " " << e << "\n" << g.text;
-    }
+    expect_refused_naming(f.path(), c.expect);
   }
 }
 
