@@ -295,6 +295,17 @@ std::vector<Item> plan_items(const Plan& plan, const ModelConfig& cfg, const Rec
   return items;
 }
 
+// Tensors and bytes the items write.
+std::pair<size_t, uint64_t> totals(const std::vector<Item>& items) {
+  size_t tensors = 0;
+  uint64_t bytes = 0;
+  for (const auto& it : items) {
+    tensors += it.outs.size();
+    bytes += it.bytes();
+  }
+  return {tensors, bytes};
+}
+
 // Shards: the main model filled up to the size limit, then the MTP block on its own.
 // Sets every item's shard; returns the number of shards.
 int assign_shards(std::vector<Item>& items, uint64_t max_shard) {
@@ -441,12 +452,7 @@ void write_artifact(const Checkpoint& ckpt, const Plan& plan, const std::vector<
     return num_shards == 1 ? std::string("model.safetensors")
                            : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, num_shards);
   };
-  size_t total_tensors = 0;
-  uint64_t total_bytes = 0;
-  for (const auto& it : items) {
-    total_tensors += it.outs.size();
-    total_bytes += it.bytes();
-  }
+  const auto [total_tensors, total_bytes] = totals(items);
   const bool tty = &run.err == &std::cerr && ::isatty(STDERR_FILENO);
   Progress progress(run.err, tty, total_tensors, total_bytes);
   Nvfp4Globals globals(ckpt, plan, o);
@@ -514,12 +520,7 @@ void write_artifact(const Checkpoint& ckpt, const Plan& plan, const std::vector<
 void print_report(const Run& run, const ModelConfig& cfg, const Plan& plan, const std::vector<Item>& items,
                   int num_shards, const Summary& sum, double secs) {
   const QuantizeOptions& o = run.opt;
-  size_t total_tensors = 0;
-  uint64_t total_bytes = 0;
-  for (const auto& it : items) {
-    total_tensors += it.outs.size();
-    total_bytes += it.bytes();
-  }
+  const auto [total_tensors, total_bytes] = totals(items);
   auto& out = run.out;
   out << fmt::format("kiln quantize: recipe {}\n", run.recipe.name);
   out << fmt::format("source      {} ({} config, {} shard(s), {} linear modules, {})\n", o.model.string(),

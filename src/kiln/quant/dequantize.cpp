@@ -10,10 +10,10 @@
 namespace kiln::quant {
 namespace {
 
-template <typename T>
-T load(const std::byte* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
+// A little-endian 32-bit word at p (packed int4 codes and zero points, g_idx entries).
+uint32_t word_at(const std::byte* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
   return v;
 }
 
@@ -41,7 +41,7 @@ std::vector<float> dequantize(const HostQuantLinear& m, int threads) {
           for (int64_t c = 0; c < k; ++c) {
             const int64_t at = (r / m.block_n) * scols + c / m.block_k;
             const float scale = decode_scale(m.scale_dtype, s + static_cast<size_t>(at) * es);
-            w[r * k + c] = e4m3_to_f32(load<uint8_t>(q + r * k + c)) * scale;
+            w[r * k + c] = e4m3_to_f32(static_cast<uint8_t>(q[r * k + c])) * scale;
           }
         }
       };
@@ -67,13 +67,13 @@ std::vector<float> dequantize(const HostQuantLinear& m, int threads) {
         const bool zp = !m.zero_point.empty(), act_order = !m.g_idx.empty();
         for (int64_t r = r0; r < r1; ++r) {
           for (int64_t c = 0; c < k; ++c) {
-            const uint32_t word = load<uint32_t>(q + 4 * (r * words + c / 8));
+            const uint32_t word = word_at(q + 4 * (r * words + c / 8));
             const int u = static_cast<int>((word >> (4 * (c % 8))) & 0xF);
-            const int64_t grp = act_order ? load<int32_t>(m.g_idx.data + 4 * c) : c / g;
+            const int64_t grp = act_order ? static_cast<int32_t>(word_at(m.g_idx.data + 4 * c)) : c / g;
             if (grp < 0 || grp >= groups) fail_invalid("{}: g_idx[{}] = {} is outside [0, {})", m.name, c, grp, groups);
             int z = 8;
             if (zp) {
-              const uint32_t zw = load<uint32_t>(m.zero_point.data + 4 * ((r / 8) * groups + grp));
+              const uint32_t zw = word_at(m.zero_point.data + 4 * ((r / 8) * groups + grp));
               z = static_cast<int>((zw >> (4 * (r % 8))) & 0xF);
             }
             w[r * k + c] = static_cast<float>(u - z) * decode_scale(m.scale_dtype, s + static_cast<size_t>(r * groups + grp) * es);
