@@ -20,21 +20,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/rope_params.h"
 #include "kiln/core/scoring.h"
 
 namespace kiln {
 
 enum class AttnKind { SWA, CSA, HCA };  // compress ratio 0 / 4-like (indexer) / 128-like
 std::string_view attn_kind_name(AttnKind k);
-
-struct RopeParams {
-  double theta = 10000.0;
-  bool yarn = false;
-  double factor = 1.0;
-  int64_t original_max_position = 0;
-  double beta_fast = 32.0;
-  double beta_slow = 1.0;
-};
 
 enum class ConfigForm { DeepSeek, Transformers };
 

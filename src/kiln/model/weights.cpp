@@ -319,13 +319,8 @@ Block block(const Binder& b, const ModelConfig& cfg, const std::string& p, int64
 
 ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p) {
   ops::cpu::RopeSpec s;
+  static_cast<RopeParams&>(s) = p;
   s.dim = c.rope_head_dim;
-  s.theta = p.theta;
-  s.yarn = p.yarn;
-  s.factor = p.factor;
-  s.original_max_position = p.original_max_position;
-  s.beta_fast = p.beta_fast;
-  s.beta_slow = p.beta_slow;
   return s;
 }
 

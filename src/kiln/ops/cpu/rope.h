@@ -16,16 +16,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "kiln/core/rope_params.h"
+
 namespace kiln::ops::cpu {
 
-struct RopeSpec {
+// A rope's parameters (core/rope_params.h) and the channels it rotates.
+struct RopeSpec : RopeParams {
   int64_t dim = 0;  // rotated channels (even)
-  double theta = 10000.0;
-  bool yarn = false;
-  double factor = 1.0;
-  int64_t original_max_position = 0;
-  double beta_fast = 32.0;
-  double beta_slow = 1.0;
 };
 
 std::vector<float> rope_inv_freq(const RopeSpec& spec);
