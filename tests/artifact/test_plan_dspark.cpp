@@ -106,7 +106,7 @@ TEST(PlanDSpark, ReportTextAndJsonDescribeTheDrafter) {
   for (const char* want : {"4 layers + DSpark drafter (3 stages)", "MTP         none: num_nextn_predict_layers (1)",
                            "drafter     DSpark: 3 sliding-window stages (mtp.0-2), block 5, targets [1, 2, 3], "
                            "Markov rank 32, noise token 255",
-                           "found mtp.0-2:", "confidence head yes; not loaded", "DSpark routed experts",
+                           "found mtp.0-2:", "confidence head yes; loaded: drafts on the CPU backend", "DSpark routed experts",
                            "verdict: loadable"}) {
     EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
   }
@@ -115,7 +115,7 @@ TEST(PlanDSpark, ReportTextAndJsonDescribeTheDrafter) {
   EXPECT_EQ(d["kind"], "dspark");
   EXPECT_EQ(d["stages"], 3);
   EXPECT_EQ(d["found"], nlohmann::json::array({0, 1, 2}));
-  EXPECT_EQ(d["loaded"], false);
+  EXPECT_EQ(d["loaded"], true);
   EXPECT_EQ(d["block_size"], 5);
   EXPECT_EQ(d["noise_token_id"], 255);
   EXPECT_EQ(d["target_layer_ids"], nlohmann::json::array({1, 2, 3}));

@@ -79,7 +79,7 @@ TEST_F(DSparkCli, InspectReportsTheDrafterAndLoadable) {
   Out r = kiln_run("inspect " + q(dspark()));
   ASSERT_EQ(r.code, 0) << r.text;
   for (const char* want : {"4 layers + DSpark drafter (3 stages)", "drafter     DSpark: 3 sliding-window stages (mtp.0-2)",
-                           "block 5", "confidence head yes; not loaded", "DSpark main_proj", "DSpark routed experts",
+                           "block 5", "confidence head yes; loaded: drafts on the CPU backend", "DSpark main_proj", "DSpark routed experts",
                            "unused tensors (0)", "missing tensors (0)", "verdict: loadable"}) {
     EXPECT_NE(r.text.find(want), std::string::npos) << want << "\n" << r.text;
   }
@@ -89,7 +89,7 @@ TEST_F(DSparkCli, InspectReportsTheDrafterAndLoadable) {
   EXPECT_EQ(js["loadable"], true);
   EXPECT_EQ(js["drafter"]["kind"], "dspark");
   EXPECT_EQ(js["drafter"]["stages"], 3);
-  EXPECT_EQ(js["drafter"]["loaded"], false);
+  EXPECT_EQ(js["drafter"]["loaded"], true);
   EXPECT_TRUE(js["unused"].empty());
   Out p = kiln_run("inspect --json " + q(plain()));
   ASSERT_EQ(p.code, 0) << p.text;
@@ -377,7 +377,7 @@ TEST(DSparkCliReplica, Flash0731HeaderReplicaIsLoadableWithTheDrafterReported) {
   EXPECT_EQ(dr["confidence_head"], true);
   EXPECT_EQ(dr["tensors"], 4705);
   EXPECT_NEAR(dr["bytes"].get<double>() / 1e9, 10.863, 0.001);
-  EXPECT_EQ(dr["loaded"], false);
+  EXPECT_EQ(dr["loaded"], true);
   std::map<std::string, std::string> dspark_schemes;
   for (const auto& g : j["groups"]) {
     if (g["part"] == "dspark") dspark_schemes[g["label"]] = g["scheme"];

@@ -52,7 +52,7 @@ struct GroupRow {
 
 // A DSpark drafter that config.json declares: its tensors matched, shapes checked and
 // schemes detected like the main model's, but kept apart from `linears` / `tensors`:
-// nothing loads it (kiln does not run DSpark drafting yet).
+// model/dspark_weights.cpp loads it when the CPU backend drafts with it.
 struct PlannedDSpark {
   std::vector<int> stages_found;  // mtp.N indices with tensors on disk
   std::vector<PlannedLinear> linears;

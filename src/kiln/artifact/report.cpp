@@ -62,6 +62,11 @@ std::string drafter_summary(const ModelConfig& c) {
 }
 
 // The DSpark drafter's report lines (text).
+// Whether kiln loads the drafter and drafts with it (on the CPU backend): every stage found.
+bool dspark_loaded(const Plan& p) {
+  return p.dspark && static_cast<int64_t>(p.dspark->stages_found.size()) == p.config.dspark->stages;
+}
+
 std::string dspark_lines(const Plan& p) {
   const DSparkConfig& d = *p.config.dspark;
   std::string out = fmt::format(
@@ -71,12 +76,12 @@ std::string dspark_lines(const Plan& p) {
       d.markov_rank, d.noise_token_id);
   const PlannedDSpark& pd = *p.dspark;
   if (pd.stages_found.empty()) {
-    out += "            found none; not loaded (kiln does not run DSpark drafting yet)\n";
+    out += "            found none; not loaded (plain decoding only)\n";
   } else {
-    out += fmt::format("            found {}: {} tensors, {}, confidence head {}; not loaded (kiln does not run DSpark "
-                       "drafting yet)\n",
-                       stage_list(pd.stages_found), pd.num_tensors, format_bytes(pd.bytes),
-                       pd.confidence_head ? "yes" : "no");
+    out += fmt::format("            found {}: {} tensors, {}, confidence head {}; {}\n", stage_list(pd.stages_found),
+                       pd.num_tensors, format_bytes(pd.bytes), pd.confidence_head ? "yes" : "no",
+                       dspark_loaded(p) ? "loaded: drafts on the CPU backend (--spec dspark)"
+                                        : "not loaded (stages missing; plain decoding only)");
   }
   return out;
 }
@@ -111,7 +116,7 @@ nlohmann::json drafter_json(const Plan& p) {
   for (int64_t s = 0; s < d.stages; ++s) ratios.push_back(c.compress_ratio(c.dspark_layer(s)));
   j["stages"] = d.stages;
   j["found"] = pd.stages_found;
-  j["loaded"] = false;
+  j["loaded"] = dspark_loaded(p);
   j["block_size"] = d.block_size;
   j["noise_token_id"] = d.noise_token_id;
   j["target_layer_ids"] = d.target_layer_ids;
