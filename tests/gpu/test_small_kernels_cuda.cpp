@@ -1,18 +1,17 @@
-// The small CUDA kernels of the GPU forward (rope, RMS norm, mHC, MoE routing / SwiGLU /
-// combine, embeddings, argmax) against the CPU reference on random inputs with fixed
-// seeds, odd sizes and several rows. Where the kernel repeats the CPU's exact sequence of
-// roundings (rope, hc_post, the MoE combine, gathers) the comparison is bitwise; where a
-// long sum is reassociated (norms, mHC mixes, the routing softmax) or expf/log1pf differ
-// from libm by an ulp (sigmoid, softplus, silu), the tolerance is relative, ~1e-5. Routing
-// indices and argmax indices must be exact, including exact ties (to the lowest id), for
-// every score function. Outputs are poisoned (NaN / -1) first so an unwritten element fails.
+// The small CUDA kernels of the GPU forward (rope, RMS norm, mHC, argmax) against the CPU
+// reference on random inputs with fixed seeds, odd sizes and several rows, and the
+// launchers' shape checks. Where the kernel repeats the CPU's exact sequence of roundings
+// (rope, hc_post) the comparison is bitwise; where a long sum is reassociated (norms, mHC
+// mixes) the tolerance is relative, ~1e-5. Argmax indices must be exact, including exact
+// ties (to the lowest id) and NaNs (never chosen). Outputs are poisoned (NaN / -1) first so
+// an unwritten element fails. The op harness (tests/ops_harness) runs every op, these
+// included, against ops/cpu over more sizes and every weight scheme.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,7 +20,6 @@
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/norm.h"
 #include "kiln/ops/cpu/rope.h"
-#include "kiln/ops/cpu/vec.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/elementwise.h"
 #include "kiln/ops/cuda/hyper_connection.h"
@@ -238,213 +236,11 @@ TEST(CudaSmallKernels, HcHeadMatchesCpu) {
 
 // ---- MoE --------------------------------------------------------------------------------
 
-// ops/cpu/moe_route.h restated: scores by the score function (softmax: exp(x - max) / sum
-// in expert order), hash experts or the top-K of score + bias with ties to the lowest id,
-// weights renormalised (sqrtsoftplus, sigmoid) or the softmax probabilities as they are,
-// times routed_scaling.
-void route_cpu(ScoringFunc f, const std::vector<float>& logits, int64_t ldl, int R, int E, int K, const float* bias,
-               const std::vector<int32_t>* tid2eid, const std::vector<int32_t>& tok, float rsf, std::vector<int32_t>& idx,
-               std::vector<float>& wt) {
-  idx.assign(static_cast<size_t>(R * K), -1);
-  wt.assign(static_cast<size_t>(R * K), 0.0f);
-  std::vector<float> s(static_cast<size_t>(E)), biased(static_cast<size_t>(E));
-  std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int r = 0; r < R; ++r) {
-    const float* lr = logits.data() + r * ldl;
-    if (f == ScoringFunc::Softmax) {
-      const float m = *std::max_element(lr, lr + E);
-      float sum = 0.0f;
-      for (int e = 0; e < E; ++e) sum += s[static_cast<size_t>(e)] = std::exp(lr[e] - m);
-      for (float& v : s) v /= sum;
-    } else {
-      for (int e = 0; e < E; ++e) {
-        s[static_cast<size_t>(e)] = f == ScoringFunc::Sigmoid ? cpu::sigmoid(lr[e]) : std::sqrt(cpu::softplus(lr[e]));
-      }
-    }
-    int32_t* it = idx.data() + r * K;
-    if (tid2eid != nullptr) {
-      for (int k = 0; k < K; ++k) it[k] = (*tid2eid)[static_cast<size_t>(tok[static_cast<size_t>(r)] * K + k)];
-    } else {
-      for (int e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = s[static_cast<size_t>(e)] + bias[e];
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
-        const float va = biased[static_cast<size_t>(a)], vb = biased[static_cast<size_t>(b)];
-        return va > vb || (va == vb && a < b);
-      });
-      std::copy(order.begin(), order.begin() + K, it);
-    }
-    float sum = 0.0f;
-    for (int k = 0; k < K; ++k) sum += s[static_cast<size_t>(it[k])];
-    sum += 1e-20f;
-    for (int k = 0; k < K; ++k) {
-      const float v = s[static_cast<size_t>(it[k])];
-      wt[static_cast<size_t>(r * K + k)] = (f == ScoringFunc::Softmax ? v : v / sum) * rsf;
-    }
-  }
-}
+// Routing, SwiGLU and the combine, and the embedding gathers and the MTP broadcast add,
+// are compared with their ops/cpu / model::CpuOps functions by the op harness
+// (tests/ops_harness: moe_route, swiglu, moe_combine, embed, add_broadcast_streams).
 
-constexpr ScoringFunc kScoringFuncs[] = {ScoringFunc::SqrtSoftplus, ScoringFunc::Softmax, ScoringFunc::Sigmoid};
-
-TEST(CudaSmallKernels, MoeRouteScoreMatchesCpuWithTies) {
-  struct Case { int E, K, R; int64_t ldl; };
-  for (const ScoringFunc f : kScoringFuncs) {
-    for (const Case c : {Case{384, 8, 9, 384}, Case{257, 6, 5, 260}, Case{8, 8, 2, 8}}) {
-      const std::string what = "moe_route " + std::string(scoring_func_name(f)) + " E " + std::to_string(c.E) + " K " +
-                                std::to_string(c.K);
-      std::vector<float> logits = uniform(static_cast<size_t>(c.R * c.ldl), -4.0f, 4.0f, 61 + c.E);
-      std::vector<float> bias = uniform(static_cast<size_t>(c.E), -0.2f, 0.2f, 62);
-      // Row 0: every expert scores the same and bias is equal on a stretch -> an exact tie
-      // resolved to the lowest ids. Row 1: three experts share the exact best biased score.
-      for (int e = 0; e < c.E; ++e) logits[static_cast<size_t>(e)] = 0.3f;
-      for (int e = 0; e < c.E; e += 2) bias[static_cast<size_t>(e)] = 0.25f;  // even ids tie above odd ones
-      if (c.E > 200) {
-        for (int e : {6, 200, 18}) {  // even ids: bias 0.25 already, row 0 unchanged
-          logits[static_cast<size_t>(c.ldl + e)] = 9.0f;
-          bias[static_cast<size_t>(e)] = 0.25f;
-        }
-      }
-      if (c.R > 2) logits[static_cast<size_t>(2 * c.ldl + 3)] = 25.0f;  // softplus' x > 20 branch
-      std::vector<int32_t> want_idx;
-      std::vector<float> want_wt;
-      const float rsf = 2.5f;
-      route_cpu(f, logits, c.ldl, c.R, c.E, c.K, bias.data(), nullptr, {}, rsf, want_idx, want_wt);
-      if (c.E >= 16) {  // the tie rows resolve as intended (guards the oracle, too)
-        for (int k = 0; k < c.K; ++k) EXPECT_EQ(want_idx[static_cast<size_t>(k)], 2 * k) << what;
-      }
-      if (c.E > 200) {
-        EXPECT_EQ(want_idx[static_cast<size_t>(c.K)], 6);
-        EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 1)], 18);
-        EXPECT_EQ(want_idx[static_cast<size_t>(c.K + 2)], 200);
-      }
-      DevRows rows(std::vector<int32_t>(static_cast<size_t>(c.R), 0), std::vector<int32_t>(static_cast<size_t>(c.R), 0));
-      Dev<float> dl(logits), db(bias), dwt(want_wt.size());
-      Dev<int32_t> didx(want_idx.size());
-      cuda::moe_route(rows.rows(), f, dl.get(), c.ldl, c.E, c.K, db.get(), nullptr, rsf, didx.get(), dwt.get(), nullptr);
-      EXPECT_EQ(didx.host(), want_idx) << what;
-      expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
-    }
-  }
-}
-
-TEST(CudaSmallKernels, MoeRouteHashMatchesCpu) {
-  const int E = 384, K = 6, R = 7, vocab = 50;
-  const int64_t ldl = 390;
-  const std::vector<float> logits = uniform(static_cast<size_t>(R * ldl), -4.0f, 4.0f, 71);
-  std::vector<int32_t> tid2eid(static_cast<size_t>(vocab * K));
-  std::mt19937 g(72);
-  for (int32_t& e : tid2eid) e = static_cast<int32_t>(g() % E);
-  const std::vector<int32_t> tok = {3, 49, 0, 17, 3, 25, 8};
-  for (const ScoringFunc f : kScoringFuncs) {
-    const std::string what = "hash " + std::string(scoring_func_name(f));
-    std::vector<int32_t> want_idx;
-    std::vector<float> want_wt;
-    route_cpu(f, logits, ldl, R, E, K, nullptr, &tid2eid, tok, 1.5f, want_idx, want_wt);
-    DevRows rows(tok, std::vector<int32_t>(static_cast<size_t>(R), 0));
-    Dev<float> dl(logits), dwt(want_wt.size());
-    Dev<int32_t> dt(tid2eid), didx(want_idx.size());
-    cuda::moe_route(rows.rows(), f, dl.get(), ldl, E, K, nullptr, dt.get(), 1.5f, didx.get(), dwt.get(), nullptr);
-    EXPECT_EQ(didx.host(), want_idx) << what;
-    expect_close(dwt.host(), want_wt, 1e-5f, what + " weights");
-  }
-}
-
-TEST(CudaSmallKernels, SwigluMatchesCpu) {
-  const int rows = 5, I = 1003;
-  const int64_t ld = 1010, ldo = 1007;
-  const std::vector<float> g = uniform(static_cast<size_t>(rows * ld), -12.0f, 12.0f, 81);
-  const std::vector<float> u = uniform(static_cast<size_t>(rows * ld), -12.0f, 12.0f, 82);
-  for (float limit : {7.0f, 0.0f}) {
-    for (bool alias : {false, true}) {
-      const std::string what = "swiglu limit " + std::to_string(limit) + (alias ? " in place" : "");
-      const int64_t lo = alias ? ld : ldo;
-      std::vector<float> want, got;
-      for (int r = 0; r < rows; ++r) {
-        for (int c = 0; c < I; ++c) {  // forward.cpp expert_ffn
-          float gv = g[static_cast<size_t>(r * ld + c)], uv = u[static_cast<size_t>(r * ld + c)];
-          if (limit > 0.0f) {
-            gv = std::min(gv, limit);
-            uv = std::clamp(uv, -limit, limit);
-          }
-          want.push_back(cpu::silu(gv) * uv);
-        }
-      }
-      Dev<float> dg(g), du(u), dout(static_cast<size_t>(rows * ldo));
-      float* out = alias ? dg.get() : dout.get();
-      cuda::swiglu(dg.get(), du.get(), ld, rows, I, limit, out, lo, nullptr);
-      const std::vector<float> h = alias ? dg.host() : dout.host();
-      for (int r = 0; r < rows; ++r) got.insert(got.end(), h.begin() + r * lo, h.begin() + r * lo + I);
-      expect_close(got, want, 1e-5f, what);
-    }
-  }
-}
-
-TEST(CudaSmallKernels, MoeCombineMatchesCpuBitwise) {
-  const int R = 4, K = 6, H = 301, E = 40;
-  const int64_t ldy = 310;
-  const std::vector<float> y = uniform(static_cast<size_t>(R * K * ldy), -3.0f, 3.0f, 91);
-  const std::vector<float> wt = uniform(static_cast<size_t>(R * K), 0.0f, 1.0f, 92);
-  const std::vector<float> shared = uniform(static_cast<size_t>(R * H), -1.0f, 1.0f, 93);
-  // unsorted ids; row 2 repeats an expert (hash routing may): equal ids add in k order
-  const std::vector<int32_t> idx = {7, 3, 39, 0, 12, 5, 1, 2, 3, 4, 5, 6, 30, 9, 30, 1, 9, 0, 20, 19, 18, 17, 16, 15};
-  for (bool with_shared : {false, true}) {
-    // forward.cpp Impl::moe: a zeroed row, experts in ascending id, each adding y * w
-    std::vector<float> want(static_cast<size_t>(R * H), 0.0f);
-    for (int e = 0; e < E; ++e) {
-      for (int r = 0; r < R; ++r) {
-        for (int k = 0; k < K; ++k) {
-          if (idx[static_cast<size_t>(r * K + k)] != e) continue;
-          const float w = wt[static_cast<size_t>(r * K + k)];
-          for (int d = 0; d < H; ++d) want[static_cast<size_t>(r * H + d)] += y[static_cast<size_t>((r * K + k) * ldy + d)] * w;
-        }
-      }
-    }
-    if (with_shared) {
-      for (size_t i = 0; i < want.size(); ++i) want[i] += shared[i];
-    }
-    Dev<float> dy(y), dwt(wt), dsh(shared), dout(want.size());
-    Dev<int32_t> didx(idx);
-    cuda::moe_combine(dy.get(), ldy, didx.get(), dwt.get(), R, K, H, with_shared ? dsh.get() : nullptr, dout.get(),
-                      nullptr);
-    expect_close(dout.host(), want, 0.0f, with_shared ? "moe_combine + shared" : "moe_combine");
-  }
-}
-
-// ---- elementwise ------------------------------------------------------------------------
-
-TEST(CudaSmallKernels, EmbeddingsAndBroadcastAddAreExact) {
-  const int vocab = 37, H = 130, n = 4;
-  const std::vector<float> embed = uniform(static_cast<size_t>(vocab * H), -1.0f, 1.0f, 101);
-  const std::vector<int32_t> tok = {36, 0, 5, 5, 17};
-  const int R = static_cast<int>(tok.size());
-  DevRows rows(tok, std::vector<int32_t>(tok.size(), 0));
-  Dev<float> de(embed), dX(static_cast<size_t>(R * n * H)), drow(static_cast<size_t>(R * H));
-  cuda::embed_streams(rows.rows(), de.get(), H, n, dX.get(), nullptr);
-  cuda::embed_rows(rows.rows(), de.get(), H, drow.get(), nullptr);
-  std::vector<float> want_X, want_row;
-  for (int r = 0; r < R; ++r) {
-    const auto b = embed.begin() + tok[static_cast<size_t>(r)] * H;
-    want_row.insert(want_row.end(), b, b + H);
-    for (int i = 0; i < n; ++i) want_X.insert(want_X.end(), b, b + H);
-  }
-  expect_close(dX.host(), want_X, 0.0f, "embed_streams");
-  expect_close(drow.host(), want_row, 0.0f, "embed_rows");
-
-  const std::vector<float> ep = uniform(static_cast<size_t>(R * H), -1.0f, 1.0f, 102);
-  const std::vector<float> hp = uniform(static_cast<size_t>(R * n * H), -1.0f, 1.0f, 103);
-  std::vector<float> want(hp.size());
-  for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < n; ++i) {
-      for (int d = 0; d < H; ++d) {
-        want[static_cast<size_t>((r * n + i) * H + d)] = ep[static_cast<size_t>(r * H + d)] + hp[static_cast<size_t>((r * n + i) * H + d)];
-      }
-    }
-  }
-  Dev<float> dep(ep), dhp(hp), dout(hp.size());
-  cuda::add_broadcast_streams(dep.get(), dhp.get(), R, n, H, dout.get(), nullptr);
-  expect_close(dout.host(), want, 0.0f, "add_broadcast_streams");
-  cuda::add_broadcast_streams(dep.get(), dhp.get(), R, n, H, dhp.get(), nullptr);  // X aliasing hp
-  expect_close(dhp.host(), want, 0.0f, "add_broadcast_streams in place");
-}
+// ---- argmax -----------------------------------------------------------------------------
 
 TEST(CudaSmallKernels, ArgmaxRowsTiesToLowestAndSkipsNaN) {
   const int V = 160007, R = 7;
