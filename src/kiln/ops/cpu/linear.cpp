@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kiln/ops/cpu/linear_kernels.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "kiln/ops/cpu/vec.h"
 
@@ -39,7 +40,7 @@ inline void dot2(const float* x, const float* w0, const float* w1, int64_t n, fl
 }
 
 // Output rows [o0, o1) for all T tokens. Rows are walked in tiles small enough to stay in
-// cache while every token passes over them.
+// cache while every token passes over them (at least 4 rows: the AVX-512 kernel's block).
 void linear_rows(const float* x, int64_t ldx, int64_t T, const float* w, int64_t in, float* y, int64_t ldy,
                  int64_t o0, int64_t o1) {
   const int64_t tile = linear_tile_rows(in);
@@ -52,17 +53,46 @@ void linear_rows(const float* x, int64_t ldx, int64_t T, const float* w, int64_t
 }  // namespace
 
 int64_t linear_tile_rows(int64_t in) {
-  return std::max<int64_t>(2, (int64_t{16} * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(in, 1)) & ~int64_t{1};
+  return std::max<int64_t>(4, (int64_t{16} * 1024 / static_cast<int64_t>(sizeof(float))) / std::max<int64_t>(in, 1)) & ~int64_t{3};
 }
 
-void linear_tile(const float* x, int64_t ldx, int64_t T, const float* w, int64_t rows, int64_t in, float* y,
-                 int64_t ldy) {
+void linear_tile_portable(const float* x, int64_t ldx, int64_t T, const float* w, int64_t rows, int64_t in, float* y,
+                          int64_t ldy) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xt = x + t * ldx;
     float* yt = y + t * ldy;
     int64_t o = 0;
     for (; o + 2 <= rows; o += 2) dot2(xt, w + o * in, w + (o + 1) * in, in, yt[o], yt[o + 1]);
     if (o < rows) yt[o] = dot(xt, w + o * in, in);
+  }
+}
+
+LinearTileFn linear_tile_kernel() {
+  static const LinearTileFn k = [] {
+    if (LinearTileFn f = linear_tile_avx512()) return f;
+    return &linear_tile_portable;
+  }();
+  return k;
+}
+
+void linear_tile(const float* x, int64_t ldx, int64_t T, const float* w, int64_t rows, int64_t in, float* y,
+                 int64_t ldy) {
+  linear_tile_kernel()(x, ldx, T, w, rows, in, y, ldy);
+}
+
+__attribute__((noinline)) void linear_finish(const float* acc, int mt, int mr, const float* x, int64_t ldx,
+                                             const float* w, int64_t in, int64_t i0, float* y, int64_t ldy) {
+  for (int t = 0; t < mt; ++t) {
+    const float* xt = x + t * ldx;
+    for (int r = 0; r < mr; ++r, acc += 16) {
+      const float* wr = w + r * in;
+      f32x4 c0 = load4(acc);
+      int64_t i = i0;
+      for (; i + 4 <= in; i += 4) c0 += load4(xt + i) * load4(wr + i);
+      float s = hsum16(c0, load4(acc + 4), load4(acc + 8), load4(acc + 12));
+      for (; i < in; ++i) s += xt[i] * wr[i];
+      y[t * ldy + r] = s;
+    }
   }
 }
 
