@@ -1,59 +1,25 @@
 // Binds a DSpark drafter's planned tensors (Plan::dspark, artifact/plan.h) to
 // DSparkWeights (model/dspark.h): linears in their stored form (or fp32), everything else
 // decoded to fp32. The plan has already matched every tensor and checked every shape.
-#include <unordered_map>
-
 #include <fmt/format.h>
 
 #include "kiln/artifact/plan.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
 #include "kiln/model/dspark.h"
+#include "kiln/model/plan_binder.h"
 
 namespace kiln::model {
 
 namespace {
 
-class DSparkBinder {
- public:
-  DSparkBinder(const Checkpoint& ckpt, const PlannedDSpark& d, const LoadOptions& opt) : ckpt_(ckpt), opt_(opt) {
-    for (const auto& l : d.linears) linears_[l.path] = &l;
-    for (const auto& t : d.tensors) tensors_[t.path] = &t;
-  }
-  bool has(const std::string& path) const { return linears_.count(path) || tensors_.count(path); }
-  Linear linear(const std::string& path) const {
-    auto it = linears_.find(path);
-    if (it == linears_.end()) fail_invalid("{}: the DSpark drafter has no linear module {}", ckpt_.dir().string(), path);
-    return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
-  }
-  Tensor tensor(const std::string& path) const {
-    auto it = tensors_.find(path);
-    if (it == tensors_.end()) fail_invalid("{}: the DSpark drafter has no tensor {}", ckpt_.dir().string(), path);
-    const TensorSlice& s = it->second->tensor;
-    auto bytes = ckpt_.shards().at(static_cast<size_t>(s.shard)).data(*s.info);
-    const int64_t count = static_cast<int64_t>(bytes.size() / dtype_size(s.dtype()));
-    Tensor t{s.shape(), std::vector<float>(static_cast<size_t>(count))};
-    decode_floats(s.dtype(), bytes.data(), count, t.data.data());
-    return t;
-  }
-  std::vector<float> floats(const std::string& path) const { return tensor(path).data; }
-
- private:
-  const Checkpoint& ckpt_;
-  LoadOptions opt_;
-  std::unordered_map<std::string, const PlannedLinear*> linears_;
-  std::unordered_map<std::string, const PlannedTensor*> tensors_;
-};
-
 // A stage: a sliding-window V4 block with a score-routed MoE (dspark.md 1.3).
-Block stage_block(const DSparkBinder& b, const ModelConfig& cfg, const std::string& p) {
+Block stage_block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p) {
   Block bl;
   bl.attn_norm = b.floats(p + "attn_norm.weight");
   bl.ffn_norm = b.floats(p + "ffn_norm.weight");
-  for (auto [hc, sub] : {std::pair{&bl.hc_attn, "attn"}, std::pair{&bl.hc_ffn, "ffn"}}) {
-    *hc = HyperConnection{b.tensor(fmt::format("{}hc_{}_fn", p, sub)), b.floats(fmt::format("{}hc_{}_base", p, sub)),
-                          b.floats(fmt::format("{}hc_{}_scale", p, sub))};
-  }
+  bl.hc_attn = b.hyper(p, "attn");
+  bl.hc_ffn = b.hyper(p, "ffn");
   Attention& a = bl.attn;
   a.kind = AttnKind::SWA;
   a.ratio = 0;
@@ -72,7 +38,7 @@ Block stage_block(const DSparkBinder& b, const ModelConfig& cfg, const std::stri
     const std::string q = fmt::format("{}ffn.experts.{}.", p, e);
     f.experts.push_back(Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")});
   }
-  if (b.has(p + "ffn.shared_experts.w1")) {
+  if (b.has_linear(p + "ffn.shared_experts.w1")) {
     const std::string q = p + "ffn.shared_experts.";
     f.shared = Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")};
   }
@@ -97,7 +63,7 @@ DSparkWeights load_dspark_weights(const Checkpoint& ckpt, const Plan& plan, cons
                  d.stages, plan.dspark->stages_found.size());
   }
   if (opt.skip_linears || opt.skip_embed) fail_invalid("load_dspark_weights: the CPU drafter needs its weights resident");
-  DSparkBinder b(ckpt, *plan.dspark, opt);
+  const PlanBinder b(ckpt, plan.dspark->linears, plan.dspark->tensors, opt, dir + ": the DSpark drafter");
   DSparkWeights w;
   w.config = d;
   w.main_proj = b.linear("mtp.0.main_proj");
@@ -105,9 +71,7 @@ DSparkWeights load_dspark_weights(const Checkpoint& ckpt, const Plan& plan, cons
   for (int64_t s = 0; s < d.stages; ++s) w.stages.push_back(stage_block(b, cfg, fmt::format("mtp.{}.", s)));
   const std::string last = fmt::format("mtp.{}.", d.stages - 1);
   w.norm = b.floats(last + "norm.weight");
-  w.hc_head.fn = b.tensor(last + "hc_head_fn");
-  w.hc_head.base = b.floats(last + "hc_head_base");
-  w.hc_head.scale = b.floats(last + "hc_head_scale").at(0);
+  w.hc_head = b.hyper_head(last);
   w.markov_w1 = b.tensor(last + "markov_head.markov_w1.weight");
   w.markov_w2 = b.linear(last + "markov_head.markov_w2");
   if (plan.dspark->confidence_head) {

@@ -10,6 +10,7 @@
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint.h"
+#include "kiln/model/plan_binder.h"
 #include "kiln/quant/dequantize.h"
 #include "kiln/quant/quantize.h"
 
@@ -25,14 +26,6 @@ T load(const std::byte* p) {
 
 float float_at(DType dt, const std::byte* base, int64_t i) {
   return quant::decode_scale(dt, base + static_cast<size_t>(i) * dtype_size(dt));
-}
-
-std::vector<float> to_floats(const Checkpoint& ckpt, const TensorSlice& s) {
-  auto b = slice_bytes(ckpt, s);
-  const int64_t n = static_cast<int64_t>(b.size() / dtype_size(s.dtype()));
-  std::vector<float> out(static_cast<size_t>(n));
-  decode_floats(s.dtype(), b.data(), n, out.data());
-  return out;
 }
 
 }  // namespace
@@ -198,70 +191,8 @@ std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks) {
 
 namespace {
 
-class Binder {
- public:
-  Binder(const Checkpoint& ckpt, const Plan& plan, const LoadOptions& opt) : ckpt_(ckpt), opt_(opt) {
-    for (const auto& l : plan.linears) linears_[l.path] = &l;
-    for (const auto& t : plan.tensors) tensors_[t.path] = &t;
-  }
 
-  Linear linear(const std::string& path) const {
-    auto it = linears_.find(path);
-    if (it == linears_.end()) fail_invalid("internal: the plan has no linear module {}", path);
-    if (opt_.skip_linears) {
-      Linear l;
-      l.out = it->second->n;
-      l.in = it->second->k;
-      return l;
-    }
-    return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
-  }
-  bool has_linear(const std::string& path) const { return linears_.count(path) != 0; }
-  bool has_tensor(const std::string& path) const { return tensors_.count(path) != 0; }
-
-  std::vector<float> floats(const std::string& path) const { return to_floats(ckpt_, get(path).tensor); }
-  Tensor tensor(const std::string& path) const {
-    const auto& t = get(path).tensor;
-    return Tensor{t.shape(), to_floats(ckpt_, t)};
-  }
-  std::vector<int32_t> ints(const std::string& path) const {
-    const auto& t = get(path).tensor;
-    auto b = slice_bytes(ckpt_, t);
-    const size_t n = b.size() / dtype_size(t.dtype());
-    std::vector<int32_t> out(n);
-    for (size_t i = 0; i < n; ++i) {
-      const int64_t v = t.dtype() == DType::I64 ? load<int64_t>(b.data() + 8 * i) : load<int32_t>(b.data() + 4 * i);
-      out[i] = static_cast<int32_t>(v);
-    }
-    return out;
-  }
-
- private:
-  const PlannedTensor& get(const std::string& path) const {
-    auto it = tensors_.find(path);
-    if (it == tensors_.end()) fail_invalid("internal: the plan has no tensor {}", path);
-    return *it->second;
-  }
-  const Checkpoint& ckpt_;
-  LoadOptions opt_;
-  std::unordered_map<std::string, const PlannedLinear*> linears_;
-  std::unordered_map<std::string, const PlannedTensor*> tensors_;
-};
-
-HyperConnection hyper(const Binder& b, const std::string& p, const char* sub) {
-  return HyperConnection{b.tensor(fmt::format("{}hc_{}_fn", p, sub)), b.floats(fmt::format("{}hc_{}_base", p, sub)),
-                         b.floats(fmt::format("{}hc_{}_scale", p, sub))};
-}
-
-HyperHead hyper_head(const Binder& b, const std::string& p) {
-  HyperHead h;
-  h.fn = b.tensor(p + "hc_head_fn");
-  h.base = b.floats(p + "hc_head_base");
-  h.scale = b.floats(p + "hc_head_scale").at(0);
-  return h;
-}
-
-Compressor compressor(const Binder& b, const std::string& p, int64_t ratio, int64_t dim, bool overlap) {
+Compressor compressor(const PlanBinder& b, const std::string& p, int64_t ratio, int64_t dim, bool overlap) {
   Compressor c;
   c.ratio = ratio;
   c.dim = dim;
@@ -273,17 +204,17 @@ Compressor compressor(const Binder& b, const std::string& p, int64_t ratio, int6
   return c;
 }
 
-Expert expert(const Binder& b, const std::string& p) {
+Expert expert(const PlanBinder& b, const std::string& p) {
   return Expert{b.linear(p + "w1"), b.linear(p + "w2"), b.linear(p + "w3")};
 }
 
 // One block; `p` is "layers.N." or "mtp.M.", `layer` the config index (MTP: L + m).
-Block block(const Binder& b, const ModelConfig& cfg, const std::string& p, int64_t layer, bool mtp) {
+Block block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p, int64_t layer, bool mtp) {
   Block bl;
   bl.attn_norm = b.floats(p + "attn_norm.weight");
   bl.ffn_norm = b.floats(p + "ffn_norm.weight");
-  bl.hc_attn = hyper(b, p, "attn");
-  bl.hc_ffn = hyper(b, p, "ffn");
+  bl.hc_attn = b.hyper(p, "attn");
+  bl.hc_ffn = b.hyper(p, "ffn");
   Attention& a = bl.attn;
   a.kind = cfg.attn_kind(layer);
   a.ratio = cfg.compress_ratio(layer);
@@ -330,7 +261,7 @@ Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions
                  ckpt.dir().string(), plan.errors.size(), plan.missing.size());
   }
   const ModelConfig& cfg = plan.config;
-  Binder b(ckpt, plan, opt);
+  const PlanBinder b(ckpt, plan.linears, plan.tensors, opt, "internal: the plan");
   Weights w;
   w.config = cfg;
   if (opt.skip_embed) {
@@ -340,7 +271,7 @@ Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions
   }
   w.head = b.linear("head");
   w.norm = b.floats("norm.weight");
-  w.hc_head = hyper_head(b, "");
+  w.hc_head = b.hyper_head("");
   for (int64_t l = 0; l < cfg.num_layers; ++l) w.layers.push_back(block(b, cfg, fmt::format("layers.{}.", l), l, false));
   for (int m : plan.mtp_found) {
     if (m >= cfg.num_mtp_layers) continue;
@@ -351,7 +282,7 @@ Weights load_weights(const Checkpoint& ckpt, const Plan& plan, const LoadOptions
     mb.enorm = b.floats(p + "enorm.weight");
     mb.hnorm = b.floats(p + "hnorm.weight");
     mb.norm = b.floats(p + "norm.weight");
-    mb.hc_head = hyper_head(b, p);
+    mb.hc_head = b.hyper_head(p);
     mb.block = block(b, cfg, p, cfg.num_layers + m, true);
     w.mtp.push_back(std::move(mb));
   }
