@@ -28,6 +28,7 @@
 namespace {
 
 using kiln::DType;
+using kiln::SchemeKind;
 using kiln::ops::HostBytes;
 using kiln::ops::HostQuantLinear;
 using kiln::ops::cuda::QuantLinear;

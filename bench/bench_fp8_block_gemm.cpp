@@ -26,6 +26,7 @@
 namespace {
 
 using kiln::DType;
+using kiln::SchemeKind;
 using kiln::ops::ActScaleLayout;
 using kiln::ops::HostQuantLinear;
 using kiln::ops::cuda::Fp8BlockGemm;
