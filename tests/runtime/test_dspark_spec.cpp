@@ -18,6 +18,7 @@
 #include "kiln/runtime/generate.h"
 #include "kiln/runtime/loaded_model.h"
 #include "runtime/chi_square.h"
+#include "runtime/first_two_tokens.h"
 
 namespace kiln::runtime {
 namespace {
@@ -198,36 +199,10 @@ TEST(DSparkSpec, SampledTokensFollowTheMainModelsDistribution) {
   eo.max_waiting = kSamples;
   eo.mtp = 4;
   Engine engine(backend, eo);
-  std::vector<std::shared_ptr<RequestHandle>> hs;
-  for (int s = 0; s < kSamples; ++s) {
-    GenerationRequest r;
-    r.prompt = prompt;
-    r.max_tokens = 6;  // the first round drafts K = 4
-    r.sampling = params;
-    r.sampling.seed = 2000 + static_cast<uint64_t>(s);
-    hs.push_back(engine.submit(r));
-    ASSERT_TRUE(hs.back());
-  }
-  std::map<std::pair<int32_t, int32_t>, int64_t> seen;
-  int64_t outside = 0, accepted = 0, proposed = 0;
-  for (const auto& h : hs) {
-    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
-    const auto out = h->tokens();
-    ASSERT_EQ(out.size(), 6u) << h->error();
-    const std::pair<int32_t, int32_t> key{out[0], out[1]};
-    if (joint.count(key)) ++seen[key];
-    else ++outside;
-    const auto st = h->draft_stats();
-    accepted += st.accepted_drafts;
-    for (int64_t x : st.proposed) proposed += x;
-  }
-  std::vector<int64_t> counts;
-  std::vector<double> probs;
-  for (const auto& [key, pr] : joint) {
-    counts.push_back(seen[key]);
-    probs.push_back(pr);
-  }
-  const Fit fit = chi_square(counts, probs);
+  // 6 tokens each: the first round drafts K = 4.
+  const FirstTwo got = sample_first_two(engine, prompt, params, kSamples, 6, 2000, joint);
+  const Fit& fit = got.fit;
+  const int64_t outside = got.outside, accepted = got.accepted, proposed = got.proposed;
   std::printf("[ measured ] tiny_dspark t=1.5 top-k 6 K=4: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n", fit.chi2,
               fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
   EXPECT_EQ(outside, 0);

@@ -23,24 +23,16 @@ Block stage_block(const PlanBinder& b, const ModelConfig& cfg, const std::string
   Attention& a = bl.attn;
   a.kind = AttnKind::SWA;
   a.ratio = 0;
-  a.wq_a = b.linear(p + "attn.wq_a");
-  a.q_norm = b.floats(p + "attn.q_norm.weight");
-  a.wq_b = b.linear(p + "attn.wq_b");
-  a.wkv = b.linear(p + "attn.wkv");
-  a.kv_norm = b.floats(p + "attn.kv_norm.weight");
-  a.wo_a = b.linear(p + "attn.wo_a");
-  a.wo_b = b.linear(p + "attn.wo_b");
-  a.sink = b.floats(p + "attn.attn_sink");
+  b.attention_projections(p, a);
   Moe& f = bl.ffn;
   f.gate = b.linear(p + "ffn.gate");
   f.bias = b.floats(p + "ffn.gate.bias");
   for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
     const std::string q = fmt::format("{}ffn.experts.{}.", p, e);
-    f.experts.push_back(Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")});
+    f.experts.push_back(b.expert(q));
   }
   if (b.has_linear(p + "ffn.shared_experts.w1")) {
-    const std::string q = p + "ffn.shared_experts.";
-    f.shared = Expert{b.linear(q + "w1"), b.linear(q + "w2"), b.linear(q + "w3")};
+    f.shared = b.expert(p + "ffn.shared_experts.");
   }
   return bl;
 }

@@ -87,4 +87,19 @@ HyperHead PlanBinder::hyper_head(const std::string& p) const {
   return h;
 }
 
+void PlanBinder::attention_projections(const std::string& p, Attention& a) const {
+  a.wq_a = linear(p + "attn.wq_a");
+  a.q_norm = floats(p + "attn.q_norm.weight");
+  a.wq_b = linear(p + "attn.wq_b");
+  a.wkv = linear(p + "attn.wkv");
+  a.kv_norm = floats(p + "attn.kv_norm.weight");
+  a.wo_a = linear(p + "attn.wo_a");
+  a.wo_b = linear(p + "attn.wo_b");
+  a.sink = floats(p + "attn.attn_sink");
+}
+
+Expert PlanBinder::expert(const std::string& p) const {
+  return Expert{linear(p + "w1"), linear(p + "w2"), linear(p + "w3")};
+}
+
 }  // namespace kiln::model

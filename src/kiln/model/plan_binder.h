@@ -37,6 +37,11 @@ class PlanBinder {
   // mHC of a block (hc_{attn,ffn}_{fn,base,scale}) and of the head (hc_head_*).
   HyperConnection hyper(const std::string& prefix, const char* sub) const;
   HyperHead hyper_head(const std::string& prefix) const;
+  // A block's attention projections, norms and sink (attn.wq_a ... attn.attn_sink); the
+  // caller sets the kind, compressor and indexer.
+  void attention_projections(const std::string& prefix, Attention& a) const;
+  // An expert's w1, w2, w3 under `prefix` ("...experts.N." or "...shared_experts.").
+  Expert expert(const std::string& prefix) const;
 
  private:
   const PlannedTensor& get(const std::string& path) const;

@@ -204,10 +204,6 @@ Compressor compressor(const PlanBinder& b, const std::string& p, int64_t ratio, 
   return c;
 }
 
-Expert expert(const PlanBinder& b, const std::string& p) {
-  return Expert{b.linear(p + "w1"), b.linear(p + "w2"), b.linear(p + "w3")};
-}
-
 // One block; `p` is "layers.N." or "mtp.M.", `layer` the config index (MTP: L + m).
 Block block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p, int64_t layer, bool mtp) {
   Block bl;
@@ -218,14 +214,7 @@ Block block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p, i
   Attention& a = bl.attn;
   a.kind = cfg.attn_kind(layer);
   a.ratio = cfg.compress_ratio(layer);
-  a.wq_a = b.linear(p + "attn.wq_a");
-  a.q_norm = b.floats(p + "attn.q_norm.weight");
-  a.wq_b = b.linear(p + "attn.wq_b");
-  a.wkv = b.linear(p + "attn.wkv");
-  a.kv_norm = b.floats(p + "attn.kv_norm.weight");
-  a.wo_a = b.linear(p + "attn.wo_a");
-  a.wo_b = b.linear(p + "attn.wo_b");
-  a.sink = b.floats(p + "attn.attn_sink");
+  b.attention_projections(p, a);
   if (a.kind != AttnKind::SWA) {
     a.compressor = compressor(b, p + "attn.compressor.", a.ratio, cfg.head_dim, a.kind == AttnKind::CSA);
   }
@@ -241,8 +230,9 @@ Block block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p, i
   f.gate = b.linear(p + "ffn.gate");
   if (f.hash) f.tid2eid = b.ints(p + "ffn.gate.tid2eid");
   else f.bias = b.floats(p + "ffn.gate.bias");
-  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) f.experts.push_back(expert(b, fmt::format("{}ffn.experts.{}.", p, e)));
-  if (b.has_linear(p + "ffn.shared_experts.w1")) f.shared = expert(b, p + "ffn.shared_experts.");
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e)
+    f.experts.push_back(b.expert(fmt::format("{}ffn.experts.{}.", p, e)));
+  if (b.has_linear(p + "ffn.shared_experts.w1")) f.shared = b.expert(p + "ffn.shared_experts.");
   return bl;
 }
 
