@@ -15,15 +15,7 @@ namespace {
 
 // A stage: a sliding-window V4 block with a score-routed MoE (dspark.md 1.3).
 Block stage_block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p) {
-  Block bl;
-  bl.attn_norm = b.floats(p + "attn_norm.weight");
-  bl.ffn_norm = b.floats(p + "ffn_norm.weight");
-  bl.hc_attn = b.hyper(p, "attn");
-  bl.hc_ffn = b.hyper(p, "ffn");
-  Attention& a = bl.attn;
-  a.kind = AttnKind::SWA;
-  a.ratio = 0;
-  b.attention_projections(p, a);
+  Block bl = b.block_base(p, AttnKind::SWA, 0);
   Moe& f = bl.ffn;
   f.gate = b.linear(p + "ffn.gate");
   f.bias = b.floats(p + "ffn.gate.bias");

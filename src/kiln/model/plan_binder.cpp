@@ -87,7 +87,15 @@ HyperHead PlanBinder::hyper_head(const std::string& p) const {
   return h;
 }
 
-void PlanBinder::attention_projections(const std::string& p, Attention& a) const {
+Block PlanBinder::block_base(const std::string& p, AttnKind kind, int64_t ratio) const {
+  Block bl;
+  bl.attn_norm = floats(p + "attn_norm.weight");
+  bl.ffn_norm = floats(p + "ffn_norm.weight");
+  bl.hc_attn = hyper(p, "attn");
+  bl.hc_ffn = hyper(p, "ffn");
+  Attention& a = bl.attn;
+  a.kind = kind;
+  a.ratio = ratio;
   a.wq_a = linear(p + "attn.wq_a");
   a.q_norm = floats(p + "attn.q_norm.weight");
   a.wq_b = linear(p + "attn.wq_b");
@@ -96,6 +104,7 @@ void PlanBinder::attention_projections(const std::string& p, Attention& a) const
   a.wo_a = linear(p + "attn.wo_a");
   a.wo_b = linear(p + "attn.wo_b");
   a.sink = floats(p + "attn.attn_sink");
+  return bl;
 }
 
 Expert PlanBinder::expert(const std::string& p) const {

@@ -37,9 +37,10 @@ class PlanBinder {
   // mHC of a block (hc_{attn,ffn}_{fn,base,scale}) and of the head (hc_head_*).
   HyperConnection hyper(const std::string& prefix, const char* sub) const;
   HyperHead hyper_head(const std::string& prefix) const;
-  // A block's attention projections, norms and sink (attn.wq_a ... attn.attn_sink); the
-  // caller sets the kind, compressor and indexer.
-  void attention_projections(const std::string& prefix, Attention& a) const;
+  // What every block binds the same way: its norms, both mHC and the attention
+  // projections, norms and sink (attn.wq_a ... attn.attn_sink), with the attention's kind
+  // and ratio; the caller adds the compressor, indexer and MoE.
+  Block block_base(const std::string& prefix, AttnKind kind, int64_t ratio) const;
   // An expert's w1, w2, w3 under `prefix` ("...experts.N." or "...shared_experts.").
   Expert expert(const std::string& prefix) const;
 

@@ -206,15 +206,8 @@ Compressor compressor(const PlanBinder& b, const std::string& p, int64_t ratio, 
 
 // One block; `p` is "layers.N." or "mtp.M.", `layer` the config index (MTP: L + m).
 Block block(const PlanBinder& b, const ModelConfig& cfg, const std::string& p, int64_t layer, bool mtp) {
-  Block bl;
-  bl.attn_norm = b.floats(p + "attn_norm.weight");
-  bl.ffn_norm = b.floats(p + "ffn_norm.weight");
-  bl.hc_attn = b.hyper(p, "attn");
-  bl.hc_ffn = b.hyper(p, "ffn");
+  Block bl = b.block_base(p, cfg.attn_kind(layer), cfg.compress_ratio(layer));
   Attention& a = bl.attn;
-  a.kind = cfg.attn_kind(layer);
-  a.ratio = cfg.compress_ratio(layer);
-  b.attention_projections(p, a);
   if (a.kind != AttnKind::SWA) {
     a.compressor = compressor(b, p + "attn.compressor.", a.ratio, cfg.head_dim, a.kind == AttnKind::CSA);
   }
