@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -20,6 +23,7 @@
 #include "kiln/model/cuda/gpu_forward.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
+#include "kiln/runtime/engine.h"
 #include "kiln/runtime/loaded_model.h"
 #include "support/artifacts.h"
 
@@ -83,9 +87,11 @@ struct Loaded {
   GpuForward* gpu = nullptr;
 };
 
-inline Loaded load(const fs::path& dir, GpuOptions opt = {}) {
+// precision: both the CPU forward and the GPU weights run in it (model::set_precision).
+inline Loaded load(const fs::path& dir, GpuOptions opt = {}, ops::Precision precision = ops::Precision::Exact) {
   Loaded l;
   l.cpu = runtime::load_model(dir, 2, nullptr);
+  model::set_precision(l.cpu->weights, precision);
   if (opt.max_context == GpuOptions{}.max_context) opt.max_context = 1024;
   auto w = model::cuda::upload_weights(l.cpu->weights, model::checkpoint_linears(l.cpu->checkpoint, l.cpu->plan),
                                        opt.max_rows, nullptr);
@@ -104,6 +110,50 @@ inline std::vector<int32_t> iota_vec(int n, int from = 0) {
   std::vector<int32_t> v(static_cast<size_t>(n));
   std::iota(v.begin(), v.end(), from);
   return v;
+}
+
+// Greedy decoding of every prompt (each in its own slot, all in one engine) on the GPU
+// backend: the engine that `kiln serve` and `kiln generate --device cuda` run.
+struct EngineRun {
+  std::vector<std::vector<int32_t>> tokens;
+  int64_t rounds = 0;
+};
+inline EngineRun decode_greedy(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int max_tokens, int k) {
+  runtime::EngineOptions eo;
+  eo.max_batch = static_cast<int>(prompts.size());
+  eo.mtp = k;
+  runtime::Engine engine(b, eo);
+  std::vector<std::shared_ptr<runtime::RequestHandle>> hs;
+  for (const auto& p : prompts) {
+    runtime::GenerationRequest r;
+    r.prompt = p;
+    r.max_tokens = max_tokens;
+    r.mtp = k;
+    hs.push_back(engine.submit(r));
+  }
+  EngineRun out;
+  for (const auto& h : hs) {
+    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
+    EXPECT_EQ(h->finish_reason(), runtime::FinishReason::Length) << h->error();
+    out.tokens.push_back(h->tokens());
+    out.rounds += h->draft_stats().rounds;
+  }
+  return out;
+}
+
+// Largest |a - b| over a row, relative to the row's largest |b|, maximised over rows.
+inline double max_rel_row_error(const std::vector<float>& a, const std::vector<float>& b, int64_t width) {
+  double worst = 0;
+  for (size_t r = 0; r * static_cast<size_t>(width) < b.size(); ++r) {
+    double scale = 1e-30, err = 0;
+    for (int64_t i = 0; i < width; ++i) {
+      const size_t k = r * static_cast<size_t>(width) + static_cast<size_t>(i);
+      scale = std::max(scale, std::fabs(static_cast<double>(b[k])));
+      err = std::max(err, std::fabs(static_cast<double>(a[k]) - static_cast<double>(b[k])));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
 }
 
 }  // namespace kiln::gpu_test

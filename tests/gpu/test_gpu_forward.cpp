@@ -33,50 +33,6 @@ using model::cuda::GpuOptions;
 
 using namespace gpu_test;  // flavours, model_dir, load, prompt_tokens, iota_vec (gpu_fixtures.h)
 
-// Greedy decoding of every prompt (each in its own slot, all in one engine) on the GPU
-// backend: the engine that `kiln serve` and `kiln generate --device cuda` run.
-struct EngineRun {
-  std::vector<std::vector<int32_t>> tokens;
-  int64_t rounds = 0;
-};
-EngineRun decode_greedy(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int max_tokens, int k) {
-  runtime::EngineOptions eo;
-  eo.max_batch = static_cast<int>(prompts.size());
-  eo.mtp = k;
-  runtime::Engine engine(b, eo);
-  std::vector<std::shared_ptr<runtime::RequestHandle>> hs;
-  for (const auto& p : prompts) {
-    runtime::GenerationRequest r;
-    r.prompt = p;
-    r.max_tokens = max_tokens;
-    r.mtp = k;
-    hs.push_back(engine.submit(r));
-  }
-  EngineRun out;
-  for (const auto& h : hs) {
-    while (!h->finished()) h->wait_tokens(0, std::chrono::milliseconds(50));
-    EXPECT_EQ(h->finish_reason(), runtime::FinishReason::Length) << h->error();
-    out.tokens.push_back(h->tokens());
-    out.rounds += h->draft_stats().rounds;
-  }
-  return out;
-}
-
-// Largest |a - b| over a row, relative to the row's largest |b|, maximised over rows.
-double max_rel_row_error(const std::vector<float>& a, const std::vector<float>& b, int64_t width) {
-  double worst = 0;
-  for (size_t r = 0; r * static_cast<size_t>(width) < b.size(); ++r) {
-    double scale = 1e-30, err = 0;
-    for (int64_t i = 0; i < width; ++i) {
-      const size_t k = r * static_cast<size_t>(width) + static_cast<size_t>(i);
-      scale = std::max(scale, std::fabs(static_cast<double>(b[k])));
-      err = std::max(err, std::fabs(static_cast<double>(a[k]) - static_cast<double>(b[k])));
-    }
-    worst = std::max(worst, err / scale);
-  }
-  return worst;
-}
-
 // Tolerance of GPU vs CPU logits: both sum in fp32, in different orders (~1e-6 relative
 // per op); kept well above that and well below what a wrong kernel gives (O(1)).
 constexpr double kLogitTol = 2e-4;

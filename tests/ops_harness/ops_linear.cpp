@@ -203,7 +203,7 @@ std::vector<Case> routed_experts_cases() {
                       auto x = tl::random_matrix(s.R, s.H, 77);
                       for (float& v : x) v = std::tanh(v);  // activations of a normed input's scale
                       std::vector<float> want(static_cast<size_t>(P * s.H));
-                      cm.ops(std::vector<int32_t>(static_cast<size_t>(s.R), 0)).routed_experts(ex.moe, x.data(), idx64.data(), want.data());
+                      cm.ops(std::vector<int32_t>(static_cast<size_t>(s.R), 0)).routed_experts(ex.moe, x.data(), idx64.data(), nullptr, want.data());
                       float mx = 0.0f;
                       for (float v : want) mx = std::max(mx, std::fabs(v));
                       const float* dx = p.in(x);

@@ -84,11 +84,20 @@ Drafting resolve_drafting(const std::filesystem::path& model, const ModelConfig&
   return d;
 }
 
+ops::Precision resolve_precision(const std::string& asked, const std::string& device) {
+  if (asked == "exact") return ops::Precision::Exact;
+  if (asked == "deepseek") return ops::Precision::DeepSeek;
+  if (asked == "auto") return device == "cuda" ? ops::Precision::DeepSeek : ops::Precision::Exact;
+  fail(ErrorKind::Usage, "--precision {}: expected auto, exact or deepseek", asked);
+}
+
 BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device(o.device)), asked_slots_(o.max_slots) {
+  const ops::Precision precision = resolve_precision(o.precision, device_);
   if (device_ == "cpu") {
     const auto t0 = std::chrono::steady_clock::now();
     runtime::PeakAnonSampler sampler;
     loaded_ = runtime::load_model(o.model, o.threads, o.progress);
+    model::set_precision(loaded_->weights, precision);
     const ModelConfig& c = loaded_->config;
     int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
     if (ctx <= 0) ctx = 4096;
@@ -126,6 +135,7 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
   dmo.rows_per_slot = o.rows_per_slot;
   dmo.max_context = ctx;
   dmo.gpu_memory_fraction = o.gpu_memory_fraction;
+  dmo.precision = precision;
   dmo.progress = o.progress;
   runtime::cuda::DeviceModel dm = runtime::cuda::open_device_model(o.model, dmo);
   load_stats_ = dm.stats.describe();

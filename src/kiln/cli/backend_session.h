@@ -19,6 +19,9 @@ namespace kiln::cli {
 // a usable GPU (Hopper, sm_90) is present, else cpu. `--device cuda` without a usable GPU
 // is an Error(Invalid) (exit 2) saying why.
 std::string resolve_device(const std::string& asked);
+// The precision for `--precision asked` on `device` ("cpu" / "cuda"); anything but auto,
+// exact or deepseek is an Error(Usage) naming the option.
+ops::Precision resolve_precision(const std::string& asked, const std::string& device);
 
 struct SessionOptions {
   std::filesystem::path model;
@@ -38,6 +41,9 @@ struct SessionOptions {
   // CPU: also load and run the checkpoint's DSpark drafter (model/dspark.h); an error
   // naming the checkpoint when it has none, and on the CUDA backend (not implemented there).
   bool dspark = false;
+  // --precision auto|exact|deepseek (ops/linear_numerics.h): auto is deepseek on the GPU,
+  // exact on the CPU.
+  std::string precision = "auto";
 };
 
 // What drafts, from `--spec dspark|mtp|off` and `--mtp K`, checked against the

@@ -17,6 +17,7 @@
 
 #include "kiln/model/cuda/gpu_forward.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/cli/backend_session.h"
 #include "kiln/model/synthetic.h"
 #include "kiln/runtime/cuda/device_model.h"
 #include "kiln/ops/cuda/read_bandwidth.h"
@@ -176,6 +177,7 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   if (o.mtp < 0 || o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: 0..{}", o.mtp, runtime::kMaxDrafts);
   if (o.synthetic == !o.model.empty()) fail(ErrorKind::Usage, "give exactly one of --model DIR and --synthetic");
   if (o.text && o.synthetic) fail(ErrorKind::Usage, "--text needs --model DIR (its tokenizer.json); the synthetic model has none");
+  const ops::Precision precision = resolve_precision(o.precision, "cuda");
   // Before any loading, so a bad --text fails at once.
   const std::vector<int32_t> text_ids = o.text ? tokenize_text_file(o.model, *o.text) : std::vector<int32_t>{};
 
@@ -205,7 +207,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       spec.mtp = o.mtp > 0;
       err << "bench: building the synthetic model\n";
       synth = std::make_unique<model::SyntheticModel>(spec);
-      label = synth->describe();
+      synth->set_precision(precision);
+      label = synth->describe() + ", " + std::string(ops::precision_name(precision)) + " precision";
       GpuWeights w = model::cuda::upload_weights(synth->weights(), synth->linears(), go.max_rows, &err);
       backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
     } else {
@@ -216,11 +219,12 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       dmo.max_slots = go.max_slots;
       dmo.max_rows = go.max_rows;
       dmo.max_context = go.max_context;
+      dmo.precision = precision;
       dmo.progress = &err;
       auto dm = runtime::cuda::open_device_model(o.model, dmo);
       if (o.mtp > 0 && dm.forward->mtp_blocks() == 0)
         fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(dm.forward->config(), 0));
-      label = o.model.string();
+      label = o.model.string() + ", " + std::string(ops::precision_name(precision)) + " precision";
       backend = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward));
     }
     const GpuForward* f = &backend->forward();

@@ -20,6 +20,7 @@ struct BenchServeOptions {
   std::filesystem::path model;    // or: `kiln serve` on this checkpoint, in-process
   // In-process server (as `kiln serve`'s options of the same names).
   std::string device = "auto";
+  std::string precision = "auto";  // --precision auto | exact | deepseek
   int threads = 0;
   int max_batch = 64;
   int64_t prefill_chunk = 256;

@@ -19,6 +19,12 @@
 
 namespace {
 
+constexpr const char* kPrecisionHelp =
+    "auto (deepseek on the GPU, exact on the CPU), exact (fp32 activations, the reference) or deepseek (DeepSeek's "
+    "inference numerics: bf16 activations, FP8 1x128 activation quantization before FP8/FP4 linears)";
+constexpr const char* kPrecisionModelHelp = "--model: activation precision: auto, exact or deepseek";
+
+
 // Runs a command, mapping kiln::Error to its exit code.
 template <typename F>
 int guarded(F&& run) {
@@ -62,6 +68,7 @@ int bench_serve_main(int argc, char** argv) {
   app.add_option("--timeout", o.timeout_s, "Seconds of silence after which a stream fails")->capture_default_str();
   app.add_flag("--json", o.json, "Also print one JSON object with every number");
   app.add_option("--device", o.device, "--model: auto, cpu or cuda")->capture_default_str();
+  app.add_option("--precision", o.precision, kPrecisionModelHelp)->capture_default_str();
   app.add_option("--threads", o.threads, "--model: CPU threads for the forward (0 = all cores)")->capture_default_str();
   app.add_option("--max-batch", o.max_batch, "--model: sequences decoded together")->capture_default_str();
   app.add_option("--prefill-chunk", o.prefill_chunk, "--model: prompt tokens fed per scheduler step")->capture_default_str();
@@ -103,6 +110,7 @@ int main(int argc, char** argv) {
   sc->add_option("--mtp-out", score.mtp_out,
                  "Also write MTP draft logits [T-1, vocab]: row t from position t's streams and token t+1");
   sc->add_option("--device", score.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  sc->add_option("--precision", score.precision, kPrecisionHelp)->capture_default_str();
   sc->add_option("--gpu-memory-fraction", score.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -134,6 +142,7 @@ int main(int argc, char** argv) {
   ge->add_flag("--json", gen.json,
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
   ge->add_option("--device", gen.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  ge->add_option("--precision", gen.precision, kPrecisionHelp)->capture_default_str();
   ge->add_option("--gpu-memory-fraction", gen.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -152,6 +161,7 @@ int main(int argc, char** argv) {
   pp->add_flag("--json", ppl.json, "Print one JSON object (tokens, scored_tokens, windows, nll_sum, perplexity, ...)");
   pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
   pp->add_option("--device", ppl.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  pp->add_option("--precision", ppl.precision, kPrecisionHelp)->capture_default_str();
   pp->add_option("--gpu-memory-fraction", ppl.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -167,6 +177,7 @@ int main(int argc, char** argv) {
   be->add_option("--layers", bench.layers, "Synthetic: backbone layers")->capture_default_str();
   be->add_option("--experts", bench.experts, "Synthetic: routed-expert scheme (bf16 = every linear BF16, fp8_block, "
                                              "int4_group, mxfp4, nvfp4)")->capture_default_str();
+  be->add_option("--precision", bench.precision, kPrecisionHelp)->capture_default_str();
   be->add_option("--batches", bench.batches, "Batch sizes, comma-separated")->capture_default_str();
   be->add_option("--steps", bench.steps, "Decode steps timed per batch size")->capture_default_str();
   be->add_option("--context", bench.context, "Prompt tokens per sequence")->capture_default_str();
@@ -209,6 +220,7 @@ int main(int argc, char** argv) {
   se->add_option("--served-model-name", serve.served_model_name, "Model id reported by /v1/models (default: directory name)");
   se->add_option("--threads", serve.threads, "CPU threads for the forward (0 = all cores)")->capture_default_str();
   se->add_option("--device", serve.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
+  se->add_option("--precision", serve.precision, kPrecisionHelp)->capture_default_str();
   se->add_option("--gpu-memory-fraction", serve.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();

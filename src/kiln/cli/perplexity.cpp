@@ -56,6 +56,7 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
   const bool gpu = resolve_device(o.device) == "cuda";
   const int64_t chunk = std::min<int64_t>(o.ctx, gpu ? 256 : o.ctx);
   SessionOptions so{dir, o.device, o.threads, 1, static_cast<int>(chunk), o.ctx, o.json ? nullptr : &err};
+  so.precision = o.precision;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   BackendSession s(so);
   runtime::Backend& b = s.backend();

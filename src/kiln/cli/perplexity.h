@@ -16,6 +16,7 @@ struct PerplexityOptions {
   bool json = false;
   int threads = 0;
   std::string device = "auto";  // auto | cpu | cuda
+  std::string precision = "auto";  // --precision auto | exact | deepseek
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 

@@ -94,6 +94,7 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
   const bool gpu = resolve_device(o.device) == "cuda";
   const int64_t chunk = std::min<int64_t>(chunk_size(o.mode, T), gpu ? 256 : T);
   SessionOptions so{o.model, o.device, o.threads, 1, static_cast<int>(chunk), std::max(T, o.max_context), &err};
+  so.precision = o.precision;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   BackendSession s(so);
   runtime::Backend& b = s.backend();
@@ -158,6 +159,7 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   const bool gpu = resolve_device(o.device) == "cuda";
   SessionOptions so{o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
                     o.json ? nullptr : &err};
+  so.precision = o.precision;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   so.dspark = dspark;
   BackendSession s(so);

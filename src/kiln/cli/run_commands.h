@@ -23,6 +23,7 @@ struct ScoreOptions {
   std::string mode = "full";  // full | incremental | chunked:N
   std::optional<std::filesystem::path> mtp_out;
   std::string device = "auto";
+  std::string precision = "auto";  // --precision auto | exact | deepseek
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
@@ -40,6 +41,7 @@ struct GenerateOptions {
   std::string spec;            // "dspark" | "mtp" | "off"; "" = what the checkpoint has (with --mtp K)
   bool compare_plain = false;  // with mtp: also time plain decoding and report both
   std::string device = "auto";
+  std::string precision = "auto";  // --precision auto | exact | deepseek
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate

@@ -19,6 +19,7 @@ struct ServeOptions {
   std::string served_model_name;  // default: the model directory's name
   int threads = 0;                // CPU threads for the forward (0 = all cores)
   std::string device = "auto";    // auto | cpu | cuda
+  std::string precision = "auto";  // --precision auto | exact | deepseek
   int max_batch = 64;
   int max_waiting = 1024;
   int64_t prefill_chunk = 256;

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kiln/core/error.h"
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/linear.h"
 #include "kiln/ops/cpu/moe.h"
@@ -39,7 +41,8 @@ float* CpuOps::alloc(std::vector<float>& v, int64_t count) {
 CpuOps::CpuOps(const Weights& w, const CpuKernels& k, const CpuPassRows& rows, StateOf state_of,
                std::span<const std::span<const float>> mtp_streams, std::span<const int64_t> logit_rows)
     : c_(w.config), k_(k), rows_(rows), state_of_(std::move(state_of)), mtp_streams_(mtp_streams),
-      logit_rows_(logit_rows), eps_(static_cast<float>(c_.rms_norm_eps)), hc_eps_(static_cast<float>(c_.hc_eps)) {
+      logit_rows_(logit_rows), eps_(static_cast<float>(c_.rms_norm_eps)), hc_eps_(static_cast<float>(c_.hc_eps)),
+      precision_(w.precision) {
   const int64_t R = rows_.R, H = c_.hidden_size, n = c_.hc_mult, D = c_.head_dim, nh = c_.num_heads;
   const int64_t K = c_.num_experts_per_tok;
   int64_t widest = 1, shared = 1;
@@ -81,10 +84,29 @@ CpuOps::Layer CpuOps::layer(size_t l) const {
 
 // ---- products and elementwise ops ------------------------------------------------------
 
-void CpuOps::linear(const Linear& l, const float* x, int64_t R, float* y) const { cpu::linear(l, x, R, y, k_.pool); }
+const float* CpuOps::linear_input(const Linear& l, const float* x, int64_t ldx, int64_t R,
+                                  std::vector<float>& scratch) const {
+  if (l.numerics.input == ops::LinearInput::Fp32) return x;
+  scratch.resize(static_cast<size_t>(std::max<int64_t>(R * ldx, 1)));
+  cpu::act_fake_quant(x, ldx, R, l.in, scratch.data(), ldx);
+  return scratch.data();
+}
+
+void CpuOps::linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, int64_t n) const {
+  if (l.numerics.bf16_output) cpu::round_bf16(y, ldy, R, n, y, ldy);
+}
+
+void CpuOps::linear(const Linear& l, const float* x, int64_t R, float* y) const {
+  std::vector<float> xq;
+  cpu::linear(l, linear_input(l, x, l.in, R, xq), R, y, k_.pool);
+  linear_output(l, y, l.out, R, l.out);
+}
 
 void CpuOps::linear2(const Linear& a, const float* xa, float* ya, const Linear& b, const float* xb, float* yb,
                      int64_t R) const {
+  std::vector<float> qa, qb;
+  xa = linear_input(a, xa, a.in, R, qa);
+  xb = linear_input(b, xb, b.in, R, qb);
   const cpu::LinearJob jobs[2] = {{&a, xa, a.in, ya, a.out, 0, a.out}, {&b, xb, b.in, yb, b.out, 0, b.out}};
   if (k_.fuse) {
     cpu::linear(jobs, R, k_.pool);
@@ -92,14 +114,24 @@ void CpuOps::linear2(const Linear& a, const float* xa, float* ya, const Linear& 
     cpu::linear(std::span(jobs, 1), R, k_.pool);
     cpu::linear(std::span(jobs + 1, 1), R, k_.pool);
   }
+  linear_output(a, ya, a.out, R, a.out);
+  linear_output(b, yb, b.out, R, b.out);
 }
 
 void CpuOps::linear_grouped(const Linear& l, const float* x, int64_t ldx, int64_t in_per_group, int64_t R, int64_t G,
                             float* y, int64_t ldy) const {
+  if (l.numerics.input != ops::LinearInput::Fp32)
+    fail(ErrorKind::Usage, "grouped linear: a layer that quantizes its input (act_quant over the whole row) cannot be "
+                           "run grouped");
   const int64_t rows = l.out / G;
   std::vector<cpu::LinearJob> groups(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) groups[static_cast<size_t>(g)] = {&l, x + g * in_per_group, ldx, y + g * rows, ldy, g * rows, rows};
   cpu::linear(groups, R, k_.pool);
+  linear_output(l, y, ldy, R, l.out);
+}
+
+void CpuOps::act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const {
+  if (precision_ == ops::Precision::DeepSeek) cpu::round_bf16(x, ld, R, n, x, ld);
 }
 
 void CpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, const std::vector<float>& w, float* y) const {
@@ -128,8 +160,14 @@ void CpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor
   }
 }
 
-void CpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, float* out) const {
+void CpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const {
   cpu::swiglu(g, u, R * I, static_cast<float>(c_.swiglu_limit), out);
+  if (row_weight) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t i = 0; i < I; ++i) out[r * I + i] *= row_weight[r];
+    }
+  }
+  act_bf16(out, I, R, I);
 }
 
 // ---- mHC ----------------------------------------------------------------------------------
@@ -184,14 +222,18 @@ void CpuOps::route(const Moe& m, const float* logits, int64_t* idx, float* wt) c
 
 // The GPU runs the routed experts as one indexed product per projection; here each
 // expert runs the definition's expert() on the rows routed to it.
-void CpuOps::routed_experts(const Moe& m, const float* x, const int64_t* idx, float* ye) {
-  std::vector<float> g, u;
+void CpuOps::routed_experts(const Moe& m, const float* x, const int64_t* idx, const float* wt, float* ye) {
+  std::vector<float> g, u, rw;
   cpu::moe_experts(x, rows_.R, c_.hidden_size, idx, c_.num_experts_per_tok, c_.n_routed_experts,
-                   [&](int64_t e, const float* xe, int64_t rows, float* y) {
+                   [&](int64_t e, const float* xe, int64_t rows, const int64_t* pair, float* y) {
                      const Expert& ex = m.experts[static_cast<size_t>(e)];
                      g.resize(static_cast<size_t>(rows * ex.w1.out));
                      u.resize(g.size());
-                     def::expert(*this, ex, xe, rows, g.data(), u.data(), y);
+                     if (wt) {
+                       rw.resize(static_cast<size_t>(rows));
+                       for (int64_t i = 0; i < rows; ++i) rw[static_cast<size_t>(i)] = wt[pair[i]];
+                     }
+                     def::expert(*this, ex, xe, rows, g.data(), u.data(), y, wt ? rw.data() : nullptr);
                    },
                    ye);
 }

@@ -75,7 +75,9 @@ class CpuOps {
   void rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const;
   void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse) const;
   void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const;
-  void swiglu(const float* g, const float* u, int64_t R, int64_t I, float* out) const;
+  void swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const;
+  ops::Precision precision() const { return precision_; }
+  void act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const;
 
   void hc_pre(const HyperConnection& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb) const;
   void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const;
@@ -89,7 +91,7 @@ class CpuOps {
               float scale, ops::AttnKeys keys, const ops::cpu::Selection& sel, float* o) const;
 
   void route(const Moe& m, const float* logits, int64_t* idx, float* wt) const;
-  void routed_experts(const Moe& m, const float* x, const int64_t* idx, float* ye);
+  void routed_experts(const Moe& m, const float* x, const int64_t* idx, const float* wt, float* ye);
   void moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out) const;
 
   void embed_streams(const Tensor& embed, float* X) const;
@@ -109,6 +111,9 @@ class CpuOps {
 
  private:
   const ops::cpu::Rope& rope_of(AttnKind kind) const;
+  // x as linear l reads it: x itself, or act_quant-ed into `scratch` (rows ldx apart).
+  const float* linear_input(const Linear& l, const float* x, int64_t ldx, int64_t R, std::vector<float>& scratch) const;
+  void linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, int64_t n) const;
   float* alloc(std::vector<float>& v, int64_t count);
 
   const ModelConfig& c_;
@@ -118,6 +123,7 @@ class CpuOps {
   std::span<const std::span<const float>> mtp_streams_;
   std::span<const int64_t> logit_rows_;
   float eps_, hc_eps_;
+  ops::Precision precision_;
   Buffers b_;
   std::vector<std::vector<float>> storage_;
   std::vector<int64_t> idx_;

@@ -18,15 +18,21 @@
 //   of x); out_features(W).
 //   Elementwise: rmsnorm(x, rows, n, weight, y), rmsnorm(x, rows, n, y) (unweighted);
 //   rope(kind, x, ld, heads, head_stride, n, inverse) (the rope of attention kind `kind`,
-//   at each row's position); scale_rows(x, ld, R, n, factor); swiglu(g, u, R, I, out).
+//   at each row's position); scale_rows(x, ld, R, n, factor); swiglu(g, u, R, I,
+//   row_weight, out) (times row_weight[r] per row when not null; out is an activation, see
+//   act_bf16).
+//   Precision (ops/linear_numerics.h): precision(); act_bf16(x, ld, R, n): x holds a tensor
+//   DeepSeek's code holds in bf16 at this point; `deepseek` rounds it to bf16, `exact`
+//   leaves it (the linears apply their own numerics inside linear*).
 //   mHC: hc_pre(hc, X, R, collapsed, post, comb); hc_post(X, R, y, post, comb, out);
 //   hc_head(head, X, R, h).
 //   Attention state: compressor_feed(layer, role, compressor, kind, kv_rows, score_rows);
 //   indexer_select(layer, q, w, heads, head_dim, softmax_scale, topk, selection);
 //   attend(layer, kind, q, kv, sink, scale, keys, selection, o) (also stores the step's
 //   K=V rows in the window ring).
-//   MoE: route(moe, logits, idx, wt); routed_experts(moe, x, idx, ye) (a fused op on the
-//   GPU; the CPU composes it from expert() below); moe_combine(ye, idx, wt, shared, out).
+//   MoE: route(moe, logits, idx, wt); routed_experts(moe, x, idx, wt, ye) (a fused op on
+//   the GPU; the CPU composes it from expert() below; wt null: unweighted);
+//   moe_combine(ye, idx, wt, shared, out) (wt null: a plain sum).
 //   Rows in and out: embed_streams(embed, X); embed_rows(embed, e); mtp_input(streams)
 //   (the streams each MTP row takes); add_broadcast_streams(ep, hp, X);
 //   copy_streams(dst, X); head_rows(X) -> {rows, count} (the rows logits are asked for);
@@ -40,6 +46,7 @@
 
 #include "kiln/io/config.h"
 #include "kiln/ops/attention_kinds.h"
+#include "kiln/ops/linear_numerics.h"
 
 namespace kiln::model::def {
 
@@ -100,11 +107,16 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
   // q path and the single K=V head, each rotated at its row's position.
   ops.linear2(a.wq_a, x, b.qres, a.wkv, x, b.kv, R);
   ops.rmsnorm(b.qres, R, qr, a.q_norm, b.qres);
+  ops.act_bf16(b.qres, qr, R, qr);
   ops.linear(a.wq_b, b.qres, R, b.q);
   ops.rmsnorm(b.q, R * nh, D, b.q);  // per-head unweighted RMS norm
+  ops.act_bf16(b.q, nh * D, R, nh * D);
   ops.rope(a.kind, b.q, nh * D, nh, D, D, false);
+  ops.act_bf16(b.q, nh * D, R, nh * D);
   ops.rmsnorm(b.kv, R, D, a.kv_norm, b.kv);
+  ops.act_bf16(b.kv, D, R, D);
   ops.rope(a.kind, b.kv, D, 1, D, D, false);
+  ops.act_bf16(b.kv, D, R, D);
   ops.mark("attn q/kv projections, norms, rope");
 
   // Compressed entries: every row of the step is fed first; visibility is per query.
@@ -119,7 +131,9 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
     ops.linear2(ix.wq_b, b.qres, b.iq, ix.weights_proj, x, b.iw, R);
     ops.rope(a.kind, b.iq, ih * id, ih, id, id, false);
+    ops.act_bf16(b.iq, ih * id, R, ih * id);
     ops.scale_rows(b.iw, ih, R, ih, fpow(static_cast<double>(ih), -0.5));
+    ops.act_bf16(b.iw, ih, R, ih);
     ops.mark("indexer projections");
     ops.indexer_select(st, b.iq, b.iw, ih, id, fpow(static_cast<double>(id), -0.5), c.index_topk, b.sel);
     ops.mark("indexer top-k");
@@ -128,8 +142,10 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
                         : a.kind == AttnKind::HCA ? AttnKeys::WindowAndAll
                                                   : AttnKeys::Window;
   ops.attend(st, a.kind, b.q, b.kv, a.sink, fpow(static_cast<double>(D), -0.5), keys, b.sel, b.o);
+  ops.act_bf16(b.o, nh * D, R, nh * D);
   // K = V carried the rotation into the output: undo it at the query position.
   ops.rope(a.kind, b.o, nh * D, nh, D, D, true);
+  ops.act_bf16(b.o, nh * D, R, nh * D);
   ops.mark("attention core + inverse rope");
   // Grouped output projection: heads split in G contiguous groups, each projected by its
   // own [o_lora_rank, nh*D/G] block of wo_a, then wo_b over the concatenation.
@@ -141,24 +157,30 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
 
 // One expert's SwiGLU FFN on x [R, H] -> y [R, H] (g, u: [R, I] scratch). The clamp is
 // transformers': gate <= limit, -limit <= up <= limit (swiglu_limit <= 0: none).
+// row_weight (not null): each row's SwiGLU output is multiplied by its routing weight before
+// w2, as DeepSeek's Expert does.
 template <class Ops, class Expert>
-void expert(Ops& ops, const Expert& e, const float* x, int64_t R, float* g, float* u, float* y) {
+void expert(Ops& ops, const Expert& e, const float* x, int64_t R, float* g, float* u, float* y,
+            const float* row_weight = nullptr) {
   const int64_t I = ops.out_features(e.w1);
   ops.linear2(e.w1, x, g, e.w3, x, u, R);
-  ops.swiglu(g, u, R, I, g);
+  ops.swiglu(g, u, R, I, row_weight, g);
   ops.linear(e.w2, g, R, y);
 }
 
 // DeepseekV4SparseMoeBlock on x -> out [R, H]: DeepSeek's Gate (hash or score routing),
-// the routed experts, the shared expert, the weighted sum in ascending expert order.
+// the routed experts, the shared expert, the weighted sum in ascending expert order. The
+// routing weight multiplies each expert's output in the sum (transformers; exact), or its
+// SwiGLU output before w2 (DeepSeek's Expert; deepseek).
 template <class Ops, class Moe>
 void moe(Ops& ops, const Moe& m, const float* x, float* out) {
   auto& b = ops.buf();
   const int64_t R = ops.rows();
+  const bool weight_first = ops.precision() == ops::Precision::DeepSeek;
   ops.linear(m.gate, x, R, b.glog);
   ops.route(m, b.glog, b.idx, b.wt);
   ops.mark("moe router");
-  ops.routed_experts(m, x, b.idx, b.ye);
+  ops.routed_experts(m, x, b.idx, weight_first ? b.wt : nullptr, b.ye);
   ops.mark("moe routed experts");
   const float* shared = nullptr;
   if (m.shared) {
@@ -166,7 +188,8 @@ void moe(Ops& ops, const Moe& m, const float* x, float* out) {
     shared = b.sy;
     ops.mark("moe shared expert");
   }
-  ops.moe_combine(b.ye, b.idx, b.wt, shared, out);
+  ops.moe_combine(b.ye, b.idx, weight_first ? nullptr : b.wt, shared, out);
+  ops.act_bf16(out, ops.config().hidden_size, R, ops.config().hidden_size);
   ops.mark("moe combine");
 }
 
@@ -176,17 +199,24 @@ template <class Ops, class Block, class Attend>
 void block_with(Ops& ops, const Block& blk, float*& X, float*& Xn, Attend&& attend) {
   auto& b = ops.buf();
   const int64_t R = ops.rows(), H = ops.config().hidden_size;
+  const int64_t nH = ops.config().hc_mult * H;
   ops.hc_pre(blk.hc_attn, X, R, b.u, b.post, b.comb);
+  ops.act_bf16(b.u, H, R, H);
   ops.rmsnorm(b.u, R, H, blk.attn_norm, b.u);
+  ops.act_bf16(b.u, H, R, H);
   ops.mark("mHC pre + norm");
   attend(static_cast<const float*>(b.u), b.y);
   ops.hc_post(X, R, b.y, b.post, b.comb, Xn);
+  ops.act_bf16(Xn, nH, R, nH);
   std::swap(X, Xn);
   ops.hc_pre(blk.hc_ffn, X, R, b.u, b.post, b.comb);
+  ops.act_bf16(b.u, H, R, H);
   ops.rmsnorm(b.u, R, H, blk.ffn_norm, b.u);
+  ops.act_bf16(b.u, H, R, H);
   ops.mark("mHC post + pre + norm");
   moe(ops, blk.ffn, b.u, b.y);
   ops.hc_post(X, R, b.y, b.post, b.comb, Xn);
+  ops.act_bf16(Xn, nH, R, nH);
   std::swap(X, Xn);
   ops.mark("mHC post");
 }
@@ -203,7 +233,9 @@ void head(Ops& ops, const Head& hh, const Norm& norm, const Linear& head_w, cons
   auto& b = ops.buf();
   const int64_t H = ops.config().hidden_size;
   ops.hc_head(hh, X, Rh, b.h);
+  ops.act_bf16(b.h, H, Rh, H);
   ops.rmsnorm(b.h, Rh, H, norm, b.h);
+  ops.act_bf16(b.h, H, Rh, H);
   ops.mark("head mHC + norm");
   ops.linear(head_w, b.h, Rh, logits);
   ops.mark("head linear");
@@ -251,10 +283,13 @@ void mtp_pass(Ops& ops, const Weights& w, size_t m, float* streams, float* logit
   ops.mtp_input(b.mtp_in);
   ops.embed_rows(w.embed, b.e);
   ops.rmsnorm(b.e, R, H, mb.enorm, b.e);
+  ops.act_bf16(b.e, H, R, H);
   ops.linear(mb.e_proj, b.e, R, b.ep);
   ops.rmsnorm(b.mtp_in, R * n, H, mb.hnorm, b.hs);
+  ops.act_bf16(b.hs, H, R * n, H);
   ops.linear(mb.h_proj, b.hs, R * n, X);
   ops.add_broadcast_streams(b.ep, X, X);
+  ops.act_bf16(X, n * H, R, n * H);
   auto&& st = ops.layer(w.layers.size() + m);
   block(ops, mb.block, st, X, Xn);
   outputs(ops, mb.hc_head, mb.norm, w.head, X, streams, logits);

@@ -40,13 +40,15 @@ PlanBinder::PlanBinder(const Checkpoint& ckpt, std::span<const PlannedLinear> li
 Linear PlanBinder::linear(const std::string& path) const {
   auto it = linears_.find(path);
   if (it == linears_.end()) fail_invalid("{} has no linear module {}", what_, path);
+  Linear l;
   if (opt_.skip_linears) {
-    Linear l;
     l.out = it->second->n;
     l.in = it->second->k;
-    return l;
+  } else {
+    l = opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
   }
-  return opt_.dequantize ? dequantize_linear(ckpt_, *it->second) : prepare_linear(ckpt_, *it->second);
+  l.stored = it->second->scheme.kind;
+  return l;
 }
 
 const PlannedTensor& PlanBinder::get(const std::string& path) const {

@@ -61,6 +61,8 @@ class SyntheticModel {
   explicit SyntheticModel(const SyntheticSpec& spec);
   ~SyntheticModel();
   const Weights& weights() const { return weights_; }
+  // The precision the GPU prepares the linears for (upload_weights reads Weights::precision).
+  void set_precision(ops::Precision p) { weights_.precision = p; }
   // Views into this object's buffers: valid while it lives.
   LinearSource linears() const;
   std::string describe() const;  // "V4-Flash-shaped, 4 layers, experts mxfp4, dense fp8_block"

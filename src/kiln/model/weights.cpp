@@ -135,27 +135,14 @@ Linear prepare_linear(const Checkpoint& ckpt, const PlannedLinear& m) {
 }
 
 uint64_t linear_weight_bytes(const Weights& w) {
-  uint64_t total = w.head.bytes();
-  auto expert = [&](const Expert& e) { total += e.w1.bytes() + e.w2.bytes() + e.w3.bytes(); };
-  auto compressor = [&](const Compressor& c) { total += c.wkv.bytes() + c.wgate.bytes(); };
-  auto block = [&](const Block& b) {
-    const Attention& a = b.attn;
-    total += a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_a.bytes() + a.wo_b.bytes();
-    if (a.compressor) compressor(*a.compressor);
-    if (a.indexer) {
-      total += a.indexer->wq_b.bytes() + a.indexer->weights_proj.bytes();
-      compressor(a.indexer->compressor);
-    }
-    total += b.ffn.gate.bytes();
-    for (const Expert& e : b.ffn.experts) expert(e);
-    if (b.ffn.shared) expert(*b.ffn.shared);
-  };
-  for (const Block& b : w.layers) block(b);
-  for (const MtpBlock& m : w.mtp) {
-    total += m.e_proj.bytes() + m.h_proj.bytes();
-    block(m.block);
-  }
+  uint64_t total = 0;
+  for_each_linear(w, [&](const Linear& l, ops::LinearRole) { total += l.bytes(); });
   return total;
+}
+
+void set_precision(Weights& w, ops::Precision p) {
+  w.precision = p;
+  for_each_linear(w, [&](Linear& l, ops::LinearRole role) { l.numerics = ops::linear_numerics(p, role, l.stored); });
 }
 
 uint64_t plain_weight_bytes(const Weights& w) {

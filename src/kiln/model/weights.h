@@ -109,6 +109,9 @@ struct MtpBlock {
 
 struct Weights {
   ModelConfig config;
+  // The precision the linears' numerics are set for (set_precision); the model's ops read
+  // it for the activations (model/definition.h).
+  ops::Precision precision = ops::Precision::Exact;
   Tensor embed;             // [vocab, hidden]
   Linear head;              // [vocab, hidden]
   std::vector<float> norm;  // [hidden]
@@ -137,6 +140,50 @@ void decode_floats(DType dt, const std::byte* src, int64_t count, float* dst);
 // The rotary embedding of one of the config's two ropes (SWA layers: rope_main; CSA/HCA:
 // rope_compress) over the last rope_head_dim channels, as both backends build it.
 ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
+
+// f(linear, role) for every linear module of w (W: Weights or const Weights), with its role
+// in DeepSeek's code (ops/linear_numerics.h).
+template <class W, class F>
+void for_each_linear(W& w, F&& f) {
+  using R = ops::LinearRole;
+  auto expert = [&](auto& e) {
+    f(e.w1, R::Quantized);
+    f(e.w2, R::Quantized);
+    f(e.w3, R::Quantized);
+  };
+  auto compressor = [&](auto& c) {
+    f(c.wkv, R::Fp32);
+    f(c.wgate, R::Fp32);
+  };
+  auto block = [&](auto& b) {
+    auto& a = b.attn;
+    f(a.wq_a, R::Quantized);
+    f(a.wq_b, R::Quantized);
+    f(a.wkv, R::Quantized);
+    f(a.wo_a, R::Bf16);
+    f(a.wo_b, R::Quantized);
+    if (a.compressor) compressor(*a.compressor);
+    if (a.indexer) {
+      f(a.indexer->wq_b, R::Quantized);
+      f(a.indexer->weights_proj, R::Bf16);
+      compressor(a.indexer->compressor);
+    }
+    f(b.ffn.gate, R::Fp32);
+    for (auto& e : b.ffn.experts) expert(e);
+    if (b.ffn.shared) expert(*b.ffn.shared);
+  };
+  f(w.head, R::Fp32);
+  for (auto& b : w.layers) block(b);
+  for (auto& m : w.mtp) {
+    f(m.e_proj, R::Quantized);
+    f(m.h_proj, R::Quantized);
+    block(m.block);
+  }
+}
+
+// Sets every linear's numerics (ops/linear_numerics.h) from its role in DeepSeek's code and
+// its stored scheme, and w.precision.
+void set_precision(Weights& w, ops::Precision p);
 
 // Resident bytes of all linear modules' weights (fp32 or prepared quantized form).
 uint64_t linear_weight_bytes(const Weights& w);

@@ -65,8 +65,25 @@ void act_quant_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint8_
                     ActScaleLayout sl);
 }  // namespace cpu
 
+// The activation transforms of a linear's input and output in `deepseek` precision
+// (ops/linear_numerics.h), values kept in fp32:
+//   act_fake_quant: y = e4m3(clamp(x / s)) * s per row and block of 128 columns, s as
+//     act_quant computes it; unlike act_quant any K > 0 is accepted, a last partial block
+//     being a block of its own. y may alias x (same ld).
+//   round_bf16: y = x rounded to bf16 (nearest, ties to even; NaN stays NaN). y may alias x.
+// Rows x (M) of K values, ldx / ldy floats apart. CPU and CUDA give the same bits.
+namespace cpu {
+void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy);
+void round_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy);
+}  // namespace cpu
+
 #ifdef KILN_HAVE_CUDA
 namespace cuda {
+// act_fake_quant and round_bf16 on the GPU (device pointers), launched on `stream`; M = 0
+// is a no-op; capturable.
+void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy, cudaStream_t stream);
+void round_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy, cudaStream_t stream);
+
 // The same on the GPU (device pointers; a warp per 128-column block). Launches on
 // `stream`, checks the launch, never allocates or synchronises (capturable). M = 0 is a
 // no-op; negative sizes, or K not a multiple of 128, throw kiln::Error (Usage).

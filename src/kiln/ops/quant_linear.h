@@ -20,6 +20,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/core/scheme_kind.h"
 #include "kiln/core/stored_linear.h"
+#include "kiln/ops/linear_numerics.h"
 
 namespace kiln::ops {
 
@@ -48,6 +49,16 @@ class QuantLinear {
   // stay valid until then. Shape and dtype errors throw here; a content error (an e4m3 NaN
   // code) is thrown by up.finish(). Sizes: ops/device_sizes.h.
   static QuantLinear prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up);
+  // The same with `numerics` (ops/linear_numerics.h): forward() quantizes x with act_quant
+  // first (LinearInput::Fp8Block) and rounds y to bf16 (bf16_output) as it says;
+  // batch_invariant makes a row's result independent of M (every M uses M = 1's lanes per
+  // row, and cuBLASLt, which picks an algorithm per M, is left out). With FP8 input an
+  // fp8_block weight with 128 x 128 blocks and n, k multiples of 128 runs on the CUTLASS
+  // FP8 block GEMM (fp8_block_gemm.h: FP8 x FP8 tensor-core products, no split-K, so
+  // invariant too) where it is built and the device is sm_90; elsewhere x is quantized and
+  // dequantized (act_fake_quant) in front of the CUDA-core kernel.
+  static QuantLinear prepare(const HostQuantLinear& w, int max_m, LinearNumerics numerics);
+  static QuantLinear prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up, LinearNumerics numerics);
 
   QuantLinear();
   QuantLinear(QuantLinear&&) noexcept;
@@ -86,6 +97,7 @@ class QuantLinear {
   std::vector<std::byte> download_prepared() const;
   // "fp8_block mt=1 rw=4 lk=64 blocks=256" for the kernel chosen for M tokens.
   const char* describe(int M) const;
+  LinearNumerics numerics() const;
 
  private:
   std::unique_ptr<QuantLinearImpl> impl_;
@@ -102,6 +114,11 @@ class QuantLinearSet {
   static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs);
   // The same, copying the experts' bytes through `up` (as QuantLinear::prepare(w, max_m, up)).
   static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader& up);
+  // The same with `numerics` (as QuantLinear's): x rows act_quant-ed into the staging
+  // buffer first and/or y rounded to bf16; batch_invariant fixes every P's lanes to
+  // P = 1's, so a pair's result does not depend on how many pairs share the launch.
+  static QuantLinearSet prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up,
+                                LinearNumerics numerics);
 
   QuantLinearSet();
   QuantLinearSet(QuantLinearSet&&) noexcept;

@@ -36,7 +36,8 @@ CpuBackend::CpuBackend(const model::Forward& forward, CpuBackendOptions options,
 }
 
 std::string CpuBackend::describe() const {
-  return fmt::format("cpu ({} hardware threads)", std::thread::hardware_concurrency());
+  return fmt::format("cpu ({} hardware threads), {} precision", std::thread::hardware_concurrency(),
+                     ops::precision_name(f_.weights().precision));
 }
 
 int64_t CpuBackend::weight_bytes() const {

@@ -341,7 +341,7 @@ void GpuForward::enqueue(Pass pass, int m, int R) {
   x.g = b.g.get(), x.up = b.up.get(), x.hc_work = b.hc_work.get(), x.attn_work = b.attn_work.get();
   x.iscratch = b.iscratch.get(), x.src = b.src.get();
   x.mtp_source = pass == Pass::MtpFromMtp ? b.mtp_streams.get() : b.main_streams.get();
-  GpuOps ops(c, oc::StepRows{b.tok.get(), b.slot.get(), b.pos.get(), R}, stream_, rope_main_.view(),
+  GpuOps ops(c, w_.precision, oc::StepRows{b.tok.get(), b.slot.get(), b.pos.get(), R}, stream_, rope_main_.view(),
              rope_compress_.view(), v, x, layer_state_, timer_);
   const int V = static_cast<int>(c.vocab_size);
   ops.mark("start");

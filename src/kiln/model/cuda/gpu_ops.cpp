@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/copy_rows.h"
 #include "kiln/ops/cuda/elementwise.h"
@@ -29,10 +30,10 @@ OpTimer::~OpTimer() {
   for (auto& m : marks) cudaEventDestroy(m.second);
 }
 
-GpuOps::GpuOps(const ModelConfig& c, const oc::StepRows& rows, cudaStream_t stream, oc::RopeView rope_main,
-               oc::RopeView rope_compress, const Buffers& b, const GpuScratch& scratch,
+GpuOps::GpuOps(const ModelConfig& c, ops::Precision precision, const oc::StepRows& rows, cudaStream_t stream,
+               oc::RopeView rope_main, oc::RopeView rope_compress, const Buffers& b, const GpuScratch& scratch,
                std::span<const std::unique_ptr<GpuLayerState>> layers, OpTimer* timer)
-    : c_(c), rows_(rows), s_(stream), rope_main_(rope_main), rope_compress_(rope_compress), b_(b), x_(scratch),
+    : c_(c), precision_(precision), rows_(rows), s_(stream), rope_main_(rope_main), rope_compress_(rope_compress), b_(b), x_(scratch),
       layers_(layers), timer_(timer), eps_(static_cast<float>(c.rms_norm_eps)), hc_eps_(static_cast<float>(c.hc_eps)),
       H_(static_cast<int>(c.hidden_size)), n_(static_cast<int>(c.hc_mult)) {}
 
@@ -71,8 +72,13 @@ void GpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor
   oc::scale_rows(x, ld, static_cast<int>(R), static_cast<int>(n), factor, s_);
 }
 
-void GpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, float* out) const {
-  oc::swiglu(g, u, I, static_cast<int>(R), static_cast<int>(I), static_cast<float>(c_.swiglu_limit), out, I, s_);
+void GpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const {
+  oc::swiglu(g, u, I, static_cast<int>(R), static_cast<int>(I), static_cast<float>(c_.swiglu_limit), out, I, s_,
+             row_weight, precision_ == ops::Precision::DeepSeek);
+}
+
+void GpuOps::act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const {
+  if (precision_ == ops::Precision::DeepSeek) ops::cuda::round_bf16(x, ld, R, n, x, ld, s_);
 }
 
 // ---- mHC ----------------------------------------------------------------------------------
@@ -134,12 +140,13 @@ void GpuOps::route(const GpuMoe& m, const float* logits, int32_t* idx, float* wt
 
 // One indexed product per projection over the (row, expert) pairs; the expert is picked
 // on the device.
-void GpuOps::routed_experts(const GpuMoe& m, const float* x, const int32_t* idx, float* ye) const {
+// wt (not null): pair i's SwiGLU row times wt[i] before w2 (pairs are (row, k) in order).
+void GpuOps::routed_experts(const GpuMoe& m, const float* x, const int32_t* idx, const float* wt, float* ye) const {
   const int R = rows_.R, K = static_cast<int>(c_.num_experts_per_tok);
   const int64_t I = m.inter;
   m.w1.forward_indexed(x, H_, K, idx, R * K, x_.g, I, s_);
   m.w3.forward_indexed(x, H_, K, idx, R * K, x_.up, I, s_);
-  oc::swiglu(x_.g, x_.up, I, R * K, static_cast<int>(I), static_cast<float>(c_.swiglu_limit), x_.g, I, s_);
+  swiglu(x_.g, x_.up, R * K, I, wt, x_.g);
   m.w2.forward_indexed(x_.g, I, 1, idx, R * K, ye, H_, s_);
 }
 

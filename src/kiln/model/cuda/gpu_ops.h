@@ -65,7 +65,8 @@ class GpuOps {
  public:
   using Buffers = def::Activations<int32_t, GpuSelection>;
 
-  GpuOps(const ModelConfig& c, const ops::cuda::StepRows& rows, cudaStream_t stream, ops::cuda::RopeView rope_main,
+  GpuOps(const ModelConfig& c, ops::Precision precision, const ops::cuda::StepRows& rows, cudaStream_t stream,
+         ops::cuda::RopeView rope_main,
          ops::cuda::RopeView rope_compress, const Buffers& b, const GpuScratch& scratch,
          std::span<const std::unique_ptr<GpuLayerState>> layers, OpTimer* timer);
 
@@ -88,7 +89,9 @@ class GpuOps {
   void rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const;
   void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse) const;
   void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const;
-  void swiglu(const float* g, const float* u, int64_t R, int64_t I, float* out) const;
+  void swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const;
+  ops::Precision precision() const { return precision_; }
+  void act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const;
 
   void hc_pre(const GpuHyper& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb) const;
   void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const;
@@ -102,7 +105,7 @@ class GpuOps {
               float scale, ops::AttnKeys keys, const GpuSelection& sel, float* o) const;
 
   void route(const GpuMoe& m, const float* logits, int32_t* idx, float* wt) const;
-  void routed_experts(const GpuMoe& m, const float* x, const int32_t* idx, float* ye) const;
+  void routed_experts(const GpuMoe& m, const float* x, const int32_t* idx, const float* wt, float* ye) const;
   void moe_combine(const float* ye, const int32_t* idx, const float* wt, const float* shared, float* out) const;
 
   void embed_streams(const DeviceArray<float>& embed, float* X) const;
@@ -117,6 +120,7 @@ class GpuOps {
   ops::cuda::RopeView rope_of(AttnKind kind) const { return kind == AttnKind::SWA ? rope_main_ : rope_compress_; }
 
   const ModelConfig& c_;
+  ops::Precision precision_;
   ops::cuda::StepRows rows_;
   cudaStream_t s_;
   ops::cuda::RopeView rope_main_, rope_compress_;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <string>
+#include <unordered_map>
 
 #include "kiln/core/error.h"
 #include "kiln/model/gpu_memory.h"
@@ -19,11 +20,25 @@ using ops::cuda::DeviceUploader;
 // the copies into the result's buffers before they are freed.
 class Uploader {
  public:
-  Uploader(const LinearSource& src, int max_rows, DeviceUploader* up) : src_(src), max_rows_(max_rows), up_(up) {}
+  // Every linear is prepared with the numerics of w.precision for its role (for_each_linear)
+  // and its stored scheme (the source's view).
+  Uploader(const Weights& w, const LinearSource& src, int max_rows, DeviceUploader* up)
+      : src_(src), max_rows_(max_rows), up_(up), precision_(w.precision) {
+    for_each_linear(w, [&](const Linear& l, ops::LinearRole r) { roles_[&l] = r; });
+  }
 
-  QuantLinear linear(const std::string& path, int max_m = 0) {
+  // host: the module's host Linear (its role).
+  ops::LinearNumerics numerics(const Linear& host, SchemeKind stored) const {
+    auto it = roles_.find(&host);
+    if (it == roles_.end()) fail_invalid("internal: a linear module without a role in the model");
+    return ops::linear_numerics(precision_, it->second, stored);
+  }
+
+  QuantLinear linear(const std::string& path, const Linear& host, int max_m = 0) {
     const int m = max_m > 0 ? max_m : gpu_linear_rows(max_rows_);
-    QuantLinear q = up_ ? QuantLinear::prepare(src_(path), m, *up_) : QuantLinear::prepare(src_(path), m);
+    const ops::HostQuantLinear view = src_(path);
+    const ops::LinearNumerics num = numerics(host, view.scheme);
+    QuantLinear q = up_ ? QuantLinear::prepare(view, m, *up_, num) : QuantLinear::prepare(view, m, num);
     bytes += q.weight_bytes();
     device_bytes += q.device_bytes();
     return q;
@@ -42,8 +57,8 @@ class Uploader {
     g.ratio = static_cast<int>(c.ratio);
     g.dim = static_cast<int>(c.dim);
     g.overlap = c.overlap;
-    g.wkv = linear(p + "wkv");
-    g.wgate = linear(p + "wgate");
+    g.wkv = linear(p + "wkv", c.wkv);
+    g.wgate = linear(p + "wgate", c.wgate);
     g.ape = array(c.ape.data);
     g.norm = array(c.norm);
     return g;
@@ -66,12 +81,24 @@ class Uploader {
     return g;
   }
 
-  QuantLinearSet experts(const std::string& p, const char* proj, int64_t count, int pairs) {
+  // host(e): expert e's host Linear of this projection (its numerics).
+  template <class HostOf>
+  QuantLinearSet experts(const std::string& p, const char* proj, int64_t count, int pairs, HostOf host) {
     std::vector<ops::HostQuantLinear> views;
     views.reserve(static_cast<size_t>(count));
-    for (int64_t e = 0; e < count; ++e) views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
+    ops::LinearNumerics num;
+    for (int64_t e = 0; e < count; ++e) {
+      views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
+      const ops::LinearNumerics ne = numerics(host(e), views.back().scheme);
+      if (e == 0) num = ne;
+      if (!(ne == num))
+        fail_invalid("{}: in {} precision its input is treated unlike expert 0's ({} vs {}: mixed expert schemes); "
+                     "the CUDA expert set takes one treatment per layer (--precision exact takes any mix)",
+                     views.back().name, ops::precision_name(precision_), scheme_kind_name(views.back().scheme),
+                     scheme_kind_name(views.front().scheme));
+    }
     const int n = static_cast<int>(views.size());
-    QuantLinearSet set = up_ ? QuantLinearSet::prepare(views.data(), n, pairs, *up_) : QuantLinearSet::prepare(views.data(), n, pairs);
+    QuantLinearSet set = QuantLinearSet::prepare(views.data(), n, pairs, up_, num);
     bytes += set.expert_bytes() * set.count();
     device_bytes += set.device_bytes();
     return set;
@@ -87,11 +114,11 @@ class Uploader {
     const Attention& a = b.attn;
     GpuAttention& ga = g.attn;
     ga.kind = a.kind;
-    ga.wq_a = linear(p + "attn.wq_a");
-    ga.wq_b = linear(p + "attn.wq_b");
-    ga.wkv = linear(p + "attn.wkv");
-    ga.wo_a = linear(p + "attn.wo_a");
-    ga.wo_b = linear(p + "attn.wo_b");
+    ga.wq_a = linear(p + "attn.wq_a", a.wq_a);
+    ga.wq_b = linear(p + "attn.wq_b", a.wq_b);
+    ga.wkv = linear(p + "attn.wkv", a.wkv);
+    ga.wo_a = linear(p + "attn.wo_a", a.wo_a);
+    ga.wo_b = linear(p + "attn.wo_b", a.wo_b);
     ga.q_norm = array(a.q_norm);
     ga.kv_norm = array(a.kv_norm);
     ga.sink = array(a.sink);
@@ -99,14 +126,14 @@ class Uploader {
     if (a.indexer) {
       ga.indexer.emplace();
       GpuIndexer& ix = *ga.indexer;
-      ix.wq_b = linear(p + "attn.indexer.wq_b");
-      ix.weights_proj = linear(p + "attn.indexer.weights_proj");
+      ix.wq_b = linear(p + "attn.indexer.wq_b", a.indexer->wq_b);
+      ix.weights_proj = linear(p + "attn.indexer.weights_proj", a.indexer->weights_proj);
       ix.compressor = compressor(a.indexer->compressor, p + "attn.indexer.compressor.");
     }
     const Moe& m = b.ffn;
     GpuMoe& gm = g.ffn;
     gm.hash = m.hash;
-    gm.gate = linear(p + "ffn.gate");
+    gm.gate = linear(p + "ffn.gate", m.gate);
     if (m.hash) {
       gm.tid2eid = array(m.tid2eid);
     } else {
@@ -114,16 +141,17 @@ class Uploader {
     }
     const int64_t E = cfg.n_routed_experts;
     const int pairs = gpu_expert_pairs(cfg, max_rows_);
-    gm.w1 = experts(p, "w1", E, pairs);
-    gm.w2 = experts(p, "w2", E, pairs);
-    gm.w3 = experts(p, "w3", E, pairs);
+    auto ex = [&](int64_t e) -> const Expert& { return m.experts[static_cast<size_t>(e)]; };
+    gm.w1 = experts(p, "w1", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w1; });
+    gm.w2 = experts(p, "w2", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w2; });
+    gm.w3 = experts(p, "w3", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w3; });
     gm.inter = gm.w1.n();
     if (m.shared) {
       gm.shared.emplace();
       GpuExpert& s = *gm.shared;
-      s.w1 = linear(p + "ffn.shared_experts.w1");
-      s.w2 = linear(p + "ffn.shared_experts.w2");
-      s.w3 = linear(p + "ffn.shared_experts.w3");
+      s.w1 = linear(p + "ffn.shared_experts.w1", m.shared->w1);
+      s.w2 = linear(p + "ffn.shared_experts.w2", m.shared->w2);
+      s.w3 = linear(p + "ffn.shared_experts.w3", m.shared->w3);
     }
     return g;
   }
@@ -135,6 +163,8 @@ class Uploader {
   const LinearSource& src_;
   int max_rows_;
   DeviceUploader* up_;
+  ops::Precision precision_;
+  std::unordered_map<const Linear*, ops::LinearRole> roles_;
 };
 
 // The embedding, converted to fp32 on the device piece by piece from its stored form.
@@ -164,7 +194,7 @@ GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int ma
   std::unique_ptr<DeviceUploader> up;
   if (!s.synchronous) up = std::make_unique<DeviceUploader>(s.upload);
   CancelUploadsOnThrow guard(up.get());
-  Uploader u(sources.linears, max_rows, up.get());
+  Uploader u(w, sources.linears, max_rows, up.get());
   g.config = cfg;
   if (!w.embed.data.empty()) {
     g.embed = u.array(w.embed.data);
@@ -175,7 +205,8 @@ GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int ma
     g.embed = embed_from(sources.embed, count, *up);
     u.device_bytes += count * 4;
   }
-  g.head = u.linear("head");
+  g.precision = w.precision;
+  g.head = u.linear("head", w.head);
   g.norm = u.array(w.norm);
   g.hc_head = u.head(w.hc_head);
   for (size_t l = 0; l < w.layers.size(); ++l) g.layers.push_back(u.block(w.layers[l], cfg, fmt::format("layers.{}.", l)));
@@ -183,8 +214,8 @@ GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int ma
     const std::string p = fmt::format("mtp.{}.", m);
     const MtpBlock& mb = w.mtp[m];
     GpuMtp& gm = g.mtp.emplace_back();
-    gm.e_proj = u.linear(p + "e_proj");
-    gm.h_proj = u.linear(p + "h_proj", gpu_hproj_rows(cfg, max_rows));
+    gm.e_proj = u.linear(p + "e_proj", mb.e_proj);
+    gm.h_proj = u.linear(p + "h_proj", mb.h_proj, gpu_hproj_rows(cfg, max_rows));
     gm.enorm = u.array(mb.enorm);
     gm.hnorm = u.array(mb.hnorm);
     gm.norm = u.array(mb.norm);

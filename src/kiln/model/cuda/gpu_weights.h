@@ -84,6 +84,7 @@ struct GpuMtp {
 
 struct GpuWeights {
   ModelConfig config;
+  ops::Precision precision = ops::Precision::Exact;  // the host Weights' (set_precision), every linear prepared for it
   DeviceArray<float> embed;  // [vocab, hidden]
   QuantLinear head;
   DeviceArray<float> norm;

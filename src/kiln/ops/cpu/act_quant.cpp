@@ -1,6 +1,7 @@
 // DeepSeek's 1 x 128 activation quantizer (ops/act_quant.h), the CPU reference.
 #include "kiln/ops/act_quant.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 
@@ -45,6 +46,32 @@ void act_quant(const float* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, in
 void act_quant_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
                     ActScaleLayout sl) {
   quantize_rows(x, ldx, M, K, q, ldq, s, sl, "act_quant_bf16");
+}
+
+}  // namespace kiln::ops::cpu
+
+namespace kiln::ops::cpu {
+
+void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy) {
+  if (M < 0 || K <= 0) fail(ErrorKind::Usage, "act_fake_quant: [{}, {}] (K must be positive)", M, K);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * ldx;
+    float* yr = y + m * ldy;
+    for (int64_t b0 = 0; b0 < K; b0 += kActQuantBlock) {
+      const int64_t b1 = std::min(K, b0 + kActQuantBlock);
+      float amax = 0.0f;
+      for (int64_t i = b0; i < b1; ++i) amax = std::fmax(amax, std::fabs(xr[i]));
+      const float sc = act_quant_scale(amax);
+      for (int64_t i = b0; i < b1; ++i) yr[i] = e4m3_to_f32(f32_to_e4m3(act_quant_clamp(xr[i] / sc))) * sc;
+    }
+  }
+}
+
+void round_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy) {
+  if (M < 0 || K < 0) fail(ErrorKind::Usage, "round_bf16: [{}, {}]", M, K);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t i = 0; i < K; ++i) y[m * ldy + i] = bf16_to_f32(f32_to_bf16(x[m * ldx + i]));
+  }
 }
 
 }  // namespace kiln::ops::cpu

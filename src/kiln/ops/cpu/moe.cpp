@@ -24,6 +24,7 @@ void moe_experts(const float* x, int64_t T, int64_t H, const int64_t* idx, int64
                  const ExpertFn& expert, float* ye) {
   std::vector<float> xg, yg;
   std::vector<std::pair<int64_t, int64_t>> hits;  // (token, slot)
+  std::vector<int64_t> pairs;
   for (int64_t e = 0; e < E; ++e) {
     hits.clear();
     for (int64_t t = 0; t < T; ++t) {
@@ -38,7 +39,9 @@ void moe_experts(const float* x, int64_t T, int64_t H, const int64_t* idx, int64
     for (int64_t i = 0; i < nrow; ++i) {
       std::memcpy(xg.data() + i * H, x + hits[static_cast<size_t>(i)].first * H, static_cast<size_t>(H) * sizeof(float));
     }
-    expert(e, xg.data(), nrow, yg.data());
+    pairs.resize(hits.size());
+    for (size_t i = 0; i < hits.size(); ++i) pairs[i] = hits[i].first * K + hits[i].second;
+    expert(e, xg.data(), nrow, pairs.data(), yg.data());
     for (int64_t i = 0; i < nrow; ++i) {
       const auto [t, k] = hits[static_cast<size_t>(i)];
       std::memcpy(ye + (t * K + k) * H, yg.data() + i * H, static_cast<size_t>(H) * sizeof(float));
@@ -56,8 +59,12 @@ void moe_combine(const float* ye, const int64_t* idx, const float* wt, int64_t T
     float* o = out + t * H;
     std::fill(o, o + H, 0.0f);
     for (int64_t k : order) {
-      const float wv = wt[t * K + k];
       const float* yr = ye + (t * K + k) * H;
+      if (!wt) {
+        for (int64_t d = 0; d < H; ++d) o[d] += yr[d];
+        continue;
+      }
+      const float wv = wt[t * K + k];
       for (int64_t d = 0; d < H; ++d) o[d] += yr[d] * wv;
     }
   }

@@ -15,6 +15,7 @@
 
 #include "kiln/core/dtype.h"
 #include "kiln/core/scheme_kind.h"
+#include "kiln/ops/linear_numerics.h"
 
 namespace kiln::ops::cpu {
 
@@ -63,6 +64,11 @@ struct PreparedLinear {
   std::vector<float> w;
   QuantWeight q;
   DecodeRowsFn decode = nullptr;
+  // The scheme the weight is stored in on disk (also when it is held dequantized), and
+  // how the model's ops treat this layer's input and output (ops/linear_numerics.h; set
+  // for the precision the model is loaded in, exact by default).
+  SchemeKind stored = SchemeKind::BF16;
+  LinearNumerics numerics;
 
   bool quantized() const { return decode != nullptr; }
   // Whether the stored form holds exactly out x in values.

@@ -2,6 +2,8 @@
 // 128-column block, four consecutive values per lane; amax by a butterfly of fmaxf (max is
 // exact, so the order does not matter), the scale by act_quant_scale, the codes by the
 // hardware's round-to-nearest-even, saturating e4m3 conversion. Bitwise the CPU's.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 #include "kiln/ops/act_quant.h"
@@ -55,7 +57,62 @@ void launch(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t l
   KILN_CUDA_CHECK_LAUNCH();
 }
 
+// act_fake_quant: one warp per (row, block of 128 columns), a last partial block masked.
+__global__ void fake_quant_kernel(const float* __restrict__ x, int64_t ldx, int64_t blocks, int64_t blocks_per_row,
+                                  int64_t K, float* __restrict__ y, int64_t ldy) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  if (w >= blocks) return;
+  const int64_t m = w / blocks_per_row, c0 = (w % blocks_per_row) * kActQuantBlock + lane * 4;
+  float v[4];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[j] = c0 + j < K ? x[m * ldx + c0 + j] : 0.0f;
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+  const float sc = act_quant_scale(amax);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (c0 + j >= K) break;
+    const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(act_quant_clamp(v[j] / sc), __NV_SATFINITE, __NV_E4M3);
+    y[m * ldy + c0 + j] = __half2float(__half(__nv_cvt_fp8_to_halfraw(q, __NV_E4M3))) * sc;
+  }
+}
+
+__global__ void round_bf16_kernel(const float* __restrict__ x, int64_t ldx, int64_t M, int64_t K, float* __restrict__ y,
+                                  int64_t ldy) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= M * K) return;
+  const int64_t m = i / K, c = i % K;
+  y[m * ldy + c] = __bfloat162float(__float2bfloat16_rn(x[m * ldx + c]));
+}
+
+unsigned grid_of(int64_t threads, const char* what) {
+  const int64_t g = (threads + kThreads - 1) / kThreads;
+  if (g > 0x7FFFFFFF) fail(ErrorKind::Usage, "{}: too large", what);
+  return static_cast<unsigned>(g);
+}
+
 }  // namespace
+
+void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy, cudaStream_t stream) {
+  if (M < 0 || K <= 0) fail(ErrorKind::Usage, "cuda::act_fake_quant: [{}, {}] (K must be positive)", M, K);
+  const int64_t bpr = (K + kActQuantBlock - 1) / kActQuantBlock, blocks = M * bpr;
+  if (blocks == 0) return;
+  fake_quant_kernel<<<grid_of(blocks * 32, "cuda::act_fake_quant"), kThreads, 0, stream>>>(x, ldx, blocks, bpr, K, y,
+                                                                                             ldy);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void round_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy, cudaStream_t stream) {
+  if (M < 0 || K < 0) fail(ErrorKind::Usage, "cuda::round_bf16: [{}, {}]", M, K);
+  if (M * K == 0) return;
+  round_bf16_kernel<<<grid_of(M * K, "cuda::round_bf16"), kThreads, 0, stream>>>(x, ldx, M, K, y, ldy);
+  KILN_CUDA_CHECK_LAUNCH();
+}
 
 void act_quant(const float* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,
                ActScaleLayout sl, cudaStream_t stream) {

@@ -36,6 +36,12 @@ class Fp8BlockGemm {
   // block size, shapes, sizes, dtypes, an e4m3 NaN code in the weight), and when the
   // current device is not sm_90 (H100/H200).
   static Fp8BlockGemm prepare(const HostQuantLinear& w, int max_m);
+  // The GEMM over a weight already on the device (not owned; it must outlive the object
+  // and may still be in flight to the device: nothing is read here): e4m3 codes [n, k]
+  // row-major, fp32 block scales [n / 128, k / 128] row-major (ops::cuda::QuantLinear's
+  // prepared fp8_block layout for 128 x 128 blocks and k a multiple of 16). n, k positive
+  // multiples of 128. `name` names the weight in errors.
+  static Fp8BlockGemm bind(const uint8_t* w, const float* w_scales, int64_t n, int64_t k, int max_m, const char* name);
 
   Fp8BlockGemm();
   Fp8BlockGemm(Fp8BlockGemm&&) noexcept;
@@ -66,6 +72,8 @@ class Fp8BlockGemm {
   const char* describe() const;
 
  private:
+  static Fp8BlockGemm configure(std::unique_ptr<Fp8BlockGemmImpl> impl, const uint8_t* w, const float* sw, int64_t n,
+                                int64_t k, int max_m, const char* name);
   std::unique_ptr<Fp8BlockGemmImpl> impl_;
 };
 

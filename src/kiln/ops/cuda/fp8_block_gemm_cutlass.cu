@@ -89,8 +89,10 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 struct Fp8BlockGemmImpl {
   int64_t n = 0, k = 0;
   int max_m = 0;
-  DeviceArray<uint8_t> w;       // [n, k] e4m3, as on disk
-  DeviceArray<float> sw;        // [n / 128, k / 128] fp32
+  DeviceArray<uint8_t> w_own;   // [n, k] e4m3, as on disk (prepare; bind: empty)
+  DeviceArray<float> sw_own;    // [n / 128, k / 128] fp32
+  const uint8_t* w = nullptr;   // the weight read: w_own or a bound one
+  const float* sw = nullptr;
   DeviceArray<uint8_t> workspace;
   cutlass::KernelHardwareInfo hw;
   LayoutSFB layout_sfb;
@@ -120,8 +122,8 @@ struct Fp8BlockGemmImpl {
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {M, N, K, 1},
-        {reinterpret_cast<const ElementA*>(a), stride_a, reinterpret_cast<const ElementB*>(w.get()), stride_b, sa,
-         layout_sfa, sw.get(), layout_sfb},
+        {reinterpret_cast<const ElementA*>(a), stride_a, reinterpret_cast<const ElementB*>(w), stride_b, sa,
+         layout_sfa, sw, layout_sfb},
         {{}, nullptr, StrideC{}, y, stride_d},
         hw};
     args.epilogue.thread.alpha = 1.0f;  // y = 1 * acc: exact
@@ -161,32 +163,48 @@ Fp8BlockGemm Fp8BlockGemm::prepare(const HostQuantLinear& w, int max_m) {
                    static_cast<uint8_t>(w.weight.data[i]));
   }
 
+  auto impl = std::make_unique<Fp8BlockGemmImpl>();
+  Fp8BlockGemmImpl& d = *impl;
+  d.w_own = DeviceArray<uint8_t>(static_cast<size_t>(w.n * w.k), false);
+  d.w_own.upload(reinterpret_cast<const uint8_t*>(w.weight.data), static_cast<size_t>(w.n * w.k));
+  std::vector<float> sf(static_cast<size_t>(srows * scols));
+  for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(sd, w.scale.data + i * es);
+  d.sw_own = DeviceArray<float>(sf);
+  return configure(std::move(impl), d.w_own.get(), d.sw_own.get(), w.n, w.k, max_m, w.name);
+}
+
+Fp8BlockGemm Fp8BlockGemm::bind(const uint8_t* w, const float* w_scales, int64_t n, int64_t k, int max_m,
+                                const char* name) {
+  if (w == nullptr || w_scales == nullptr) fail(ErrorKind::Usage, "{}: FP8 block GEMM bound to a null weight", name);
+  if (n <= 0 || k <= 0 || n % kBlock != 0 || k % kBlock != 0 || n >= (int64_t{1} << 30) || k >= (int64_t{1} << 30))
+    fail_invalid("{}: shape [{}, {}]; the FP8 block GEMM needs n and k to be positive multiples of 128", name, n, k);
+  if (max_m < 1 || max_m > (1 << 20)) fail(ErrorKind::Usage, "{}: max_m = {} is outside [1, 2^20]", name, max_m);
+  return configure(std::make_unique<Fp8BlockGemmImpl>(), w, w_scales, n, k, max_m, name);
+}
+
+Fp8BlockGemm Fp8BlockGemm::configure(std::unique_ptr<Fp8BlockGemmImpl> impl, const uint8_t* w, const float* sw,
+                                     int64_t n, int64_t k, int max_m, const char* name) {
   int dev = 0;
   KILN_CUDA_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop{};
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   if (prop.major != 9 || prop.minor != 0)
-    fail(ErrorKind::Usage, "{}: the FP8 block GEMM is built for sm_90a (H100/H200); device {} is {} (sm_{}{})", w.name,
+    fail(ErrorKind::Usage, "{}: the FP8 block GEMM is built for sm_90a (H100/H200); device {} is {} (sm_{}{})", name,
          dev, prop.name, prop.major, prop.minor);
-
-  auto impl = std::make_unique<Fp8BlockGemmImpl>();
   Fp8BlockGemmImpl& d = *impl;
-  d.n = w.n;
-  d.k = w.k;
+  d.n = n;
+  d.k = k;
   d.max_m = max_m;
-  d.w = DeviceArray<uint8_t>(static_cast<size_t>(w.n * w.k), false);
-  d.w.upload(reinterpret_cast<const uint8_t*>(w.weight.data), static_cast<size_t>(w.n * w.k));
-  std::vector<float> sf(static_cast<size_t>(srows * scols));
-  for (size_t i = 0; i < sf.size(); ++i) sf[i] = scale_to_f32(sd, w.scale.data + i * es);
-  d.sw = DeviceArray<float>(sf);
+  d.w = w;
+  d.sw = sw;
   d.hw.device_id = dev;
   d.hw.sm_count = prop.multiProcessorCount;
-  d.layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(make_shape(1, static_cast<int>(w.n), static_cast<int>(w.k), 1));
+  d.layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(make_shape(1, static_cast<int>(n), static_cast<int>(k), 1));
 
   // The configuration, checked with CUTLASS on the largest call (run() checks each call too).
-  auto probe = d.arguments(nullptr, nullptr, min_scale_ld(max_m), max_m, nullptr, w.n);
+  auto probe = d.arguments(nullptr, nullptr, min_scale_ld(max_m), max_m, nullptr, n);
   if (const cutlass::Status s = Gemm::can_implement(probe); s != cutlass::Status::kSuccess)
-    fail_invalid("{}: CUTLASS cannot run [{}, {}] x max_m {}: {}", w.name, w.n, w.k, max_m, status_text(s));
+    fail_invalid("{}: CUTLASS cannot run [{}, {}] x max_m {}: {}", name, n, k, max_m, status_text(s));
   const size_t ws = Gemm::get_workspace_size(probe);
   if (ws) d.workspace = DeviceArray<uint8_t>(ws);
   // Dynamic shared memory above 48 KiB must be allowed once per kernel (not per call).
@@ -240,7 +258,7 @@ int64_t Fp8BlockGemm::n() const { return impl_->n; }
 int64_t Fp8BlockGemm::k() const { return impl_->k; }
 int Fp8BlockGemm::max_m() const { return impl_->max_m; }
 int64_t Fp8BlockGemm::weight_bytes() const {
-  return impl_->n * impl_->k + static_cast<int64_t>(impl_->sw.size() * sizeof(float));
+  return impl_->n * impl_->k + (impl_->n / kBlock) * (impl_->k / kBlock) * static_cast<int64_t>(sizeof(float));
 }
 const char* Fp8BlockGemm::describe() const { return impl_->text.c_str(); }
 

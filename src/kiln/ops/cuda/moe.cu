@@ -4,6 +4,8 @@
 // expert id, already chosen experts skipped), which gives the CPU partial_sort's order.
 #include <algorithm>
 
+#include <cuda_bf16.h>
+
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/moe.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -92,8 +94,8 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, Scoring
   }
 }
 
-__global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int rows, int I, float limit, float* out,
-                              int64_t ldo) {
+__global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int rows, int I, float limit,
+                              const float* row_weight, bool bf16_out, float* out, int64_t ldo) {
   const int64_t total = static_cast<int64_t>(rows) * I;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -103,7 +105,10 @@ __global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int ro
       gv = limit < gv ? limit : gv;                          // std::min(gv, limit)
       uv = uv < -limit ? -limit : (limit < uv ? limit : uv);  // std::clamp(uv, -limit, limit)
     }
-    out[r * ldo + c] = __fmul_rn(gv / (1.0f + expf(-gv)), uv);
+    float v = __fmul_rn(gv / (1.0f + expf(-gv)), uv);
+    if (row_weight != nullptr) v = __fmul_rn(v, row_weight[r]);
+    if (bf16_out) v = __bfloat162float(__float2bfloat16_rn(v));
+    out[r * ldo + c] = v;
   }
 }
 
@@ -131,7 +136,8 @@ __global__ void moe_combine_kernel(const float* __restrict__ y, int64_t ldy, con
   float acc = 0.0f;
   for (int q = 0; q < K; ++q) {
     const int k = order[q];
-    acc = __fadd_rn(acc, __fmul_rn(y[(r * K + k) * ldy + d], wt[r * K + k]));
+    const float yv = y[(r * K + k) * ldy + d];
+    acc = __fadd_rn(acc, wt != nullptr ? __fmul_rn(yv, wt[r * K + k]) : yv);
   }
   if (shared != nullptr) acc = __fadd_rn(acc, shared[r * H + d]);
   out[r * H + d] = acc;
@@ -160,7 +166,7 @@ void moe_route(const StepRows& rows, ScoringFunc f, const float* logits, int64_t
 }
 
 void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float limit, float* out, int64_t ldo,
-            cudaStream_t stream) {
+            cudaStream_t stream, const float* row_weight, bool bf16_out) {
   if (rows < 0 || I < 0) fail(ErrorKind::Usage, "cuda::swiglu: {} rows of {} values; expected >= 0", rows, I);
   if (rows == 0 || I == 0) return;
   if (g == nullptr || u == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::swiglu: null g, u or out");
@@ -168,7 +174,8 @@ void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float l
   const int64_t total = static_cast<int64_t>(rows) * I;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  swiglu_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(g, u, ld, rows, I, limit, out, ldo);
+  swiglu_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(g, u, ld, rows, I, limit, row_weight, bf16_out,
+                                                                        out, ldo);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -25,12 +25,14 @@ void moe_route(const StepRows& rows, ScoringFunc f, const float* logits, int64_t
 
 // out[i, c] = silu(g') * u' with g' = min(g, limit), u' = clamp(u, -limit, limit) when
 // limit > 0 (else unclamped); silu(v) = v / (1 + exp(-v)). rows x I values, rows ld apart
-// in g, u and out (out may alias g).
+// in g, u and out (out may alias g). row_weight (not null): times row_weight[i] (fp32
+// product); bf16_out: then rounded to bf16 (nearest even), as DeepSeek's Expert feeds w2.
 void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float limit, float* out, int64_t ldo,
-            cudaStream_t stream);
+            cudaStream_t stream, const float* row_weight = nullptr, bool bf16_out = false);
 
 // out[r, :] = sum over k in ascending order of expert id idx[r, k] of wt[r, k] * y[r * K + k, :]
-// (accumulated from 0 as acc += y * w), then + shared[r, :] when shared is not null.
+// (accumulated from 0 as acc += y * w; wt null: acc += y), then + shared[r, :] when shared
+// is not null.
 // y: [R * K, H] rows ldy apart; shared, out: [R, H] contiguous.
 void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* wt, int R, int K, int H,
                  const float* shared, float* out, cudaStream_t stream);

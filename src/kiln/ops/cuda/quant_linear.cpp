@@ -11,6 +11,7 @@
 
 #include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
@@ -160,7 +161,8 @@ void detail::submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader*
 }
 
 std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread,
-                                                        bool staging, std::vector<PendingUpload>& uploads) {
+                                                        bool staging, std::vector<PendingUpload>& uploads,
+                                                        LinearNumerics numerics) {
   if (w.n <= 0 || w.k <= 0) fail_invalid("{}: shape [{}, {}] is empty", w.name, w.n, w.k);
   if (rows_per_thread != 0 && rows_per_thread != 1 && rows_per_thread != 2 && rows_per_thread != 4)
     fail(ErrorKind::Usage, "{}: rows_per_thread = {} is not 0, 1, 2 or 4", w.name, rows_per_thread);
@@ -169,6 +171,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     fail_invalid("{}: shape [{}, {}] is too large for the CUDA linear kernel", w.name, w.n, w.k);
   auto impl = std::make_unique<QuantLinearImpl>();
   impl->scheme = w.scheme;
+  impl->num = numerics;
   impl->n = w.n;
   impl->k = w.k;
   impl->max_m = max_m;
@@ -284,12 +287,30 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     pl.rw = rw;
     auto blocks = [&](int l) { return static_cast<int64_t>(detail::row_blocks(n, rw, l)); };
     int l = 3;
-    while (l < max_lk_log2 && blocks(l) * pl.shape.mtiles < 2 * sms) ++l;
+    // Batch invariance: the lanes per row, which fix how each row's
+    // sum is associated, are M = 1's for every M.
+    const int64_t tiles_for_lanes = numerics.batch_invariant ? 1 : pl.shape.mtiles;
+    while (l < max_lk_log2 && blocks(l) * tiles_for_lanes < 2 * sms) ++l;
     pl.shape.lk_log2 = l;
     pl.shape.blocks = static_cast<unsigned>(blocks(l));
     pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), mt, rw, 1 << l,
                           pl.shape.blocks, pl.shape.mtiles);
   }
+#if KILN_HAVE_CUTLASS
+  if (numerics.input == LinearInput::Fp8Block && w.scheme == SchemeKind::FP8Block && w.block_n == 128 &&
+      w.block_k == 128 && n % 128 == 0 && k % 128 == 0 && staging && n < (int64_t{1} << 30)) {
+    cudaDeviceProp prop{};
+    KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    const int64_t ld = Fp8BlockGemm::min_scale_ld(max_m);
+    const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
+    if (prop.major == 9 && prop.minor == 0 && need <= static_cast<int64_t>(impl->xpad.bytes())) {
+      impl->gemm = std::make_unique<Fp8BlockGemm>(Fp8BlockGemm::bind(
+          static_cast<const uint8_t*>(impl->w.get()), static_cast<const float*>(impl->scale.get()), n, k, max_m, w.name));
+      impl->act_scale_ld = ld;
+      for (auto& pl : impl->plans) pl.text = std::string("act_quant + ") + impl->gemm->describe();
+    }
+  }
+#endif
   uploads.push_back({impl->w.get(), impl->w.bytes(), std::move(wfill), {w.weight.data, w.weight.size}});
   if (sfill) uploads.push_back({impl->scale.get(), impl->scale.bytes(), std::move(sfill), scale_src});
   if (zfill) uploads.push_back({impl->zp.get(), impl->zp.bytes(), std::move(zfill), {w.zero_point.data, w.zero_point.size}});
@@ -299,10 +320,12 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
 namespace {
 
 void prepare_with(const HostQuantLinear& w, int max_m, int rows_per_thread, DeviceUploader* up,
-                  std::unique_ptr<QuantLinearImpl>& slot) {
+                  std::unique_ptr<QuantLinearImpl>& slot, LinearNumerics numerics = {}) {
   std::vector<PendingUpload> uploads;
-  slot = detail::prepare_linear(w, max_m, rows_per_thread, true, uploads);
-  if (rows_per_thread == 0) detail::prepare_lt(*slot);  // forced variants stay on the CUDA-core kernels
+  slot = detail::prepare_linear(w, max_m, rows_per_thread, true, uploads, numerics);
+  // Forced variants stay on the CUDA-core kernels; cuBLASLt picks its algorithm per M, so
+  // batch-invariant (non-exact) numerics leave it out.
+  if (rows_per_thread == 0 && !numerics.batch_invariant) detail::prepare_lt(*slot);
   detail::submit_uploads(uploads, up);
 }
 
@@ -330,6 +353,18 @@ QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, DeviceUplo
   return out;
 }
 
+QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, LinearNumerics numerics) {
+  QuantLinear out;
+  prepare_with(w, max_m, 0, nullptr, out.impl_, numerics);
+  return out;
+}
+
+QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up, LinearNumerics numerics) {
+  QuantLinear out;
+  prepare_with(w, max_m, 0, &up, out.impl_, numerics);
+  return out;
+}
+
 int64_t QuantLinear::device_bytes() const {
   return impl_ ? static_cast<int64_t>(impl_->w.bytes() + impl_->scale.bytes() + impl_->zp.bytes() + impl_->xpad.bytes())
                : 0;
@@ -348,15 +383,31 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   if (ldx < d.k || ldy < d.n) fail(ErrorKind::Usage, "linear forward: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
   if (d.lt && M >= detail::kLtMinRows && detail::lt_forward(d, x, ldx, M, y, ldy, st)) return;
-  if (d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
-    auto* xp = static_cast<float*>(d.xpad.get());
-    detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
-    x = xp;
-    ldx = d.kp;
+  if (d.gemm && ldy % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0) {
+    // FP8 x FP8 on tensor cores: x quantized into the staging buffer (codes, then scales).
+    auto* q = static_cast<uint8_t*>(d.xpad.get());
+    auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(d.max_m, d.k));
+    cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);
+    d.gemm->run(st, q, sc, d.act_scale_ld, M, y, ldy);
+  } else {
+    const bool fake_quant = d.num.input == LinearInput::Fp8Block;
+    if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+      auto* xp = static_cast<float*>(d.xpad.get());
+      detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
+      if (fake_quant) cuda::act_fake_quant(xp, d.kp, M, d.k, xp, d.kp, st);
+      x = xp;
+      ldx = d.kp;
+    }
+    const auto& pl = d.plans[static_cast<size_t>(M - 1)];
+    pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
   }
-  const auto& pl = d.plans[static_cast<size_t>(M - 1)];
-  pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
+  if (d.num.bf16_output) cuda::round_bf16(y, ldy, M, d.n, y, ldy, st);
 }
+
+namespace {
+void grouped_launch(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t x_group_stride, int M, int groups,
+                    float* y, int64_t ldy, cudaStream_t st);
+}  // namespace
 
 // One launch with the groups along grid.z, the lanes and token tiles of M's plan, and
 // as many row blocks as one group's rows need. When x has to be staged (k not a whole
@@ -377,7 +428,18 @@ void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_s
          "linear forward_grouped: x rows of {} floats cannot hold {} groups {} apart of k = {} (x_group_stride >= 0), "
          "or ldy = {} < n = {}",
          ldx, groups, x_group_stride, d.k, ldy, d.n);
+  if (d.num.input != LinearInput::Fp32)
+    fail(ErrorKind::Usage, "linear forward_grouped: the layer quantizes its input (act_quant per 128 columns of the "
+                           "whole row), which a grouped product cannot take");
   auto st = static_cast<cudaStream_t>(stream);
+  grouped_launch(d, x, ldx, x_group_stride, M, groups, y, ldy, st);
+  if (d.num.bf16_output) cuda::round_bf16(y, ldy, M, d.n, y, ldy, st);
+}
+
+namespace {
+
+void grouped_launch(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t x_group_stride, int M, int groups,
+                    float* y, int64_t ldy, cudaStream_t st) {
   const auto& pl = d.plans[static_cast<size_t>(M - 1)];
   const int64_t rows = d.n / groups;
   LaunchShape shape = pl.shape;
@@ -393,6 +455,9 @@ void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_s
   pl.fn(d.params, shape, x, ldx, M, y, ldy, RowGroups{rows, x_group_stride, 0, static_cast<unsigned>(groups)}, st);
 }
 
+}  // namespace
+
+LinearNumerics QuantLinear::numerics() const { return impl_->num; }
 int64_t QuantLinear::n() const { return impl_->n; }
 int64_t QuantLinear::k() const { return impl_->k; }
 int QuantLinear::max_m() const { return impl_->max_m; }

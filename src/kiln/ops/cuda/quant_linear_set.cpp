@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
@@ -53,6 +54,7 @@ struct QuantLinearSet::Impl {
   DeviceBuffer tables;           // [launches.size()][count] LinearParams
   DeviceBuffer xpad;             // [max_pairs, kp] floats
   int64_t expert_bytes = 0;
+  LinearNumerics num;
 };
 
 namespace {
@@ -60,7 +62,7 @@ namespace {
 // Every expert's data is filled through `up` (null: synchronously) after everything that
 // can throw, so no copy is pending when a failed prepare frees the experts.
 QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up,
-                                  std::unique_ptr<QuantLinearSet::Impl>& slot) {
+                                  std::unique_ptr<QuantLinearSet::Impl>& slot, LinearNumerics numerics = {}) {
   if (weights == nullptr || count < 1)
     fail(ErrorKind::Usage, "expert linear set: {} weights given, expected at least one", weights ? count : 0);
   if (max_pairs < 1 || max_pairs > 65535)
@@ -70,6 +72,7 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
   using Impl = QuantLinearSet::Impl;
   std::vector<detail::PendingUpload> uploads;
   impl->count = count;
+  impl->num = numerics;
   impl->max_pairs = max_pairs;
   impl->n = weights[0].n;
   impl->k = weights[0].k;
@@ -114,7 +117,10 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
           std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(std::max(kc, 8) - 1))), 3, 8);
       for (int P = 1; P <= max_pairs; ++P) {
         int lk = 3;
-        while (lk < max_lk_log2 && static_cast<int64_t>(detail::row_blocks(impl->n, rw, lk)) * P < 2 * sms) ++lk;
+        // Batch invariance: one pair's lanes for every P.
+        const int64_t pairs_for_lanes = numerics.batch_invariant ? 1 : P;
+        while (lk < max_lk_log2 && static_cast<int64_t>(detail::row_blocks(impl->n, rw, lk)) * pairs_for_lanes < 2 * sms)
+          ++lk;
         detail::LaunchShape sh = first->plans[0].shape;
         sh.lk_log2 = lk;
         sh.blocks = detail::row_blocks(impl->n, rw, lk);
@@ -149,6 +155,13 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
   return out;
 }
 
+QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up,
+                                       LinearNumerics numerics) {
+  QuantLinearSet out;
+  prepare_set(weights, count, max_pairs, up, out.impl_, numerics);
+  return out;
+}
+
 int64_t QuantLinearSet::device_bytes() const {
   if (!impl_) return 0;
   int64_t b = static_cast<int64_t>(impl_->tables.bytes() + impl_->xpad.bytes());
@@ -179,14 +192,18 @@ void QuantLinearSet::forward_indexed(const float* x, int64_t ldx, int x_div, con
   if (ldx < d.k || ldy < d.n)
     fail(ErrorKind::Usage, "expert linear forward_indexed: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
-  if (d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+  const bool fake_quant = d.num.input == LinearInput::Fp8Block;
+  if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     auto* xp = static_cast<float*>(d.xpad.get());
-    detail::launch_pad_rows(x, ldx, (P + x_div - 1) / x_div, d.k, d.kp, xp, st);
+    const int rows = (P + x_div - 1) / x_div;
+    detail::launch_pad_rows(x, ldx, rows, d.k, d.kp, xp, st);
+    if (fake_quant) cuda::act_fake_quant(xp, d.kp, rows, d.k, xp, d.kp, st);
     x = xp;
     ldx = d.kp;
   }
   for (const auto& l : d.launches)
     l.fn(l.table, d.count, l.shapes[static_cast<size_t>(P - 1)], x, ldx, x_div, expert, P, y, ldy, st);
+  if (d.num.bf16_output) cuda::round_bf16(y, ldy, P, d.n, y, ldy, st);
 }
 
 int QuantLinearSet::count() const { return impl_->count; }

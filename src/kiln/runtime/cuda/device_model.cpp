@@ -39,6 +39,7 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
   lo.skip_linears = true;
   lo.skip_embed = true;
   auto host = load_model(dir, o.threads, o.progress, lo);
+  model::set_precision(host->weights, o.precision);
   const ModelConfig& c = host->config;
 
   DeviceModel dm;

@@ -21,8 +21,9 @@ std::string GpuBackend::describe() const {
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
   size_t free_b = 0, total_b = 0;
   KILN_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  return fmt::format("cuda:{} {} ({:.1f} of {:.1f} GB free)", dev, p.name, static_cast<double>(free_b) / 1e9,
-                     static_cast<double>(total_b) / 1e9);
+  return fmt::format("cuda:{} {} ({:.1f} of {:.1f} GB free), {} precision", dev, p.name,
+                     static_cast<double>(free_b) / 1e9, static_cast<double>(total_b) / 1e9,
+                     ops::precision_name(f_->weights().precision));
 }
 
 int64_t GpuBackend::weight_bytes() const { return f_->weights().linear_bytes; }

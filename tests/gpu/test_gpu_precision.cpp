@@ -1,0 +1,256 @@
+// The `deepseek` precision on the GPU (ops/linear_numerics.h) against the CPU in the same
+// precision: the activation transforms bit for bit, every linear scheme (the CUTLASS FP8
+// tensor-core path and the act_fake_quant + CUDA-core path) against an fp64 product of the
+// CPU's quantized activations, batch invariance of every linear and of the whole forward
+// (a row computed alone and inside a step of many rows is bitwise the same), the logits of
+// every fixture flavour, and MTP exactness.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gpu_fixtures.h"
+#include "kiln/ops/act_quant.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/quant_linear.h"
+#include "quant_linear_cases.h"
+
+namespace kiln {
+namespace {
+
+using namespace gpu_test;
+using ops::test_linear::DevBuf;
+using ops::test_linear::LoadedCase;
+using ops::test_linear::one_of_each_scheme;
+
+std::vector<float> random_rows(int64_t M, int64_t K, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(M * K));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);  // some outliers per block
+  return x;
+}
+
+std::vector<float> download(const float* d, size_t n) {
+  std::vector<float> h(n);
+  KILN_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+void upload(float* d, const std::vector<float>& h) {
+  KILN_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void poison(float* d, size_t n) {
+  upload(d, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
+}
+
+bool same_bits(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, static_cast<size_t>(n) * 4) == 0; }
+
+TEST(GpuPrecision, ActivationTransformsMatchTheCpuBitForBit) {
+  for (const int64_t K : {128, 320, 7, 4096}) {
+    SCOPED_TRACE(K);
+    const int64_t M = 5;
+    const auto x = random_rows(M, K, static_cast<uint32_t>(K));
+    std::vector<float> want_q(x.size()), want_r(x.size());
+    ops::cpu::act_fake_quant(x.data(), K, M, K, want_q.data(), K);
+    ops::cpu::round_bf16(x.data(), K, M, K, want_r.data(), K);
+    DevBuf<float> dx(x.size()), dy(x.size());
+    upload(dx.p, x);
+    ops::cuda::act_fake_quant(dx.p, K, M, K, dy.p, K, nullptr);
+    EXPECT_EQ(download(dy.p, x.size()), want_q);
+    ops::cuda::round_bf16(dx.p, K, M, K, dy.p, K, nullptr);
+    EXPECT_EQ(download(dy.p, x.size()), want_r);
+    // In place, as the linears run them.
+    ops::cuda::act_fake_quant(dx.p, K, M, K, dx.p, K, nullptr);
+    EXPECT_EQ(download(dx.p, x.size()), want_q);
+  }
+}
+
+// Every scheme in deepseek numerics (FP8 input for fp8_block and mxfp4, fp32 input for the
+// others; bf16 output; batch-invariant plans): against fp64 sums over the CPU's quantized
+// input and the dequantized weight, and each row of an M-row call bitwise equal to that row
+// called alone, for M up to 64. Shapes: 256 x 512 (fp8_block takes the CUTLASS path) and
+// 200 x 320 (a partial 128-block: the act_fake_quant path).
+TEST(GpuPrecision, LinearsInDeepSeekNumericsMatchTheCpuAndAreBatchInvariant) {
+  constexpr int kMaxM = 64;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{256, 512}, {200, 320}}) {
+    for (const auto& c : one_of_each_scheme(n, k, 7)) {
+      SCOPED_TRACE(c.label + " " + std::to_string(n) + "x" + std::to_string(k));
+      LoadedCase lc(c);
+      const auto num = ops::linear_numerics(ops::Precision::DeepSeek, ops::LinearRole::Quantized, lc.plan.scheme.kind);
+      auto q = ops::cuda::QuantLinear::prepare(lc.host, kMaxM, num);
+      std::printf("[deepseek linear] %-10s %4lldx%-4lld %s\n", c.label.c_str(), static_cast<long long>(n),
+                  static_cast<long long>(k), q.describe(1));
+      const auto x = random_rows(kMaxM, k, 11);
+      std::vector<float> xq = x;
+      if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxM, k, xq.data(), k);
+      DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
+      upload(dx.p, x);
+      // Each row alone.
+      std::vector<float> alone(static_cast<size_t>(kMaxM * n));
+      for (int m = 0; m < kMaxM; ++m) {
+        poison(dy.p, static_cast<size_t>(n));
+        q.forward(dx.p + m * k, k, 1, dy.p, n, nullptr);
+        const auto r = download(dy.p, static_cast<size_t>(n));
+        std::copy(r.begin(), r.end(), alone.begin() + m * n);
+      }
+      // Against fp64 sums: |err| <= 2^-6 sum |xq w| (the FP8 tensor core's truncated sums, the
+      // bf16 output rounding) and well below what a wrong kernel gives.
+      double worst = 0;
+      for (int m = 0; m < kMaxM; ++m) {
+        for (int64_t o = 0; o < n; ++o) {
+          double ref = 0, l1 = 0;
+          for (int64_t i = 0; i < k; ++i) {
+            const double p = static_cast<double>(xq[static_cast<size_t>(m * k + i)]) * lc.W[static_cast<size_t>(o * k + i)];
+            ref += p;
+            l1 += std::fabs(p);
+          }
+          const double got = alone[static_cast<size_t>(m * n + o)];
+          ASSERT_TRUE(std::isfinite(got)) << "row " << m << " col " << o;
+          worst = std::max(worst, std::fabs(got - ref) / (l1 + 1e-30));
+          ASSERT_LE(std::fabs(got - ref), 0x1p-6 * l1 + 1e-30) << "row " << m << " col " << o;
+          ASSERT_EQ(static_cast<float>(got), std::bit_cast<float>(std::bit_cast<uint32_t>(static_cast<float>(got)) & 0xFFFF0000u))
+              << "output not a bf16 value";
+        }
+      }
+      std::printf("[deepseek linear] %-10s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), worst);
+      for (int M : {2, 3, 8, 17, 33, 64}) {
+        poison(dy.p, static_cast<size_t>(M * n));
+        q.forward(dx.p, k, M, dy.p, n, nullptr);
+        const auto y = download(dy.p, static_cast<size_t>(M * n));
+        EXPECT_TRUE(same_bits(y.data(), alone.data(), M * n)) << "M = " << M << ": rows differ from each row alone";
+      }
+    }
+  }
+}
+
+// The expert set in deepseek numerics: a pair's result does not depend on how many pairs
+// share the launch.
+TEST(GpuPrecision, ExpertSetIsBatchInvariant) {
+  constexpr int kE = 4, kMaxP = 48;
+  const int64_t n = 256, k = 512;
+  for (const char* scheme : {"mxfp4", "fp8_block", "int4 asym"}) {
+    SCOPED_TRACE(scheme);
+    std::vector<std::unique_ptr<LoadedCase>> cases;
+    std::vector<HostQuantLinear> views;
+    for (int e = 0; e < kE; ++e) {
+      for (const auto& c : one_of_each_scheme(n, k, 100 + e))
+        if (c.label == scheme) cases.push_back(std::make_unique<LoadedCase>(c));
+      views.push_back(cases.back()->host);
+    }
+    const auto num = ops::linear_numerics(ops::Precision::DeepSeek, ops::LinearRole::Quantized, cases[0]->plan.scheme.kind);
+    auto set = ops::cuda::QuantLinearSet::prepare(views.data(), kE, kMaxP, nullptr, num);
+    const auto x = random_rows(kMaxP, k, 5);
+    std::vector<int32_t> ids(kMaxP);
+    for (int i = 0; i < kMaxP; ++i) ids[static_cast<size_t>(i)] = (i * 7 + 3) % kE;
+    DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxP * n));
+    DevBuf<int32_t> did(ids.size());
+    upload(dx.p, x);
+    KILN_CUDA_CHECK(cudaMemcpy(did.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<float> alone(static_cast<size_t>(kMaxP * n));
+    for (int i = 0; i < kMaxP; ++i) {
+      set.forward_indexed(dx.p + i * k, k, 1, did.p + i, 1, dy.p, n, nullptr);
+      const auto r = download(dy.p, static_cast<size_t>(n));
+      std::copy(r.begin(), r.end(), alone.begin() + i * n);
+    }
+    for (int P : {2, 6, 24, 48}) {
+      poison(dy.p, static_cast<size_t>(P * n));
+      set.forward_indexed(dx.p, k, 1, did.p, P, dy.p, n, nullptr);
+      const auto y = download(dy.p, static_cast<size_t>(P * n));
+      EXPECT_TRUE(same_bits(y.data(), alone.data(), P * n)) << "P = " << P;
+    }
+  }
+}
+
+// Logits of the GPU in deepseek precision against the CPU in deepseek precision, and the
+// distance of both to the exact precision (printed). Bound: both round to bf16 at the same
+// points, but their fp32 sums are ordered differently, so a value near a rounding boundary
+// may round apart (one bf16 ulp, 2^-8) and that carries on; measured well below it.
+constexpr double kDeepSeekTol = 3e-2;
+
+TEST(GpuPrecision, DeepSeekLogitsMatchTheCpuInDeepSeekPrecisionForEveryFlavour) {
+  for (const Flavour& fl : flavours()) {
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    const auto dir = model_dir(fl, tmp);
+    Loaded m = load(dir, {}, ops::Precision::DeepSeek);
+    const auto& c = m.cpu->config;
+    const int T = 40;
+    const auto tok = prompt_tokens(c.vocab_size, T);
+    std::vector<float> cpu_ds(static_cast<size_t>(T * c.vocab_size)), cpu_exact(cpu_ds.size());
+    auto st = m.cpu->forward->new_state();
+    m.cpu->forward->step(st, std::span(tok.data(), static_cast<size_t>(T)), cpu_ds.data(), nullptr);
+    model::set_precision(m.cpu->weights, ops::Precision::Exact);
+    auto st2 = m.cpu->forward->new_state();
+    m.cpu->forward->step(st2, std::span(tok.data(), static_cast<size_t>(T)), cpu_exact.data(), nullptr);
+    GpuForward& g = *m.gpu;
+    g.set_graphs(false);
+    const std::vector<int32_t> slot0(static_cast<size_t>(T), 0), pos = iota_vec(T);
+    g.main(std::span(tok.data(), static_cast<size_t>(T)), slot0, pos);
+    const auto gl = g.download_main_logits(T);
+    const double e = max_rel_row_error(gl, cpu_ds, c.vocab_size);
+    const double d = max_rel_row_error(cpu_ds, cpu_exact, c.vocab_size);
+    int agree = 0;
+    for (int t = 0; t < T; ++t) {
+      const float* a = gl.data() + t * c.vocab_size;
+      const float* b = cpu_ds.data() + t * c.vocab_size;
+      agree += std::max_element(a, a + c.vocab_size) - a == std::max_element(b, b + c.vocab_size) - b;
+    }
+    EXPECT_LT(e, kDeepSeekTol);
+    EXPECT_GE(agree, T * 9 / 10);
+    std::printf("[deepseek] %-40s gpu vs cpu %.2e (top-1 %d/%d)   cpu deepseek vs exact %.2e\n", fl.label.c_str(), e,
+                agree, T, d);
+  }
+}
+
+// A row's logits do not depend on how many rows share its pass: one pass of T rows against
+// T passes of one row each, bit for bit (main and MTP).
+TEST(GpuPrecision, DeepSeekRowsAreBatchInvariant) {
+  for (const Flavour& fl : flavours()) {
+    if (fl.label != "tiny_a deepseek-native (fp8 + mxfp4)" && fl.label != "tiny_a w4a16-fp8-mtp" &&
+        fl.label != "tiny_b native bf16")
+      continue;
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    Loaded m = load(model_dir(fl, tmp), {}, ops::Precision::DeepSeek);
+    const int64_t V = m.cpu->config.vocab_size;
+    const int T = 40;
+    const auto tok = prompt_tokens(V, T);
+    GpuForward& g = *m.gpu;
+    const std::vector<int32_t> slot0(static_cast<size_t>(T), 0), pos = iota_vec(T);
+    g.main(std::span(tok.data(), static_cast<size_t>(T)), slot0, pos);
+    const auto together = g.download_main_logits(T);
+    for (int t = 0; t < T; ++t) {
+      const int32_t s1 = 1, p = t;
+      g.main(std::span(tok.data() + t, 1), std::span(&s1, 1), std::span(&p, 1));
+      const auto one = g.download_main_logits(1);
+      ASSERT_TRUE(same_bits(one.data(), together.data() + t * V, V)) << "row " << t;
+    }
+  }
+}
+
+TEST(GpuPrecision, MtpIsExactInDeepSeekPrecision) {
+  for (const Flavour& fl : flavours()) {
+    if (fl.label != "tiny_a native bf16" && fl.label != "tiny_a w4a16-fp8-mtp") continue;
+    SCOPED_TRACE(fl.label);
+    test::TempDir tmp;
+    Loaded m = load(model_dir(fl, tmp), {}, ops::Precision::DeepSeek);
+    const int64_t V = m.cpu->config.vocab_size;
+    const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 9), prompt_tokens(V, 14, 1), prompt_tokens(V, 5, 2)};
+    const auto plain = decode_greedy(*m.backend, prompts, 48, 0);
+    for (int k = 1; k <= 3; ++k) {
+      const auto spec = decode_greedy(*m.backend, prompts, 48, k);
+      EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
+      EXPECT_GT(spec.rounds, 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kiln
