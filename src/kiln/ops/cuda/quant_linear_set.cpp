@@ -30,6 +30,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/moe_grouped.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
 #include "kiln/ops/quant_linear.h"
@@ -55,6 +56,11 @@ struct QuantLinearSet::Impl {
   DeviceBuffer xpad;             // [max_pairs, kp] floats
   int64_t expert_bytes = 0;
   LinearNumerics num;
+  // MXFP4 experts with FP8 input: the grouped tensor-core kernel (moe_grouped.h) instead of
+  // `experts` / `launches`; x is quantized into xpad (codes, scales, then the sort order)
+  // and `tables` holds the sort's per-expert scratch.
+  std::unique_ptr<GroupedExperts> grouped;
+  int64_t scale_off = 0, order_off = 0;
 };
 
 namespace {
@@ -76,6 +82,21 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
   impl->max_pairs = max_pairs;
   impl->n = weights[0].n;
   impl->k = weights[0].k;
+  if (numerics.input == LinearInput::Fp8Block && numerics.bf16_output && GroupedExperts::supports(weights, count)) {
+    // The same device bytes as the per-expert layout (ops/device_sizes.h): weights and
+    // scales, one table entry per expert (here the sort's scratch), the x staging rows.
+    const int64_t k = impl->k;
+    impl->kp = k;
+    impl->expert_bytes = impl->n * k / 2 + impl->n * k / 32;
+    impl->tables = DeviceBuffer(static_cast<size_t>(count) * sizeof(LinearParams));
+    impl->xpad = DeviceBuffer(static_cast<size_t>(max_pairs) * static_cast<size_t>(k) * sizeof(float));
+    impl->scale_off = (int64_t{max_pairs} * k + 15) / 16 * 16;
+    impl->order_off = impl->scale_off + (int64_t{max_pairs} * (k / 128) * 4 + 15) / 16 * 16;
+    if (impl->order_off + int64_t{max_pairs} * 4 > static_cast<int64_t>(impl->xpad.bytes()))
+      fail_invalid("internal: grouped expert staging does not fit");
+    impl->grouped = std::make_unique<GroupedExperts>(GroupedExperts::prepare(weights, count, max_pairs, up));
+    return impl;
+  }
   for (int e = 0; e < count; ++e) {
     const HostQuantLinear& w = weights[e];
     if (w.n != impl->n || w.k != impl->k)
@@ -165,12 +186,14 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
 int64_t QuantLinearSet::device_bytes() const {
   if (!impl_) return 0;
   int64_t b = static_cast<int64_t>(impl_->tables.bytes() + impl_->xpad.bytes());
+  if (impl_->grouped) b += impl_->grouped->device_bytes();
   for (const auto& e : impl_->experts) b += static_cast<int64_t>(e->w.bytes() + e->scale.bytes() + e->zp.bytes() + e->xpad.bytes());
   return b;
 }
 
 std::vector<std::byte> QuantLinearSet::download_prepared(int e) const {
   if (e < 0 || e >= impl_->count) fail(ErrorKind::Usage, "expert linear set: expert {} of {}", e, impl_->count);
+  if (impl_->grouped) fail(ErrorKind::Usage, "expert linear set: the grouped kernel's experts are repacked (no per-expert layout)");
   return detail::download_prepared(*impl_->experts[static_cast<size_t>(e)]);
 }
 
@@ -192,6 +215,15 @@ void QuantLinearSet::forward_indexed(const float* x, int64_t ldx, int x_div, con
   if (ldx < d.k || ldy < d.n)
     fail(ErrorKind::Usage, "expert linear forward_indexed: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
+  if (d.grouped) {
+    auto* base = static_cast<uint8_t*>(d.xpad.get());
+    auto* q = base;
+    auto* sc = reinterpret_cast<float*>(base + d.scale_off);
+    auto* order = reinterpret_cast<int32_t*>(base + d.order_off);
+    cuda::act_quant(x, ldx, (P + x_div - 1) / x_div, d.k, q, d.k, sc, ActScaleLayout{d.k / 128, 1}, st);
+    d.grouped->forward(q, sc, x_div, expert, P, y, ldy, order, static_cast<int32_t*>(d.tables.get()), st);
+    return;
+  }
   const bool fake_quant = d.num.input == LinearInput::Fp8Block;
   if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     auto* xp = static_cast<float*>(d.xpad.get());

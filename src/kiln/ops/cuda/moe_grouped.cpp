@@ -1,0 +1,131 @@
+// The host side of GroupedExperts (moe_grouped.h): validation, the repacking fills, dispatch.
+#include "kiln/ops/cuda/moe_grouped.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_impl.h"
+
+namespace kiln::ops::cuda {
+
+namespace detail {
+void launch_grouped_experts(const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
+                            const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+                            int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
+}  // namespace detail
+
+namespace {
+
+constexpr int kMaxExperts = 1024;  // the sort kernel's shared counters
+
+// Writes bytes [off, off + len) of a repacked buffer whose byte i is byte_at(i).
+template <typename F>
+DeviceUploader::Fill fill_of(F byte_at) {
+  return [byte_at](uint64_t off, uint64_t len, std::byte* dst) {
+    for (uint64_t i = 0; i < len; ++i) dst[i] = byte_at(off + i);
+  };
+}
+
+}  // namespace
+
+struct GroupedExpertsImpl {
+  int count = 0, max_pairs = 0;
+  int64_t n = 0, k = 0;
+  detail::DeviceBuffer w, sc;
+};
+
+bool GroupedExperts::supports(const HostQuantLinear* weights, int count) {
+  if (weights == nullptr || count < 1 || count > kMaxExperts) return false;
+  const int64_t n = weights[0].n, k = weights[0].k;
+  if (n <= 0 || k <= 0 || n % 16 != 0 || k % 128 != 0 || n >= (int64_t{1} << 30) || k >= (int64_t{1} << 20)) return false;
+  for (int e = 0; e < count; ++e) {
+    const HostQuantLinear& w = weights[e];
+    if (w.scheme != SchemeKind::MXFP4 || w.n != n || w.k != k || w.block_k != 32) return false;
+  }
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return false;
+  return prop.major == 9 && prop.minor == 0;
+}
+
+GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up) {
+  if (!supports(weights, count))
+    fail_invalid("{}: the grouped FP8 expert kernel takes {} MXFP4 experts of one [n, k] (n % 16, k % 128) on sm_90",
+                 weights ? weights[0].name : "experts", count);
+  if (max_pairs < 1 || max_pairs > (1 << 24)) fail(ErrorKind::Usage, "grouped experts: max_pairs = {}", max_pairs);
+  auto impl = std::make_unique<GroupedExpertsImpl>();
+  GroupedExpertsImpl& d = *impl;
+  d.count = count;
+  d.max_pairs = max_pairs;
+  d.n = weights[0].n;
+  d.k = weights[0].k;
+  const int64_t n = d.n, k = d.k, S = k / 32, NB = k / 128, ew = n * k / 2, es = n * k / 32;
+  for (int e = 0; e < count; ++e) {
+    const HostQuantLinear& w = weights[e];
+    if (w.weight_dtype != DType::U8 && w.weight_dtype != DType::I8)
+      fail_invalid("{}: weight is {}, expected U8 / I8 e2m1 pairs", w.name, dtype_name(w.weight_dtype));
+    if (w.scale_dtype != DType::F8_E8M0 && w.scale_dtype != DType::U8)
+      fail_invalid("{}: scale is {}, expected F8_E8M0 / U8", w.name, dtype_name(w.scale_dtype));
+    if (static_cast<int64_t>(w.weight.size) != ew)
+      fail_invalid("{}: weight holds {} bytes, expected {} for [{}, {}] mxfp4", w.name, w.weight.size, ew, n, k);
+    if (w.scale_rows != n || w.scale_cols != S || static_cast<int64_t>(w.scale.size) != es)
+      fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
+                   n, S);
+  }
+  d.w = detail::DeviceBuffer(static_cast<size_t>(ew * count));
+  d.sc = detail::DeviceBuffer(static_cast<size_t>(es * count));
+  std::vector<detail::PendingUpload> uploads;
+  for (int e = 0; e < count; ++e) {
+    const std::byte* wsrc = weights[e].weight.data;
+    const std::byte* ssrc = weights[e].scale.data;
+    const int64_t half = k / 2;
+    auto wbyte = [wsrc, S, half](uint64_t i) {
+      const uint64_t rec = i / 8, byte = i % 8, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
+                     tile = rec / (32 * static_cast<uint64_t>(S));
+      const uint64_t g = lane / 4, t = lane % 4;
+      const uint64_t row = tile * 16 + g + ((byte / 2) % 2 ? 8 : 0);
+      const uint64_t col = 32 * s + 4 * t + (byte >= 4 ? 16 : 0);
+      return wsrc[row * static_cast<uint64_t>(half) + col / 2 + byte % 2];
+    };
+    auto sbyte = [ssrc, S, NB](uint64_t i) {
+      const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
+                     tile = i / (64 * static_cast<uint64_t>(NB));
+      return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
+    };
+    std::byte* wd = static_cast<std::byte*>(d.w.get()) + e * ew;
+    std::byte* sd = static_cast<std::byte*>(d.sc.get()) + e * es;
+    uploads.push_back({wd, static_cast<uint64_t>(ew), fill_of(wbyte), {wsrc, weights[e].weight.size}});
+    uploads.push_back({sd, static_cast<uint64_t>(es), fill_of(sbyte), {ssrc, weights[e].scale.size}});
+  }
+  detail::submit_uploads(uploads, up);
+  GroupedExperts out;
+  out.impl_ = std::move(impl);
+  return out;
+}
+
+GroupedExperts::GroupedExperts() = default;
+GroupedExperts::GroupedExperts(GroupedExperts&&) noexcept = default;
+GroupedExperts& GroupedExperts::operator=(GroupedExperts&&) noexcept = default;
+GroupedExperts::~GroupedExperts() = default;
+
+void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y,
+                             int64_t ldy, int32_t* order, int32_t* meta, cudaStream_t stream) const {
+  const GroupedExpertsImpl& d = *impl_;
+  if (P < 1 || P > d.max_pairs) fail(ErrorKind::Usage, "grouped experts: P = {} is outside [1, {}]", P, d.max_pairs);
+  if (x_div < 1 || ldy < d.n || !xq || !xs || !expert || !y || !order || !meta)
+    fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldy {} for n {}, or a null pointer)", x_div, ldy,
+         d.n);
+  detail::launch_grouped_experts(static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
+                                 d.count, static_cast<int>(d.n), static_cast<int>(d.k), xq, xs, x_div, expert, P, y,
+                                 ldy, order, meta, stream);
+}
+
+int64_t GroupedExperts::n() const { return impl_->n; }
+int64_t GroupedExperts::k() const { return impl_->k; }
+int64_t GroupedExperts::device_bytes() const { return static_cast<int64_t>(impl_->w.bytes() + impl_->sc.bytes()); }
+
+}  // namespace kiln::ops::cuda

@@ -1,0 +1,190 @@
+// The kernels of GroupedExperts (moe_grouped.h; host side in moe_grouped.cpp): MXFP4 experts x
+// FP8 activations on mma.sync tensor cores, pairs grouped by expert on the device.
+//
+// Repacked layouts (per expert; the same byte counts as QuantLinear's mxfp4 layout):
+//   weights  [n / 16 tiles][k / 32 steps][32 lanes] x 8 bytes: lane (g, t) = (lane / 4,
+//            lane % 4) holds the e2m1 codes of mma's A fragment for rows g and g + 8 of the
+//            tile: bytes 0-1 row g, inputs 32 s + 4 t .. + 3; bytes 2-3 row g + 8, the same
+//            inputs; bytes 4-5 row g, inputs 32 s + 16 + 4 t .. + 3; bytes 6-7 row g + 8,
+//            those (element j of four in nibble j, as on disk);
+//   scales   [n / 16][k / 128 blocks][16 rows][4 steps] E8M0 bytes.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kiln/ops/cuda/check.h"
+
+namespace kiln::ops::cuda {
+namespace {
+
+constexpr int kSlices = 4;  // warps per CTA, each a contiguous K-slice of the same 16 rows
+constexpr int kMaxExperts = 1024;
+
+// Four e2m1 codes (nibbles 0-3 of v) as four e4m3 bytes: magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}
+// by a byte permute of a table, the sign bit moved from bit 3 of each nibble to bit 7.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t v) {
+  uint32_t r = __byte_perm(0x3C383000u, 0x4C484440u, v & 0x7777u);
+  const uint32_t s = v & 0x8888u;
+  r |= ((s & 0x8u) << 4) | ((s & 0x80u) << 8) | ((s & 0x800u) << 12) | ((s & 0x8000u) << 16);
+  return r;
+}
+
+// 2^(e - 127) (E8M0; e = 0 is the subnormal 2^-127, e = 255 the NaN code).
+__device__ __forceinline__ float e8m0_value(uint32_t e) {
+  return e == 0 ? __uint_as_float(0x00400000u) : (e == 255 ? __uint_as_float(0x7FC00000u) : __uint_as_float(e << 23));
+}
+
+__device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+struct Params {
+  const uint8_t* w = nullptr;   // [count] x expert_w bytes
+  const uint8_t* sc = nullptr;  // [count] x expert_s bytes
+  int64_t expert_w = 0, expert_s = 0;
+  int n = 0, k = 0;
+};
+
+// The pairs sorted by expert: start [E + 1], the active experts in ascending id and their
+// count, order [P] (within an expert in no particular order: a pair's result does not
+// depend on its place).
+__global__ void sort_pairs_kernel(const int32_t* __restrict__ expert, int P, int E, int32_t* __restrict__ order,
+                                  int32_t* __restrict__ start, int32_t* __restrict__ active, int32_t* __restrict__ nactive) {
+  __shared__ int cnt[kMaxExperts];
+  __shared__ int fill[kMaxExperts];
+  for (int i = threadIdx.x; i < E; i += blockDim.x) cnt[i] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < P; i += blockDim.x) {
+    const int e = expert[i];
+    if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int s = 0, na = 0;
+    for (int e = 0; e < E; ++e) {
+      start[e] = s;
+      fill[e] = s;
+      if (cnt[e] > 0) active[na++] = e;
+      s += cnt[e];
+    }
+    start[E] = s;
+    *nactive = na;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < P; i += blockDim.x) {
+    const int e = expert[i];
+    if (e >= 0 && e < E) order[atomicAdd(&fill[e], 1)] = i;
+  }
+}
+
+// grid (n / 16, active-expert slots), kSlices warps.
+__global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const uint8_t* __restrict__ xq,
+                                                               const float* __restrict__ xs, int x_div,
+                                                               const int32_t* __restrict__ order,
+                                                               const int32_t* __restrict__ start,
+                                                               const int32_t* __restrict__ active,
+                                                               const int32_t* __restrict__ nactive, float* __restrict__ y,
+                                                               int64_t ldy) {
+  if (static_cast<int>(blockIdx.y) >= *nactive) return;
+  const int e = active[blockIdx.y];
+  const int p0 = start[e], p1 = start[e + 1];
+  const int tile = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int S = p.k / 32, NB = p.k / 128;
+  const int b0 = warp * NB / kSlices, b1 = (warp + 1) * NB / kSlices;
+  const uint2* wt = reinterpret_cast<const uint2*>(p.w + e * p.expert_w) + static_cast<int64_t>(tile) * S * 32 + lane;
+  const uint32_t* sc = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile) * NB * 16;
+  __shared__ float part[kSlices][32][4];
+  for (int q0 = p0; q0 < p1; q0 += 8) {
+    // B column g: pair q0 + g; accumulator columns 2t, 2t + 1: pairs q0 + 2t, q0 + 2t + 1.
+    const int qb = q0 + g, qc0 = q0 + 2 * t, qc1 = qc0 + 1;
+    const uint8_t* xrow = qb < p1 ? xq + static_cast<int64_t>(order[qb] / x_div) * p.k : nullptr;
+    const float* s0 = qc0 < p1 ? xs + static_cast<int64_t>(order[qc0] / x_div) * NB : nullptr;
+    const float* s1 = qc1 < p1 ? xs + static_cast<int64_t>(order[qc1] / x_div) * NB : nullptr;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int b = b0; b < b1; ++b) {
+      const uint32_t e_lo = sc[b * 16 + g], e_hi = sc[b * 16 + g + 8];
+      float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int s = b * 4 + j;
+        const uint2 wv = wt[static_cast<int64_t>(s) * 32];
+        uint32_t x0 = 0, x1 = 0;
+        if (xrow) {
+          x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
+          x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
+        }
+        float d[4];
+        mma_e4m3(e2m1x4_to_e4m3x4(wv.x & 0xFFFFu), e2m1x4_to_e4m3x4(wv.x >> 16), e2m1x4_to_e4m3x4(wv.y & 0xFFFFu),
+                 e2m1x4_to_e4m3x4(wv.y >> 16), x0, x1, d);
+        const float w_lo = e8m0_value((e_lo >> (8 * j)) & 0xFFu), w_hi = e8m0_value((e_hi >> (8 * j)) & 0xFFu);
+        blk[0] = __fadd_rn(blk[0], __fmul_rn(d[0], w_lo));
+        blk[1] = __fadd_rn(blk[1], __fmul_rn(d[1], w_lo));
+        blk[2] = __fadd_rn(blk[2], __fmul_rn(d[2], w_hi));
+        blk[3] = __fadd_rn(blk[3], __fmul_rn(d[3], w_hi));
+      }
+      const float sa0 = s0 ? s0[b] : 0.0f, sa1 = s1 ? s1[b] : 0.0f;
+      acc[0] = __fmaf_rn(blk[0], sa0, acc[0]);
+      acc[1] = __fmaf_rn(blk[1], sa1, acc[1]);
+      acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
+      acc[3] = __fmaf_rn(blk[3], sa1, acc[3]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[i];
+    __syncthreads();
+    if (warp == 0) {
+      float v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[i] = part[0][lane][i];
+#pragma unroll
+        for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
+        v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
+      }
+      const int r0 = tile * 16 + g;
+      if (qc0 < p1) {
+        float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
+        yr[r0] = v[0];
+        yr[r0 + 8] = v[2];
+      }
+      if (qc1 < p1) {
+        float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
+        yr[r0] = v[1];
+        yr[r0 + 8] = v[3];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+namespace detail {
+
+void launch_grouped_experts(const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
+                            const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+                            int32_t* order, int32_t* meta, cudaStream_t stream) {
+  int32_t* start = meta;               // [count + 1]
+  int32_t* active = meta + count + 1;  // [count]
+  int32_t* nactive = active + count;   // [1]
+  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, start, active, nactive);
+  KILN_CUDA_CHECK_LAUNCH();
+  Params p;
+  p.w = w;
+  p.sc = sc;
+  p.expert_w = int64_t{n} * k / 2;
+  p.expert_s = int64_t{n} * k / 32;
+  p.n = n;
+  p.k = k;
+  const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
+  grouped_kernel<<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace detail
+}  // namespace kiln::ops::cuda

@@ -1,0 +1,66 @@
+// The routed experts of one projection on FP8 tensor cores, grouped by expert: DeepSeek's
+// `fp4_gemm` numerics (the `deepseek` precision, ops/linear_numerics.h) for MXFP4 experts.
+//
+//   y[i, :] = bf16( W_{e_i} . x_i )   for every (token, expert) pair i, e_i = expert[i]
+//
+// x_i: the row i / x_div of FP8 activations quantized by act_quant (e4m3 codes [rows, k],
+// fp32 scales [rows, k / 128], DeepSeek's layout). W: MXFP4 (e2m1 codes, an E8M0 scale per 32
+// inputs), repacked at load into the order mma.sync's A fragment reads, so a warp loads 256
+// contiguous bytes per 32-input step; the e2m1 codes become e4m3 in registers (exact: every
+// e2m1 value is an e4m3 value). Per pair, per 128-input block b, per 32-input step s:
+// d = the tensor core's 16 x 8 x 32 e4m3 product (rows x pairs), and
+//     block_b = (((d_0 w_0 + d_1 w_1) + d_2 w_2) + d_3 w_3)      (w_s = 2^(e - 127), exact)
+//     acc     = fma(block_b, sa_b, acc) over the blocks of a K-slice, in order,
+//     y       = bf16(((acc_0 + acc_1) + acc_2) + acc_3)           (the CTA's 4 K-slices)
+// so a pair's result is fixed by the shapes alone: it does not depend on which or how many
+// other pairs share the launch (batch invariance), nor on their order.
+//
+// One call: a sort of the pairs by expert (one block, no host synchronisation), then one
+// launch over (16-row tiles, active experts); each CTA streams its 16 rows of one expert
+// once for every 8 of that expert's pairs. Capturable in a CUDA graph.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <cuda_runtime.h>
+
+#include "kiln/ops/quant_linear.h"
+
+namespace kiln::ops::cuda {
+
+class DeviceUploader;
+
+struct GroupedExpertsImpl;
+
+class GroupedExperts {
+ public:
+  // Whether these experts run here: every one MXFP4 (E8M0 scales per 32) of one [n, k]
+  // with n a multiple of 16 and k of 128, and the device sm_90.
+  static bool supports(const HostQuantLinear* weights, int count);
+  // Validates (errors name the module), allocates and enqueues the repacked weights and
+  // scales through `up` (null: copied now). max_pairs: the largest P forward() takes.
+  static GroupedExperts prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up);
+
+  GroupedExperts();
+  GroupedExperts(GroupedExperts&&) noexcept;
+  GroupedExperts& operator=(GroupedExperts&&) noexcept;
+  ~GroupedExperts();
+
+  // y rows ldy floats apart (ldy >= n); xq rows k bytes apart, xs rows k / 128 floats
+  // apart; expert[i] outside [0, count) writes nothing for pair i. 1 <= P <= max_pairs.
+  // Scratch (device, the caller's; calls sharing it must not overlap): order [P] and meta
+  // [2 * count + 2] int32.
+  void forward(const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+               int32_t* order, int32_t* meta, cudaStream_t stream) const;
+
+  int64_t n() const;
+  int64_t k() const;
+  // Device bytes: the repacked weights and scales of every expert.
+  int64_t device_bytes() const;
+
+ private:
+  std::unique_ptr<GroupedExpertsImpl> impl_;
+};
+
+}  // namespace kiln::ops::cuda
