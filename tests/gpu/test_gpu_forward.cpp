@@ -135,19 +135,25 @@ TEST(GpuForward, Greedy64StepsEqualTheCpuForBf16AndFp8) {
   }
 }
 
+// In both precisions (deepseek: every linear batch-invariant, so a verify row sums as the
+// plain decode row does).
 TEST(GpuForward, MtpSpeculativeIsExactOnTheGpu) {
   for (const Flavour& fl : flavours()) {
-    if (fl.label != "tiny_a native bf16" && fl.label != "tiny_a w4a16-fp8-mtp") continue;
-    SCOPED_TRACE(fl.label);
-    test::TempDir tmp;
-    Loaded m = load(model_dir(fl, tmp));
-    const int64_t V = m.cpu->config.vocab_size;
-    const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 9), prompt_tokens(V, 14, 1), prompt_tokens(V, 5, 2)};
-    const auto plain = decode_greedy(*m.backend, prompts, 48, 0);
-    for (int k = 1; k <= 3; ++k) {
-      const auto spec = decode_greedy(*m.backend, prompts, 48, k);
-      EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
-      EXPECT_GT(spec.rounds, 0);
+    if (fl.label != "tiny_a native bf16" && fl.label != "tiny_a w4a16-fp8-mtp" &&
+        fl.label != "tiny_a deepseek-native (fp8 + mxfp4)")
+      continue;
+    for (const auto precision : {ops::Precision::Exact, ops::Precision::DeepSeek}) {
+      SCOPED_TRACE(fl.label + ", " + std::string(ops::precision_name(precision)));
+      test::TempDir tmp;
+      Loaded m = load(model_dir(fl, tmp), {}, precision);
+      const int64_t V = m.cpu->config.vocab_size;
+      const std::vector<std::vector<int32_t>> prompts = {prompt_tokens(V, 9), prompt_tokens(V, 14, 1), prompt_tokens(V, 5, 2)};
+      const auto plain = decode_greedy(*m.backend, prompts, 48, 0);
+      for (int k = 1; k <= 3; ++k) {
+        const auto spec = decode_greedy(*m.backend, prompts, 48, k);
+        EXPECT_EQ(spec.tokens, plain.tokens) << "k=" << k;
+        EXPECT_GT(spec.rounds, 0);
+      }
     }
   }
 }

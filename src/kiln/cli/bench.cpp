@@ -189,11 +189,33 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   err << "bench: measuring device-memory read bandwidth\n";
   const auto bw = ops::cuda::measure_read_bandwidth(size_t{4} << 30, 10);
 
+  // Prefill shapes: S sequences of T tokens.
+  std::vector<std::pair<int, int>> prefills;
+  if (!o.prefill.empty()) {
+    std::stringstream ss(o.prefill);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const auto x = item.find('x');
+      int S = 0, T = 0;
+      try {
+        if (x != std::string::npos) S = std::stoi(item.substr(0, x)), T = std::stoi(item.substr(x + 1));
+      } catch (const std::exception&) {
+        S = 0;
+      }
+      if (S < 1 || T < 1) fail(ErrorKind::Usage, "--prefill {}: expected SxT entries such as 1x8192", o.prefill);
+      prefills.emplace_back(S, T);
+    }
+    if (o.prefill_chunk < 1 || o.prefill_chunk > 4096) fail(ErrorKind::Usage, "--prefill-chunk {}: 1..4096", o.prefill_chunk);
+  }
+  int pre_slots = 0;
+  int64_t pre_ctx = 0;
+  for (const auto& [S, T] : prefills) pre_slots = std::max(pre_slots, S), pre_ctx = std::max<int64_t>(pre_ctx, T);
+
   GpuOptions go;
-  go.max_slots = maxB;
-  go.max_rows = std::max(64, maxB * (o.mtp + 1) + o.context);
+  go.max_slots = std::max(maxB, pre_slots);
+  go.max_rows = std::max({64, maxB * (o.mtp + 1) + o.context, prefills.empty() ? 0 : o.prefill_chunk});
   // decode_on_engine's requests also decode while the other prompts are fed (2B + 1 steps).
-  go.max_context = o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8 + 2 * int64_t{maxB} + 1;
+  go.max_context = std::max<int64_t>(pre_ctx, o.context + o.steps + 2 * (runtime::kMaxDrafts + 2) + 8 + 2 * int64_t{maxB} + 1);
   std::string label;
   std::unique_ptr<model::SyntheticModel> synth;
   std::unique_ptr<runtime::cuda::GpuBackend> backend;
@@ -310,8 +332,38 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     rows.push_back(r);
     out.flush();
   }
+  nlohmann::json pre_rows = nlohmann::json::array();
+  if (!prefills.empty()) {
+    f->set_graphs(false);
+    out << fmt::format("\n| prefill (sequences x tokens) | passes of {} rows | ms | tok/s |\n|---|---|---|---|\n",
+                       o.prefill_chunk);
+    for (const auto& [S, T] : prefills) {
+      // Every prompt row (slot s, position t), sequence after sequence, cut into passes.
+      std::vector<int32_t> tok, slot, pos;
+      for (int s = 0; s < S; ++s) {
+        for (int t = 0; t < T; ++t) {
+          tok.push_back(static_cast<int32_t>((static_cast<int64_t>(s) * T + t) * 7919 % V));
+          slot.push_back(s);
+          pos.push_back(t);
+        }
+      }
+      double ms = 0;
+      int passes = 0;
+      for (size_t r0 = 0; r0 < tok.size(); r0 += static_cast<size_t>(o.prefill_chunk)) {
+        const size_t n = std::min(tok.size() - r0, static_cast<size_t>(o.prefill_chunk));
+        ms += f->time_main(std::span(tok).subspan(r0, n), std::span(slot).subspan(r0, n), std::span(pos).subspan(r0, n), 3);
+        ++passes;
+      }
+      const double tps = static_cast<double>(tok.size()) / (ms * 1e-3);
+      out << fmt::format("| {} x {} | {} | {:.2f} | {:.0f} |\n", S, T, passes, ms, tps);
+      pre_rows.push_back({{"sequences", S}, {"tokens", T}, {"passes", passes}, {"ms", ms}, {"tokens_per_s", tps}});
+      out.flush();
+    }
+    f->set_graphs(true);
+  }
   if (o.json) {
     out << nlohmann::json{{"model", label},
+                          {"prefill", pre_rows},
                           {"gpu", prop.name},
                           {"read_bandwidth_bytes_per_s", bw.bytes_per_s},
                           {"context", o.context},

@@ -22,6 +22,10 @@ struct BenchOptions {
   int steps = 32;                           // decode steps timed per batch size
   int context = 64;                         // prompt tokens per sequence before decoding
   int mtp = 0;                              // > 0: also MTP speculative decoding with 1..mtp drafts
+  // Prefill throughput: "SxT" entries (S sequences of T prompt tokens each, comma-separated,
+  // e.g. "1x8192,16x1024"), fed in passes of prefill_chunk rows; empty: not measured.
+  std::string prefill;
+  int prefill_chunk = 2048;
   std::optional<std::filesystem::path> text;  // prompts from this text (model's tokenizer.json)
   bool json = false;
   // Instead of measuring: write the V4-Flash-shaped model (--layers, --experts) to this

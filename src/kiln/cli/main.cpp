@@ -179,6 +179,9 @@ int main(int argc, char** argv) {
                                              "int4_group, mxfp4, nvfp4)")->capture_default_str();
   be->add_option("--precision", bench.precision, kPrecisionHelp)->capture_default_str();
   be->add_option("--batches", bench.batches, "Batch sizes, comma-separated")->capture_default_str();
+  be->add_option("--prefill", bench.prefill, "Also prefill throughput for SxT prompts (S sequences of T tokens), "
+                                             "comma-separated, e.g. 1x8192,16x1024");
+  be->add_option("--prefill-chunk", bench.prefill_chunk, "Rows per prefill pass")->capture_default_str();
   be->add_option("--steps", bench.steps, "Decode steps timed per batch size")->capture_default_str();
   be->add_option("--context", bench.context, "Prompt tokens per sequence")->capture_default_str();
   be->add_option("--mtp", bench.mtp, "Also MTP speculative decoding with 1..N drafts per round")->capture_default_str();
