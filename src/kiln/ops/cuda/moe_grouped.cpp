@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
@@ -13,7 +14,7 @@
 namespace kiln::ops::cuda {
 
 namespace detail {
-void launch_grouped_experts(const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
+void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
 }  // namespace detail
@@ -33,6 +34,7 @@ DeviceUploader::Fill fill_of(F byte_at) {
 }  // namespace
 
 struct GroupedExpertsImpl {
+  bool fp4 = true;  // MXFP4, else FP8 (128 x 128 blocks)
   int count = 0, max_pairs = 0;
   int64_t n = 0, k = 0;
   detail::DeviceBuffer w, sc;
@@ -42,9 +44,12 @@ bool GroupedExperts::supports(const HostQuantLinear* weights, int count) {
   if (weights == nullptr || count < 1 || count > kMaxExperts) return false;
   const int64_t n = weights[0].n, k = weights[0].k;
   if (n <= 0 || k <= 0 || n % 16 != 0 || k % 128 != 0 || n >= (int64_t{1} << 30) || k >= (int64_t{1} << 20)) return false;
+  const SchemeKind s0 = weights[0].scheme;
+  if (s0 != SchemeKind::MXFP4 && (s0 != SchemeKind::FP8Block || n % 128 != 0)) return false;
   for (int e = 0; e < count; ++e) {
     const HostQuantLinear& w = weights[e];
-    if (w.scheme != SchemeKind::MXFP4 || w.n != n || w.k != k || w.block_k != 32) return false;
+    if (w.scheme != s0 || w.n != n || w.k != k) return false;
+    if (s0 == SchemeKind::MXFP4 ? w.block_k != 32 : (w.block_n != 128 || w.block_k != 128)) return false;
   }
   int dev = 0;
   cudaDeviceProp prop{};
@@ -54,7 +59,8 @@ bool GroupedExperts::supports(const HostQuantLinear* weights, int count) {
 
 GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up) {
   if (!supports(weights, count))
-    fail_invalid("{}: the grouped FP8 expert kernel takes {} MXFP4 experts of one [n, k] (n % 16, k % 128) on sm_90",
+    fail_invalid("{}: the grouped FP8 expert kernel takes {} MXFP4 (n % 16) or FP8 128 x 128 (n % 128) experts of one "
+                 "[n, k] with k % 128 on sm_90",
                  weights ? weights[0].name : "experts", count);
   if (max_pairs < 1 || max_pairs > (1 << 24)) fail(ErrorKind::Usage, "grouped experts: max_pairs = {}", max_pairs);
   auto impl = std::make_unique<GroupedExpertsImpl>();
@@ -63,18 +69,33 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
   d.max_pairs = max_pairs;
   d.n = weights[0].n;
   d.k = weights[0].k;
-  const int64_t n = d.n, k = d.k, S = k / 32, NB = k / 128, ew = n * k / 2, es = n * k / 32;
+  d.fp4 = weights[0].scheme == SchemeKind::MXFP4;
+  const int64_t n = d.n, k = d.k, S = k / 32, NB = k / 128;
+  const int64_t ew = d.fp4 ? n * k / 2 : n * k, es = d.fp4 ? n * k / 32 : n / 128 * NB * 4;
   for (int e = 0; e < count; ++e) {
     const HostQuantLinear& w = weights[e];
-    if (w.weight_dtype != DType::U8 && w.weight_dtype != DType::I8)
-      fail_invalid("{}: weight is {}, expected U8 / I8 e2m1 pairs", w.name, dtype_name(w.weight_dtype));
-    if (w.scale_dtype != DType::F8_E8M0 && w.scale_dtype != DType::U8)
-      fail_invalid("{}: scale is {}, expected F8_E8M0 / U8", w.name, dtype_name(w.scale_dtype));
+    if (d.fp4 ? (w.weight_dtype != DType::U8 && w.weight_dtype != DType::I8) : w.weight_dtype != DType::F8_E4M3)
+      fail_invalid("{}: weight is {}, expected {}", w.name, dtype_name(w.weight_dtype), d.fp4 ? "U8 / I8 e2m1 pairs" : "F8_E4M3");
+    const bool scale_ok = d.fp4 ? (w.scale_dtype == DType::F8_E8M0 || w.scale_dtype == DType::U8)
+                                : (w.scale_dtype == DType::F8_E8M0 || w.scale_dtype == DType::U8 ||
+                                   w.scale_dtype == DType::F32 || w.scale_dtype == DType::BF16 || w.scale_dtype == DType::F16);
+    if (!scale_ok) fail_invalid("{}: scale is {}, not a scale dtype of {}", w.name, dtype_name(w.scale_dtype), scheme_kind_name(w.scheme));
     if (static_cast<int64_t>(w.weight.size) != ew)
-      fail_invalid("{}: weight holds {} bytes, expected {} for [{}, {}] mxfp4", w.name, w.weight.size, ew, n, k);
-    if (w.scale_rows != n || w.scale_cols != S || static_cast<int64_t>(w.scale.size) != es)
+      fail_invalid("{}: weight holds {} bytes, expected {} for [{}, {}] {}", w.name, w.weight.size, ew, n, k,
+                   scheme_kind_name(w.scheme));
+    const int64_t srows = d.fp4 ? n : n / 128, scols = d.fp4 ? S : NB;
+    if (w.scale_rows != srows || w.scale_cols != scols ||
+        static_cast<int64_t>(w.scale.size) != srows * scols * static_cast<int64_t>(dtype_size(w.scale_dtype)))
       fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
-                   n, S);
+                   srows, scols);
+    if (!d.fp4) {
+      for (size_t i = 0; i < w.weight.size; ++i) {
+        const auto b = static_cast<uint8_t>(w.weight.data[i]);
+        if ((b & 0x7F) == 0x7F)
+          fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", w.name, i / static_cast<size_t>(k),
+                       i % static_cast<size_t>(k), b);
+      }
+    }
   }
   d.w = detail::DeviceBuffer(static_cast<size_t>(ew * count));
   d.sc = detail::DeviceBuffer(static_cast<size_t>(es * count));
@@ -82,24 +103,46 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
   for (int e = 0; e < count; ++e) {
     const std::byte* wsrc = weights[e].weight.data;
     const std::byte* ssrc = weights[e].scale.data;
-    const int64_t half = k / 2;
-    auto wbyte = [wsrc, S, half](uint64_t i) {
-      const uint64_t rec = i / 8, byte = i % 8, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
-                     tile = rec / (32 * static_cast<uint64_t>(S));
-      const uint64_t g = lane / 4, t = lane % 4;
-      const uint64_t row = tile * 16 + g + ((byte / 2) % 2 ? 8 : 0);
-      const uint64_t col = 32 * s + 4 * t + (byte >= 4 ? 16 : 0);
-      return wsrc[row * static_cast<uint64_t>(half) + col / 2 + byte % 2];
-    };
-    auto sbyte = [ssrc, S, NB](uint64_t i) {
-      const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
-                     tile = i / (64 * static_cast<uint64_t>(NB));
-      return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
-    };
     std::byte* wd = static_cast<std::byte*>(d.w.get()) + e * ew;
     std::byte* sd = static_cast<std::byte*>(d.sc.get()) + e * es;
-    uploads.push_back({wd, static_cast<uint64_t>(ew), fill_of(wbyte), {wsrc, weights[e].weight.size}});
-    uploads.push_back({sd, static_cast<uint64_t>(es), fill_of(sbyte), {ssrc, weights[e].scale.size}});
+    DeviceUploader::Fill wfill, sfill;
+    if (d.fp4) {
+      const int64_t half = k / 2;
+      wfill = fill_of([wsrc, S, half](uint64_t i) {
+        const uint64_t rec = i / 8, byte = i % 8, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
+                       tile = rec / (32 * static_cast<uint64_t>(S));
+        const uint64_t g = lane / 4, t = lane % 4;
+        const uint64_t row = tile * 16 + g + ((byte / 2) % 2 ? 8 : 0);
+        const uint64_t col = 32 * s + 4 * t + (byte >= 4 ? 16 : 0);
+        return wsrc[row * static_cast<uint64_t>(half) + col / 2 + byte % 2];
+      });
+      sfill = fill_of([ssrc, S, NB](uint64_t i) {
+        const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
+                       tile = i / (64 * static_cast<uint64_t>(NB));
+        return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
+      });
+    } else {
+      // 16 bytes per lane and step: a0 a1 a2 a3 = rows g, g + 8, g, g + 8 at inputs 4t.. and 16 + 4t..
+      wfill = fill_of([wsrc, S, k](uint64_t i) {
+        const uint64_t rec = i / 16, byte = i % 16, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
+                       tile = rec / (32 * static_cast<uint64_t>(S));
+        const uint64_t g = lane / 4, t = lane % 4, reg = byte / 4;
+        const uint64_t row = tile * 16 + g + (reg % 2 ? 8 : 0);
+        const uint64_t col = 32 * s + 4 * t + (reg >= 2 ? 16 : 0) + byte % 4;
+        return wsrc[row * static_cast<uint64_t>(k) + col];
+      });
+      const DType sdt = weights[e].scale_dtype;
+      const size_t ses = dtype_size(sdt);
+      sfill = [ssrc, sdt, ses](uint64_t off, uint64_t len, std::byte* dst) {
+        for (uint64_t i = off / 4; i * 4 < off + len; ++i) {
+          const float v = scale_to_f32(sdt, ssrc + i * ses);
+          const uint64_t b0 = std::max(i * 4, off), b1 = std::min(i * 4 + 4, off + len);
+          std::memcpy(dst + (b0 - off), reinterpret_cast<const std::byte*>(&v) + (b0 - i * 4), b1 - b0);
+        }
+      };
+    }
+    uploads.push_back({wd, static_cast<uint64_t>(ew), std::move(wfill), {wsrc, weights[e].weight.size}});
+    uploads.push_back({sd, static_cast<uint64_t>(es), std::move(sfill), {ssrc, weights[e].scale.size}});
   }
   detail::submit_uploads(uploads, up);
   GroupedExperts out;
@@ -119,7 +162,7 @@ void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, cons
   if (x_div < 1 || ldy < d.n || !xq || !xs || !expert || !y || !order || !meta)
     fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldy {} for n {}, or a null pointer)", x_div, ldy,
          d.n);
-  detail::launch_grouped_experts(static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
+  detail::launch_grouped_experts(d.fp4, static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
                                  d.count, static_cast<int>(d.n), static_cast<int>(d.k), xq, xs, x_div, expert, P, y,
                                  ldy, order, meta, stream);
 }

@@ -1,13 +1,16 @@
-// The kernels of GroupedExperts (moe_grouped.h; host side in moe_grouped.cpp): MXFP4 experts x
-// FP8 activations on mma.sync tensor cores, pairs grouped by expert on the device.
+// The kernels of GroupedExperts (moe_grouped.h; host side in moe_grouped.cpp): MXFP4 or FP8
+// experts x FP8 activations on mma.sync tensor cores, pairs grouped by expert on the device.
 //
-// Repacked layouts (per expert; the same byte counts as QuantLinear's mxfp4 layout):
-//   weights  [n / 16 tiles][k / 32 steps][32 lanes] x 8 bytes: lane (g, t) = (lane / 4,
+// Repacked layouts (per expert; the same byte counts as QuantLinear's layouts):
+//   MXFP4 weights  [n / 16 tiles][k / 32 steps][32 lanes] x 8 bytes: lane (g, t) = (lane / 4,
 //            lane % 4) holds the e2m1 codes of mma's A fragment for rows g and g + 8 of the
 //            tile: bytes 0-1 row g, inputs 32 s + 4 t .. + 3; bytes 2-3 row g + 8, the same
 //            inputs; bytes 4-5 row g, inputs 32 s + 16 + 4 t .. + 3; bytes 6-7 row g + 8,
 //            those (element j of four in nibble j, as on disk);
-//   scales   [n / 16][k / 128 blocks][16 rows][4 steps] E8M0 bytes.
+//   MXFP4 scales   [n / 16][k / 128 blocks][16 rows][4 steps] E8M0 bytes;
+//   FP8 weights    [n / 16][k / 32][32 lanes] x 16 bytes: the e4m3 codes of the A fragment,
+//            a0 a1 a2 a3 (rows g, g + 8, g, g + 8; inputs 4t.., 4t.., 16 + 4t.., 16 + 4t..);
+//   FP8 scales     fp32 [n / 128][k / 128], as on disk (128 x 128 blocks).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -51,6 +54,32 @@ struct Params {
   int n = 0, k = 0;
 };
 
+// One 32-input step's A fragment and the step's weight scale for rows g and g + 8
+// (MXFP4: 2^(e - 127) per row and step; FP8: 1, the block scale comes after the block).
+template <bool kFp4>
+struct WeightStep;
+
+template <>
+struct WeightStep<true> {
+  static constexpr int kLaneBytes = 8;
+  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) {
+    const uint2 v = reinterpret_cast<const uint2*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
+    a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu);
+    a[1] = e2m1x4_to_e4m3x4(v.x >> 16);
+    a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu);
+    a[3] = e2m1x4_to_e4m3x4(v.y >> 16);
+  }
+};
+
+template <>
+struct WeightStep<false> {
+  static constexpr int kLaneBytes = 16;
+  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) {
+    const uint4 v = reinterpret_cast<const uint4*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
+    a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w;
+  }
+};
+
 // The pairs sorted by expert: start [E + 1], the active experts in ascending id and their
 // count, order [P] (within an expert in no particular order: a pair's result does not
 // depend on its place).
@@ -84,6 +113,7 @@ __global__ void sort_pairs_kernel(const int32_t* __restrict__ expert, int P, int
 }
 
 // grid (n / 16, active-expert slots), kSlices warps.
+template <bool kFp4>
 __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const uint8_t* __restrict__ xq,
                                                                const float* __restrict__ xs, int x_div,
                                                                const int32_t* __restrict__ order,
@@ -97,8 +127,11 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
   const int tile = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int S = p.k / 32, NB = p.k / 128;
   const int b0 = warp * NB / kSlices, b1 = (warp + 1) * NB / kSlices;
-  const uint2* wt = reinterpret_cast<const uint2*>(p.w + e * p.expert_w) + static_cast<int64_t>(tile) * S * 32 + lane;
-  const uint32_t* sc = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile) * NB * 16;
+  using W = WeightStep<kFp4>;
+  const uint8_t* wt = p.w + e * p.expert_w + static_cast<int64_t>(tile) * S * 32 * W::kLaneBytes;
+  // MXFP4: E8M0 [tile][block][16 rows] x 4 steps; FP8: fp32 [n / 128][k / 128].
+  const uint32_t* sc4 = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile) * NB * 16;
+  const float* sc8 = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile * 16 / 128) * NB;
   __shared__ float part[kSlices][32][4];
   for (int q0 = p0; q0 < p1; q0 += 8) {
     // B column g: pair q0 + g; accumulator columns 2t, 2t + 1: pairs q0 + 2t, q0 + 2t + 1.
@@ -108,27 +141,33 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
     const float* s1 = qc1 < p1 ? xs + static_cast<int64_t>(order[qc1] / x_div) * NB : nullptr;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int b = b0; b < b1; ++b) {
-      const uint32_t e_lo = sc[b * 16 + g], e_hi = sc[b * 16 + g + 8];
+      const uint32_t e_lo = kFp4 ? sc4[b * 16 + g] : 0u, e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
       float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int s = b * 4 + j;
-        const uint2 wv = wt[static_cast<int64_t>(s) * 32];
+        uint32_t a[4];
+        W::load(wt, s, lane, a);
         uint32_t x0 = 0, x1 = 0;
         if (xrow) {
           x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
           x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
         }
         float d[4];
-        mma_e4m3(e2m1x4_to_e4m3x4(wv.x & 0xFFFFu), e2m1x4_to_e4m3x4(wv.x >> 16), e2m1x4_to_e4m3x4(wv.y & 0xFFFFu),
-                 e2m1x4_to_e4m3x4(wv.y >> 16), x0, x1, d);
-        const float w_lo = e8m0_value((e_lo >> (8 * j)) & 0xFFu), w_hi = e8m0_value((e_hi >> (8 * j)) & 0xFFu);
-        blk[0] = __fadd_rn(blk[0], __fmul_rn(d[0], w_lo));
-        blk[1] = __fadd_rn(blk[1], __fmul_rn(d[1], w_lo));
-        blk[2] = __fadd_rn(blk[2], __fmul_rn(d[2], w_hi));
-        blk[3] = __fadd_rn(blk[3], __fmul_rn(d[3], w_hi));
+        mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
+        if (kFp4) {
+          const float w_lo = e8m0_value((e_lo >> (8 * j)) & 0xFFu), w_hi = e8m0_value((e_hi >> (8 * j)) & 0xFFu);
+          d[0] = __fmul_rn(d[0], w_lo);
+          d[1] = __fmul_rn(d[1], w_lo);
+          d[2] = __fmul_rn(d[2], w_hi);
+          d[3] = __fmul_rn(d[3], w_hi);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) blk[i] = __fadd_rn(blk[i], d[i]);
       }
-      const float sa0 = s0 ? s0[b] : 0.0f, sa1 = s1 ? s1[b] : 0.0f;
+      // FP8: the weight's 128 x 128 block scale joins the activation scale.
+      const float ws = kFp4 ? 1.0f : sc8[b];
+      const float sa0 = s0 ? __fmul_rn(s0[b], ws) : 0.0f, sa1 = s1 ? __fmul_rn(s1[b], ws) : 0.0f;
       acc[0] = __fmaf_rn(blk[0], sa0, acc[0]);
       acc[1] = __fmaf_rn(blk[1], sa1, acc[1]);
       acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
@@ -166,7 +205,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
 
 namespace detail {
 
-void launch_grouped_experts(const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
+void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream) {
   int32_t* start = meta;               // [count + 1]
@@ -177,12 +216,16 @@ void launch_grouped_experts(const uint8_t* w, const uint8_t* sc, int count, int 
   Params p;
   p.w = w;
   p.sc = sc;
-  p.expert_w = int64_t{n} * k / 2;
-  p.expert_s = int64_t{n} * k / 32;
+  p.expert_w = fp4 ? int64_t{n} * k / 2 : int64_t{n} * k;
+  p.expert_s = fp4 ? int64_t{n} * k / 32 : int64_t{n} / 128 * (k / 128) * 4;
   p.n = n;
   p.k = k;
   const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
-  grouped_kernel<<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+  if (fp4) {
+    grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+  } else {
+    grouped_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+  }
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,6 @@
 // The routed experts of one projection on FP8 tensor cores, grouped by expert: DeepSeek's
-// `fp4_gemm` numerics (the `deepseek` precision, ops/linear_numerics.h) for MXFP4 experts.
+// `fp4_gemm` / `fp8_gemm` numerics (the `deepseek` precision, ops/linear_numerics.h) for
+// MXFP4 experts and FP8 experts with 128 x 128 blocks.
 //
 //   y[i, :] = bf16( W_{e_i} . x_i )   for every (token, expert) pair i, e_i = expert[i]
 //
@@ -7,10 +8,13 @@
 // fp32 scales [rows, k / 128], DeepSeek's layout). W: MXFP4 (e2m1 codes, an E8M0 scale per 32
 // inputs), repacked at load into the order mma.sync's A fragment reads, so a warp loads 256
 // contiguous bytes per 32-input step; the e2m1 codes become e4m3 in registers (exact: every
-// e2m1 value is an e4m3 value). Per pair, per 128-input block b, per 32-input step s:
-// d = the tensor core's 16 x 8 x 32 e4m3 product (rows x pairs), and
-//     block_b = (((d_0 w_0 + d_1 w_1) + d_2 w_2) + d_3 w_3)      (w_s = 2^(e - 127), exact)
-//     acc     = fma(block_b, sa_b, acc) over the blocks of a K-slice, in order,
+// e2m1 value is an e4m3 value); FP8 weights are repacked the same way, 16 bytes per lane and
+// step. Per pair, per 128-input block b, per 32-input step s: d = the tensor core's
+// 16 x 8 x 32 e4m3 product (rows x pairs), and
+//     block_b = (((d_0 w_0 + d_1 w_1) + d_2 w_2) + d_3 w_3)  (MXFP4: w_s = 2^(e - 127), exact;
+//                                                            FP8: w_s = 1)
+//     acc     = fma(block_b, sa_b * sw_b, acc) over the blocks of a K-slice, in order
+//               (sw_b: FP8's 128 x 128 block scale; 1 for MXFP4),
 //     y       = bf16(((acc_0 + acc_1) + acc_2) + acc_3)           (the CTA's 4 K-slices)
 // so a pair's result is fixed by the shapes alone: it does not depend on which or how many
 // other pairs share the launch (batch invariance), nor on their order.
@@ -35,8 +39,9 @@ struct GroupedExpertsImpl;
 
 class GroupedExperts {
  public:
-  // Whether these experts run here: every one MXFP4 (E8M0 scales per 32) of one [n, k]
-  // with n a multiple of 16 and k of 128, and the device sm_90.
+  // Whether these experts run here: all MXFP4 (E8M0 scales per 32, n a multiple of 16) or
+  // all FP8 with 128 x 128 blocks (n a multiple of 128), of one [n, k] with k a multiple of
+  // 128, and the device sm_90.
   static bool supports(const HostQuantLinear* weights, int count);
   // Validates (errors name the module), allocates and enqueues the repacked weights and
   // scales through `up` (null: copied now). max_pairs: the largest P forward() takes.

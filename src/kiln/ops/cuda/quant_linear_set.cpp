@@ -56,7 +56,7 @@ struct QuantLinearSet::Impl {
   DeviceBuffer xpad;             // [max_pairs, kp] floats
   int64_t expert_bytes = 0;
   LinearNumerics num;
-  // MXFP4 experts with FP8 input: the grouped tensor-core kernel (moe_grouped.h) instead of
+  // MXFP4 / FP8 experts with FP8 input: the grouped tensor-core kernel (moe_grouped.h) instead of
   // `experts` / `launches`; x is quantized into xpad (codes, scales, then the sort order)
   // and `tables` holds the sort's per-expert scratch.
   std::unique_ptr<GroupedExperts> grouped;
@@ -87,7 +87,7 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
     // scales, one table entry per expert (here the sort's scratch), the x staging rows.
     const int64_t k = impl->k;
     impl->kp = k;
-    impl->expert_bytes = impl->n * k / 2 + impl->n * k / 32;
+    impl->expert_bytes = device::linear_layout(weights[0]).stored_bytes();
     impl->tables = DeviceBuffer(static_cast<size_t>(count) * sizeof(LinearParams));
     impl->xpad = DeviceBuffer(static_cast<size_t>(max_pairs) * static_cast<size_t>(k) * sizeof(float));
     impl->scale_off = (int64_t{max_pairs} * k + 15) / 16 * 16;
