@@ -43,6 +43,7 @@ class SessionBackend final : public runtime::Backend {
     cli::SessionOptions o;
     o.model = KILN_BUNDLED_MODEL;
     o.device = "cuda";
+    o.precision = "exact";  // compared with the CPU server's (exact) answers
     o.threads = 2;
     o.max_slots = slots;
     o.max_rows = rows;

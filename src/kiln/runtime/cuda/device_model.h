@@ -27,7 +27,7 @@ struct DeviceModelOptions {
   int rows_per_slot = 0;
   int64_t max_context = 4096;
   double gpu_memory_fraction = 0.9;
-  ops::Precision precision = ops::Precision::DeepSeek;  // the activation precision (ops/linear_numerics.h)
+  ops::Precision precision = ops::Precision::Exact;  // the activation precision (ops/linear_numerics.h)
   bool graphs = true;
   std::ostream* progress = nullptr;
   // Reader threads / staging per buffer for the upload (0: ops/cuda/device_upload.h's defaults).
