@@ -1,6 +1,7 @@
 // DSpark checkpoints (V4-Flash-DSpark / -0731 / Pro-0813) through the real binary: inspect
 // reports the drafter and the checkpoint as loadable; generate / score / perplexity run the
 // main model, bitwise as the same checkpoint without the drafter; --mtp is a clear error;
+// kiln quantize carries the drafter;
 // a declared drafter with a tensor missing or misshapen is named. Last, a header-exact
 // replica of the real 0731 inventory (72,317 tensors, sparse data) inspected whole.
 #include <gtest/gtest.h>
@@ -167,11 +168,46 @@ TEST_F(DSparkCli, MtpDraftsWithTheDSparkDrafterAndSpecMtpIsAClearError) {
   EXPECT_NE(n.text.find("has no MTP block to draft with"), std::string::npos) << n.text;
 }
 
-TEST_F(DSparkCli, QuantizeRefusesToDropTheDrafter) {
-  Out r = kiln_run("quantize --model " + q(dspark()) + " --recipe deepseek-native --out " + q(dir_->path() / "q"));
-  EXPECT_EQ(r.code, 2) << r.text;
-  EXPECT_NE(r.text.find("has a DSpark drafter"), std::string::npos) << r.text;
-  EXPECT_NE(r.text.find("silently drops it"), std::string::npos) << r.text;
+// kiln quantize carries the drafter: its modules written by role like the rest (the stages
+// as MTP blocks get the recipe's MTP treatment), the copy loadable with the drafter, its main
+// model bitwise the quantized copy of the checkpoint without the drafter, and drafting with
+// the quantized drafter giving plain decoding's tokens.
+TEST_F(DSparkCli, QuantizeCarriesTheDrafter) {
+  for (const std::string recipe : {"deepseek-native", "w4a16-fp8-mtp"}) {
+    SCOPED_TRACE(recipe);
+    const auto qd = dir_->path() / ("qd-" + recipe), qp = dir_->path() / ("qp-" + recipe);
+    Out r = kiln_run("quantize --model " + q(dspark()) + " --recipe " + recipe + " --out " + q(qd));
+    ASSERT_EQ(r.code, 0) << r.text;
+    Out rp = kiln_run("quantize --model " + q(plain()) + " --recipe " + recipe + " --out " + q(qp));
+    ASSERT_EQ(rp.code, 0) << rp.text;
+    Out t = kiln_run("inspect " + q(qd));
+    ASSERT_EQ(t.code, 0) << t.text;
+    // deepseek-native keeps MTP experts MXFP4; w4a16-fp8-mtp keeps MTP blocks BF16.
+    const std::string experts = recipe == "deepseek-native" ? "mxfp4" : "bf16";
+    const auto row = t.text.find("DSpark routed experts");
+    ASSERT_NE(row, std::string::npos) << t.text;
+    EXPECT_NE(t.text.substr(row, t.text.find('\n', row) - row).find(experts), std::string::npos) << t.text;
+    Out j = kiln_run("inspect --json " + q(qd));
+    ASSERT_EQ(j.code, 0) << j.text;
+    const auto js = nlohmann::json::parse(j.text);
+    EXPECT_EQ(js["loadable"], true);
+    EXPECT_EQ(js["drafter"]["kind"], "dspark");
+    EXPECT_EQ(js["drafter"]["loaded"], true);
+    EXPECT_TRUE(js["unused"].empty());
+    const std::string tokens = " --tokens 5,17,42,3,99,200,7,7,31,128,64,1 --mode full --out ";
+    Out sa = kiln_run("score --model " + q(qd) + tokens + q(dir_->path() / "sa.npy"));
+    Out sb = kiln_run("score --model " + q(qp) + tokens + q(dir_->path() / "sb.npy"));
+    ASSERT_EQ(sa.code, 0) << sa.text;
+    ASSERT_EQ(sb.code, 0) << sb.text;
+    EXPECT_TRUE(read_file(dir_->path() / "sa.npy") == read_file(dir_->path() / "sb.npy")) << "main model logits differ";
+    Out g = kiln_run("generate --model " + q(qd) +
+                     " --tokens 5,17,42 --max-tokens 24 --ignore-eos --temperature 0 --spec dspark --compare-plain --json");
+    ASSERT_EQ(g.code, 0) << g.text;
+    const auto gj = json_line(g);
+    EXPECT_EQ(gj["plain"]["tokens_identical"], true) << g.text;
+    EXPECT_EQ(gj["mtp"]["drafter"], "dspark");
+    EXPECT_GT(gj["mtp"]["drafts_proposed"].get<int>(), 0);
+  }
 }
 
 // A checkpoint made bad by `mutate`: every string of `expect` is in the error.

@@ -243,12 +243,26 @@ struct Summary {
 std::vector<Item> plan_items(const Plan& plan, const ModelConfig& cfg, const Recipe& recipe, Summary& sum) {
   std::unordered_map<std::string, size_t> inv_pos;
   {
+    // The backbone's inventory, then a DSpark drafter's (its stages are mtp.N blocks).
     auto inv = expected_inventory(cfg);
+    const auto dinv = expected_dspark_inventory(cfg);
+    inv.insert(inv.end(), dinv.begin(), dinv.end());
     for (size_t i = 0; i < inv.size(); ++i) inv_pos.emplace(inv[i].path(), i);
   }
+  // The drafter's modules and tensors are written like the rest, by role (its stages as MTP
+  // blocks: the recipe's MTP treatment).
+  std::vector<const PlannedLinear*> linears;
+  std::vector<const PlannedTensor*> tensors;
+  for (const auto& l : plan.linears) linears.push_back(&l);
+  for (const auto& t : plan.tensors) tensors.push_back(&t);
+  if (plan.dspark) {
+    for (const auto& l : plan.dspark->linears) linears.push_back(&l);
+    for (const auto& t : plan.dspark->tensors) tensors.push_back(&t);
+  }
   std::vector<Item> items;
-  items.reserve(plan.linears.size() + plan.tensors.size());
-  for (const auto& l : plan.linears) {
+  items.reserve(linears.size() + tensors.size());
+  for (const PlannedLinear* lp : linears) {
+    const PlannedLinear& l = *lp;
     Item it;
     it.lin = &l;
     it.mtp = l.name.scope == Scope::Mtp;
@@ -265,7 +279,8 @@ std::vector<Item> plan_items(const Plan& plan, const ModelConfig& cfg, const Rec
     if (l.scheme.kind != SchemeKind::BF16 || l.scheme.weight_dtype != DType::BF16) sum.source_schemes[l.scheme.describe()] += 1;
     items.push_back(std::move(it));
   }
-  for (const auto& p : plan.tensors) {
+  for (const PlannedTensor* pp : tensors) {
+    const PlannedTensor& p = *pp;
     Item it;
     it.plain = &p;
     const SplitPath sp = split_path(p.path);
@@ -569,9 +584,9 @@ int quantize(const Run& run) {
     fail_invalid("{} is not loadable ({} problem(s)), so it cannot be quantized; first: {} (run `kiln inspect {}` for "
                  "the full report)", o.model.string(), why.size(), why.front(), o.model.string());
   }
-  if (cfg.dspark) {
-    fail_invalid("{} has a DSpark drafter (config.json's dspark_* keys); kiln quantize does not carry it yet (issue 19) "
-                 "and will not write a copy that silently drops it", o.model.string());
+  if (cfg.dspark && !plan.dspark) {
+    fail_invalid("{} declares a DSpark drafter (config.json's dspark_* keys) whose tensors the plan did not find; "
+                 "kiln quantize will not write a copy that silently drops it", o.model.string());
   }
 
   // 2. What to write, and where.

@@ -16,7 +16,7 @@ Role role_of(std::string_view m) {
   if (m == "attn.indexer.weights_proj") return Role::WeightsProj;
   if (m == "attn.wo_a") return Role::WoA;
   if (starts("attn.")) return Role::Attn;
-  if (m == "e_proj" || m == "h_proj") return Role::MtpProj;
+  if (m == "e_proj" || m == "h_proj" || m == "main_proj") return Role::MtpProj;  // main_proj: DSpark stage 0
   return Role::Head;
 }
 
