@@ -47,6 +47,28 @@ std::vector<int32_t> prompt_of(size_t n, uint64_t seed) {
   return p;
 }
 
+// The main model's joint distribution of the first two sampled tokens after `prompt`:
+// p(t1) p(t2 | t1).
+std::map<std::pair<int32_t, int32_t>, double> first_two_joint(const model::Forward& f, const std::vector<int32_t>& prompt,
+                                                              const SamplingParams& params, int64_t V) {
+  std::vector<float> logits(static_cast<size_t>(V));
+  model::DecodeState pre = f.new_state();
+  f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
+  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
+  const auto p1 = sampling_distribution(logits, params);
+  std::map<std::pair<int32_t, int32_t>, double> joint;
+  for (int32_t a = 0; a < V; ++a) {
+    if (p1[static_cast<size_t>(a)] == 0.0) continue;
+    model::DecodeState s2(pre);
+    const int32_t t[1] = {a};
+    f.step(s2, t, logits.data(), nullptr);
+    const auto p2 = sampling_distribution(logits, params);
+    for (int32_t b = 0; b < V; ++b)
+      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
+  }
+  return joint;
+}
+
 #if defined(__SANITIZE_ADDRESS__)
 constexpr int kGenerate = 96;
 #else
@@ -70,6 +92,29 @@ TEST(DSparkSpec, GreedySameTokensAsPlainForEveryK) {
     for (size_t i = 0; i < s.proposed.size(); ++i) rates += fmt::format(" {}/{}", s.accepted[i], s.proposed[i]);
     std::printf("[ measured ] tiny_dspark k=%d: accepted/proposed per position:%s; mean accepted length %.3f\n", k,
                 rates.c_str(), s.mean_accepted_length());
+  }
+}
+
+// Confidence-based verify length (EngineOptions::dspark_min_survival): a round verifies only
+// its leading drafts whose survival reaches the bound, chosen from the drafter's outputs
+// alone, so fewer drafts are verified as the bound rises and the tokens stay plain's.
+TEST(DSparkSpec, SurvivalBoundVerifiesFewerDraftsAndStaysExact) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  const auto prompt = prompt_of(9, 1);
+  const GenerateResult plain = generate_plain(f, prompt, kGenerate, {}, -1);
+  int64_t last = -1;
+  for (double bound : {0.0, 0.3, 0.6, 0.9, 1.0}) {
+    CpuBackend b(f, {.max_slots = 1, .max_context = 1024}, &F.d);
+    const GenerateResult spec = generate(b, prompt, kGenerate, {}, 5, -1, bound);
+    EXPECT_EQ(spec.tokens, plain.tokens) << "bound " << bound;
+    int64_t proposed = 0;
+    for (int64_t p : spec.stats.proposed) proposed += p;
+    std::printf("[ measured ] tiny_dspark K=5 survival >= %.1f: %lld drafts verified in %lld rounds\n", bound,
+                static_cast<long long>(proposed), static_cast<long long>(spec.stats.rounds));
+    if (bound == 1.0) EXPECT_EQ(proposed, 0) << "no confidence reaches 1 exactly";
+    if (last >= 0) EXPECT_LT(proposed, last) << "bound " << bound;
+    last = proposed;
   }
 }
 
@@ -174,21 +219,7 @@ TEST(DSparkSpec, SampledTokensFollowTheMainModelsDistribution) {
   params.temperature = 1.5f;
   params.top_k = 6;
   const auto prompt = prompt_of(7, 4);
-  std::vector<float> logits(static_cast<size_t>(V));
-  model::DecodeState pre = f.new_state();
-  f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
-  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
-  const auto p1 = sampling_distribution(logits, params);
-  std::map<std::pair<int32_t, int32_t>, double> joint;
-  for (int32_t a = 0; a < V; ++a) {
-    if (p1[static_cast<size_t>(a)] == 0.0) continue;
-    model::DecodeState s2(pre);
-    const int32_t t[1] = {a};
-    f.step(s2, t, logits.data(), nullptr);
-    const auto p2 = sampling_distribution(logits, params);
-    for (int32_t b = 0; b < V; ++b)
-      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
-  }
+  const auto joint = first_two_joint(f, prompt, params, V);
   ASSERT_EQ(joint.size(), 36u);
 #if defined(__SANITIZE_ADDRESS__)
   constexpr int kSamples = 1000;
@@ -211,6 +242,38 @@ TEST(DSparkSpec, SampledTokensFollowTheMainModelsDistribution) {
   EXPECT_GE(fit.df, 20);
   EXPECT_GT(fit.p_value, kAlpha);
   EXPECT_GT(proposed, 0);
+}
+
+// The same with a survival bound: rounds verify fewer drafts, the distribution is unchanged.
+TEST(DSparkSpec, SampledTokensFollowTheMainModelsDistributionUnderASurvivalBound) {
+  const auto& F = fx();
+  const auto& f = *F.m->forward;
+  const int64_t V = F.m->config.vocab_size;
+  SamplingParams params;
+  params.temperature = 1.5f;
+  params.top_k = 6;
+  const auto prompt = prompt_of(7, 4);
+  const auto joint = first_two_joint(f, prompt, params, V);
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr int kSamples = 1000;
+#else
+  constexpr int kSamples = 2500;
+#endif
+  CpuBackend backend(f, {.max_slots = 64, .max_context = 1024}, &F.d);
+  EngineOptions eo;
+  eo.max_batch = 64;
+  eo.max_waiting = kSamples;
+  eo.mtp = 4;
+  eo.dspark_min_survival = 0.4;
+  Engine engine(backend, eo);
+  const FirstTwo got = sample_first_two(engine, prompt, params, kSamples, 6, 2000, joint);
+  std::printf("[ measured ] tiny_dspark t=1.5 top-k 6 K=4 survival >= 0.4: chi2=%.2f df=%d p=%.4f; drafts accepted "
+              "%lld/%lld\n", got.fit.chi2, got.fit.df, got.fit.p_value, static_cast<long long>(got.accepted),
+              static_cast<long long>(got.proposed));
+  EXPECT_EQ(got.outside, 0);
+  EXPECT_GE(got.fit.df, 20);
+  EXPECT_GT(got.fit.p_value, kAlpha);
+  EXPECT_LT(got.proposed, int64_t{4} * kSamples) << "the bound dropped no draft";
 }
 
 }  // namespace

@@ -137,6 +137,11 @@ int main(int argc, char** argv) {
                  "with a DSpark drafter K = 1..its block size");
   ge->add_option("--spec", gen.spec, "dspark | mtp | off: the drafter of --mtp K (default: what the checkpoint has; "
                                      "dspark alone drafts the whole block; DSpark runs on --device cpu)");
+  ge->add_option("--dspark-min-survival", gen.dspark_min_survival,
+                  "DSpark: verify only the leading drafts whose survival (the product of the confidence head's outputs) "
+                  "is at least this, 0..1 (0: every draft); decoding stays exact")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   ge->add_flag("--compare-plain", gen.compare_plain,
                "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
   ge->add_flag("--json", gen.json,
@@ -235,6 +240,11 @@ int main(int argc, char** argv) {
                  "(default: a DSpark drafter's whole block, else 0)");
   se->add_option("--spec", serve.spec, "dspark | mtp | off: the drafter (default: what the checkpoint has; a DSpark "
                                        "drafter runs on the CPU backend; off: requests may not ask for drafts)");
+  se->add_option("--dspark-min-survival", serve.dspark_min_survival,
+                  "DSpark: verify only the leading drafts whose survival (the product of the confidence head's outputs) "
+                  "is at least this, 0..1 (0: every draft); decoding stays exact")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   se->add_option("--max-context", serve.max_context, "Prompt + generated tokens per request (0 = the model's maximum)")
       ->capture_default_str();
   se->add_option("--http-threads", serve.http_threads, "Concurrent connections")->capture_default_str();

@@ -60,6 +60,7 @@ runtime::EngineOptions engine_options(const ServeOptions& o, const Drafting& d, 
   eo.prefill_chunk = o.prefill_chunk;
   eo.mtp = d.k.value_or(0);
   eo.drafter = d.dspark ? DrafterKind::DSpark : DrafterKind::Mtp;
+  eo.dspark_min_survival = o.dspark_min_survival;
   return eo;
 }
 

@@ -107,7 +107,8 @@ void Backend::dspark_commit(const PassRows&) {
   fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
 }
 
-void Backend::dspark_draft(std::span<const DSparkRound>, const DraftChoice&, std::vector<std::vector<int32_t>>&) {
+void Backend::dspark_draft(std::span<const DSparkRound>, const DraftChoice&, std::vector<std::vector<int32_t>>&,
+                           std::vector<std::vector<float>>*) {
   fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
 }
 

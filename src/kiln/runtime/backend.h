@@ -133,7 +133,9 @@ class Backend {
   // slot's rows continue its committed length (only committed positions are ever written).
   virtual void dspark_commit(const PassRows& rows);
   // One draft round per sequence at its slot's committed length (model/dspark.h):
-  // choose(i, k, adjusted) picks d_{k+1} of request i; drafts[i] receives its `drafts` tokens.
+  // choose(i, k, adjusted) picks d_{k+1} of request i; drafts[i] receives its `drafts` tokens
+  // and, when `confidence` is given and the checkpoint has a confidence head, (*confidence)[i]
+  // each draft's confidence (its predicted survival given the drafts before it; else empty).
   struct DSparkRound {
     int slot = 0;
     int32_t anchor = 0;
@@ -141,7 +143,8 @@ class Backend {
   };
   using DraftChoice = std::function<int32_t(size_t seq, int k, std::span<const float> adjusted)>;
   virtual void dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
-                            std::vector<std::vector<int32_t>>& drafts);
+                            std::vector<std::vector<int32_t>>& drafts,
+                            std::vector<std::vector<float>>* confidence = nullptr);
 
   // Logits only.
   void main(const PassRows& rows, std::span<const int32_t> logits_rows, float* logits) {

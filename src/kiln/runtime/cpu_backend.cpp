@@ -96,8 +96,8 @@ void CpuBackend::dspark_commit(const PassRows& rows) {
 }
 
 void CpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
-                              std::vector<std::vector<int32_t>>& drafts) {
-  if (!drafter_) Backend::dspark_draft(rounds, choose, drafts);
+                              std::vector<std::vector<int32_t>>& drafts, std::vector<std::vector<float>>* confidence) {
+  if (!drafter_) Backend::dspark_draft(rounds, choose, drafts, confidence);
   std::vector<model::DSparkDrafter::DraftSeq> seqs;
   for (const DSparkRound& r : rounds) {
     if (!book_.held(r.slot)) fail(ErrorKind::Usage, "cpu backend: DSpark draft for slot {}, not held", r.slot);
@@ -106,6 +106,10 @@ void CpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftCh
   auto outs = drafter_->draft(seqs, choose);
   drafts.resize(outs.size());
   for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
+  if (confidence) {
+    confidence->resize(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) (*confidence)[i] = std::move(outs[i].confidence);
+  }
 }
 
 const model::DecodeState& CpuBackend::state(int slot) const {

@@ -45,7 +45,8 @@ class CpuBackend final : public Backend {
   int dspark_block() const override { return drafter_ ? static_cast<int>(drafter_->block_size()) : 0; }
   void dspark_commit(const PassRows& rows) override;
   void dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
-                    std::vector<std::vector<int32_t>>& drafts) override;
+                    std::vector<std::vector<int32_t>>& drafts,
+                    std::vector<std::vector<float>>* confidence = nullptr) override;
 
   // Tests: the state of a held slot (main model, MTP blocks; the DSpark drafter's).
   const model::DecodeState& state(int slot) const;

@@ -63,6 +63,11 @@ struct EngineOptions {
   // What drafts: DrafterKind::None = what the backend runs (its DSpark drafter when it has
   // one, else the MTP block); Mtp or DSpark to insist (an error when the backend has none).
   DrafterKind drafter = DrafterKind::None;
+  // DSpark: a round verifies only its leading drafts whose survival, the product of the
+  // confidence head's outputs up to the draft, is at least this (0: every draft; checkpoints
+  // without a confidence head verify every draft). The choice is made from the drafter's
+  // outputs alone, before the main model sees the drafts, so decoding stays exact.
+  double dspark_min_survival = 0.0;
   // Tests only: at temperature 0, rewrites a round's K drafts (drafting at positions
   // first_position ..) before verification, so every accept length can be reached with
   // random-weight models; the output stays exact whatever it writes.

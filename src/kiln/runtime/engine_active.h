@@ -86,6 +86,15 @@ struct Engine::Active {
     draft_states.clear();
     if (matcher) draft_states.push_back(*matcher);
   }
+  // Only the first `keep` drafts of this round are verified (the others are dropped with
+  // their distributions and constraint states).
+  void truncate_round(int keep) {
+    if (keep >= K) return;
+    K = keep;
+    drafts.resize(static_cast<size_t>(keep));
+    if (q.size() > static_cast<size_t>(keep)) q.resize(static_cast<size_t>(keep));
+    if (draft_states.size() > static_cast<size_t>(keep) + 1) draft_states.erase(draft_states.begin() + keep + 1, draft_states.end());
+  }
   bool decoding() const { return pending >= 0; }
   int64_t prompt_length() const { return static_cast<int64_t>(request.prompt.size()); }
   bool greedy() const { return request.sampling.temperature <= 0.0f; }

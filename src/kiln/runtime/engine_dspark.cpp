@@ -21,14 +21,25 @@ void Engine::draft_dspark(std::vector<Active*>& spec) {
   }
   if (!rounds.empty()) {
     std::vector<std::vector<int32_t>> drafts;
+    std::vector<std::vector<float>> confidence;
+    const bool by_confidence = opts_.dspark_min_survival > 0.0;
     b_.dspark_draft(
         rounds,
         [&](size_t i, int k, std::span<const float> row) {
           Active* a = who[i];
           return a->pick_draft(k, row, a->draft_by_argmax() ? argmax(row) : -1);
         },
-        drafts);
-    for (size_t i = 0; i < who.size(); ++i) who[i]->drafts = std::move(drafts[i]);
+        drafts, by_confidence ? &confidence : nullptr);
+    for (size_t i = 0; i < who.size(); ++i) {
+      Active* a = who[i];
+      a->drafts = std::move(drafts[i]);
+      if (!by_confidence || confidence[i].empty()) continue;
+      // Verify the leading drafts whose survival reaches the bound (drafter outputs only).
+      double survival = 1.0;
+      int keep = 0;
+      while (keep < a->K && (survival *= confidence[i][static_cast<size_t>(keep)]) >= opts_.dspark_min_survival) ++keep;
+      a->truncate_round(keep);
+    }
   }
   if (opts_.draft_hook) {
     for (Active* a : who) {
