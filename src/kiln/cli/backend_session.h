@@ -41,8 +41,8 @@ struct SessionOptions {
   // CPU: also load and run the checkpoint's DSpark drafter (model/dspark.h); an error
   // naming the checkpoint when it has none, and on the CUDA backend (not implemented there).
   bool dspark = false;
-  // --precision auto|exact|deepseek (ops/linear_numerics.h): auto is deepseek on the GPU,
-  // exact on the CPU.
+  // --precision auto|exact|deepseek (ops/linear_numerics.h): auto is exact for now (the GPU's
+  // default becomes deepseek once its kernels are verified on a GPU).
   std::string precision = "auto";
 };
 

@@ -17,7 +17,7 @@ struct BenchOptions {
   bool synthetic = false;                   // the V4-Flash-shaped model with synthetic weights
   int layers = 4;                           // synthetic: backbone layers
   std::string experts = "mxfp4";            // synthetic: routed-expert scheme, or "bf16" (all BF16)
-  std::string precision = "auto";           // auto (deepseek) | exact | deepseek (ops/linear_numerics.h)
+  std::string precision = "auto";           // auto (exact for now) | exact | deepseek (ops/linear_numerics.h)
   std::string batches = "1,2,4,8,16,32,64";
   int steps = 32;                           // decode steps timed per batch size
   int context = 64;                         // prompt tokens per sequence before decoding

@@ -20,7 +20,7 @@
 namespace {
 
 constexpr const char* kPrecisionHelp =
-    "auto (deepseek on the GPU, exact on the CPU), exact (fp32 activations, the reference) or deepseek (DeepSeek's "
+    "auto (exact for now), exact (fp32 activations, the reference) or deepseek (DeepSeek's "
     "inference numerics: bf16 activations, FP8 1x128 activation quantization before FP8/FP4 linears)";
 constexpr const char* kPrecisionModelHelp = "--model: activation precision: auto, exact or deepseek";
 
