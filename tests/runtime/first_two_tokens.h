@@ -11,7 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/model/forward.h"
 #include "kiln/runtime/engine.h"
+#include "kiln/runtime/sampler.h"
 #include "runtime/chi_square.h"
 
 namespace kiln::runtime::test_stats {
@@ -23,6 +25,28 @@ struct FirstTwo {
   int64_t outside = 0;  // first-two pairs the joint gives probability 0
   int64_t accepted = 0, proposed = 0;
 };
+
+// The main model's joint distribution of the first two sampled tokens after `prompt`:
+// p(t1) p(t2 | t1) under `params`, pairs of probability 0 left out.
+inline Joint first_two_joint(const model::Forward& f, const std::vector<int32_t>& prompt, const SamplingParams& params,
+                             int64_t V) {
+  std::vector<float> logits(static_cast<size_t>(V));
+  model::DecodeState pre = f.new_state();
+  if (prompt.size() > 1) f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
+  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
+  const auto p1 = sampling_distribution(logits, params);
+  Joint joint;
+  for (int32_t a = 0; a < V; ++a) {
+    if (p1[static_cast<size_t>(a)] == 0.0) continue;
+    model::DecodeState s2(pre);
+    const int32_t t[1] = {a};
+    f.step(s2, t, logits.data(), nullptr);
+    const auto p2 = sampling_distribution(logits, params);
+    for (int32_t b = 0; b < V; ++b)
+      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
+  }
+  return joint;
+}
 
 // `samples` requests with seeds seed0, seed0 + 1, ...; each must produce max_tokens tokens.
 inline FirstTwo sample_first_two(Engine& engine, const std::vector<int32_t>& prompt, const SamplingParams& params,

@@ -379,21 +379,7 @@ TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
   const auto prompt = prompt_of(m, 6, 4);
 
   // Exact distributions from the main model.
-  std::vector<float> logits(static_cast<size_t>(V));
-  model::DecodeState pre = f.new_state();
-  if (prompt.size() > 1) f.step(pre, std::span(prompt).first(prompt.size() - 1), nullptr, nullptr);
-  f.step(pre, std::span(prompt).last(1), logits.data(), nullptr);
-  const auto p1 = sampling_distribution(logits, params);
-  std::map<std::pair<int32_t, int32_t>, double> joint;
-  for (int32_t a = 0; a < V; ++a) {
-    if (p1[static_cast<size_t>(a)] == 0.0) continue;
-    model::DecodeState s2(pre);
-    const int32_t t[1] = {a};
-    f.step(s2, t, logits.data(), nullptr);
-    const auto p2 = sampling_distribution(logits, params);
-    for (int32_t b = 0; b < V; ++b)
-      if (p2[static_cast<size_t>(b)] > 0.0) joint[{a, b}] = p1[static_cast<size_t>(a)] * p2[static_cast<size_t>(b)];
-  }
+  const auto joint = first_two_joint(f, prompt, params, V);
   ASSERT_EQ(joint.size(), 36u);
 
 #if defined(__SANITIZE_ADDRESS__)
