@@ -14,6 +14,16 @@ namespace {
 inline float load(const float* p) { return *p; }
 inline float load(const uint16_t* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }  // bf16
 
+// The act_quant scale of n values (their amax by fmax, as the GPU: a NaN is dropped).
+float block_scale(const float* v, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(v[i]));
+  return act_quant_scale(amax);
+}
+
+// The e4m3 code of v in a block of scale sc.
+uint8_t block_code(float v, float sc) { return f32_to_e4m3(act_quant_clamp(v / sc)); }
+
 template <typename T>
 void quantize_rows(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s, ActScaleLayout sl,
                    const char* what) {
@@ -23,14 +33,10 @@ void quantize_rows(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, in
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t b = 0; b < K / kActQuantBlock; ++b) {
       const T* xb = x + m * ldx + b * kActQuantBlock;
-      float amax = 0.0f;
-      for (int64_t i = 0; i < kActQuantBlock; ++i) {
-        v[i] = load(xb + i);
-        amax = std::fmax(amax, std::fabs(v[i]));  // fmaxf, as the GPU: a NaN is dropped
-      }
-      const float sc = act_quant_scale(amax);
+      for (int64_t i = 0; i < kActQuantBlock; ++i) v[i] = load(xb + i);
+      const float sc = block_scale(v, kActQuantBlock);
       uint8_t* qb = q + m * ldq + b * kActQuantBlock;
-      for (int64_t i = 0; i < kActQuantBlock; ++i) qb[i] = f32_to_e4m3(act_quant_clamp(v[i] / sc));
+      for (int64_t i = 0; i < kActQuantBlock; ++i) qb[i] = block_code(v[i], sc);
       s[m * sl.row_stride + b * sl.block_stride] = sc;
     }
   }
@@ -48,10 +54,6 @@ void act_quant_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint8_
   quantize_rows(x, ldx, M, K, q, ldq, s, sl, "act_quant_bf16");
 }
 
-}  // namespace kiln::ops::cpu
-
-namespace kiln::ops::cpu {
-
 void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy) {
   if (M < 0 || K <= 0) fail(ErrorKind::Usage, "act_fake_quant: [{}, {}] (K must be positive)", M, K);
   for (int64_t m = 0; m < M; ++m) {
@@ -59,10 +61,8 @@ void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y,
     float* yr = y + m * ldy;
     for (int64_t b0 = 0; b0 < K; b0 += kActQuantBlock) {
       const int64_t b1 = std::min(K, b0 + kActQuantBlock);
-      float amax = 0.0f;
-      for (int64_t i = b0; i < b1; ++i) amax = std::fmax(amax, std::fabs(xr[i]));
-      const float sc = act_quant_scale(amax);
-      for (int64_t i = b0; i < b1; ++i) yr[i] = e4m3_to_f32(f32_to_e4m3(act_quant_clamp(xr[i] / sc))) * sc;
+      const float sc = block_scale(xr + b0, b1 - b0);
+      for (int64_t i = b0; i < b1; ++i) yr[i] = e4m3_to_f32(block_code(xr[i], sc)) * sc;
     }
   }
 }

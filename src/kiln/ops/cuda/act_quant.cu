@@ -17,6 +17,21 @@ constexpr int kThreads = 256;
 __device__ __forceinline__ float load(const float* p) { return *p; }
 __device__ __forceinline__ float load(const uint16_t* p) { return __uint_as_float(static_cast<uint32_t>(*p) << 16); }
 
+// The act_quant scale of a warp's 128 values, four per lane (amax by a butterfly of fmaxf).
+__device__ __forceinline__ float warp_block_scale(const float (&v)[4]) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) amax = fmaxf(amax, fabsf(v[j]));
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+  return act_quant_scale(amax);
+}
+
+// The e4m3 code of v in a block of scale sc (round to nearest even, saturating).
+__device__ __forceinline__ __nv_fp8_storage_t e4m3_code(float v, float sc) {
+  return __nv_cvt_float_to_fp8(act_quant_clamp(v / sc), __NV_SATFINITE, __NV_E4M3);
+}
+
 template <typename T>
 __global__ void act_quant_kernel(const T* __restrict__ x, int64_t ldx, int64_t blocks, int64_t blocks_per_row,
                                  uint8_t* __restrict__ q, int64_t ldq, float* __restrict__ s, int64_t s_row,
@@ -27,19 +42,13 @@ __global__ void act_quant_kernel(const T* __restrict__ x, int64_t ldx, int64_t b
   const int64_t m = w / blocks_per_row, b = w % blocks_per_row;
   const T* xb = x + m * ldx + b * kActQuantBlock + lane * 4;
   float v[4];
-  float amax = 0.0f;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    v[j] = load(xb + j);
-    amax = fmaxf(amax, fabsf(v[j]));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-  const float sc = act_quant_scale(amax);
+  for (int j = 0; j < 4; ++j) v[j] = load(xb + j);
+  const float sc = warp_block_scale(v);
   uint8_t* qb = q + m * ldq + b * kActQuantBlock + lane * 4;
 #pragma unroll
   for (int j = 0; j < 4; ++j)
-    qb[j] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(act_quant_clamp(v[j] / sc), __NV_SATFINITE, __NV_E4M3));
+    qb[j] = static_cast<uint8_t>(e4m3_code(v[j], sc));
   if (lane == 0) s[m * s_row + b * s_block] = sc;
 }
 
@@ -65,20 +74,13 @@ __global__ void fake_quant_kernel(const float* __restrict__ x, int64_t ldx, int6
   if (w >= blocks) return;
   const int64_t m = w / blocks_per_row, c0 = (w % blocks_per_row) * kActQuantBlock + lane * 4;
   float v[4];
-  float amax = 0.0f;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    v[j] = c0 + j < K ? x[m * ldx + c0 + j] : 0.0f;
-    amax = fmaxf(amax, fabsf(v[j]));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-  const float sc = act_quant_scale(amax);
+  for (int j = 0; j < 4; ++j) v[j] = c0 + j < K ? x[m * ldx + c0 + j] : 0.0f;
+  const float sc = warp_block_scale(v);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (c0 + j >= K) break;
-    const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(act_quant_clamp(v[j] / sc), __NV_SATFINITE, __NV_E4M3);
-    y[m * ldy + c0 + j] = __half2float(__half(__nv_cvt_fp8_to_halfraw(q, __NV_E4M3))) * sc;
+    y[m * ldy + c0 + j] = __half2float(__half(__nv_cvt_fp8_to_halfraw(e4m3_code(v[j], sc), __NV_E4M3))) * sc;
   }
 }
 
