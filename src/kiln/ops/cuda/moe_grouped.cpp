@@ -1,12 +1,9 @@
 // The host side of GroupedExperts (moe_grouped.h): validation, the repacking fills, dispatch.
 #include "kiln/ops/cuda/moe_grouped.h"
 
-#include <algorithm>
-#include <cstring>
 #include <string>
 #include <vector>
 
-#include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
@@ -20,8 +17,6 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
 }  // namespace detail
 
 namespace {
-
-constexpr int kMaxExperts = 1024;  // the sort kernel's shared counters
 
 // Writes bytes [off, off + len) of a repacked buffer whose byte i is byte_at(i).
 template <typename F>
@@ -88,14 +83,6 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
         static_cast<int64_t>(w.scale.size) != srows * scols * static_cast<int64_t>(dtype_size(w.scale_dtype)))
       fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
                    srows, scols);
-    if (!d.fp4) {
-      for (size_t i = 0; i < w.weight.size; ++i) {
-        const auto b = static_cast<uint8_t>(w.weight.data[i]);
-        if ((b & 0x7F) == 0x7F)
-          fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", w.name, i / static_cast<size_t>(k),
-                       i % static_cast<size_t>(k), b);
-      }
-    }
   }
   d.w = detail::DeviceBuffer(static_cast<size_t>(ew * count));
   d.sc = detail::DeviceBuffer(static_cast<size_t>(es * count));
@@ -123,23 +110,18 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
       });
     } else {
       // 16 bytes per lane and step: a0 a1 a2 a3 = rows g, g + 8, g, g + 8 at inputs 4t.. and 16 + 4t..
-      wfill = fill_of([wsrc, S, k](uint64_t i) {
+      // Each code is checked for the e4m3 NaN code as it is copied (an error from up.finish()).
+      wfill = fill_of([wsrc, S, k, name = std::string(weights[e].name)](uint64_t i) {
         const uint64_t rec = i / 16, byte = i % 16, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
                        tile = rec / (32 * static_cast<uint64_t>(S));
         const uint64_t g = lane / 4, t = lane % 4, reg = byte / 4;
         const uint64_t row = tile * 16 + g + (reg % 2 ? 8 : 0);
         const uint64_t col = 32 * s + 4 * t + (reg >= 2 ? 16 : 0) + byte % 4;
-        return wsrc[row * static_cast<uint64_t>(k) + col];
+        const std::byte* code = wsrc + row * static_cast<uint64_t>(k) + col;
+        detail::check_no_e4m3_nan(code, 1, name, row, col);
+        return *code;
       });
-      const DType sdt = weights[e].scale_dtype;
-      const size_t ses = dtype_size(sdt);
-      sfill = [ssrc, sdt, ses](uint64_t off, uint64_t len, std::byte* dst) {
-        for (uint64_t i = off / 4; i * 4 < off + len; ++i) {
-          const float v = scale_to_f32(sdt, ssrc + i * ses);
-          const uint64_t b0 = std::max(i * 4, off), b1 = std::min(i * 4 + 4, off + len);
-          std::memcpy(dst + (b0 - off), reinterpret_cast<const std::byte*>(&v) + (b0 - i * 4), b1 - b0);
-        }
-      };
+      sfill = detail::scales_to_f32(ssrc, weights[e].scale_dtype);
     }
     uploads.push_back({wd, static_cast<uint64_t>(ew), std::move(wfill), {wsrc, weights[e].weight.size}});
     uploads.push_back({sd, static_cast<uint64_t>(es), std::move(sfill), {ssrc, weights[e].scale.size}});

@@ -17,12 +17,13 @@
 #include <cstdint>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/moe_grouped.h"
 
 namespace kiln::ops::cuda {
 namespace {
 
 constexpr int kSlices = 4;  // warps per CTA, each a contiguous K-slice of the same 16 rows
-constexpr int kMaxExperts = 1024;
+constexpr int kMaxExperts = GroupedExperts::kMaxExperts;
 
 // Four e2m1 codes (nibbles 0-3 of v) as four e4m3 bytes: magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}
 // by a byte permute of a table, the sign bit moved from bit 3 of each nibble to bit 7.

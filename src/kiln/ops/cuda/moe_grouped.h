@@ -39,12 +39,16 @@ struct GroupedExpertsImpl;
 
 class GroupedExperts {
  public:
+  // The most experts a set may have (the sort kernel's per-expert counters in shared memory).
+  static constexpr int kMaxExperts = 1024;
   // Whether these experts run here: all MXFP4 (E8M0 scales per 32, n a multiple of 16) or
   // all FP8 with 128 x 128 blocks (n a multiple of 128), of one [n, k] with k a multiple of
   // 128, and the device sm_90.
   static bool supports(const HostQuantLinear* weights, int count);
   // Validates (errors name the module), allocates and enqueues the repacked weights and
-  // scales through `up` (null: copied now). max_pairs: the largest P forward() takes.
+  // scales through `up` (null: copied now). max_pairs: the largest P forward() takes. A
+  // content error (an FP8 weight holding the e4m3 NaN code) is thrown by up.finish(), as
+  // QuantLinear's.
   static GroupedExperts prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up);
 
   GroupedExperts();

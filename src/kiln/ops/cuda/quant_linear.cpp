@@ -26,6 +26,8 @@ using detail::LaunchShape;
 using detail::LinearParams;
 using detail::PendingUpload;
 using detail::RowGroups;
+using detail::check_no_e4m3_nan;
+using detail::scales_to_f32;
 
 static_assert(sizeof(LinearParams) == device::kLinearParamsBytes, "ops/device_sizes.h sizes the expert tables with it");
 static_assert(detail::chunk_elems(SchemeKind::BF16) == device::linear_chunk_elems(SchemeKind::BF16) &&
@@ -75,22 +77,6 @@ int group_shift(const HostQuantLinear& w, int64_t elems, int64_t cols) {
 
 // ---- Fills: each writes bytes [off, off + len) of one prepared buffer from the host view.
 
-// fp8 e4m3 codes with (b & 0x7F) == 0x7F are NaN; the bytes are columns c.. of row r.
-void check_no_e4m3_nan(const std::byte* in, uint64_t n, const std::string& name, uint64_t r, uint64_t c) {
-  constexpr uint64_t k7F = 0x7F7F7F7F7F7F7F7Full, k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
-  uint64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t x;
-    std::memcpy(&x, in + i, 8);
-    const uint64_t v = (x & k7F) ^ k7F;  // a zero byte where the code is NaN
-    if (((v - k01) & ~v & k80) != 0) break;
-  }
-  for (; i < n; ++i) {
-    const uint8_t b = static_cast<uint8_t>(in[i]);
-    if ((b & 0x7F) == 0x7F) fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", name, r, c + i, b);
-  }
-}
-
 // Rows of src_row bytes (src rows contiguous) laid out dst_row bytes apart, zero-padded.
 // nan_name: the weight is fp8 e4m3 (src_row = k codes per row), checked for the NaN code.
 DeviceUploader::Fill row_copy(const std::byte* src, int64_t src_row, int64_t dst_row, const char* nan_name) {
@@ -125,10 +111,6 @@ DeviceUploader::Fill floats_fill(F value) {
   };
 }
 
-DeviceUploader::Fill scales_to_f32(const std::byte* src, DType dt) {
-  const size_t es = dtype_size(dt);
-  return floats_fill([src, dt, es](uint64_t i) { return scale_to_f32(dt, src + i * es); });
-}
 
 // int4 zero points: byte r * groups + g of the prepared [n, groups] array from the words
 // packed along n ([ceil(n / 8), groups], nibble r % 8).
@@ -144,6 +126,26 @@ DeviceUploader::Fill zero_points(const std::byte* src, int64_t groups) {
 }
 
 }  // namespace
+
+void detail::check_no_e4m3_nan(const std::byte* in, uint64_t n, const std::string& name, uint64_t r, uint64_t c) {
+  constexpr uint64_t k7F = 0x7F7F7F7F7F7F7F7Full, k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    std::memcpy(&x, in + i, 8);
+    const uint64_t v = (x & k7F) ^ k7F;  // a zero byte where the code is NaN
+    if (((v - k01) & ~v & k80) != 0) break;
+  }
+  for (; i < n; ++i) {
+    const uint8_t b = static_cast<uint8_t>(in[i]);
+    if ((b & 0x7F) == 0x7F) fail_invalid("{}: weight element [{}, {}] is the e4m3 NaN code 0x{:02X}", name, r, c + i, b);
+  }
+}
+
+DeviceUploader::Fill detail::scales_to_f32(const std::byte* src, DType dt) {
+  const size_t es = dtype_size(dt);
+  return floats_fill([src, dt, es](uint64_t i) { return scale_to_f32(dt, src + i * es); });
+}
 
 void detail::submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader* up) {
   for (PendingUpload& u : uploads) {

@@ -126,6 +126,11 @@ inline int64_t act_scale_offset(int max_m, int64_t k) { return (static_cast<int6
 // memory and copied before returning. Called last by a prepare step, after everything that
 // can throw, so that no enqueued copy targets a buffer an exception frees.
 void submit_uploads(std::vector<PendingUpload>& uploads, DeviceUploader* up);
+// Fails (Invalid, naming the weight and element) when one of the n e4m3 codes at `in`, columns
+// c.. of row r of weight `name`, is the NaN code ((b & 0x7F) == 0x7F).
+void check_no_e4m3_nan(const std::byte* in, uint64_t n, const std::string& name, uint64_t r, uint64_t c);
+// A fill writing fp32 scales from `src`, stored as scale dtype `dt` (codecs' scale_to_f32).
+DeviceUploader::Fill scales_to_f32(const std::byte* src, DType dt);
 // The prepared weight, scale and zero-point bytes of `d`, downloaded.
 std::vector<std::byte> download_prepared(const QuantLinearImpl& d);
 }  // namespace detail
