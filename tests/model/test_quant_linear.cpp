@@ -3,9 +3,12 @@
 // scales, planned like a checkpoint module, then prepare_linear (stored form, decoded in
 // the kernel) must give y BITWISE equal to dequantize_linear (the load-time fp32 path)
 // followed by the fp32 ops::cpu::linear, for T = 1..17, with and without threads, shapes
-// that are not multiples of the block or group.
+// that are not multiples of the block or group. A tensor-parallel slice of each
+// (ops/cpu/linear_slice.h), starting inside a block, decodes to the same floats as the
+// matching block of the whole weight.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
 #include <random>
 
@@ -17,6 +20,7 @@
 #include "kiln/io/safetensors_writer.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cpu/linear.h"
+#include "kiln/ops/cpu/linear_slice.h"
 #include "kiln/ops/cpu/quant_decode.h"
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/thread_pool.h"
@@ -109,6 +113,20 @@ void expect_bitwise(const Module& m, int64_t n, int64_t k, const char* what, boo
         fn(q.q, k, 1, 2, mid.data());
         ASSERT_EQ(std::memcmp(mid.data(), ref.w.data() + k, mid.size() * sizeof(float)), 0);
       }
+    }
+  }
+
+  // Slices: whole, and one starting inside a block in both directions (even width: fp4
+  // packs pairs).
+  const int64_t c0 = k / 3, c1 = c0 + ((k - c0) & ~int64_t{1});
+  for (auto [r0, r1, a, b] : {std::array<int64_t, 4>{0, n, 0, k}, {n / 3, n, c0, c1}, {0, (n + 1) / 2, 1, 1 + ((k - 1) & ~int64_t{1})}}) {
+    if (r0 >= r1 || a >= b) continue;
+    const Linear s = ops::cpu::slice_linear(q, r0, r1, a, b, "slice");
+    ASSERT_EQ(s.quantized(), q.quantized());
+    const std::vector<float> got = s.dequantized_rows(0, r1 - r0);
+    for (int64_t r = r0; r < r1; ++r) {
+      ASSERT_EQ(std::memcmp(got.data() + (r - r0) * (b - a), ref.w.data() + r * k + a, static_cast<size_t>(b - a) * sizeof(float)), 0)
+          << "slice rows [" << r0 << ", " << r1 << ") columns [" << a << ", " << b << ") row " << r;
     }
   }
 

@@ -9,6 +9,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/act_quant.h"
+#include "kiln/ops/cpu/communicator.h"
 #include "kiln/ops/cpu/hyper_connection.h"
 #include "kiln/ops/cpu/linear.h"
 #include "kiln/ops/cpu/moe.h"
@@ -40,9 +41,12 @@ float* CpuOps::alloc(std::vector<float>& v, int64_t count) {
 
 CpuOps::CpuOps(const Weights& w, const CpuKernels& k, const CpuPassRows& rows, StateOf state_of,
                std::span<const std::span<const float>> mtp_streams, std::span<const int64_t> logit_rows)
-    : c_(w.config), k_(k), rows_(rows), state_of_(std::move(state_of)), mtp_streams_(mtp_streams),
+    : c_(w.config), shard_(w.shard), k_(k), rows_(rows), state_of_(std::move(state_of)), mtp_streams_(mtp_streams),
       logit_rows_(logit_rows), eps_(static_cast<float>(c_.rms_norm_eps)), hc_eps_(static_cast<float>(c_.hc_eps)),
       precision_(w.precision) {
+  if (shard_.world > 1 && (k_.comm == nullptr || k_.comm->world() != shard_.world)) {
+    fail(ErrorKind::Usage, "a pass of rank {} of {} needs the ranks' communicator", shard_.rank, shard_.world);
+  }
   const int64_t R = rows_.R, H = c_.hidden_size, n = c_.hc_mult, D = c_.head_dim, nh = c_.num_heads;
   const int64_t K = c_.num_experts_per_tok;
   int64_t widest = 1, shared = 1;
@@ -98,12 +102,24 @@ void CpuOps::linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, in
 
 void CpuOps::linear(const Linear& l, const float* x, int64_t R, float* y) const {
   std::vector<float> xq;
-  cpu::linear(l, linear_input(l, x, l.in, R, xq), R, y, k_.pool);
+  x = linear_input(l, x, l.in, R, xq);
+  if (l.rank_output == cpu::RankOutput::Gather) {
+    const int64_t all = l.out * shard_.world;
+    std::vector<float> local(static_cast<size_t>(std::max<int64_t>(R * l.out, 1)));
+    cpu::linear(l, x, R, local.data(), k_.pool);
+    k_.comm->gather_columns(shard_.rank, local.data(), R, l.out, y);
+    linear_output(l, y, all, R, all);
+    return;
+  }
+  cpu::linear(l, x, R, y, k_.pool);
+  if (l.rank_output == cpu::RankOutput::Sum) k_.comm->all_reduce_sum(shard_.rank, y, R * l.out);
   linear_output(l, y, l.out, R, l.out);
 }
 
 void CpuOps::linear2(const Linear& a, const float* xa, float* ya, const Linear& b, const float* xb, float* yb,
                      int64_t R) const {
+  if (a.rank_output != cpu::RankOutput::Local || b.rank_output != cpu::RankOutput::Local)
+    fail(ErrorKind::Usage, "linear2: a layer whose output is summed or gathered over the ranks runs alone");
   std::vector<float> qa, qb;
   xa = linear_input(a, xa, a.in, R, qa);
   xb = linear_input(b, xb, b.in, R, qb);
@@ -120,6 +136,8 @@ void CpuOps::linear2(const Linear& a, const float* xa, float* ya, const Linear& 
 
 void CpuOps::linear_grouped(const Linear& l, const float* x, int64_t ldx, int64_t in_per_group, int64_t R, int64_t G,
                             float* y, int64_t ldy) const {
+  if (l.rank_output != cpu::RankOutput::Local)
+    fail(ErrorKind::Usage, "grouped linear: a layer whose output is summed or gathered over the ranks runs alone");
   if (l.numerics.input != ops::LinearInput::Fp32)
     fail(ErrorKind::Usage, "grouped linear: a layer that quantizes its input (act_quant over the whole row) cannot be "
                            "run grouped");
@@ -226,6 +244,10 @@ void CpuOps::routed_experts(const Moe& m, const float* x, const int64_t* idx, co
   std::vector<float> g, u, rw;
   cpu::moe_experts(x, rows_.R, c_.hidden_size, idx, c_.num_experts_per_tok, c_.n_routed_experts,
                    [&](int64_t e, const float* xe, int64_t rows, const int64_t* pair, float* y) {
+                     if (shard_.expert_end >= 0 && (e < shard_.expert_begin || e >= shard_.expert_end)) {
+                       std::fill(y, y + rows * c_.hidden_size, 0.0f);  // another rank's expert
+                       return;
+                     }
                      const Expert& ex = m.experts[static_cast<size_t>(e)];
                      g.resize(static_cast<size_t>(rows * ex.w1.out));
                      u.resize(g.size());
@@ -240,25 +262,34 @@ void CpuOps::routed_experts(const Moe& m, const float* x, const int64_t* idx, co
 
 void CpuOps::moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out) const {
   cpu::moe_combine(ye, idx, wt, rows_.R, c_.num_experts_per_tok, c_.hidden_size, shared, out);
+  if (shard_.world > 1) k_.comm->all_reduce_sum(shard_.rank, out, rows_.R * c_.hidden_size);
 }
 
 // ---- rows in and out ----------------------------------------------------------------------
 
+void CpuOps::embed_into(const Tensor& embed, float* e) const {
+  const int64_t H = c_.hidden_size, rows = static_cast<int64_t>(embed.data.size()) / H;
+  for (int64_t t = 0; t < rows_.R; ++t) {
+    const int64_t v = static_cast<int64_t>(rows_.tokens[static_cast<size_t>(t)]) - shard_.vocab_begin;
+    if (v >= 0 && v < rows) {
+      std::memcpy(e + t * H, embed.data.data() + v * H, static_cast<size_t>(H) * sizeof(float));
+    } else {
+      std::fill(e + t * H, e + (t + 1) * H, 0.0f);  // another rank's row
+    }
+  }
+  if (shard_.world > 1) k_.comm->all_reduce_sum(shard_.rank, e, rows_.R * H);
+}
+
 void CpuOps::embed_streams(const Tensor& embed, float* X) const {
   const int64_t H = c_.hidden_size, n = c_.hc_mult;
+  std::vector<float> e(static_cast<size_t>(std::max<int64_t>(rows_.R * H, 1)));
+  embed_into(embed, e.data());
   for (int64_t t = 0; t < rows_.R; ++t) {
-    const float* e = embed.data.data() + static_cast<int64_t>(rows_.tokens[static_cast<size_t>(t)]) * H;
-    for (int64_t i = 0; i < n; ++i) std::memcpy(X + (t * n + i) * H, e, static_cast<size_t>(H) * sizeof(float));
+    for (int64_t i = 0; i < n; ++i) std::memcpy(X + (t * n + i) * H, e.data() + t * H, static_cast<size_t>(H) * sizeof(float));
   }
 }
 
-void CpuOps::embed_rows(const Tensor& embed, float* e) const {
-  const int64_t H = c_.hidden_size;
-  for (int64_t t = 0; t < rows_.R; ++t) {
-    std::memcpy(e + t * H, embed.data.data() + static_cast<int64_t>(rows_.tokens[static_cast<size_t>(t)]) * H,
-                static_cast<size_t>(H) * sizeof(float));
-  }
-}
+void CpuOps::embed_rows(const Tensor& embed, float* e) const { embed_into(embed, e); }
 
 void CpuOps::mtp_input(float* streams) const {
   const int64_t nH = c_.hc_mult * c_.hidden_size;

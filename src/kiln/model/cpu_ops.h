@@ -3,6 +3,10 @@
 // the rows of several sequences, each with its own decode state (ops/cpu/attention_state.h).
 // A CpuOps lives for one Forward::step / mtp_step call and owns that pass's activation
 // buffers, so passes on different states may run from several threads at once.
+// On a tensor-parallel rank's shard (model/tensor_parallel.h) the same ops run the rank's
+// part: the embedding rows it holds are summed over the ranks, a linear's output is kept,
+// summed or gathered as its rank_output says, the routed experts it does not hold add
+// nothing, and the MoE's combined output is summed over the ranks.
 #pragma once
 
 #include <cstdint>
@@ -17,16 +21,19 @@
 
 namespace kiln::ops::cpu {
 class ThreadPool;
+class InProcessComm;
 }
 
 namespace kiln::model {
 
-// What a CPU pass shares across calls: the pool, the two ropes, whether to fuse products.
+// What a CPU pass shares across calls: the pool, the two ropes, whether to fuse products,
+// and for a tensor-parallel rank (Weights::shard.world > 1) the ranks' communicator.
 struct CpuKernels {
   ops::cpu::ThreadPool* pool = nullptr;
   const ops::cpu::Rope* rope_main = nullptr;      // SWA layers
   const ops::cpu::Rope* rope_compress = nullptr;  // CSA and HCA layers
   bool fuse = true;
+  ops::cpu::InProcessComm* comm = nullptr;
 };
 
 // The rows of one pass: each sequence's rows follow the previous sequence's.
@@ -116,7 +123,11 @@ class CpuOps {
   void linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, int64_t n) const;
   float* alloc(std::vector<float>& v, int64_t count);
 
+  // The embedding rows of the tokens into e [R, H] (summed over the ranks on a shard).
+  void embed_into(const Tensor& embed, float* e) const;
+
   const ModelConfig& c_;
+  const RankShard& shard_;
   CpuKernels k_;
   const CpuPassRows& rows_;
   StateOf state_of_;

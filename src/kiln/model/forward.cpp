@@ -28,11 +28,15 @@
 #include "kiln/model/forward.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
 
 #include "kiln/core/error.h"
 #include "kiln/model/cpu_ops.h"
 #include "kiln/model/definition.h"
 #include "kiln/ops/cpu/attention_state.h"
+#include "kiln/ops/cpu/communicator.h"
 #include "kiln/ops/cpu/rope.h"
 #include "kiln/ops/cpu/thread_pool.h"
 
@@ -115,16 +119,60 @@ struct Forward::Impl {
   cpu::Rope rope_main, rope_compress;
   int64_t H, n, D, nh, r;
   bool fuse;
+  // Tensor parallelism (world > 1): each rank's shard, pool and the ranks' communicator.
+  int world;
+  std::vector<Weights> shards;
+  std::vector<std::unique_ptr<cpu::ThreadPool>> rank_pools;
+  std::unique_ptr<cpu::InProcessComm> comm;
 
-  Impl(const Weights& weights, int threads, bool fuse_projections)
+  Impl(const Weights& weights, int threads, bool fuse_projections, const ParallelLayout& parallel)
       : w(weights), c(weights.config), pool(threads), H(c.hidden_size), n(c.hc_mult), D(c.head_dim), nh(c.num_heads),
-        r(c.rope_head_dim), fuse(fuse_projections) {
+        r(c.rope_head_dim), fuse(fuse_projections), world(parallel.world) {
     rope_main = cpu::Rope(rope_spec(c, c.rope_main));
     rope_compress = cpu::Rope(rope_spec(c, c.rope_compress));
     validate();
+    check_parallel_layout(c, parallel);
+    if (world > 1) {
+      const int total = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      comm = std::make_unique<cpu::InProcessComm>(world);
+      for (int k = 0; k < world; ++k) {
+        shards.push_back(shard_weights(w, k, parallel));
+        rank_pools.push_back(std::make_unique<cpu::ThreadPool>(std::max(1, total / world)));
+      }
+    }
   }
 
   CpuKernels kernels() const { return {&pool, &rope_main, &rope_compress, fuse}; }
+  const Weights& weights_of(int rank) const { return world == 1 ? w : shards[static_cast<size_t>(rank)]; }
+  CpuKernels kernels_of(int rank) const {
+    if (world == 1) return kernels();
+    return {rank_pools[static_cast<size_t>(rank)].get(), &rope_main, &rope_compress, fuse, comm.get()};
+  }
+
+  // f(rank) for every rank, each on its own thread (one rank: on this one). A rank that
+  // throws stops the others at their next collective; the first error is rethrown.
+  template <class F>
+  void run_ranks(F&& f) const {
+    if (world == 1) return f(0);
+    comm->reset();
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+    std::atomic<int> first{-1};
+    auto run = [&](int k) {
+      try {
+        f(k);
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(k)] = std::current_exception();
+        int none = -1;
+        first.compare_exchange_strong(none, k);
+        comm->abort(fmt::format("rank {}: {}", k, e.what()));
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int k = 1; k < world; ++k) threads.emplace_back(run, k);
+    run(0);
+    for (auto& t : threads) t.join();
+    if (first.load() >= 0) std::rethrow_exception(errors[static_cast<size_t>(first.load())]);
+  }
 
   void validate_block(const Block& b, int64_t layer) const {
     const Attention& a = b.attn;
@@ -228,13 +276,16 @@ struct Forward::Impl {
   }
 };
 
-Forward::Forward(const Weights& w, int threads, bool fuse) : w_(w), impl_(std::make_unique<Impl>(w, threads, fuse)) {}
+Forward::Forward(const Weights& w, int threads, bool fuse, ParallelLayout parallel)
+    : w_(w), impl_(std::make_unique<Impl>(w, threads, fuse, parallel)) {}
 Forward::~Forward() = default;
 
 DecodeState Forward::new_state() const {
   DecodeState s;
-  for (const Block& b : w_.layers) s.layers_.push_back(impl_->make_layer_state(b.attn));
-  for (const MtpBlock& m : w_.mtp) s.mtp_.push_back(impl_->make_layer_state(m.block.attn));
+  for (int k = 0; k < impl_->world; ++k) {
+    for (const Block& b : w_.layers) s.layers_.push_back(impl_->make_layer_state(b.attn));
+    for (const MtpBlock& m : w_.mtp) s.mtp_.push_back(impl_->make_layer_state(m.block.attn));
+  }
   s.mtp_length_.assign(w_.mtp.size(), 0);
   s.mtp_high_.assign(w_.mtp.size(), 0);
   return s;
@@ -251,7 +302,7 @@ void Forward::step(std::span<const StepSeq> seqs, std::span<const int64_t> logit
   CpuPassRows rows;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const DecodeState& st = *seqs[i].state;
-    if (st.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "step: the state was made for another model");
+    if (st.layers_.size() != static_cast<size_t>(im.world) * w_.layers.size()) fail(ErrorKind::Usage, "step: the state was made for another model");
     for (size_t j = 0; j < i; ++j) {
       if (seqs[j].state == seqs[i].state) fail(ErrorKind::Usage, "step: one state appears twice in a batched step");
     }
@@ -263,13 +314,20 @@ void Forward::step(std::span<const StepSeq> seqs, std::span<const int64_t> logit
   for (int64_t r : logit_rows) {
     if (r < 0 || r >= T) fail(ErrorKind::Usage, "step: logits row {} outside the {} rows fed", r, T);
   }
-  CpuOps ops(w_, im.kernels(), rows, [&](size_t i, size_t l) { return seqs[i].state->layers_[l].get(); }, {},
-             logit_rows);
-  if (features) {
-    if (!w_.config.dspark) fail(ErrorKind::Usage, "step: features asked of a model without a DSpark drafter");
-    ops.set_features(features, w_.config.dspark->target_layer_ids);
-  }
-  def::main_pass(ops, w_, streams, logits);
+  if (features && !w_.config.dspark) fail(ErrorKind::Usage, "step: features asked of a model without a DSpark drafter");
+  const size_t L = w_.layers.size();
+  const int64_t logit_count = (logit_rows.empty() ? T : static_cast<int64_t>(logit_rows.size())) * w_.config.vocab_size;
+  im.run_ranks([&](int k) {
+    const Weights& wk = im.weights_of(k);
+    CpuOps ops(wk, im.kernels_of(k), rows,
+               [&](size_t i, size_t l) { return seqs[i].state->layers_[static_cast<size_t>(k) * L + l].get(); }, {},
+               logit_rows);
+    if (features && k == 0) ops.set_features(features, w_.config.dspark->target_layer_ids);
+    // Every rank takes part in the head's gather; rank 0 writes the caller's outputs.
+    std::vector<float> own_logits;
+    if (k > 0 && logits) own_logits.resize(static_cast<size_t>(logit_count));
+    def::main_pass(ops, wk, k == 0 ? streams : nullptr, k == 0 ? logits : (logits ? own_logits.data() : nullptr));
+  });
   for (const StepSeq& q : seqs) {
     DecodeState& st = *q.state;
     st.length_ += static_cast<int64_t>(q.tokens.size());
@@ -314,7 +372,7 @@ void Forward::mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int6
   std::vector<std::span<const float>> in_streams;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const MtpSeq& q = seqs[i];
-    if (q.state->mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "mtp_step: the state was made for another model");
+    if (q.state->mtp_.size() != static_cast<size_t>(im.world) * w_.mtp.size()) fail(ErrorKind::Usage, "mtp_step: the state was made for another model");
     for (size_t j = 0; j < i; ++j) {
       if (seqs[j].state == q.state) fail(ErrorKind::Usage, "mtp_step: one state appears twice in a batched step");
     }
@@ -331,10 +389,17 @@ void Forward::mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int6
   for (int64_t r : logit_rows) {
     if (r < 0 || r >= T) fail(ErrorKind::Usage, "mtp_step: logits row {} outside the {} rows fed", r, T);
   }
-  const size_t L = w_.layers.size();
-  CpuOps ops(w_, im.kernels(), rows, [&](size_t i, size_t l) { return seqs[i].state->mtp_[l - L].get(); }, in_streams,
-             logit_rows);
-  def::mtp_pass(ops, w_, mi, out_streams, logits);
+  const size_t L = w_.layers.size(), M = w_.mtp.size();
+  const int64_t logit_count = (logit_rows.empty() ? T : static_cast<int64_t>(logit_rows.size())) * w_.config.vocab_size;
+  im.run_ranks([&](int k) {
+    const Weights& wk = im.weights_of(k);
+    CpuOps ops(wk, im.kernels_of(k), rows,
+               [&](size_t i, size_t l) { return seqs[i].state->mtp_[static_cast<size_t>(k) * M + (l - L)].get(); },
+               in_streams, logit_rows);
+    std::vector<float> own_logits;
+    if (k > 0 && logits) own_logits.resize(static_cast<size_t>(logit_count));
+    def::mtp_pass(ops, wk, mi, k == 0 ? out_streams : nullptr, k == 0 ? logits : (logits ? own_logits.data() : nullptr));
+  });
   for (const MtpSeq& q : seqs) {
     q.state->mtp_length_[mi] += static_cast<int64_t>(q.next_tokens.size());
     q.state->mtp_high_[mi] = std::max(q.state->mtp_high_[mi], q.state->mtp_length_[mi]);
@@ -342,7 +407,8 @@ void Forward::mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int6
 }
 
 void Forward::truncate(DecodeState& state, int64_t new_length) const {
-  if (state.layers_.size() != w_.layers.size()) fail(ErrorKind::Usage, "truncate: the state was made for another model");
+  if (state.layers_.size() != static_cast<size_t>(impl_->world) * w_.layers.size())
+    fail(ErrorKind::Usage, "truncate: the state was made for another model");
   check_rollback("truncate", new_length, state.length_, state.high_);
   for (auto& l : state.layers_) l->truncate(new_length);
   state.length_ = new_length;
@@ -353,10 +419,11 @@ void Forward::truncate_mtp(DecodeState& state, int m, int64_t new_length) const 
   if (m < 0 || static_cast<size_t>(m) >= w_.mtp.size()) {
     fail(ErrorKind::Usage, "truncate_mtp: MTP block {} out of range [0, {})", m, w_.mtp.size());
   }
-  if (state.mtp_.size() != w_.mtp.size()) fail(ErrorKind::Usage, "truncate_mtp: the state was made for another model");
+  if (state.mtp_.size() != static_cast<size_t>(impl_->world) * w_.mtp.size())
+    fail(ErrorKind::Usage, "truncate_mtp: the state was made for another model");
   const size_t mi = static_cast<size_t>(m);
   check_rollback("truncate_mtp", new_length, state.mtp_length_[mi], state.mtp_high_[mi]);
-  state.mtp_[mi]->truncate(new_length);
+  for (int k = 0; k < impl_->world; ++k) state.mtp_[static_cast<size_t>(k) * w_.mtp.size() + mi]->truncate(new_length);
   state.mtp_length_[mi] = new_length;
 }
 

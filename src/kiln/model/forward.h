@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kiln/model/decode_contract.h"
+#include "kiln/model/tensor_parallel.h"
 #include "kiln/model/weights.h"
 
 namespace kiln::ops::cpu {
@@ -65,6 +66,8 @@ class DecodeState {
   friend class Forward;
   int64_t length_ = 0, high_ = 0;
   std::vector<int32_t> tokens_;
+  // Per tensor-parallel rank (one rank: the whole model), rank-major: rank r's layer l is
+  // layers_[r * layers + l], its MTP block m mtp_[r * blocks + m].
   std::vector<std::unique_ptr<LayerState>> layers_;  // backbone layers
   std::vector<std::unique_ptr<LayerState>> mtp_;     // one per MTP block
   std::vector<int64_t> mtp_length_, mtp_high_;
@@ -77,7 +80,12 @@ class Forward {
   // attention wq_a and wkv, a compressor's wkv and wgate, the indexer's wq_b and
   // weights_proj), each weight in its own form and scales; the results are bitwise the
   // same either way (false exists to test exactly that).
-  explicit Forward(const Weights& w, int threads = 0, bool fuse = true);
+  // parallel: with world > 1, every pass runs as that many tensor-parallel ranks
+  // (model/tensor_parallel.h), one thread each with threads / world pool threads, over
+  // shards made from `w` here and meeting in an in-process communicator; a state holds
+  // every rank's copy of the decode state. The logits equal one rank's up to the order of
+  // the sums over the ranks. (block_with runs the whole weights, on one rank.)
+  explicit Forward(const Weights& w, int threads = 0, bool fuse = true, ParallelLayout parallel = {});
   ~Forward();
 
   const Weights& weights() const { return w_; }

@@ -107,8 +107,18 @@ struct MtpBlock {
   Block block;  // SWA attention (ratio from config), score-routed MoE
 };
 
+// Which part of the model a tensor-parallel rank holds (model/tensor_parallel.h); the
+// defaults describe the whole model on one rank.
+struct RankShard {
+  int rank = 0, world = 1;
+  int64_t vocab_begin = 0;                   // embed holds rows [vocab_begin, vocab_begin + embed rows)
+  int64_t expert_begin = 0, expert_end = -1;  // routed experts held whole (-1: all; else [begin, end))
+};
+
 struct Weights {
+  // For a rank's shard: num_attention_heads and o_groups are the rank's own.
   ModelConfig config;
+  RankShard shard;
   // The precision the linears' numerics are set for (set_precision); the model's ops read
   // it for the activations (model/definition.h).
   ops::Precision precision = ops::Precision::Exact;

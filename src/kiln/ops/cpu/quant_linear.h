@@ -57,6 +57,12 @@ using DecodeRowsFn = void (*)(const QuantWeight& q, int64_t in, int64_t r0, int6
 // The decoder for q's scheme on this CPU, chosen once (quant_decode.h; nullptr for an fp32 weight).
 DecodeRowsFn decoder_for(const QuantWeight& q);
 
+// What a tensor-parallel rank does with its share of a layer's output (model/tensor_parallel.h):
+// keep it (Local: a whole layer, or a column-parallel one whose rows the rank uses alone),
+// sum it over the ranks (Sum: a row-parallel layer, each rank a part of the inputs), or
+// gather every rank's columns (Gather: the vocabulary-parallel head).
+enum class RankOutput : uint8_t { Local, Sum, Gather };
+
 // y = x W^T for one nn.Linear-shaped weight. decode == nullptr: W is `w` in fp32;
 // otherwise W is `q`, decoded by `decode` (set by prepare(), never chosen per call).
 struct PreparedLinear {
@@ -69,6 +75,7 @@ struct PreparedLinear {
   // for the precision the model is loaded in, exact by default).
   SchemeKind stored = SchemeKind::BF16;
   LinearNumerics numerics;
+  RankOutput rank_output = RankOutput::Local;
 
   bool quantized() const { return decode != nullptr; }
   // Whether the stored form holds exactly out x in values.
