@@ -1,6 +1,7 @@
 #include "kiln/cli/backend_session.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 
@@ -98,11 +99,24 @@ ops::Precision resolve_precision(const std::string& asked, const std::string& de
 
 BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device(o.device)), asked_slots_(o.max_slots) {
   const ops::Precision precision = resolve_precision(o.precision, device_);
+  if (o.parallel.world < 1) fail(ErrorKind::Usage, "--tensor-parallel {}: expected at least 1", o.parallel.world);
+  if (o.parallel.expert_parallel && o.parallel.world == 1) {
+    fail(ErrorKind::Usage, "--expert-parallel: needs --tensor-parallel N with N > 1 (the experts are sharded over the ranks)");
+  }
   if (device_ == "cpu") {
     const auto t0 = std::chrono::steady_clock::now();
     runtime::PeakAnonSampler sampler;
+    if (o.parallel.world > 1) check_parallel_layout(load_model_config(o.model), o.parallel);  // before loading
     loaded_ = runtime::load_model(o.model, o.threads, o.progress);
     model::set_precision(loaded_->weights, precision);
+    if (o.parallel.world > 1) {  // the ranks' shards are cut from the weights in their final numerics
+      loaded_->forward = std::make_unique<model::Forward>(loaded_->weights, o.threads, true, o.parallel);
+      parallel_ = o.parallel;
+      if (o.progress) {
+        *o.progress << fmt::format("tensor parallel: {} ranks in this process{}\n", o.parallel.world,
+                                   o.parallel.expert_parallel ? ", routed experts sharded by id" : "");
+      }
+    }
     const ModelConfig& c = loaded_->config;
     int64_t ctx = o.max_context > 0 ? o.max_context : c.max_position_embeddings;
     if (ctx <= 0) ctx = 4096;
@@ -122,6 +136,11 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
                               static_cast<double>(runtime::read_host_memory().vm_hwm) / 1e9);
     if (o.progress) *o.progress << load_stats_ << "\n" << std::flush;
     return;
+  }
+  if (o.parallel.world > 1) {
+    fail_invalid("--tensor-parallel {}: the CUDA backend runs on one GPU (multi-GPU is not implemented yet); tensor "
+                 "parallelism runs on the CPU backend (--device cpu), its ranks as threads of this process",
+                 o.parallel.world);
   }
   if (o.dspark) {
     fail(ErrorKind::Usage, "--spec dspark: the DSpark drafter runs on the CPU backend only (--device cpu); the CUDA "
@@ -152,8 +171,15 @@ BackendSession::~BackendSession() = default;
 
 std::string BackendSession::describe() const {
   const auto& b = *backend_;
-  return fmt::format("{}; weights {:.2f} GB; {} sequences x {} positions{}, {} rows per pass; {}", b.describe(),
-                     static_cast<double>(b.weight_bytes()) / 1e9, b.max_slots(), b.max_context(),
+  std::string ranks;
+  if (parallel_.world > 1) {
+    std::vector<std::string> each;
+    for (uint64_t bytes : loaded_->forward->rank_weight_bytes()) each.push_back(fmt::format("{:.3f}", static_cast<double>(bytes) / 1e9));
+    ranks = fmt::format(" ({} tensor-parallel ranks{}: {} GB each)", parallel_.world,
+                        parallel_.expert_parallel ? ", experts by id" : "", fmt::join(each, ", "));
+  }
+  return fmt::format("{}; weights {:.2f} GB{}; {} sequences x {} positions{}, {} rows per pass; {}", b.describe(),
+                     static_cast<double>(b.weight_bytes()) / 1e9, ranks, b.max_slots(), b.max_context(),
                      slots_lowered() ? fmt::format(" (--max-batch {} lowered to what fits)", asked_slots_) : "",
                      b.max_rows(), load_stats_);
 }

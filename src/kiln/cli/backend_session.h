@@ -44,6 +44,9 @@ struct SessionOptions {
   // --precision auto|exact|deepseek (ops/linear_numerics.h): auto is exact for now (the GPU's
   // default becomes deepseek once its kernels are verified on a GPU).
   std::string precision = "auto";
+  // CPU: the model split over this many tensor-parallel ranks in this process
+  // (model/tensor_parallel.h); the CUDA backend runs on one GPU and refuses world > 1.
+  model::ParallelLayout parallel;
 };
 
 // What drafts, from `--spec dspark|mtp|off` and `--mtp K`, checked against the
@@ -84,6 +87,7 @@ class BackendSession {
   std::string device_;
   int asked_slots_ = 0;
   std::string load_stats_;
+  model::ParallelLayout parallel_;
   std::unique_ptr<runtime::LoadedModel> loaded_;
   std::unique_ptr<model::DSparkWeights> dspark_;  // before backend_: the backend reads it
   std::unique_ptr<runtime::Backend> backend_;

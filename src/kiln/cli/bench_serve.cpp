@@ -375,6 +375,7 @@ int run_bench_serve(const BenchServeOptions& o, std::ostream& out, std::ostream&
     so.model = o.model;
     so.device = o.device;
     so.precision = o.precision;
+    so.parallel = o.parallel;
     so.threads = o.threads;
     so.host = "127.0.0.1";
     so.port = 0;

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <ostream>
 #include <string>
+#include "kiln/model/tensor_parallel.h"
 
 namespace kiln::cli {
 
@@ -21,6 +22,7 @@ struct BenchServeOptions {
   // In-process server (as `kiln serve`'s options of the same names).
   std::string device = "auto";
   std::string precision = "auto";  // --precision auto | exact | deepseek
+  model::ParallelLayout parallel;  // --tensor-parallel N, --expert-parallel (CPU backend)
   int threads = 0;
   int max_batch = 64;
   int64_t prefill_chunk = 256;

@@ -24,6 +24,17 @@ constexpr const char* kPrecisionHelp =
     "inference numerics: bf16 activations, FP8 1x128 activation quantization before FP8/FP4 linears)";
 constexpr const char* kPrecisionModelHelp = "--model: activation precision: auto, exact or deepseek";
 
+// --tensor-parallel N and --expert-parallel (model/tensor_parallel.h) on a command that loads a model.
+void add_parallel_options(CLI::App* c, kiln::model::ParallelLayout& p, const char* prefix = "") {
+  c->add_option("--tensor-parallel", p.world,
+                fmt::format("{}Split the model over N tensor-parallel ranks as DeepSeek's inference code does (CPU "
+                            "backend: N threads of this process; heads, shared expert, vocabulary split)", prefix))
+      ->capture_default_str();
+  c->add_flag("--expert-parallel", p.expert_parallel,
+              fmt::format("{}With --tensor-parallel: routed experts held whole, sharded by id (else each split along "
+                          "its intermediate dimension)", prefix));
+}
+
 
 // Runs a command, mapping kiln::Error to its exit code.
 template <typename F>
@@ -69,6 +80,7 @@ int bench_serve_main(int argc, char** argv) {
   app.add_flag("--json", o.json, "Also print one JSON object with every number");
   app.add_option("--device", o.device, "--model: auto, cpu or cuda")->capture_default_str();
   app.add_option("--precision", o.precision, kPrecisionModelHelp)->capture_default_str();
+  add_parallel_options(&app, o.parallel, "--model: ");
   app.add_option("--threads", o.threads, "--model: CPU threads for the forward (0 = all cores)")->capture_default_str();
   app.add_option("--max-batch", o.max_batch, "--model: sequences decoded together")->capture_default_str();
   app.add_option("--prefill-chunk", o.prefill_chunk, "--model: prompt tokens fed per scheduler step")->capture_default_str();
@@ -111,6 +123,7 @@ int main(int argc, char** argv) {
                  "Also write MTP draft logits [T-1, vocab]: row t from position t's streams and token t+1");
   sc->add_option("--device", score.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
   sc->add_option("--precision", score.precision, kPrecisionHelp)->capture_default_str();
+  add_parallel_options(sc, score.parallel);
   sc->add_option("--gpu-memory-fraction", score.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -148,6 +161,7 @@ int main(int argc, char** argv) {
                "Print one JSON object: tokens (generated ids), timing; with --mtp, acceptance per draft position");
   ge->add_option("--device", gen.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
   ge->add_option("--precision", gen.precision, kPrecisionHelp)->capture_default_str();
+  add_parallel_options(ge, gen.parallel);
   ge->add_option("--gpu-memory-fraction", gen.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -167,6 +181,7 @@ int main(int argc, char** argv) {
   pp->add_option("--threads", ppl.threads, "CPU threads (0 = all cores)")->capture_default_str();
   pp->add_option("--device", ppl.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
   pp->add_option("--precision", ppl.precision, kPrecisionHelp)->capture_default_str();
+  add_parallel_options(pp, ppl.parallel);
   pp->add_option("--gpu-memory-fraction", ppl.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();
@@ -229,6 +244,7 @@ int main(int argc, char** argv) {
   se->add_option("--threads", serve.threads, "CPU threads for the forward (0 = all cores)")->capture_default_str();
   se->add_option("--device", serve.device, "auto (cuda when a usable H100/H200 is present, else cpu), cpu or cuda")->capture_default_str();
   se->add_option("--precision", serve.precision, kPrecisionHelp)->capture_default_str();
+  add_parallel_options(se, serve.parallel);
   se->add_option("--gpu-memory-fraction", serve.gpu_memory_fraction,
                  "Share of the GPU's total memory kiln may allocate (weights, activations, decode state); a model that does not fit fails before loading")
       ->capture_default_str();

@@ -57,6 +57,7 @@ int run_perplexity(const PerplexityOptions& o, std::ostream& out, std::ostream& 
   const int64_t chunk = std::min<int64_t>(o.ctx, gpu ? 256 : o.ctx);
   SessionOptions so{dir, o.device, o.threads, 1, static_cast<int>(chunk), o.ctx, o.json ? nullptr : &err};
   so.precision = o.precision;
+  so.parallel = o.parallel;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   BackendSession s(so);
   runtime::Backend& b = s.backend();

@@ -5,6 +5,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include "kiln/model/tensor_parallel.h"
 
 namespace kiln::cli {
 
@@ -17,6 +18,7 @@ struct PerplexityOptions {
   int threads = 0;
   std::string device = "auto";  // auto | cpu | cuda
   std::string precision = "auto";  // --precision auto | exact | deepseek
+  model::ParallelLayout parallel;  // --tensor-parallel N, --expert-parallel (CPU backend)
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
 };
 

@@ -95,6 +95,7 @@ int run_score(const ScoreOptions& o, std::ostream& out, std::ostream& err) {
   const int64_t chunk = std::min<int64_t>(chunk_size(o.mode, T), gpu ? 256 : T);
   SessionOptions so{o.model, o.device, o.threads, 1, static_cast<int>(chunk), std::max(T, o.max_context), &err};
   so.precision = o.precision;
+  so.parallel = o.parallel;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   BackendSession s(so);
   runtime::Backend& b = s.backend();
@@ -160,6 +161,7 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   SessionOptions so{o.model, o.device, o.threads, 1, gpu ? 256 : (1 << 16), std::max(need, o.max_context),
                     o.json ? nullptr : &err};
   so.precision = o.precision;
+  so.parallel = o.parallel;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   so.dspark = dspark;
   BackendSession s(so);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/runtime/sampler.h"
+#include "kiln/model/tensor_parallel.h"
 
 namespace kiln::cli {
 
@@ -24,6 +25,7 @@ struct ScoreOptions {
   std::optional<std::filesystem::path> mtp_out;
   std::string device = "auto";
   std::string precision = "auto";  // --precision auto | exact | deepseek
+  model::ParallelLayout parallel;  // --tensor-parallel N, --expert-parallel (CPU backend)
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate
@@ -43,6 +45,7 @@ struct GenerateOptions {
   bool compare_plain = false;  // with mtp: also time plain decoding and report both
   std::string device = "auto";
   std::string precision = "auto";  // --precision auto | exact | deepseek
+  model::ParallelLayout parallel;  // --tensor-parallel N, --expert-parallel (CPU backend)
   int threads = 0;
   int64_t max_context = 0;  // 0: the model's max_position_embeddings
   double gpu_memory_fraction = 0.9;  // cuda: share of the device's memory kiln may allocate

@@ -45,6 +45,7 @@ SessionOptions session_options(const ServeOptions& o, const Drafting& d, std::os
   const int rows = static_cast<int>(std::min<int64_t>(int64_t{o.max_batch} * (1 + drafts) + o.prefill_chunk, 1 << 20));
   SessionOptions so{o.model, o.device, o.threads, o.max_batch, rows, o.max_context, &err};
   so.precision = o.precision;
+  so.parallel = o.parallel;
   so.gpu_memory_fraction = o.gpu_memory_fraction;
   so.fewer_slots_ok = true;
   so.rows_per_slot = 1 + drafts;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include "kiln/model/tensor_parallel.h"
 
 namespace kiln::cli {
 
@@ -20,6 +21,7 @@ struct ServeOptions {
   int threads = 0;                // CPU threads for the forward (0 = all cores)
   std::string device = "auto";    // auto | cpu | cuda
   std::string precision = "auto";  // --precision auto | exact | deepseek
+  model::ParallelLayout parallel;  // --tensor-parallel N, --expert-parallel (CPU backend)
   int max_batch = 64;
   int max_waiting = 1024;
   int64_t prefill_chunk = 256;

@@ -280,6 +280,15 @@ Forward::Forward(const Weights& w, int threads, bool fuse, ParallelLayout parall
     : w_(w), impl_(std::make_unique<Impl>(w, threads, fuse, parallel)) {}
 Forward::~Forward() = default;
 
+std::vector<uint64_t> Forward::rank_weight_bytes() const {
+  std::vector<uint64_t> bytes;
+  for (int k = 0; k < impl_->world; ++k) {
+    const Weights& wk = impl_->weights_of(k);
+    bytes.push_back(linear_weight_bytes(wk) + plain_weight_bytes(wk));
+  }
+  return bytes;
+}
+
 DecodeState Forward::new_state() const {
   DecodeState s;
   for (int k = 0; k < impl_->world; ++k) {

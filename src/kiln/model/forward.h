@@ -89,6 +89,8 @@ class Forward {
   ~Forward();
 
   const Weights& weights() const { return w_; }
+  // Resident weight bytes (linear + plain) each rank holds (one rank: the whole model's).
+  std::vector<uint64_t> rank_weight_bytes() const;
   DecodeState new_state() const;
 
   // Feeds tokens at positions state.length() .. state.length()+T-1.
