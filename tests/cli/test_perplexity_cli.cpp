@@ -63,16 +63,20 @@ TEST(PerplexityCli, MatchesPyTorchLogitsOnHeldOutTokens) {
     for (size_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
     want += mx + std::log(s) - row[ids[t + 1]];
   }
-  auto r = kiln_run("perplexity --model " + kModel + " --tokens " + kData + "/tokens.npy --ctx " + std::to_string(T) +
-                    " --json");
-  ASSERT_EQ(r.code, 0) << r.text;
-  const auto j = json_of(r);
-  EXPECT_EQ(j["tokens"], T);
-  EXPECT_EQ(j["scored_tokens"], T - 1);
-  EXPECT_EQ(j["windows"], 1);
-  std::printf("[ measured ] NLL sum kiln %.9g, torch %.9g\n", j["nll_sum"].get<double>(), want);
-  EXPECT_NEAR(j["nll_sum"].get<double>(), want, 1e-5 * want);
-  EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(want / static_cast<double>(T - 1)), 1e-4);
+  // One rank, and the model split over tensor-parallel ranks (docs/tensor-parallel.md).
+  for (const char* ranks : {"", " --tensor-parallel 2", " --tensor-parallel 4 --expert-parallel"}) {
+    SCOPED_TRACE(ranks);
+    auto r = kiln_run("perplexity --model " + kModel + " --tokens " + kData + "/tokens.npy --ctx " + std::to_string(T) +
+                      " --json" + ranks);
+    ASSERT_EQ(r.code, 0) << r.text;
+    const auto j = json_of(r);
+    EXPECT_EQ(j["tokens"], T);
+    EXPECT_EQ(j["scored_tokens"], T - 1);
+    EXPECT_EQ(j["windows"], 1);
+    std::printf("[ measured ]%s NLL sum kiln %.9g, torch %.9g\n", ranks, j["nll_sum"].get<double>(), want);
+    EXPECT_NEAR(j["nll_sum"].get<double>(), want, 1e-5 * want);
+    EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(want / static_cast<double>(T - 1)), 1e-4);
+  }
 }
 
 TEST(PerplexityCli, WindowsAreCountedAndAOneTokenTailIsSkipped) {

@@ -47,15 +47,7 @@ struct Splitter {
   Attention attention(const Attention& a, const std::string& where) const {
     const int64_t nh = c.num_heads, D = c.head_dim, G = c.o_groups, Rlo = c.o_lora_rank;
     const int64_t h0 = rank * nh / N, h1 = (rank + 1) * nh / N;
-    Attention s;
-    s.kind = a.kind;
-    s.ratio = a.ratio;
-    s.wq_a = a.wq_a;
-    s.q_norm = a.q_norm;
-    s.wkv = a.wkv;
-    s.kv_norm = a.kv_norm;
-    s.compressor = a.compressor;
-    s.indexer = a.indexer;
+    Attention s = a;  // replicated parts as they are; the split ones replaced below
     s.wq_b = rows_of(a.wq_b, h0 * D, h1 * D, where + ".wq_b");
     s.sink = part(a.sink, h0, h1);
     if (G % N == 0) {  // whole groups
@@ -72,11 +64,7 @@ struct Splitter {
   }
 
   Moe moe(const Moe& m, const std::string& where) const {
-    Moe s;
-    s.hash = m.hash;
-    s.gate = m.gate;
-    s.bias = m.bias;
-    s.tid2eid = m.tid2eid;
+    Moe s{m.hash, m.gate, m.bias, m.tid2eid, {}, std::nullopt};
     const int64_t E = static_cast<int64_t>(m.experts.size());
     s.experts.resize(m.experts.size());
     for (int64_t e = 0; e < E; ++e) {
@@ -92,13 +80,7 @@ struct Splitter {
   }
 
   Block block(const Block& b, const std::string& where) const {
-    Block s;
-    s.attn_norm = b.attn_norm;
-    s.ffn_norm = b.ffn_norm;
-    s.hc_attn = b.hc_attn;
-    s.hc_ffn = b.hc_ffn;
-    s.attn = attention(b.attn, where + ".attn");
-    s.ffn = moe(b.ffn, where + ".ffn");
+    Block s{b.attn_norm, b.ffn_norm, b.hc_attn, b.hc_ffn, attention(b.attn, where + ".attn"), moe(b.ffn, where + ".ffn")};
     return s;
   }
 };
@@ -151,14 +133,7 @@ Weights shard_weights(const Weights& w, int rank, const ParallelLayout& p) {
   for (size_t l = 0; l < w.layers.size(); ++l) s.layers.push_back(sp.block(w.layers[l], fmt::format("layers.{}", l)));
   for (size_t m = 0; m < w.mtp.size(); ++m) {
     const MtpBlock& mb = w.mtp[m];
-    MtpBlock sm;
-    sm.e_proj = mb.e_proj;
-    sm.h_proj = mb.h_proj;
-    sm.enorm = mb.enorm;
-    sm.hnorm = mb.hnorm;
-    sm.norm = mb.norm;
-    sm.hc_head = mb.hc_head;
-    sm.block = sp.block(mb.block, fmt::format("mtp.{}", m));
+    MtpBlock sm{mb.e_proj, mb.h_proj, mb.enorm, mb.hnorm, mb.norm, mb.hc_head, sp.block(mb.block, fmt::format("mtp.{}", m))};
     s.mtp.push_back(std::move(sm));
   }
   return s;
