@@ -20,6 +20,7 @@
 #include "kiln/model/tensor_parallel.h"
 #include "kiln/model/weights.h"
 #include "support/artifacts.h"
+#include "support/compare.h"
 
 namespace kiln {
 namespace {
@@ -28,14 +29,7 @@ namespace fs = std::filesystem;
 
 const std::string kFixtures = std::string(KILN_TEST_DATA_DIR) + "/fixtures";
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
+using test::rel_err;
 
 int argmax(const float* v, int64_t n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 

@@ -12,22 +12,14 @@
 #include "kiln/core/error.h"
 #include "kiln/model/forward.h"
 #include "random_weights.h"
+#include "support/compare.h"
 
 namespace kiln::model {
 namespace {
 
 constexpr double kTol = 1e-5;
 
-// max |a - b| / max |b|
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < b.size() && i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return den > 0 ? num / den : num;
-}
+using test::rel_err;
 
 struct Fed {
   std::vector<float> logits, streams;

@@ -14,6 +14,7 @@
 #include "kiln/io/npy.h"
 #include "kiln/runtime/loaded_model.h"
 #include "kiln/runtime/sampler.h"
+#include "support/compare.h"
 
 namespace kiln {
 namespace {
@@ -22,14 +23,7 @@ const std::filesystem::path kData = std::filesystem::path(KILN_TEST_DATA_DIR) / 
 const std::filesystem::path kModels = std::filesystem::path(KILN_TEST_DATA_DIR).parent_path().parent_path() / "models";
 constexpr double kTol = 1e-5;
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / den;
-}
+using test::rel_err;
 
 double report(const std::string& what, double err) {
   std::printf("[ measured ] %s: max|kiln - torch| / max|torch| = %.2e\n", what.c_str(), err);

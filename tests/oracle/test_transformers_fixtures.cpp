@@ -12,6 +12,7 @@
 #include "kiln/io/npy.h"
 #include "kiln/runtime/loaded_model.h"
 #include "kiln/runtime/sampler.h"
+#include "support/compare.h"
 
 namespace kiln {
 namespace {
@@ -32,15 +33,7 @@ std::vector<std::string> fixture_cases() {
   return out;
 }
 
-// max |a - b| / max |b|
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / den;
-}
+using test::rel_err;
 
 constexpr double kTol = 1e-4;
 
