@@ -4,8 +4,8 @@
 // DeepSeek's MTPBlock), as templates over an ops interface. The CPU reference
 // (model/cpu_ops.h, over ops/cpu) and the CUDA forward (model/cuda/gpu_ops.h, over
 // ops/cuda) implement it with the same signatures; each instantiates these functions
-// with its own weights (model/weights.h, model/cuda/gpu_weights.h, whose structs have the
-// same field names) and its own per-layer state (model/decode_contract.h says what it
+// with its own weights (the one tree of model/weights_tree.h, over the CPU's types in
+// model/weights.h and the GPU's in model/cuda/gpu_weights.h) and its own per-layer state (model/decode_contract.h says what it
 // holds). Why templates rather than a virtual interface: docs/model-definition.md.
 //
 // The ops interface, for one pass over R rows (every pointer is the backend's memory):

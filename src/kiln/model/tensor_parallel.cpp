@@ -64,7 +64,7 @@ struct Splitter {
   }
 
   Moe moe(const Moe& m, const std::string& where) const {
-    Moe s{m.hash, m.gate, m.bias, m.tid2eid, {}, std::nullopt};
+    Moe s{{}, m.hash, m.gate, m.bias, m.tid2eid, std::nullopt};
     const int64_t E = static_cast<int64_t>(m.experts.size());
     s.experts.resize(m.experts.size());
     for (int64_t e = 0; e < E; ++e) {

@@ -1,5 +1,5 @@
-// DeepSeek-V4 weights as the CPU reference uses them: every tensor bound from the plan
-// by canonical name. Linear modules stay in their on-disk quantized form (prepared for
+// DeepSeek-V4 weights as the CPU reference uses them (the tree of model/weights_tree.h over
+// the CPU's types): every tensor bound from the plan by canonical name. Linear modules stay in their on-disk quantized form (prepared for
 // the kernels of ops/cpu/quant_linear.h) unless the caller asks for fp32; every other
 // tensor is exactly dequantized to fp32, row-major. Nothing here knows a checkpoint name.
 #pragma once
@@ -15,6 +15,7 @@
 #include "kiln/io/config.h"
 #include "kiln/ops/cpu/quant_linear.h"
 #include "kiln/ops/cpu/rope.h"
+#include "kiln/model/weights_tree.h"
 
 namespace kiln {
 class Checkpoint;
@@ -34,101 +35,28 @@ struct Tensor {
   std::vector<float> data;
 };
 
-// Compressor of one attention layer (main: dim = head_dim; indexer: dim = index_head_dim).
-// overlap (CSA, ratio 4): wkv/wgate/ape have 2*dim rows/cols, else dim.
-struct Compressor {
-  int64_t ratio = 0;
-  int64_t dim = 0;
-  bool overlap = false;
-  Linear wkv, wgate;          // [c*dim, hidden]
-  Tensor ape;                 // [ratio, c*dim]
-  std::vector<float> norm;    // [dim]
+// The CPU's types for the weight tree (model/weights_tree.h).
+struct CpuWeightTypes {
+  using Linear = model::Linear;
+  using Matrix = Tensor;
+  using Vector = std::vector<float>;
+  using Ints = std::vector<int32_t>;
+  template <class Expert>
+  struct Routed {
+    std::vector<Expert> experts;  // by id (a rank's shard: empty where another rank holds it)
+  };
 };
 
-struct Indexer {
-  Linear wq_b;           // [index_n_heads * index_head_dim, q_lora_rank]
-  Linear weights_proj;   // [index_n_heads, hidden]
-  Compressor compressor; // dim = index_head_dim, overlap
-};
-
-struct Attention {
-  AttnKind kind = AttnKind::SWA;
-  int64_t ratio = 0;
-  Linear wq_a;                      // [q_lora_rank, hidden]
-  std::vector<float> q_norm;        // [q_lora_rank]
-  Linear wq_b;                      // [num_heads * head_dim, q_lora_rank]
-  Linear wkv;                       // [head_dim, hidden]
-  std::vector<float> kv_norm;       // [head_dim]
-  Linear wo_a;                      // [o_groups * o_lora_rank, num_heads * head_dim / o_groups]
-  Linear wo_b;                      // [hidden, o_groups * o_lora_rank]
-  std::vector<float> sink;          // [num_heads]
-  std::optional<Compressor> compressor;  // CSA and HCA
-  std::optional<Indexer> indexer;        // CSA
-};
-
-struct Expert {
-  Linear w1, w2, w3;  // gate [I, H], down [H, I], up [I, H]
-};
-
-struct Moe {
-  bool hash = false;
-  Linear gate;                   // [n_routed_experts, hidden]
-  std::vector<float> bias;       // [n_routed_experts] (score routing)
-  std::vector<int32_t> tid2eid;  // [vocab, num_experts_per_tok] (hash routing)
-  std::vector<Expert> experts;
-  std::optional<Expert> shared;  // n_shared_experts * moe_intermediate_size wide
-};
-
-// mHC parameters of one sub-block: fn [(2+n)*n, n*H], base [(2+n)*n], scale [3].
-struct HyperConnection {
-  Tensor fn;
-  std::vector<float> base;
-  std::vector<float> scale;
-};
-
-// Final stream collapse: fn [n, n*H], base [n], scale [1].
-struct HyperHead {
-  Tensor fn;
-  std::vector<float> base;
-  float scale = 1.0f;
-};
-
-struct Block {
-  std::vector<float> attn_norm, ffn_norm;  // [hidden]
-  HyperConnection hc_attn, hc_ffn;
-  Attention attn;
-  Moe ffn;
-};
-
-struct MtpBlock {
-  Linear e_proj, h_proj;                  // [hidden, hidden]
-  std::vector<float> enorm, hnorm, norm;  // [hidden]
-  HyperHead hc_head;
-  Block block;  // SWA attention (ratio from config), score-routed MoE
-};
-
-// Which part of the model a tensor-parallel rank holds (model/tensor_parallel.h); the
-// defaults describe the whole model on one rank.
-struct RankShard {
-  int rank = 0, world = 1;
-  int64_t vocab_begin = 0;                   // embed holds rows [vocab_begin, vocab_begin + embed rows)
-  int64_t expert_begin = 0, expert_end = -1;  // routed experts held whole (-1: all; else [begin, end))
-};
-
-struct Weights {
-  // For a rank's shard: num_attention_heads and o_groups are the rank's own.
-  ModelConfig config;
-  RankShard shard;
-  // The precision the linears' numerics are set for (set_precision); the model's ops read
-  // it for the activations (model/definition.h).
-  ops::Precision precision = ops::Precision::Exact;
-  Tensor embed;             // [vocab, hidden]
-  Linear head;              // [vocab, hidden]
-  std::vector<float> norm;  // [hidden]
-  HyperHead hc_head;
-  std::vector<Block> layers;
-  std::vector<MtpBlock> mtp;  // empty when the checkpoint has no MTP block (a DSpark drafter is not loaded)
-};
+using Compressor = CompressorT<CpuWeightTypes>;
+using Indexer = IndexerT<CpuWeightTypes>;
+using Attention = AttentionT<CpuWeightTypes>;
+using Expert = ExpertT<CpuWeightTypes>;
+using Moe = MoeT<CpuWeightTypes>;
+using HyperConnection = HyperConnectionT<CpuWeightTypes>;
+using HyperHead = HyperHeadT<CpuWeightTypes>;
+using Block = BlockT<CpuWeightTypes>;
+using MtpBlock = MtpBlockT<CpuWeightTypes>;
+using Weights = WeightsT<CpuWeightTypes>;
 
 struct LoadOptions {
   // true: every linear module is dequantized to fp32 at load (4 bytes per weight); false:

@@ -1,4 +1,5 @@
-// DeepSeek-V4 weights resident on the GPU, every op bound to its prepared kernel at load:
+// DeepSeek-V4 weights resident on the GPU (the tree of model/weights_tree.h over the GPU's
+// types), every op bound to its prepared kernel at load:
 // linear modules as ops::cuda::QuantLinear (one kernel per M chosen at prepare), the
 // routed experts of a layer as one QuantLinearSet per projection (the expert is picked
 // on the device), everything else fp32 device arrays. Built from the CPU Weights (for
@@ -25,72 +26,31 @@ using ops::cuda::DeviceArray;
 using ops::cuda::QuantLinear;
 using ops::cuda::QuantLinearSet;
 
-struct GpuCompressor {
-  int ratio = 0, dim = 0;
-  bool overlap = false;
-  QuantLinear wkv, wgate;
-  DeviceArray<float> ape, norm;
+// The GPU's types for the weight tree (model/weights_tree.h): the routed experts of a
+// layer are one indexed set per projection (the expert picked on the device).
+struct GpuWeightTypes {
+  using Linear = QuantLinear;
+  using Matrix = DeviceArray<float>;
+  using Vector = DeviceArray<float>;
+  using Ints = DeviceArray<int32_t>;
+  template <class Expert>
+  struct Routed {
+    QuantLinearSet w1, w2, w3;  // routed experts
+    int64_t inter = 0;          // routed expert width
+  };
 };
 
-struct GpuIndexer {
-  QuantLinear wq_b, weights_proj;
-  GpuCompressor compressor;
-};
+using GpuCompressor = CompressorT<GpuWeightTypes>;
+using GpuIndexer = IndexerT<GpuWeightTypes>;
+using GpuAttention = AttentionT<GpuWeightTypes>;
+using GpuExpert = ExpertT<GpuWeightTypes>;
+using GpuMoe = MoeT<GpuWeightTypes>;
+using GpuHyper = HyperConnectionT<GpuWeightTypes>;
+using GpuHead = HyperHeadT<GpuWeightTypes>;
+using GpuBlock = BlockT<GpuWeightTypes>;
+using GpuMtp = MtpBlockT<GpuWeightTypes>;
 
-struct GpuAttention {
-  AttnKind kind = AttnKind::SWA;
-  QuantLinear wq_a, wq_b, wkv, wo_a, wo_b;
-  DeviceArray<float> q_norm, kv_norm, sink;
-  std::optional<GpuCompressor> compressor;
-  std::optional<GpuIndexer> indexer;
-};
-
-struct GpuExpert {
-  QuantLinear w1, w2, w3;
-};
-
-struct GpuMoe {
-  bool hash = false;
-  QuantLinear gate;
-  DeviceArray<float> bias;
-  DeviceArray<int32_t> tid2eid;
-  QuantLinearSet w1, w2, w3;  // routed experts
-  int64_t inter = 0;          // routed expert width
-  std::optional<GpuExpert> shared;
-};
-
-struct GpuHyper {
-  DeviceArray<float> fn, base, scale;
-};
-
-struct GpuBlock {
-  DeviceArray<float> attn_norm, ffn_norm;
-  GpuHyper hc_attn, hc_ffn;
-  GpuAttention attn;
-  GpuMoe ffn;
-};
-
-struct GpuHead {
-  DeviceArray<float> fn, base;
-  float scale = 1.0f;
-};
-
-struct GpuMtp {
-  QuantLinear e_proj, h_proj;
-  DeviceArray<float> enorm, hnorm, norm;
-  GpuHead hc_head;
-  GpuBlock block;
-};
-
-struct GpuWeights {
-  ModelConfig config;
-  ops::Precision precision = ops::Precision::Exact;  // the host Weights' (set_precision), every linear prepared for it
-  DeviceArray<float> embed;  // [vocab, hidden]
-  QuantLinear head;
-  DeviceArray<float> norm;
-  GpuHead hc_head;
-  std::vector<GpuBlock> layers;
-  std::vector<GpuMtp> mtp;
+struct GpuWeights : WeightsT<GpuWeightTypes> {
   int64_t linear_bytes = 0;  // prepared linear data (weights + scales) on the device
   int64_t device_bytes = 0;  // every device allocation above (gpu_weight_bytes: linears + staging + params)
   // The streamed upload: bytes copied, seconds from its start to the last copy, threads and
