@@ -81,13 +81,16 @@ ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
 
 // f(linear, role) for every linear module of w (W: Weights or const Weights), with its role
 // in DeepSeek's code (ops/linear_numerics.h).
+// Every expert's projections (routed or shared) have this role.
+inline constexpr ops::LinearRole kExpertRole = ops::LinearRole::Quantized;
+
 template <class W, class F>
 void for_each_linear(W& w, F&& f) {
   using R = ops::LinearRole;
   auto expert = [&](auto& e) {
-    f(e.w1, R::Quantized);
-    f(e.w2, R::Quantized);
-    f(e.w3, R::Quantized);
+    f(e.w1, kExpertRole);
+    f(e.w2, kExpertRole);
+    f(e.w3, kExpertRole);
   };
   auto compressor = [&](auto& c) {
     f(c.wkv, R::Fp32);

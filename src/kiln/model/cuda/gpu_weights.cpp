@@ -81,15 +81,16 @@ class Uploader {
     return g;
   }
 
-  // host(e): expert e's host Linear of this projection (its numerics).
-  template <class HostOf>
-  QuantLinearSet experts(const std::string& p, const char* proj, int64_t count, int pairs, HostOf host) {
+  // The routed experts of one projection, by their stored views alone: the host tree need
+  // not hold them (the synthetic model's does not); their role is for_each_linear's
+  // routed-expert role.
+  QuantLinearSet experts(const std::string& p, const char* proj, int64_t count, int pairs) {
     std::vector<ops::HostQuantLinear> views;
     views.reserve(static_cast<size_t>(count));
     ops::LinearNumerics num;
     for (int64_t e = 0; e < count; ++e) {
       views.push_back(src_(fmt::format("{}ffn.experts.{}.{}", p, e, proj)));
-      const ops::LinearNumerics ne = numerics(host(e), views.back().scheme);
+      const ops::LinearNumerics ne = ops::linear_numerics(precision_, kExpertRole, views.back().scheme);
       if (e == 0) num = ne;
       if (!(ne == num))
         fail_invalid("{}: in {} precision its input is treated unlike expert 0's ({} vs {}: mixed expert schemes); "
@@ -141,10 +142,9 @@ class Uploader {
     }
     const int64_t E = cfg.n_routed_experts;
     const int pairs = gpu_expert_pairs(cfg, max_rows_);
-    auto ex = [&](int64_t e) -> const Expert& { return m.experts[static_cast<size_t>(e)]; };
-    gm.w1 = experts(p, "w1", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w1; });
-    gm.w2 = experts(p, "w2", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w2; });
-    gm.w3 = experts(p, "w3", E, pairs, [&](int64_t e) -> const Linear& { return ex(e).w3; });
+    gm.w1 = experts(p, "w1", E, pairs);
+    gm.w2 = experts(p, "w2", E, pairs);
+    gm.w3 = experts(p, "w3", E, pairs);
     gm.inter = gm.w1.n();
     if (m.shared) {
       gm.shared.emplace();

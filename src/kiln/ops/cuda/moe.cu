@@ -184,8 +184,8 @@ void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* w
   if (R < 0 || H < 1) fail(ErrorKind::Usage, "cuda::moe_combine: {} rows of {} values; expected R >= 0, H > 0", R, H);
   if (K < 1 || K > kMaxTopK) fail(ErrorKind::Usage, "cuda::moe_combine: K = {}; expected 1..{}", K, kMaxTopK);
   if (R == 0) return;
-  if (y == nullptr || idx == nullptr || wt == nullptr || out == nullptr) {
-    fail(ErrorKind::Usage, "cuda::moe_combine: null y, idx, wt or out");
+  if (y == nullptr || idx == nullptr || out == nullptr) {
+    fail(ErrorKind::Usage, "cuda::moe_combine: null y, idx or out");  // wt null: a plain sum
   }
   if (ldy < H) fail(ErrorKind::Usage, "cuda::moe_combine: y row stride {} is below H = {}", ldy, H);
   const int threads = 256;
