@@ -26,38 +26,12 @@
 #include "kiln/ops/cuda/moe.h"
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/rope.h"
+#include "support/device_array.h"
 
 namespace kiln::ops {
 namespace {
 
-// A device copy of a host vector (or n poisoned elements: all bits set, NaN as float,
-// -1 as int32), freed on scope exit.
-template <typename T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
-    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  explicit Dev(size_t n) : n_(n) {
-    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
-    KILN_CUDA_CHECK(cudaMemset(p_, 0xFF, std::max<size_t>(n_, 1) * sizeof(T)));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { cudaFree(p_); }
-  T* get() const { return p_; }
-  std::vector<T> host() const {
-    KILN_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<T> h(n_);
-    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_ = 0;
-};
+using test::Dev;  // tests/support/device_array.h
 
 std::vector<float> uniform(size_t n, float lo, float hi, uint32_t seed) {
   std::mt19937 g(seed);

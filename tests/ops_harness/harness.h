@@ -25,38 +25,11 @@
 
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/step_rows.h"
+#include "support/device_array.h"
 
 namespace kiln::ops_harness {
 
-// A device array: a copy of a host vector, or n poisoned elements (all bits set).
-template <typename T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
-    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  explicit Dev(size_t n) : n_(n) {
-    KILN_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
-    KILN_CUDA_CHECK(cudaMemset(p_, 0xFF, std::max<size_t>(n_, 1) * sizeof(T)));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { cudaFree(p_); }
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-  int64_t bytes() const { return static_cast<int64_t>(n_ * sizeof(T)); }
-  std::vector<T> host() const {
-    KILN_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<T> h(n_);
-    if (n_ > 0) KILN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_ = 0;
-};
+using test::Dev;  // tests/support/device_array.h
 
 // How an op's CUDA result may differ from ops/cpu's.
 struct Tol {
