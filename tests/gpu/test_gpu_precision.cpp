@@ -6,6 +6,7 @@
 // every fixture flavour (MTP exactness in both precisions: test_gpu_forward.cpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "gpu_fixtures.h"
+#include "kiln/cli/text_tokens.h"
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
@@ -204,12 +206,15 @@ TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
   }
 }
 
-// Logits of the GPU in deepseek precision against the CPU in deepseek precision, and the
-// distance of both to the exact precision (printed). Bound: both round to bf16 at the same
-// points, but their fp32 sums are ordered differently, so a value near a rounding boundary
-// may round apart (one bf16 ulp, 2^-8) and that carries on; measured well below it.
-constexpr double kDeepSeekTol = 3e-2;
-
+// Logits of the GPU in deepseek precision against the CPU in deepseek precision on every
+// fixture flavour, with the distance of both to the exact precision (printed). Both round to
+// bf16 and quantize to e4m3 at the same points, but their fp32 sums are ordered differently,
+// so a value near a rounding boundary rounds apart (one bf16 ulp, 2^-8 relative), and these
+// tiny random models flip an expert or an indexer pick under far less (docs/quantization.md,
+// the noise floor: 1e-4 relative noise already moves their logits by ~0.5). Measured on an
+// H100: 2e-3 to 0.42 of the row's largest logit, top-1 37-40 of 40. So here only the argmax
+// is held (a wrong scale or index gives ~1/vocab agreement); the distance is bounded on the
+// trained bundled model below.
 TEST(GpuPrecision, DeepSeekLogitsMatchTheCpuInDeepSeekPrecisionForEveryFlavour) {
   for (const Flavour& fl : flavours()) {
     SCOPED_TRACE(fl.label);
@@ -238,11 +243,66 @@ TEST(GpuPrecision, DeepSeekLogitsMatchTheCpuInDeepSeekPrecisionForEveryFlavour) 
       const float* b = cpu_ds.data() + t * c.vocab_size;
       agree += std::max_element(a, a + c.vocab_size) - a == std::max_element(b, b + c.vocab_size) - b;
     }
-    EXPECT_LT(e, kDeepSeekTol);
     EXPECT_GE(agree, T * 9 / 10);
     std::printf("[deepseek] %-40s gpu vs cpu %.2e (top-1 %d/%d)   cpu deepseek vs exact %.2e\n", fl.label.c_str(), e,
                 agree, T, d);
   }
+}
+
+// The trained bundled model over 1,024 held-out tokens (one sequence, passes of 256 rows):
+// the GPU in deepseek must be no farther from the CPU in deepseek than the CPU's two
+// precisions are from each other (mean over positions of the row's largest difference
+// relative to its largest logit), with the argmax agreeing at >= 99% of the positions.
+// Measured on an H100: 5.13e-3 against 7.18e-3, top-1 1019 of 1024 (and 1019 between the
+// precisions). Rounding to bf16 and e4m3 at every point makes a 1-ulp fp32 difference a
+// 2^-8 one wherever a value sits near a boundary; docs/precision.md discusses the gap.
+TEST(GpuPrecision, BundledModelInDeepSeekMatchesTheCpuOverHeldOutText) {
+  auto tok = cli::tokenize_text_file(KILN_BUNDLED_MODEL, std::string(KILN_TEST_DATA_DIR) + "/trained/kiln-dsv4-mini/heldout.txt");
+  const int T = 1024, chunk = 256;
+  ASSERT_GE(tok.size(), static_cast<size_t>(T));
+  tok.resize(T);
+  GpuOptions o;
+  o.max_rows = chunk;
+  o.graphs = false;
+  Loaded m = load(KILN_BUNDLED_MODEL, o, ops::Precision::DeepSeek);
+  const int64_t V = m.cpu->config.vocab_size;
+  std::vector<float> cpu_ds(static_cast<size_t>(T * V)), cpu_exact(cpu_ds.size()), gpu(cpu_ds.size());
+  auto st = m.cpu->forward->new_state();
+  m.cpu->forward->step(st, tok, cpu_ds.data(), nullptr);
+  model::set_precision(m.cpu->weights, ops::Precision::Exact);
+  auto st2 = m.cpu->forward->new_state();
+  m.cpu->forward->step(st2, tok, cpu_exact.data(), nullptr);
+  const std::vector<int32_t> slot0(static_cast<size_t>(chunk), 0);
+  for (int b = 0; b < T; b += chunk) {
+    std::vector<int32_t> pos(static_cast<size_t>(chunk));
+    for (int i = 0; i < chunk; ++i) pos[static_cast<size_t>(i)] = b + i;
+    m.gpu->main(std::span(tok.data() + b, static_cast<size_t>(chunk)), slot0, pos);
+    const auto l = m.gpu->download_main_logits(chunk);
+    std::copy(l.begin(), l.end(), gpu.begin() + static_cast<int64_t>(b) * V);
+  }
+  auto mean_rel = [&](const std::vector<float>& a, const std::vector<float>& b, int& agree) {
+    double sum = 0;
+    agree = 0;
+    for (int t = 0; t < T; ++t) {
+      const float* x = a.data() + t * V;
+      const float* y = b.data() + t * V;
+      double err = 0, scale = 1e-30;
+      for (int64_t v = 0; v < V; ++v) {
+        err = std::max(err, std::fabs(static_cast<double>(x[v]) - y[v]));
+        scale = std::max(scale, std::fabs(static_cast<double>(y[v])));
+      }
+      sum += err / scale;
+      agree += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+    }
+    return sum / T;
+  };
+  int agree_gpu = 0, agree_prec = 0;
+  const double gpu_vs_cpu = mean_rel(gpu, cpu_ds, agree_gpu);
+  const double ds_vs_exact = mean_rel(cpu_ds, cpu_exact, agree_prec);
+  std::printf("[deepseek] bundled model, %d positions: gpu vs cpu (deepseek) mean %.2e, top-1 %d; cpu deepseek vs "
+              "exact mean %.2e, top-1 %d\n", T, gpu_vs_cpu, agree_gpu, ds_vs_exact, agree_prec);
+  EXPECT_LE(gpu_vs_cpu, ds_vs_exact);
+  EXPECT_GE(agree_gpu, T * 99 / 100);
 }
 
 // A row's logits do not depend on how many rows share its pass: one pass of T rows against
