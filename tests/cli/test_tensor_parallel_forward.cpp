@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <thread>
 
 #include "kiln/artifact/plan.h"
 #include "kiln/cli/quantize.h"
@@ -115,6 +116,29 @@ TEST(TensorParallelForward, EveryQuantizeRecipeMatchesOneRank) {
       check_flavour(load(o.out), fmt::format("{} {}", fx, recipe));
     }
   }
+}
+
+// Passes from several threads (each its own state) run one at a time and give what each
+// gives alone.
+TEST(TensorParallelForward, PassesFromSeveralThreadsGiveWhatEachGivesAlone) {
+  const model::Weights w = load(kFixtures + "/tiny_b/native");
+  model::Forward f(w, 4, true, {2, false});
+  const int64_t V = w.config.vocab_size;
+  std::vector<int32_t> tok(12);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = static_cast<int32_t>((i * 53 + 3) % static_cast<size_t>(V));
+  auto st0 = f.new_state();
+  std::vector<float> alone(tok.size() * static_cast<size_t>(V));
+  f.step(st0, tok, alone.data(), nullptr);
+  std::vector<std::vector<float>> got(4, std::vector<float>(alone.size()));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      auto st = f.new_state();
+      f.step(st, tok, got[static_cast<size_t>(i)].data(), nullptr);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : got) EXPECT_EQ(g, alone);
 }
 
 TEST(TensorParallelForward, ShardsHoldTheirPartOnly) {

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <mutex>
 #include <thread>
 
 #include "kiln/core/error.h"
@@ -124,6 +125,7 @@ struct Forward::Impl {
   std::vector<Weights> shards;
   std::vector<std::unique_ptr<cpu::ThreadPool>> rank_pools;
   std::unique_ptr<cpu::InProcessComm> comm;
+  mutable std::mutex rank_passes;  // one tensor-parallel pass at a time: the ranks share comm
 
   Impl(const Weights& weights, int threads, bool fuse_projections, const ParallelLayout& parallel)
       : w(weights), c(weights.config), pool(threads), H(c.hidden_size), n(c.hc_mult), D(c.head_dim), nh(c.num_heads),
@@ -154,6 +156,7 @@ struct Forward::Impl {
   template <class F>
   void run_ranks(F&& f) const {
     if (world == 1) return f(0);
+    std::lock_guard lock(rank_passes);
     comm->reset();
     std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
     std::atomic<int> first{-1};

@@ -84,7 +84,8 @@ class Forward {
   // (model/tensor_parallel.h), one thread each with threads / world pool threads, over
   // shards made from `w` here and meeting in an in-process communicator; a state holds
   // every rank's copy of the decode state. The logits equal one rank's up to the order of
-  // the sums over the ranks. (block_with runs the whole weights, on one rank.)
+  // the sums over the ranks. (block_with runs the whole weights, on one rank.) Passes
+  // from several threads run one at a time (the ranks share one communicator).
   explicit Forward(const Weights& w, int threads = 0, bool fuse = true, ParallelLayout parallel = {});
   ~Forward();
 
