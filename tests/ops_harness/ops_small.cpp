@@ -214,19 +214,31 @@ std::vector<Case> hc_head_cases() {
 // ---- MoE pieces -------------------------------------------------------------------------
 
 std::vector<Case> swiglu_cases() {
-  struct S { int rows, I; int64_t ld, ldo; float limit; bool alias; };
+  // row_weight: each row times its routing weight after the SwiGLU (deepseek's routed experts).
+  struct S { int rows, I; int64_t ld, ldo; float limit; bool alias, row_weight = false; };
   std::vector<Case> cs;
   for (const S s : {S{5, 1003, 1010, 1007, 7.0f, false}, S{5, 1003, 1010, 1010, 7.0f, true}, S{5, 1003, 1003, 1003, 0.0f, false},
-                    S{48, 2048, 2048, 2048, 10.0f, true}, S{1, 3072, 3072, 3072, 10.0f, false}}) {
+                    S{48, 2048, 2048, 2048, 10.0f, true}, S{1, 3072, 3072, 3072, 10.0f, false},
+                    S{6, 1003, 1010, 1007, 7.0f, false, true}, S{48, 2048, 2048, 2048, 10.0f, true, true}}) {
     cs.push_back({dims({{"rows", s.rows}, {"I", s.I}, {"ld", s.ld}, {"ldo", s.ldo}}),
-                  "limit " + std::to_string(static_cast<int>(s.limit)) + (s.alias ? " in place" : ""), [s] {
+                  "limit " + std::to_string(static_cast<int>(s.limit)) + (s.alias ? " in place" : "") +
+                      (s.row_weight ? ", row weights" : ""),
+                  [s] {
                     Prepared p;
                     const auto g = uniform(static_cast<size_t>(s.rows * s.ld), -12.0f, 12.0f, 81);
                     const auto u = uniform(static_cast<size_t>(s.rows * s.ld), -12.0f, 12.0f, 82);
                     const int64_t ldo = s.alias ? s.ld : s.ldo;
                     std::vector<float> want(static_cast<size_t>(s.rows * ldo), 0.0f);
-                    for (int r = 0; r < s.rows; ++r) cpu::swiglu(g.data() + r * s.ld, u.data() + r * s.ld, s.I, s.limit, want.data() + r * ldo);
+                    const auto w = uniform(static_cast<size_t>(s.rows), 0.0f, 2.0f, 83);
+                    for (int r = 0; r < s.rows; ++r) {
+                      float* o = want.data() + r * ldo;
+                      cpu::swiglu(g.data() + r * s.ld, u.data() + r * s.ld, s.I, s.limit, o);
+                      if (s.row_weight) {
+                        for (int i = 0; i < s.I; ++i) o[i] *= w[static_cast<size_t>(r)];
+                      }
+                    }
                     const float* du = p.in(u);
+                    const float* dw = s.row_weight ? p.in(w) : nullptr;
                     float *dg, *dout;
                     if (s.alias) {
                       dg = dout = p.inout("out", g, want);
@@ -235,7 +247,7 @@ std::vector<Case> swiglu_cases() {
                       dout = p.out("out", want);
                     }
                     p.outputs.back().rows = s.rows, p.outputs.back().ld = ldo, p.outputs.back().n = s.I;
-                    p.launch = [=](cudaStream_t st) { cuda::swiglu(dg, du, s.ld, s.rows, s.I, s.limit, dout, ldo, st); };
+                    p.launch = [=](cudaStream_t st) { cuda::swiglu(dg, du, s.ld, s.rows, s.I, s.limit, dout, ldo, st, dw); };
                     return p;
                   }});
   }
@@ -290,11 +302,14 @@ std::vector<Case> moe_route_cases() {
 }
 
 std::vector<Case> moe_combine_cases() {
-  struct S { int R, K, H, E; int64_t ldy; bool shared; };
+  // weighted: the exact precision's combine; unweighted (wt null): deepseek's, whose
+  // pairs were weighted before w2.
+  struct S { int R, K, H, E; int64_t ldy; bool shared, weighted = true; };
   std::vector<Case> cs;
   for (const S s : {S{4, 6, 301, 40, 310, false}, S{4, 6, 301, 40, 301, true}, S{1, 8, 7168, 384, 7168, true},
-                    S{64, 6, 4096, 256, 4096, true}}) {
-    cs.push_back({dims({{"R", s.R}, {"K", s.K}, {"H", s.H}, {"ldy", s.ldy}}), s.shared ? "with shared" : "routed only", [s] {
+                    S{64, 6, 4096, 256, 4096, true}, S{5, 6, 301, 40, 310, true, false}, S{1, 8, 7168, 384, 7168, false, false}}) {
+    const std::string label = std::string(s.shared ? "with shared" : "routed only") + (s.weighted ? "" : ", unweighted");
+    cs.push_back({dims({{"R", s.R}, {"K", s.K}, {"H", s.H}, {"ldy", s.ldy}}), label, [s] {
                     Prepared p;
                     const auto y = uniform(static_cast<size_t>(s.R * s.K * s.ldy), -3.0f, 3.0f, 91);
                     const auto wt = uniform(static_cast<size_t>(s.R * s.K), 0.0f, 1.0f, 92);
@@ -309,8 +324,9 @@ std::vector<Case> moe_combine_cases() {
                     for (int i = 0; i < s.R * s.K; ++i) std::memcpy(packed.data() + i * s.H, y.data() + i * s.ldy, static_cast<size_t>(s.H) * 4);
                     const std::vector<int64_t> idx64(idx.begin(), idx.end());
                     std::vector<float> want(static_cast<size_t>(s.R * s.H));
-                    cpu::moe_combine(packed.data(), idx64.data(), wt.data(), s.R, s.K, s.H, s.shared ? shared.data() : nullptr, want.data());
-                    const float *dy = p.in(y), *dwt = p.in(wt), *dsh = s.shared ? p.in(shared) : nullptr;
+                    cpu::moe_combine(packed.data(), idx64.data(), s.weighted ? wt.data() : nullptr, s.R, s.K, s.H,
+                                     s.shared ? shared.data() : nullptr, want.data());
+                    const float *dy = p.in(y), *dwt = s.weighted ? p.in(wt) : nullptr, *dsh = s.shared ? p.in(shared) : nullptr;
                     const int32_t* didx = p.in(idx);
                     float* dout = p.out("out", want);
                     p.launch = [=](cudaStream_t st) { cuda::moe_combine(dy, s.ldy, didx, dwt, s.R, s.K, s.H, dsh, dout, st); };
