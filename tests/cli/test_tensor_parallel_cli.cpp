@@ -54,6 +54,21 @@ TEST(TensorParallelCli, ScoreMatchesOneRankAndGenerateIsIdentical) {
   }
 }
 
+// The DSpark drafter (run whole beside the ranks) drafts for the split model, and the
+// tokens are the plain ones.
+TEST(TensorParallelCli, DSparkDraftingOverRanksGivesThePlainTokens) {
+  const std::string dir = std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_dspark/native";
+  for (const char* tp : {" --tensor-parallel 2", " --tensor-parallel 4 --expert-parallel"}) {
+    auto r = kiln_run("generate --model " + dir + " --tokens 5,17,42 --max-tokens 24 --ignore-eos --temperature 0 "
+                      "--spec dspark --compare-plain --json" + std::string(tp));
+    ASSERT_EQ(r.code, 0) << r.text;
+    const auto j = json_of(r);
+    EXPECT_EQ(j["plain"]["tokens_identical"], true) << tp << r.text;
+    EXPECT_EQ(j["mtp"]["drafter"], "dspark") << tp;
+    EXPECT_GT(j["mtp"]["drafts_proposed"].get<int>(), 0) << tp;
+  }
+}
+
 TEST(TensorParallelCli, ReadyLineNamesTheRanksAndBadLayoutsExitTwo) {
   auto r = kiln_run("generate --model " + kFx + "/native --tokens 5,17 --max-tokens 2 --tensor-parallel 2 --expert-parallel");
   ASSERT_EQ(r.code, 0) << r.text;
