@@ -103,12 +103,12 @@ void CpuOps::linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, in
 void CpuOps::linear(const Linear& l, const float* x, int64_t R, float* y) const {
   std::vector<float> xq;
   x = linear_input(l, x, l.in, R, xq);
-  if (l.rank_output == cpu::RankOutput::Gather) {
+  if (l.rank_output == cpu::RankOutput::Gather) {  // assembled on rank 0 only: it writes the pass's outputs
     const int64_t all = l.out * shard_.world;
     std::vector<float> local(static_cast<size_t>(std::max<int64_t>(R * l.out, 1)));
     cpu::linear(l, x, R, local.data(), k_.pool);
-    k_.comm->gather_columns(shard_.rank, local.data(), R, l.out, y);
-    linear_output(l, y, all, R, all);
+    k_.comm->gather_columns(shard_.rank, local.data(), R, l.out, shard_.rank == 0 ? y : nullptr);
+    if (shard_.rank == 0) linear_output(l, y, all, R, all);
     return;
   }
   cpu::linear(l, x, R, y, k_.pool);

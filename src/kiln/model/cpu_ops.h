@@ -5,8 +5,8 @@
 // buffers, so passes on different states may run from several threads at once.
 // On a tensor-parallel rank's shard (model/tensor_parallel.h) the same ops run the rank's
 // part: the embedding rows it holds are summed over the ranks, a linear's output is kept,
-// summed or gathered as its rank_output says, the routed experts it does not hold add
-// nothing, and the MoE's combined output is summed over the ranks.
+// summed or gathered (into rank 0's output) as its rank_output says, the routed experts it
+// does not hold add nothing, and the MoE's combined output is summed over the ranks.
 #pragma once
 
 #include <cstdint>

@@ -328,17 +328,14 @@ void Forward::step(std::span<const StepSeq> seqs, std::span<const int64_t> logit
   }
   if (features && !w_.config.dspark) fail(ErrorKind::Usage, "step: features asked of a model without a DSpark drafter");
   const size_t L = w_.layers.size();
-  const int64_t logit_count = (logit_rows.empty() ? T : static_cast<int64_t>(logit_rows.size())) * w_.config.vocab_size;
   im.run_ranks([&](int k) {
     const Weights& wk = im.weights_of(k);
     CpuOps ops(wk, im.kernels_of(k), rows,
                [&](size_t i, size_t l) { return seqs[i].state->layers_[static_cast<size_t>(k) * L + l].get(); }, {},
                logit_rows);
     if (features && k == 0) ops.set_features(features, w_.config.dspark->target_layer_ids);
-    // Every rank takes part in the head's gather; rank 0 writes the caller's outputs.
-    std::vector<float> own_logits;
-    if (k > 0 && logits) own_logits.resize(static_cast<size_t>(logit_count));
-    def::main_pass(ops, wk, k == 0 ? streams : nullptr, k == 0 ? logits : (logits ? own_logits.data() : nullptr));
+    // Rank 0 writes the outputs; every rank takes part in the head (its gather lands on rank 0).
+    def::main_pass(ops, wk, k == 0 ? streams : nullptr, logits);
   });
   for (const StepSeq& q : seqs) {
     DecodeState& st = *q.state;
@@ -402,15 +399,12 @@ void Forward::mtp_step(int m, std::span<const MtpSeq> seqs, std::span<const int6
     if (r < 0 || r >= T) fail(ErrorKind::Usage, "mtp_step: logits row {} outside the {} rows fed", r, T);
   }
   const size_t L = w_.layers.size(), M = w_.mtp.size();
-  const int64_t logit_count = (logit_rows.empty() ? T : static_cast<int64_t>(logit_rows.size())) * w_.config.vocab_size;
   im.run_ranks([&](int k) {
     const Weights& wk = im.weights_of(k);
     CpuOps ops(wk, im.kernels_of(k), rows,
                [&](size_t i, size_t l) { return seqs[i].state->mtp_[static_cast<size_t>(k) * M + (l - L)].get(); },
                in_streams, logit_rows);
-    std::vector<float> own_logits;
-    if (k > 0 && logits) own_logits.resize(static_cast<size_t>(logit_count));
-    def::mtp_pass(ops, wk, mi, k == 0 ? out_streams : nullptr, k == 0 ? logits : (logits ? own_logits.data() : nullptr));
+    def::mtp_pass(ops, wk, mi, k == 0 ? out_streams : nullptr, logits);  // as in step()
   });
   for (const MtpSeq& q : seqs) {
     q.state->mtp_length_[mi] += static_cast<int64_t>(q.next_tokens.size());

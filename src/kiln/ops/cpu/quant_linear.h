@@ -60,7 +60,8 @@ DecodeRowsFn decoder_for(const QuantWeight& q);
 // What a tensor-parallel rank does with its share of a layer's output (model/tensor_parallel.h):
 // keep it (Local: a whole layer, or a column-parallel one whose rows the rank uses alone),
 // sum it over the ranks (Sum: a row-parallel layer, each rank a part of the inputs), or
-// gather every rank's columns (Gather: the vocabulary-parallel head).
+// gather every rank's columns (Gather: the vocabulary-parallel head; into rank 0's output
+// only, the rank that writes a pass's outputs: the others' output is left untouched).
 enum class RankOutput : uint8_t { Local, Sum, Gather };
 
 // y = x W^T for one nn.Linear-shaped weight. decode == nullptr: W is `w` in fp32;
