@@ -1,7 +1,8 @@
-// Helpers shared by the GPU tests of the attention-state kernels (ops/cuda/attention.h):
-// device buffers, step rows on the device, a rope cos/sin table built from
-// ops::cpu::Rope::cos_sin (the RopeTable class is not used, so these tests depend only on
-// the view struct), and a tolerant comparison.
+// Helpers shared by the GPU tests of the attention-state kernels (ops/cuda/attention.h) and
+// the op harness's cases of them (tests/ops_harness/ops_attention.cpp): device buffers,
+// step rows on the device and in the CPU ops' form (one cpu::AttentionState per slot), a
+// rope cos/sin table built from ops::cpu::Rope::cos_sin (the RopeTable class is not used,
+// so these tests depend only on the view struct), and a tolerant comparison.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -13,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "kiln/ops/cpu/attention.h"
+#include "kiln/ops/cpu/attention_state.h"
 #include "kiln/ops/cpu/rope.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/check.h"
@@ -75,6 +78,34 @@ struct DevStep {
     rows.R = s.R();
   }
 };
+
+// The CPU ops' form of a Step (ops/cpu/attention_state.h StepRows) over one CPU state per
+// slot (states[slot]): one sequence per run of consecutive rows of one slot. A slot's rows
+// in a step are consecutive positions, so each run starts where its state was fed up to.
+struct CpuStep {
+  std::vector<cpu::SeqRows> seqs;
+  std::vector<int64_t> pos;
+  std::vector<int32_t> seq_of;
+  CpuStep(const Step& s, std::vector<cpu::AttentionState>& states) {
+    for (int r = 0; r < s.R(); ++r) {
+      const int slot = s.slot[static_cast<size_t>(r)];
+      if (r == 0 || slot != s.slot[static_cast<size_t>(r - 1)])
+        seqs.push_back({&states[static_cast<size_t>(slot)], r, 0, s.pos[static_cast<size_t>(r)]});
+      ++seqs.back().T;
+      pos.push_back(s.pos[static_cast<size_t>(r)]);
+      seq_of.push_back(static_cast<int32_t>(seqs.size() - 1));
+    }
+  }
+  cpu::StepRows rows() const { return {seqs, pos, seq_of}; }
+};
+
+// The first n floats of each of R rows ld apart, packed [R, n] (the CPU ops take
+// contiguous rows; the GPU ones a row stride).
+inline std::vector<float> packed_rows(const std::vector<float>& x, int64_t R, int64_t ld, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(R * n));
+  for (int64_t r = 0; r < R; ++r) std::copy_n(x.data() + r * ld, n, out.data() + r * n);
+  return out;
+}
 
 // cos/sin [max_pos, dim/2] from cpu::Rope::cos_sin, uploaded: the same fp32 values the
 // CPU rotation uses.

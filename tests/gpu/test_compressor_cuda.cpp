@@ -1,9 +1,12 @@
-// compressor_feed (ops/cuda/attention.h) against a plain CPU re-statement of
-// Impl::compress / Impl::emit (model/forward.cpp): several slots fed in mixed steps
-// (prefill chunks of 1..20 rows crossing block boundaries, decode rows, a rollback), with
-// and without overlap, until the rings have wrapped several times. After every step the
-// raw ring rows must equal the CPU's bit for bit and every emitted entry must match
-// within 1e-5 relative.
+// compressor_feed (ops/cuda/attention.h) against ops/cpu's compressor_feed over one
+// cpu::AttentionState per slot, step after step: several slots fed in mixed steps
+// (prefill chunks of 1..20 rows crossing block boundaries, decode rows, a rollback:
+// AttentionState::truncate on the CPU, a plain re-feed on the GPU), with and without
+// overlap, until the rings have wrapped several times. After every step the raw ring rows
+// must equal the CPU's bit for bit and every entry j < max_entries must match within 1e-5
+// relative; the GPU must not write entries past max_entries (the CPU emits them) nor
+// past the last slot (a guard area). One step over more shapes and the decode batches is
+// the op harness's `compressor_feed` (tests/ops_harness/ops_attention.cpp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,66 +24,12 @@ namespace {
 struct CompCase {
   int dim, ratio, rope_dim;
   bool overlap;
+  CompressorRole role = CompressorRole::Attention;
 };
 
 constexpr int kMaxChunk = 20;
 constexpr int kRollback = 4;
 constexpr float kEps = 1e-6f;
-
-// One slot's CPU compressor: ring rows by position % cap, entries by index.
-struct RefCompressor {
-  int dim, ratio, width, cap, max_entries;
-  bool overlap;
-  std::vector<float> kv, score, entries;
-  RefCompressor(const CompCase& c, int cap_, int max_entries_)
-      : dim(c.dim), ratio(c.ratio), width((c.overlap ? 2 : 1) * c.dim), cap(cap_), max_entries(max_entries_),
-        overlap(c.overlap), kv(static_cast<size_t>(cap_) * width), score(kv.size()),
-        entries(static_cast<size_t>(max_entries_) * c.dim) {}
-  float* kv_row(int64_t p) { return kv.data() + (p % cap) * width; }
-  float* score_row(int64_t p) { return score.data() + (p % cap) * width; }
-
-  // Impl::compress for one row, then Impl::emit when the row completes a block.
-  void feed(const float* a, const float* z, int64_t p, const std::vector<float>& ape, const std::vector<float>& norm,
-            const cpu::Rope& rope) {
-    std::memcpy(kv_row(p), a, sizeof(float) * width);
-    for (int i = 0; i < width; ++i) score_row(p)[i] = z[i] + ape[static_cast<size_t>((p % ratio) * width + i)];
-    if ((p + 1) % ratio != 0) return;
-    const int64_t j = (p + 1) / ratio - 1, m = ratio;
-    if (j >= max_entries) return;
-    const int off = overlap ? dim : 0;
-    std::vector<float> out(static_cast<size_t>(dim)), sc, kvs;
-    for (int ch = 0; ch < dim; ++ch) {
-      sc.clear();
-      kvs.clear();
-      if (overlap && j > 0) {
-        for (int64_t i = 0; i < m; ++i) {
-          sc.push_back(score_row((j - 1) * m + i)[ch]);
-          kvs.push_back(kv_row((j - 1) * m + i)[ch]);
-        }
-      }
-      for (int64_t i = 0; i < m; ++i) {
-        sc.push_back(score_row(j * m + i)[off + ch]);
-        kvs.push_back(kv_row(j * m + i)[off + ch]);
-      }
-      float mx = -INFINITY;
-      for (float s : sc) mx = std::max(mx, s);
-      float sum = 0.0f;
-      for (float& s : sc) {
-        s = std::exp(s - mx);
-        sum += s;
-      }
-      float acc = 0.0f;
-      for (size_t i = 0; i < sc.size(); ++i) acc += kvs[i] * (sc[i] / sum);
-      out[static_cast<size_t>(ch)] = acc;
-    }
-    float ss = 0.0f;
-    for (float v : out) ss += v * v;
-    const float s = 1.0f / std::sqrt(ss / static_cast<float>(dim) + kEps);
-    for (int ch = 0; ch < dim; ++ch) out[static_cast<size_t>(ch)] = norm[static_cast<size_t>(ch)] * (out[static_cast<size_t>(ch)] * s);
-    rope.apply(out.data(), dim, j * m);
-    std::copy(out.begin(), out.end(), entries.begin() + j * dim);
-  }
-};
 
 void run_case(const CompCase& cc, uint32_t seed) {
   SCOPED_TRACE(testing::Message() << "dim " << cc.dim << " ratio " << cc.ratio << " overlap " << cc.overlap);
@@ -117,7 +66,14 @@ void run_case(const CompCase& cc, uint32_t seed) {
   ring.ratio = cc.ratio;
   ring.overlap = cc.overlap;
 
-  std::vector<RefCompressor> ref(S, RefCompressor(cc, cap, max_entries));
+  // The CPU reference: one state per slot, its compressor of the case's role.
+  std::vector<cpu::AttentionState> states(S);
+  for (cpu::AttentionState& as : states)
+    (cc.role == CompressorRole::Attention ? as.comp : as.icomp).emplace(cc.ratio, cc.dim, cc.overlap, cap);
+  auto state = [&](int s) -> const cpu::CompressorState& {
+    const cpu::AttentionState& as = states[static_cast<size_t>(s)];
+    return cc.role == CompressorRole::Attention ? *as.comp : *as.icomp;
+  };
   std::vector<int64_t> length(S, 0);
   std::uniform_int_distribution<int> chunk(1, kMaxChunk);
   bool rolled_back = false;
@@ -128,6 +84,7 @@ void run_case(const CompCase& cc, uint32_t seed) {
       if (length[s] >= target) continue;
       if (s == 1 && !rolled_back && length[s] > 2 * cap) {  // re-feed the last 3 positions
         length[s] -= 3;
+        states[static_cast<size_t>(s)].truncate(length[s]);  // the GPU just overwrites
         rolled_back = true;
       }
       // Slot 2 decodes one row a step once past its first block; the others take chunks.
@@ -139,7 +96,9 @@ void run_case(const CompCase& cc, uint32_t seed) {
     const int64_t ld = width + 3;
     std::vector<float> a = random_floats(g, static_cast<size_t>(R * ld), -1.0f, 1.0f);
     std::vector<float> z = random_floats(g, static_cast<size_t>(R * ld), -2.0f, 2.0f);
-    for (int r = 0; r < R; ++r) ref[static_cast<size_t>(st.slot[r])].feed(a.data() + r * ld, z.data() + r * ld, st.pos[r], ape, norm, rope.rope);
+    CpuStep cs(st, states);
+    cpu::compressor_feed(cs.rows(), cc.role, packed_rows(a, R, ld, width).data(), packed_rows(z, R, ld, width).data(),
+                         ape.data(), norm.data(), kEps, rope.rope);
     DevStep ds(st);
     DevBuf<float> d_a(a), d_z(z);
     compressor_feed(ds.rows, d_a.get(), d_z.get(), ld, d_ape.get(), d_norm.get(), kEps, rope.view, ring, nullptr);
@@ -148,19 +107,24 @@ void run_case(const CompCase& cc, uint32_t seed) {
     const std::vector<float> kv = d_kv.download(), score = d_score.download(), ent = d_entries.download();
     for (int s = 0; s < S; ++s) {
       SCOPED_TRACE(testing::Message() << "step " << step << " slot " << s << " length " << length[s]);
-      const RefCompressor& rc = ref[static_cast<size_t>(s)];
+      const cpu::CompressorState& rc = state(s);
+      ASSERT_EQ(rc.length, length[s]);
+      ASSERT_EQ(rc.count, length[s] / cc.ratio);
       // Ring rows of the last min(length, cap) positions: exact copies / one fp32 add.
       for (int64_t p = std::max<int64_t>(0, length[s] - cap); p < length[s]; ++p) {
         const size_t o = static_cast<size_t>(s * ring_stride + (p % cap) * width);
-        ASSERT_EQ(std::memcmp(kv.data() + o, rc.kv.data() + (p % cap) * width, sizeof(float) * width), 0) << "kv row " << p;
-        ASSERT_EQ(std::memcmp(score.data() + o, rc.score.data() + (p % cap) * width, sizeof(float) * width), 0) << "score row " << p;
+        ASSERT_EQ(std::memcmp(kv.data() + o, rc.kv_row(p), sizeof(float) * width), 0) << "kv row " << p;
+        ASSERT_EQ(std::memcmp(score.data() + o, rc.score_row(p), sizeof(float) * width), 0) << "score row " << p;
       }
-      const int64_t count = std::min<int64_t>(length[s] / cc.ratio, max_entries);
+      const int64_t count = std::min<int64_t>(rc.count, max_entries);
       // Per entry: 1e-5 relative, with a floor of 1e-5 of the entry's largest value
       // (expf vs std::exp differ by an ulp or two; the norm then scales that up).
       for (int64_t j = 0; j < count; ++j)
-        expect_close(ent.data() + s * entry_stride + j * cc.dim, rc.entries.data() + j * cc.dim, static_cast<size_t>(cc.dim),
+        expect_close(ent.data() + s * entry_stride + j * cc.dim, rc.entry(j), static_cast<size_t>(cc.dim),
                      "entry " + std::to_string(j), 1e-5f, -1.0f);
+      // The slot's padding past max_entries: nothing written there.
+      for (int64_t i = int64_t{max_entries} * cc.dim; i < entry_stride; ++i)
+        ASSERT_EQ(ent[static_cast<size_t>(s * entry_stride + i)], sentinel) << "entry written past max_entries";
     }
     for (size_t i = 0; i < guard; ++i) ASSERT_EQ(ent[static_cast<size_t>(S * entry_stride) + i], sentinel) << "entry written past the last slot";
     if (::testing::Test::HasFailure()) return;
@@ -172,7 +136,7 @@ TEST(CudaCompressorFeed, NoOverlapOddRatio) { run_case({48, 5, 48, false}, 2); }
 TEST(CudaCompressorFeed, OverlapRatioOne) { run_case({32, 1, 8, true}, 3); }
 TEST(CudaCompressorFeed, LargeNoOverlap) { run_case({512, 128, 64, false}, 4); }
 TEST(CudaCompressorFeed, LargeOverlap) { run_case({512, 4, 64, true}, 5); }
-TEST(CudaCompressorFeed, IndexerShape) { run_case({128, 4, 64, true}, 6); }
+TEST(CudaCompressorFeed, IndexerShape) { run_case({128, 4, 64, true, CompressorRole::Indexer}, 6); }
 
 TEST(CudaCompressorFeed, RejectsBadShapes) {
   CompressorRing ring;

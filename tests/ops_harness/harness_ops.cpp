@@ -29,6 +29,17 @@ const std::vector<OpEntry>& all_ops() {
       {"linear_grouped", {K::Close, 4e-5f, 0.0f, "as linear, per group"}, linear_grouped_cases},
       {"routed_experts", {K::Close, 2e-4f, 0.0f, "three products and SwiGLU chained; relative to max |ye|"},
        routed_experts_cases},
+      // The stateful attention ops (ops_attention.cpp), over per-slot CPU states uploaded as
+      // the GPU's. Rings (and the padding the op must not write) compared bitwise: copies.
+      {"attention", {K::Close, 1e-5f, 0.0f, "q.k and the softmax sums in other orders, online rescaling, expf; "
+                                           "relative to |o| + the head's largest |o|"},
+       attention_cases},
+      {"compressor_feed", {K::Close, 1e-5f, 0.0f, "pooling expf vs exp, norm sum reassociated; entries relative to "
+                                                 "|e| + the entry's largest |e|"},
+       compressor_feed_cases},
+      {"indexer_select", {K::Bitwise, 0, 0, "indices exact: scores built far from rounding near-ties, exact ties to "
+                                           "the lowest index"},
+       indexer_select_cases},
   };
   return ops;
 }
