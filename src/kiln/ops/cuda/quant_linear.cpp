@@ -24,6 +24,9 @@ using detail::DeviceBuffer;
 using detail::LaunchFn;
 using detail::LaunchShape;
 using detail::LinearParams;
+using detail::MmaArgs;
+using detail::MmaOperands;
+using detail::launch_mma_linear;
 using detail::PendingUpload;
 using detail::RowGroups;
 using detail::check_no_e4m3_nan;
@@ -298,8 +301,23 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), mt, rw, 1 << l,
                           pl.shape.blocks, pl.shape.mtiles);
   }
+  // Batch-invariant numerics: the tensor-core kernels where the weight allows them, the
+  // same kernel and summation order for every M (quant_linear_mma.h).
+  MmaOperands mops{};
+  const bool fp8_input = numerics.input == LinearInput::Fp8Block;
+  if (numerics.batch_invariant && staging &&
+      mma_supported(w.scheme, n, k, static_cast<int>(w.block_n), static_cast<int>(w.block_k), fp8_input, &mops)) {
+    const int64_t ld = Fp8BlockGemm::min_scale_ld(max_m);
+    const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
+    if (mops != MmaOperands::Fp8W_Fp8X || need <= static_cast<int64_t>(impl->xpad.bytes())) {
+      impl->mma = mma_plan(mops, n, k, sms, numerics.bf16_output);
+      if (mops == MmaOperands::Fp8W_Fp8X) impl->act_scale_ld = ld;
+      const std::string text = (mops == MmaOperands::Fp8W_Fp8X ? "act_quant + " : "") + mma_describe(*impl->mma);
+      for (auto& pl : impl->plans) pl.text = text;
+    }
+  }
 #if KILN_HAVE_CUTLASS
-  if (numerics.input == LinearInput::Fp8Block && w.scheme == SchemeKind::FP8Block && w.block_n == 128 &&
+  if (!impl->mma && numerics.input == LinearInput::Fp8Block && w.scheme == SchemeKind::FP8Block && w.block_n == 128 &&
       w.block_k == 128 && n % 128 == 0 && k % 128 == 0 && staging && n < (int64_t{1} << 30)) {
     cudaDeviceProp prop{};
     KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
@@ -343,6 +361,44 @@ std::vector<std::byte> detail::download_prepared(const QuantLinearImpl& d) {
   return out;
 }
 
+namespace {
+
+// The tensor-core path of batch-invariant numerics (output rounding included); false when
+// a grouped call's x is not 16-byte aligned per group, which the CUDA-core kernels then take.
+bool mma_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t x_group_stride, int groups, int M,
+                 float* y, int64_t ldy, cudaStream_t st) {
+  MmaArgs a;
+  a.p = &d.params;
+  a.k = d.k;
+  a.M = M;
+  a.y = y;
+  a.ldy = ldy;
+  a.group_rows = d.n / groups;
+  a.x_group_stride = x_group_stride;
+  if (d.mma->ops == MmaOperands::Fp8W_Fp8X) {
+    auto* q = static_cast<uint8_t*>(d.xpad.get());
+    auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(d.max_m, d.k));
+    cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);
+    a.xq = q;
+    a.xs = sc;
+    a.xs_ld = d.act_scale_ld;
+  } else {
+    if (ldx % 4 != 0 || x_group_stride % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+      if (groups != 1) return false;
+      auto* xp = static_cast<float*>(d.xpad.get());
+      detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
+      x = xp;
+      ldx = d.kp;
+    }
+    a.x = x;
+    a.ldx = ldx;
+  }
+  launch_mma_linear(*d.mma, a, st);
+  return true;
+}
+
+}  // namespace
+
 QuantLinear QuantLinear::prepare(const HostQuantLinear& w, int max_m, int rows_per_thread) {
   QuantLinear out;
   prepare_with(w, max_m, rows_per_thread, nullptr, out.impl_);
@@ -384,6 +440,7 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   if (M < 1 || M > d.max_m) fail(ErrorKind::Usage, "linear forward: M = {} is outside [1, {}] (max_m at prepare)", M, d.max_m);
   if (ldx < d.k || ldy < d.n) fail(ErrorKind::Usage, "linear forward: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
+  if (d.mma && mma_forward(d, x, ldx, 0, 1, M, y, ldy, st)) return;
   if (d.lt && M >= detail::kLtMinRows && detail::lt_forward(d, x, ldx, M, y, ldy, st)) return;
   if (d.gemm && ldy % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0) {
     // FP8 x FP8 on tensor cores: x quantized into the staging buffer (codes, then scales).
@@ -434,6 +491,7 @@ void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_s
     fail(ErrorKind::Usage, "linear forward_grouped: the layer quantizes its input (act_quant per 128 columns of the "
                            "whole row), which a grouped product cannot take");
   auto st = static_cast<cudaStream_t>(stream);
+  if (d.mma && mma_forward(d, x, ldx, x_group_stride, groups, M, y, ldy, st)) return;
   grouped_launch(d, x, ldx, x_group_stride, M, groups, y, ldy, st);
   if (d.num.bf16_output) cuda::round_bf16(y, ldy, M, d.n, y, ldy, st);
 }

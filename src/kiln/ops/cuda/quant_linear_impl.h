@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "kiln/ops/cuda/device_upload.h"
 #include "kiln/ops/cuda/fp8_block_gemm.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/cuda/quant_linear_mma.h"
 #include "kiln/ops/device_sizes.h"
 #include "kiln/ops/quant_linear.h"
 
@@ -90,6 +92,9 @@ struct QuantLinearImpl {
   // into xpad (codes [max_m, k], then the scales [k / 128, act_scale_ld]).
   std::unique_ptr<Fp8BlockGemm> gemm;
   int64_t act_scale_ld = 0;
+  // Batch-invariant numerics on BF16 / FP8-block weights: the tensor-core kernels of
+  // quant_linear_mma.h for every M (preferred over `gemm`; FP8 input staged as for gemm).
+  std::optional<detail::MmaPlan> mma;
 };
 
 namespace detail {

@@ -1,0 +1,355 @@
+// The batch-invariant tensor-core linear kernels (quant_linear_mma.h): mma.sync with the
+// weight's rows on the M side (16 per tile) and tokens on the N side (8 per group).
+//
+// Input order inside a tile: a chunk of CK inputs (64 for bf16 weights, 128 = one scale
+// block for fp8 ones) is read by lane (g, q) = (lane / 4, lane % 4) as the contiguous
+// 16-byte pieces [q * CK / 4, (q + 1) * CK / 4) of rows g and g + 8 (and of its token's
+// input row), and the fragment's k indices are mapped onto those pieces, the same map for
+// the weight (A) and the input (B), so every mma still multiplies matching inputs:
+//   m16n8k16 (bf16), step j of the chunk: logical k 2q + e  -> q * CK/4 + 4j + e,
+//                                         logical k 2q+8+e -> q * CK/4 + 4j + 2 + e;
+//   m16n8k32 (e4m3), step j:              logical k 4q + e  -> 32q + 8j + e,
+//                                         logical k 4q+16+e -> 32q + 8j + 4 + e.
+// So each lane loads whole 16-byte vectors and a warp reads 128 contiguous bytes per row.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_mma.h"
+
+namespace kiln::ops::cuda::detail {
+namespace {
+
+constexpr int kMaxKWarps = 16;
+
+struct KernelArgs {
+  const uint8_t* w;
+  int64_t row_bytes;
+  const float* ws;  // fp8: fp32 block scales [ceil(n / block_n), ws_ld]
+  int ws_ld, block_n, n, k;
+  const float* x;
+  int64_t ldx;
+  const uint8_t* xq;
+  const float* xs;
+  int64_t xs_ld;
+  int64_t group_rows, x_group_stride;
+  int M;
+  float* y;
+  int64_t ldy;
+  int terms;
+  bool round;
+};
+
+__device__ __forceinline__ uint4 ld_weight(const uint8_t* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ void mma_bf16(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) { return *reinterpret_cast<uint32_t*>(&v); }
+
+// (v0, v1) as up to three bf16 pairs whose sums are v0 and v1: hi = bf16(v), then the
+// remainders (each subtraction exact: Sterbenz), so three terms hold all 24 bits.
+__device__ __forceinline__ void split_pair(float v0, float v1, uint32_t (&t)[3]) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+  const float2 hf = __bfloat1622float2(h);
+  const float r0 = v0 - hf.x, r1 = v1 - hf.y;
+  const __nv_bfloat162 m = __floats2bfloat162_rn(r0, r1);
+  const float2 mf = __bfloat1622float2(m);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(r0 - mf.x, r1 - mf.y);
+  t[0] = bf16x2_bits(h);
+  t[1] = bf16x2_bits(m);
+  t[2] = bf16x2_bits(l);
+}
+
+// Two e4m3 codes (the low or high half of v) as a bf16 pair, exactly.
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v, int half) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v >> (16 * half)), __NV_E4M3);
+  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+  return bf16x2_bits(__floats2bfloat162_rn(f.x, f.y));
+}
+
+// Inputs per chunk; a chunk is 128 weight bytes per row either way.
+template <MmaOperands OPS>
+struct Chunk {
+  static constexpr int kInputs = OPS == MmaOperands::Bf16W_SplitX ? 64 : 128;
+  static constexpr int kBytes = 128;
+};
+
+// grid (token passes, 16-row tiles), kwarps x 32 threads. TG token groups of 8 per pass.
+template <MmaOperands OPS, int TG>
+__global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs a) {
+  constexpr int CK = Chunk<OPS>::kInputs;
+  const int kw = static_cast<int>(blockDim.x >> 5);
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
+  const int g = lane >> 2, q = lane & 3;
+  const int tile = static_cast<int>(blockIdx.y);
+  const int tok0 = static_cast<int>(blockIdx.x) * TG * 8;
+  const int row0 = tile * 16 + g, row1 = row0 + 8;
+  // Rows past n load row n - 1 (their results are not written).
+  const uint8_t* w0 = a.w + static_cast<int64_t>(min(row0, a.n - 1)) * a.row_bytes + q * 32;
+  const uint8_t* w1 = a.w + static_cast<int64_t>(min(row1, a.n - 1)) * a.row_bytes + q * 32;
+  const int64_t group = static_cast<int64_t>(tile) * 16 / a.group_rows;
+  const int nc = a.k / CK;
+  const int c0 = warp * nc / kw, c1 = (warp + 1) * nc / kw;
+  // Groups holding at least one token (uniform over the block).
+  const int groups = min(TG, (a.M - tok0 + 7) / 8);
+
+  // This lane's B column (token tok0 + 8t + g) of each group.
+  const float* xr[TG];
+  const uint8_t* xqr[TG];
+#pragma unroll
+  for (int t = 0; t < TG; ++t) {
+    const int tb = tok0 + t * 8 + g;
+    xr[t] = nullptr;
+    xqr[t] = nullptr;
+    if (tb < a.M) {
+      if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
+        xqr[t] = a.xq + static_cast<int64_t>(tb) * a.k + q * 32;
+      } else {
+        xr[t] = a.x + static_cast<int64_t>(tb) * a.ldx + group * a.x_group_stride + q * (CK / 4);
+      }
+    }
+  }
+
+  float acc[TG][4];
+#pragma unroll
+  for (int t = 0; t < TG; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+
+  uint4 cur[4];
+  if (c0 < c1) {
+    const int64_t off = static_cast<int64_t>(c0) * Chunk<OPS>::kBytes;
+    cur[0] = ld_weight(w0 + off), cur[1] = ld_weight(w0 + off + 16);
+    cur[2] = ld_weight(w1 + off), cur[3] = ld_weight(w1 + off + 16);
+  }
+  for (int c = c0; c < c1; ++c) {
+    uint4 nxt[4];
+    if (c + 1 < c1) {
+      const int64_t off = static_cast<int64_t>(c + 1) * Chunk<OPS>::kBytes;
+      nxt[0] = ld_weight(w0 + off), nxt[1] = ld_weight(w0 + off + 16);
+      nxt[2] = ld_weight(w1 + off), nxt[3] = ld_weight(w1 + off + 16);
+    }
+    const uint32_t r0w[8] = {cur[0].x, cur[0].y, cur[0].z, cur[0].w, cur[1].x, cur[1].y, cur[1].z, cur[1].w};
+    const uint32_t r1w[8] = {cur[2].x, cur[2].y, cur[2].z, cur[2].w, cur[3].x, cur[3].y, cur[3].z, cur[3].w};
+    if constexpr (OPS == MmaOperands::Bf16W_SplitX) {
+#pragma unroll
+      for (int t = 0; t < TG; ++t) {
+        if (t >= groups) break;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + 4 * j)) : make_float4(0, 0, 0, 0);
+          uint32_t b0[3], b1[3];
+          split_pair(xv.x, xv.y, b0);
+          split_pair(xv.z, xv.w, b1);
+          mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[0], b1[0], acc[t]);
+          if (a.terms > 1) {
+            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[1], b1[1], acc[t]);
+            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[2], b1[2], acc[t]);
+          }
+        }
+      }
+    } else if constexpr (OPS == MmaOperands::Fp8W_SplitX) {
+      uint32_t a0[8], a1[8], a2[8], a3[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        a0[j] = e4m3x2_to_bf16x2(r0w[j], 0);
+        a2[j] = e4m3x2_to_bf16x2(r0w[j], 1);
+        a1[j] = e4m3x2_to_bf16x2(r1w[j], 0);
+        a3[j] = e4m3x2_to_bf16x2(r1w[j], 1);
+      }
+      const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
+#pragma unroll
+      for (int t = 0; t < TG; ++t) {
+        if (t >= groups) break;
+        float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + 4 * j)) : make_float4(0, 0, 0, 0);
+          uint32_t b0[3], b1[3];
+          split_pair(xv.x, xv.y, b0);
+          split_pair(xv.z, xv.w, b1);
+          mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[0], b1[0], blk);
+          if (a.terms > 1) {
+            mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[1], b1[1], blk);
+            mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[2], b1[2], blk);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[t][i] = __fmaf_rn(blk[i], ws, acc[t][i]);
+      }
+    } else {  // Fp8W_Fp8X
+      const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
+#pragma unroll
+      for (int t = 0; t < TG; ++t) {
+        if (t >= groups) break;
+        uint4 xa = make_uint4(0, 0, 0, 0), xb = make_uint4(0, 0, 0, 0);
+        if (xqr[t]) {
+          xa = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK));
+          xb = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK + 16));
+        }
+        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          mma_e4m3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xw[2 * j], xw[2 * j + 1], blk);
+        // Columns 2q, 2q + 1 of the group: their tokens' activation scales of this block.
+        const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
+        const float s0 = tc0 < a.M ? __fmul_rn(a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0], ws) : 0.0f;
+        const float s1 = tc1 < a.M ? __fmul_rn(a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1], ws) : 0.0f;
+        acc[t][0] = __fmaf_rn(blk[0], s0, acc[t][0]);
+        acc[t][1] = __fmaf_rn(blk[1], s1, acc[t][1]);
+        acc[t][2] = __fmaf_rn(blk[2], s0, acc[t][2]);
+        acc[t][3] = __fmaf_rn(blk[3], s1, acc[t][3]);
+      }
+    }
+    if (c + 1 < c1) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cur[i] = nxt[i];
+    }
+  }
+
+  // The warps' partial sums, added in warp order by warp 0, group by group.
+  __shared__ float part[kMaxKWarps - 1][4][32];
+#pragma unroll
+  for (int t = 0; t < TG; ++t) {
+    if (t >= groups) break;
+    float v[4] = {acc[t][0], acc[t][1], acc[t][2], acc[t][3]};
+    if (kw > 1) {
+      if (warp > 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[warp - 1][i][lane] = v[i];
+      }
+      __syncthreads();
+      if (warp == 0) {
+        for (int w = 1; w < kw; ++w) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) v[i] = __fadd_rn(v[i], part[w - 1][i][lane]);
+        }
+      }
+      __syncthreads();
+    }
+    if (warp == 0) {
+      if (a.round) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
+      }
+      const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
+      if (tc0 < a.M) {
+        float* yr = a.y + static_cast<int64_t>(tc0) * a.ldy;
+        if (row0 < a.n) yr[row0] = v[0];
+        if (row1 < a.n) yr[row1] = v[2];
+      }
+      if (tc1 < a.M) {
+        float* yr = a.y + static_cast<int64_t>(tc1) * a.ldy;
+        if (row0 < a.n) yr[row0] = v[1];
+        if (row1 < a.n) yr[row1] = v[3];
+      }
+    }
+  }
+}
+
+template <MmaOperands OPS>
+void launch_ops(int tg, dim3 grid, dim3 block, const KernelArgs& k, cudaStream_t st) {
+  switch (tg) {
+    case 1: mma_linear_kernel<OPS, 1><<<grid, block, 0, st>>>(k); break;
+    case 2: mma_linear_kernel<OPS, 2><<<grid, block, 0, st>>>(k); break;
+    case 4: mma_linear_kernel<OPS, 4><<<grid, block, 0, st>>>(k); break;
+    default: mma_linear_kernel<OPS, 8><<<grid, block, 0, st>>>(k); break;
+  }
+}
+
+}  // namespace
+
+bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops) {
+  if (n < 1 || n >= (int64_t{1} << 20) || k < 1 || k >= (int64_t{1} << 30)) return false;
+  if (scheme == SchemeKind::BF16) {
+    if (k % 64 != 0) return false;
+    *ops = MmaOperands::Bf16W_SplitX;
+    return true;
+  }
+  if (scheme == SchemeKind::FP8Block) {
+    if (block_k != 128 || block_n < 16 || block_n % 16 != 0 || k % 128 != 0) return false;
+    *ops = fp8_input ? MmaOperands::Fp8W_Fp8X : MmaOperands::Fp8W_SplitX;
+    return true;
+  }
+  return false;
+}
+
+MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16) {
+  MmaPlan p;
+  p.ops = ops;
+  p.round_bf16 = round_bf16;
+  const int64_t tiles = (n + 15) / 16, chunks = k / (ops == MmaOperands::Bf16W_SplitX ? 64 : 128);
+  const int64_t want = int64_t{16} * std::max(sms, 1);
+  while (p.kwarps < kMaxKWarps && tiles * p.kwarps < want && chunks >= 4 * p.kwarps) p.kwarps *= 2;
+  return p;
+}
+
+std::string mma_describe(const MmaPlan& p) {
+  const char* what = p.ops == MmaOperands::Bf16W_SplitX  ? "bf16 w x bf16"
+                     : p.ops == MmaOperands::Fp8W_SplitX ? "e4m3 w (as bf16) x bf16"
+                                                         : "e4m3 w x e4m3 act_quant";
+  return fmt::format("mma.sync {}{} kwarps={}{}", what,
+                     p.ops == MmaOperands::Fp8W_Fp8X ? "" : fmt::format(" x{} terms", p.terms), p.kwarps,
+                     p.round_bf16 ? " bf16 out" : "");
+}
+
+void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream) {
+  const LinearParams& p = *a.p;
+  if (a.M < 1 || !(a.group_rows == p.n || (a.group_rows > 0 && a.group_rows % 16 == 0)))
+    fail(ErrorKind::Usage, "mma linear: M = {} or group rows {} out of range", a.M, a.group_rows);
+  KernelArgs k{};
+  k.w = static_cast<const uint8_t*>(p.w);
+  k.row_bytes = int64_t{p.kc} * 16;
+  k.ws = static_cast<const float*>(p.scale);
+  k.ws_ld = p.scale_ld;
+  k.block_n = p.block_n;
+  k.n = static_cast<int>(p.n);
+  k.k = static_cast<int>(a.k);
+  k.x = a.x;
+  k.ldx = a.ldx;
+  k.xq = a.xq;
+  k.xs = a.xs;
+  k.xs_ld = a.xs_ld;
+  k.group_rows = a.group_rows;
+  k.x_group_stride = a.x_group_stride;
+  k.M = a.M;
+  k.y = a.y;
+  k.ldy = a.ldy;
+  k.terms = plan.terms;
+  k.round = plan.round_bf16;
+  const int tg = a.M <= 8 ? 1 : a.M <= 16 ? 2 : a.M <= 32 ? 4 : 8;
+  const dim3 grid(static_cast<unsigned>((a.M + tg * 8 - 1) / (tg * 8)), static_cast<unsigned>((p.n + 15) / 16));
+  const dim3 block(static_cast<unsigned>(plan.kwarps * 32));
+  switch (plan.ops) {
+    case MmaOperands::Bf16W_SplitX: launch_ops<MmaOperands::Bf16W_SplitX>(tg, grid, block, k, stream); break;
+    case MmaOperands::Fp8W_SplitX: launch_ops<MmaOperands::Fp8W_SplitX>(tg, grid, block, k, stream); break;
+    case MmaOperands::Fp8W_Fp8X: launch_ops<MmaOperands::Fp8W_Fp8X>(tg, grid, block, k, stream); break;
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kiln::ops::cuda::detail

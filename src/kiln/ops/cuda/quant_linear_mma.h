@@ -1,0 +1,74 @@
+// Internal to the CUDA linear layers: the batch-invariant tensor-core products of the
+// `deepseek` precision (ops/linear_numerics.h) over a prepared BF16 or FP8-block weight
+// (QuantLinearImpl's row layout, quant_linear_detail.h), one kernel for every row count.
+//
+// Operands, by the weight and what the layer does to its input:
+//   Bf16W_SplitX  bf16 weight; the fp32 input is split into `terms` bf16 values whose sum
+//                 is the input (3 terms: exactly, for every normal fp32 value; 1 term: the
+//                 input rounded to bf16), so every product is exact in fp32;
+//   Fp8W_SplitX   fp8_block weight (e4m3 codes, exact in bf16) times the split input, each
+//                 128-input block's sum scaled by the weight's block scale into the output;
+//   Fp8W_Fp8X     fp8_block weight times the input as act_quant's e4m3 codes (DeepSeek's FP8
+//                 GEMM): each 128-input block's sum times (activation scale x weight scale).
+//
+// Batch invariance: every output element is one fixed sequence of mma.sync steps over its
+// inputs (the weight's rows on the mma's M side, tokens on its N side, 8 per group, so
+// a token's column never meets another token's), split over `kwarps` warps in contiguous
+// input ranges whose sums are added in warp order. `kwarps` depends on the weight's shape
+// and the GPU only; the tokens per launch change nothing in any sum.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "kiln/ops/cuda/quant_linear_detail.h"
+
+namespace kiln::ops::cuda::detail {
+
+enum class MmaOperands : uint8_t { Bf16W_SplitX, Fp8W_SplitX, Fp8W_Fp8X };
+
+struct MmaPlan {
+  MmaOperands ops = MmaOperands::Bf16W_SplitX;
+  int terms = 3;        // bf16 terms of the input (SplitX operands): 1 or 3
+  int kwarps = 1;       // warps splitting the inputs of one 16-row tile: 1, 2, 4 or 8
+  bool round_bf16 = false;  // outputs rounded to bf16 (nearest even) as they are written
+};
+
+// Whether the tensor-core path takes a weight of this scheme and shape; sets `ops`.
+//   BF16: k a multiple of 64. FP8Block: 128-input blocks (block_k 128), block_n a multiple
+//   of 16, k a multiple of 128; fp8_input picks Fp8W_Fp8X over Fp8W_SplitX.
+// n must be below 2^20 (tiles along grid.y).
+bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops);
+
+// The plan of a supported weight on a GPU with `sms` multiprocessors: warps per tile so
+// that one token's launch has about 8 warps per multiprocessor.
+MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16);
+
+// "mma bf16 x3 kwarps=4" etc.
+std::string mma_describe(const MmaPlan& plan);
+
+// Operands of one launch. Rows [g * group_rows, (g + 1) * group_rows) of the weight read x
+// + g * x_group_stride (a plain product: group_rows = n, x_group_stride = 0); group_rows is
+// a multiple of 16.
+struct MmaArgs {
+  const LinearParams* p = nullptr;  // the prepared weight (w, scale, scale_ld, block_n, n, kc)
+  int64_t k = 0;
+  // SplitX: fp32 x [M, k], rows ldx floats apart (ldx and x_group_stride multiples of 4,
+  // x 16-byte aligned). Fp8W_Fp8X: e4m3 codes xq [M, k] (rows k bytes apart) and scales
+  // xs [k / 128, xs_ld] (MN-major, act_quant's ActScaleLayout{1, xs_ld}).
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const uint8_t* xq = nullptr;
+  const float* xs = nullptr;
+  int64_t xs_ld = 0;
+  int64_t group_rows = 0, x_group_stride = 0;
+  int M = 0;
+  float* y = nullptr;  // fp32 [M, n], rows ldy floats apart
+  int64_t ldy = 0;
+};
+
+void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream);
+
+}  // namespace kiln::ops::cuda::detail

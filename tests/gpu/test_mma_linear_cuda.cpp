@@ -1,0 +1,177 @@
+// The batch-invariant tensor-core linears of the `deepseek` precision
+// (ops/cuda/quant_linear_mma.h) in every role DeepSeek's code gives a layer (the
+// checkpoint's dtype, bf16, fp32: ops/linear_numerics.h) on bf16 and fp8_block weights:
+//  - the plan says the tensor-core kernel was bound;
+//  - against fp64 sums over the input the CPU would use (act_quant's values for an FP8
+//    input, the fp32 input itself otherwise) and the dequantized weight: fp32 inputs are
+//    carried exactly (three bf16 terms), so without output rounding the error is fp32
+//    summation only; with it, the bf16 rounding of the output;
+//  - every row of an M-row call (M up to 80: one to ten token groups, two passes) bitwise
+//    equal to the row called alone;
+//  - the grouped form (wo_a) per group against fp64, and batch-invariant.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kiln/ops/act_quant.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/linear_numerics.h"
+#include "kiln/ops/quant_linear.h"
+#include "quant_linear_cases.h"
+
+namespace kiln {
+namespace {
+
+using ops::test_linear::DevBuf;
+using ops::test_linear::LoadedCase;
+using ops::test_linear::one_of_each_scheme;
+
+constexpr int kMaxM = 80;
+
+std::vector<float> random_rows(int64_t M, int64_t K, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(M * K));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);
+  return x;
+}
+
+std::vector<float> download(const float* d, size_t n) {
+  std::vector<float> h(n);
+  KILN_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+void upload(float* d, const std::vector<float>& h) {
+  KILN_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void poison(float* d, size_t n) { upload(d, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN())); }
+
+struct Bound {
+  double rel_out;  // times |ref| (output rounding)
+  double rel_l1;   // times sum |x w| (summation)
+};
+
+// |got - ref| <= b.rel_out |ref| + b.rel_l1 sum|x w| for output o of row m, where row m of x
+// (ldx apart, k inputs from x0) multiplies weight row o. Returns the worst error / sum|x w|.
+double check_rows(const std::vector<float>& got, int64_t ldy, const std::vector<float>& x, int64_t ldx, int64_t x0,
+                  int64_t x_group_stride, int64_t group_rows, const std::vector<float>& W, int64_t n, int64_t k, int M,
+                  Bound b) {
+  double worst = 0;
+  for (int m = 0; m < M; ++m) {
+    for (int64_t o = 0; o < n; ++o) {
+      const float* xr = x.data() + m * ldx + x0 + (o / group_rows) * x_group_stride;
+      double ref = 0, l1 = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const double p = static_cast<double>(xr[i]) * W[static_cast<size_t>(o * k + i)];
+        ref += p;
+        l1 += std::fabs(p);
+      }
+      const double g = got[static_cast<size_t>(m * ldy + o)];
+      EXPECT_TRUE(std::isfinite(g)) << "row " << m << " col " << o;
+      const double err = std::fabs(g - ref);
+      worst = std::max(worst, err / (l1 + 1e-30));
+      if (!(err <= b.rel_out * std::fabs(ref) + b.rel_l1 * l1 + 1e-30)) {
+        ADD_FAILURE() << "row " << m << " col " << o << ": gpu " << g << " fp64 " << ref << " sum|xw| " << l1;
+        return worst;
+      }
+    }
+  }
+  return worst;
+}
+
+struct Role {
+  const char* name;
+  ops::LinearRole role;
+};
+
+TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
+  const Role roles[] = {{"quantized", ops::LinearRole::Quantized}, {"bf16", ops::LinearRole::Bf16},
+                        {"fp32", ops::LinearRole::Fp32}};
+  // 200 x 4096: a partial 16-row tile, many warps per tile; 1040 x 512: many tiles.
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{200, 4096}, {1040, 512}}) {
+    for (const auto& c : one_of_each_scheme(n, k, 5)) {
+      if (c.label != "bf16" && c.label != "fp8_block") continue;
+      LoadedCase lc(c);
+      for (const Role& r : roles) {
+        SCOPED_TRACE(c.label + " " + r.name + " " + std::to_string(n) + "x" + std::to_string(k));
+        const auto num = ops::linear_numerics(ops::Precision::DeepSeek, r.role, lc.plan.scheme.kind);
+        auto q = ops::cuda::QuantLinear::prepare(lc.host, kMaxM, num);
+        const std::string plan = q.describe(1);
+        std::printf("[mma linear] %-9s %-9s %4lldx%-4lld %s\n", c.label.c_str(), r.name, static_cast<long long>(n),
+                    static_cast<long long>(k), plan.c_str());
+        ASSERT_NE(plan.find("mma.sync"), std::string::npos) << plan;
+        ASSERT_EQ(plan, q.describe(kMaxM)) << "one kernel for every M";
+        const auto x = random_rows(kMaxM, k, 17);
+        std::vector<float> xin = x;
+        if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxM, k, xin.data(), k);
+        DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
+        upload(dx.p, x);
+        std::vector<float> alone(static_cast<size_t>(kMaxM * n));
+        for (int m = 0; m < kMaxM; ++m) {
+          poison(dy.p, static_cast<size_t>(n));
+          q.forward(dx.p + m * k, k, 1, dy.p, n, nullptr);
+          const auto row = download(dy.p, static_cast<size_t>(n));
+          std::copy(row.begin(), row.end(), alone.begin() + m * n);
+        }
+        // FP8 x FP8: the tensor core's sums of e4m3 products (DeepSeek's 2^-6 budget for
+        // its FP8 GEMM); bf16 output: its rounding; fp32 in and out: fp32 sums only.
+        const Bound b = num.input == ops::LinearInput::Fp8Block ? Bound{0x1p-8, 0x1p-10}
+                        : num.bf16_output                        ? Bound{0x1p-8, 0x1p-17}
+                                                                 : Bound{0.0, 0x1p-17};
+        const double worst = check_rows(alone, n, xin, k, 0, 0, n, lc.W, n, k, kMaxM, b);
+        std::printf("[mma linear] %-9s %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), r.name, worst);
+        for (int M : {2, 7, 8, 9, 33, 64, 65, 80}) {
+          poison(dy.p, static_cast<size_t>(M * n));
+          q.forward(dx.p, k, M, dy.p, n, nullptr);
+          const auto y = download(dy.p, static_cast<size_t>(M * n));
+          EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0)
+              << "M = " << M << ": rows differ from each row alone";
+        }
+      }
+    }
+  }
+}
+
+// wo_a's form: groups of rows, each reading its own slice of x.
+TEST(MmaLinear, GroupedProductMatchesFp64AndIsBatchInvariant) {
+  const int64_t groups = 4, rows = 128, n = groups * rows, k = 512;
+  for (const auto& c : one_of_each_scheme(n, k, 9)) {
+    if (c.label != "bf16" && c.label != "fp8_block") continue;
+    SCOPED_TRACE(c.label);
+    LoadedCase lc(c);
+    const auto num = ops::linear_numerics(ops::Precision::DeepSeek, ops::LinearRole::Bf16, lc.plan.scheme.kind);
+    auto q = ops::cuda::QuantLinear::prepare(lc.host, kMaxM, num);
+    ASSERT_NE(std::string(q.describe(1)).find("mma.sync"), std::string::npos) << q.describe(1);
+    const int64_t ldx = groups * k + 4;  // padded rows
+    const auto x = random_rows(kMaxM, ldx, 23);
+    DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
+    upload(dx.p, x);
+    std::vector<float> alone(static_cast<size_t>(kMaxM * n));
+    for (int m = 0; m < kMaxM; ++m) {
+      poison(dy.p, static_cast<size_t>(n));
+      q.forward_grouped(dx.p + m * ldx, ldx, k, 1, static_cast<int>(groups), dy.p, n, nullptr);
+      const auto row = download(dy.p, static_cast<size_t>(n));
+      std::copy(row.begin(), row.end(), alone.begin() + m * n);
+    }
+    const double worst = check_rows(alone, n, x, ldx, 0, k, rows, lc.W, n, k, kMaxM, {0x1p-8, 0x1p-17});
+    std::printf("[mma linear] grouped %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), worst);
+    for (int M : {3, 8, 17, 80}) {
+      poison(dy.p, static_cast<size_t>(M * n));
+      q.forward_grouped(dx.p, ldx, k, M, static_cast<int>(groups), dy.p, n, nullptr);
+      const auto y = download(dy.p, static_cast<size_t>(M * n));
+      EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0) << "M = " << M;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kiln
