@@ -20,6 +20,7 @@
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/quant_linear.h"
+#include "linear_rows.h"
 #include "quant_linear_cases.h"
 
 namespace kiln {
@@ -29,28 +30,6 @@ using namespace gpu_test;
 using ops::test_linear::DevBuf;
 using ops::test_linear::LoadedCase;
 using ops::test_linear::one_of_each_scheme;
-
-std::vector<float> random_rows(int64_t M, int64_t K, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(M * K));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);  // some outliers per block
-  return x;
-}
-
-std::vector<float> download(const float* d, size_t n) {
-  std::vector<float> h(n);
-  KILN_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
-  return h;
-}
-
-void upload(float* d, const std::vector<float>& h) {
-  KILN_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-}
-
-void poison(float* d, size_t n) {
-  upload(d, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
-}
 
 bool same_bits(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, static_cast<size_t>(n) * 4) == 0; }
 
@@ -94,14 +73,8 @@ TEST(GpuPrecision, LinearsInDeepSeekNumericsMatchTheCpuAndAreBatchInvariant) {
       if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxM, k, xq.data(), k);
       DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
       upload(dx.p, x);
-      // Each row alone.
-      std::vector<float> alone(static_cast<size_t>(kMaxM * n));
-      for (int m = 0; m < kMaxM; ++m) {
-        poison(dy.p, static_cast<size_t>(n));
-        q.forward(dx.p + m * k, k, 1, dy.p, n, nullptr);
-        const auto r = download(dy.p, static_cast<size_t>(n));
-        std::copy(r.begin(), r.end(), alone.begin() + m * n);
-      }
+      const auto alone =
+          each_row_alone(kMaxM, n, dy.p, [&](int m, float* y) { q.forward(dx.p + m * k, k, 1, y, n, nullptr); });
       // Against fp64 sums: |err| <= 2^-6 sum |xq w| (the FP8 tensor core's truncated sums, the
       // bf16 output rounding) and well below what a wrong kernel gives.
       double worst = 0;

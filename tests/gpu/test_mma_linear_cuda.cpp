@@ -24,36 +24,18 @@
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/linear_numerics.h"
 #include "kiln/ops/quant_linear.h"
+#include "linear_rows.h"
 #include "quant_linear_cases.h"
 
 namespace kiln {
 namespace {
 
+using namespace gpu_test;
 using ops::test_linear::DevBuf;
 using ops::test_linear::LoadedCase;
 using ops::test_linear::one_of_each_scheme;
 
 constexpr int kMaxM = 80;
-
-std::vector<float> random_rows(int64_t M, int64_t K, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(M * K));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);
-  return x;
-}
-
-std::vector<float> download(const float* d, size_t n) {
-  std::vector<float> h(n);
-  KILN_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
-  return h;
-}
-
-void upload(float* d, const std::vector<float>& h) {
-  KILN_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-}
-
-void poison(float* d, size_t n) { upload(d, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN())); }
 
 struct Bound {
   double rel_out;  // times |ref| (output rounding)
@@ -115,13 +97,8 @@ TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
         if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxM, k, xin.data(), k);
         DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
         upload(dx.p, x);
-        std::vector<float> alone(static_cast<size_t>(kMaxM * n));
-        for (int m = 0; m < kMaxM; ++m) {
-          poison(dy.p, static_cast<size_t>(n));
-          q.forward(dx.p + m * k, k, 1, dy.p, n, nullptr);
-          const auto row = download(dy.p, static_cast<size_t>(n));
-          std::copy(row.begin(), row.end(), alone.begin() + m * n);
-        }
+        const auto alone =
+            each_row_alone(kMaxM, n, dy.p, [&](int m, float* y) { q.forward(dx.p + m * k, k, 1, y, n, nullptr); });
         // FP8 x FP8: the tensor core's sums of e4m3 products (DeepSeek's 2^-6 budget for
         // its FP8 GEMM); bf16 output: its rounding; fp32 in and out: fp32 sums only.
         const Bound b = num.input == ops::LinearInput::Fp8Block ? Bound{0x1p-8, 0x1p-10}
@@ -155,13 +132,9 @@ TEST(MmaLinear, GroupedProductMatchesFp64AndIsBatchInvariant) {
     const auto x = random_rows(kMaxM, ldx, 23);
     DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
     upload(dx.p, x);
-    std::vector<float> alone(static_cast<size_t>(kMaxM * n));
-    for (int m = 0; m < kMaxM; ++m) {
-      poison(dy.p, static_cast<size_t>(n));
-      q.forward_grouped(dx.p + m * ldx, ldx, k, 1, static_cast<int>(groups), dy.p, n, nullptr);
-      const auto row = download(dy.p, static_cast<size_t>(n));
-      std::copy(row.begin(), row.end(), alone.begin() + m * n);
-    }
+    const auto alone = each_row_alone(kMaxM, n, dy.p, [&](int m, float* y) {
+      q.forward_grouped(dx.p + m * ldx, ldx, k, 1, static_cast<int>(groups), y, n, nullptr);
+    });
     const double worst = check_rows(alone, n, x, ldx, 0, k, rows, lc.W, n, k, kMaxM, {0x1p-8, 0x1p-17});
     std::printf("[mma linear] grouped %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), worst);
     for (int M : {3, 8, 17, 80}) {

@@ -284,7 +284,7 @@ void launch_ops(int tg, dim3 grid, dim3 block, const KernelArgs& k, cudaStream_t
 }  // namespace
 
 bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops) {
-  if (n < 1 || n >= (int64_t{1} << 20) || k < 1 || k >= (int64_t{1} << 30)) return false;
+  if (n < 1 || n > int64_t{65535} * 16 || k < 1 || k >= (int64_t{1} << 30)) return false;
   if (scheme == SchemeKind::BF16) {
     if (k % 64 != 0) return false;
     *ops = MmaOperands::Bf16W_SplitX;

@@ -39,7 +39,7 @@ struct MmaPlan {
 // Whether the tensor-core path takes a weight of this scheme and shape; sets `ops`.
 //   BF16: k a multiple of 64. FP8Block: 128-input blocks (block_k 128), block_n a multiple
 //   of 16, k a multiple of 128; fp8_input picks Fp8W_Fp8X over Fp8W_SplitX.
-// n must be below 2^20 (tiles along grid.y).
+// n must be at most 65535 x 16 (tiles along grid.y).
 bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops);
 
 // The plan of a supported weight on a GPU with `sms` multiprocessors: warps per tile so
