@@ -105,14 +105,14 @@ TEST(GpuPrecision, LinearsInDeepSeekNumericsMatchTheCpuAndAreBatchInvariant) {
   }
 }
 
-// The expert set in deepseek numerics (mxfp4: the grouped tensor-core kernel; the others:
-// act_fake_quant + the indexed CUDA-core kernels): each pair against fp64 sums over the
-// CPU's quantized input (x_div 1 and 2), and a pair's result independent of how many pairs
-// share the launch.
+// The expert set in deepseek numerics (the grouped tensor-core kernels of moe_grouped.h:
+// mxfp4 and fp8_block on FP8 input, int4 and nvfp4 on the bf16 input in three terms): each
+// pair against fp64 sums over the CPU's input (act_quant's values for the FP8 kinds; x_div 1
+// and 2), and a pair's result independent of how many pairs share the launch.
 TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
   constexpr int kE = 4, kMaxP = 48;
   const int64_t n = 256, k = 512;
-  for (const char* scheme : {"mxfp4", "fp8_block", "int4 asym"}) {
+  for (const char* scheme : {"mxfp4", "fp8_block", "int4 asym", "nvfp4"}) {
     SCOPED_TRACE(scheme);
     std::vector<std::unique_ptr<LoadedCase>> cases;
     std::vector<HostQuantLinear> views;
@@ -160,13 +160,8 @@ TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
       }
       std::printf("[deepseek experts] %-10s x_div %d worst |err| / sum|x w| = %.2e\n", scheme, x_div, worst);
     }
-    std::vector<float> alone(static_cast<size_t>(kMaxP * n));
-    for (int i = 0; i < kMaxP; ++i) {
-      poison(dy.p, static_cast<size_t>(n));
-      set.forward_indexed(dx.p + i * k, k, 1, did.p + i, 1, dy.p, n, nullptr);
-      const auto r = download(dy.p, static_cast<size_t>(n));
-      std::copy(r.begin(), r.end(), alone.begin() + i * n);
-    }
+    const auto alone = each_row_alone(
+        kMaxP, n, dy.p, [&](int i, float* y) { set.forward_indexed(dx.p + i * k, k, 1, did.p + i, 1, y, n, nullptr); });
     for (int P : {2, 6, 24, 48}) {
       poison(dy.p, static_cast<size_t>(P * n));
       set.forward_indexed(dx.p, k, 1, did.p, P, dy.p, n, nullptr);

@@ -1,9 +1,11 @@
 // The host side of GroupedExperts (moe_grouped.h): validation, the repacking fills, dispatch.
 #include "kiln/ops/cuda/moe_grouped.h"
 
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "kiln/core/codecs.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
@@ -14,6 +16,10 @@ namespace detail {
 void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
+void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc, const uint8_t* zp, const float* global,
+                                 int count, int n, int k, int group, const float* x, int64_t ldx, int x_div,
+                                 const int32_t* expert, int P, float* y, int64_t ldy, int32_t* order, int32_t* meta,
+                                 cudaStream_t stream);  // moe_grouped.cu
 }  // namespace detail
 
 namespace {
@@ -29,22 +35,137 @@ DeviceUploader::Fill fill_of(F byte_at) {
 }  // namespace
 
 struct GroupedExpertsImpl {
-  bool fp4 = true;  // MXFP4, else FP8 (128 x 128 blocks)
-  int count = 0, max_pairs = 0;
+  SchemeKind scheme = SchemeKind::MXFP4;  // MXFP4, FP8Block (128 x 128), NVFP4 or Int4Group
+  bool fp4 = true;                        // MXFP4
+  int count = 0, max_pairs = 0, group = 0;  // group: int4's inputs per scale
   int64_t n = 0, k = 0;
-  detail::DeviceBuffer w, sc;
+  detail::DeviceBuffer w, sc, zp, global;   // zp: int4 with zero points; global: NVFP4 [count]
 };
+
+namespace {
+
+// NVFP4 / int4 experts (layouts in moe_grouped.cu): validation, allocation, repacking fills.
+void prepare_bf16_kinds(const HostQuantLinear* weights, GroupedExpertsImpl& d, DeviceUploader* up) {
+  const bool nv = d.scheme == SchemeKind::NVFP4;
+  const int64_t n = d.n, k = d.k, C = k / 64, steps = k / 16;
+  d.group = nv ? 16 : static_cast<int>(weights[0].block_k);
+  const int64_t G = k / d.group;
+  const bool zps = !nv && weights[0].zero_point.size != 0;
+  const int64_t ew = n * k / 2, es = nv ? n * steps : n * G * 4, ez = zps ? n * G : 0;
+  for (int e = 0; e < d.count; ++e) {
+    const HostQuantLinear& w = weights[e];
+    const DType wdt = nv ? DType::U8 : DType::I32;
+    if (w.weight_dtype != wdt)
+      fail_invalid("{}: weight is {}, expected {}", w.name, dtype_name(w.weight_dtype), dtype_name(wdt));
+    const bool scale_ok = nv ? w.scale_dtype == DType::F8_E4M3
+                             : (w.scale_dtype == DType::BF16 || w.scale_dtype == DType::F16 || w.scale_dtype == DType::F32);
+    if (!scale_ok)
+      fail_invalid("{}: scale is {}, not a scale dtype of {}", w.name, dtype_name(w.scale_dtype), scheme_kind_name(w.scheme));
+    if (static_cast<int64_t>(w.weight.size) != ew)
+      fail_invalid("{}: weight holds {} bytes, expected {} for [{}, {}] {}", w.name, w.weight.size, ew, n, k,
+                   scheme_kind_name(w.scheme));
+    const int64_t scols = nv ? steps : G;
+    if (w.scale_rows != n || w.scale_cols != scols ||
+        static_cast<int64_t>(w.scale.size) != n * scols * static_cast<int64_t>(dtype_size(w.scale_dtype)))
+      fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
+                   n, scols);
+    if (zps && static_cast<int64_t>(w.zero_point.size) != (n + 7) / 8 * G * 4)
+      fail_invalid("{}: zero point holds {} bytes, expected {} ([{}, {}] I32)", w.name, w.zero_point.size,
+                   (n + 7) / 8 * G * 4, (n + 7) / 8, G);
+  }
+  d.w = detail::DeviceBuffer(static_cast<size_t>(ew * d.count));
+  d.sc = detail::DeviceBuffer(static_cast<size_t>(es * d.count));
+  if (zps) d.zp = detail::DeviceBuffer(static_cast<size_t>(ez * d.count));
+  if (nv) {
+    std::vector<float> g(static_cast<size_t>(d.count));
+    for (int e = 0; e < d.count; ++e) g[static_cast<size_t>(e)] = weights[e].global;
+    d.global = detail::DeviceBuffer(g.size() * sizeof(float));
+    d.global.upload(g.data(), g.size() * sizeof(float));
+  }
+  std::vector<detail::PendingUpload> uploads;
+  for (int e = 0; e < d.count; ++e) {
+    const HostQuantLinear& hw = weights[e];
+    const std::byte* wsrc = hw.weight.data;
+    const std::byte* ssrc = hw.scale.data;
+    // Both store two 4-bit codes per byte along k, the lower input in the low nibble (int4's
+    // little-endian I32 words of eight codes are the same bytes).
+    auto wfill = fill_of([wsrc, C, k](uint64_t i) {
+      const uint64_t rec = i / 16, byte = i % 16, lane = rec % 32, c = (rec / 32) % static_cast<uint64_t>(C),
+                     tile = rec / (32 * static_cast<uint64_t>(C));
+      const uint64_t g = lane / 4, t = lane % 4, j = byte / 4;
+      uint32_t out = 0;
+      for (uint64_t h = 0; h < 2; ++h) {
+        const uint64_t nib = 2 * (byte % 4) + h, reg = nib / 2;  // a0 a1 a2 a3, two nibbles each
+        const uint64_t row = tile * 16 + g + (reg % 2 ? 8 : 0);
+        const uint64_t col = 16 * (4 * c + j) + 2 * t + (reg >= 2 ? 8 : 0) + nib % 2;
+        const auto src = static_cast<uint32_t>(wsrc[row * static_cast<uint64_t>(k / 2) + col / 2]);
+        out |= ((col % 2 ? src >> 4 : src) & 0xFu) << (4 * h);
+      }
+      return static_cast<std::byte>(out);
+    });
+    DeviceUploader::Fill sfill;
+    if (nv) {
+      sfill = fill_of([ssrc, steps](uint64_t i) {
+        const uint64_t r = i % 16, s = (i / 16) % static_cast<uint64_t>(steps),
+                       tile = i / (16 * static_cast<uint64_t>(steps));
+        return ssrc[(tile * 16 + r) * static_cast<uint64_t>(steps) + s];
+      });
+    } else {
+      const DType dt = hw.scale_dtype;
+      const size_t esz = dtype_size(dt);
+      sfill = [ssrc, G, dt, esz](uint64_t off, uint64_t len, std::byte* dst) {
+        for (uint64_t b = off; b < off + len; ++b) {
+          const uint64_t i = b / 4, r = i % 16, gi = (i / 16) % static_cast<uint64_t>(G),
+                         tile = i / (16 * static_cast<uint64_t>(G));
+          const float v = scale_to_f32(dt, ssrc + ((tile * 16 + r) * static_cast<uint64_t>(G) + gi) * esz);
+          dst[b - off] = reinterpret_cast<const std::byte*>(&v)[b % 4];
+        }
+      };
+    }
+    uploads.push_back({static_cast<std::byte*>(d.w.get()) + e * ew, static_cast<uint64_t>(ew), std::move(wfill),
+                       {wsrc, hw.weight.size}});
+    uploads.push_back({static_cast<std::byte*>(d.sc.get()) + e * es, static_cast<uint64_t>(es), std::move(sfill),
+                       {ssrc, hw.scale.size}});
+    if (zps) {
+      const std::byte* zsrc = hw.zero_point.data;
+      auto zfill = fill_of([zsrc, G](uint64_t i) {
+        const uint64_t r = i % 16, gi = (i / 16) % static_cast<uint64_t>(G), tile = i / (16 * static_cast<uint64_t>(G));
+        const uint64_t row = tile * 16 + r;
+        uint32_t zw;
+        std::memcpy(&zw, zsrc + 4 * ((row / 8) * static_cast<uint64_t>(G) + gi), 4);
+        return static_cast<std::byte>((zw >> (4 * (row % 8))) & 0xFu);
+      });
+      uploads.push_back({static_cast<std::byte*>(d.zp.get()) + e * ez, static_cast<uint64_t>(ez), std::move(zfill),
+                         {zsrc, hw.zero_point.size}});
+    }
+  }
+  detail::submit_uploads(uploads, up);
+}
+
+}  // namespace
+
 
 bool GroupedExperts::supports(const HostQuantLinear* weights, int count) {
   if (weights == nullptr || count < 1 || count > kMaxExperts) return false;
   const int64_t n = weights[0].n, k = weights[0].k;
   if (n <= 0 || k <= 0 || n % 16 != 0 || k % 128 != 0 || n >= (int64_t{1} << 30) || k >= (int64_t{1} << 20)) return false;
   const SchemeKind s0 = weights[0].scheme;
-  if (s0 != SchemeKind::MXFP4 && (s0 != SchemeKind::FP8Block || n % 128 != 0)) return false;
+  if (s0 != SchemeKind::MXFP4 && s0 != SchemeKind::NVFP4 && s0 != SchemeKind::Int4Group &&
+      (s0 != SchemeKind::FP8Block || n % 128 != 0))
+    return false;
   for (int e = 0; e < count; ++e) {
     const HostQuantLinear& w = weights[e];
     if (w.scheme != s0 || w.n != n || w.k != k) return false;
-    if (s0 == SchemeKind::MXFP4 ? w.block_k != 32 : (w.block_n != 128 || w.block_k != 128)) return false;
+    switch (s0) {
+      case SchemeKind::MXFP4: if (w.block_k != 32) return false; break;
+      case SchemeKind::NVFP4: if (w.block_k != 16) return false; break;
+      case SchemeKind::Int4Group:
+        if (w.block_k < 16 || w.block_k % 16 != 0 || k % w.block_k != 0 || w.block_k != weights[0].block_k ||
+            w.g_idx.size != 0 || (w.zero_point.size == 0) != (weights[0].zero_point.size == 0))
+          return false;
+        break;
+      default: if (w.block_n != 128 || w.block_k != 128) return false;
+    }
   }
   int dev = 0;
   cudaDeviceProp prop{};
@@ -54,8 +175,8 @@ bool GroupedExperts::supports(const HostQuantLinear* weights, int count) {
 
 GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count, int max_pairs, DeviceUploader* up) {
   if (!supports(weights, count))
-    fail_invalid("{}: the grouped FP8 expert kernel takes {} MXFP4 (n % 16) or FP8 128 x 128 (n % 128) experts of one "
-                 "[n, k] with k % 128 on sm_90",
+    fail_invalid("{}: the grouped expert kernels take {} MXFP4, NVFP4, int4 (groups of 16j, no act order; n % 16) or "
+                 "FP8 128 x 128 (n % 128) experts of one [n, k] with k % 128 on sm_90",
                  weights ? weights[0].name : "experts", count);
   if (max_pairs < 1 || max_pairs > (1 << 24)) fail(ErrorKind::Usage, "grouped experts: max_pairs = {}", max_pairs);
   auto impl = std::make_unique<GroupedExpertsImpl>();
@@ -64,7 +185,14 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
   d.max_pairs = max_pairs;
   d.n = weights[0].n;
   d.k = weights[0].k;
-  d.fp4 = weights[0].scheme == SchemeKind::MXFP4;
+  d.scheme = weights[0].scheme;
+  d.fp4 = d.scheme == SchemeKind::MXFP4;
+  if (!takes_fp8_input(d.scheme)) {
+    prepare_bf16_kinds(weights, d, up);
+    GroupedExperts out;
+    out.impl_ = std::move(impl);
+    return out;
+  }
   const int64_t n = d.n, k = d.k, S = k / 32, NB = k / 128;
   const int64_t ew = d.fp4 ? n * k / 2 : n * k, es = d.fp4 ? n * k / 32 : n / 128 * NB * 4;
   for (int e = 0; e < count; ++e) {
@@ -140,6 +268,8 @@ GroupedExperts::~GroupedExperts() = default;
 void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y,
                              int64_t ldy, int32_t* order, int32_t* meta, cudaStream_t stream) const {
   const GroupedExpertsImpl& d = *impl_;
+  if (!takes_fp8_input(d.scheme))
+    fail(ErrorKind::Usage, "grouped experts: {} experts take the bf16 input (forward_bf16)", scheme_kind_name(d.scheme));
   if (P < 1 || P > d.max_pairs) fail(ErrorKind::Usage, "grouped experts: P = {} is outside [1, {}]", P, d.max_pairs);
   if (x_div < 1 || ldy < d.n || !xq || !xs || !expert || !y || !order || !meta)
     fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldy {} for n {}, or a null pointer)", x_div, ldy,
@@ -149,8 +279,27 @@ void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, cons
                                  ldy, order, meta, stream);
 }
 
+void GroupedExperts::forward_bf16(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y,
+                                  int64_t ldy, int32_t* order, int32_t* meta, cudaStream_t stream) const {
+  const GroupedExpertsImpl& d = *impl_;
+  if (takes_fp8_input(d.scheme))
+    fail(ErrorKind::Usage, "grouped experts: {} experts take FP8 activations (forward)", scheme_kind_name(d.scheme));
+  if (P < 1 || P > d.max_pairs) fail(ErrorKind::Usage, "grouped experts: P = {} is outside [1, {}]", P, d.max_pairs);
+  if (x_div < 1 || ldy < d.n || ldx < d.k || ldx % 2 != 0 || reinterpret_cast<uintptr_t>(x) % 8 != 0 || !expert || !y ||
+      !order || !meta)
+    fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldx {} for k {}, ldy {} for n {}, or a null or "
+                           "misaligned pointer)", x_div, ldx, d.k, ldy, d.n);
+  detail::launch_grouped_experts_bf16(d.scheme == SchemeKind::NVFP4, static_cast<const uint8_t*>(d.w.get()),
+                                      static_cast<const uint8_t*>(d.sc.get()), static_cast<const uint8_t*>(d.zp.get()),
+                                      static_cast<const float*>(d.global.get()), d.count, static_cast<int>(d.n),
+                                      static_cast<int>(d.k), d.group, x, ldx, x_div, expert, P, y, ldy, order, meta, stream);
+}
+
+bool GroupedExperts::fp8_input() const { return takes_fp8_input(impl_->scheme); }
 int64_t GroupedExperts::n() const { return impl_->n; }
 int64_t GroupedExperts::k() const { return impl_->k; }
-int64_t GroupedExperts::device_bytes() const { return static_cast<int64_t>(impl_->w.bytes() + impl_->sc.bytes()); }
+int64_t GroupedExperts::device_bytes() const {
+  return static_cast<int64_t>(impl_->w.bytes() + impl_->sc.bytes() + impl_->zp.bytes() + impl_->global.bytes());
+}
 
 }  // namespace kiln::ops::cuda

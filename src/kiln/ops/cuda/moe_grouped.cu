@@ -1,5 +1,6 @@
 // The kernels of GroupedExperts (moe_grouped.h; host side in moe_grouped.cpp): MXFP4 or FP8
-// experts x FP8 activations on mma.sync tensor cores, pairs grouped by expert on the device.
+// experts x FP8 activations, and NVFP4 or int4 experts x bf16 activations, on mma.sync tensor
+// cores, pairs grouped by expert on the device.
 //
 // Repacked layouts (per expert; the same byte counts as QuantLinear's layouts):
 //   MXFP4 weights  [n / 16 tiles][k / 32 steps][32 lanes] x 8 bytes: lane (g, t) = (lane / 4,
@@ -12,6 +13,8 @@
 //            a0 a1 a2 a3 (rows g, g + 8, g, g + 8; inputs 4t.., 4t.., 16 + 4t.., 16 + 4t..);
 //   FP8 scales     fp32 [n / 128][k / 128], as on disk (128 x 128 blocks).
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -202,6 +205,158 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
   }
 }
 
+// ---- NVFP4 and int4 experts x bf16 activations (the input as it is, three bf16 terms) ----
+//
+// Repacked weights (per expert): [n / 16 tiles][k / 64 chunks][32 lanes] x 16 bytes; word j of
+// a lane's record is the 16-input step 4c + j of mma.m16n8k16's A fragment as 8 nibbles:
+// a0 (row g, inputs 2t, 2t + 1), a1 (row g + 8, the same), a2 (row g, 2t + 8, 2t + 9), a3
+// (row g + 8, those), two nibbles each, lower input first. NVFP4 nibbles are e2m1 codes;
+// int4 nibbles are the stored u (value (u - z) * s, z = 8 without zero points).
+// NVFP4 scales: E4M3 bytes [tiles][k / 16 steps][16 rows]; the expert's global multiplier in
+// `global`. int4: fp32 scales [tiles][groups][16 rows] and zero points u8 [tiles][groups][16
+// rows] (none when the weight is symmetric); a group holds a whole number of steps. x rows
+// must be 8-byte aligned (the host stages them otherwise).
+struct Bf16Params {
+  const uint8_t* w = nullptr;
+  const uint8_t* sc = nullptr;
+  const uint8_t* zp = nullptr;
+  const float* global = nullptr;
+  int64_t expert_w = 0, expert_s = 0, expert_z = 0;
+  int n = 0, k = 0, group = 16;
+};
+
+__device__ __forceinline__ void mma_bf16(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t bf16_pair(float a, float b) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// (v0, v1) as three bf16 pairs summing to them exactly (each remainder exact, Sterbenz).
+__device__ __forceinline__ void split3(float v0, float v1, uint32_t (&t)[3]) {
+  const float h0 = __bfloat162float(__float2bfloat16_rn(v0)), h1 = __bfloat162float(__float2bfloat16_rn(v1));
+  const float r0 = v0 - h0, r1 = v1 - h1;
+  const float m0 = __bfloat162float(__float2bfloat16_rn(r0)), m1 = __bfloat162float(__float2bfloat16_rn(r1));
+  t[0] = bf16_pair(h0, h1);
+  t[1] = bf16_pair(m0, m1);
+  t[2] = bf16_pair(r0 - m0, r1 - m1);
+}
+
+// An e2m1 code's value: exponent field e > 0 is (1 + m / 2) 2^(e - 1), e = 0 is m / 2.
+__device__ __forceinline__ float e2m1_value(uint32_t c) {
+  const uint32_t e = (c >> 1) & 3u, m = c & 1u;
+  const uint32_t mag = e == 0u ? m * 0x3F000000u : ((e + 126u) << 23) | (m << 22);
+  return __uint_as_float(mag | ((c & 8u) << 28));
+}
+
+__device__ __forceinline__ float e4m3_value(uint32_t b) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+  return __half2float(*reinterpret_cast<const __half*>(&h));
+}
+
+// grid (n / 16, active-expert slots), kSlices warps, each a contiguous range of 64-input chunks.
+template <bool kNv>
+__global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p, const float* __restrict__ x,
+                                                                    int64_t ldx, int x_div,
+                                                                    const int32_t* __restrict__ order,
+                                                                    const int32_t* __restrict__ start,
+                                                                    const int32_t* __restrict__ active,
+                                                                    const int32_t* __restrict__ nactive,
+                                                                    float* __restrict__ y, int64_t ldy) {
+  if (static_cast<int>(blockIdx.y) >= *nactive) return;
+  const int e = active[blockIdx.y];
+  const int p0 = start[e], p1 = start[e + 1];
+  const int tile = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int C = p.k / 64, steps = p.k / 16, groups = p.k / p.group;
+  const int c0 = warp * C / kSlices, c1 = (warp + 1) * C / kSlices;
+  const uint4* wt = reinterpret_cast<const uint4*>(p.w + e * p.expert_w) + static_cast<int64_t>(tile) * C * 32;
+  const uint8_t* s8 = p.sc + e * p.expert_s + static_cast<int64_t>(tile) * steps * 16;  // NVFP4
+  const float* sf = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile) * groups * 16;
+  const uint8_t* zt = kNv || !p.zp ? nullptr : p.zp + e * p.expert_z + static_cast<int64_t>(tile) * groups * 16;
+  const float glob = kNv ? p.global[e] : 1.0f;
+  __shared__ float part[kSlices][32][4];
+  for (int q0 = p0; q0 < p1; q0 += 8) {
+    const int qb = q0 + g, qc0 = q0 + 2 * t, qc1 = qc0 + 1;
+    const float* xrow = qb < p1 ? x + static_cast<int64_t>(order[qb] / x_div) * ldx : nullptr;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int c = c0; c < c1; ++c) {
+      const uint4 wv = wt[static_cast<int64_t>(c) * 32 + lane];
+      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int s = c * 4 + j;
+        float s_lo, s_hi, z_lo = 0.0f, z_hi = 0.0f;
+        if (kNv) {
+          s_lo = e4m3_value(s8[s * 16 + g]);
+          s_hi = e4m3_value(s8[s * 16 + g + 8]);
+        } else {
+          const int gi = s * 16 / p.group;
+          s_lo = sf[gi * 16 + g];
+          s_hi = sf[gi * 16 + g + 8];
+          z_lo = zt ? static_cast<float>(zt[gi * 16 + g]) : 8.0f;
+          z_hi = zt ? static_cast<float>(zt[gi * 16 + g + 8]) : 8.0f;
+        }
+        const uint32_t w = words[j];
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const uint32_t nib = (w >> (4 * i)) & 0xFu;
+          // nibbles 2-3 and 6-7 are row g + 8 (a1, a3)
+          v[i] = kNv ? e2m1_value(nib) : static_cast<float>(nib) - (((i >> 1) & 1) ? z_hi : z_lo);
+        }
+        const uint32_t a0 = bf16_pair(v[0], v[1]), a1 = bf16_pair(v[2], v[3]), a2 = bf16_pair(v[4], v[5]),
+                       a3 = bf16_pair(v[6], v[7]);
+        uint32_t b0[3] = {0, 0, 0}, b1[3] = {0, 0, 0};
+        if (xrow) {
+          const float2 xa = *reinterpret_cast<const float2*>(xrow + s * 16 + 2 * t);
+          const float2 xb = *reinterpret_cast<const float2*>(xrow + s * 16 + 8 + 2 * t);
+          split3(xa.x, xa.y, b0);
+          split3(xb.x, xb.y, b1);
+        }
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma_bf16(a0, a1, a2, a3, b0[0], b1[0], d);
+        mma_bf16(a0, a1, a2, a3, b0[1], b1[1], d);
+        mma_bf16(a0, a1, a2, a3, b0[2], b1[2], d);
+        acc[0] = __fmaf_rn(d[0], s_lo, acc[0]);
+        acc[1] = __fmaf_rn(d[1], s_lo, acc[1]);
+        acc[2] = __fmaf_rn(d[2], s_hi, acc[2]);
+        acc[3] = __fmaf_rn(d[3], s_hi, acc[3]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[i];
+    __syncthreads();
+    if (warp == 0) {
+      float v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[i] = part[0][lane][i];
+#pragma unroll
+        for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
+        v[i] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v[i], glob)));
+      }
+      const int r0 = tile * 16 + g;
+      if (qc0 < p1) {
+        float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
+        yr[r0] = v[0];
+        yr[r0 + 8] = v[2];
+      }
+      if (qc1 < p1) {
+        float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
+        yr[r0] = v[1];
+        yr[r0 + 8] = v[3];
+      }
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -226,6 +381,35 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
     grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
   } else {
     grouped_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc, const uint8_t* zp, const float* global,
+                                 int count, int n, int k, int group, const float* x, int64_t ldx, int x_div,
+                                 const int32_t* expert, int P, float* y, int64_t ldy, int32_t* order, int32_t* meta,
+                                 cudaStream_t stream) {
+  int32_t* start = meta;
+  int32_t* active = meta + count + 1;
+  int32_t* nactive = active + count;
+  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, start, active, nactive);
+  KILN_CUDA_CHECK_LAUNCH();
+  Bf16Params p;
+  p.w = w;
+  p.sc = sc;
+  p.zp = zp;
+  p.global = global;
+  p.expert_w = int64_t{n} * k / 2;
+  p.expert_s = nvfp4 ? int64_t{n} * k / 16 : int64_t{n} * (k / group) * 4;
+  p.expert_z = nvfp4 ? 0 : int64_t{n} * (k / group);
+  p.n = n;
+  p.k = k;
+  p.group = nvfp4 ? 16 : group;
+  const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
+  if (nvfp4) {
+    grouped_bf16_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, start, active, nactive, y, ldy);
+  } else {
+    grouped_bf16_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, start, active, nactive, y, ldy);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

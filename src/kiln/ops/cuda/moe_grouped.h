@@ -1,6 +1,8 @@
-// The routed experts of one projection on FP8 tensor cores, grouped by expert: DeepSeek's
+// The routed experts of one projection on tensor cores, grouped by expert: DeepSeek's
 // `fp4_gemm` / `fp8_gemm` numerics (the `deepseek` precision, ops/linear_numerics.h) for
-// MXFP4 experts and FP8 experts with 128 x 128 blocks.
+// MXFP4 experts and FP8 experts with 128 x 128 blocks; NVFP4 and int4 experts (no FP4 or
+// int4 tensor cores on sm_90) take the bf16 input with weights decoded to bf16 in
+// registers (forward_bf16 below).
 //
 //   y[i, :] = bf16( W_{e_i} . x_i )   for every (token, expert) pair i, e_i = expert[i]
 //
@@ -42,9 +44,14 @@ class GroupedExperts {
   // The most experts a set may have (the sort kernel's per-expert counters in shared memory).
   static constexpr int kMaxExperts = 1024;
   // Whether these experts run here: all MXFP4 (E8M0 scales per 32, n a multiple of 16) or
-  // all FP8 with 128 x 128 blocks (n a multiple of 128), of one [n, k] with k a multiple of
-  // 128, and the device sm_90.
+  // all FP8 with 128 x 128 blocks (n a multiple of 128) — FP8 activations, forward() — or all
+  // NVFP4 (E4M3 scales per 16) or all int4 without act order (groups of a multiple of 16
+  // inputs) — bf16 activations, forward_bf16() — of one [n, k] with k a multiple of 128, n
+  // of 16, and the device sm_90.
   static bool supports(const HostQuantLinear* weights, int count);
+  // Whether experts of this scheme take FP8 activations (MXFP4, FP8) or the input as it is
+  // in bf16 terms (NVFP4, int4).
+  static bool takes_fp8_input(SchemeKind s) { return s == SchemeKind::MXFP4 || s == SchemeKind::FP8Block; }
   // Validates (errors name the module), allocates and enqueues the repacked weights and
   // scales through `up` (null: copied now). max_pairs: the largest P forward() takes. A
   // content error (an FP8 weight holding the e4m3 NaN code) is thrown by up.finish(), as
@@ -62,6 +69,15 @@ class GroupedExperts {
   // [2 * count + 2] int32.
   void forward(const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                int32_t* order, int32_t* meta, cudaStream_t stream) const;
+
+  // NVFP4 / int4 experts: y[i] = bf16(W_{e_i} . x_{i / x_div}) with the fp32 rows x (ldx apart,
+  // even; x 8-byte aligned) carried exactly as three bf16 terms: per 16-input step the
+  // tensor core's sums of exact products, times the row's scale (NVFP4: E4M3 per 16, then
+  // the global multiplier on the sum; int4: (u - z) per group), accumulated in fp32 in
+  // order, over four K-slices added in order, as forward(). Same scratch as forward().
+  void forward_bf16(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
+                    int32_t* order, int32_t* meta, cudaStream_t stream) const;
+  bool fp8_input() const;
 
   int64_t n() const;
   int64_t k() const;

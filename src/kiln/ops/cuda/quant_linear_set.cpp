@@ -56,9 +56,10 @@ struct QuantLinearSet::Impl {
   DeviceBuffer xpad;             // [max_pairs, kp] floats
   int64_t expert_bytes = 0;
   LinearNumerics num;
-  // MXFP4 / FP8 experts with FP8 input: the grouped tensor-core kernel (moe_grouped.h) instead of
-  // `experts` / `launches`; x is quantized into xpad (codes, scales, then the sort order)
-  // and `tables` holds the sort's per-expert scratch.
+  // MXFP4 / FP8 experts with FP8 input, NVFP4 / int4 experts with the bf16 input, in deepseek
+  // numerics: the grouped tensor-core kernels (moe_grouped.h) instead of `experts` /
+  // `launches`; an FP8 input is quantized into xpad (codes, scales; the sort order after
+  // them either way) and `tables` holds the sort's per-expert scratch.
   std::unique_ptr<GroupedExperts> grouped;
   int64_t scale_off = 0, order_off = 0;
 };
@@ -82,7 +83,9 @@ QuantLinearSet::Impl* prepare_set(const HostQuantLinear* weights, int count, int
   impl->max_pairs = max_pairs;
   impl->n = weights[0].n;
   impl->k = weights[0].k;
-  if (numerics.input == LinearInput::Fp8Block && numerics.bf16_output && GroupedExperts::supports(weights, count)) {
+  const bool fp8_kind = GroupedExperts::takes_fp8_input(weights[0].scheme);
+  if (numerics.bf16_output && numerics.batch_invariant &&
+      (numerics.input == LinearInput::Fp8Block) == fp8_kind && GroupedExperts::supports(weights, count)) {
     // The same device bytes as the per-expert layout (ops/device_sizes.h): weights and
     // scales, one table entry per expert (here the sort's scratch), the x staging rows.
     const int64_t k = impl->k;
@@ -215,6 +218,12 @@ void QuantLinearSet::forward_indexed(const float* x, int64_t ldx, int x_div, con
   if (ldx < d.k || ldy < d.n)
     fail(ErrorKind::Usage, "expert linear forward_indexed: ldx = {} < k = {} or ldy = {} < n = {}", ldx, d.k, ldy, d.n);
   auto st = static_cast<cudaStream_t>(stream);
+  if (d.grouped && !d.grouped->fp8_input()) {
+    // NVFP4 / int4: the input as it is (rows 8-byte aligned, as the forward's are).
+    auto* order = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(d.xpad.get()) + d.order_off);
+    d.grouped->forward_bf16(x, ldx, x_div, expert, P, y, ldy, order, static_cast<int32_t*>(d.tables.get()), st);
+    return;
+  }
   if (d.grouped) {
     auto* base = static_cast<uint8_t*>(d.xpad.get());
     auto* q = base;
