@@ -106,7 +106,7 @@ TEST(PlanDSpark, ReportTextAndJsonDescribeTheDrafter) {
   for (const char* want : {"4 layers + DSpark drafter (3 stages)", "MTP         none: num_nextn_predict_layers (1)",
                            "drafter     DSpark: 3 sliding-window stages (mtp.0-2), block 5, targets [1, 2, 3], "
                            "Markov rank 32, noise token 255",
-                           "found mtp.0-2:", "confidence head yes; loaded: drafts on the CPU backend", "DSpark routed experts",
+                           "found mtp.0-2:", "confidence head yes; loaded: drafts with --spec dspark", "DSpark routed experts",
                            "verdict: loadable"}) {
     EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
   }

@@ -80,7 +80,7 @@ TEST_F(DSparkCli, InspectReportsTheDrafterAndLoadable) {
   Out r = kiln_run("inspect " + q(dspark()));
   ASSERT_EQ(r.code, 0) << r.text;
   for (const char* want : {"4 layers + DSpark drafter (3 stages)", "drafter     DSpark: 3 sliding-window stages (mtp.0-2)",
-                           "block 5", "confidence head yes; loaded: drafts on the CPU backend", "DSpark main_proj", "DSpark routed experts",
+                           "block 5", "confidence head yes; loaded: drafts with --spec dspark", "DSpark main_proj", "DSpark routed experts",
                            "unused tensors (0)", "missing tensors (0)", "verdict: loadable"}) {
     EXPECT_NE(r.text.find(want), std::string::npos) << want << "\n" << r.text;
   }

@@ -80,7 +80,7 @@ std::string dspark_lines(const Plan& p) {
   } else {
     out += fmt::format("            found {}: {} tensors, {}, confidence head {}; {}\n", stage_list(pd.stages_found),
                        pd.num_tensors, format_bytes(pd.bytes), pd.confidence_head ? "yes" : "no",
-                       dspark_loaded(p) ? "loaded: drafts on the CPU backend (--spec dspark)"
+                       dspark_loaded(p) ? "loaded: drafts with --spec dspark (CPU and CUDA backends)"
                                         : "not loaded (stages missing; plain decoding only)");
   }
   return out;

@@ -142,10 +142,6 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
                  "parallelism runs on the CPU backend (--device cpu), its ranks as threads of this process",
                  o.parallel.world);
   }
-  if (o.dspark) {
-    fail(ErrorKind::Usage, "--spec dspark: the DSpark drafter runs on the CPU backend only (--device cpu); the CUDA "
-                           "backend has no DSpark drafter yet");
-  }
 #ifdef KILN_HAVE_CUDA
   // The context bound needs only config.json; the weights go straight to the device.
   int64_t ctx = o.max_context;
@@ -160,10 +156,11 @@ BackendSession::BackendSession(const SessionOptions& o) : device_(resolve_device
   dmo.max_context = ctx;
   dmo.gpu_memory_fraction = o.gpu_memory_fraction;
   dmo.precision = precision;
+  dmo.dspark = o.dspark;
   dmo.progress = o.progress;
   runtime::cuda::DeviceModel dm = runtime::cuda::open_device_model(o.model, dmo);
   load_stats_ = dm.stats.describe();
-  backend_ = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward));
+  backend_ = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward), std::move(dm.dspark));
 #endif
 }
 

@@ -38,8 +38,8 @@ struct SessionOptions {
   // rows_per_slot > 0 shrinks max_rows by that many rows per sequence not held.
   bool fewer_slots_ok = false;
   int rows_per_slot = 0;
-  // CPU: also load and run the checkpoint's DSpark drafter (model/dspark.h); an error
-  // naming the checkpoint when it has none, and on the CUDA backend (not implemented there).
+  // Also load and run the checkpoint's DSpark drafter (CPU: model/dspark.h; CUDA:
+  // model/cuda/gpu_dspark.h); an error naming the checkpoint when it has none.
   bool dspark = false;
   // --precision auto|exact|deepseek (ops/linear_numerics.h): auto is exact for now (the GPU's
   // default becomes deepseek once its kernels are verified on a GPU).

@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
                  "main-model pass (exact: greedy output is unchanged; sampling keeps the model's distribution); "
                  "with a DSpark drafter K = 1..its block size");
   ge->add_option("--spec", gen.spec, "dspark | mtp | off: the drafter of --mtp K (default: what the checkpoint has; "
-                                     "dspark alone drafts the whole block; DSpark runs on --device cpu)");
+                                     "dspark alone drafts the whole block)");
   ge->add_option("--dspark-min-survival", gen.dspark_min_survival,
                   "DSpark: verify only the leading drafts whose survival (the product of the confidence head's outputs) "
                   "is at least this, 0..1 (0: every draft); decoding stays exact")
@@ -255,7 +255,8 @@ int main(int argc, char** argv) {
                  "Default drafts per round (0 = off; requests may set 'mtp'): MTP 0..4, DSpark 0..its block size "
                  "(default: a DSpark drafter's whole block, else 0)");
   se->add_option("--spec", serve.spec, "dspark | mtp | off: the drafter (default: what the checkpoint has; a DSpark "
-                                       "drafter runs on the CPU backend; off: requests may not ask for drafts)");
+                                       "drafter by default on the CPU backend, on --device cuda with --spec dspark; off: requests may not ask for "
+                                       "drafts)");
   se->add_option("--dspark-min-survival", serve.dspark_min_survival,
                   "DSpark: verify only the leading drafts whose survival (the product of the confidence head's outputs) "
                   "is at least this, 0..1 (0: every draft); decoding stays exact")

@@ -29,7 +29,8 @@ tokenizer::Tokenizer load_tokenizer(const ServeOptions& o, std::ostream& err) {
 }
 
 // The drafter and default drafts per round (BackendSession's resolve_drafting). The
-// checkpoint's DSpark drafter drafts by default where it runs (the CPU backend).
+// checkpoint's DSpark drafter drafts by default on the CPU backend; on the CUDA backend
+// (whose drafter has not yet been measured on a GPU) only with --spec dspark.
 Drafting serve_drafting(const ServeOptions& o) {
   Drafting d = resolve_drafting(o.model, load_model_config(o.model), {o.spec, o.mtp, resolve_device(o.device) == "cpu", 0});
   if (o.spec != "off" && !d.k) d.k = 0;  // no drafts by default; requests may ask ('mtp')
@@ -123,12 +124,13 @@ void ServeInstance::stop() { impl_->srv->stop(); }
 namespace {
 
 // "; DSpark 5 drafts per round (block 5)", "; MTP 2", "; MTP on request", "" (no drafter
-// or --spec off), or that the checkpoint's DSpark drafter does not run here (CUDA).
+// or --spec off), or that the checkpoint's DSpark drafter does not run here (CUDA without
+// --spec dspark).
 std::string drafting_part(const Drafting& d, const ModelConfig& c) {
   if (d.dspark) return fmt::format("; DSpark {} drafts per round (block {})", *d.k, d.most);
   std::string s;
   if (d.k && c.num_mtp_layers > 0) s = *d.k > 0 ? fmt::format("; MTP {}", *d.k) : "; MTP on request";
-  if (c.dspark && d.k) s += "; DSpark drafter not run (CPU backend only)";
+  if (c.dspark && d.k) s += "; DSpark drafter not run (on --device cuda: --spec dspark runs it)";
   return s;
 }
 

@@ -330,14 +330,8 @@ void CpuOps::layer_output(size_t l, const float* X) const {
   if (!features_) return;
   const int64_t H = c_.hidden_size, n = c_.hc_mult, F = static_cast<int64_t>(feature_layers_.size()) * H;
   for (size_t i = 0; i < feature_layers_.size(); ++i) {
-    if (feature_layers_[i] != static_cast<int64_t>(l)) continue;
-    for (int64_t t = 0; t < rows_.R; ++t) {
-      float* f = features_ + t * F + static_cast<int64_t>(i) * H;
-      for (int64_t d = 0; d < H; ++d) {
-        float acc = 0.0f;
-        for (int64_t s = 0; s < n; ++s) acc += X[(t * n + s) * H + d];
-        f[d] = acc / static_cast<float>(n);
-      }
+    if (feature_layers_[i] == static_cast<int64_t>(l)) {
+      ops::cpu::hc_stream_mean(n, H, X, rows_.R, features_ + static_cast<int64_t>(i) * H, F);
     }
   }
 }

@@ -127,6 +127,10 @@ DSparkDrafter::DSparkDrafter(const Forward& target, const DSparkWeights& w, int 
   const int64_t H = c.hidden_size, V = c.vocab_size, r = w.config.markov_rank;
   const int64_t F = static_cast<int64_t>(w.config.target_layer_ids.size()) * H;
   if (!c.dspark) fail(ErrorKind::Usage, "DSpark drafter: the target's config declares no drafter");
+  if (!w.main_proj.complete()) {
+    fail(ErrorKind::Usage, "DSpark drafter: its weights were loaded without their linears (LoadOptions::skip_linears: "
+                           "for the CUDA drafter only)");
+  }
   check(w.main_proj.out == H && w.main_proj.in == F, "main_proj", w.main_proj.out * w.main_proj.in, H * F);
   check(static_cast<int64_t>(w.main_norm.size()) == H, "main_norm", static_cast<int64_t>(w.main_norm.size()), H);
   check(static_cast<int64_t>(w.stages.size()) == w.config.stages && !w.stages.empty(), "stages",

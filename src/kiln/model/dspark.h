@@ -52,7 +52,19 @@ struct DSparkWeights {
   std::vector<float> confidence;  // [H + rank]; empty when the checkpoint has no confidence head
 };
 
-// The drafter the plan found (stages, linears as `opt` says; opt.skip_linears is refused).
+// f(linear, role) for every linear module of the drafter (D: DSparkWeights or const), with
+// the role its numerics follow (ops/linear_numerics.h; the Markov head's product is fp32
+// like the head it adds to).
+template <class D, class F>
+void for_each_dspark_linear(D& d, F&& f) {
+  f(d.main_proj, ops::LinearRole::Quantized);
+  for (auto& b : d.stages) for_each_block_linear(b, f);
+  f(d.markov_w2, ops::LinearRole::Fp32);
+}
+
+// The drafter the plan found (stages, linears as `opt` says; with opt.skip_linears the
+// linears hold no bytes, for a backend that uploads them from the mapped shards itself
+// (the CUDA drafter); such weights cannot run the CPU drafter).
 // Error(Invalid) naming the checkpoint and what is wrong when the config declares no
 // drafter or the plan is not loadable (a drafter tensor missing or misshapen is a plan
 // error naming the tensor).

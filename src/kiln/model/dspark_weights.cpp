@@ -46,7 +46,6 @@ DSparkWeights load_dspark_weights(const Checkpoint& ckpt, const Plan& plan, cons
     fail_invalid("{}: config.json declares a DSpark drafter of {} stages but the checkpoint holds {} (mtp.N tensors)", dir,
                  d.stages, plan.dspark->stages_found.size());
   }
-  if (opt.skip_linears || opt.skip_embed) fail_invalid("load_dspark_weights: the CPU drafter needs its weights resident");
   const PlanBinder b(ckpt, plan.dspark->linears, plan.dspark->tensors, opt, dir + ": the DSpark drafter");
   DSparkWeights w;
   w.config = d;

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <memory>
+#include <span>
 #include <unordered_map>
 
 #include "kiln/artifact/linear_view.h"
@@ -29,14 +30,25 @@ ops::HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m) {
   return h;
 }
 
-LinearSource checkpoint_linears(const Checkpoint& ckpt, const Plan& plan) {
+namespace {
+
+LinearSource linears_of(const Checkpoint& ckpt, std::span<const PlannedLinear> linears) {
   auto index = std::make_shared<std::unordered_map<std::string, const PlannedLinear*>>();
-  for (const PlannedLinear& l : plan.linears) (*index)[l.path] = &l;
+  for (const PlannedLinear& l : linears) (*index)[l.path] = &l;
   return [&ckpt, index](const std::string& path) {
     auto it = index->find(path);
     if (it == index->end()) fail(ErrorKind::Invalid, "internal: the plan has no linear module {}", path);
     return host_view(ckpt, *it->second);
   };
+}
+
+}  // namespace
+
+LinearSource checkpoint_linears(const Checkpoint& ckpt, const Plan& plan) { return linears_of(ckpt, plan.linears); }
+
+LinearSource checkpoint_dspark_linears(const Checkpoint& ckpt, const Plan& plan) {
+  if (!plan.dspark) fail(ErrorKind::Invalid, "{}: the plan has no DSpark drafter", ckpt.dir().string());
+  return linears_of(ckpt, plan.dspark->linears);
 }
 
 HostTensorView checkpoint_embed(const Checkpoint& ckpt, const Plan& plan) {

@@ -29,6 +29,10 @@ ops::HostQuantLinear host_view(const Checkpoint& ckpt, const PlannedLinear& m);
 // host_view for every linear of the plan, looked up by canonical path.
 LinearSource checkpoint_linears(const Checkpoint& ckpt, const Plan& plan);
 
+// The same for the linears of the plan's DSpark drafter (Plan::dspark; mtp.N paths);
+// kiln::Error when the plan has none.
+LinearSource checkpoint_dspark_linears(const Checkpoint& ckpt, const Plan& plan);
+
 // A plain tensor's stored bytes (a view into the mapped shard).
 struct HostTensorView {
   DType dtype = DType::F32;

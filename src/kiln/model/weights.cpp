@@ -170,7 +170,7 @@ uint64_t plain_weight_bytes(const Weights& w) {
 std::string mtp_unavailable(const ModelConfig& c, size_t mtp_blocks) {
   if (c.dspark) {
     return fmt::format("has a DSpark drafter ({} stages, block size {}), not a classic MTP block; kiln drafts with "
-                       "it on the CPU backend (--spec dspark)",
+                       "it under --spec dspark",
                        c.dspark->stages, c.dspark->block_size);
   }
   return mtp_blocks > 0 ? std::string() : std::string("has no MTP block to draft with");

@@ -84,8 +84,9 @@ ops::cpu::RopeSpec rope_spec(const ModelConfig& c, const RopeParams& p);
 // Every expert's projections (routed or shared) have this role.
 inline constexpr ops::LinearRole kExpertRole = ops::LinearRole::Quantized;
 
-template <class W, class F>
-void for_each_linear(W& w, F&& f) {
+// f(linear, role) for every linear module of one block (B: Block or const Block).
+template <class B, class F>
+void for_each_block_linear(B& b, F&& f) {
   using R = ops::LinearRole;
   auto expert = [&](auto& e) {
     f(e.w1, kExpertRole);
@@ -96,29 +97,32 @@ void for_each_linear(W& w, F&& f) {
     f(c.wkv, R::Fp32);
     f(c.wgate, R::Fp32);
   };
-  auto block = [&](auto& b) {
-    auto& a = b.attn;
-    f(a.wq_a, R::Quantized);
-    f(a.wq_b, R::Quantized);
-    f(a.wkv, R::Quantized);
-    f(a.wo_a, R::Bf16);
-    f(a.wo_b, R::Quantized);
-    if (a.compressor) compressor(*a.compressor);
-    if (a.indexer) {
-      f(a.indexer->wq_b, R::Quantized);
-      f(a.indexer->weights_proj, R::Bf16);
-      compressor(a.indexer->compressor);
-    }
-    f(b.ffn.gate, R::Fp32);
-    for (auto& e : b.ffn.experts) expert(e);
-    if (b.ffn.shared) expert(*b.ffn.shared);
-  };
+  auto& a = b.attn;
+  f(a.wq_a, R::Quantized);
+  f(a.wq_b, R::Quantized);
+  f(a.wkv, R::Quantized);
+  f(a.wo_a, R::Bf16);
+  f(a.wo_b, R::Quantized);
+  if (a.compressor) compressor(*a.compressor);
+  if (a.indexer) {
+    f(a.indexer->wq_b, R::Quantized);
+    f(a.indexer->weights_proj, R::Bf16);
+    compressor(a.indexer->compressor);
+  }
+  f(b.ffn.gate, R::Fp32);
+  for (auto& e : b.ffn.experts) expert(e);
+  if (b.ffn.shared) expert(*b.ffn.shared);
+}
+
+template <class W, class F>
+void for_each_linear(W& w, F&& f) {
+  using R = ops::LinearRole;
   f(w.head, R::Fp32);
-  for (auto& b : w.layers) block(b);
+  for (auto& b : w.layers) for_each_block_linear(b, f);
   for (auto& m : w.mtp) {
     f(m.e_proj, R::Quantized);
     f(m.h_proj, R::Quantized);
-    block(m.block);
+    for_each_block_linear(m.block, f);
   }
 }
 

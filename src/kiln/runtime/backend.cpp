@@ -104,12 +104,14 @@ void Backend::check_outputs(const Outputs& out, int R) {
 }
 
 void Backend::dspark_commit(const PassRows&) {
-  fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
+  fail(ErrorKind::Usage, "backend {}: no DSpark drafter loaded (the checkpoint has none, or it was loaded without "
+                         "--spec dspark)", describe());
 }
 
 void Backend::dspark_draft(std::span<const DSparkRound>, const DraftChoice&, std::vector<std::vector<int32_t>>&,
                            std::vector<std::vector<float>>*) {
-  fail(ErrorKind::Usage, "backend {}: no DSpark drafter (it runs on the CPU backend only)", describe());
+  fail(ErrorKind::Usage, "backend {}: no DSpark drafter loaded (the checkpoint has none, or it was loaded without "
+                         "--spec dspark)", describe());
 }
 
 }  // namespace kiln::runtime

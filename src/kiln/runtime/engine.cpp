@@ -24,7 +24,7 @@ Engine::Engine(Backend& backend, EngineOptions options) : b_(backend), opts_(std
   drafter_ = opts_.drafter != DrafterKind::None ? opts_.drafter : b_.dspark_block() > 0 ? DrafterKind::DSpark : DrafterKind::Mtp;
   if (drafter_ == DrafterKind::DSpark && b_.dspark_block() == 0 && opts_.mtp > 0) {
     fail(ErrorKind::Usage, "engine: DSpark drafts: the backend ({}) runs no DSpark drafter{}", b_.describe(),
-         b_.config().dspark ? " (the checkpoint has one; kiln runs it on the CPU backend only)" : "");
+         b_.config().dspark ? " (the checkpoint has one; it was not loaded)" : "");
   }
   if (b_.dspark_block() > kMaxDSparkDrafts) {
     fail(ErrorKind::Usage, "engine: a DSpark block of {} drafts (dspark_block_size); kiln drafts at most {} per round",

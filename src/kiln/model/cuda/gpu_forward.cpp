@@ -327,25 +327,57 @@ void GpuForward::launch(Pass pass, int m, int R) {
   KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
-void GpuForward::enqueue(Pass pass, int m, int R) {
+void GpuForward::record_dspark_features(std::vector<int64_t> layers) {
   const ModelConfig& c = w_.config;
-  Buffers& b = *buf_;
+  for (int64_t l : layers) {
+    if (l < 0 || l >= c.num_layers) fail(ErrorKind::Usage, "gpu forward: DSpark target layer {} of {}", l, c.num_layers);
+  }
+  if (layers.empty()) fail(ErrorKind::Usage, "gpu forward: a DSpark drafter without target layers");
+  const int64_t F = static_cast<int64_t>(layers.size()) * c.hidden_size;
+  features_ = DeviceArray<float>(sz(opt_.max_rows * F));
+  activation_bytes_ += opt_.max_rows * F * 4;
+  feature_layers_ = std::move(layers);
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+GpuOps GpuForward::pass_ops(const oc::StepRows& rows, std::span<const std::unique_ptr<GpuLayerState>> layers,
+                            oc::RopeView rope) {
+  if (rows.R < 1 || rows.R > opt_.max_rows) {
+    fail(ErrorKind::Usage, "gpu forward: a pass of {} rows; this GpuForward takes 1..{} (max_rows)", rows.R, opt_.max_rows);
+  }
   GpuOps::Buffers v;
+  GpuScratch x;
+  views(v, x);
+  return GpuOps(w_.config, w_.precision, rows, stream_, rope, rope, v, x, layers, nullptr);
+}
+
+void GpuForward::views(GpuOps::Buffers& v, GpuScratch& x) const {
+  const Buffers& b = *buf_;
   v.X = b.X.get(), v.Xn = b.Xn.get(), v.u = b.u.get(), v.y = b.y.get(), v.post = b.post.get(), v.comb = b.comb.get();
   v.qres = b.qres.get(), v.kv = b.kv.get(), v.q = b.q.get(), v.o = b.o.get(), v.mid = b.mid.get();
   v.ca = b.ca.get(), v.cz = b.cz.get(), v.iq = b.iq.get(), v.iw = b.iw.get(), v.sel = {b.sel.get(), b.nsel.get()};
   v.glog = b.glog.get(), v.wt = b.wt.get(), v.idx = b.idx.get(), v.ye = b.ye.get();
   v.sg = b.sg.get(), v.su = b.su.get(), v.sy = b.sy.get(), v.h = b.h.get();
   v.mtp_in = b.mtp_in.get(), v.e = b.e.get(), v.ep = b.ep.get(), v.hs = b.hs.get();
-  GpuScratch x;
   x.g = b.g.get(), x.up = b.up.get(), x.hc_work = b.hc_work.get(), x.attn_work = b.attn_work.get();
   x.iscratch = b.iscratch.get(), x.src = b.src.get();
+}
+
+void GpuForward::enqueue(Pass pass, int m, int R) {
+  const ModelConfig& c = w_.config;
+  Buffers& b = *buf_;
+  GpuOps::Buffers v;
+  GpuScratch x;
+  views(v, x);
   x.mtp_source = pass == Pass::MtpFromMtp ? b.mtp_streams.get() : b.main_streams.get();
   GpuOps ops(c, w_.precision, oc::StepRows{b.tok.get(), b.slot.get(), b.pos.get(), R}, stream_, rope_main_.view(),
              rope_compress_.view(), v, x, layer_state_, timer_);
   const int V = static_cast<int>(c.vocab_size);
   ops.mark("start");
   if (pass == Pass::Main) {
+    if (!feature_layers_.empty()) ops.set_features(features_.get(), feature_layers_);
     def::main_pass(ops, w_, b.main_streams.get(), b.main_logits.get());
     oc::argmax_rows(b.main_logits.get(), V, R, V, b.main_argmax.get(), stream_);
   } else {

@@ -128,6 +128,20 @@ class GpuForward {
   std::vector<float> download_mtp_streams(int R) const;
   void synchronize() const;
 
+  // A DSpark drafter's target features (model/cuda/gpu_dspark.h): from now on every main
+  // pass also writes, per row, the mean over the hc streams of the outputs of `layers`
+  // (concatenated) into dspark_features() [max_rows, layers.size() * hidden]. Graphs
+  // captured before are dropped (they would not record the features).
+  void record_dspark_features(std::vector<int64_t> layers);
+  const float* dspark_features() const { return features_.get(); }
+
+  // The ops of another pass over this forward's activation buffers and stream (the DSpark
+  // drafter's block and commit passes): rows on the device, `layers` the per-layer state
+  // its attention reads and writes, `rope` its sliding-window rope (also taken for
+  // compressed layers, which such a pass has none of).
+  GpuOps pass_ops(const ops::cuda::StepRows& rows, std::span<const std::unique_ptr<GpuLayerState>> layers,
+                  ops::cuda::RopeView rope);
+
   cudaStream_t stream() const { return stream_; }
   // Graphs captured so far, and whether the next pass may use one.
   size_t graphs_captured() const { return graphs_.size(); }
@@ -146,6 +160,8 @@ class GpuForward {
                    std::span<const int32_t> src, bool tok_from_argmax);
   void launch(Pass pass, int m, int R);
   void enqueue(Pass pass, int m, int R);
+  // The activation buffers and scratch as the ops see them.
+  void views(GpuOps::Buffers& v, GpuScratch& x) const;
 
   GpuWeights w_;
   GpuOptions opt_;
@@ -159,6 +175,8 @@ class GpuForward {
   int64_t state_bytes_ = 0;
   int64_t activation_bytes_ = 0;
   OpTimer* timer_ = nullptr;  // set only while profile_main enqueues
+  DeviceArray<float> features_;          // DSpark target features [max_rows, F]
+  std::vector<int64_t> feature_layers_;
   mutable std::unique_ptr<PinnedInts> argmax_host_;  // argmax_rows_to_host's staging
 };
 

@@ -125,9 +125,12 @@ void GpuOps::attend(const GpuLayerState& st, AttnKind, const float* q, const flo
                     float scale, ops::AttnKeys keys, const GpuSelection& sel, float* o) const {
   const int64_t D = c_.head_dim, nh = c_.num_heads;
   oc::window_write(rows_, kv, D, st.ring, s_);
-  oc::attention(rows_, q, nh * D, static_cast<int>(nh), scale, sink.get(), st.ring, static_cast<int>(c_.sliding_window),
-                keys, st.has_comp ? &st.comp : nullptr, sel.sel, sel.nsel, std::max(static_cast<int>(c_.index_topk), 1),
-                o, nh * D, s_, x_.attn_work);
+  // A DSpark block: the keys end at the block's last position (set_block_attention).
+  const oc::StepRows keyed = key_end_ ? oc::StepRows{rows_.tok, rows_.slot, key_end_, rows_.R} : rows_;
+  const int window = key_end_ ? key_window_ : static_cast<int>(c_.sliding_window);
+  oc::attention(keyed, q, nh * D, static_cast<int>(nh), scale, sink.get(), st.ring, window, keys,
+                st.has_comp ? &st.comp : nullptr, sel.sel, sel.nsel, std::max(static_cast<int>(c_.index_topk), 1), o,
+                nh * D, s_, x_.attn_work);
 }
 
 // ---- MoE ----------------------------------------------------------------------------------
@@ -169,6 +172,16 @@ void GpuOps::mtp_input(float* streams) const {
 
 void GpuOps::add_broadcast_streams(const float* ep, const float* hp, float* X) const {
   oc::add_broadcast_streams(ep, hp, rows_.R, n_, H_, X, s_);
+}
+
+void GpuOps::layer_output(size_t l, const float* X) const {
+  if (!features_) return;
+  const int64_t F = static_cast<int64_t>(feature_layers_.size()) * H_;
+  for (size_t i = 0; i < feature_layers_.size(); ++i) {
+    if (feature_layers_[i] == static_cast<int64_t>(l)) {
+      oc::hc_stream_mean(n_, H_, X, rows_.R, features_ + static_cast<int64_t>(i) * H_, F, s_);
+    }
+  }
 }
 
 void GpuOps::copy_streams(float* dst, const float* X) const {

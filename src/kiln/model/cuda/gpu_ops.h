@@ -114,7 +114,25 @@ class GpuOps {
   void add_broadcast_streams(const float* ep, const float* hp, float* X) const;
   void copy_streams(float* dst, const float* X) const;
   std::pair<const float*, int64_t> head_rows(const float* X) const { return {X, rows_.R}; }
-  void layer_output(size_t, const float*) const {}
+  // Records a DSpark drafter's target features when set_features was called: for the
+  // listed layers the mean over the streams of X (ops/cuda hc_stream_mean).
+  void layer_output(size_t l, const float* X) const;
+
+  // features [R, layers.size() * hidden]: per row the mean over the hc streams of each
+  // listed backbone layer's output, concatenated in list order (CpuOps::set_features).
+  void set_features(float* features, std::span<const int64_t> layers) {
+    features_ = features;
+    feature_layers_ = layers;
+  }
+  // A DSpark draft block (model/cuda/gpu_dspark.h): attend reads, for every row, the window
+  // of `window` positions ending at key_end[r] (device, one per row) instead of at the
+  // row's own position, so each row of a block sees the ring rows before the block and
+  // every row of the block (bidirectional). The rows' own K=V rows still go into the ring
+  // at their positions first.
+  void set_block_attention(const int32_t* key_end, int window) {
+    key_end_ = key_end;
+    key_window_ = window;
+  }
 
  private:
   ops::cuda::RopeView rope_of(AttnKind kind) const { return kind == AttnKind::SWA ? rope_main_ : rope_compress_; }
@@ -128,6 +146,10 @@ class GpuOps {
   GpuScratch x_;
   std::span<const std::unique_ptr<GpuLayerState>> layers_;
   OpTimer* timer_;
+  float* features_ = nullptr;
+  std::span<const int64_t> feature_layers_;
+  const int32_t* key_end_ = nullptr;
+  int key_window_ = 0;
   float eps_, hc_eps_;
   int H_, n_;
 };

@@ -26,6 +26,11 @@ class Uploader {
       : src_(src), max_rows_(max_rows), up_(up), precision_(w.precision) {
     for_each_linear(w, [&](const Linear& l, ops::LinearRole r) { roles_[&l] = r; });
   }
+  // A DSpark drafter's linears, in the target's precision.
+  Uploader(const DSparkWeights& d, ops::Precision precision, const LinearSource& src, int max_rows, DeviceUploader* up)
+      : src_(src), max_rows_(max_rows), up_(up), precision_(precision) {
+    for_each_dspark_linear(d, [&](const Linear& l, ops::LinearRole r) { roles_[&l] = r; });
+  }
 
   // host: the module's host Linear (its role).
   ops::LinearNumerics numerics(const Linear& host, SchemeKind stored) const {
@@ -229,6 +234,31 @@ GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int ma
     g.upload_threads = up->threads();
     g.upload_staging_bytes = static_cast<int64_t>(up->staging_bytes());
   }
+  g.linear_bytes = u.bytes;
+  g.device_bytes = u.device_bytes;
+  return g;
+}
+
+GpuDSparkWeights upload_dspark_weights(const DSparkWeights& d, const ModelConfig& cfg, ops::Precision precision,
+                                       const LinearSource& linears, int max_rows, const UploadSettings& s) {
+  if (max_rows < 1) fail(ErrorKind::Usage, "upload_dspark_weights: max_rows = {} (need >= 1)", max_rows);
+  if (d.stages.empty()) fail(ErrorKind::Usage, "upload_dspark_weights: the drafter has no stages");
+  GpuDSparkWeights g;
+  std::unique_ptr<DeviceUploader> up;
+  if (!s.synchronous) up = std::make_unique<DeviceUploader>(s.upload);
+  CancelUploadsOnThrow guard(up.get());
+  Uploader u(d, precision, linears, max_rows, up.get());
+  g.config = d.config;
+  g.main_proj = u.linear("mtp.0.main_proj", d.main_proj);
+  g.main_norm = u.array(d.main_norm);
+  for (size_t i = 0; i < d.stages.size(); ++i) g.stages.push_back(u.block(d.stages[i], cfg, fmt::format("mtp.{}.", i)));
+  const std::string last = fmt::format("mtp.{}.", d.stages.size() - 1);
+  g.norm = u.array(d.norm);
+  g.hc_head = u.head(d.hc_head);
+  g.markov_w1 = u.array(d.markov_w1.data);
+  g.markov_w2 = u.linear(last + "markov_head.markov_w2", d.markov_w2);
+  g.confidence = d.confidence;
+  if (up) up->finish();
   g.linear_bytes = u.bytes;
   g.device_bytes = u.device_bytes;
   return g;

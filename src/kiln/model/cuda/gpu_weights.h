@@ -14,6 +14,7 @@
 #include <ostream>
 #include <vector>
 
+#include "kiln/model/dspark.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/model/weights.h"
 #include "kiln/ops/cuda/device_buffer.h"
@@ -81,5 +82,28 @@ struct UploadSettings {
 GpuWeights upload_weights(const Weights& w, const DeviceSources& sources, int max_rows, const UploadSettings& s);
 // The same with default settings (progress: a line every ~2 s while copying, or nullptr).
 GpuWeights upload_weights(const Weights& w, const LinearSource& linears, int max_rows, std::ostream* progress);
+
+// A DSpark drafter on the GPU (model/dspark.h): the stages are GpuBlocks (SWA attention,
+// score-routed MoE), bound like the main model's; the embedding and head are the target's.
+struct GpuDSparkWeights {
+  DSparkConfig config;
+  QuantLinear main_proj;         // [H, targets * H]
+  DeviceArray<float> main_norm;  // [H]
+  std::vector<GpuBlock> stages;
+  DeviceArray<float> norm;       // [H] (last stage)
+  GpuHead hc_head;               // (last stage)
+  DeviceArray<float> markov_w1;  // [V, rank] (an embedding)
+  QuantLinear markov_w2;         // [V, rank]
+  std::vector<float> confidence;  // [H + rank] on the host (empty: no confidence head)
+  int64_t linear_bytes = 0;       // prepared linear data
+  int64_t device_bytes = 0;       // every device allocation above
+};
+
+// The drafter's weights: `d` gives the structure and the small fp32 tensors (its linears may
+// hold no bytes: load_dspark_weights with LoadOptions::skip_linears), `linears` the stored
+// bytes (checkpoint_dspark_linears); every linear prepared for max_rows rows with the
+// numerics of `precision` for its role (for_each_dspark_linear). cfg: the target's config.
+GpuDSparkWeights upload_dspark_weights(const DSparkWeights& d, const ModelConfig& cfg, ops::Precision precision,
+                                       const LinearSource& linears, int max_rows, const UploadSettings& s = {});
 
 }  // namespace kiln::model::cuda

@@ -104,4 +104,15 @@ void hc_head(int64_t n, int64_t H, const float* fn, const float* base, float sca
   }
 }
 
+void hc_stream_mean(int64_t n, int64_t H, const float* X, int64_t T, float* out, int64_t ld_out) {
+  for (int64_t t = 0; t < T; ++t) {
+    float* f = out + t * ld_out;
+    for (int64_t d = 0; d < H; ++d) {
+      float acc = 0.0f;
+      for (int64_t s = 0; s < n; ++s) acc += X[(t * n + s) * H + d];
+      f[d] = acc / static_cast<float>(n);
+    }
+  }
+}
+
 }  // namespace kiln::ops::cpu

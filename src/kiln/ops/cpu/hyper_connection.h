@@ -32,4 +32,8 @@ void hc_post(int64_t n, int64_t H, const float* X, int64_t T, const float* y, co
 void hc_head(int64_t n, int64_t H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps,
              const float* X, int64_t T, float* h, ThreadPool* pool);
 
+// The mean over the streams (a DSpark drafter's target features, DeepSeek's h.mean(dim=2)):
+// out[t, d] = (sum_i X[t, i, d], i ascending from 0) / n; out rows ld_out apart.
+void hc_stream_mean(int64_t n, int64_t H, const float* X, int64_t T, float* out, int64_t ld_out);
+
 }  // namespace kiln::ops::cpu

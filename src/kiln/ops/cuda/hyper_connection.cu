@@ -202,6 +202,19 @@ __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_
   }
 }
 
+// One thread per output value: the streams in ascending order, then / n.
+__global__ void hc_stream_mean_kernel(int n, int H, const float* __restrict__ X, int64_t total, float* __restrict__ out,
+                                      int64_t ld_out) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = e % H, t = e / H;
+    const float* Xt = X + t * n * H + d;
+    float acc = 0.0f;
+    for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, Xt[static_cast<int64_t>(i) * H]);
+    out[t * ld_out + d] = __fdiv_rn(acc, static_cast<float>(n));
+  }
+}
+
 void check_shape(const char* what, int n, int H, int R) {
   if (n < 1 || n > kMaxStreams) fail(ErrorKind::Usage, "cuda::{}: hc_mult {} is outside [1, {}]", what, n, kMaxStreams);
   if (H < 1) fail(ErrorKind::Usage, "cuda::{}: hidden size {} must be positive", what, H);
@@ -251,6 +264,18 @@ void hc_head(int n, int H, const float* fn, const float* base, float scale, floa
   if (R == 0) return;
   if (fn == nullptr || base == nullptr || X == nullptr || h == nullptr) fail(ErrorKind::Usage, "cuda::hc_head: null fn, base, X or h");
   hc_head_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(n, H, fn, base, scale, hc_eps, norm_eps, X, h);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void hc_stream_mean(int n, int H, const float* X, int R, float* out, int64_t ld_out, cudaStream_t stream) {
+  check_shape("hc_stream_mean", n, H, R);
+  if (R == 0) return;
+  if (X == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::hc_stream_mean: null X or out");
+  if (ld_out < H) fail(ErrorKind::Usage, "cuda::hc_stream_mean: ld_out {} < hidden size {}", ld_out, H);
+  const int64_t total = static_cast<int64_t>(R) * H;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
+  hc_stream_mean_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, out, ld_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

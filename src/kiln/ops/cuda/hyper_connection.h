@@ -31,4 +31,8 @@ void hc_post(int n, int H, const float* X, int R, const float* y, const float* p
 void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
              int R, float* h, cudaStream_t stream);
 
+// out [R, H] (rows ld_out apart) = cpu::hc_stream_mean: per value the streams summed in
+// ascending order from 0, then divided by n (bitwise the CPU's).
+void hc_stream_mean(int n, int H, const float* X, int R, float* out, int64_t ld_out, cudaStream_t stream);
+
 }  // namespace kiln::ops::cuda

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "kiln/core/error.h"
+#include "kiln/model/dspark.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/runtime/host_memory.h"
@@ -105,6 +106,14 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
     say(fmt::format("warning: the memory plan counted {} bytes of weights and staging; the upload allocated {} "
                     "(internal: model/gpu_memory.cpp and model/cuda/gpu_weights.cpp disagree)",
                     counted, w.device_bytes));
+  }
+  if (o.dspark) {
+    if (!c.dspark || !host->plan.dspark) fail_invalid("{}: --spec dspark: the checkpoint has no DSpark drafter (no dspark_* keys)", dir.string());
+    const model::DSparkWeights d = model::load_dspark_weights(host->checkpoint, host->plan, lo);
+    dm.dspark = model::cuda::upload_dspark_weights(d, c, o.precision,
+                                                   model::checkpoint_dspark_linears(host->checkpoint, host->plan), rows, us);
+    say(fmt::format("DSpark drafter uploaded: {} stages, block {}, {:.3f} GB of linears (outside the memory plan)",
+                    c.dspark->stages, c.dspark->block_size, gb(dm.dspark->linear_bytes)));
   }
   dm.stats.checkpoint_bytes = static_cast<int64_t>(host->plan.total_bytes);
   dm.stats.upload_seconds = w.upload_seconds;

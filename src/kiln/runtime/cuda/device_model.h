@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -29,6 +30,9 @@ struct DeviceModelOptions {
   double gpu_memory_fraction = 0.9;
   ops::Precision precision = ops::Precision::Exact;  // the activation precision (ops/linear_numerics.h)
   bool graphs = true;
+  // Also upload the checkpoint's DSpark drafter (model/cuda/gpu_dspark.h); Error(Invalid)
+  // when the checkpoint has none. Its weights, rings and buffers are not in the memory plan.
+  bool dspark = false;
   std::ostream* progress = nullptr;
   // Reader threads / staging per buffer for the upload (0: ops/cuda/device_upload.h's defaults).
   int upload_threads = 0;
@@ -52,6 +56,7 @@ struct LoadStats {
 
 struct DeviceModel {
   std::unique_ptr<model::cuda::GpuForward> forward;
+  std::optional<model::cuda::GpuDSparkWeights> dspark;  // DeviceModelOptions::dspark
   model::GpuMemoryPlan memory;
   LoadStats stats;
   std::string device;  // "cuda:0 NVIDIA H100 80GB HBM3"

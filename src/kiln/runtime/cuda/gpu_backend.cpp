@@ -10,9 +10,47 @@
 
 namespace kiln::runtime::cuda {
 
-GpuBackend::GpuBackend(std::unique_ptr<model::cuda::GpuForward> forward)
+GpuBackend::GpuBackend(std::unique_ptr<model::cuda::GpuForward> forward, std::optional<model::cuda::GpuDSparkWeights> dspark)
     : f_(std::move(forward)),
-      book_(f_->options().max_slots, f_->mtp_blocks(), f_->options().max_context, f_->options().max_rows) {}
+      book_(f_->options().max_slots, f_->mtp_blocks(), f_->options().max_context, f_->options().max_rows) {
+  if (dspark) drafter_ = std::make_unique<model::cuda::GpuDSpark>(*f_, std::move(*dspark));
+}
+
+int GpuBackend::acquire() {
+  const int s = book_.acquire();
+  if (s >= 0 && drafter_) drafter_->reset(s);
+  return s;
+}
+
+void GpuBackend::dspark_commit(const PassRows& rows) {
+  if (!drafter_) Backend::dspark_commit(rows);
+  if (static_cast<int>(rows.src.size()) != rows.size()) fail(ErrorKind::Usage, "gpu backend: DSpark commit without source rows");
+  for (int r = 0; r < rows.size(); ++r) {
+    const int slot = rows.slot[static_cast<size_t>(r)], src = rows.src[static_cast<size_t>(r)];
+    if (!book_.held(slot)) fail(ErrorKind::Usage, "gpu backend: DSpark commit to slot {}, not held", slot);
+    if (src < 0 || src >= last_main_rows_) {
+      fail(ErrorKind::Usage, "gpu backend: DSpark commit from main row {} of {}", src, last_main_rows_);
+    }
+  }
+  drafter_->commit(rows.slot, rows.pos, rows.src);
+}
+
+void GpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
+                              std::vector<std::vector<int32_t>>& drafts, std::vector<std::vector<float>>* confidence) {
+  if (!drafter_) Backend::dspark_draft(rounds, choose, drafts, confidence);
+  std::vector<model::cuda::GpuDSpark::Round> q;
+  for (const DSparkRound& r : rounds) {
+    if (!book_.held(r.slot)) fail(ErrorKind::Usage, "gpu backend: DSpark draft for slot {}, not held", r.slot);
+    q.push_back({r.slot, r.anchor, r.drafts});
+  }
+  auto outs = drafter_->draft(q, choose);
+  drafts.resize(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
+  if (confidence) {
+    confidence->resize(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) (*confidence)[i] = std::move(outs[i].confidence);
+  }
+}
 
 std::string GpuBackend::describe() const {
   int dev = 0;
@@ -35,6 +73,7 @@ void GpuBackend::copy_slot(int src, int dst) {
   int64_t positions = 0;
   for (int block = -1; block < mtp_blocks(); ++block) positions = std::max(positions, book_.length(src, block));
   f_->copy_slot(src, dst, positions);
+  if (drafter_) drafter_->copy_slot(src, dst);
 }
 
 // The device computed every row's logits and argmax; copy the ones asked for.

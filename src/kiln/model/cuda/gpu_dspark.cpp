@@ -1,0 +1,294 @@
+// The DSpark drafter on the GPU (gpu_dspark.h): commit and draft passes over the target
+// forward's ops, the stages run by the model definition's block.
+#include "kiln/model/cuda/gpu_dspark.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kiln/core/error.h"
+#include "kiln/model/definition.h"
+#include "kiln/ops/cpu/vec.h"
+#include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/copy_rows.h"
+#include "kiln/ops/cuda/elementwise.h"
+
+namespace kiln::model::cuda {
+
+namespace oc = kiln::ops::cuda;
+
+namespace {
+
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+
+void usage_check(bool ok, const char* what, int64_t got, int64_t want) {
+  if (!ok) fail(ErrorKind::Usage, "GPU DSpark drafter: {} is {}; expected {}", what, got, want);
+}
+
+}  // namespace
+
+struct GpuDSpark::Buffers {
+  DeviceArray<int32_t> tok, slot, pos, key_end, perm, src, prev;  // rows of a pass; prev: per round
+  DeviceArray<float> feats, mx, kv;                              // commit
+  DeviceArray<float> hpre, hk, hn, base;                         // draft block (hk, hn, base: k-major rows)
+  DeviceArray<float> e, bias, adjusted;                          // Markov step, per round
+};
+
+GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target), w_(std::move(weights)) {
+  const ModelConfig& c = f_.config();
+  if (!c.dspark) fail(ErrorKind::Usage, "GPU DSpark drafter: the target's config declares no drafter");
+  const int64_t H = c.hidden_size, V = c.vocab_size, r = w_.config.markov_rank, D = c.head_dim;
+  B_ = static_cast<int>(w_.config.block_size);
+  W_ = static_cast<int>(c.sliding_window);
+  slots_ = f_.options().max_slots;
+  max_rows_ = f_.options().max_rows;
+  F_ = static_cast<int64_t>(w_.config.target_layer_ids.size()) * H;
+  usage_check(B_ >= 1, "the block size (dspark_block_size)", B_, 1);
+  if (max_rows_ < B_) {
+    fail(ErrorKind::Usage, "GPU DSpark drafter: a pass takes {} rows (max_rows), fewer than one draft block of {}",
+         max_rows_, B_);
+  }
+  usage_check(static_cast<int64_t>(w_.stages.size()) == w_.config.stages && !w_.stages.empty(), "the stage count",
+              static_cast<int64_t>(w_.stages.size()), w_.config.stages);
+  usage_check(w_.main_proj.n() == H && w_.main_proj.k() == F_, "main_proj's [out * in]", w_.main_proj.n() * w_.main_proj.k(),
+              H * F_);
+  usage_check(static_cast<int64_t>(w_.markov_w1.size()) == V * r, "markov_w1's size", static_cast<int64_t>(w_.markov_w1.size()),
+              V * r);
+  usage_check(w_.markov_w2.n() == V && w_.markov_w2.k() == r, "markov_w2's [out * in]", w_.markov_w2.n() * w_.markov_w2.k(),
+              V * r);
+  usage_check(w_.confidence.empty() || static_cast<int64_t>(w_.confidence.size()) == H + r, "confidence_head.proj's size",
+              static_cast<int64_t>(w_.confidence.size()), H + r);
+  for (const GpuBlock& s : w_.stages) {
+    if (s.attn.kind != AttnKind::SWA || s.attn.compressor || s.attn.indexer) {
+      fail(ErrorKind::Usage, "GPU DSpark drafter: a stage with compressed attention (the stages are sliding-window only)");
+    }
+  }
+  f_.record_dspark_features(w_.config.target_layer_ids);
+  rope_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_main)), f_.options().max_context + B_);
+
+  for (size_t s = 0; s < w_.stages.size(); ++s) {
+    auto st = std::make_unique<GpuLayerState>();
+    st->ring.cap = W_ + B_;
+    st->ring.dim = static_cast<int>(D);
+    st->ring.slot_stride = static_cast<int64_t>(st->ring.cap) * D;
+    st->window = DeviceArray<float>(sz(slots_ * st->ring.slot_stride));
+    st->ring.data = st->window.get();
+    state_bytes_ += static_cast<int64_t>(st->window.size() * sizeof(float));
+    rings_.push_back(std::move(st));
+  }
+  length_.assign(sz(slots_), 0);
+
+  const int64_t M = max_rows_, G = max_rows_ / B_;
+  buf_ = std::make_unique<Buffers>();
+  Buffers& b = *buf_;
+  auto f = [&](int64_t n) {
+    buffer_bytes_ += 4 * n;
+    return DeviceArray<float>(sz(n));
+  };
+  auto i32 = [&](int64_t n) {
+    buffer_bytes_ += 4 * n;
+    return DeviceArray<int32_t>(sz(n));
+  };
+  b.tok = i32(M), b.slot = i32(M), b.pos = i32(M), b.key_end = i32(M), b.perm = i32(M), b.src = i32(M), b.prev = i32(G);
+  b.feats = f(M * F_), b.mx = f(M * H), b.kv = f(M * D);
+  b.hpre = f(M * H), b.hk = f(M * H), b.hn = f(M * H), b.base = f(M * V);
+  b.e = f(G * r), b.bias = f(G * V), b.adjusted = f(G * V);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+GpuDSpark::~GpuDSpark() = default;
+
+int64_t GpuDSpark::length(int slot) const {
+  if (slot < 0 || slot >= slots_) fail(ErrorKind::Usage, "GPU DSpark drafter: slot {} of {}", slot, slots_);
+  return length_[sz(slot)];
+}
+
+void GpuDSpark::reset(int slot) {
+  (void)length(slot);
+  length_[sz(slot)] = 0;
+}
+
+void GpuDSpark::copy_slot(int src, int dst) {
+  (void)length(src);
+  (void)length(dst);
+  if (src == dst) fail(ErrorKind::Usage, "GPU DSpark drafter: copy of slot {} into itself", src);
+  for (const auto& st : rings_) {
+    const int64_t n = st->ring.slot_stride;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(st->ring.data + dst * n, st->ring.data + src * n, sz(n) * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, f_.stream()));
+  }
+  length_[sz(dst)] = length_[sz(src)];
+}
+
+void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> pos, std::span<const int32_t> src) {
+  const size_t R = slot.size();
+  if (pos.size() != R || src.size() != R) {
+    fail(ErrorKind::Usage, "GPU DSpark commit: {} slots, {} positions, {} source rows", R, pos.size(), src.size());
+  }
+  if (R == 0) return;
+  // Every row is checked before anything is written.
+  std::vector<int64_t> next = length_;
+  for (size_t i = 0; i < R; ++i) {
+    const int s = slot[i];
+    (void)length(s);
+    if (pos[i] != next[sz(s)]) {
+      fail(ErrorKind::Usage, "GPU DSpark commit: position {} to slot {}, which has {} committed", pos[i], s, next[sz(s)]);
+    }
+    if (pos[i] >= f_.options().max_context) {
+      fail(ErrorKind::Usage, "GPU DSpark commit: position {} beyond the context of {}", pos[i], f_.options().max_context);
+    }
+    if (src[i] < 0 || src[i] >= max_rows_) {
+      fail(ErrorKind::Usage, "GPU DSpark commit: features of main row {} (a pass has at most {})", src[i], max_rows_);
+    }
+    ++next[sz(s)];
+  }
+  const ModelConfig& c = f_.config();
+  const int64_t H = c.hidden_size, D = c.head_dim;
+  const cudaStream_t st = f_.stream();
+  Buffers& b = *buf_;
+  for (size_t r0 = 0; r0 < R; r0 += sz(max_rows_)) {
+    const int n = static_cast<int>(std::min(R - r0, sz(max_rows_)));
+    const size_t bytes = sz(n) * sizeof(int32_t);
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), slot.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), pos.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.src.get(), src.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    oc::gather_rows(f_.dspark_features(), F_, b.src.get(), n, static_cast<int>(F_), b.feats.get(), F_, st);
+    const oc::StepRows rows{b.src.get(), b.slot.get(), b.pos.get(), n};  // no tokens: src stands in, unread
+    GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
+    // main_x = main_norm(main_proj(F)); per stage rope(kv_norm(wkv(main_x))) into its ring.
+    ops.linear(w_.main_proj, b.feats.get(), n, b.mx.get());
+    ops.rmsnorm(b.mx.get(), n, H, w_.main_norm, b.mx.get());
+    ops.act_bf16(b.mx.get(), H, n, H);
+    for (size_t s = 0; s < w_.stages.size(); ++s) {
+      const GpuAttention& a = w_.stages[s].attn;
+      ops.linear(a.wkv, b.mx.get(), n, b.kv.get());
+      ops.rmsnorm(b.kv.get(), n, D, a.kv_norm, b.kv.get());
+      ops.act_bf16(b.kv.get(), D, n, D);
+      ops.rope(AttnKind::SWA, b.kv.get(), D, 1, D, D, false);
+      ops.act_bf16(b.kv.get(), D, n, D);
+      oc::window_write(rows, b.kv.get(), D, rings_[s]->ring, st);
+    }
+  }
+  length_ = std::move(next);
+  // The host arrays above may be reused by the caller as soon as this returns (pageable
+  // copies are staged before cudaMemcpyAsync returns).
+}
+
+std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits) {
+  const ModelConfig& c = f_.config();
+  std::vector<Out> outs(rounds.size());
+  for (const Round& q : rounds) {
+    (void)length(q.slot);
+    if (q.drafts < 0 || q.drafts > B_) fail(ErrorKind::Usage, "GPU DSpark draft: {} drafts; the block holds {}", q.drafts, B_);
+    if (q.anchor < 0 || q.anchor >= c.vocab_size) {
+      fail(ErrorKind::Usage, "GPU DSpark draft: anchor token {} outside [0, {})", q.anchor, c.vocab_size);
+    }
+    if (length_[sz(q.slot)] > f_.options().max_context) {
+      fail(ErrorKind::Usage, "GPU DSpark draft: slot {} is at position {}, beyond the context", q.slot, length_[sz(q.slot)]);
+    }
+  }
+  const size_t G = sz(max_rows_ / B_);
+  for (size_t first = 0; first < rounds.size(); first += G) draft_group(rounds, first, choose, keep_logits, outs);
+  return outs;
+}
+
+void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const Choose& choose, bool keep_logits,
+                            std::vector<Out>& outs) {
+  const ModelConfig& c = f_.config();
+  const int64_t H = c.hidden_size, V = c.vocab_size, r = w_.config.markov_rank;
+  const int n = static_cast<int>(std::min(rounds.size() - first, sz(max_rows_ / B_)));
+  const int T = n * B_;
+  const cudaStream_t st = f_.stream();
+  Buffers& b = *buf_;
+  // Row i*B + j: token j of round i's block at position N_i + j; its keys end at N_i + B - 1.
+  std::vector<int32_t> tok(sz(T)), slot(sz(T)), pos(sz(T)), key_end(sz(T)), perm(sz(T)), prev(sz(n));
+  int most = 0;
+  for (int i = 0; i < n; ++i) {
+    const Round& q = rounds[first + sz(i)];
+    const int32_t N = static_cast<int32_t>(length_[sz(q.slot)]);
+    for (int j = 0; j < B_; ++j) {
+      const size_t t = sz(i * B_ + j);
+      tok[t] = j == 0 ? q.anchor : static_cast<int32_t>(w_.config.noise_token_id);
+      slot[t] = q.slot;
+      pos[t] = N + j;
+      key_end[t] = N + B_ - 1;
+      perm[sz(j * n + i)] = static_cast<int32_t>(t);  // k-major: row (k, i) of the head input is block row i*B + k
+    }
+    prev[sz(i)] = q.anchor;
+    most = std::max(most, q.drafts);
+  }
+  const size_t bytes = sz(T) * sizeof(int32_t);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.tok.get(), tok.data(), bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), slot.data(), bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), pos.data(), bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.key_end.get(), key_end.data(), bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.perm.get(), perm.data(), bytes, cudaMemcpyHostToDevice, st));
+
+  // The block through the stages (the window ring of each stage gets the block's rows).
+  const oc::StepRows rows{b.tok.get(), b.slot.get(), b.pos.get(), T};
+  GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
+  ops.set_block_attention(b.key_end.get(), W_ + B_);
+  float* X = ops.buf().X;
+  float* Xn = ops.buf().Xn;
+  ops.embed_streams(f_.weights().embed, X);
+  for (size_t s = 0; s < w_.stages.size(); ++s) def::block(ops, w_.stages[s], ops.layer(s), X, Xn);
+  // hc_head (pre-norm h), rows reordered k-major, norm, the target's head: U_k of round i
+  // is row k * n + i of base.
+  ops.hc_head(w_.hc_head, X, T, b.hpre.get());
+  ops.act_bf16(b.hpre.get(), H, T, H);
+  oc::gather_rows(b.hpre.get(), H, b.perm.get(), T, static_cast<int>(H), b.hk.get(), H, st);
+  ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get());
+  ops.act_bf16(b.hn.get(), H, T, H);
+  ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
+
+  std::vector<float> h, base;
+  if (!w_.confidence.empty()) h = std::vector<float>(sz(T * H));
+  if (keep_logits) base = std::vector<float>(sz(T * V));
+  if (!h.empty()) KILN_CUDA_CHECK(cudaMemcpyAsync(h.data(), b.hk.get(), h.size() * 4, cudaMemcpyDeviceToHost, st));
+  if (keep_logits) KILN_CUDA_CHECK(cudaMemcpyAsync(base.data(), b.base.get(), base.size() * 4, cudaMemcpyDeviceToHost, st));
+  for (int i = 0; keep_logits && i < n; ++i) {
+    Out& o = outs[first + sz(i)];
+    o.base.resize(sz(B_ * V));
+  }
+
+  // The sequential Markov loop, all rounds of the group per step.
+  std::vector<float> adjusted(sz(n * V)), e(sz(n * r));
+  for (int k = 0; k < most; ++k) {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    oc::gather_rows(w_.markov_w1.get(), r, b.prev.get(), n, static_cast<int>(r), b.e.get(), r, st);
+    ops.linear(w_.markov_w2, b.e.get(), n, b.bias.get());
+    oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
+                              b.adjusted.get(), st);
+    KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get(), e.size() * 4, cudaMemcpyDeviceToHost, st));
+    KILN_CUDA_CHECK(cudaStreamSynchronize(st));
+    for (int i = 0; i < n; ++i) {
+      const size_t at = first + sz(i);
+      if (k >= rounds[at].drafts) continue;
+      Out& o = outs[at];
+      const std::span<const float> row = std::span<const float>(adjusted).subspan(sz(i) * sz(V), sz(V));
+      if (keep_logits) o.adjusted.insert(o.adjusted.end(), row.begin(), row.end());
+      if (!w_.confidence.empty()) {
+        const float* hk = h.data() + (static_cast<int64_t>(k) * n + i) * H;
+        const float logit = ops::cpu::dot(w_.confidence.data(), hk, H) +
+                            ops::cpu::dot(w_.confidence.data() + H, e.data() + static_cast<int64_t>(i) * r, r);
+        o.confidence.push_back(1.0f / (1.0f + std::exp(-logit)));
+      }
+      const int32_t d = choose(at, k, row);
+      if (d < 0 || d >= V) fail(ErrorKind::Usage, "GPU DSpark draft: chose token {} outside [0, {})", d, V);
+      o.tokens.push_back(d);
+      prev[sz(i)] = d;
+    }
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (int i = 0; keep_logits && i < n; ++i) {
+    Out& o = outs[first + sz(i)];
+    for (int k = 0; k < B_; ++k) {
+      std::copy_n(base.data() + (static_cast<int64_t>(k) * n + i) * V, V, o.base.data() + static_cast<int64_t>(k) * V);
+    }
+  }
+}
+
+}  // namespace kiln::model::cuda
