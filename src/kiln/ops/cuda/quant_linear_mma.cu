@@ -2,15 +2,18 @@
 // weight's rows on the M side (16 per tile) and tokens on the N side (8 per group).
 //
 // Input order inside a tile: a chunk of CK inputs (64 for bf16 weights, 128 = one scale
-// block for fp8 ones) is read by lane (g, q) = (lane / 4, lane % 4) as the contiguous
-// 16-byte pieces [q * CK / 4, (q + 1) * CK / 4) of rows g and g + 8 (and of its token's
-// input row), and the fragment's k indices are mapped onto those pieces, the same map for
-// the weight (A) and the input (B), so every mma still multiplies matching inputs:
-//   m16n8k16 (bf16), step j of the chunk: logical k 2q + e  -> q * CK/4 + 4j + e,
-//                                         logical k 2q+8+e -> q * CK/4 + 4j + 2 + e;
-//   m16n8k32 (e4m3), step j:              logical k 4q + e  -> 32q + 8j + e,
-//                                         logical k 4q+16+e -> 32q + 8j + 4 + e.
-// So each lane loads whole 16-byte vectors and a warp reads 128 contiguous bytes per row.
+// block for fp8 ones; 128 weight bytes per row either way) is read by lane (g, q) = (lane
+// / 4, lane % 4) as two 16-byte pieces of rows g and g + 8 (and of its token's input row):
+// bytes [16q, 16q + 16) and [64 + 16q, 64 + 16q + 16) of the chunk, so each load
+// instruction of a warp reads 64 contiguous bytes of every row it touches. The fragment's k
+// indices are mapped onto those pieces, the same map for the weight (A) and the input (B),
+// so every mma still multiplies matching inputs. With E = inputs per 16 bytes (8 bf16, 16
+// e4m3), word w of a lane's 32 bytes holds inputs (w / 4) * CK / 2 + q * E + (w % 4) * E / 4
+// .. + E / 4 - 1, and
+//   m16n8k16 (bf16 weight), step j: A/B registers 0 and 1 are words 2j and 2j + 1;
+//   m16n8k16 (fp8 weight as bf16), step j (8 per chunk): word j, its codes 0-1 and 2-3;
+//   m16n8k32 (e4m3), step j: words 2j and 2j + 1.
+// Every input of the chunk is used exactly once per tile; the order of the steps is fixed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -21,6 +24,8 @@
 #include <cstdint>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/act_quant.h"
+#include "kiln/ops/cuda/act_quant.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_mma.h"
 
@@ -110,8 +115,8 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
   const int tok0 = static_cast<int>(blockIdx.x) * TG * 8;
   const int row0 = tile * 16 + g, row1 = row0 + 8;
   // Rows past n load row n - 1 (their results are not written).
-  const uint8_t* w0 = a.w + static_cast<int64_t>(min(row0, a.n - 1)) * a.row_bytes + q * 32;
-  const uint8_t* w1 = a.w + static_cast<int64_t>(min(row1, a.n - 1)) * a.row_bytes + q * 32;
+  const uint8_t* w0 = a.w + static_cast<int64_t>(min(row0, a.n - 1)) * a.row_bytes + q * 16;
+  const uint8_t* w1 = a.w + static_cast<int64_t>(min(row1, a.n - 1)) * a.row_bytes + q * 16;
   const int64_t group = static_cast<int64_t>(tile) * 16 / a.group_rows;
   const int nc = a.k / CK;
   const int c0 = warp * nc / kw, c1 = (warp + 1) * nc / kw;
@@ -127,10 +132,10 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
     xr[t] = nullptr;
     xqr[t] = nullptr;
     if (tb < a.M) {
-      if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
-        xqr[t] = a.xq + static_cast<int64_t>(tb) * a.k + q * 32;
-      } else {
-        xr[t] = a.x + static_cast<int64_t>(tb) * a.ldx + group * a.x_group_stride + q * (CK / 4);
+      if (OPS == MmaOperands::Fp8W_Fp8X && a.xq) {
+        xqr[t] = a.xq + static_cast<int64_t>(tb) * a.k + q * 16;
+      } else {  // fp32 x (Fp8W_Fp8X with xq null: quantized here, one token group only)
+        xr[t] = a.x + static_cast<int64_t>(tb) * a.ldx + group * a.x_group_stride + q * (CK / 8);
       }
     }
   }
@@ -142,15 +147,15 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
   uint4 cur[4];
   if (c0 < c1) {
     const int64_t off = static_cast<int64_t>(c0) * Chunk<OPS>::kBytes;
-    cur[0] = ld_weight(w0 + off), cur[1] = ld_weight(w0 + off + 16);
-    cur[2] = ld_weight(w1 + off), cur[3] = ld_weight(w1 + off + 16);
+    cur[0] = ld_weight(w0 + off), cur[1] = ld_weight(w0 + off + 64);
+    cur[2] = ld_weight(w1 + off), cur[3] = ld_weight(w1 + off + 64);
   }
   for (int c = c0; c < c1; ++c) {
     uint4 nxt[4];
     if (c + 1 < c1) {
       const int64_t off = static_cast<int64_t>(c + 1) * Chunk<OPS>::kBytes;
-      nxt[0] = ld_weight(w0 + off), nxt[1] = ld_weight(w0 + off + 16);
-      nxt[2] = ld_weight(w1 + off), nxt[3] = ld_weight(w1 + off + 16);
+      nxt[0] = ld_weight(w0 + off), nxt[1] = ld_weight(w0 + off + 64);
+      nxt[2] = ld_weight(w1 + off), nxt[3] = ld_weight(w1 + off + 64);
     }
     const uint32_t r0w[8] = {cur[0].x, cur[0].y, cur[0].z, cur[0].w, cur[1].x, cur[1].y, cur[1].z, cur[1].w};
     const uint32_t r1w[8] = {cur[2].x, cur[2].y, cur[2].z, cur[2].w, cur[3].x, cur[3].y, cur[3].z, cur[3].w};
@@ -160,7 +165,8 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         if (t >= groups) break;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + 4 * j)) : make_float4(0, 0, 0, 0);
+          const float* xp = xr[t] + c * CK + (j / 2) * 32 + (j % 2) * 4;
+          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
           uint32_t b0[3], b1[3];
           split_pair(xv.x, xv.y, b0);
           split_pair(xv.z, xv.w, b1);
@@ -187,7 +193,8 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + 4 * j)) : make_float4(0, 0, 0, 0);
+          const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
+          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
           uint32_t b0[3], b1[3];
           split_pair(xv.x, xv.y, b0);
           split_pair(xv.z, xv.w, b1);
@@ -205,20 +212,53 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
         if (t >= groups) break;
-        uint4 xa = make_uint4(0, 0, 0, 0), xb = make_uint4(0, 0, 0, 0);
-        if (xqr[t]) {
-          xa = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK));
-          xb = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK + 16));
+        uint32_t xw[8];
+        float sa0, sa1;  // the activation scales of columns 2q, 2q + 1 (tokens tc0, tc1)
+        const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
+        if (TG > 1 || a.xq) {  // staged codes (the host stages them whenever TG > 1)
+          uint4 xa = make_uint4(0, 0, 0, 0), xb = make_uint4(0, 0, 0, 0);
+          if (xqr[t]) {
+            xa = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK));
+            xb = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK + 64));
+          }
+          xw[0] = xa.x, xw[1] = xa.y, xw[2] = xa.z, xw[3] = xa.w, xw[4] = xb.x, xw[5] = xb.y, xw[6] = xb.z, xw[7] = xb.w;
+          sa0 = tc0 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0] : 0.0f;
+          sa1 = tc1 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1] : 0.0f;
+        } else if constexpr (TG == 1) {
+          // act_quant of this 128-input block, here: the quad (lanes 4g .. 4g + 3) holds
+          // token g's whole block, 32 values per lane; the same bits as the act_quant kernel.
+          float v[32];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const float4 f = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + h * 64 + 4 * i))
+                                     : make_float4(0, 0, 0, 0);
+              v[h * 16 + 4 * i] = f.x, v[h * 16 + 4 * i + 1] = f.y, v[h * 16 + 4 * i + 2] = f.z, v[h * 16 + 4 * i + 3] = f.w;
+            }
+          }
+          float amax = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
+          amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
+          amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 2));
+          const float sc = act_quant_scale(amax);
+#pragma unroll
+          for (int w = 0; w < 8; ++w) {
+            uint32_t word = 0;
+#pragma unroll
+            for (int b = 0; b < 4; ++b) word |= static_cast<uint32_t>(e4m3_code(v[4 * w + b], sc)) << (8 * b);
+            xw[w] = word;
+          }
+          const float s_c0 = __shfl_sync(0xFFFFFFFFu, sc, 8 * q), s_c1 = __shfl_sync(0xFFFFFFFFu, sc, 8 * q + 4);
+          sa0 = tc0 < a.M ? s_c0 : 0.0f;
+          sa1 = tc1 < a.M ? s_c1 : 0.0f;
         }
-        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
         float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           mma_e4m3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xw[2 * j], xw[2 * j + 1], blk);
-        // Columns 2q, 2q + 1 of the group: their tokens' activation scales of this block.
-        const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
-        const float s0 = tc0 < a.M ? __fmul_rn(a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0], ws) : 0.0f;
-        const float s1 = tc1 < a.M ? __fmul_rn(a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1], ws) : 0.0f;
+        const float s0 = __fmul_rn(sa0, ws), s1 = __fmul_rn(sa1, ws);
         acc[t][0] = __fmaf_rn(blk[0], s0, acc[t][0]);
         acc[t][1] = __fmaf_rn(blk[1], s1, acc[t][1]);
         acc[t][2] = __fmaf_rn(blk[2], s0, acc[t][2]);
