@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
 
 namespace kiln::ops::cuda {
@@ -40,15 +41,6 @@ __device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t v) {
 // 2^(e - 127) (E8M0; e = 0 is the subnormal 2^-127, e = 255 the NaN code).
 __device__ __forceinline__ float e8m0_value(uint32_t e) {
   return e == 0 ? __uint_as_float(0x00400000u) : (e == 255 ? __uint_as_float(0x7FC00000u) : __uint_as_float(e << 23));
-}
-
-__device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
-                                         float (&d)[4]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
 }
 
 struct Params {
@@ -157,7 +149,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
           x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
           x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
         }
-        float d[4];
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
         if (kFp4) {
           const float w_lo = e8m0_value((e_lo >> (8 * j)) & 0xFFu), w_hi = e8m0_value((e_hi >> (8 * j)) & 0xFFu);
@@ -225,29 +217,6 @@ struct Bf16Params {
   int n = 0, k = 0, group = 16;
 };
 
-__device__ __forceinline__ void mma_bf16(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
-                                         float (&d)[4]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t bf16_pair(float a, float b) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// (v0, v1) as three bf16 pairs summing to them exactly (each remainder exact, Sterbenz).
-__device__ __forceinline__ void split3(float v0, float v1, uint32_t (&t)[3]) {
-  const float h0 = __bfloat162float(__float2bfloat16_rn(v0)), h1 = __bfloat162float(__float2bfloat16_rn(v1));
-  const float r0 = v0 - h0, r1 = v1 - h1;
-  const float m0 = __bfloat162float(__float2bfloat16_rn(r0)), m1 = __bfloat162float(__float2bfloat16_rn(r1));
-  t[0] = bf16_pair(h0, h1);
-  t[1] = bf16_pair(m0, m1);
-  t[2] = bf16_pair(r0 - m0, r1 - m1);
-}
-
 // An e2m1 code's value: exponent field e > 0 is (1 + m / 2) 2^(e - 1), e = 0 is m / 2.
 __device__ __forceinline__ float e2m1_value(uint32_t c) {
   const uint32_t e = (c >> 1) & 3u, m = c & 1u;
@@ -310,8 +279,8 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p
           // nibbles 2-3 and 6-7 are row g + 8 (a1, a3)
           v[i] = kNv ? e2m1_value(nib) : static_cast<float>(nib) - (((i >> 1) & 1) ? z_hi : z_lo);
         }
-        const uint32_t a0 = bf16_pair(v[0], v[1]), a1 = bf16_pair(v[2], v[3]), a2 = bf16_pair(v[4], v[5]),
-                       a3 = bf16_pair(v[6], v[7]);
+        const uint32_t a0 = bf16x2(v[0], v[1]), a1 = bf16x2(v[2], v[3]), a2 = bf16x2(v[4], v[5]),
+                       a3 = bf16x2(v[6], v[7]);
         uint32_t b0[3] = {0, 0, 0}, b1[3] = {0, 0, 0};
         if (xrow) {
           const float2 xa = *reinterpret_cast<const float2*>(xrow + s * 16 + 2 * t);

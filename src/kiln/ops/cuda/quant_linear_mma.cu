@@ -27,6 +27,7 @@
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/act_quant.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
 
 namespace kiln::ops::cuda::detail {
@@ -60,41 +61,11 @@ __device__ __forceinline__ uint4 ld_weight(const uint8_t* p) {
   return r;
 }
 
-__device__ __forceinline__ void mma_bf16(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
-                                         float (&d)[4]) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
-                                         float (&d)[4]) {
-  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) { return *reinterpret_cast<uint32_t*>(&v); }
-
-// (v0, v1) as up to three bf16 pairs whose sums are v0 and v1: hi = bf16(v), then the
-// remainders (each subtraction exact: Sterbenz), so three terms hold all 24 bits.
-__device__ __forceinline__ void split_pair(float v0, float v1, uint32_t (&t)[3]) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-  const float2 hf = __bfloat1622float2(h);
-  const float r0 = v0 - hf.x, r1 = v1 - hf.y;
-  const __nv_bfloat162 m = __floats2bfloat162_rn(r0, r1);
-  const float2 mf = __bfloat1622float2(m);
-  const __nv_bfloat162 l = __floats2bfloat162_rn(r0 - mf.x, r1 - mf.y);
-  t[0] = bf16x2_bits(h);
-  t[1] = bf16x2_bits(m);
-  t[2] = bf16x2_bits(l);
-}
-
 // Two e4m3 codes (the low or high half of v) as a bf16 pair, exactly.
 __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v, int half) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v >> (16 * half)), __NV_E4M3);
   const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
-  return bf16x2_bits(__floats2bfloat162_rn(f.x, f.y));
+  return bf16x2(f.x, f.y);
 }
 
 // Inputs per chunk; a chunk is 128 weight bytes per row either way.
@@ -168,8 +139,8 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
           const float* xp = xr[t] + c * CK + (j / 2) * 32 + (j % 2) * 4;
           const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
           uint32_t b0[3], b1[3];
-          split_pair(xv.x, xv.y, b0);
-          split_pair(xv.z, xv.w, b1);
+          split3(xv.x, xv.y, b0);
+          split3(xv.z, xv.w, b1);
           mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[0], b1[0], acc[t]);
           if (a.terms > 1) {
             mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[1], b1[1], acc[t]);
@@ -196,8 +167,8 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
           const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
           uint32_t b0[3], b1[3];
-          split_pair(xv.x, xv.y, b0);
-          split_pair(xv.z, xv.w, b1);
+          split3(xv.x, xv.y, b0);
+          split3(xv.z, xv.w, b1);
           mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[0], b1[0], blk);
           if (a.terms > 1) {
             mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[1], b1[1], blk);

@@ -1,0 +1,46 @@
+// The warp-level tensor-core steps the linear kernels share (quant_linear_mma.cu,
+// moe_grouped.cu): mma.sync in place (d += a . b, fp32 accumulators) on bf16 or e4m3
+// operands, and the exact split of fp32 values into bf16 terms.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace kiln::ops::cuda {
+
+// m16n8k16, bf16 x bf16, fp32 accumulate: A rows g / g + 8 (a0 a1 a2 a3), B column g (b0 b1).
+__device__ __forceinline__ void mma_bf16(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// m16n8k32, e4m3 x e4m3, fp32 accumulate.
+__device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                                         float (&d)[4]) {
+  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Two floats as a bf16 pair (nearest even), the first in the low half.
+__device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// (v0, v1) as three bf16 pairs whose sums are v0 and v1 exactly: hi = bf16(v), then the
+// remainders (each subtraction exact by Sterbenz), so the three terms hold all 24 bits of
+// a normal fp32 value and every product with a bf16 weight is exact in fp32.
+__device__ __forceinline__ void split3(float v0, float v1, uint32_t (&t)[3]) {
+  const float h0 = __bfloat162float(__float2bfloat16_rn(v0)), h1 = __bfloat162float(__float2bfloat16_rn(v1));
+  const float r0 = v0 - h0, r1 = v1 - h1;
+  const float m0 = __bfloat162float(__float2bfloat16_rn(r0)), m1 = __bfloat162float(__float2bfloat16_rn(r1));
+  t[0] = bf16x2(h0, h1);
+  t[1] = bf16x2(m0, m1);
+  t[2] = bf16x2(r0 - m0, r1 - m1);
+}
+
+}  // namespace kiln::ops::cuda
