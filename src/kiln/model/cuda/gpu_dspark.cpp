@@ -98,7 +98,36 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-GpuDSpark::~GpuDSpark() = default;
+GpuDSpark::~GpuDSpark() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+}
+
+void GpuDSpark::launch(std::pair<int, int> key, const std::function<void()>& enqueue) {
+  const cudaStream_t st = f_.stream();
+  if (!f_.options().graphs) {
+    enqueue();
+    return;
+  }
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph = nullptr;
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue();
+    } catch (...) {
+      cudaStreamEndCapture(st, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    KILN_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    KILN_CUDA_CHECK(err);
+    it = graphs_.emplace(key, exec).first;
+  }
+  KILN_CUDA_CHECK(cudaGraphLaunch(it->second, st));
+}
 
 int64_t GpuDSpark::length(int slot) const {
   if (slot < 0 || slot >= slots_) fail(ErrorKind::Usage, "GPU DSpark drafter: slot {} of {}", slot, slots_);
@@ -179,8 +208,12 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
 std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits) {
   const ModelConfig& c = f_.config();
   std::vector<Out> outs(rounds.size());
+  std::vector<bool> seen(sz(slots_), false);
   for (const Round& q : rounds) {
     (void)length(q.slot);
+    // A block's rows go into its slot's rings: two blocks of one slot would overwrite each other.
+    if (seen[sz(q.slot)]) fail(ErrorKind::Usage, "GPU DSpark draft: slot {} twice in one call (one block per slot)", q.slot);
+    seen[sz(q.slot)] = true;
     if (q.drafts < 0 || q.drafts > B_) fail(ErrorKind::Usage, "GPU DSpark draft: {} drafts; the block holds {}", q.drafts, B_);
     if (q.anchor < 0 || q.anchor >= c.vocab_size) {
       fail(ErrorKind::Usage, "GPU DSpark draft: anchor token {} outside [0, {})", q.anchor, c.vocab_size);
@@ -228,20 +261,22 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
 
   // The block through the stages (the window ring of each stage gets the block's rows).
   const oc::StepRows rows{b.tok.get(), b.slot.get(), b.pos.get(), T};
-  GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
-  ops.set_block_attention(b.key_end.get(), W_ + B_);
-  float* X = ops.buf().X;
-  float* Xn = ops.buf().Xn;
-  ops.embed_streams(f_.weights().embed, X);
-  for (size_t s = 0; s < w_.stages.size(); ++s) def::block(ops, w_.stages[s], ops.layer(s), X, Xn);
-  // hc_head (pre-norm h), rows reordered k-major, norm, the target's head: U_k of round i
-  // is row k * n + i of base.
-  ops.hc_head(w_.hc_head, X, T, b.hpre.get());
-  ops.act_bf16(b.hpre.get(), H, T, H);
-  oc::gather_rows(b.hpre.get(), H, b.perm.get(), T, static_cast<int>(H), b.hk.get(), H, st);
-  ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get());
-  ops.act_bf16(b.hn.get(), H, T, H);
-  ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
+  launch({n, -1}, [&] {
+    GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
+    ops.set_block_attention(b.key_end.get(), W_ + B_);
+    float* X = ops.buf().X;
+    float* Xn = ops.buf().Xn;
+    ops.embed_streams(f_.weights().embed, X);
+    for (size_t s = 0; s < w_.stages.size(); ++s) def::block(ops, w_.stages[s], ops.layer(s), X, Xn);
+    // hc_head (pre-norm h), rows reordered k-major, norm, the target's head: U_k of round
+    // i is row k * n + i of base.
+    ops.hc_head(w_.hc_head, X, T, b.hpre.get());
+    ops.act_bf16(b.hpre.get(), H, T, H);
+    oc::gather_rows(b.hpre.get(), H, b.perm.get(), T, static_cast<int>(H), b.hk.get(), H, st);
+    ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get());
+    ops.act_bf16(b.hn.get(), H, T, H);
+    ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
+  });
 
   std::vector<float> h, base;
   if (!w_.confidence.empty()) h = std::vector<float>(sz(T * H));
@@ -257,10 +292,14 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
   std::vector<float> adjusted(sz(n * V)), e(sz(n * r));
   for (int k = 0; k < most; ++k) {
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    oc::gather_rows(w_.markov_w1.get(), r, b.prev.get(), n, static_cast<int>(r), b.e.get(), r, st);
-    ops.linear(w_.markov_w2, b.e.get(), n, b.bias.get());
-    oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
-                              b.adjusted.get(), st);
+    launch({n, k}, [&] {
+      // adjusted_k = U_k + markov_w2 . markov_w1[prev] for every round of the group.
+      GpuOps ops = f_.pass_ops(oc::StepRows{b.prev.get(), b.slot.get(), b.pos.get(), n}, rings_, rope_.view());
+      oc::gather_rows(w_.markov_w1.get(), r, b.prev.get(), n, static_cast<int>(r), b.e.get(), r, st);
+      ops.linear(w_.markov_w2, b.e.get(), n, b.bias.get());
+      oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
+                                b.adjusted.get(), st);
+    });
     KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get(), e.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaStreamSynchronize(st));

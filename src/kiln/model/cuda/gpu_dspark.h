@@ -20,11 +20,14 @@
 //   (argmax or a recorded draw, the engine's DraftChoice): one round trip per step.
 //   Confidences are computed on the host from the pre-norm hidden and the markov_w1 row,
 //   in the CPU drafter's arithmetic (ops/cpu/vec.h dot).
-// Eager (not captured in a graph); the main pass that records the features is captured.
+// With the target's graphs on (GpuOptions::graphs), the block pass is captured as a CUDA
+// graph per group size and each Markov step per (group size, step), replayed afterwards
+// (their rows are read from device buffers); the uploads and the host choice sit between.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <vector>
@@ -74,12 +77,14 @@ class GpuDSpark {
     std::vector<float> base;        // keep_logits: [B, V], U_k of every block row
     std::vector<float> adjusted;    // keep_logits: [drafts, V]
   };
-  // One draft round per element at its slot's committed length.
+  // One draft round per element at its slot's committed length (each slot at most once).
   std::vector<Out> draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits = false);
 
  private:
   void draft_group(std::span<const Round> rounds, size_t first, const Choose& choose, bool keep_logits,
                    std::vector<Out>& outs);
+  // Runs enqueue on the target's stream: eagerly, or as the graph captured for `key`.
+  void launch(std::pair<int, int> key, const std::function<void()>& enqueue);
 
   GpuForward& f_;
   GpuDSparkWeights w_;
@@ -91,6 +96,7 @@ class GpuDSpark {
   struct Buffers;
   std::unique_ptr<Buffers> buf_;
   int64_t state_bytes_ = 0, buffer_bytes_ = 0;
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (rounds, -1): block pass; (rounds, k): Markov step k
 };
 
 }  // namespace kiln::model::cuda
