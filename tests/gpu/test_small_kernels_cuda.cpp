@@ -191,6 +191,24 @@ TEST(CudaSmallKernels, HcPostMatchesCpuBitwise) {
   }
 }
 
+// The DSpark target features: the mean over the streams into one H-wide column block of a
+// wider row (the other columns stay as they were: poisoned on both sides).
+TEST(CudaSmallKernels, HcStreamMeanMatchesCpuBitwise) {
+  for (const HcCase c : {HcCase{4, 7168, 3, 0}, HcCase{4, 131, 5, 0}, HcCase{3, 17, 2, 0}}) {
+    const std::string what = "hc_stream_mean n " + std::to_string(c.n) + " H " + std::to_string(c.H);
+    const std::vector<float> X = uniform(static_cast<size_t>(c.R * c.n * c.H), -2.0f, 2.0f, 51);
+    const int64_t ld = 3 * c.H;
+    float poison;
+    const uint32_t ones = 0xFFFFFFFFu;
+    std::memcpy(&poison, &ones, 4);
+    std::vector<float> want(static_cast<size_t>(c.R * ld), poison);
+    cpu::hc_stream_mean(c.n, c.H, X.data(), c.R, want.data() + c.H, ld);
+    Dev<float> dX(X), dout(want.size());  // poisoned with 0xFF bytes, as want
+    cuda::hc_stream_mean(c.n, c.H, dX.get(), c.R, dout.get() + c.H, ld, nullptr);
+    expect_close(dout.host(), want, 0.0f, what);
+  }
+}
+
 TEST(CudaSmallKernels, HcHeadMatchesCpu) {
   for (const HcCase c : {HcCase{4, 7168, 3, 0}, HcCase{4, 129, 4, 0}, HcCase{1, 50, 2, 0}}) {
     const std::string what = "hc_head n " + std::to_string(c.n) + " H " + std::to_string(c.H);
