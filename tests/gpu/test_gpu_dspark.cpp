@@ -171,6 +171,30 @@ void draft_against_cpu(bool graphs) {
       }
     }
   }
+  // One commit of a whole prompt (34 rows: more than the GPU ring holds, only the last
+  // window's rows matter), then a draft: the CPU's, committed the same way.
+  {
+    ASSERT_EQ(L.backend->acquire(), 2);
+    runtime::PassRows all;
+    for (size_t p = 0; p < prompts[0].size(); ++p) {
+      all.add(0, 2, static_cast<int64_t>(p));
+      all.src.push_back(row0[0] + static_cast<int32_t>(p));
+    }
+    L.backend->dspark_commit(all);
+    ASSERT_EQ(L.gpu->length(2), static_cast<int64_t>(prompts[0].size()));
+    model::DSparkState whole = cpu.new_state();
+    const model::DSparkDrafter::CommitSeq c{&whole, feats[0]};
+    cpu.commit(std::span(&c, 1));
+    const std::vector<GpuDSpark::Round> q = {{2, 7, static_cast<int>(B)}};
+    const model::DSparkDrafter::DraftSeq cq{&whole, 7, static_cast<int>(B)};
+    const auto greedy = [](size_t, int, std::span<const float> row) { return argmax_low(row); };
+    const auto g = L.gpu->draft(q, greedy, true);
+    const auto cd = cpu.draft(std::span(&cq, 1), greedy);
+    SCOPED_TRACE("slot 2: the whole prompt committed at once, anchor position 34");
+    EXPECT_LT(rel(g[0].base, cd[0].base), 1e-4) << "base logits U_k (GPU vs CPU), max relative error";
+    EXPECT_LT(rel(g[0].adjusted, cd[0].adjusted), 1e-4) << "Markov-adjusted logits (GPU vs CPU), max relative error";
+    EXPECT_EQ(g[0].tokens, cd[0].tokens) << "drafted tokens (GPU vs CPU)";
+  }
   std::printf("[gpu-dspark] %s: %d drafts vs the CPU drafter: max relative error base %.2e, Markov-adjusted %.2e; "
               "confidence max |diff| %.2e\n",
               graphs ? "graphs" : "eager", compared, worst_base, worst_adj, worst_conf);

@@ -173,16 +173,27 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
     }
     ++next[sz(s)];
   }
+  // Only the last `window` positions of each slot are ever read again (a draft at N >= the
+  // new length reads N - window .. N - 1); the rows before are skipped, so the rows written
+  // by one launch land in distinct ring slots (window < ring cap) in any order.
+  std::vector<int32_t> kslot, kpos, ksrc;
+  for (size_t i = 0; i < R; ++i) {
+    if (pos[i] < next[sz(slot[i])] - W_) continue;
+    kslot.push_back(slot[i]);
+    kpos.push_back(pos[i]);
+    ksrc.push_back(src[i]);
+  }
   const ModelConfig& c = f_.config();
   const int64_t H = c.hidden_size, D = c.head_dim;
   const cudaStream_t st = f_.stream();
   Buffers& b = *buf_;
-  for (size_t r0 = 0; r0 < R; r0 += sz(max_rows_)) {
-    const int n = static_cast<int>(std::min(R - r0, sz(max_rows_)));
+  const size_t K = kslot.size();
+  for (size_t r0 = 0; r0 < K; r0 += sz(max_rows_)) {
+    const int n = static_cast<int>(std::min(K - r0, sz(max_rows_)));
     const size_t bytes = sz(n) * sizeof(int32_t);
-    KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), slot.data() + r0, bytes, cudaMemcpyHostToDevice, st));
-    KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), pos.data() + r0, bytes, cudaMemcpyHostToDevice, st));
-    KILN_CUDA_CHECK(cudaMemcpyAsync(b.src.get(), src.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), kslot.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), kpos.data() + r0, bytes, cudaMemcpyHostToDevice, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.src.get(), ksrc.data() + r0, bytes, cudaMemcpyHostToDevice, st));
     oc::gather_rows(f_.dspark_features(), F_, b.src.get(), n, static_cast<int>(F_), b.feats.get(), F_, st);
     const oc::StepRows rows{b.src.get(), b.slot.get(), b.pos.get(), n};  // no tokens: src stands in, unread
     GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
@@ -201,8 +212,8 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
     }
   }
   length_ = std::move(next);
-  // The host arrays above may be reused by the caller as soon as this returns (pageable
-  // copies are staged before cudaMemcpyAsync returns).
+  // Pageable host-to-device copies are staged before cudaMemcpyAsync returns: the host
+  // arrays may go as soon as this returns.
 }
 
 std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits) {
