@@ -62,11 +62,18 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
     model::GpuActivationSizes a;
     model::GpuMemoryNeeds needs;
   };
+  // A DSpark drafter's weights, counted as stored (its linears keep their stored form; its
+  // markov_w1 embedding is held in fp32, twice its bf16 bytes); its rings and buffers are
+  // small next to them and are not counted.
+  int64_t drafter_bytes = 0;
+  if (o.dspark && host->plan.dspark && c.dspark) {
+    drafter_bytes = static_cast<int64_t>(host->plan.dspark->bytes) + c.vocab_size * c.dspark->markov_rank * 2;
+  }
   auto size_for = [&](int rows) {
     Sized s;
     s.w = model::gpu_weight_bytes(host->weights, src, rows);
     s.a = model::gpu_activation_sizes(c, shape, rows, o.max_context, sms);
-    s.needs.weights = s.w.weights();
+    s.needs.weights = s.w.weights() + drafter_bytes;
     s.needs.activations = s.w.staging + s.w.lt + s.a.bytes();
     s.needs.per_slot = model::gpu_slot_bytes(c, shape, rows, o.max_context);
     s.needs.max_rows = rows;
@@ -112,8 +119,9 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
     const model::DSparkWeights d = model::load_dspark_weights(host->checkpoint, host->plan, lo);
     dm.dspark = model::cuda::upload_dspark_weights(d, c, o.precision,
                                                    model::checkpoint_dspark_linears(host->checkpoint, host->plan), rows, us);
-    say(fmt::format("DSpark drafter uploaded: {} stages, block {}, {:.3f} GB of linears (outside the memory plan)",
-                    c.dspark->stages, c.dspark->block_size, gb(dm.dspark->linear_bytes)));
+    say(fmt::format("DSpark drafter uploaded: {} stages, block {}, {:.3f} GB on the device (the memory plan counted "
+                    "{:.3f} GB)",
+                    c.dspark->stages, c.dspark->block_size, gb(dm.dspark->device_bytes), gb(drafter_bytes)));
   }
   dm.stats.checkpoint_bytes = static_cast<int64_t>(host->plan.total_bytes);
   dm.stats.upload_seconds = w.upload_seconds;

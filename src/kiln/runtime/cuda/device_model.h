@@ -31,7 +31,8 @@ struct DeviceModelOptions {
   ops::Precision precision = ops::Precision::Exact;  // the activation precision (ops/linear_numerics.h)
   bool graphs = true;
   // Also upload the checkpoint's DSpark drafter (model/cuda/gpu_dspark.h); Error(Invalid)
-  // when the checkpoint has none. Its weights, rings and buffers are not in the memory plan.
+  // when the checkpoint has none. The memory plan counts its weights by their stored bytes
+  // (not its rings and buffers).
   bool dspark = false;
   std::ostream* progress = nullptr;
   // Reader threads / staging per buffer for the upload (0: ops/cuda/device_upload.h's defaults).
