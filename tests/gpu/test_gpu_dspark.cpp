@@ -107,6 +107,20 @@ void draft_against_cpu(bool graphs) {
     cpu_state.push_back(cpu.new_state());
   }
   L.backend->main(rows, {}, nullptr);
+  // The target features the GPU main pass recorded (the drafter's only input from it).
+  {
+    std::vector<float> got(static_cast<size_t>(rows.size() * F));
+    L.backend->forward().synchronize();
+    ASSERT_EQ(cudaMemcpy(got.data(), L.backend->forward().dspark_features(), got.size() * sizeof(float),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    for (int s = 0; s < 2; ++s) {
+      const auto part = std::span<const float>(got).subspan(static_cast<size_t>(row0[static_cast<size_t>(s)] * F),
+                                                            feats[static_cast<size_t>(s)].size());
+      EXPECT_LT(rel(part, feats[static_cast<size_t>(s)]), 1e-4)
+          << "slot " << s << ": target features (mean over hc of layers 2-4) GPU vs CPU, max relative error";
+    }
+  }
 
   // Anchors per slot: before the window fills (8), at it, past it and past the GPU ring's
   // wrap (window + block = 13 rows).
