@@ -43,6 +43,38 @@ __device__ __forceinline__ float e8m0_value(uint32_t e) {
   return e == 0 ? __uint_as_float(0x00400000u) : (e == 255 ? __uint_as_float(0x7FC00000u) : __uint_as_float(e << 23));
 }
 
+// The end of one group of 8 pairs in a grouped kernel: the K-slices' sums added in warp
+// order by warp 0, times `mult` (NVFP4's global; 1 is exact), rounded to bf16 and written to
+// rows r0 and r0 + 8 of pairs order[qc0] and order[qc1] (those below p1).
+__device__ __forceinline__ void write_pairs(float (&part)[kSlices][32][4], const float (&acc)[4], int warp, int lane,
+                                            int r0, int qc0, int qc1, int p1, const int32_t* __restrict__ order,
+                                            float mult, float* __restrict__ y, int64_t ldy) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[i];
+  __syncthreads();
+  if (warp == 0) {
+    float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[i] = part[0][lane][i];
+#pragma unroll
+      for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
+      v[i] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v[i], mult)));
+    }
+    if (qc0 < p1) {
+      float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
+      yr[r0] = v[0];
+      yr[r0 + 8] = v[2];
+    }
+    if (qc1 < p1) {
+      float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
+      yr[r0] = v[1];
+      yr[r0 + 8] = v[3];
+    }
+  }
+  __syncthreads();
+}
+
 struct Params {
   const uint8_t* w = nullptr;   // [count] x expert_w bytes
   const uint8_t* sc = nullptr;  // [count] x expert_s bytes
@@ -169,31 +201,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
       acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
       acc[3] = __fmaf_rn(blk[3], sa1, acc[3]);
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[i];
-    __syncthreads();
-    if (warp == 0) {
-      float v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        v[i] = part[0][lane][i];
-#pragma unroll
-        for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
-        v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
-      }
-      const int r0 = tile * 16 + g;
-      if (qc0 < p1) {
-        float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
-        yr[r0] = v[0];
-        yr[r0 + 8] = v[2];
-      }
-      if (qc1 < p1) {
-        float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
-        yr[r0] = v[1];
-        yr[r0 + 8] = v[3];
-      }
-    }
-    __syncthreads();
+    write_pairs(part, acc, warp, lane, tile * 16 + g, qc0, qc1, p1, order, 1.0f, y, ldy);
   }
 }
 
@@ -298,31 +306,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p
         acc[3] = __fmaf_rn(d[3], s_hi, acc[3]);
       }
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) part[warp][lane][i] = acc[i];
-    __syncthreads();
-    if (warp == 0) {
-      float v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        v[i] = part[0][lane][i];
-#pragma unroll
-        for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
-        v[i] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v[i], glob)));
-      }
-      const int r0 = tile * 16 + g;
-      if (qc0 < p1) {
-        float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
-        yr[r0] = v[0];
-        yr[r0 + 8] = v[2];
-      }
-      if (qc1 < p1) {
-        float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
-        yr[r0] = v[1];
-        yr[r0 + 8] = v[3];
-      }
-    }
-    __syncthreads();
+    write_pairs(part, acc, warp, lane, tile * 16 + g, qc0, qc1, p1, order, glob, y, ldy);
   }
 }
 
