@@ -7,7 +7,6 @@
 #include <cuda_fp8.h>
 
 #include "kiln/ops/act_quant.h"
-#include "kiln/ops/cuda/act_quant.cuh"
 #include "kiln/ops/cuda/check.h"
 
 namespace kiln::ops::cuda {
@@ -26,6 +25,11 @@ __device__ __forceinline__ float warp_block_scale(const float (&v)[4]) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
   return act_quant_scale(amax);
+}
+
+// The e4m3 code of v in a block of scale sc (round to nearest even, saturating).
+__device__ __forceinline__ __nv_fp8_storage_t e4m3_code(float v, float sc) {
+  return __nv_cvt_float_to_fp8(act_quant_clamp(v / sc), __NV_SATFINITE, __NV_E4M3);
 }
 
 template <typename T>

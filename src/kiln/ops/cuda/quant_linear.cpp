@@ -363,10 +363,6 @@ std::vector<std::byte> detail::download_prepared(const QuantLinearImpl& d) {
 
 namespace {
 
-// Up to this many rows the FP8 x FP8 kernel quantizes x itself (the same codes and scales
-// as act_quant; one launch less per linear at decode sizes).
-constexpr int kMmaFusedQuantRows = 8;
-
 // The tensor-core path of batch-invariant numerics (output rounding included); false (the
 // CUDA-core kernels then take it) when a grouped call's groups are not whole 16-row tiles
 // or its x is not 16-byte aligned per group.
@@ -381,7 +377,7 @@ bool mma_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t 
   a.ldy = ldy;
   a.group_rows = d.n / groups;
   a.x_group_stride = x_group_stride;
-  if (d.mma->ops == MmaOperands::Fp8W_Fp8X && M > kMmaFusedQuantRows) {
+  if (d.mma->ops == MmaOperands::Fp8W_Fp8X) {
     auto* q = static_cast<uint8_t*>(d.xpad.get());
     auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(d.max_m, d.k));
     cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);

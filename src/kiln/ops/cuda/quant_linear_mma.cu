@@ -24,8 +24,6 @@
 #include <cstdint>
 
 #include "kiln/core/error.h"
-#include "kiln/ops/act_quant.h"
-#include "kiln/ops/cuda/act_quant.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
@@ -103,9 +101,9 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
     xr[t] = nullptr;
     xqr[t] = nullptr;
     if (tb < a.M) {
-      if (OPS == MmaOperands::Fp8W_Fp8X && a.xq) {
+      if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
         xqr[t] = a.xq + static_cast<int64_t>(tb) * a.k + q * 16;
-      } else {  // fp32 x (Fp8W_Fp8X with xq null: quantized here, one token group only)
+      } else {
         xr[t] = a.x + static_cast<int64_t>(tb) * a.ldx + group * a.x_group_stride + q * (CK / 8);
       }
     }
@@ -183,48 +181,16 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
         if (t >= groups) break;
-        uint32_t xw[8];
-        float sa0, sa1;  // the activation scales of columns 2q, 2q + 1 (tokens tc0, tc1)
-        const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
-        if (TG > 1 || a.xq) {  // staged codes (the host stages them whenever TG > 1)
-          uint4 xa = make_uint4(0, 0, 0, 0), xb = make_uint4(0, 0, 0, 0);
-          if (xqr[t]) {
-            xa = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK));
-            xb = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK + 64));
-          }
-          xw[0] = xa.x, xw[1] = xa.y, xw[2] = xa.z, xw[3] = xa.w, xw[4] = xb.x, xw[5] = xb.y, xw[6] = xb.z, xw[7] = xb.w;
-          sa0 = tc0 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0] : 0.0f;
-          sa1 = tc1 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1] : 0.0f;
-        } else if constexpr (TG == 1) {
-          // act_quant of this 128-input block, here: the quad (lanes 4g .. 4g + 3) holds
-          // token g's whole block, 32 values per lane; the same bits as the act_quant kernel.
-          float v[32];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const float4 f = xr[t] ? __ldg(reinterpret_cast<const float4*>(xr[t] + c * CK + h * 64 + 4 * i))
-                                     : make_float4(0, 0, 0, 0);
-              v[h * 16 + 4 * i] = f.x, v[h * 16 + 4 * i + 1] = f.y, v[h * 16 + 4 * i + 2] = f.z, v[h * 16 + 4 * i + 3] = f.w;
-            }
-          }
-          float amax = 0.0f;
-#pragma unroll
-          for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
-          amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 1));
-          amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, 2));
-          const float sc = act_quant_scale(amax);
-#pragma unroll
-          for (int w = 0; w < 8; ++w) {
-            uint32_t word = 0;
-#pragma unroll
-            for (int b = 0; b < 4; ++b) word |= static_cast<uint32_t>(e4m3_code(v[4 * w + b], sc)) << (8 * b);
-            xw[w] = word;
-          }
-          const float s_c0 = __shfl_sync(0xFFFFFFFFu, sc, 8 * q), s_c1 = __shfl_sync(0xFFFFFFFFu, sc, 8 * q + 4);
-          sa0 = tc0 < a.M ? s_c0 : 0.0f;
-          sa1 = tc1 < a.M ? s_c1 : 0.0f;
+        uint4 xa = make_uint4(0, 0, 0, 0), xb = make_uint4(0, 0, 0, 0);
+        if (xqr[t]) {
+          xa = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK));
+          xb = __ldg(reinterpret_cast<const uint4*>(xqr[t] + c * CK + 64));
         }
+        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        // Columns 2q, 2q + 1 of the group: their tokens' activation scales of this block.
+        const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
+        const float sa0 = tc0 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0] : 0.0f;
+        const float sa1 = tc1 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1] : 0.0f;
         float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int j = 0; j < 4; ++j)
