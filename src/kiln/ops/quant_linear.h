@@ -52,11 +52,11 @@ class QuantLinear {
   // The same with `numerics` (ops/linear_numerics.h): forward() quantizes x with act_quant
   // first (LinearInput::Fp8Block) and rounds y to bf16 (bf16_output) as it says;
   // batch_invariant makes a row's result independent of M (every M uses M = 1's lanes per
-  // row, and cuBLASLt, which picks an algorithm per M, is left out). With FP8 input an
-  // fp8_block weight with 128 x 128 blocks and n, k multiples of 128 runs on the CUTLASS
-  // FP8 block GEMM (fp8_block_gemm.h: FP8 x FP8 tensor-core products, no split-K, so
-  // invariant too) where it is built and the device is sm_90; elsewhere x is quantized and
-  // dequantized (act_fake_quant) in front of the CUDA-core kernel.
+  // row, and cuBLASLt, which picks an algorithm per M, is left out). BF16 weights (k a
+  // multiple of 64) and fp8_block weights with 128-input blocks run on the batch-invariant
+  // tensor-core kernels of cuda/quant_linear_mma.h in every role (FP8 x FP8 with FP8 input);
+  // elsewhere an FP8 input is quantized and dequantized (act_fake_quant) in front of the
+  // CUDA-core kernel.
   static QuantLinear prepare(const HostQuantLinear& w, int max_m, LinearNumerics numerics);
   static QuantLinear prepare(const HostQuantLinear& w, int max_m, DeviceUploader& up, LinearNumerics numerics);
 

@@ -307,7 +307,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
   const bool fp8_input = numerics.input == LinearInput::Fp8Block;
   if (numerics.batch_invariant && staging &&
       mma_supported(w.scheme, n, k, static_cast<int>(w.block_n), static_cast<int>(w.block_k), fp8_input, &mops)) {
-    const int64_t ld = Fp8BlockGemm::min_scale_ld(max_m);
+    const int64_t ld = (int64_t{max_m} + 3) / 4 * 4;  // act_quant scale rows of max_m rounded to 16 bytes
     const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
     if (mops != MmaOperands::Fp8W_Fp8X || need <= static_cast<int64_t>(impl->xpad.bytes())) {
       impl->mma = mma_plan(mops, n, k, sms, numerics.bf16_output);
@@ -316,21 +316,6 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
       for (auto& pl : impl->plans) pl.text = text;
     }
   }
-#if KILN_HAVE_CUTLASS
-  if (!impl->mma && numerics.input == LinearInput::Fp8Block && w.scheme == SchemeKind::FP8Block && w.block_n == 128 &&
-      w.block_k == 128 && n % 128 == 0 && k % 128 == 0 && staging && n < (int64_t{1} << 30)) {
-    cudaDeviceProp prop{};
-    KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    const int64_t ld = Fp8BlockGemm::min_scale_ld(max_m);
-    const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
-    if (prop.major == 9 && prop.minor == 0 && need <= static_cast<int64_t>(impl->xpad.bytes())) {
-      impl->gemm = std::make_unique<Fp8BlockGemm>(Fp8BlockGemm::bind(
-          static_cast<const uint8_t*>(impl->w.get()), static_cast<const float*>(impl->scale.get()), n, k, max_m, w.name));
-      impl->act_scale_ld = ld;
-      for (auto& pl : impl->plans) pl.text = std::string("act_quant + ") + impl->gemm->describe();
-    }
-  }
-#endif
   uploads.push_back({impl->w.get(), impl->w.bytes(), std::move(wfill), {w.weight.data, w.weight.size}});
   if (sfill) uploads.push_back({impl->scale.get(), impl->scale.bytes(), std::move(sfill), scale_src});
   if (zfill) uploads.push_back({impl->zp.get(), impl->zp.bytes(), std::move(zfill), {w.zero_point.data, w.zero_point.size}});
@@ -444,24 +429,16 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   auto st = static_cast<cudaStream_t>(stream);
   if (d.mma && mma_forward(d, x, ldx, 0, 1, M, y, ldy, st)) return;
   if (d.lt && M >= detail::kLtMinRows && detail::lt_forward(d, x, ldx, M, y, ldy, st)) return;
-  if (d.gemm && ldy % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0) {
-    // FP8 x FP8 on tensor cores: x quantized into the staging buffer (codes, then scales).
-    auto* q = static_cast<uint8_t*>(d.xpad.get());
-    auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(d.max_m, d.k));
-    cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);
-    d.gemm->run(st, q, sc, d.act_scale_ld, M, y, ldy);
-  } else {
-    const bool fake_quant = d.num.input == LinearInput::Fp8Block;
-    if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
-      auto* xp = static_cast<float*>(d.xpad.get());
-      detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
-      if (fake_quant) cuda::act_fake_quant(xp, d.kp, M, d.k, xp, d.kp, st);
-      x = xp;
-      ldx = d.kp;
-    }
-    const auto& pl = d.plans[static_cast<size_t>(M - 1)];
-    pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
+  const bool fake_quant = d.num.input == LinearInput::Fp8Block;
+  if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    auto* xp = static_cast<float*>(d.xpad.get());
+    detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
+    if (fake_quant) cuda::act_fake_quant(xp, d.kp, M, d.k, xp, d.kp, st);
+    x = xp;
+    ldx = d.kp;
   }
+  const auto& pl = d.plans[static_cast<size_t>(M - 1)];
+  pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
   if (d.num.bf16_output) cuda::round_bf16(y, ldy, M, d.n, y, ldy, st);
 }
 

@@ -15,7 +15,6 @@
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/device_buffer.h"
 #include "kiln/ops/cuda/device_upload.h"
-#include "kiln/ops/cuda/fp8_block_gemm.h"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 #include "kiln/ops/cuda/quant_linear_mma.h"
 #include "kiln/ops/device_sizes.h"
@@ -87,14 +86,11 @@ struct QuantLinearImpl {
   std::shared_ptr<detail::LtPath> lt;
   // How x and y are treated (ops/linear_numerics.h); batch_invariant: invariant plans.
   LinearNumerics num;
-  // fp8_block weights with FP8 input in 128 x 128 blocks: the CUTLASS tensor-core GEMM over
-  // w and scale (null where not built, not sm_90 or the shape does not fit); x is quantized
-  // into xpad (codes [max_m, k], then the scales [k / 128, act_scale_ld]).
-  std::unique_ptr<Fp8BlockGemm> gemm;
-  int64_t act_scale_ld = 0;
   // Batch-invariant numerics on BF16 / FP8-block weights: the tensor-core kernels of
-  // quant_linear_mma.h for every M (preferred over `gemm`; FP8 input staged as for gemm).
+  // quant_linear_mma.h for every M. With FP8 input x is quantized into xpad first (codes
+  // [max_m, k], then the scales [k / 128, act_scale_ld], MN-major).
   std::optional<detail::MmaPlan> mma;
+  int64_t act_scale_ld = 0;
 };
 
 namespace detail {
@@ -121,11 +117,12 @@ struct PendingUpload {
 // buffers sized by ops::device::linear_layout (and, with `staging`, the x staging buffer),
 // chooses the kernel for every M, and appends the uploads that fill the buffers to
 // `uploads` (nothing is copied yet).
-// numerics: as QuantLinear::prepare's (batch_invariant: every M gets M = 1's lanes per row; the
-// CUTLASS GEMM is bound where it applies and `staging` is set).
+// numerics: as QuantLinear::prepare's (batch_invariant: the tensor-core kernels of
+// quant_linear_mma.h where they apply and `staging` is set, else every M gets M = 1's lanes
+// per row).
 std::unique_ptr<QuantLinearImpl> prepare_linear(const HostQuantLinear& w, int max_m, int rows_per_thread, bool staging,
                                                 std::vector<PendingUpload>& uploads, LinearNumerics numerics = {});
-// The byte offset of the activation scales inside xpad on the CUTLASS path.
+// The byte offset of the activation scales inside xpad on the FP8 x FP8 tensor-core path.
 inline int64_t act_scale_offset(int max_m, int64_t k) { return (static_cast<int64_t>(max_m) * k + 15) / 16 * 16; }
 // Runs the uploads through `up`, or (null) synchronously: each range filled whole into host
 // memory and copied before returning. Called last by a prepare step, after everything that
