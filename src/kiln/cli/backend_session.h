@@ -46,7 +46,7 @@ struct SessionOptions {
   std::string precision = "auto";
   // CPU: the model split over this many tensor-parallel ranks in this process
   // (model/tensor_parallel.h); the CUDA backend runs on one GPU and refuses world > 1.
-  model::ParallelLayout parallel;
+  model::ParallelLayout parallel{};
 };
 
 // What drafts, from `--spec dspark|mtp|off` and `--mtp K`, checked against the
