@@ -23,6 +23,7 @@
 #include "kiln/model/cuda/gpu_dspark.h"
 #include "kiln/model/dspark.h"
 #include "kiln/model/forward.h"
+#include "support/compare.h"
 #include "kiln/model/linear_source.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #include "kiln/runtime/generate.h"
@@ -62,20 +63,8 @@ DSparkLoaded load_dspark(ops::Precision precision, GpuOptions opt = {}) {
   return l;
 }
 
-// max |a - b| / max |b|
-double rel(std::span<const float> a, std::span<const float> b) {
-  if (a.size() != b.size()) return INFINITY;
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::abs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-
-int32_t argmax_low(std::span<const float> row) {
-  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-}
+using test::argmax_low;
+using test::rel_err;  // tests/support/compare.h
 
 // graphs: the draft passes captured and replayed (GpuOptions::graphs), or eager.
 void draft_against_cpu(bool graphs) {
@@ -117,7 +106,7 @@ void draft_against_cpu(bool graphs) {
     for (int s = 0; s < 2; ++s) {
       const auto part = std::span<const float>(got).subspan(static_cast<size_t>(row0[static_cast<size_t>(s)] * F),
                                                             feats[static_cast<size_t>(s)].size());
-      EXPECT_LT(rel(part, feats[static_cast<size_t>(s)]), 1e-4)
+      EXPECT_LT(rel_err(part, feats[static_cast<size_t>(s)]), 1e-4)
           << "slot " << s << ": target features (mean over hc of layers 2-4) GPU vs CPU, max relative error";
     }
   }
@@ -167,7 +156,7 @@ void draft_against_cpu(bool graphs) {
         const auto cout = cpu.draft(std::span(&q, 1), chooser({&prompts[s]}, {N[s]}));
         const auto& g = gout[static_cast<size_t>(s)];
         const auto& c = cout[0];
-        const double eb = rel(g.base, c.base), ea = rel(g.adjusted, c.adjusted);
+        const double eb = rel_err(g.base, c.base), ea = rel_err(g.adjusted, c.adjusted);
         EXPECT_EQ(g.base.size(), static_cast<size_t>(B * V)) << "base logits: one row per block row";
         EXPECT_EQ(g.adjusted.size(), static_cast<size_t>(B * V)) << "adjusted logits: one row per draft";
         EXPECT_LT(eb, 1e-4) << "base logits U_k (GPU vs CPU), max relative error";
@@ -205,8 +194,8 @@ void draft_against_cpu(bool graphs) {
     const auto g = L.gpu->draft(q, greedy, true);
     const auto cd = cpu.draft(std::span(&cq, 1), greedy);
     SCOPED_TRACE("slot 2: the whole prompt committed at once, anchor position 34");
-    EXPECT_LT(rel(g[0].base, cd[0].base), 1e-4) << "base logits U_k (GPU vs CPU), max relative error";
-    EXPECT_LT(rel(g[0].adjusted, cd[0].adjusted), 1e-4) << "Markov-adjusted logits (GPU vs CPU), max relative error";
+    EXPECT_LT(rel_err(g[0].base, cd[0].base), 1e-4) << "base logits U_k (GPU vs CPU), max relative error";
+    EXPECT_LT(rel_err(g[0].adjusted, cd[0].adjusted), 1e-4) << "Markov-adjusted logits (GPU vs CPU), max relative error";
     EXPECT_EQ(g[0].tokens, cd[0].tokens) << "drafted tokens (GPU vs CPU)";
   }
   std::printf("[gpu-dspark] %s: %d drafts vs the CPU drafter: max relative error base %.2e, Markov-adjusted %.2e; "

@@ -17,6 +17,7 @@
 #include "kiln/io/npy.h"
 #include "kiln/model/dspark.h"
 #include "kiln/model/forward.h"
+#include "support/compare.h"
 
 namespace kiln::model {
 namespace {
@@ -44,19 +45,8 @@ const Loaded& loaded() {
 std::vector<float> floats(const char* f) { return read_npy(kDir + "/" + f).as_floats(); }
 std::vector<int64_t> ints(const char* f) { return read_npy(kDir + "/" + f).as_ints(); }
 
-// max |a - b| / max |b|
-double rel(std::span<const float> a, std::span<const float> b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::abs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-
-int32_t argmax_low(std::span<const float> row) {
-  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-}
+using test::argmax_low;
+using test::rel_err;  // tests/support/compare.h
 
 TEST(DSpark, LoadsTheDrafterThePlanFound) {
   const auto& L = loaded();
@@ -79,8 +69,8 @@ TEST(DSpark, TargetFeaturesAreTheMeanOverStreamsOfTheTargetLayers) {
   DecodeState st = f.new_state();
   const Forward::StepSeq seq{&st, tok};
   f.step(std::span(&seq, 1), {}, logits.data(), nullptr, feats.data());
-  EXPECT_LT(rel(logits, floats("logits.npy")), 1e-5);
-  EXPECT_LT(rel(feats, floats("target_hidden.npy")), 1e-5);
+  EXPECT_LT(rel_err(logits, floats("logits.npy")), 1e-5);
+  EXPECT_LT(rel_err(feats, floats("target_hidden.npy")), 1e-5);
 }
 
 // Feeds the prompt to the target, commits positions 0..N-1 and drafts at each anchor N.
@@ -120,8 +110,8 @@ class DraftAgainstOracle : public ::testing::Test {
       });
       const size_t blk = static_cast<size_t>(B * V);
       SCOPED_TRACE(fmt::format("anchor {}", N));
-      worst_base = std::max(worst_base, rel(out[0].base, std::span(base).subspan(a * blk, blk)));
-      worst_adj = std::max(worst_adj, rel(out[0].adjusted, std::span(adj).subspan(a * blk, blk)));
+      worst_base = std::max(worst_base, rel_err(out[0].base, std::span(base).subspan(a * blk, blk)));
+      worst_adj = std::max(worst_adj, rel_err(out[0].adjusted, std::span(adj).subspan(a * blk, blk)));
       EXPECT_LT(worst_base, 1e-4);
       EXPECT_LT(worst_adj, 1e-4);
       if (!forced) {
