@@ -43,4 +43,15 @@ __device__ __forceinline__ void split3(float v0, float v1, uint32_t (&t)[3]) {
   t[2] = bf16x2(r0 - m0, r1 - m1);
 }
 
+// d += A . x for one m16n8k16 step whose B column holds the fp32 inputs (x0, x1) in b0 and
+// (x2, x3) in b1, carried exactly by split3: three mmas, the high terms first.
+__device__ __forceinline__ void mma_bf16_split3(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, float x0, float x1,
+                                                float x2, float x3, float (&d)[4]) {
+  uint32_t b0[3], b1[3];
+  split3(x0, x1, b0);
+  split3(x2, x3, b1);
+#pragma unroll
+  for (int s = 0; s < 3; ++s) mma_bf16(a0, a1, a2, a3, b0[s], b1[s], d);
+}
+
 }  // namespace kiln::ops::cuda

@@ -36,7 +36,6 @@ DeviceUploader::Fill fill_of(F byte_at) {
 
 struct GroupedExpertsImpl {
   SchemeKind scheme = SchemeKind::MXFP4;  // MXFP4, FP8Block (128 x 128), NVFP4 or Int4Group
-  bool fp4 = true;                        // MXFP4
   int count = 0, max_pairs = 0, group = 0;  // group: int4's inputs per scale
   int64_t n = 0, k = 0;
   detail::DeviceBuffer w, sc, zp, global;   // zp: int4 with zero points; global: NVFP4 [count]
@@ -186,27 +185,27 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
   d.n = weights[0].n;
   d.k = weights[0].k;
   d.scheme = weights[0].scheme;
-  d.fp4 = d.scheme == SchemeKind::MXFP4;
   if (!takes_fp8_input(d.scheme)) {
     prepare_bf16_kinds(weights, d, up);
     GroupedExperts out;
     out.impl_ = std::move(impl);
     return out;
   }
+  const bool fp4 = d.scheme == SchemeKind::MXFP4;
   const int64_t n = d.n, k = d.k, S = k / 32, NB = k / 128;
-  const int64_t ew = d.fp4 ? n * k / 2 : n * k, es = d.fp4 ? n * k / 32 : n / 128 * NB * 4;
+  const int64_t ew = fp4 ? n * k / 2 : n * k, es = fp4 ? n * k / 32 : n / 128 * NB * 4;
   for (int e = 0; e < count; ++e) {
     const HostQuantLinear& w = weights[e];
-    if (d.fp4 ? (w.weight_dtype != DType::U8 && w.weight_dtype != DType::I8) : w.weight_dtype != DType::F8_E4M3)
-      fail_invalid("{}: weight is {}, expected {}", w.name, dtype_name(w.weight_dtype), d.fp4 ? "U8 / I8 e2m1 pairs" : "F8_E4M3");
-    const bool scale_ok = d.fp4 ? (w.scale_dtype == DType::F8_E8M0 || w.scale_dtype == DType::U8)
+    if (fp4 ? (w.weight_dtype != DType::U8 && w.weight_dtype != DType::I8) : w.weight_dtype != DType::F8_E4M3)
+      fail_invalid("{}: weight is {}, expected {}", w.name, dtype_name(w.weight_dtype), fp4 ? "U8 / I8 e2m1 pairs" : "F8_E4M3");
+    const bool scale_ok = fp4 ? (w.scale_dtype == DType::F8_E8M0 || w.scale_dtype == DType::U8)
                                 : (w.scale_dtype == DType::F8_E8M0 || w.scale_dtype == DType::U8 ||
                                    w.scale_dtype == DType::F32 || w.scale_dtype == DType::BF16 || w.scale_dtype == DType::F16);
     if (!scale_ok) fail_invalid("{}: scale is {}, not a scale dtype of {}", w.name, dtype_name(w.scale_dtype), scheme_kind_name(w.scheme));
     if (static_cast<int64_t>(w.weight.size) != ew)
       fail_invalid("{}: weight holds {} bytes, expected {} for [{}, {}] {}", w.name, w.weight.size, ew, n, k,
                    scheme_kind_name(w.scheme));
-    const int64_t srows = d.fp4 ? n : n / 128, scols = d.fp4 ? S : NB;
+    const int64_t srows = fp4 ? n : n / 128, scols = fp4 ? S : NB;
     if (w.scale_rows != srows || w.scale_cols != scols ||
         static_cast<int64_t>(w.scale.size) != srows * scols * static_cast<int64_t>(dtype_size(w.scale_dtype)))
       fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
@@ -221,7 +220,7 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
     std::byte* wd = static_cast<std::byte*>(d.w.get()) + e * ew;
     std::byte* sd = static_cast<std::byte*>(d.sc.get()) + e * es;
     DeviceUploader::Fill wfill, sfill;
-    if (d.fp4) {
+    if (fp4) {
       const int64_t half = k / 2;
       wfill = fill_of([wsrc, S, half](uint64_t i) {
         const uint64_t rec = i / 8, byte = i % 8, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
@@ -274,7 +273,7 @@ void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, cons
   if (x_div < 1 || ldy < d.n || !xq || !xs || !expert || !y || !order || !meta)
     fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldy {} for n {}, or a null pointer)", x_div, ldy,
          d.n);
-  detail::launch_grouped_experts(d.fp4, static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
+  detail::launch_grouped_experts(d.scheme == SchemeKind::MXFP4, static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
                                  d.count, static_cast<int>(d.n), static_cast<int>(d.k), xq, xs, x_div, expert, P, y,
                                  ldy, order, meta, stream);
 }

@@ -289,17 +289,13 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p
         }
         const uint32_t a0 = bf16x2(v[0], v[1]), a1 = bf16x2(v[2], v[3]), a2 = bf16x2(v[4], v[5]),
                        a3 = bf16x2(v[6], v[7]);
-        uint32_t b0[3] = {0, 0, 0}, b1[3] = {0, 0, 0};
+        float2 xa = make_float2(0.0f, 0.0f), xb = make_float2(0.0f, 0.0f);
         if (xrow) {
-          const float2 xa = *reinterpret_cast<const float2*>(xrow + s * 16 + 2 * t);
-          const float2 xb = *reinterpret_cast<const float2*>(xrow + s * 16 + 8 + 2 * t);
-          split3(xa.x, xa.y, b0);
-          split3(xb.x, xb.y, b1);
+          xa = *reinterpret_cast<const float2*>(xrow + s * 16 + 2 * t);
+          xb = *reinterpret_cast<const float2*>(xrow + s * 16 + 8 + 2 * t);
         }
         float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mma_bf16(a0, a1, a2, a3, b0[0], b1[0], d);
-        mma_bf16(a0, a1, a2, a3, b0[1], b1[1], d);
-        mma_bf16(a0, a1, a2, a3, b0[2], b1[2], d);
+        mma_bf16_split3(a0, a1, a2, a3, xa.x, xa.y, xb.x, xb.y, d);
         acc[0] = __fmaf_rn(d[0], s_lo, acc[0]);
         acc[1] = __fmaf_rn(d[1], s_lo, acc[1]);
         acc[2] = __fmaf_rn(d[2], s_hi, acc[2]);
@@ -312,16 +308,28 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p
 
 }  // namespace
 
+namespace {
+
+// The pairs sorted by expert (sort_pairs_kernel, one block) and where its outputs sit in
+// the caller's meta scratch: start [count + 1], active [count], nactive [1].
+struct PairOrder {
+  int32_t *start, *active, *nactive;
+};
+PairOrder sort_pairs(const int32_t* expert, int P, int count, int32_t* order, int32_t* meta, cudaStream_t stream) {
+  const PairOrder po{meta, meta + count + 1, meta + 2 * count + 1};
+  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, po.start, po.active, po.nactive);
+  KILN_CUDA_CHECK_LAUNCH();
+  return po;
+}
+
+}  // namespace
+
 namespace detail {
 
 void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream) {
-  int32_t* start = meta;               // [count + 1]
-  int32_t* active = meta + count + 1;  // [count]
-  int32_t* nactive = active + count;   // [1]
-  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, start, active, nactive);
-  KILN_CUDA_CHECK_LAUNCH();
+  const PairOrder po = sort_pairs(expert, P, count, order, meta, stream);
   Params p;
   p.w = w;
   p.sc = sc;
@@ -331,9 +339,9 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
   p.k = k;
   const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
   if (fp4) {
-    grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+    grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
   } else {
-    grouped_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, start, active, nactive, y, ldy);
+    grouped_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }
@@ -342,11 +350,7 @@ void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc
                                  int count, int n, int k, int group, const float* x, int64_t ldx, int x_div,
                                  const int32_t* expert, int P, float* y, int64_t ldy, int32_t* order, int32_t* meta,
                                  cudaStream_t stream) {
-  int32_t* start = meta;
-  int32_t* active = meta + count + 1;
-  int32_t* nactive = active + count;
-  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, start, active, nactive);
-  KILN_CUDA_CHECK_LAUNCH();
+  const PairOrder po = sort_pairs(expert, P, count, order, meta, stream);
   Bf16Params p;
   p.w = w;
   p.sc = sc;
@@ -360,9 +364,9 @@ void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc
   p.group = nvfp4 ? 16 : group;
   const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
   if (nvfp4) {
-    grouped_bf16_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, start, active, nactive, y, ldy);
+    grouped_bf16_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
   } else {
-    grouped_bf16_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, start, active, nactive, y, ldy);
+    grouped_bf16_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

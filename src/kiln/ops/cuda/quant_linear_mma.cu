@@ -47,7 +47,6 @@ struct KernelArgs {
   int M;
   float* y;
   int64_t ldy;
-  int terms;
   bool round;
 };
 
@@ -136,14 +135,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         for (int j = 0; j < 4; ++j) {
           const float* xp = xr[t] + c * CK + (j / 2) * 32 + (j % 2) * 4;
           const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
-          uint32_t b0[3], b1[3];
-          split3(xv.x, xv.y, b0);
-          split3(xv.z, xv.w, b1);
-          mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[0], b1[0], acc[t]);
-          if (a.terms > 1) {
-            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[1], b1[1], acc[t]);
-            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b0[2], b1[2], acc[t]);
-          }
+          mma_bf16_split3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xv.x, xv.y, xv.z, xv.w, acc[t]);
         }
       }
     } else if constexpr (OPS == MmaOperands::Fp8W_SplitX) {
@@ -164,14 +156,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         for (int j = 0; j < 8; ++j) {
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
           const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
-          uint32_t b0[3], b1[3];
-          split3(xv.x, xv.y, b0);
-          split3(xv.z, xv.w, b1);
-          mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[0], b1[0], blk);
-          if (a.terms > 1) {
-            mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[1], b1[1], blk);
-            mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[2], b1[2], blk);
-          }
+          mma_bf16_split3(a0[j], a1[j], a2[j], a3[j], xv.x, xv.y, xv.z, xv.w, blk);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[t][i] = __fmaf_rn(blk[i], ws, acc[t][i]);
@@ -290,7 +275,7 @@ std::string mma_describe(const MmaPlan& p) {
                      : p.ops == MmaOperands::Fp8W_SplitX ? "e4m3 w (as bf16) x bf16"
                                                          : "e4m3 w x e4m3 act_quant";
   return fmt::format("mma.sync {}{} kwarps={}{}", what,
-                     p.ops == MmaOperands::Fp8W_Fp8X ? "" : fmt::format(" x{} terms", p.terms), p.kwarps,
+                     p.ops == MmaOperands::Fp8W_Fp8X ? "" : " x3 terms", p.kwarps,
                      p.round_bf16 ? " bf16 out" : "");
 }
 
@@ -316,7 +301,6 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
   k.M = a.M;
   k.y = a.y;
   k.ldy = a.ldy;
-  k.terms = plan.terms;
   k.round = plan.round_bf16;
   const int tg = a.M <= 8 ? 1 : a.M <= 16 ? 2 : a.M <= 32 ? 4 : 8;
   const dim3 grid(static_cast<unsigned>((a.M + tg * 8 - 1) / (tg * 8)), static_cast<unsigned>((p.n + 15) / 16));

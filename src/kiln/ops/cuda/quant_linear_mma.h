@@ -3,9 +3,9 @@
 // (QuantLinearImpl's row layout, quant_linear_detail.h), one kernel for every row count.
 //
 // Operands, by the weight and what the layer does to its input:
-//   Bf16W_SplitX  bf16 weight; the fp32 input is split into `terms` bf16 values whose sum
-//                 is the input (3 terms: exactly, for every normal fp32 value; 1 term: the
-//                 input rounded to bf16), so every product is exact in fp32;
+//   Bf16W_SplitX  bf16 weight; the fp32 input is split into three bf16 values whose sum is
+//                 the input exactly (every normal fp32 value), so every product is exact in
+//                 fp32;
 //   Fp8W_SplitX   fp8_block weight (e4m3 codes, exact in bf16) times the split input, each
 //                 128-input block's sum scaled by the weight's block scale into the output;
 //   Fp8W_Fp8X     fp8_block weight times the input as act_quant's e4m3 codes (DeepSeek's FP8
@@ -31,7 +31,6 @@ enum class MmaOperands : uint8_t { Bf16W_SplitX, Fp8W_SplitX, Fp8W_Fp8X };
 
 struct MmaPlan {
   MmaOperands ops = MmaOperands::Bf16W_SplitX;
-  int terms = 3;        // bf16 terms of the input (SplitX operands): 1 or 3
   int kwarps = 1;       // warps splitting the inputs of one 16-row tile: 1, 2, 4 or 8
   bool round_bf16 = false;  // outputs rounded to bf16 (nearest even) as they are written
 };
