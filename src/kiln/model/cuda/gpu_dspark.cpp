@@ -12,6 +12,7 @@
 #include "kiln/ops/cpu/vec.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/graph_capture.h"
 #include "kiln/ops/cuda/copy_rows.h"
 #include "kiln/ops/cuda/elementwise.h"
 
@@ -109,23 +110,7 @@ void GpuDSpark::launch(std::pair<int, int> key, const std::function<void()>& enq
     return;
   }
   auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    cudaGraph_t graph = nullptr;
-    KILN_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    try {
-      enqueue();
-    } catch (...) {
-      cudaStreamEndCapture(st, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      throw;
-    }
-    KILN_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    KILN_CUDA_CHECK(err);
-    it = graphs_.emplace(key, exec).first;
-  }
+  if (it == graphs_.end()) it = graphs_.emplace(key, ops::cuda::capture_graph(st, enqueue)).first;
   KILN_CUDA_CHECK(cudaGraphLaunch(it->second, st));
 }
 

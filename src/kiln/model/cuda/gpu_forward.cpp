@@ -13,6 +13,7 @@
 #include "kiln/model/definition.h"
 #include "kiln/model/gpu_memory.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/graph_capture.h"
 #include "kiln/ops/cuda/elementwise.h"
 
 namespace kiln::model::cuda {
@@ -307,23 +308,8 @@ void GpuForward::launch(Pass pass, int m, int R) {
   }
   const auto key = std::make_tuple(static_cast<int>(pass), m, R);
   auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    cudaGraph_t graph = nullptr;
-    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
-      enqueue(pass, m, R);
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      throw;
-    }
-    KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    KILN_CUDA_CHECK(err);
-    it = graphs_.emplace(key, exec).first;
-  }
+  if (it == graphs_.end())
+    it = graphs_.emplace(key, ops::cuda::capture_graph(stream_, [&] { enqueue(pass, m, R); })).first;
   KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
