@@ -49,6 +49,24 @@ T* device_alloc(size_t n) {
   return p;
 }
 
+// The view QuantLinear / Fp8BlockGemm prepare from: an [n, k] fp8_block weight quantized
+// with 128 x 128 blocks (q must outlive it).
+HostQuantLinear fp8_block_view(const kiln::quant::Fp8BlockQuant& q, int64_t n, int64_t k, const char* name) {
+  HostQuantLinear h;
+  h.scheme = SchemeKind::FP8Block;
+  h.n = n;
+  h.k = k;
+  h.weight_dtype = DType::F8_E4M3;
+  h.weight = {q.weight.bytes.data(), q.weight.bytes.size()};
+  h.scale_dtype = q.scale.dtype;
+  h.scale = {q.scale.bytes.data(), q.scale.bytes.size()};
+  h.scale_rows = q.scale.shape.at(0);
+  h.scale_cols = q.scale.shape.at(1);
+  h.block_n = h.block_k = 128;
+  h.name = name;
+  return h;
+}
+
 // The LM head (BF16, computed in fp32 by DeepSeek's code) and wo_a (FP8 weight, declared
 // bf16, grouped) in exact numerics (CUDA-core kernels; cuBLASLt for BF16 from 16 rows) and
 // in deepseek numerics (the mma.sync kernels), one weight copy each (both exceed L2).
@@ -73,22 +91,16 @@ void head_and_wo_a(cudaStream_t st, bool quick) {
     h.n = L.n;
     h.k = L.k;
     h.name = L.name;
-    kiln::quant::QTensor wt, sc;
+    kiln::quant::QTensor wt;
+    kiln::quant::Fp8BlockQuant q;
     if (L.scheme == SchemeKind::BF16) {
       wt = kiln::quant::encode_floats(w, {L.n, L.k}, DType::BF16);
       h.weight_dtype = DType::BF16;
+      h.weight = {wt.bytes.data(), wt.bytes.size()};
     } else {
-      auto q = kiln::quant::quantize_fp8_block(w, L.n, L.k);
-      wt = q.weight;
-      sc = q.scale;
-      h.weight_dtype = DType::F8_E4M3;
-      h.scale_dtype = sc.dtype;
-      h.scale = {sc.bytes.data(), sc.bytes.size()};
-      h.scale_rows = sc.shape.at(0);
-      h.scale_cols = sc.shape.at(1);
-      h.block_n = h.block_k = 128;
+      q = kiln::quant::quantize_fp8_block(w, L.n, L.k);
+      h = fp8_block_view(q, L.n, L.k, L.name);
     }
-    h.weight = {wt.bytes.data(), wt.bytes.size()};
     std::vector<float>().swap(w);
     const int max_m = 256;
     const QuantLinear ex = QuantLinear::prepare(h, max_m);
@@ -142,18 +154,7 @@ int run(bool quick) {
     std::vector<float> w(static_cast<size_t>(sh.n * sh.k));
     for (float& v : w) v = nd(rng);
     const auto q = kiln::quant::quantize_fp8_block(w, sh.n, sh.k);  // 128 x 128, E8M0
-    HostQuantLinear h;
-    h.scheme = SchemeKind::FP8Block;
-    h.n = sh.n;
-    h.k = sh.k;
-    h.weight_dtype = DType::F8_E4M3;
-    h.weight = {q.weight.bytes.data(), q.weight.bytes.size()};
-    h.scale_dtype = q.scale.dtype;
-    h.scale = {q.scale.bytes.data(), q.scale.bytes.size()};
-    h.scale_rows = q.scale.shape.at(0);
-    h.scale_cols = q.scale.shape.at(1);
-    h.block_n = h.block_k = 128;
-    h.name = sh.name;
+    const HostQuantLinear h = fp8_block_view(q, sh.n, sh.k, sh.name);
 
     std::vector<Fp8BlockGemm> gemms;
     gemms.push_back(Fp8BlockGemm::prepare(h, max_m));
