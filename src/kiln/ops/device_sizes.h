@@ -23,25 +23,38 @@ inline int64_t hc_pre_workspace_floats(int R, int n, int hidden) {
   return static_cast<int64_t>(R) * hc_mix_splits(n * hidden) * (kHcMaxMixes + 1);
 }
 
-// ---- attention (ops/cuda/attention.cu): heads per block, and the key splits of a step
-// whose rows and head groups do not fill the GPU (flash-decoding partials in a workspace).
+// ---- attention (ops/cuda/attention.cu): heads per block, and the key chunks. A row's keys
+// are cut into chunks of attention_chunk_keys(capacity) keys, a number fixed by the layer's
+// key capacity (window + selected or all compressed entries), never by the step; each
+// chunk's softmax partial is merged into the row's result in chunk order. A step whose
+// rows and head groups do not fill the GPU (decode) runs each chunk in its own block and a
+// second kernel merges them from a workspace; otherwise one block walks the chunks. Both
+// do the same arithmetic, so a row's output never depends on the step it is in.
 inline constexpr int kAttnHeadGroupWide = 8;
 inline constexpr int kAttnHeadGroupNarrow = 2;
 inline constexpr int kAttnNarrowBelowRows = 16;
-// Enough blocks for two per multiprocessor (at most 16 splits); 1 once the GPU is full.
-inline int attention_splits(int R, int heads, int sms) {
+inline constexpr int kAttnMaxChunks = 16;
+// Keys staged per round of the kernel: as many as keep the block's shared memory under the
+// 48 KB a launch gets without opting in (clamped to 8 .. 64).
+inline constexpr int attention_key_tile(int dim) { return 6144 / dim > 64 ? 64 : (6144 / dim < 8 ? 8 : 6144 / dim); }
+// Whole key tiles per chunk, as few as keep a row of `capacity` keys within kAttnMaxChunks.
+inline int attention_chunk_keys(int64_t capacity, int dim) {
+  const int64_t tile = attention_key_tile(dim);
+  const int64_t tiles = std::max<int64_t>(1, (capacity + tile - 1) / tile);
+  return static_cast<int>(tile * ((tiles + kAttnMaxChunks - 1) / kAttnMaxChunks));
+}
+// Chunks in their own blocks while the rows' head groups fill under two blocks per
+// multiprocessor.
+inline bool attention_splits_chunks(int R, int heads, int sms) {
   const int hg = R < kAttnNarrowBelowRows ? kAttnHeadGroupNarrow : kAttnHeadGroupWide;
-  const int64_t blocks = static_cast<int64_t>(R) * ((heads + hg - 1) / hg);
-  const int64_t want = (2 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
-  return static_cast<int>(std::clamp<int64_t>(want, 1, 16));
+  return static_cast<int64_t>(R) * ((heads + hg - 1) / hg) < 2 * static_cast<int64_t>(sms);
 }
 // Workspace floats attention() needs for any R <= max_rows (0: it never splits).
 inline int64_t attention_workspace_floats(int max_rows, int heads, int dim, int sms) {
   int64_t most = 0;
-  for (int R = 1; R <= max_rows; ++R) {
-    const int s = attention_splits(R, heads, sms);
-    if (s > 1) most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * s * (dim + 2));
-  }
+  for (int R = 1; R <= max_rows; ++R)
+    if (attention_splits_chunks(R, heads, sms))
+      most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * kAttnMaxChunks * (dim + 2));
   return most;
 }
 

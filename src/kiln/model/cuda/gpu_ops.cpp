@@ -120,10 +120,9 @@ void GpuOps::indexer_select(const GpuLayerState& st, const float* q, const float
 }
 
 // The step's K=V rows go into the window ring first (it holds every row of the step), then
-// the attention reads its keys from the ring and the compressed entries. In deepseek numerics
-// the keys are not split over blocks: the split count follows the step's rows, and its other
-// fp32 rounding, carried through the bf16 roundings, broke batch invariance (DSpark greedy
-// on tiny_dspark left plain greedy's tokens at K = 3 and 4).
+// the attention reads its keys from the ring and the compressed entries. A row's result is
+// the same bits at any step size (ops/cuda/attention.h), split over blocks or not, so
+// both precisions pass the workspace.
 void GpuOps::attend(const GpuLayerState& st, AttnKind, const float* q, const float* kv, const DeviceArray<float>& sink,
                     float scale, ops::AttnKeys keys, const GpuSelection& sel, float* o) const {
   const int64_t D = c_.head_dim, nh = c_.num_heads;
@@ -133,7 +132,7 @@ void GpuOps::attend(const GpuLayerState& st, AttnKind, const float* q, const flo
   const int window = key_end_ ? key_window_ : static_cast<int>(c_.sliding_window);
   oc::attention(keyed, q, nh * D, static_cast<int>(nh), scale, sink.get(), st.ring, window, keys,
                 st.has_comp ? &st.comp : nullptr, sel.sel, sel.nsel, std::max(static_cast<int>(c_.index_topk), 1), o,
-                nh * D, s_, precision_ == ops::Precision::DeepSeek ? nullptr : x_.attn_work);
+                nh * D, s_, x_.attn_work);
 }
 
 // ---- MoE ----------------------------------------------------------------------------------

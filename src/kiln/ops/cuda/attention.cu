@@ -1,13 +1,18 @@
 // window_write and attention (attention.h): the GPU twin of the window ring update and the
 // sink softmax of ops/cpu/attention.cpp (attention).
 //
-// attention: one block per (row, group of 8 heads, or 2 for steps of few rows). The row's keys (window rows,
-// then compressed entries) are staged kKeyTile at a time in shared memory and used by
-// every head of the group, so each key row is read from global memory once per block.
-// The softmax is online (running max m, denominator l, output o rescaled by
-// exp(m_old - m_new)), started with the sink: m = sink, l = exp(sink - sink) = 1, o = 0,
-// which gives exactly the CPU's form exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to
-// the rounding of the rescaling products.
+// attention: one block per (row, group of 8 heads, or 2 for steps of few rows), or per
+// (row, head group, key chunk) when a step's blocks do not fill the GPU. The row's keys
+// (window rows, then compressed entries) are staged kKeyTile at a time in shared memory
+// and used by every head of the group, so each key row is read from global memory once
+// per block. The keys are cut into chunks of a length fixed by the layer's key capacity
+// (ops/device_sizes.h): within a chunk the softmax is online (running max m, denominator
+// l, output o rescaled by exp(m_old - m_new)) from m = -inf; the chunks' (m, l, o) are then
+// merged in order into a state started with the sink (m = sink, l = 1, o = 0), by the same
+// rounded operations whether one block walks the chunks or each chunk has a block and
+// attention_combine merges them. A row's output is therefore the same bits in every step,
+// at any row count, which the batch-invariant (deepseek) forward needs; it is the CPU's
+// exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to the rounding of the rescalings.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -40,12 +45,6 @@ constexpr int kAttnThreads = 256;
 constexpr int kHeadGroupWide = device::kAttnHeadGroupWide;
 constexpr int kHeadGroupNarrow = device::kAttnHeadGroupNarrow;
 constexpr int kNarrowBelowRows = device::kAttnNarrowBelowRows;
-// Keys staged per round: as many as keep the block's shared memory under the 48 KB a
-// launch gets without opting in (clamped to 8 .. 64). Every round is a global-load round
-// trip plus four barriers, so fewer, larger rounds cut a decode row's latency.
-__host__ __device__ constexpr int key_tile(int dim) {
-  return 6144 / dim > 64 ? 64 : (6144 / dim < 8 ? 8 : 6144 / dim);
-}
 constexpr int kMaxAttnDim = 512;
 constexpr int kChanPerThread = kMaxAttnDim / kAttnThreads;  // output channels a thread owns
 
@@ -66,17 +65,24 @@ struct KeySource {
   }
 };
 
+// One merge step of two softmax states, x * a + y * b with both products rounded and no
+// fused multiply-add, so that the attention kernel and attention_combine round alike.
+__device__ __forceinline__ float merge_terms(float x, float a, float y, float b) {
+  return __fadd_rn(__fmul_rn(x, a), __fmul_rn(y, b));
+}
+
 // Dynamic shared memory: q [kHeadGroup][dim], keys [kKeyTile][dim], p [kHeadGroup][kKeyTile],
-// corr / m / l [kHeadGroup].
+// then [kHeadGroup] each: corr / m / l (the chunk's), rm / rl (the row's running state) and
+// the merge factors fa / fb.
 template <int kHeadGroup>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, const float* __restrict__ q, int64_t ldq,
                                                                  int heads, float scale, const float* __restrict__ sink,
                                                                  WindowRing ring, int window, AttnKeys keys, CompressorRing comp,
                                                                  const int32_t* __restrict__ sel,
-                                                                 const int32_t* __restrict__ nsel, int topk, float* o,
-                                                                 int64_t ldo, float* __restrict__ part) {
+                                                                 const int32_t* __restrict__ nsel, int topk, int chunk,
+                                                                 float* o, int64_t ldo, float* __restrict__ part) {
   extern __shared__ float smem[];
-  const int kKeyTile = key_tile(ring.dim);
+  const int kKeyTile = device::attention_key_tile(ring.dim);
   const int dim = ring.dim;
   float* qs = smem;
   float* ks = qs + kHeadGroup * dim;
@@ -84,6 +90,10 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
   float* corr = ps + kHeadGroup * kKeyTile;
   float* ms = corr + kHeadGroup;
   float* ls = ms + kHeadGroup;
+  float* rm = ls + kHeadGroup;
+  float* rl = rm + kHeadGroup;
+  float* fa = rl + kHeadGroup;
+  float* fb = fa + kHeadGroup;
 
   const int r = blockIdx.x;
   const int h0 = blockIdx.y * kHeadGroup;
@@ -111,99 +121,125 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     src.ncomp = (int)(vis < comp.max_entries ? vis : comp.max_entries);
   }
   const int nk_all = src.nwin + src.ncomp;
-  // Split keys (gridDim.z > 1): this block takes keys [kb, ke) and writes its running max,
-  // denominator and unnormalised output to `part`; attention_combine adds the sink and
-  // merges the splits in order.
-  const int splits = gridDim.z;
-  const int chunk = (nk_all + splits - 1) / splits;
-  const int kb = min(nk_all, static_cast<int>(blockIdx.z) * chunk), ke = min(nk_all, kb + chunk);
-  const int nk = ke - kb;
+  // Split (gridDim.z > 1): this block takes chunk blockIdx.z alone and writes its (m, l, o)
+  // to `part` (m = -inf: the row has no such chunk); attention_combine merges them.
+  const bool split = gridDim.z > 1;
+  const int c_first = split ? static_cast<int>(blockIdx.z) * chunk : 0;
+  const int c_end = split ? min(nk_all, c_first + chunk) : nk_all;
+  if (split && c_first >= nk_all) {
+    if (tid < hn)
+      part[((static_cast<int64_t>(r) * heads + h0 + tid) * gridDim.z + blockIdx.z) * (dim + 2)] = -INFINITY;
+    return;
+  }
 
   for (int i = tid; i < hn * dim; i += blockDim.x) qs[i] = q[r * ldq + (int64_t)h0 * dim + i];
   if (tid < kHeadGroup) {
-    if (splits == 1) {
-      const float sk = tid < hn ? sink[h0 + tid] : 0.0f;
-      ms[tid] = sk;
-      ls[tid] = 1.0f;  // exp(sink - m) with m = sink
-    } else {
-      ms[tid] = -INFINITY;  // the sink joins in attention_combine
-      ls[tid] = 0.0f;
-    }
+    rm[tid] = tid < hn ? sink[h0 + tid] : 0.0f;
+    rl[tid] = 1.0f;  // exp(sink - m) with m = sink
   }
-  float acc[kHeadGroup][kChanPerThread];
+  float run[kHeadGroup][kChanPerThread];
 #pragma unroll
   for (int h = 0; h < kHeadGroup; ++h)
 #pragma unroll
-    for (int t = 0; t < kChanPerThread; ++t) acc[h][t] = 0.0f;
+    for (int t = 0; t < kChanPerThread; ++t) run[h][t] = 0.0f;
 
-  for (int k0 = 0; k0 < nk; k0 += kKeyTile) {
-    const int kn = min(kKeyTile, nk - k0);
-    __syncthreads();  // previous tile's keys and p fully used (and q / m / l written)
-    // A warp per key row: the row's address (ring modulo or selected index) is worked out
-    // once per row, and the lanes read it coalesced.
-    for (int kk = warp; kk < kn; kk += nwarps) {
-      const float* kr = src.key(kb + k0 + kk);
-      for (int c = lane; c < dim; c += 32) ks[kk * dim + c] = kr[c];
+  for (int cb = c_first; cb < c_end; cb += chunk) {
+    const int nk = min(chunk, c_end - cb);
+    __syncthreads();  // the previous chunk's merge factors used
+    if (tid < kHeadGroup) {
+      ms[tid] = -INFINITY;
+      ls[tid] = 0.0f;
     }
-    __syncthreads();
-    // Scores: one warp per (head, key) pair, lanes over the channels.
-    for (int pr = warp; pr < hn * kn; pr += nwarps) {
-      const int h = pr / kn, kk = pr - h * kn;
-      const float* qh = qs + h * dim;
-      const float* kr = ks + kk * dim;
-      float d = 0.0f;
-      for (int c = lane; c < dim; c += 32) d += qh[c] * kr[c];
-      d = attn_detail::warp_sum(d);
-      if (lane == 0) ps[h * kKeyTile + kk] = d * scale;
-    }
-    __syncthreads();
-    // One thread per head: new running max, rescale factor, probabilities, denominator.
-    if (tid < hn) {
-      const int h = tid;
-      float mx = ms[h];
-      for (int kk = 0; kk < kn; ++kk) mx = fmaxf(mx, ps[h * kKeyTile + kk]);
-      const float cf = mx == -INFINITY ? 1.0f : expf(ms[h] - mx);
-      float l = ls[h] * cf;
-      for (int kk = 0; kk < kn; ++kk) {
-        const float e = expf(ps[h * kKeyTile + kk] - mx);
-        ps[h * kKeyTile + kk] = e;
-        l += e;
+    float acc[kHeadGroup][kChanPerThread];
+#pragma unroll
+    for (int h = 0; h < kHeadGroup; ++h)
+#pragma unroll
+      for (int t = 0; t < kChanPerThread; ++t) acc[h][t] = 0.0f;
+
+    for (int k0 = 0; k0 < nk; k0 += kKeyTile) {
+      const int kn = min(kKeyTile, nk - k0);
+      __syncthreads();  // previous tile's keys and p fully used (and q / m / l written)
+      // A warp per key row: the row's address (ring modulo or selected index) is worked out
+      // once per row, and the lanes read it coalesced.
+      for (int kk = warp; kk < kn; kk += nwarps) {
+        const float* kr = src.key(cb + k0 + kk);
+        for (int c = lane; c < dim; c += 32) ks[kk * dim + c] = kr[c];
       }
-      ms[h] = mx;
-      ls[h] = l;
-      corr[h] = cf;
-    }
-    __syncthreads();
+      __syncthreads();
+      // Scores: one warp per (head, key) pair, lanes over the channels.
+      for (int pr = warp; pr < hn * kn; pr += nwarps) {
+        const int h = pr / kn, kk = pr - h * kn;
+        const float* qh = qs + h * dim;
+        const float* kr = ks + kk * dim;
+        float d = 0.0f;
+        for (int c = lane; c < dim; c += 32) d += qh[c] * kr[c];
+        d = attn_detail::warp_sum(d);
+        if (lane == 0) ps[h * kKeyTile + kk] = d * scale;
+      }
+      __syncthreads();
+      // One thread per head: new running max, rescale factor, probabilities, denominator.
+      if (tid < hn) {
+        const int h = tid;
+        float mx = ms[h];
+        for (int kk = 0; kk < kn; ++kk) mx = fmaxf(mx, ps[h * kKeyTile + kk]);
+        const float cf = mx == -INFINITY ? 1.0f : expf(ms[h] - mx);
+        float l = ls[h] * cf;
+        for (int kk = 0; kk < kn; ++kk) {
+          const float e = expf(ps[h * kKeyTile + kk] - mx);
+          ps[h * kKeyTile + kk] = e;
+          l += e;
+        }
+        ms[h] = mx;
+        ls[h] = l;
+        corr[h] = cf;
+      }
+      __syncthreads();
 #pragma unroll
-    for (int t = 0; t < kChanPerThread; ++t) {
-      const int c = tid + t * kAttnThreads;
-      if (c < dim) {
+      for (int t = 0; t < kChanPerThread; ++t) {
+        const int c = tid + t * kAttnThreads;
+        if (c < dim) {
 #pragma unroll
-        for (int h = 0; h < kHeadGroup; ++h) {
-          if (h < hn) {
-            float v = acc[h][t] * corr[h];
-            for (int kk = 0; kk < kn; ++kk) v += ps[h * kKeyTile + kk] * ks[kk * dim + c];
-            acc[h][t] = v;
+          for (int h = 0; h < kHeadGroup; ++h) {
+            if (h < hn) {
+              float v = acc[h][t] * corr[h];
+              for (int kk = 0; kk < kn; ++kk) v += ps[h * kKeyTile + kk] * ks[kk * dim + c];
+              acc[h][t] = v;
+            }
           }
         }
       }
     }
-  }
-  __syncthreads();
-  if (splits > 1) {
-    // part[((r * heads + h) * splits + split) * (dim + 2) + {0: m, 1: l, 2..: o}]
+    __syncthreads();
+    if (split) {
+      // part[((r * heads + h) * chunks + chunk) * (dim + 2) + {0: m, 1: l, 2..: o}]
 #pragma unroll
-    for (int h = 0; h < kHeadGroup; ++h) {
-      if (h >= hn) continue;
-      float* pp = part + ((static_cast<int64_t>(r) * heads + h0 + h) * splits + blockIdx.z) * (dim + 2);
-      if (tid == 0) pp[0] = ms[h], pp[1] = ls[h];
+      for (int h = 0; h < kHeadGroup; ++h) {
+        if (h >= hn) continue;
+        float* pp = part + ((static_cast<int64_t>(r) * heads + h0 + h) * gridDim.z + blockIdx.z) * (dim + 2);
+        if (tid == 0) pp[0] = ms[h], pp[1] = ls[h];
 #pragma unroll
-      for (int t = 0; t < kChanPerThread; ++t) {
-        const int c = tid + t * kAttnThreads;
-        if (c < dim) pp[2 + c] = acc[h][t];
+        for (int t = 0; t < kChanPerThread; ++t) {
+          const int c = tid + t * kAttnThreads;
+          if (c < dim) pp[2 + c] = acc[h][t];
+        }
       }
+      return;
     }
-    return;
+    // Merge the chunk into the row's state (as attention_combine does).
+    if (tid < hn) {
+      const int h = tid;
+      const float mx = fmaxf(rm[h], ms[h]);
+      const float a = expf(rm[h] - mx), b = expf(ms[h] - mx);
+      rl[h] = merge_terms(rl[h], a, ls[h], b);
+      rm[h] = mx;
+      fa[h] = a;
+      fb[h] = b;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < kChanPerThread; ++t)
+#pragma unroll
+      for (int h = 0; h < kHeadGroup; ++h) run[h][t] = merge_terms(run[h][t], fa[h], acc[h][t], fb[h]);
   }
 #pragma unroll
   for (int t = 0; t < kChanPerThread; ++t) {
@@ -211,32 +247,31 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     if (c < dim) {
 #pragma unroll
       for (int h = 0; h < kHeadGroup; ++h)
-        if (h < hn) o[r * ldo + (int64_t)(h0 + h) * dim + c] = acc[h][t] / ls[h];
+        if (h < hn) o[r * ldo + (int64_t)(h0 + h) * dim + c] = run[h][t] / rl[h];
     }
   }
 }
 
-// Merges the splits of every (row, head): M = max(sink, m_s), L = exp(sink - M) +
-// sum_s l_s exp(m_s - M), o = sum_s o_s exp(m_s - M) / L (splits in order).
-__global__ void attention_combine_kernel(const float* __restrict__ part, int heads, int splits, int dim,
+// Merges the chunks of every (row, head) in order into the sink-started state, with the
+// attention kernel's merge step: m' = max(m, m_c), a = exp(m - m'), b = exp(m_c - m'),
+// l = l a + l_c b, o = o a + o_c b; then o / l.
+__global__ void attention_combine_kernel(const float* __restrict__ part, int heads, int chunks, int dim,
                                          const float* __restrict__ sink, float* __restrict__ o, int64_t ldo) {
   const int r = blockIdx.x, h = blockIdx.y;
-  const float* pp = part + (static_cast<int64_t>(r) * heads + h) * splits * (dim + 2);
-  const float sk = sink[h];
-  float M = sk;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, pp[s * (dim + 2)]);
-  float L = expf(sk - M);
-  for (int s = 0; s < splits; ++s) {
-    const float m = pp[s * (dim + 2)];
-    if (m != -INFINITY) L += pp[s * (dim + 2) + 1] * expf(m - M);
-  }
+  const float* pp = part + (static_cast<int64_t>(r) * heads + h) * chunks * (dim + 2);
+  int n = 0;
+  while (n < chunks && pp[n * (dim + 2)] != -INFINITY) ++n;
   for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-    float v = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float m = pp[s * (dim + 2)];
-      if (m != -INFINITY) v += pp[s * (dim + 2) + 2 + c] * expf(m - M);
+    float m = sink[h], l = 1.0f, v = 0.0f;
+    for (int s = 0; s < n; ++s) {
+      const float mc = pp[s * (dim + 2)];
+      const float mx = fmaxf(m, mc);
+      const float a = expf(m - mx), b = expf(mc - mx);
+      l = merge_terms(l, a, pp[s * (dim + 2) + 1], b);
+      v = merge_terms(v, a, pp[s * (dim + 2) + 2 + c], b);
+      m = mx;
     }
-    o[r * ldo + static_cast<int64_t>(h) * dim + c] = v / L;
+    o[r * ldo + static_cast<int64_t>(h) * dim + c] = v / l;
   }
 }
 
@@ -250,8 +285,6 @@ int sm_count() {
   return n;
 }
 
-// Key splits for R rows of `heads` heads (ops/device_sizes.h).
-int attention_splits(int R, int heads) { return device::attention_splits(R, heads, sm_count()); }
 
 }  // namespace
 
@@ -294,15 +327,21 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
     if (!sel || !nsel) fail(ErrorKind::Usage, "attention: WindowAndSelected needs sel and nsel, got null");
     if (topk <= 0) fail(ErrorKind::Usage, "attention: topk {} must be positive with WindowAndSelected", topk);
   }
-  const int splits = workspace ? attention_splits(rows.R, heads) : 1;
+  // Key capacity of a row: the window plus the selected (CSA) or all (HCA) entries.
+  const int64_t capacity = int64_t{window} + (keys == AttnKeys::WindowAndSelected ? topk
+                                              : keys == AttnKeys::WindowAndAll    ? c.max_entries
+                                                                                  : 0);
+  const int chunk = device::attention_chunk_keys(capacity, dim);
+  const int chunks = static_cast<int>((capacity + chunk - 1) / chunk);
+  const int splits = workspace && chunks > 1 && device::attention_splits_chunks(rows.R, heads, sm_count()) ? chunks : 1;
   auto launch = [&](auto group) {
     constexpr int hg = decltype(group)::value;
     const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg),
                     static_cast<unsigned>(splits));
-    const int kKeyTile = key_tile(dim);
-    const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 3 * hg);
+    const int kKeyTile = device::attention_key_tile(dim);
+    const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 7 * hg);
     attention_kernel<hg><<<grid, kAttnThreads, smem, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel,
-                                                               nsel, topk, o, ldo, workspace);
+                                                               nsel, topk, chunk, o, ldo, workspace);
   };
   if (rows.R < kNarrowBelowRows)
     launch(std::integral_constant<int, kHeadGroupNarrow>{});

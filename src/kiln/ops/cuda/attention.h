@@ -85,10 +85,12 @@ using ops::AttnKeys;  // ops/attention_kinds.h
 // s_k = (q_h . key_k) * scale; m = max(sink_h, max_k s_k);
 // o_h = sum_k exp(s_k - m) / (sum_k exp(s_k - m) + exp(sink_h - m)) * key_k.
 // q, o: [R, heads * dim], rows ldq / ldo apart (dim = ring.dim = comp.dim).
-// workspace (optional, attention_workspace_floats(max rows, heads, dim) floats): when given
-// and the rows' head groups do not fill the GPU (decode), each row's keys are split over
-// several blocks whose partial softmax sums a second kernel merges with the sink
-// (flash-decoding); the result differs from the unsplit one only by fp32 rounding.
+// The keys are taken in chunks of a length fixed by the key capacity (window + topk or
+// max_entries) and the chunks' softmax states merged in order, so a row's output is the
+// same bits whatever other rows the step holds. workspace (optional,
+// attention_workspace_floats(max rows, heads, dim) floats): when given and the rows' head
+// groups do not fill the GPU (decode), each chunk runs in its own block and a second
+// kernel merges them (flash-decoding), with the same bits as without it.
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
                const WindowRing& ring, int window, AttnKeys keys, const CompressorRing* comp, const int32_t* sel,
                const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace = nullptr);
