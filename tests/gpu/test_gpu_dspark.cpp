@@ -150,6 +150,23 @@ void draft_against_cpu(bool graphs) {
       };
       const auto gout = L.gpu->draft(gq, chooser({&prompts[0], &prompts[1]}, N), /*keep_logits=*/true);
       ASSERT_EQ(gout.size(), 2u);
+      if (!forced) {
+        // The same rounds marked by_argmax: the loop stays on the device (one graph with
+        // graphs on) and must draft the host choice's tokens with the same confidences.
+        auto dq = gq;
+        for (auto& r : dq) r.by_argmax = true;
+        const auto dout = L.gpu->draft(dq, [](size_t, int, std::span<const float>) -> int32_t {
+          ADD_FAILURE() << "choose called for a by_argmax round";
+          return 0;
+        });
+        ASSERT_EQ(dout.size(), 2u);
+        for (int s = 0; s < 2; ++s) {
+          EXPECT_EQ(dout[static_cast<size_t>(s)].tokens, gout[static_cast<size_t>(s)].tokens)
+              << "slot " << s << " anchor " << N[s] << ": device argmax loop vs the host's argmax";
+          EXPECT_EQ(dout[static_cast<size_t>(s)].confidence, gout[static_cast<size_t>(s)].confidence)
+              << "slot " << s << " anchor " << N[s] << ": confidences of the device loop";
+        }
+      }
       for (int s = 0; s < 2; ++s) {
         SCOPED_TRACE(fmt::format("slot {} anchor {} ({} Markov loop)", s, N[s], forced ? "teacher-forced" : "greedy"));
         const model::DSparkDrafter::DraftSeq q{&cpu_state[static_cast<size_t>(s)], gq[s].anchor, static_cast<int>(B)};

@@ -133,13 +133,16 @@ class Backend {
   // slot's rows continue its committed length (only committed positions are ever written).
   virtual void dspark_commit(const PassRows& rows);
   // One draft round per sequence at its slot's committed length (model/dspark.h):
-  // choose(i, k, adjusted) picks d_{k+1} of request i; drafts[i] receives its `drafts` tokens
+  // choose(i, k, adjusted) picks d_{k+1} of request i, or, for a round marked by_argmax,
+  // the backend takes the argmax of the row itself (lowest id on ties; the GPU keeps the
+  // loop on the device); drafts[i] receives its `drafts` tokens
   // and, when `confidence` is given and the checkpoint has a confidence head, (*confidence)[i]
   // each draft's confidence (its predicted survival given the drafts before it; else empty).
   struct DSparkRound {
     int slot = 0;
     int32_t anchor = 0;
     int drafts = 0;
+    bool by_argmax = false;
   };
   using DraftChoice = std::function<int32_t(size_t seq, int k, std::span<const float> adjusted)>;
   virtual void dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,

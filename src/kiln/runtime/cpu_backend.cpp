@@ -103,7 +103,10 @@ void CpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftCh
     if (!book_.held(r.slot)) fail(ErrorKind::Usage, "cpu backend: DSpark draft for slot {}, not held", r.slot);
     seqs.push_back({&dspark_states_[static_cast<size_t>(r.slot)], r.anchor, r.drafts});
   }
-  auto outs = drafter_->draft(seqs, choose);
+  // A by_argmax round takes the adjusted row's argmax here, as the GPU does on the device.
+  auto outs = drafter_->draft(seqs, [&](size_t i, int k, std::span<const float> row) {
+    return rounds[i].by_argmax ? argmax(row) : choose(i, k, row);
+  });
   drafts.resize(outs.size());
   for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
   if (confidence) {

@@ -16,7 +16,7 @@ void Engine::draft_dspark(std::vector<Active*>& spec) {
   for (Active* a : spec) {
     a->start_round();
     if (a->K == 0) continue;
-    rounds.push_back({a->slot, a->pending, a->K});
+    rounds.push_back({a->slot, a->pending, a->K, a->draft_by_argmax()});
     who.push_back(a);
   }
   if (!rounds.empty()) {

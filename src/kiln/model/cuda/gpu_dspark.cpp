@@ -35,6 +35,7 @@ struct GpuDSpark::Buffers {
   DeviceArray<float> feats, mx, kv;                              // commit
   DeviceArray<float> hpre, hk, hn, base;                         // draft block (hk, hn, base: k-major rows)
   DeviceArray<float> e, bias, adjusted;                          // Markov step, per round
+  DeviceArray<int32_t> picks;                                    // device loop: [B, rounds] drafts, k-major
 };
 
 GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target), w_(std::move(weights)) {
@@ -95,7 +96,7 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
   b.tok = i32(M), b.slot = i32(M), b.pos = i32(M), b.key_end = i32(M), b.perm = i32(M), b.src = i32(M), b.prev = i32(G);
   b.feats = f(M * F_), b.mx = f(M * H), b.kv = f(M * D);
   b.hpre = f(M * H), b.hk = f(M * H), b.hn = f(M * H), b.base = f(M * V);
-  b.e = f(G * r), b.bias = f(G * V), b.adjusted = f(G * V);
+  b.e = f(M * r), b.bias = f(G * V), b.adjusted = f(G * V), b.picks = i32(M);
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -257,7 +258,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
 
   // The block through the stages (the window ring of each stage gets the block's rows).
   const oc::StepRows rows{b.tok.get(), b.slot.get(), b.pos.get(), T};
-  launch({n, -1}, [&] {
+  auto block_pass = [&] {
     GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
     ops.set_block_attention(b.key_end.get(), W_ + B_);
     float* X = ops.buf().X;
@@ -272,10 +273,62 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get());
     ops.act_bf16(b.hn.get(), H, T, H);
     ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
-  });
-
-  std::vector<float> h, base;
+  };
+  // Markov step k for every round of the group: e_k = markov_w1[prev] (into b.e's step-k
+  // rows), adjusted_k = U_k + markov_w2 . e_k.
+  auto markov_step = [&](int k, const int32_t* prev_dev) {
+    GpuOps ops = f_.pass_ops(oc::StepRows{prev_dev, b.slot.get(), b.pos.get(), n}, rings_, rope_.view());
+    float* ek = b.e.get() + sz(k) * sz(n) * sz(r);
+    oc::gather_rows(w_.markov_w1.get(), r, prev_dev, n, static_cast<int>(r), ek, r, st);
+    ops.linear(w_.markov_w2, ek, n, b.bias.get());
+    oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
+                              b.adjusted.get(), st);
+  };
+  std::vector<float> h;
   if (!w_.confidence.empty()) h = std::vector<float>(sz(T * H));
+  // Confidence of draft k of round i, in the CPU drafter's arithmetic, from the pre-norm
+  // hidden of block row k and e_k (e: the step-k rows of b.e on the host).
+  auto confidence = [&](int k, int i, const float* e) {
+    const float* hk = h.data() + (static_cast<int64_t>(k) * n + i) * H;
+    const float logit = ops::cpu::dot(w_.confidence.data(), hk, H) +
+                        ops::cpu::dot(w_.confidence.data() + H, e + static_cast<int64_t>(i) * r, r);
+    return 1.0f / (1.0f + std::exp(-logit));
+  };
+
+  bool on_device = !keep_logits;
+  for (int i = 0; i < n; ++i) on_device = on_device && rounds[first + sz(i)].by_argmax;
+  if (on_device) {
+    // Greedy drafts: the block pass and the whole Markov loop in one graph, each step's
+    // argmax (ties to the lowest id, as the engine's) feeding the next step's gather on
+    // the device; one copy of the drafts (and of e for the confidences) at the end.
+    KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    launch({n, -2 - most}, [&] {
+      block_pass();
+      for (int k = 0; k < most; ++k) {
+        markov_step(k, k == 0 ? b.prev.get() : b.picks.get() + sz(k - 1) * sz(n));
+        oc::argmax_rows(b.adjusted.get(), V, n, static_cast<int>(V), b.picks.get() + sz(k) * sz(n), st);
+      }
+    });
+    std::vector<int32_t> picks(sz(most * n));
+    std::vector<float> e(sz(most * n * r));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(picks.data(), b.picks.get(), picks.size() * 4, cudaMemcpyDeviceToHost, st));
+    if (!h.empty()) {
+      KILN_CUDA_CHECK(cudaMemcpyAsync(h.data(), b.hk.get(), h.size() * 4, cudaMemcpyDeviceToHost, st));
+      KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get(), e.size() * 4, cudaMemcpyDeviceToHost, st));
+    }
+    KILN_CUDA_CHECK(cudaStreamSynchronize(st));
+    for (int i = 0; i < n; ++i) {
+      Out& o = outs[first + sz(i)];
+      for (int k = 0; k < rounds[first + sz(i)].drafts; ++k) {
+        o.tokens.push_back(picks[sz(k * n + i)]);
+        if (!h.empty()) o.confidence.push_back(confidence(k, i, e.data() + sz(k) * sz(n) * sz(r)));
+      }
+    }
+    return;
+  }
+
+  launch({n, -1}, block_pass);
+  std::vector<float> base;
   if (keep_logits) base = std::vector<float>(sz(T * V));
   if (!h.empty()) KILN_CUDA_CHECK(cudaMemcpyAsync(h.data(), b.hk.get(), h.size() * 4, cudaMemcpyDeviceToHost, st));
   if (keep_logits) KILN_CUDA_CHECK(cudaMemcpyAsync(base.data(), b.base.get(), base.size() * 4, cudaMemcpyDeviceToHost, st));
@@ -288,16 +341,9 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
   std::vector<float> adjusted(sz(n * V)), e(sz(n * r));
   for (int k = 0; k < most; ++k) {
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    launch({n, k}, [&] {
-      // adjusted_k = U_k + markov_w2 . markov_w1[prev] for every round of the group.
-      GpuOps ops = f_.pass_ops(oc::StepRows{b.prev.get(), b.slot.get(), b.pos.get(), n}, rings_, rope_.view());
-      oc::gather_rows(w_.markov_w1.get(), r, b.prev.get(), n, static_cast<int>(r), b.e.get(), r, st);
-      ops.linear(w_.markov_w2, b.e.get(), n, b.bias.get());
-      oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
-                                b.adjusted.get(), st);
-    });
+    launch({n, k}, [&] { markov_step(k, b.prev.get()); });
     KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
-    KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get(), e.size() * 4, cudaMemcpyDeviceToHost, st));
+    KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get() + sz(k) * sz(n) * sz(r), e.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaStreamSynchronize(st));
     for (int i = 0; i < n; ++i) {
       const size_t at = first + sz(i);
@@ -305,12 +351,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
       Out& o = outs[at];
       const std::span<const float> row = std::span<const float>(adjusted).subspan(sz(i) * sz(V), sz(V));
       if (keep_logits) o.adjusted.insert(o.adjusted.end(), row.begin(), row.end());
-      if (!w_.confidence.empty()) {
-        const float* hk = h.data() + (static_cast<int64_t>(k) * n + i) * H;
-        const float logit = ops::cpu::dot(w_.confidence.data(), hk, H) +
-                            ops::cpu::dot(w_.confidence.data() + H, e.data() + static_cast<int64_t>(i) * r, r);
-        o.confidence.push_back(1.0f / (1.0f + std::exp(-logit)));
-      }
+      if (!h.empty()) o.confidence.push_back(confidence(k, i, e.data()));
       const int32_t d = choose(at, k, row);
       if (d < 0 || d >= V) fail(ErrorKind::Usage, "GPU DSpark draft: chose token {} outside [0, {})", d, V);
       o.tokens.push_back(d);

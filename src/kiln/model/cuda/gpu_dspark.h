@@ -15,14 +15,18 @@
 // - A draft round: the stages are the model definition's blocks (def::block: mHC, the
 //   attention above, the score-routed MoE) on the GPU ops; hc_head, norm, the target's head
 //   give the base logits U_k. The sequential Markov loop runs on the device for all
-//   sequences at once per step k (markov_w1 gather, markov_w2 product, U_k + bias); the
+//   sequences at once per step k (markov_w1 gather, markov_w2 product, U_k + bias). When
+//   every round of a group drafts by argmax (Round::by_argmax, greedy decoding), each
+//   step's argmax is taken on the device and feeds the next step's gather: the block pass
+//   and all steps are one graph and the drafts come back in one copy. Otherwise the
 //   adjusted row goes to the host because the caller's `choose` picks each draft from it
-//   (argmax or a recorded draw, the engine's DraftChoice): one round trip per step.
+//   (a recorded draw, the engine's DraftChoice): one round trip per step.
 //   Confidences are computed on the host from the pre-norm hidden and the markov_w1 row,
 //   in the CPU drafter's arithmetic (ops/cpu/vec.h dot).
 // With the target's graphs on (GpuOptions::graphs), the block pass is captured as a CUDA
-// graph per group size and each Markov step per (group size, step), replayed afterwards
-// (their rows are read from device buffers); the uploads and the host choice sit between.
+// graph per group size and each Markov step per (group size, step), or block pass and
+// argmax loop as one graph per (group size, steps), replayed afterwards (their rows are
+// read from device buffers); the uploads and any host choice sit between.
 #pragma once
 
 #include <cstdint>
@@ -68,6 +72,9 @@ class GpuDSpark {
     int slot = 0;
     int32_t anchor = 0;
     int drafts = 0;  // Markov steps: 0 .. block_size
+    // The drafts are the argmax of each adjusted row (ties to the lowest id): picked on the
+    // device, choose is not called for this round.
+    bool by_argmax = false;
   };
   // choose(i, k, adjusted_k) returns d_{k+1} of round i (k = 0, 1, .. in order per round).
   using Choose = std::function<int32_t(size_t round, int k, std::span<const float> adjusted)>;
@@ -96,7 +103,9 @@ class GpuDSpark {
   struct Buffers;
   std::unique_ptr<Buffers> buf_;
   int64_t state_bytes_ = 0, buffer_bytes_ = 0;
-  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (rounds, -1): block pass; (rounds, k): Markov step k
+  // (rounds, -1): block pass; (rounds, k): Markov step k; (rounds, -2 - steps): block pass
+  // and `steps` argmax Markov steps.
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
 };
 
 }  // namespace kiln::model::cuda

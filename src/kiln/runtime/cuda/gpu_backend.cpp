@@ -41,7 +41,7 @@ void GpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftCh
   std::vector<model::cuda::GpuDSpark::Round> q;
   for (const DSparkRound& r : rounds) {
     if (!book_.held(r.slot)) fail(ErrorKind::Usage, "gpu backend: DSpark draft for slot {}, not held", r.slot);
-    q.push_back({r.slot, r.anchor, r.drafts});
+    q.push_back({r.slot, r.anchor, r.drafts, r.by_argmax});
   }
   auto outs = drafter_->draft(q, choose);
   drafts.resize(outs.size());
