@@ -32,6 +32,10 @@ namespace kiln::ops::cuda::detail {
 namespace {
 
 constexpr int kMaxKWarps = 16;
+#ifndef KILN_MMA_DEPTH
+#define KILN_MMA_DEPTH 3
+#endif
+constexpr int kDepth = KILN_MMA_DEPTH;  // weight chunks loaded ahead
 
 struct KernelArgs {
   const uint8_t* w;
@@ -112,21 +116,16 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
   for (int t = 0; t < TG; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
 
-  uint4 cur[4];
-  if (c0 < c1) {
-    const int64_t off = static_cast<int64_t>(c0) * Chunk<OPS>::kBytes;
-    cur[0] = ld_weight(w0 + off), cur[1] = ld_weight(w0 + off + 64);
-    cur[2] = ld_weight(w1 + off), cur[3] = ld_weight(w1 + off + 64);
-  }
-  for (int c = c0; c < c1; ++c) {
-    uint4 nxt[4];
-    if (c + 1 < c1) {
-      const int64_t off = static_cast<int64_t>(c + 1) * Chunk<OPS>::kBytes;
-      nxt[0] = ld_weight(w0 + off), nxt[1] = ld_weight(w0 + off + 64);
-      nxt[2] = ld_weight(w1 + off), nxt[3] = ld_weight(w1 + off + 64);
-    }
-    const uint32_t r0w[8] = {cur[0].x, cur[0].y, cur[0].z, cur[0].w, cur[1].x, cur[1].y, cur[1].z, cur[1].w};
-    const uint32_t r1w[8] = {cur[2].x, cur[2].y, cur[2].z, cur[2].w, cur[3].x, cur[3].y, cur[3].z, cur[3].w};
+  // Weight chunks in flight: kDepth ahead of the one being multiplied, a ring of registers
+  // (the loop is unrolled by kDepth so every index is static).
+  auto load = [&](uint4 (&w)[4], int c) {
+    const int64_t off = static_cast<int64_t>(c) * Chunk<OPS>::kBytes;
+    w[0] = ld_weight(w0 + off), w[1] = ld_weight(w0 + off + 64);
+    w[2] = ld_weight(w1 + off), w[3] = ld_weight(w1 + off + 64);
+  };
+  auto multiply = [&](const uint4 (&w)[4], int c) {
+    const uint32_t r0w[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
+    const uint32_t r1w[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
     if constexpr (OPS == MmaOperands::Bf16W_SplitX) {
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
@@ -187,9 +186,20 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         acc[t][3] = __fmaf_rn(blk[3], s1, acc[t][3]);
       }
     }
-    if (c + 1 < c1) {
+  };
+  uint4 ring[kDepth][4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) cur[i] = nxt[i];
+  for (int d = 0; d < kDepth; ++d)
+    if (c0 + d < c1) load(ring[d], c0 + d);
+  for (int cb = c0; cb < c1; cb += kDepth) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int c = cb + d;
+      if (c < c1) {
+        const uint4 w[4] = {ring[d][0], ring[d][1], ring[d][2], ring[d][3]};
+        if (c + kDepth < c1) load(ring[d], c + kDepth);
+        multiply(w, c);
+      }
     }
   }
 
