@@ -104,7 +104,7 @@ GpuDSpark::~GpuDSpark() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
 }
 
-void GpuDSpark::launch(std::pair<int, int> key, const std::function<void()>& enqueue) {
+void GpuDSpark::launch(GraphKey key, const std::function<void()>& enqueue) {
   const cudaStream_t st = f_.stream();
   if (!f_.options().graphs) {
     enqueue();
@@ -180,22 +180,30 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), kslot.data() + r0, bytes, cudaMemcpyHostToDevice, st));
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), kpos.data() + r0, bytes, cudaMemcpyHostToDevice, st));
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.src.get(), ksrc.data() + r0, bytes, cudaMemcpyHostToDevice, st));
-    oc::gather_rows(f_.dspark_features(), F_, b.src.get(), n, static_cast<int>(F_), b.feats.get(), F_, st);
     const oc::StepRows rows{b.src.get(), b.slot.get(), b.pos.get(), n};  // no tokens: src stands in, unread
-    GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
-    // main_x = main_norm(main_proj(F)); per stage rope(kv_norm(wkv(main_x))) into its ring.
-    ops.linear(w_.main_proj, b.feats.get(), n, b.mx.get());
-    ops.rmsnorm(b.mx.get(), n, H, w_.main_norm, b.mx.get());
-    ops.act_bf16(b.mx.get(), H, n, H);
-    for (size_t s = 0; s < w_.stages.size(); ++s) {
-      const GpuAttention& a = w_.stages[s].attn;
-      ops.linear(a.wkv, b.mx.get(), n, b.kv.get());
-      ops.rmsnorm(b.kv.get(), n, D, a.kv_norm, b.kv.get());
-      ops.act_bf16(b.kv.get(), D, n, D);
-      ops.rope(AttnKind::SWA, b.kv.get(), D, 1, D, D, false);
-      ops.act_bf16(b.kv.get(), D, n, D);
-      oc::window_write(rows, b.kv.get(), D, rings_[s]->ring, st);
-    }
+    auto pass = [&] {
+      oc::gather_rows(f_.dspark_features(), F_, b.src.get(), n, static_cast<int>(F_), b.feats.get(), F_, st);
+      GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
+      // main_x = main_norm(main_proj(F)); per stage rope(kv_norm(wkv(main_x))) into its ring.
+      ops.linear(w_.main_proj, b.feats.get(), n, b.mx.get());
+      ops.rmsnorm(b.mx.get(), n, H, w_.main_norm, b.mx.get());
+      ops.act_bf16(b.mx.get(), H, n, H);
+      for (size_t s = 0; s < w_.stages.size(); ++s) {
+        const GpuAttention& a = w_.stages[s].attn;
+        ops.linear(a.wkv, b.mx.get(), n, b.kv.get());
+        ops.rmsnorm(b.kv.get(), n, D, a.kv_norm, b.kv.get());
+        ops.act_bf16(b.kv.get(), D, n, D);
+        ops.rope(AttnKind::SWA, b.kv.get(), D, 1, D, D, false);
+        ops.act_bf16(b.kv.get(), D, n, D);
+        oc::window_write(rows, b.kv.get(), D, rings_[s]->ring, st);
+      }
+    };
+    // A decode step commits at most block + 1 rows per slot: those sizes replay graphs;
+    // larger (prompt) commits run eagerly rather than capture a graph per prompt length.
+    if (n <= slots_ * (B_ + 1))
+      launch({Pass::Commit, n, 0}, pass);
+    else
+      pass();
   }
   length_ = std::move(next);
   // Pageable host-to-device copies are staged before cudaMemcpyAsync returns: the host
@@ -302,7 +310,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     // argmax (ties to the lowest id, as the engine's) feeding the next step's gather on
     // the device; one copy of the drafts (and of e for the confidences) at the end.
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    launch({n, -2 - most}, [&] {
+    launch({Pass::ArgmaxDraft, n, most}, [&] {
       block_pass();
       for (int k = 0; k < most; ++k) {
         markov_step(k, k == 0 ? b.prev.get() : b.picks.get() + sz(k - 1) * sz(n));
@@ -327,7 +335,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     return;
   }
 
-  launch({n, -1}, block_pass);
+  launch({Pass::Block, n, 0}, block_pass);
   std::vector<float> base;
   if (keep_logits) base = std::vector<float>(sz(T * V));
   if (!h.empty()) KILN_CUDA_CHECK(cudaMemcpyAsync(h.data(), b.hk.get(), h.size() * 4, cudaMemcpyDeviceToHost, st));
@@ -341,7 +349,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
   std::vector<float> adjusted(sz(n * V)), e(sz(n * r));
   for (int k = 0; k < most; ++k) {
     KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    launch({n, k}, [&] { markov_step(k, b.prev.get()); });
+    launch({Pass::MarkovStep, n, k}, [&] { markov_step(k, b.prev.get()); });
     KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get() + sz(k) * sz(n) * sz(r), e.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -23,10 +23,11 @@
 //   (a recorded draw, the engine's DraftChoice): one round trip per step.
 //   Confidences are computed on the host from the pre-norm hidden and the markov_w1 row,
 //   in the CPU drafter's arithmetic (ops/cpu/vec.h dot).
-// With the target's graphs on (GpuOptions::graphs), the block pass is captured as a CUDA
-// graph per group size and each Markov step per (group size, step), or block pass and
-// argmax loop as one graph per (group size, steps), replayed afterwards (their rows are
-// read from device buffers); the uploads and any host choice sit between.
+// With the target's graphs on (GpuOptions::graphs), the commit pass is captured as a CUDA
+// graph per row count, the block pass per group size and each Markov step per (group
+// size, step), or block pass and argmax loop as one graph per (group size, steps),
+// replayed afterwards (their rows are read from device buffers); the uploads and any host
+// choice sit between.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <tuple>
 #include <vector>
 
 #include "kiln/model/cuda/gpu_forward.h"
@@ -90,8 +92,12 @@ class GpuDSpark {
  private:
   void draft_group(std::span<const Round> rounds, size_t first, const Choose& choose, bool keep_logits,
                    std::vector<Out>& outs);
+  // The passes captured as graphs: per kind, rows (rounds of a draft group, or commit rows)
+  // and steps (the Markov step k, or the argmax loop's step count).
+  enum class Pass { Block, MarkovStep, ArgmaxDraft, Commit };
+  using GraphKey = std::tuple<Pass, int, int>;
   // Runs enqueue on the target's stream: eagerly, or as the graph captured for `key`.
-  void launch(std::pair<int, int> key, const std::function<void()>& enqueue);
+  void launch(GraphKey key, const std::function<void()>& enqueue);
 
   GpuForward& f_;
   GpuDSparkWeights w_;
@@ -103,9 +109,7 @@ class GpuDSpark {
   struct Buffers;
   std::unique_ptr<Buffers> buf_;
   int64_t state_bytes_ = 0, buffer_bytes_ = 0;
-  // (rounds, -1): block pass; (rounds, k): Markov step k; (rounds, -2 - steps): block pass
-  // and `steps` argmax Markov steps.
-  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
 }  // namespace kiln::model::cuda
