@@ -254,5 +254,26 @@ TEST(GpuMemory, WeightBytesAgreeWithTheCheckpointsPlan) {
   check_weight_bytes(d.path());
 }
 
+// The GPU DSpark drafter's buffers and rings, counted by hand for tiny_dspark (vocab 256,
+// hidden 64, head_dim 32, window 8, block 5, Markov rank 16, 3 target layers, 3 stages).
+TEST(GpuMemory, DSparkDrafterBuffersAndRings) {
+  const ModelConfig c = load_model_config(std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_dspark/native");
+  ASSERT_TRUE(c.dspark.has_value());
+  // 40 rows, 4 slots: 4 rounds of 5 rows (T = 20). int32: 6 x 40 + 4 + 20; fp32: 40 x (192 + 64 +
+  // 32) commit rows + 20 x (3 x 64 + 256 + 16) block rows + 2 x 4 x 256 Markov rows.
+  GpuDSparkSizes z = gpu_dspark_sizes(c, 40, 4);
+  EXPECT_EQ(z.rounds, 4);
+  EXPECT_EQ(z.buffer_bytes, 4 * ((6 * 40 + 4 + 20) + (40 * 288 + 20 * 464 + 2 * 4 * 256)));
+  EXPECT_EQ(z.slot_bytes, 4 * 3 * (8 + 5) * 32);
+  // More slots than blocks fit in a pass: the rows bound the rounds (40 / 5 = 8).
+  z = gpu_dspark_sizes(c, 40, 100);
+  EXPECT_EQ(z.rounds, 8);
+  EXPECT_EQ(z.buffer_bytes, 4 * ((6 * 40 + 8 + 40) + (40 * 288 + 40 * 464 + 2 * 8 * 256)));
+  // No drafter: nothing.
+  const ModelConfig plain = tiny();
+  EXPECT_EQ(gpu_dspark_sizes(plain, 40, 4).buffer_bytes, 0);
+  EXPECT_EQ(gpu_dspark_sizes(plain, 40, 4).slot_bytes, 0);
+}
+
 }  // namespace
 }  // namespace kiln::model

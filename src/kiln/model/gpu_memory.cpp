@@ -98,6 +98,23 @@ GpuCompressorState compressor_state(const CompressorLayout& l, int64_t max_conte
 
 }  // namespace
 
+GpuDSparkSizes gpu_dspark_sizes(const ModelConfig& c, int max_rows, int slots) {
+  GpuDSparkSizes z;
+  if (!c.dspark || c.dspark->block_size < 1) return z;
+  const DSparkConfig& d = *c.dspark;
+  const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim, B = d.block_size, r = d.markov_rank;
+  const int64_t F = static_cast<int64_t>(d.target_layer_ids.size()) * H, M = max_rows;
+  z.rounds = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(M / B, slots)));
+  const int64_t G = z.rounds, T = G * B;
+  // int32: tok, slot, pos, key_end, perm, src [M]; prev [G]; picks [T].
+  const int64_t ints = 6 * M + G + T;
+  // fp32: feats, mx, kv [M rows] (commit); hpre, hk, hn, base, e [T rows]; bias, adjusted [G rows].
+  const int64_t floats = M * (F + H + D) + T * (3 * H + V + r) + 2 * G * V;
+  z.buffer_bytes = 4 * (ints + floats);
+  z.slot_bytes = 4 * d.stages * (c.sliding_window + B) * D;
+  return z;
+}
+
 int64_t GpuBlockState::floats() const {
   return window_stride + (comp ? comp->floats() : 0) + (icomp ? icomp->floats() : 0);
 }

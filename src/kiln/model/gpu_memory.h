@@ -89,6 +89,17 @@ GpuBlockState gpu_block_state(const ModelConfig& c, const GpuModelShape::Block& 
 // Bytes of one sequence's decode state over every layer.
 int64_t gpu_slot_bytes(const ModelConfig& c, const GpuModelShape& m, int max_rows, int64_t max_context);
 
+// The GPU DSpark drafter (model/cuda/gpu_dspark.h) of a config with one: its buffers for
+// passes of max_rows rows (a draft group holds `rounds` = min(max_rows / block, slots)
+// blocks: each round has its own slot) and each slot's rings (per stage, window + block
+// K=V rows). GpuDSpark allocates exactly these.
+struct GpuDSparkSizes {
+  int rounds = 0;
+  int64_t buffer_bytes = 0;
+  int64_t slot_bytes = 0;
+};
+GpuDSparkSizes gpu_dspark_sizes(const ModelConfig& c, int max_rows, int slots);
+
 struct GpuWeightBytes {
   int64_t linears = 0;  // prepared weights, scales, zero points, expert descriptor tables
   int64_t staging = 0;  // the linears' and expert sets' x staging buffers

@@ -9,6 +9,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/model/definition.h"
+#include "kiln/model/gpu_memory.h"
 #include "kiln/ops/cpu/vec.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/check.h"
@@ -82,7 +83,11 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
   }
   length_.assign(sz(slots_), 0);
 
-  const int64_t M = max_rows_, G = max_rows_ / B_;
+  // Each round of a draft group has its own slot: a group holds at most min(rows / block,
+  // slots) rounds (model/gpu_memory.h, which the memory plan counts).
+  const GpuDSparkSizes sizes = gpu_dspark_sizes(c, max_rows_, slots_);
+  rounds_ = sizes.rounds;
+  const int64_t M = max_rows_, G = rounds_, T = G * B_;
   buf_ = std::make_unique<Buffers>();
   Buffers& b = *buf_;
   auto f = [&](int64_t n) {
@@ -94,9 +99,14 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
     return DeviceArray<int32_t>(sz(n));
   };
   b.tok = i32(M), b.slot = i32(M), b.pos = i32(M), b.key_end = i32(M), b.perm = i32(M), b.src = i32(M), b.prev = i32(G);
+  b.picks = i32(T);
   b.feats = f(M * F_), b.mx = f(M * H), b.kv = f(M * D);
-  b.hpre = f(M * H), b.hk = f(M * H), b.hn = f(M * H), b.base = f(M * V);
-  b.e = f(M * r), b.bias = f(G * V), b.adjusted = f(G * V), b.picks = i32(M);
+  b.hpre = f(T * H), b.hk = f(T * H), b.hn = f(T * H), b.base = f(T * V), b.e = f(T * r);
+  b.bias = f(G * V), b.adjusted = f(G * V);
+  if (buffer_bytes_ != sizes.buffer_bytes || state_bytes_ != slots_ * sizes.slot_bytes) {
+    fail(ErrorKind::Usage, "internal: GPU DSpark drafter allocated {} B of buffers and {} B of rings; model/gpu_memory.cpp counts {} and {}",
+         buffer_bytes_, state_bytes_, sizes.buffer_bytes, slots_ * sizes.slot_bytes);
+  }
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -227,7 +237,7 @@ std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, cons
       fail(ErrorKind::Usage, "GPU DSpark draft: slot {} is at position {}, beyond the context", q.slot, length_[sz(q.slot)]);
     }
   }
-  const size_t G = sz(max_rows_ / B_);
+  const size_t G = sz(rounds_);
   for (size_t first = 0; first < rounds.size(); first += G) draft_group(rounds, first, choose, keep_logits, outs);
   return outs;
 }
@@ -236,7 +246,7 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
                             std::vector<Out>& outs) {
   const ModelConfig& c = f_.config();
   const int64_t H = c.hidden_size, V = c.vocab_size, r = w_.config.markov_rank;
-  const int n = static_cast<int>(std::min(rounds.size() - first, sz(max_rows_ / B_)));
+  const int n = static_cast<int>(std::min(rounds.size() - first, sz(rounds_)));
   const int T = n * B_;
   const cudaStream_t st = f_.stream();
   Buffers& b = *buf_;

@@ -101,7 +101,7 @@ class GpuDSpark {
 
   GpuForward& f_;
   GpuDSparkWeights w_;
-  int B_ = 0, W_ = 0, slots_ = 0, max_rows_ = 0;
+  int B_ = 0, W_ = 0, slots_ = 0, max_rows_ = 0, rounds_ = 0;  // rounds_: most rounds of one draft group
   int64_t F_ = 0;
   ops::cuda::RopeTable rope_;
   std::vector<std::unique_ptr<GpuLayerState>> rings_;  // per stage (window rings only)

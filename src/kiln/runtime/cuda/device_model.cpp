@@ -61,21 +61,27 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
     model::GpuWeightBytes w;
     model::GpuActivationSizes a;
     model::GpuMemoryNeeds needs;
+    int64_t forward_per_slot = 0;  // the forward's own decode state per slot (needs.per_slot less the drafter's rings)
   };
   // A DSpark drafter's weights, counted as stored (its linears keep their stored form; its
-  // markov_w1 embedding is held in fp32, twice its bf16 bytes); its rings and buffers are
-  // small next to them and are not counted.
+  // markov_w1 embedding is held in fp32, twice its bf16 bytes), its buffers with the
+  // activations and its rings with each slot's state (for the sequences asked for: the
+  // drafter's buffers shrink, never grow, when fewer fit).
   int64_t drafter_bytes = 0;
-  if (o.dspark && host->plan.dspark && c.dspark) {
-    drafter_bytes = static_cast<int64_t>(host->plan.dspark->bytes) + c.vocab_size * c.dspark->markov_rank * 2;
-  }
+  const bool drafter = o.dspark && host->plan.dspark && c.dspark;
+  if (drafter) drafter_bytes = static_cast<int64_t>(host->plan.dspark->bytes) + c.vocab_size * c.dspark->markov_rank * 2;
   auto size_for = [&](int rows) {
     Sized s;
     s.w = model::gpu_weight_bytes(host->weights, src, rows);
     s.a = model::gpu_activation_sizes(c, shape, rows, o.max_context, sms);
     s.needs.weights = s.w.weights() + drafter_bytes;
     s.needs.activations = s.w.staging + s.w.lt + s.a.bytes();
-    s.needs.per_slot = model::gpu_slot_bytes(c, shape, rows, o.max_context);
+    s.needs.per_slot = s.forward_per_slot = model::gpu_slot_bytes(c, shape, rows, o.max_context);
+    if (drafter) {
+      const model::GpuDSparkSizes d = model::gpu_dspark_sizes(c, rows, o.max_slots);
+      s.needs.activations += d.buffer_bytes;
+      s.needs.per_slot += d.slot_bytes;
+    }
     s.needs.max_rows = rows;
     s.needs.max_context = o.max_context;
     return s;
@@ -137,10 +143,10 @@ DeviceModel open_device_model(const std::filesystem::path& dir, const DeviceMode
   go.graphs = o.graphs;
   dm.forward = std::make_unique<model::cuda::GpuForward>(std::move(w), go);
   if (dm.forward->activation_bytes() != sized.a.bytes() ||
-      dm.forward->state_bytes() != static_cast<int64_t>(plan.slots) * sized.needs.per_slot) {
+      dm.forward->state_bytes() != static_cast<int64_t>(plan.slots) * sized.forward_per_slot) {
     say(fmt::format("warning: the memory plan counted {} bytes of activations and {} of decode state; the forward "
                     "allocated {} and {} (internal)",
-                    sized.a.bytes(), plan.slots * sized.needs.per_slot, dm.forward->activation_bytes(),
+                    sized.a.bytes(), plan.slots * sized.forward_per_slot, dm.forward->activation_bytes(),
                     dm.forward->state_bytes()));
   }
   dm.memory = plan;
