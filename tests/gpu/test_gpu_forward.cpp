@@ -118,6 +118,11 @@ TEST(GpuForward, GraphReplayEqualsEagerBitForBit) {
   EXPECT_GE(g.graphs_captured(), 2u);
   ASSERT_EQ(eager.size(), graph.size());
   EXPECT_EQ(std::memcmp(eager.data(), graph.data(), eager.size() * sizeof(float)), 0);
+  // The node counts kiln bench prints: every layer launches kernels; rows never fed, none.
+  const ops::cuda::GraphNodes one = g.main_graph_nodes(1), prompt = g.main_graph_nodes(T);
+  EXPECT_GT(one.kernels, 5 * c.num_layers) << "kernels in the one-row pass's graph";
+  EXPECT_GT(prompt.kernels, 5 * c.num_layers) << "kernels in the prompt pass's graph";
+  EXPECT_EQ(g.main_graph_nodes(T + 1).kernels, 0) << "no graph was captured for " << T + 1 << " rows";
 }
 
 TEST(GpuForward, Greedy64StepsEqualTheCpuForBf16AndFp8) {

@@ -314,6 +314,16 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     nlohmann::json r = {{"batch", B},          {"tokens_per_s", res.tokens_per_s}, {"step_ms_wall", step_wall * 1e3},
                         {"pass_ms_graph", g_ms}, {"pass_ms_eager", e_ms}, {"weight_bytes_per_pass", bytes},
                         {"hbm_fraction", frac}};
+    // Launches per pass, from the main pass's graph (captured by time_main above).
+    const ops::cuda::GraphNodes nodes = f->main_graph_nodes(B);
+    if (nodes.kernels > 0) {
+      const int64_t layers = f->config().num_layers;
+      out << fmt::format("|   graph of the pass | {} kernels ({:.1f} per layer over {} layers, head and embedding included), "
+                         "{} other nodes |\n",
+                         nodes.kernels, static_cast<double>(nodes.kernels) / static_cast<double>(layers), layers, nodes.others);
+      r["graph_kernels"] = nodes.kernels;
+      r["graph_other_nodes"] = nodes.others;
+    }
     if (!prof.empty()) {
       const auto [line, pj, sum] = profile_line(prof);
       out << fmt::format("|   ops (eager, ms per pass, all layers) | sum {:.3f} vs graph pass {:.3f} | {} |\n", sum, g_ms, line);

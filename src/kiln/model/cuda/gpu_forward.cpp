@@ -308,8 +308,11 @@ void GpuForward::launch(Pass pass, int m, int R) {
   }
   const auto key = std::make_tuple(static_cast<int>(pass), m, R);
   auto it = graphs_.find(key);
-  if (it == graphs_.end())
-    it = graphs_.emplace(key, ops::cuda::capture_graph(stream_, [&] { enqueue(pass, m, R); })).first;
+  if (it == graphs_.end()) {
+    ops::cuda::GraphNodes nodes;
+    it = graphs_.emplace(key, ops::cuda::capture_graph(stream_, [&] { enqueue(pass, m, R); }, &nodes)).first;
+    graph_nodes_[key] = nodes;
+  }
   KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
@@ -326,6 +329,12 @@ void GpuForward::record_dspark_features(std::vector<int64_t> layers) {
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
+  graph_nodes_.clear();
+}
+
+ops::cuda::GraphNodes GpuForward::main_graph_nodes(int R) const {
+  const auto it = graph_nodes_.find(std::make_tuple(static_cast<int>(Pass::Main), 0, R));
+  return it == graph_nodes_.end() ? ops::cuda::GraphNodes{} : it->second;
 }
 
 GpuOps GpuForward::pass_ops(const oc::StepRows& rows, std::span<const std::unique_ptr<GpuLayerState>> layers,

@@ -36,6 +36,7 @@
 #include "kiln/model/cuda/gpu_weights.h"
 #include "kiln/model/decode_contract.h"
 #include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/graph_capture.h"
 #include "kiln/ops/cuda/rope.h"
 
 namespace kiln::model::cuda {
@@ -145,6 +146,8 @@ class GpuForward {
   cudaStream_t stream() const { return stream_; }
   // Graphs captured so far, and whether the next pass may use one.
   size_t graphs_captured() const { return graphs_.size(); }
+  // The node counts of the main pass's graph for R rows (zeros until it is captured).
+  ops::cuda::GraphNodes main_graph_nodes(int R) const;
   void set_graphs(bool on) { opt_.graphs = on; }
 
   // Bytes of device memory held for the decode state of all slots (gpu_slot_bytes() x
@@ -172,6 +175,7 @@ class GpuForward {
   int32_t* host_meta_ = nullptr;                          // pinned staging [4, max_rows]
   cudaEvent_t meta_copied_ = nullptr;
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
+  std::map<std::tuple<int, int, int>, ops::cuda::GraphNodes> graph_nodes_;
   int64_t state_bytes_ = 0;
   int64_t activation_bytes_ = 0;
   OpTimer* timer_ = nullptr;  // set only while profile_main enqueues
