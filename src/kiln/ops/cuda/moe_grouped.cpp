@@ -9,6 +9,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
+#include "kiln/ops/grouped_expert_layout.h"
 
 namespace kiln::ops::cuda {
 
@@ -46,7 +47,7 @@ namespace {
 // NVFP4 / int4 experts (layouts in moe_grouped.cu): validation, allocation, repacking fills.
 void prepare_bf16_kinds(const HostQuantLinear* weights, GroupedExpertsImpl& d, DeviceUploader* up) {
   const bool nv = d.scheme == SchemeKind::NVFP4;
-  const int64_t n = d.n, k = d.k, C = k / 64, steps = k / 16;
+  const int64_t n = d.n, k = d.k, steps = k / 16;
   d.group = nv ? 16 : static_cast<int>(weights[0].block_k);
   const int64_t G = k / d.group;
   const bool zps = !nv && weights[0].zero_point.size != 0;
@@ -87,21 +88,11 @@ void prepare_bf16_kinds(const HostQuantLinear* weights, GroupedExpertsImpl& d, D
     const std::byte* wsrc = hw.weight.data;
     const std::byte* ssrc = hw.scale.data;
     // Both store two 4-bit codes per byte along k, the lower input in the low nibble (int4's
-    // little-endian I32 words of eight codes are the same bytes).
-    auto wfill = fill_of([wsrc, C, k](uint64_t i) {
-      const uint64_t rec = i / 16, byte = i % 16, lane = rec % 32, c = (rec / 32) % static_cast<uint64_t>(C),
-                     tile = rec / (32 * static_cast<uint64_t>(C));
-      const uint64_t g = lane / 4, t = lane % 4, j = byte / 4;
-      uint32_t out = 0;
-      for (uint64_t h = 0; h < 2; ++h) {
-        const uint64_t nib = 2 * (byte % 4) + h, reg = nib / 2;  // a0 a1 a2 a3, two nibbles each
-        const uint64_t row = tile * 16 + g + (reg % 2 ? 8 : 0);
-        const uint64_t col = 16 * (4 * c + j) + 2 * t + (reg >= 2 ? 8 : 0) + nib % 2;
-        const auto src = static_cast<uint32_t>(wsrc[row * static_cast<uint64_t>(k / 2) + col / 2]);
-        out |= ((col % 2 ? src >> 4 : src) & 0xFu) << (4 * h);
-      }
-      return static_cast<std::byte>(out);
-    });
+    // little-endian I32 words of eight codes are the same bytes); the repacked records
+    // take whole bytes (ops/grouped_expert_layout.h).
+    DeviceUploader::Fill wfill = [wsrc, k](uint64_t off, uint64_t len, std::byte* dst) {
+      grouped_layout::fill(grouped_layout::Kind::Nibbles, wsrc, static_cast<uint64_t>(k), off, len, dst);
+    };
     DeviceUploader::Fill sfill;
     if (nv) {
       sfill = fill_of([ssrc, steps](uint64_t i) {
@@ -221,33 +212,27 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
     std::byte* sd = static_cast<std::byte*>(d.sc.get()) + e * es;
     DeviceUploader::Fill wfill, sfill;
     if (fp4) {
-      const int64_t half = k / 2;
-      wfill = fill_of([wsrc, S, half](uint64_t i) {
-        const uint64_t rec = i / 8, byte = i % 8, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
-                       tile = rec / (32 * static_cast<uint64_t>(S));
-        const uint64_t g = lane / 4, t = lane % 4;
-        const uint64_t row = tile * 16 + g + ((byte / 2) % 2 ? 8 : 0);
-        const uint64_t col = 32 * s + 4 * t + (byte >= 4 ? 16 : 0);
-        return wsrc[row * static_cast<uint64_t>(half) + col / 2 + byte % 2];
-      });
+      wfill = [wsrc, k](uint64_t off, uint64_t len, std::byte* dst) {
+        grouped_layout::fill(grouped_layout::Kind::MXFP4, wsrc, static_cast<uint64_t>(k), off, len, dst);
+      };
       sfill = fill_of([ssrc, S, NB](uint64_t i) {
         const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
                        tile = i / (64 * static_cast<uint64_t>(NB));
         return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
       });
     } else {
-      // 16 bytes per lane and step: a0 a1 a2 a3 = rows g, g + 8, g, g + 8 at inputs 4t.. and 16 + 4t..
-      // Each code is checked for the e4m3 NaN code as it is copied (an error from up.finish()).
-      wfill = fill_of([wsrc, S, k, name = std::string(weights[e].name)](uint64_t i) {
-        const uint64_t rec = i / 16, byte = i % 16, lane = rec % 32, s = (rec / 32) % static_cast<uint64_t>(S),
-                       tile = rec / (32 * static_cast<uint64_t>(S));
-        const uint64_t g = lane / 4, t = lane % 4, reg = byte / 4;
-        const uint64_t row = tile * 16 + g + (reg % 2 ? 8 : 0);
-        const uint64_t col = 32 * s + 4 * t + (reg >= 2 ? 16 : 0) + byte % 4;
-        const std::byte* code = wsrc + row * static_cast<uint64_t>(k) + col;
-        detail::check_no_e4m3_nan(code, 1, name, row, col);
-        return *code;
-      });
+      // 16 bytes per lane and step (ops/grouped_expert_layout.h). Each code is checked for the
+      // e4m3 NaN code once copied (an error from up.finish() naming its stored row and column).
+      wfill = [wsrc, k, name = std::string(weights[e].name)](uint64_t off, uint64_t len, std::byte* dst) {
+        using namespace grouped_layout;
+        fill(Kind::FP8, wsrc, static_cast<uint64_t>(k), off, len, dst);
+        for (uint64_t i = 0; i < len; ++i) {
+          if ((static_cast<uint8_t>(dst[i]) & 0x7Fu) == 0x7Fu) {
+            const SourceByte p = source_of(Kind::FP8, static_cast<uint64_t>(k), off + i);
+            detail::check_no_e4m3_nan(dst + i, 1, name, p.row, p.col);
+          }
+        }
+      };
       sfill = detail::scales_to_f32(ssrc, weights[e].scale_dtype);
     }
     uploads.push_back({wd, static_cast<uint64_t>(ew), std::move(wfill), {wsrc, weights[e].weight.size}});

@@ -1,0 +1,102 @@
+// The repacked weight layouts of the grouped expert kernels (ops/cuda/moe_grouped.cu has
+// the layouts in words): where each byte of a repacked buffer comes from in the stored
+// weight [n, k], and fills that write a range of it. Pure C++ (no CUDA), so CI tests the
+// fills against the byte maps; the CUDA upload (ops/cuda/moe_grouped.cpp) runs the fills
+// on its reader threads.
+//
+// A buffer is a sequence of records, one per (16-row tile, k step, lane): lane (g, t) =
+// (lane / 4, lane % 4) holds rows r0 = 16 tile + g and r1 = r0 + 8.
+//   MXFP4 (e2m1 pairs, k / 2 bytes a row): 8-byte records per 32-input step s: bytes
+//     [16s + 2t, +1] of r0, then of r1, then [16s + 8 + 2t, +1] of r0 and of r1.
+//   FP8 (e4m3, k bytes a row): 16-byte records per 32-input step s: bytes [32s + 4t, +3]
+//     of r0, of r1, then [32s + 16 + 4t, +3] of r0 and of r1.
+//   NVFP4 / int4 (two 4-bit codes a byte along k, k / 2 bytes a row): 16-byte records per
+//     64-input chunk c: for j = 0..3, bytes 32c + 8j + t of r0, of r1, then 32c + 8j + 4 + t
+//     of r0 and of r1 (mma.m16n8k16's a0..a3 of step 4c + j, two codes each).
+// The fills take whole records by pointer arithmetic and the partial records at either end
+// byte by byte; both give the byte maps' bytes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kiln::ops::grouped_layout {
+
+enum class Kind { MXFP4, FP8, Nibbles };
+
+struct SourceByte {
+  uint64_t row = 0, col = 0;  // col: the byte's column in the stored row
+};
+
+inline constexpr uint64_t record_bytes(Kind kind) { return kind == Kind::MXFP4 ? 8 : 16; }
+// Inputs one record covers per row pair: a 32-input step, or (NVFP4 / int4) a 64-input chunk.
+inline constexpr uint64_t record_inputs(Kind kind) { return kind == Kind::Nibbles ? 64 : 32; }
+inline constexpr uint64_t row_bytes(Kind kind, uint64_t k) { return kind == Kind::FP8 ? k : k / 2; }
+
+// Byte i of the repacked buffer of a weight with k inputs per row: its stored position.
+inline SourceByte source_of(Kind kind, uint64_t k, uint64_t i) {
+  const uint64_t R = record_bytes(kind), steps = k / record_inputs(kind);
+  const uint64_t rec = i / R, b = i % R, lane = rec % 32, s = (rec / 32) % steps, tile = rec / (32 * steps);
+  const uint64_t r0 = tile * 16 + lane / 4, t = lane % 4;
+  switch (kind) {
+    case Kind::MXFP4: return {r0 + ((b / 2) % 2) * 8, 16 * s + 2 * t + (b >= 4 ? 8 : 0) + b % 2};
+    case Kind::FP8: return {r0 + ((b / 4) % 2) * 8, 32 * s + 4 * t + (b >= 8 ? 16 : 0) + b % 4};
+    case Kind::Nibbles: {
+      const uint64_t j = b / 4, reg = b % 4;
+      return {r0 + (reg % 2) * 8, 32 * s + 8 * j + t + (reg >= 2 ? 4 : 0)};
+    }
+  }
+  return {};
+}
+
+// Bytes [off, off + len) of the repacked buffer of `src` (rows of row_bytes(kind, k)).
+inline void fill(Kind kind, const std::byte* src, uint64_t k, uint64_t off, uint64_t len, std::byte* dst) {
+  const uint64_t R = record_bytes(kind), steps = k / record_inputs(kind), rb = row_bytes(kind, k);
+  const uint64_t end = off + len;
+  auto one = [&](uint64_t i) {
+    const SourceByte p = source_of(kind, k, i);
+    return src[p.row * rb + p.col];
+  };
+  uint64_t i = off;
+  for (; i < end && i % R != 0; ++i) *dst++ = one(i);
+  if (i + R <= end) {
+    const uint64_t rec = i / R;
+    uint64_t lane = rec % 32, s = (rec / 32) % steps, tile = rec / (32 * steps);
+    for (; i + R <= end; i += R, dst += R) {
+      const uint64_t t = lane % 4;
+      const std::byte* a = src + (tile * 16 + lane / 4) * rb;  // row r0
+      const std::byte* c = a + 8 * rb;                          // row r1
+      switch (kind) {
+        case Kind::MXFP4: {
+          const uint64_t x = 16 * s + 2 * t;
+          dst[0] = a[x], dst[1] = a[x + 1], dst[2] = c[x], dst[3] = c[x + 1];
+          dst[4] = a[x + 8], dst[5] = a[x + 9], dst[6] = c[x + 8], dst[7] = c[x + 9];
+          break;
+        }
+        case Kind::FP8: {
+          const uint64_t x = 32 * s + 4 * t;
+          for (int q = 0; q < 4; ++q) {
+            dst[q] = a[x + q], dst[4 + q] = c[x + q];
+            dst[8 + q] = a[x + 16 + q], dst[12 + q] = c[x + 16 + q];
+          }
+          break;
+        }
+        case Kind::Nibbles: {
+          const uint64_t x = 32 * s + t;
+          for (int j = 0; j < 4; ++j) {
+            dst[4 * j] = a[x + 8 * j], dst[4 * j + 1] = c[x + 8 * j];
+            dst[4 * j + 2] = a[x + 8 * j + 4], dst[4 * j + 3] = c[x + 8 * j + 4];
+          }
+          break;
+        }
+      }
+      if (++lane == 32) {
+        lane = 0;
+        if (++s == steps) s = 0, ++tile;
+      }
+    }
+  }
+  for (; i < end; ++i) *dst++ = one(i);
+}
+
+}  // namespace kiln::ops::grouped_layout
