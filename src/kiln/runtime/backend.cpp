@@ -103,6 +103,21 @@ void Backend::check_outputs(const Outputs& out, int R) {
   }
 }
 
+void Backend::check_dspark_commit(const PassRows& rows, const SlotBook& book, int64_t main_rows) {
+  if (static_cast<int>(rows.src.size()) != rows.size()) fail(ErrorKind::Usage, "backend: DSpark commit without source rows");
+  for (int r = 0; r < rows.size(); ++r) {
+    const int slot = rows.slot[static_cast<size_t>(r)], src = rows.src[static_cast<size_t>(r)];
+    if (!book.held(slot)) fail(ErrorKind::Usage, "backend: DSpark commit to slot {}, not held", slot);
+    if (src < 0 || src >= main_rows) fail(ErrorKind::Usage, "backend: DSpark commit from main row {} of {}", src, main_rows);
+  }
+}
+
+void Backend::check_dspark_rounds(std::span<const DSparkRound> rounds, const SlotBook& book) {
+  for (const DSparkRound& r : rounds) {
+    if (!book.held(r.slot)) fail(ErrorKind::Usage, "backend: DSpark draft for slot {}, not held", r.slot);
+  }
+}
+
 void Backend::dspark_commit(const PassRows&) {
   fail(ErrorKind::Usage, "backend {}: no DSpark drafter loaded (the checkpoint has none, or it was loaded without "
                          "--spec dspark)", describe());

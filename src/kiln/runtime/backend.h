@@ -160,6 +160,21 @@ class Backend {
  protected:
   // Checks `out` against a pass of R rows (kiln::Error otherwise).
   static void check_outputs(const Outputs& out, int R);
+  // The backends' DSpark argument checks (kiln::Error(Usage) naming the value): a commit's
+  // rows have source rows, held slots and sources among the last main pass's `main_rows`
+  // rows; a draft's rounds have held slots.
+  static void check_dspark_commit(const PassRows& rows, const SlotBook& book, int64_t main_rows);
+  static void check_dspark_rounds(std::span<const DSparkRound> rounds, const SlotBook& book);
+  // A drafter's outputs (tokens, confidence) as dspark_draft returns them.
+  template <typename Out>
+  static void take_dspark_outs(std::vector<Out>& outs, std::vector<std::vector<int32_t>>& drafts,
+                               std::vector<std::vector<float>>* confidence) {
+    drafts.resize(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
+    if (!confidence) return;
+    confidence->resize(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) (*confidence)[i] = std::move(outs[i].confidence);
+  }
 };
 
 }  // namespace kiln::runtime

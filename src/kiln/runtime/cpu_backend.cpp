@@ -71,12 +71,11 @@ const model::DSparkState& CpuBackend::dspark_state(int slot) const {
 void CpuBackend::dspark_commit(const PassRows& rows) {
   if (!drafter_) Backend::dspark_commit(rows);
   const int64_t F = drafter_->feature_width(), have = static_cast<int64_t>(features_.size()) / F;
-  if (static_cast<int>(rows.src.size()) != rows.size()) fail(ErrorKind::Usage, "cpu backend: DSpark commit without source rows");
+  check_dspark_commit(rows, book_, have);
   std::vector<model::DSparkDrafter::CommitSeq> seqs;
   std::vector<std::vector<float>> feats;
   for (int r = 0; r < rows.size();) {
     const int slot = rows.slot[static_cast<size_t>(r)];
-    if (!book_.held(slot)) fail(ErrorKind::Usage, "cpu backend: DSpark commit to slot {}, not held", slot);
     model::DSparkState& st = dspark_states_[static_cast<size_t>(slot)];
     std::vector<float> f;
     for (; r < rows.size() && rows.slot[static_cast<size_t>(r)] == slot; ++r) {
@@ -85,7 +84,6 @@ void CpuBackend::dspark_commit(const PassRows& rows) {
         fail(ErrorKind::Usage, "cpu backend: DSpark commit of position {} to slot {}, which has {} committed", pos, slot,
              st.length());
       }
-      if (src < 0 || src >= have) fail(ErrorKind::Usage, "cpu backend: DSpark commit from main row {} of {}", src, have);
       f.insert(f.end(), features_.begin() + src * F, features_.begin() + (src + 1) * F);
     }
     feats.push_back(std::move(f));
@@ -98,21 +96,14 @@ void CpuBackend::dspark_commit(const PassRows& rows) {
 void CpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
                               std::vector<std::vector<int32_t>>& drafts, std::vector<std::vector<float>>* confidence) {
   if (!drafter_) Backend::dspark_draft(rounds, choose, drafts, confidence);
+  check_dspark_rounds(rounds, book_);
   std::vector<model::DSparkDrafter::DraftSeq> seqs;
-  for (const DSparkRound& r : rounds) {
-    if (!book_.held(r.slot)) fail(ErrorKind::Usage, "cpu backend: DSpark draft for slot {}, not held", r.slot);
-    seqs.push_back({&dspark_states_[static_cast<size_t>(r.slot)], r.anchor, r.drafts});
-  }
+  for (const DSparkRound& r : rounds) seqs.push_back({&dspark_states_[static_cast<size_t>(r.slot)], r.anchor, r.drafts});
   // A by_argmax round takes the adjusted row's argmax here, as the GPU does on the device.
   auto outs = drafter_->draft(seqs, [&](size_t i, int k, std::span<const float> row) {
     return rounds[i].by_argmax ? argmax(row) : choose(i, k, row);
   });
-  drafts.resize(outs.size());
-  for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
-  if (confidence) {
-    confidence->resize(outs.size());
-    for (size_t i = 0; i < outs.size(); ++i) (*confidence)[i] = std::move(outs[i].confidence);
-  }
+  take_dspark_outs(outs, drafts, confidence);
 }
 
 const model::DecodeState& CpuBackend::state(int slot) const {

@@ -24,32 +24,18 @@ int GpuBackend::acquire() {
 
 void GpuBackend::dspark_commit(const PassRows& rows) {
   if (!drafter_) Backend::dspark_commit(rows);
-  if (static_cast<int>(rows.src.size()) != rows.size()) fail(ErrorKind::Usage, "gpu backend: DSpark commit without source rows");
-  for (int r = 0; r < rows.size(); ++r) {
-    const int slot = rows.slot[static_cast<size_t>(r)], src = rows.src[static_cast<size_t>(r)];
-    if (!book_.held(slot)) fail(ErrorKind::Usage, "gpu backend: DSpark commit to slot {}, not held", slot);
-    if (src < 0 || src >= last_main_rows_) {
-      fail(ErrorKind::Usage, "gpu backend: DSpark commit from main row {} of {}", src, last_main_rows_);
-    }
-  }
+  check_dspark_commit(rows, book_, last_main_rows_);
   drafter_->commit(rows.slot, rows.pos, rows.src);
 }
 
 void GpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftChoice& choose,
                               std::vector<std::vector<int32_t>>& drafts, std::vector<std::vector<float>>* confidence) {
   if (!drafter_) Backend::dspark_draft(rounds, choose, drafts, confidence);
+  check_dspark_rounds(rounds, book_);
   std::vector<model::cuda::GpuDSpark::Round> q;
-  for (const DSparkRound& r : rounds) {
-    if (!book_.held(r.slot)) fail(ErrorKind::Usage, "gpu backend: DSpark draft for slot {}, not held", r.slot);
-    q.push_back({r.slot, r.anchor, r.drafts, r.by_argmax});
-  }
+  for (const DSparkRound& r : rounds) q.push_back({r.slot, r.anchor, r.drafts, r.by_argmax});
   auto outs = drafter_->draft(q, choose);
-  drafts.resize(outs.size());
-  for (size_t i = 0; i < outs.size(); ++i) drafts[i] = std::move(outs[i].tokens);
-  if (confidence) {
-    confidence->resize(outs.size());
-    for (size_t i = 0; i < outs.size(); ++i) (*confidence)[i] = std::move(outs[i].confidence);
-  }
+  take_dspark_outs(outs, drafts, confidence);
 }
 
 std::string GpuBackend::describe() const {
