@@ -25,10 +25,8 @@ void Engine::draft_dspark(std::vector<Active*>& spec) {
     const bool by_confidence = opts_.dspark_min_survival > 0.0;
     b_.dspark_draft(
         rounds,
-        [&](size_t i, int k, std::span<const float> row) {
-          Active* a = who[i];
-          return a->pick_draft(k, row, a->draft_by_argmax() ? argmax(row) : -1);
-        },
+        // Only for rounds not marked by_argmax: the backend takes those rows' argmax itself.
+        [&](size_t i, int k, std::span<const float> row) { return who[i]->pick_draft(k, row, -1); },
         drafts, by_confidence ? &confidence : nullptr);
     for (size_t i = 0; i < who.size(); ++i) {
       Active* a = who[i];
