@@ -297,7 +297,9 @@ TEST(Speculative, RejectsBadUse) {
 
 // The rejection sampler alone on a 7-token vocabulary, context-independent target rows
 // p_1..p_4 and draft rows q_1..q_3 (K = 3): the token emitted at output index i of a round
-// (when the round gets that far) must follow p_{i+1}, whatever q is.
+// (when the round gets that far) must follow p_{i+1}, whatever q is; and the same with
+// point drafts (each draft the argmax of its p row, q not passed: verify_sampled's point
+// masses, EngineOptions::sampled_drafts_by_argmax).
 TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
   constexpr int64_t V = 7;
   constexpr int K = 3;
@@ -325,8 +327,10 @@ TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
   cases[2].params.top_k = 6;
   cases[2].params.top_p = 0.85f;
   constexpr int kRounds = 80000;
-  for (size_t ci = 0; ci < cases.size(); ++ci) {
-    const Case& cs = cases[ci];
+  for (size_t ci = 0; ci < 2 * cases.size(); ++ci) {
+    const Case& cs = cases[ci % cases.size()];
+    const bool point = ci >= cases.size();
+    SCOPED_TRACE(point ? "point drafts" : "drawn drafts");
     std::mt19937_64 rng(100 + ci);
     std::vector<std::vector<double>> q(K);
     for (int i = 0; i < K; ++i)
@@ -335,9 +339,15 @@ TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
     std::vector<int64_t> first_draft(V, 0);
     std::vector<int32_t> drafts(K);
     for (int r = 0; r < kRounds; ++r) {
-      for (int i = 0; i < K; ++i) drafts[static_cast<size_t>(i)] = sample_from(q[static_cast<size_t>(i)], rng);
+      for (int i = 0; i < K; ++i) {
+        // A point draft: the argmax of the target's row (a drafter that agrees, so that
+        // later output indices are reached often enough).
+        const auto row = std::span(p_logits).subspan(static_cast<size_t>(i * V), V);
+        drafts[static_cast<size_t>(i)] = point ? static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin())
+                                               : sample_from(q[static_cast<size_t>(i)], rng);
+      }
       ++first_draft[static_cast<size_t>(drafts[0])];
-      const Verdict v = verify_sampled(p_logits, V, q, drafts, cs.params, rng);
+      const Verdict v = verify_sampled(p_logits, V, point ? std::vector<std::vector<double>>{} : q, drafts, cs.params, rng);
       for (int i = 0; i < v.accepted; ++i) ++counts[static_cast<size_t>(i)][static_cast<size_t>(drafts[static_cast<size_t>(i)])];
       ++counts[static_cast<size_t>(v.accepted)][static_cast<size_t>(v.next)];
     }
@@ -346,12 +356,13 @@ TEST(SpeculativeSampling, RejectionSamplerReproducesTheTargetDistribution) {
       const Fit fit = chi_square(counts[static_cast<size_t>(i)], p);
       int64_t n = 0;
       for (int64_t x : counts[static_cast<size_t>(i)]) n += x;
-      std::printf("[ measured ] %s, output index %d: n=%lld chi2=%.2f df=%d p=%.4f\n", cs.name, i,
+      std::printf("[ measured ] %s%s, output index %d: n=%lld chi2=%.2f df=%d p=%.4f\n", cs.name, point ? " (point drafts)" : "", i,
                   static_cast<long long>(n), fit.chi2, fit.df, fit.p_value);
       EXPECT_EQ(fit.outside, 0) << cs.name << " index " << i << ": token outside top-k/top-p";
-      EXPECT_GT(n, 2000) << cs.name << " index " << i;
+      EXPECT_GT(n, point ? 1000 : 2000) << cs.name << " index " << i;
       EXPECT_GT(fit.p_value, kAlpha) << cs.name << " index " << i << " chi2 " << fit.chi2 << " df " << fit.df;
     }
+    if (point) continue;
     // Power: the drafts themselves (what a sampler that accepted everything would emit)
     // fail the same test against p_1.
     const auto p1 = sampling_distribution(std::span(p_logits).subspan(0, V), cs.params);
@@ -387,24 +398,30 @@ TEST(SpeculativeSampling, ModelTokensFollowTheMainModelsDistribution) {
 #else
   constexpr int kSamples = 2500;
 #endif
-  CpuBackend backend(f, {.max_slots = 64});
-  EngineOptions eo;
-  eo.max_batch = 64;
-  eo.max_waiting = kSamples;
-  eo.mtp = 3;
-  Engine engine(backend, eo);
-  // 5 tokens each: the first round drafts K = 3 (no more than the tokens still wanted - 1).
-  const FirstTwo got = sample_first_two(engine, prompt, params, kSamples, 5, 1000, joint);
-  const Fit& fit = got.fit;
-  const int64_t outside = got.outside, accepted = got.accepted, proposed = got.proposed;
-  std::printf("[ measured ] tiny_a t=1.5 top-k 6 K=3: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n",
-              fit.chi2, fit.df, fit.p_value, static_cast<long long>(accepted), static_cast<long long>(proposed));
-  EXPECT_EQ(outside, 0);
-  EXPECT_GE(fit.df, 20);
-  EXPECT_GT(fit.p_value, kAlpha);
-  // Both branches ran: some drafts accepted, many rejected (the residual path).
-  EXPECT_GT(accepted, kSamples / 100);
-  EXPECT_LT(accepted, proposed / 2);
+  // Drafts drawn from the MTP block's distribution, then its argmax as point drafts.
+  for (bool point : {false, true}) {
+    SCOPED_TRACE(point ? "point drafts" : "drawn drafts");
+    CpuBackend backend(f, {.max_slots = 64});
+    EngineOptions eo;
+    eo.max_batch = 64;
+    eo.max_waiting = kSamples;
+    eo.mtp = 3;
+    eo.sampled_drafts_by_argmax = point;
+    Engine engine(backend, eo);
+    // 5 tokens each: the first round drafts K = 3 (no more than the tokens still wanted - 1).
+    const FirstTwo got = sample_first_two(engine, prompt, params, kSamples, 5, 1000, joint);
+    const Fit& fit = got.fit;
+    const int64_t outside = got.outside, accepted = got.accepted, proposed = got.proposed;
+    std::printf("[ measured ] tiny_a t=1.5 top-k 6 K=3%s: chi2=%.2f df=%d p=%.4f; drafts accepted %lld/%lld\n",
+                point ? " point drafts" : "", fit.chi2, fit.df, fit.p_value, static_cast<long long>(accepted),
+                static_cast<long long>(proposed));
+    EXPECT_EQ(outside, 0);
+    EXPECT_GE(fit.df, 20);
+    EXPECT_GT(fit.p_value, kAlpha);
+    // Both branches ran: some drafts accepted, many rejected (the residual path).
+    EXPECT_GT(accepted, point ? 0 : kSamples / 100);
+    EXPECT_LT(accepted, proposed / 2);
+  }
 }
 
 // top-k 1 makes every distribution one-hot: sampling reduces to greedy, exactly.

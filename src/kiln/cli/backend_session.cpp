@@ -60,6 +60,13 @@ std::string resolve_device(const std::string& asked) {
   fail(ErrorKind::Usage, "--device {}: expected auto, cpu or cuda", asked);
 }
 
+bool sampled_drafts_by_argmax(const std::string& asked, bool gpu) {
+  if (asked == "argmax") return true;
+  if (asked == "draw") return false;
+  if (asked == "auto") return gpu;
+  fail(ErrorKind::Usage, "--sampled-drafts {}: expected auto, argmax or draw", asked);
+}
+
 Drafting resolve_drafting(const std::filesystem::path& model, const ModelConfig& pre, const DraftingAsked& a) {
   if (!a.spec.empty() && a.spec != "dspark" && a.spec != "mtp" && a.spec != "off")
     fail(ErrorKind::Usage, "--spec {}: expected dspark, mtp or off", a.spec);

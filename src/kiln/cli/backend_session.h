@@ -19,6 +19,9 @@ namespace kiln::cli {
 // a usable GPU (Hopper, sm_90) is present, else cpu. `--device cuda` without a usable GPU
 // is an Error(Invalid) (exit 2) saying why.
 std::string resolve_device(const std::string& asked);
+// --sampled-drafts argmax | draw | auto (argmax on the GPU, where it keeps the draft chain
+// on the device; draw on the CPU): EngineOptions::sampled_drafts_by_argmax.
+bool sampled_drafts_by_argmax(const std::string& asked, bool gpu);
 // The precision for `--precision asked` on `device` ("cpu" / "cuda"); anything but auto,
 // exact or deepseek is an Error(Usage) naming the option.
 ops::Precision resolve_precision(const std::string& asked, const std::string& device);

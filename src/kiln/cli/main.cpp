@@ -22,6 +22,10 @@ namespace {
 constexpr const char* kPrecisionHelp =
     "auto (exact for now), exact (fp32 activations, the reference) or deepseek (DeepSeek's "
     "inference numerics: bf16 activations, FP8 1x128 activation quantization before FP8/FP4 linears)";
+constexpr const char* kSampledDraftsHelp =
+    "Speculative decoding at temperature > 0: argmax (drafts are the drafter's argmax, verified as point masses; "
+    "on the GPU the draft chain stays on the device), draw (drafts drawn from the drafter's sampling distribution, "
+    "one host choice per draft) or auto (argmax on cuda, draw on cpu); exact either way";
 constexpr const char* kPrecisionModelHelp = "--model: activation precision: auto, exact or deepseek";
 
 // --tensor-parallel N and --expert-parallel (model/tensor_parallel.h) on a command that loads a model.
@@ -155,6 +159,9 @@ int main(int argc, char** argv) {
                   "is at least this, 0..1 (0: every draft); decoding stays exact")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  ge->add_option("--sampled-drafts", gen.sampled_drafts, kSampledDraftsHelp)
+      ->check(CLI::IsMember({"auto", "argmax", "draw"}))
+      ->capture_default_str();
   ge->add_flag("--compare-plain", gen.compare_plain,
                "With --mtp: also run plain decoding and report its tokens/s (JSON: plain, speedup_decode)");
   ge->add_flag("--json", gen.json,
@@ -261,6 +268,9 @@ int main(int argc, char** argv) {
                   "DSpark: verify only the leading drafts whose survival (the product of the confidence head's outputs) "
                   "is at least this, 0..1 (0: every draft); decoding stays exact")
       ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  se->add_option("--sampled-drafts", serve.sampled_drafts, kSampledDraftsHelp)
+      ->check(CLI::IsMember({"auto", "argmax", "draw"}))
       ->capture_default_str();
   se->add_option("--max-context", serve.max_context, "Prompt + generated tokens per request (0 = the model's maximum)")
       ->capture_default_str();

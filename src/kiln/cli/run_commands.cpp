@@ -173,7 +173,10 @@ int run_generate(const GenerateOptions& o, std::ostream& out, std::ostream& err)
   std::optional<runtime::GenerateResult> plain;
   std::optional<runtime::GenerateResult> spec;
   if (!k || o.compare_plain) plain = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, 0, eos);
-  if (k) spec = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, *k, eos, o.dspark_min_survival);
+  if (k) {
+    spec = runtime::generate(s.backend(), ids, o.max_tokens, o.sampling, *k, eos, o.dspark_min_survival,
+                             sampled_drafts_by_argmax(o.sampled_drafts, gpu));
+  }
   const runtime::GenerateResult& r = spec ? *spec : *plain;
 
   auto timing = [&](const runtime::GenerateResult& g) {

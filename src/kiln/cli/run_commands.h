@@ -42,6 +42,7 @@ struct GenerateOptions {
   std::optional<int> mtp;      // speculative decoding with this many drafts per round (MTP 1..4, DSpark 1..block)
   std::string spec;            // "dspark" | "mtp" | "off"; "" = what the checkpoint has (with --mtp K)
   double dspark_min_survival = 0.0;  // DSpark: verify only drafts whose survival reaches this (0: all)
+  std::string sampled_drafts = "auto";  // argmax | draw | auto (argmax on cuda, draw on cpu)
   bool compare_plain = false;  // with mtp: also time plain decoding and report both
   std::string device = "auto";
   std::string precision = "auto";  // --precision auto | exact | deepseek

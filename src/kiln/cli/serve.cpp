@@ -63,6 +63,7 @@ runtime::EngineOptions engine_options(const ServeOptions& o, const Drafting& d, 
   eo.mtp = d.k.value_or(0);
   eo.drafter = d.dspark ? DrafterKind::DSpark : DrafterKind::Mtp;
   eo.dspark_min_survival = o.dspark_min_survival;
+  eo.sampled_drafts_by_argmax = sampled_drafts_by_argmax(o.sampled_drafts, resolve_device(o.device) == "cuda");
   return eo;
 }
 

@@ -30,6 +30,7 @@ struct ServeOptions {
   // (requests may set 'mtp'; unset: a DSpark drafter's whole block, else 0).
   std::string spec;
   double dspark_min_survival = 0.0;  // DSpark: verify only drafts whose survival reaches this (0: all)
+  std::string sampled_drafts = "auto";  // argmax | draw | auto (argmax on cuda, draw on cpu)
   std::optional<int> mtp;
   int64_t max_context = 0;  // 0 = the model's max_position_embeddings
   int http_threads = 512;

@@ -103,6 +103,7 @@ std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest r) {
     a->handle = handle;
     a->choice = choice;
     a->k = r.mtp;
+    a->point_drafts = opts_.sampled_drafts_by_argmax;
     SamplingParams sp = r.sampling;
     sp.seed += static_cast<uint64_t>(choice);
     if (a->k > 0) {

@@ -68,6 +68,11 @@ struct EngineOptions {
   // without a confidence head verify every draft). The choice is made from the drafter's
   // outputs alone, before the main model sees the drafts, so decoding stays exact.
   double dspark_min_survival = 0.0;
+  // Sampled requests (temperature > 0, unconstrained): their drafts are the drafter's
+  // argmax, verified as point masses (speculative.h, verify_sampled), instead of draws
+  // from the drafter's sampling distribution. Still exact; the GPU then keeps the whole
+  // draft chain on the device (no host round trip per draft), as for greedy requests.
+  bool sampled_drafts_by_argmax = false;
   // Tests only: at temperature 0, rewrites a round's K drafts (drafting at positions
   // first_position ..) before verification, so every accept length can be reached with
   // random-weight models; the output stays exact whatever it writes.

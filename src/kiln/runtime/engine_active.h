@@ -102,8 +102,10 @@ struct Engine::Active {
   // Whether its main-model rows are asked for the device's argmax rather than logits:
   // greedy with nothing else to compute from the row.
   bool by_argmax() const { return greedy() && !wants_logprobs() && !request.prompt_logprobs && !constrained(); }
-  // Whether its MTP rows (drafts) are asked for the argmax rather than logits.
-  bool draft_by_argmax() const { return greedy() && !constrained(); }
+  // Whether its MTP rows (drafts) are asked for the argmax rather than logits: greedy, or
+  // sampled with point drafts (EngineOptions::sampled_drafts_by_argmax), unconstrained.
+  bool draft_by_argmax() const { return (greedy() || point_drafts) && !constrained(); }
+  bool point_drafts = false;
   bool constrained() const { return request.constraint != nullptr; }
   // Structured output: the matcher after the text so far (the pending token included), and
   // during a round the states after each draft (draft_states[i]: before draft i + 1).

@@ -20,7 +20,7 @@ int64_t reference_context(std::span<const int32_t> prompt, int max_tokens) {
 }  // namespace
 
 GenerateResult generate(Backend& backend, std::span<const int32_t> prompt, int max_tokens, const SamplingParams& params,
-                        int k, int32_t eos, double dspark_min_survival) {
+                        int k, int32_t eos, double dspark_min_survival, bool sampled_drafts_by_argmax) {
   if (prompt.empty()) fail(ErrorKind::Usage, "generate: empty prompt");
   // DSpark drafts (when the backend runs a drafter) go up to its block size.
   const int most = backend.dspark_block() > 0 ? backend.dspark_block() : kMaxDrafts;
@@ -38,6 +38,7 @@ GenerateResult generate(Backend& backend, std::span<const int32_t> prompt, int m
   eo.max_waiting = 1;
   eo.mtp = k;
   eo.dspark_min_survival = dspark_min_survival;
+  eo.sampled_drafts_by_argmax = sampled_drafts_by_argmax;
   eo.prefill_chunk = std::max<int64_t>(1, backend.max_rows() - 1 - k);
   Engine engine(backend, eo);
   GenerationRequest req;

@@ -28,9 +28,9 @@ struct GenerateResult {
 // max_tokens tokens (0: none) after `prompt`, stopping after eos (eos < 0: never early).
 // k = 0: plain decoding; 1..kMaxDrafts: k MTP drafts per round (the same tokens at
 // temperature 0, the same distribution otherwise). Runs an engine of one sequence.
-// dspark_min_survival: EngineOptions::dspark_min_survival.
+// dspark_min_survival, sampled_drafts_by_argmax: EngineOptions'.
 GenerateResult generate(Backend& backend, std::span<const int32_t> prompt, int max_tokens, const SamplingParams& params,
-                        int k, int32_t eos, double dspark_min_survival = 0.0);
+                        int k, int32_t eos, double dspark_min_survival = 0.0, bool sampled_drafts_by_argmax = false);
 
 // The same on the CPU reference forward (a one-slot CPU backend with the context the
 // request needs, whatever the model's max_position_embeddings).

@@ -41,7 +41,8 @@ Verdict verify_greedy(std::span<const int32_t> target_argmax, std::span<const in
 Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, const std::vector<std::vector<double>>& q,
                        std::span<const int32_t> drafts, const SamplingParams& params, std::mt19937_64& rng) {
   const int K = static_cast<int>(drafts.size());
-  if (static_cast<int64_t>(target_logits.size()) != (K + 1) * vocab || static_cast<int>(q.size()) != K) {
+  const bool point = q.empty();
+  if (static_cast<int64_t>(target_logits.size()) != (K + 1) * vocab || (!point && static_cast<int>(q.size()) != K)) {
     fail(ErrorKind::Usage, "verify_sampled: {} logits and {} draft distributions for {} drafts of vocabulary {}",
          target_logits.size(), q.size(), K, vocab);
   }
@@ -49,18 +50,20 @@ Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, cons
   Verdict v;
   for (int i = 0; i < K; ++i) {
     const std::vector<double> p = sampling_distribution(row(target_logits, i, vocab), params);
-    const std::vector<double>& qi = q[static_cast<size_t>(i)];
     const size_t d = static_cast<size_t>(drafts[static_cast<size_t>(i)]);
-    // Accept with probability min(1, p(d) / q(d)); q(d) > 0 since d was drawn from q.
-    if (unit(rng) * qi[d] < p[d]) {
+    // q(d): 1 for a point mass, else > 0 since d was drawn from q.
+    const double qd = point ? 1.0 : q[static_cast<size_t>(i)][d];
+    // Accept with probability min(1, p(d) / q(d)).
+    if (unit(rng) * qd < p[d]) {
       ++v.accepted;
       continue;
     }
-    // Rejected: draw from the residual max(0, p - q), normalised.
+    // Rejected: draw from the residual max(0, p - q), normalised (a point mass at d leaves
+    // p with d removed).
     std::vector<double> r(p.size());
     double sum = 0.0;
     for (size_t x = 0; x < p.size(); ++x) {
-      r[x] = std::max(0.0, p[x] - qi[x]);
+      r[x] = point ? (x == d ? 0.0 : p[x]) : std::max(0.0, p[x] - q[static_cast<size_t>(i)][x]);
       sum += r[x];
     }
     // sum == 0 means p == q up to rounding, where a rejection has probability ~0; p

@@ -74,7 +74,10 @@ Verdict verify_greedy(std::span<const float> target_logits, int64_t vocab, std::
 Verdict verify_greedy(std::span<const int32_t> target_argmax, std::span<const int32_t> drafts);
 
 // Temperature > 0: rejection sampling as above. target_logits [(K+1), vocab]; q[i] the
-// draft distribution d_i was drawn from (sampling_distribution of the draft logits).
+// draft distribution d_i was drawn from (sampling_distribution of the draft logits), or q
+// empty: every draft is a point mass (drafts picked by argmax, not drawn), so d_i is
+// accepted with probability p(d_i) and a rejection draws from p without d_i, renormalised.
+// Either way the tokens follow the main model's distribution.
 Verdict verify_sampled(std::span<const float> target_logits, int64_t vocab, const std::vector<std::vector<double>>& q,
                        std::span<const int32_t> drafts, const SamplingParams& params, std::mt19937_64& rng);
 
