@@ -24,6 +24,8 @@
 #include "kiln/model/synthetic.h"
 #include "kiln/runtime/cuda/device_model.h"
 #include "kiln/ops/cuda/read_bandwidth.h"
+#include "kiln/ops/cuda/fp8_gemm_peak.h"
+#include "kiln/model/flops.h"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #include "kiln/runtime/engine.h"
 #include "kiln/runtime/loaded_model.h"
@@ -354,7 +356,13 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   nlohmann::json pre_rows = nlohmann::json::array();
   if (!prefills.empty()) {
     f->set_graphs(false);
-    out << fmt::format("\n| prefill (sequences x tokens) | passes of {} rows | ms | tok/s |\n|---|---|---|---|\n",
+    // The anchor: cuBLASLt's dense FP8 GEMM at 8192 x 4096 x 4096 on this GPU, now.
+    const auto fp8 = ops::cuda::measure_fp8_gemm_peak(8192, 4096, 4096, 20);
+    out << fmt::format("\n# anchor: cuBLASLt dense FP8 GEMM {}x{}x{} (e4m3, fp32 accumulation, bf16 out): {:.3f} ms, "
+                       "{:.0f} TFLOP/s\n",
+                       fp8.m, fp8.n, fp8.k, fp8.ms, fp8.flops_per_s / 1e12);
+    out << fmt::format("\n| prefill (sequences x tokens) | passes of {} rows | ms | tok/s | GFLOP/token (linears + "
+                       "attention) | TFLOP/s | fraction of the FP8 GEMM |\n|---|---|---|---|---|---|---|\n",
                        o.prefill_chunk);
     for (const auto& [S, T] : prefills) {
       // Every prompt row (slot s, position t), sequence after sequence, cut into passes.
@@ -374,8 +382,16 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
         ++passes;
       }
       const double tps = static_cast<double>(tok.size()) / (ms * 1e-3);
-      out << fmt::format("| {} x {} | {} | {:.2f} | {:.0f} |\n", S, T, passes, ms, tps);
-      nlohmann::json row = {{"sequences", S}, {"tokens", T}, {"passes", passes}, {"ms", ms}, {"tokens_per_s", tps}};
+      const model::TokenFlops fl = model::prefill_flops_per_token(f->config(), T);
+      const double fps = tps * fl.total();
+      out << fmt::format("| {} x {} | {} | {:.2f} | {:.0f} | {:.2f} ({:.2f} + {:.2f}) | {:.1f} | {:.3f} |\n", S, T, passes,
+                         ms, tps, fl.total() / 1e9, fl.linear / 1e9, fl.attention / 1e9, fps / 1e12,
+                         fps / fp8.flops_per_s);
+      nlohmann::json row = {{"sequences", S},         {"tokens", T},
+                            {"passes", passes},       {"ms", ms},
+                            {"tokens_per_s", tps},    {"flops_per_token", fl.total()},
+                            {"linear_flops_per_token", fl.linear}, {"attention_flops_per_token", fl.attention},
+                            {"fp8_gemm_flops_per_s", fp8.flops_per_s}, {"fraction_of_fp8_gemm", fps / fp8.flops_per_s}};
       if (&S == &prefills.front().first) {  // where the last pass of the first entry goes
         const size_t r0 = (tok.size() - 1) / static_cast<size_t>(o.prefill_chunk) * static_cast<size_t>(o.prefill_chunk);
         const auto [line, pj, sum] = profile_line(f->profile_main(std::span(tok).subspan(r0), std::span(slot).subspan(r0),

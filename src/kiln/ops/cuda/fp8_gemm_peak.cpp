@@ -1,0 +1,103 @@
+#include "kiln/ops/cuda/fp8_gemm_peak.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/cuda/check.h"
+
+namespace kiln::ops::cuda {
+namespace {
+
+void lt_check(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail(ErrorKind::IO, "cuBLASLt FP8 GEMM anchor: {}: {} ({})", what, cublasLtGetStatusString(st), static_cast<int>(st));
+}
+
+}  // namespace
+
+Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
+  if (m < 16 || n < 16 || k < 16 || m % 16 || n % 16 || k % 16 || reps < 1)
+    fail(ErrorKind::Usage, "FP8 GEMM anchor {}x{}x{} ({} reps): sizes must be multiples of 16", m, n, k, reps);
+  Fp8GemmPeak r{m, n, k, 0.0, 0.0};
+  const size_t a_bytes = static_cast<size_t>(m) * k, b_bytes = static_cast<size_t>(n) * k;
+  const size_t d_bytes = static_cast<size_t>(m) * n * 2, ws_bytes = size_t{64} << 20;
+  void *a = nullptr, *b = nullptr, *d = nullptr, *ws = nullptr;
+  KILN_CUDA_CHECK(cudaMalloc(&a, a_bytes));
+  KILN_CUDA_CHECK(cudaMalloc(&b, b_bytes));
+  KILN_CUDA_CHECK(cudaMalloc(&d, d_bytes));
+  KILN_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  // 0x38 is e4m3 1.0: finite products, so the timing is of real arithmetic.
+  KILN_CUDA_CHECK(cudaMemset(a, 0x38, a_bytes));
+  KILN_CUDA_CHECK(cudaMemset(b, 0x38, b_bytes));
+  cublasLtHandle_t h = nullptr;
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  auto cleanup = [&] {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ld) cublasLtMatrixLayoutDestroy(ld);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (h) cublasLtDestroy(h);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(d);
+    cudaFree(ws);
+  };
+  try {
+    lt_check(cublasLtCreate(&h), "create");
+    // Column-major view: D^T [n, m] = B [n, k] (stored [k, n] col-major, transposed) x A^T
+    // (A [m, k] row-major = [k, m] col-major): the "TN" layout FP8 requires.
+    lt_check(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+    const cublasOperation_t tr = CUBLAS_OP_T, nt = CUBLAS_OP_N;
+    lt_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof(tr)), "transa");
+    lt_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof(nt)), "transb");
+    lt_check(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, n, k), "layout B");
+    lt_check(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, m, k), "layout A");
+    lt_check(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, m, n), "layout D");
+    lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                                  sizeof(ws_bytes)),
+             "workspace");
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    lt_check(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, ld, ld, pref, 1, &heur, &found), "heuristic");
+    if (found == 0) fail(ErrorKind::IO, "cuBLASLt FP8 GEMM anchor: no algorithm for {}x{}x{} on this GPU", m, n, k);
+    const float alpha = 1.0f, beta = 0.0f;
+    auto call = [&] {
+      lt_check(cublasLtMatmul(h, desc, &alpha, b, la, a, lb, &beta, d, ld, d, ld, &heur.algo, ws, ws_bytes, nullptr),
+               "matmul");
+    };
+    for (int i = 0; i < 3; ++i) call();  // warm-up
+    KILN_CUDA_CHECK(cudaEventCreate(&e0));
+    KILN_CUDA_CHECK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int i = 0; i < reps; ++i) {
+      KILN_CUDA_CHECK(cudaEventRecord(e0));
+      call();
+      KILN_CUDA_CHECK(cudaEventRecord(e1));
+      KILN_CUDA_CHECK(cudaEventSynchronize(e1));
+      float t = 0;
+      KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    r.ms = ms[ms.size() / 2];
+    r.flops_per_s = 2.0 * m * static_cast<double>(n) * k / (r.ms * 1e-3);
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+  cleanup();
+  return r;
+}
+
+}  // namespace kiln::ops::cuda
