@@ -221,6 +221,29 @@ def native_dspark_config(spec):
     return c
 
 
+def drafter_native(ref, stages, inter):
+    """The drafter's tensors under DeepSeek-native names (mtp.0 .. mtp.{stages-1}), dtypes as trained."""
+    rsd = ref.state_dict()
+    dsp = {}
+    for s in range(stages):
+        pre = f"stages.{s}."
+        dsp.update(mf.native_layer(f"mtp.{s}.", {k[len(pre):]: v for k, v in rsd.items() if k.startswith(pre)}, inter))
+    last = f"mtp.{stages - 1}."
+    extra = {"main_proj.weight": "mtp.0.main_proj.weight", "main_norm.weight": "mtp.0.main_norm.weight",
+             "norm.weight": last + "norm.weight", "hc_head.hc_fn": last + "hc_head_fn",
+             "hc_head.hc_base": last + "hc_head_base", "hc_head.hc_scale": last + "hc_head_scale",
+             "markov_w1.weight": last + "markov_head.markov_w1.weight",
+             "markov_w2.weight": last + "markov_head.markov_w2.weight",
+             "confidence.weight": last + "confidence_head.proj.weight"}
+    for k, v in rsd.items():
+        if k.startswith("stages."):
+            continue
+        if k not in extra:
+            raise RuntimeError(f"no native name for drafter tensor {k}")
+        dsp[extra[k]] = v
+    return dsp
+
+
 def build(out_root):
     spec = SPEC
     name = spec["name"]
@@ -313,25 +336,7 @@ def build(out_root):
     for li in range(L):
         pre = f"model.layers.{li}."
         main_nat.update(mf.native_layer(f"layers.{li}.", {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, I))
-    rsd = ref.state_dict()
-    dsp = {}
-    S = spec["dspark_stages"]
-    for s in range(S):
-        pre = f"stages.{s}."
-        dsp.update(mf.native_layer(f"mtp.{s}.", {k[len(pre):]: v for k, v in rsd.items() if k.startswith(pre)}, I))
-    last = f"mtp.{S - 1}."
-    extra = {"main_proj.weight": "mtp.0.main_proj.weight", "main_norm.weight": "mtp.0.main_norm.weight",
-             "norm.weight": last + "norm.weight", "hc_head.hc_fn": last + "hc_head_fn",
-             "hc_head.hc_base": last + "hc_head_base", "hc_head.hc_scale": last + "hc_head_scale",
-             "markov_w1.weight": last + "markov_head.markov_w1.weight",
-             "markov_w2.weight": last + "markov_head.markov_w2.weight",
-             "confidence.weight": last + "confidence_head.proj.weight"}
-    for k, v in rsd.items():
-        if k.startswith("stages."):
-            continue
-        if k not in extra:
-            raise RuntimeError(f"no native name for drafter tensor {k}")
-        dsp[extra[k]] = v
+    dsp = drafter_native(ref, spec["dspark_stages"], I)
     main_nat = {k: v.to(mf.native_dtype(k, v)) for k, v in main_nat.items()}
     dsp = {k: v.to(mf.native_dtype(k, v)) for k, v in dsp.items()}
     for k, v in list(main_nat.items()) + list(dsp.items()):

@@ -1,5 +1,7 @@
 // The DSpark drafter on the CPU against the oracle written from DeepSeek's code
-// (tools/make_dspark_fixture.py, tests/data/fixtures/tiny_dspark): the target's features,
+// (tools/make_dspark_fixture.py, tests/data/fixtures/tiny_dspark; and the bundled model's
+// trained drafter, tools/train/train_dspark.py, tests/data/trained/kiln-dsv4-mini-dspark):
+// the target's features,
 // base draft logits, Markov-adjusted logits (greedy and teacher-forced), drafts and
 // confidences; the ring holds committed rows only and does not depend on how they came.
 #include <gtest/gtest.h>
@@ -7,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -23,6 +27,7 @@ namespace kiln::model {
 namespace {
 
 const std::string kDir = std::string(KILN_TEST_DATA_DIR) + "/fixtures/tiny_dspark";
+const std::string kModelsDir = std::string(KILN_TEST_DATA_DIR) + "/../../models";
 
 struct Loaded {
   Checkpoint ckpt;
@@ -31,19 +36,21 @@ struct Loaded {
   DSparkWeights d;
 };
 
-const Loaded& loaded() {
-  static const Loaded* L = [] {
-    auto* l = new Loaded{Checkpoint::open(kDir + "/native"), {}, {}, {}};
-    l->plan = build_plan(l->ckpt, load_model_config(kDir + "/native"));
+// A checkpoint with a drafter, loaded once per directory.
+const Loaded& loaded(const std::string& model_dir = kDir + "/native") {
+  static std::map<std::string, std::unique_ptr<Loaded>> cache;
+  auto& l = cache[model_dir];
+  if (!l) {
+    l.reset(new Loaded{Checkpoint::open(model_dir), {}, {}, {}});
+    l->plan = build_plan(l->ckpt, load_model_config(model_dir));
     l->w = load_weights(l->ckpt, l->plan);
     l->d = load_dspark_weights(l->ckpt, l->plan);
-    return l;
-  }();
-  return *L;
+  }
+  return *l;
 }
 
-std::vector<float> floats(const char* f) { return read_npy(kDir + "/" + f).as_floats(); }
-std::vector<int64_t> ints(const char* f) { return read_npy(kDir + "/" + f).as_ints(); }
+std::vector<float> floats(const char* f, const std::string& dir = kDir) { return read_npy(dir + "/" + f).as_floats(); }
+std::vector<int64_t> ints(const char* f, const std::string& dir = kDir) { return read_npy(dir + "/" + f).as_ints(); }
 
 using test::argmax_low;
 using test::rel_err;  // tests/support/compare.h
@@ -74,10 +81,19 @@ TEST(DSpark, TargetFeaturesAreTheMeanOverStreamsOfTheTargetLayers) {
 }
 
 // Feeds the prompt to the target, commits positions 0..N-1 and drafts at each anchor N.
-class DraftAgainstOracle : public ::testing::Test {
+// Each case: the checkpoint and the directory of its reference drafts.
+struct OracleCase {
+  const char* name;
+  std::string model_dir, data_dir;
+};
+
+class DraftAgainstOracle : public ::testing::TestWithParam<OracleCase> {
  protected:
+  std::vector<float> floats(const char* f) const { return model::floats(f, GetParam().data_dir); }
+  std::vector<int64_t> ints(const char* f) const { return model::ints(f, GetParam().data_dir); }
+
   void run(bool forced) {
-    const auto& L = loaded();
+    const auto& L = loaded(GetParam().model_dir);
     Forward f(L.w, 2);
     DSparkDrafter dr(f, L.d, 2);
     const auto tok64 = ints("tokens.npy");
@@ -125,8 +141,16 @@ class DraftAgainstOracle : public ::testing::Test {
   }
 };
 
-TEST_F(DraftAgainstOracle, GreedyMarkovLoop) { run(false); }
-TEST_F(DraftAgainstOracle, TeacherForcedMarkovLoop) { run(true); }
+TEST_P(DraftAgainstOracle, GreedyMarkovLoop) { run(false); }
+TEST_P(DraftAgainstOracle, TeacherForcedMarkovLoop) { run(true); }
+
+INSTANTIATE_TEST_SUITE_P(
+    Drafters, DraftAgainstOracle,
+    ::testing::Values(OracleCase{"TinyRandom", kDir + "/native", kDir},
+                      // The bundled model's trained drafter (tools/train/train_dspark.py).
+                      OracleCase{"TrainedBundled", kModelsDir + "/kiln-dsv4-mini-dspark",
+                                 std::string(KILN_TEST_DATA_DIR) + "/trained/kiln-dsv4-mini-dspark"}),
+    [](const ::testing::TestParamInfo<OracleCase>& i) { return std::string(i.param.name); });
 
 TEST(DSpark, DraftsOfSeveralSequencesEqualEachAlone) {
   const auto& L = loaded();

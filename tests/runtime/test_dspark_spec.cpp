@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "kiln/core/error.h"
+#include "kiln/io/npy.h"
 #include "kiln/model/dspark.h"
 #include "kiln/runtime/cpu_backend.h"
 #include "kiln/runtime/engine.h"
@@ -73,6 +74,34 @@ TEST(DSparkSpec, GreedySameTokensAsPlainForEveryK) {
     for (size_t i = 0; i < s.proposed.size(); ++i) rates += fmt::format(" {}/{}", s.accepted[i], s.proposed[i]);
     std::printf("[ measured ] tiny_dspark k=%d: accepted/proposed per position:%s; mean accepted length %.3f\n", k,
                 rates.c_str(), s.mean_accepted_length());
+  }
+}
+
+// The bundled model with its trained drafter (models/kiln-dsv4-mini-dspark,
+// tools/train/train_dspark.py): most drafts are accepted, so long accepted runs, full
+// blocks and their rollbacks are what runs here. Greedy tokens equal plain greedy at every
+// k on held-out prompts, and the drafter does agree with the model.
+TEST(DSparkSpec, TrainedDrafterOnTheBundledModelIsExactForEveryK) {
+  const std::string models = std::string(KILN_TEST_DATA_DIR) + "/../../models";
+  const auto m = load_model(models + "/kiln-dsv4-mini-dspark", 2, nullptr);
+  const model::DSparkWeights d = model::load_dspark_weights(m->checkpoint, m->plan);
+  const auto ids = read_npy(std::string(KILN_TEST_DATA_DIR) + "/trained/kiln-dsv4-mini/heldout_ids.npy").as_ints();
+  constexpr int kTokens = kGenerate / 2;
+  for (size_t off : {size_t{0}, size_t{16000}}) {
+    const std::vector<int32_t> prompt(ids.begin() + static_cast<std::ptrdiff_t>(off), ids.begin() + static_cast<std::ptrdiff_t>(off) + 64);
+    const GenerateResult plain = generate_plain(*m->forward, prompt, kTokens, {}, -1);
+    ASSERT_EQ(plain.tokens.size(), static_cast<size_t>(kTokens));
+    for (int k = 1; k <= 5; ++k) {
+      CpuBackend b(*m->forward, {.max_slots = 1, .max_context = 512}, &d);
+      const GenerateResult spec = generate(b, prompt, kTokens, {}, k, -1);
+      EXPECT_EQ(spec.tokens, plain.tokens) << "prompt at " << off << ", k=" << k;
+      const DraftStats& s = spec.stats;
+      std::string rates;
+      for (size_t i = 0; i < s.proposed.size(); ++i) rates += fmt::format(" {}/{}", s.accepted[i], s.proposed[i]);
+      std::printf("[ measured ] kiln-dsv4-mini-dspark prompt %zu k=%d: accepted/proposed per position:%s; mean accepted "
+                  "length %.3f\n", off, k, rates.c_str(), s.mean_accepted_length());
+      EXPECT_GT(s.accepted[0] * 2, s.proposed[0]) << "the trained drafter's first draft is accepted less than half the time";
+    }
   }
 }
 
