@@ -221,6 +221,26 @@ def native_dspark_config(spec):
     return c
 
 
+def min_rel_margin(adj_all):
+    """The smallest gap between the two largest logits of any greedy row, relative to the row's
+    largest magnitude: how far the drafts are from an argmax tie."""
+    margins = []
+    for adj in adj_all:
+        for row in adj:
+            s = row.double().sort(descending=True).values
+            margins.append(float((s[0] - s[1]) / s.abs().max()))
+    return min(margins)
+
+
+def save_drafts(out, base_all, adj_all, tok_all, conf_all, forced_all):
+    """The reference drafts of the anchors' rounds, as the C++ oracle tests read them."""
+    np.save(os.path.join(out, "draft_logits.npy"), torch.stack(base_all).numpy().astype(np.float32))
+    np.save(os.path.join(out, "markov_logits.npy"), torch.stack(adj_all).numpy().astype(np.float32))
+    np.save(os.path.join(out, "draft_tokens.npy"), np.array(tok_all, dtype=np.int64))
+    np.save(os.path.join(out, "confidence.npy"), torch.stack(conf_all).numpy().astype(np.float32))
+    np.save(os.path.join(out, "forced_logits.npy"), torch.stack(forced_all).numpy().astype(np.float32))
+
+
 def drafter_native(ref, stages, inter):
     """The drafter's tensors under DeepSeek-native names (mtp.0 .. mtp.{stages-1}), dtypes as trained."""
     rsd = ref.state_dict()
@@ -308,22 +328,13 @@ def build(out_root):
             forced_all.append(fadj)
         # the forced path's first row is the greedy path's (prev_0 = a in both)
         check("forced_row0_vs_greedy_row0", mf.rel(torch.stack(forced_all)[:, 0], torch.stack(adj_all)[:, 0]))
-        margins = []
-        for adj in adj_all:
-            for row in adj:
-                s = row.double().sort(descending=True).values
-                margins.append(float((s[0] - s[1]) / s.abs().max()))
-        meta["greedy_draft_min_rel_margin"] = min(margins)
+        meta["greedy_draft_min_rel_margin"] = min_rel_margin(adj_all)
 
     np.save(os.path.join(out, "tokens.npy"), tokens.numpy().astype(np.int64))
     np.save(os.path.join(out, "logits.npy"), full.numpy().astype(np.float32))
     np.save(os.path.join(out, "target_hidden.npy"), feats.numpy().astype(np.float32))
     np.save(os.path.join(out, "anchors.npy"), np.array(ANCHORS, dtype=np.int64))
-    np.save(os.path.join(out, "draft_logits.npy"), torch.stack(base_all).numpy().astype(np.float32))
-    np.save(os.path.join(out, "markov_logits.npy"), torch.stack(adj_all).numpy().astype(np.float32))
-    np.save(os.path.join(out, "draft_tokens.npy"), np.array(tok_all, dtype=np.int64))
-    np.save(os.path.join(out, "confidence.npy"), torch.stack(conf_all).numpy().astype(np.float32))
-    np.save(os.path.join(out, "forced_logits.npy"), torch.stack(forced_all).numpy().astype(np.float32))
+    save_drafts(out, base_all, adj_all, tok_all, conf_all, forced_all)
 
     # native/: the backbone as make_fixtures writes it, the drafter as mtp.0 .. mtp.{S-1}
     nat = os.path.join(out, "native")

@@ -292,19 +292,10 @@ def fixture(ref, main, out, meta):
         seq_of = torch.zeros_like(N)
         _, b_base = draft_blocks(ref, main, feats.view(1, T, -1), tokens.view(1, T), seq_of, N)
     meta["fixture_batched_vs_reference"] = mf.rel(b_base, torch.stack(base_all))
-    margins = []
-    for adj in adj_all:
-        for row in adj:
-            s = row.double().sort(descending=True).values
-            margins.append(float((s[0] - s[1]) / s.abs().max()))
-    meta["fixture_greedy_min_rel_margin"] = min(margins)
+    meta["fixture_greedy_min_rel_margin"] = dsf.min_rel_margin(adj_all)
     np.save(os.path.join(fx, "tokens.npy"), tokens.numpy().astype(np.int64))
     np.save(os.path.join(fx, "anchors.npy"), np.array(FIXTURE_ANCHORS, dtype=np.int64))
-    np.save(os.path.join(fx, "draft_logits.npy"), torch.stack(base_all).numpy().astype(np.float32))
-    np.save(os.path.join(fx, "markov_logits.npy"), torch.stack(adj_all).numpy().astype(np.float32))
-    np.save(os.path.join(fx, "draft_tokens.npy"), np.array(tok_all, dtype=np.int64))
-    np.save(os.path.join(fx, "confidence.npy"), torch.stack(conf_all).numpy().astype(np.float32))
-    np.save(os.path.join(fx, "forced_logits.npy"), torch.stack(forced_all).numpy().astype(np.float32))
+    dsf.save_drafts(fx, base_all, adj_all, tok_all, conf_all, forced_all)
 
 
 @torch.no_grad()
@@ -402,12 +393,7 @@ def main():
     agen = torch.Generator(device=dev).manual_seed(SEED + 2)
     Bs, C = args.batch, args.ctx
     warmup = 50 if not args.smoke else 3
-
-    def lr_at(step, total):
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        prog = min(1.0, (step - warmup) / max(1, total - warmup))
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+    lr_at = td.warmup_cosine(args.lr, warmup, 0.05)
 
     total = args.steps if args.steps else 10 ** 9
     history = []

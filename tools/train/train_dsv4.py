@@ -229,6 +229,17 @@ class RouterLoads:
         self.loads.clear()
 
 
+def warmup_cosine(lr, warmup, floor):
+    """Learning rate at a step of `total`: linear warm-up over `warmup` steps, then a cosine
+    from lr down to floor * lr at the last step."""
+    def at(step, total):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        prog = min(1.0, (step - warmup) / max(1, total - warmup))
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog)))
+    return at
+
+
 def param_groups(model, wd):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -405,12 +416,7 @@ def main():
     bgen = torch.Generator(device=dev).manual_seed(SEED + 1)
     B, C = args.batch, args.ctx
     warmup = 100 if not args.smoke else 5
-
-    def lr_at(step, total):
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        prog = min(1.0, (step - warmup) / max(1, total - warmup))
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+    lr_at = warmup_cosine(args.lr, warmup, 0.1)
 
     total = args.steps if args.steps else 10 ** 9
     history = []

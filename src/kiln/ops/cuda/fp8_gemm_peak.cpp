@@ -3,11 +3,10 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/event_timing.h"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -37,7 +36,6 @@ Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;
-  cudaEvent_t e0 = nullptr, e1 = nullptr;
   auto cleanup = [&] {
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (ld) cublasLtMatrixLayoutDestroy(ld);
@@ -45,8 +43,6 @@ Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
     if (la) cublasLtMatrixLayoutDestroy(la);
     if (desc) cublasLtMatmulDescDestroy(desc);
     if (h) cublasLtDestroy(h);
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
     cudaFree(a);
     cudaFree(b);
     cudaFree(d);
@@ -77,20 +73,7 @@ Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
                "matmul");
     };
     for (int i = 0; i < 3; ++i) call();  // warm-up
-    KILN_CUDA_CHECK(cudaEventCreate(&e0));
-    KILN_CUDA_CHECK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int i = 0; i < reps; ++i) {
-      KILN_CUDA_CHECK(cudaEventRecord(e0));
-      call();
-      KILN_CUDA_CHECK(cudaEventRecord(e1));
-      KILN_CUDA_CHECK(cudaEventSynchronize(e1));
-      float t = 0;
-      KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    r.ms = ms[ms.size() / 2];
+    r.ms = median_event_ms(reps, call);
     r.flops_per_s = 2.0 * m * static_cast<double>(n) * k / (r.ms * 1e-3);
   } catch (...) {
     cleanup();

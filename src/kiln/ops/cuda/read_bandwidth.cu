@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/event_timing.h"
 #include "kiln/ops/cuda/quant_linear_kernels.cuh"
 
 namespace kiln::ops::cuda {
@@ -45,35 +46,22 @@ ReadBandwidth measure_read_bandwidth(size_t bytes, int reps) {
   int dev = 0, sms = 0;
   KILN_CUDA_CHECK(cudaGetDevice(&dev));
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  cudaEvent_t e0, e1;
-  KILN_CUDA_CHECK(cudaEventCreate(&e0));
-  KILN_CUDA_CHECK(cudaEventCreate(&e1));
   ReadBandwidth best;
   best.bytes = bytes;
   for (int bps : {2, 4, 8}) {
     const unsigned grid = static_cast<unsigned>(sms * bps);
     read_kernel<<<grid, 512>>>(static_cast<const uint4*>(buf), bytes / 16, 1u, sink);  // warm-up
     KILN_CUDA_CHECK_LAUNCH();
-    std::vector<float> ms;
-    for (int r = 0; r < reps; ++r) {
-      KILN_CUDA_CHECK(cudaEventRecord(e0));
+    const float ms = median_event_ms(reps, [&] {
       read_kernel<<<grid, 512>>>(static_cast<const uint4*>(buf), bytes / 16, 1u, sink);
       KILN_CUDA_CHECK_LAUNCH();
-      KILN_CUDA_CHECK(cudaEventRecord(e1));
-      KILN_CUDA_CHECK(cudaEventSynchronize(e1));
-      float t = 0;
-      KILN_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    const double bw = static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
+    });
+    const double bw = static_cast<double>(bytes) / (ms * 1e-3);
     if (bw > best.bytes_per_s) {
       best.bytes_per_s = bw;
       best.blocks_per_sm = bps;
     }
   }
-  KILN_CUDA_CHECK(cudaEventDestroy(e0));
-  KILN_CUDA_CHECK(cudaEventDestroy(e1));
   KILN_CUDA_CHECK(cudaFree(sink));
   KILN_CUDA_CHECK(cudaFree(buf));
   return best;
