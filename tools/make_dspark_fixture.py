@@ -241,6 +241,17 @@ def save_drafts(out, base_all, adj_all, tok_all, conf_all, forced_all):
     np.save(os.path.join(out, "forced_logits.npy"), torch.stack(forced_all).numpy().astype(np.float32))
 
 
+def drafter_extra_names(stages):
+    """DSparkReference's tensors outside the stages -> their native names (stage 0 and the last)."""
+    last = f"mtp.{stages - 1}."
+    return {"main_proj.weight": "mtp.0.main_proj.weight", "main_norm.weight": "mtp.0.main_norm.weight",
+            "norm.weight": last + "norm.weight", "hc_head.hc_fn": last + "hc_head_fn",
+            "hc_head.hc_base": last + "hc_head_base", "hc_head.hc_scale": last + "hc_head_scale",
+            "markov_w1.weight": last + "markov_head.markov_w1.weight",
+            "markov_w2.weight": last + "markov_head.markov_w2.weight",
+            "confidence.weight": last + "confidence_head.proj.weight"}
+
+
 def drafter_native(ref, stages, inter):
     """The drafter's tensors under DeepSeek-native names (mtp.0 .. mtp.{stages-1}), dtypes as trained."""
     rsd = ref.state_dict()
@@ -248,13 +259,7 @@ def drafter_native(ref, stages, inter):
     for s in range(stages):
         pre = f"stages.{s}."
         dsp.update(mf.native_layer(f"mtp.{s}.", {k[len(pre):]: v for k, v in rsd.items() if k.startswith(pre)}, inter))
-    last = f"mtp.{stages - 1}."
-    extra = {"main_proj.weight": "mtp.0.main_proj.weight", "main_norm.weight": "mtp.0.main_norm.weight",
-             "norm.weight": last + "norm.weight", "hc_head.hc_fn": last + "hc_head_fn",
-             "hc_head.hc_base": last + "hc_head_base", "hc_head.hc_scale": last + "hc_head_scale",
-             "markov_w1.weight": last + "markov_head.markov_w1.weight",
-             "markov_w2.weight": last + "markov_head.markov_w2.weight",
-             "confidence.weight": last + "confidence_head.proj.weight"}
+    extra = drafter_extra_names(stages)
     for k, v in rsd.items():
         if k.startswith("stages."):
             continue

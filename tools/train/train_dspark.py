@@ -75,43 +75,78 @@ def log(*a):
 
 
 # ------------------------------------------------------------------------------------ backbone
-def load_backbone(main, d):
-    """The bundled DeepSeek-native BF16 checkpoint into transformers' module names (the inverse of
-    make_fixtures' native naming); every backbone tensor used, every module tensor set."""
+def read_native(d):
     nat = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".safetensors"):
             nat.update(load_file(os.path.join(d, f)))
-    sd = main.state_dict()
+    return nat
+
+
+def copy_from_native(module, nat, native_of, what):
+    """Sets every tensor of module from DeepSeek-native tensors (the inverse of make_fixtures'
+    naming): native_of(key) gives (prefix of a V4 layer, the key inside the layer) or (None,
+    the native name). Returns the native names used."""
     used = set()
 
     def take(name):
+        if name not in nat:
+            raise RuntimeError(f"{what}: no tensor {name}")
         used.add(name)
         return nat[name]
 
-    inter = DSPEC["moe_intermediate_size"]
-    for k, t in sd.items():
-        if k in mf.TOP_RENAME:
-            v = take(mf.TOP_RENAME[k])
+    for k, t in module.state_dict().items():
+        pre, rest = native_of(k)
+        if pre is None:
+            v = take(rest)
+        elif rest == "mlp.experts.gate_up_proj":
+            v = torch.stack([torch.cat([take(f"{pre}ffn.experts.{e}.w1.weight"),
+                                        take(f"{pre}ffn.experts.{e}.w3.weight")]) for e in range(t.shape[0])])
+        elif rest == "mlp.experts.down_proj":
+            v = torch.stack([take(f"{pre}ffn.experts.{e}.w2.weight") for e in range(t.shape[0])])
         else:
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.*)", k)
-            if not m:
-                raise RuntimeError(f"no native name for backbone tensor {k}")
-            pre, rest = f"layers.{m[1]}.", m[2]
-            if rest == "mlp.experts.gate_up_proj":
-                v = torch.stack([torch.cat([take(f"{pre}ffn.experts.{e}.w1.weight"),
-                                            take(f"{pre}ffn.experts.{e}.w3.weight")]) for e in range(t.shape[0])])
-            elif rest == "mlp.experts.down_proj":
-                v = torch.stack([take(f"{pre}ffn.experts.{e}.w2.weight") for e in range(t.shape[0])])
-            else:
-                v = take(pre + mf.LAYER_RENAME[rest])
+            v = take(pre + mf.LAYER_RENAME[rest])
         if tuple(v.shape) != tuple(t.shape):
-            raise RuntimeError(f"{k}: bundled shape {tuple(v.shape)}, module expects {tuple(t.shape)}")
+            raise RuntimeError(f"{what} {k}: stored shape {tuple(v.shape)}, module expects {tuple(t.shape)}")
         with torch.no_grad():
             t.copy_(v.to(t.dtype))
+    return used
+
+
+def load_backbone(main, d):
+    """The bundled BF16 checkpoint into transformers' module; every backbone tensor used."""
+    def native_of(k):
+        if k in mf.TOP_RENAME:
+            return None, mf.TOP_RENAME[k]
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.*)", k)
+        if not m:
+            raise RuntimeError(f"no native name for backbone tensor {k}")
+        return f"layers.{m[1]}.", m[2]
+
+    nat = read_native(d)
+    used = copy_from_native(main, nat, native_of, d)
     left = sorted(k for k in nat if k not in used and not k.startswith("mtp."))
     if left:
         raise RuntimeError(f"bundled tensors not used: {left[:5]}")
+
+
+def load_drafter(ref, d):
+    """A drafter exported by this script (--init-from): every mtp.* tensor of d used."""
+    extra = dsf.drafter_extra_names(DSPEC["dspark_stages"])
+
+    def native_of(k):
+        m = re.fullmatch(r"stages\.(\d+)\.(.*)", k)
+        if m:
+            return f"mtp.{m[1]}.", m[2]
+        if k not in extra:
+            raise RuntimeError(f"no native name for drafter tensor {k}")
+        return None, extra[k]
+
+    nat = read_native(d)
+    used = copy_from_native(ref, nat, native_of, d)
+    left = sorted(k for k in nat if k.startswith("mtp.") and k not in used)
+    if left:
+        raise RuntimeError(f"drafter tensors of {d} not used: {left[:5]}")
 
 
 def warm_start(ref, main):
@@ -327,6 +362,7 @@ def main():
     ap.add_argument("--corpus-mb", type=float, default=48.0)
     ap.add_argument("--smoke", action="store_true", help="small corpus, 12 steps: checks the pipeline")
     ap.add_argument("--device", default="cuda", help="cuda (the drafter's training) or cpu (pipeline checks)")
+    ap.add_argument("--init-from", default="", help="continue from a drafter this script exported (its directory)")
     args = ap.parse_args()
     if args.smoke:
         args.corpus_mb, args.steps = 3.0, 12
@@ -367,7 +403,12 @@ def main():
     ref = dsf.DSparkReference(mf.hf_config(td.SPEC, mtp=True), DSPEC).float()
     gen = torch.Generator().manual_seed(SEED)
     td.init_(ref, gen, len(td.SPEC["layers"]))
-    meta["warm_start_tensors_per_stage"] = warm_start(ref, main_m)
+    if args.init_from:
+        load_drafter(ref, args.init_from)
+        meta["warm_start_tensors_per_stage"] = 0
+        meta["init_from"] = args.init_from
+    else:
+        meta["warm_start_tensors_per_stage"] = warm_start(ref, main_m)
     for layer in ref.stages:
         layer.self_attn.forward = types.MethodType(batched_attention, layer.self_attn)
     main_m.to(dev)
