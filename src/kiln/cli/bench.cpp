@@ -192,7 +192,10 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   int maxB = 0;
   for (int b : batches) maxB = std::max(maxB, b);
   if (o.steps < 1 || o.context < 1) fail(ErrorKind::Usage, "--steps and --context must be >= 1");
-  if (o.mtp < 0 || o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: 0..{}", o.mtp, runtime::kMaxDrafts);
+  if (o.mtp < 0 || o.mtp > runtime::kMaxDSparkDrafts)
+    fail(ErrorKind::Usage, "--mtp {}: 0..{} (MTP 0..{}, a DSpark drafter up to its block size)", o.mtp,
+         runtime::kMaxDSparkDrafts, runtime::kMaxDrafts);
+  if (o.synthetic && o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: the synthetic MTP block takes 0..{}", o.mtp, runtime::kMaxDrafts);
   if (o.synthetic == !o.model.empty()) fail(ErrorKind::Usage, "give exactly one of --model DIR and --synthetic");
   if (o.text && o.synthetic) fail(ErrorKind::Usage, "--text needs --model DIR (its tokenizer.json); the synthetic model has none");
   const ops::Precision precision = resolve_precision(o.precision, "cuda");
@@ -253,19 +256,29 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
     } else {
       // Straight from the mapped shards to the device (runtime/cuda/device_model.h).
+      // --mtp K drafts with the checkpoint's drafter: its DSpark drafter when it has one
+      // (K up to the block size), else its MTP block (K up to 4).
       const ModelConfig pre = load_model_config(o.model);
-      if (o.mtp > 0 && pre.num_mtp_layers == 0) fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
+      const bool dspark = o.mtp > 0 && pre.dspark.has_value();
+      if (o.mtp > 0 && !dspark && pre.num_mtp_layers == 0)
+        fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
+      if (dspark && o.mtp > pre.dspark->block_size)
+        fail_invalid("--mtp {}: {}'s DSpark drafter drafts blocks of {}", o.mtp, o.model.string(), pre.dspark->block_size);
+      if (!dspark && o.mtp > runtime::kMaxDrafts)
+        fail_invalid("--mtp {}: MTP drafting takes 1..{} per round", o.mtp, runtime::kMaxDrafts);
       runtime::cuda::DeviceModelOptions dmo;
       dmo.max_slots = go.max_slots;
       dmo.max_rows = go.max_rows;
       dmo.max_context = go.max_context;
       dmo.precision = precision;
       dmo.progress = &err;
+      dmo.dspark = dspark;
       auto dm = runtime::cuda::open_device_model(o.model, dmo);
-      if (o.mtp > 0 && dm.forward->mtp_blocks() == 0)
+      if (o.mtp > 0 && !dspark && dm.forward->mtp_blocks() == 0)
         fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(dm.forward->config(), 0));
-      label = o.model.string() + ", " + std::string(ops::precision_name(precision)) + " precision";
-      backend = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward));
+      label = o.model.string() + ", " + std::string(ops::precision_name(precision)) + " precision" +
+              (dspark ? ", DSpark drafter" : "");
+      backend = std::make_unique<runtime::cuda::GpuBackend>(std::move(dm.forward), std::move(dm.dspark));
     }
     const GpuForward* f = &backend->forward();
     err << fmt::format("bench: loaded in {:.1f} s; {:.2f} GB of linear data, {:.2f} GB of decode state\n",
@@ -340,8 +353,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
         const bool same = s.tokens == res.tokens;
         std::vector<double> acc;
         for (int i = 0; i < k; ++i) acc.push_back(s.stats.acceptance_rate(static_cast<size_t>(i)));
-        out << fmt::format("|   mtp {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain |\n",
-                           k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
+        out << fmt::format("|   {} {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain |\n",
+                           backend->dspark_block() > 0 ? "dspark" : "mtp", k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
                            s.stats.mean_accepted_length(), fmt::join(acc, " / "), same ? "==" : "!=");
         spec.push_back({{"k", k}, {"tokens_per_s", s.tokens_per_s},
                         {"speedup", s.tokens_per_s / res.tokens_per_s},

@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   be->add_option("--prefill-chunk", bench.prefill_chunk, "Rows per prefill pass")->capture_default_str();
   be->add_option("--steps", bench.steps, "Decode steps timed per batch size")->capture_default_str();
   be->add_option("--context", bench.context, "Prompt tokens per sequence")->capture_default_str();
-  be->add_option("--mtp", bench.mtp, "Also MTP speculative decoding with 1..N drafts per round")->capture_default_str();
+  be->add_option("--mtp", bench.mtp, "Also speculative decoding with 1..N drafts per round: with the checkpoint's DSpark drafter when it has one (N up to its block size), else its MTP block (N up to 4)")->capture_default_str();
   be->add_option("--text", bench.text, "Prompts from this UTF-8 text (the model's tokenizer.json)");
   be->add_flag("--json", bench.json, "Also print one JSON object with every number");
   be->add_option("--write-synthetic", bench.write_synthetic,
