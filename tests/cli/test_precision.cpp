@@ -88,7 +88,9 @@ TEST(Precision, SetPrecisionGivesEachModuleItsRole) {
   EXPECT_FALSE(b.ffn.gate.numerics.bf16_output);
   EXPECT_FALSE(w.head.numerics.bf16_output);
   for (const auto& l : w.layers) {
-    if (l.attn.compressor) EXPECT_EQ(l.attn.compressor->wkv.numerics.input, LinearInput::Fp32);
+    if (l.attn.compressor) {
+      EXPECT_EQ(l.attn.compressor->wkv.numerics.input, LinearInput::Fp32);
+    }
   }
   model::set_precision(m->weights, Precision::Exact);
   int linears = 0;

@@ -122,8 +122,12 @@ TEST(DSparkSpec, SurvivalBoundVerifiesFewerDraftsAndStaysExact) {
     for (int64_t p : spec.stats.proposed) proposed += p;
     std::printf("[ measured ] tiny_dspark K=5 survival >= %.1f: %lld drafts verified in %lld rounds\n", bound,
                 static_cast<long long>(proposed), static_cast<long long>(spec.stats.rounds));
-    if (bound == 1.0) EXPECT_EQ(proposed, 0) << "no confidence reaches 1 exactly";
-    if (last >= 0) EXPECT_LT(proposed, last) << "bound " << bound;
+    if (bound == 1.0) {
+      EXPECT_EQ(proposed, 0) << "no confidence reaches 1 exactly";
+    }
+    if (last >= 0) {
+      EXPECT_LT(proposed, last) << "bound " << bound;
+    }
     last = proposed;
   }
 }

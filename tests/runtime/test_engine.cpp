@@ -64,7 +64,9 @@ TEST(Engine, ChunkedPrefillGivesTheSameTokens) {
     for (int mtp : {0, 2}) {
       r.mtp = mtp;
       const auto ref = run_alone(b, r, 1000);
-      if (temperature == 0.0f && mtp) EXPECT_EQ(ref, (r.mtp = 0, run_alone(b, r, 1000))) << "speculative != plain";
+      if (temperature == 0.0f && mtp) {
+        EXPECT_EQ(ref, (r.mtp = 0, run_alone(b, r, 1000))) << "speculative != plain";
+      }
       r.mtp = mtp;
       for (int64_t chunk : {1, 3, 7, 29}) {
         EXPECT_EQ(run_alone(b, r, chunk), ref) << "mtp " << mtp << " chunk " << chunk << " temperature " << temperature;
