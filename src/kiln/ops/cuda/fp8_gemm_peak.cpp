@@ -3,20 +3,12 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
-
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/cublas_check.h"
 #include "kiln/ops/cuda/event_timing.h"
 
 namespace kiln::ops::cuda {
-namespace {
-
-void lt_check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    fail(ErrorKind::IO, "cuBLASLt FP8 GEMM anchor: {}: {} ({})", what, cublasLtGetStatusString(st), static_cast<int>(st));
-}
-
-}  // namespace
 
 Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
   if (m < 16 || n < 16 || k < 16 || m % 16 || n % 16 || k % 16 || reps < 1)
@@ -49,28 +41,27 @@ Fp8GemmPeak measure_fp8_gemm_peak(int m, int n, int k, int reps) {
     cudaFree(ws);
   };
   try {
-    lt_check(cublasLtCreate(&h), "create");
+    KILN_CUBLAS_CHECK(cublasLtCreate(&h));
     // Column-major view: D^T [n, m] = B [n, k] (stored [k, n] col-major, transposed) x A^T
     // (A [m, k] row-major = [k, m] col-major): the "TN" layout FP8 requires.
-    lt_check(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t tr = CUBLAS_OP_T, nt = CUBLAS_OP_N;
-    lt_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof(tr)), "transa");
-    lt_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof(nt)), "transb");
-    lt_check(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, n, k), "layout B");
-    lt_check(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, m, k), "layout A");
-    lt_check(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, m, n), "layout D");
-    lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                                  sizeof(ws_bytes)),
-             "workspace");
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof(tr)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof(nt)));
+    KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, n, k));
+    KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, m, k));
+    KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, m, n));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    KILN_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
     cublasLtMatmulHeuristicResult_t heur{};
     int found = 0;
-    lt_check(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, ld, ld, pref, 1, &heur, &found), "heuristic");
+    KILN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, ld, ld, pref, 1, &heur, &found));
     if (found == 0) fail(ErrorKind::IO, "cuBLASLt FP8 GEMM anchor: no algorithm for {}x{}x{} on this GPU", m, n, k);
     const float alpha = 1.0f, beta = 0.0f;
     auto call = [&] {
-      lt_check(cublasLtMatmul(h, desc, &alpha, b, la, a, lb, &beta, d, ld, d, ld, &heur.algo, ws, ws_bytes, nullptr),
-               "matmul");
+      KILN_CUBLAS_CHECK(
+          cublasLtMatmul(h, desc, &alpha, b, la, a, lb, &beta, d, ld, d, ld, &heur.algo, ws, ws_bytes, nullptr));
     };
     for (int i = 0; i < 3; ++i) call();  // warm-up
     r.ms = median_event_ms(reps, call);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/cuda/cublas_check.h"
 #include "kiln/ops/cuda/quant_linear_impl.h"
 
 namespace kiln::ops::cuda::detail {
@@ -28,14 +29,6 @@ void launch_split_bf16(const float* x, int64_t ldx, int M, int64_t k, int64_t kp
                        cudaStream_t stream);  // quant_linear_kernels.cu
 
 namespace {
-
-#define KILN_CUBLAS_CHECK(expr)                                                                                 \
-  do {                                                                                                          \
-    const cublasStatus_t kiln_st_ = (expr);                                                                     \
-    if (kiln_st_ != CUBLAS_STATUS_SUCCESS)                                                                      \
-      ::kiln::fail(::kiln::ErrorKind::IO, "cuBLASLt error in {} at {}:{}: {} ({})", #expr, __FILE__, __LINE__, \
-                   cublasLtGetStatusString(kiln_st_), static_cast<int>(kiln_st_));                              \
-  } while (0)
 
 constexpr size_t kWorkspaceBytes = static_cast<size_t>(device::kLtWorkspaceBytes);
 
