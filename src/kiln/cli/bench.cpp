@@ -256,16 +256,10 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
     } else {
       // Straight from the mapped shards to the device (runtime/cuda/device_model.h).
-      // --mtp K drafts with the checkpoint's drafter: its DSpark drafter when it has one
-      // (K up to the block size), else its MTP block (K up to 4).
+      // --mtp K drafts with the checkpoint's drafter, checked as generate checks it: its
+      // DSpark drafter when it has one (K up to the block size), else its MTP block.
       const ModelConfig pre = load_model_config(o.model);
-      const bool dspark = o.mtp > 0 && pre.dspark.has_value();
-      if (o.mtp > 0 && !dspark && pre.num_mtp_layers == 0)
-        fail_invalid("--mtp {}: {} {}", o.mtp, o.model.string(), model::mtp_unavailable(pre, 0));
-      if (dspark && o.mtp > pre.dspark->block_size)
-        fail_invalid("--mtp {}: {}'s DSpark drafter drafts blocks of {}", o.mtp, o.model.string(), pre.dspark->block_size);
-      if (!dspark && o.mtp > runtime::kMaxDrafts)
-        fail_invalid("--mtp {}: MTP drafting takes 1..{} per round", o.mtp, runtime::kMaxDrafts);
+      const bool dspark = o.mtp > 0 && resolve_drafting(o.model, pre, {"", o.mtp, true}).dspark;
       runtime::cuda::DeviceModelOptions dmo;
       dmo.max_slots = go.max_slots;
       dmo.max_rows = go.max_rows;
