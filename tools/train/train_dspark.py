@@ -300,13 +300,13 @@ def export(ref, out, meta):
     return d
 
 
-def fixture(ref, main, out, meta):
-    """Reference drafts on the bundled held-out fixture's tokens (CPU, fp32, bf16-exact weights)."""
+def fixture(ref, main, target, out, meta):
+    """Reference drafts on the bundled held-out fixture's tokens (CPU, fp32, bf16-exact weights);
+    target: the Target hooked on main."""
     fx = os.path.join(out, "fixture")
     os.makedirs(fx, exist_ok=True)
     tokens = torch.from_numpy(np.load(os.path.join(TRAINED, "tokens.npy"))).long()
     T, B = tokens.numel(), DSPEC["dspark_block_size"]
-    target = Target(main)
     logits, feats = target(tokens.view(1, T))
     meta["fixture_backbone_vs_bundled_logits"] = mf.rel(logits[0], np.load(os.path.join(TRAINED, "logits.npy")))
     feats = feats[0]
@@ -495,7 +495,7 @@ def main():
     ref.cpu()
     for layer in ref.stages:
         layer.self_attn.dspark = {}
-    fixture(ref, main_m, args.out, meta)
+    fixture(ref, main_m, target, args.out, meta)
     log("fixture: batched vs reference", meta["fixture_batched_vs_reference"], "backbone vs bundled",
         meta["fixture_backbone_vs_bundled_logits"], "min greedy margin", meta["fixture_greedy_min_rel_margin"])
     meta["seconds_total"] = time.time() - T0
