@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -102,6 +103,7 @@ double pass_weight_bytes(const GpuWeights& w, int B) {
 struct DecodeRun {
   std::vector<std::vector<int32_t>> tokens;
   double tokens_per_s = 0.0, step_ms = 0.0;
+  std::array<double, runtime::EngineMetrics::kPhases> phase_ms{};  // per step, over the measured window
   runtime::DraftStats stats;  // summed over the batch
 };
 
@@ -141,11 +143,16 @@ DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<in
   const auto t0 = Clock::now();
   const size_t c0 = count();
   const uint64_t s0 = engine.metrics().steps.load();
+  std::array<uint64_t, runtime::EngineMetrics::kPhases> ns0{}, ns1{};
+  for (size_t i = 0; i < ns0.size(); ++i) ns0[i] = engine.metrics().step_ns[i].load();
   while (!any_finished()) std::this_thread::sleep_for(std::chrono::microseconds(100));
   const auto t1 = Clock::now();
   const size_t c1 = count();
   const uint64_t s1 = engine.metrics().steps.load();
+  for (size_t i = 0; i < ns1.size(); ++i) ns1[i] = engine.metrics().step_ns[i].load();
   DecodeRun r;
+  for (size_t i = 0; i < ns1.size() && s1 > s0; ++i)
+    r.phase_ms[i] = static_cast<double>(ns1[i] - ns0[i]) * 1e-6 / static_cast<double>(s1 - s0);
   for (const auto& h : hs) {
     while (!h->finished()) h->wait_tokens(h->tokens().size(), std::chrono::milliseconds(100));
     if (h->finish_reason() == runtime::FinishReason::Error) fail(ErrorKind::Usage, "bench: {}", h->error());
@@ -183,6 +190,13 @@ DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<in
     r.step_ms = 0.0;  // not measured
   }
   return r;
+}
+
+// "draft 0.412, main 0.550, ..." for the engine's step phases (ms per step).
+std::string phase_text(const std::array<double, runtime::EngineMetrics::kPhases>& ms) {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < ms.size(); ++i) parts.push_back(fmt::format("{} {:.3f}", runtime::EngineMetrics::kPhaseNames[i], ms[i]));
+  return fmt::format("{}", fmt::join(parts, ", "));
 }
 
 }  // namespace
@@ -320,7 +334,9 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     const double frac = bytes / (g_ms * 1e-3) / bw.bytes_per_s;
     out << fmt::format("| {} | {:.1f} | {:.3f} | {:.3f} | {:.3f} | {:.2f}x | {:.1f} | {:.2f} |\n", B,
                        res.tokens_per_s, step_wall * 1e3, g_ms, e_ms, e_ms / g_ms, bytes / 1e6, frac);
+    out << fmt::format("|   host wall time of a step, by phase (ms) | {} |\n", phase_text(res.phase_ms));
     nlohmann::json r = {{"batch", B},          {"tokens_per_s", res.tokens_per_s}, {"step_ms_wall", step_wall * 1e3},
+                        {"step_phase_ms", res.phase_ms},
                         {"pass_ms_graph", g_ms}, {"pass_ms_eager", e_ms}, {"weight_bytes_per_pass", bytes},
                         {"hbm_fraction", frac}};
     // Launches per pass, from the main pass's graph (captured by time_main above).
@@ -347,13 +363,15 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
         const bool same = s.tokens == res.tokens;
         std::vector<double> acc;
         for (int i = 0; i < k; ++i) acc.push_back(s.stats.acceptance_rate(static_cast<size_t>(i)));
-        out << fmt::format("|   {} {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain |\n",
+        out << fmt::format("|   {} {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain | "
+                           "step ms {:.3f}: {} |\n",
                            backend->dspark_block() > 0 ? "dspark" : "mtp", k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
-                           s.stats.mean_accepted_length(), fmt::join(acc, " / "), same ? "==" : "!=");
+                           s.stats.mean_accepted_length(), fmt::join(acc, " / "), same ? "==" : "!=", s.step_ms,
+                           phase_text(s.phase_ms));
         spec.push_back({{"k", k}, {"tokens_per_s", s.tokens_per_s},
                         {"speedup", s.tokens_per_s / res.tokens_per_s},
                         {"mean_accepted_length", s.stats.mean_accepted_length()}, {"acceptance", acc},
-                        {"same_tokens_as_plain", same}});
+                        {"same_tokens_as_plain", same}, {"step_ms_wall", s.step_ms}, {"step_phase_ms", s.phase_ms}});
       }
       r["mtp"] = spec;
     }

@@ -1,6 +1,7 @@
 #include "kiln/runtime/engine.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "kiln/core/error.h"
 #include "kiln/model/decode_contract.h"
@@ -242,8 +243,31 @@ void Engine::draft(std::vector<Active*>& spec) {
   }
 }
 
+namespace {
+
+// Adds the wall time since the last lap (or construction) to one of the step phases.
+class PhaseClock {
+ public:
+  explicit PhaseClock(EngineMetrics& m) : m_(m), last_(Clock::now()) {}
+  void lap(EngineMetrics::Phase p) {
+    const auto now = Clock::now();
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - last_).count();
+    m_.step_ns[p] += static_cast<uint64_t>(ns);
+    last_ = now;
+  }
+  ~PhaseClock() { lap(EngineMetrics::kOther); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  EngineMetrics& m_;
+  Clock::time_point last_;
+};
+
+}  // namespace
+
 void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
   ++metrics_.steps;
+  PhaseClock clock(metrics_);
   const int64_t V = vocab_size();
   for (auto& a : running) {
     if (a->handle->cancelled(a->choice)) end(a, FinishReason::Cancelled);
@@ -275,7 +299,11 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
   if (opts_.round_hook) {
     for (Active* a : spec) opts_.round_hook(a->slot, a->length);
   }
-  if (!spec.empty()) draft(spec);
+  if (!spec.empty()) {
+    clock.lap(EngineMetrics::kOther);
+    draft(spec);
+    clock.lap(EngineMetrics::kDraft);
+  }
 
   PassRows rows;
   Wants w;
@@ -306,11 +334,15 @@ void Engine::step(std::vector<std::unique_ptr<Active>>& running) {
     if (a->fed + n == P) a->out0 = a->request.prompt_logprobs ? a->lp0 + static_cast<int>(n) - 1 : w.add(rows.size() - 1, a->by_argmax());
   }
   if (rows.empty()) return;
+  clock.lap(EngineMetrics::kOther);
   b_.main(rows, w.outputs(logits_, argmax_, V));
+  clock.lap(EngineMetrics::kMain);
 
   take_main(decoding, prefill);
+  clock.lap(EngineMetrics::kOther);
   const std::vector<Active*> drafting = catch_up(running);
   fork(prefill, drafting);
+  clock.lap(EngineMetrics::kCatchUp);
   finish_step(running);
 }
 

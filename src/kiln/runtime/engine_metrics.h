@@ -47,6 +47,15 @@ struct EngineMetrics {
   std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0};
   std::atomic<int64_t> waiting{0}, running{0};
   std::atomic<uint64_t> steps{0};
+  // Host wall time of the scheduler's steps, by phase (nanoseconds, cumulative): drafting
+  // (DSpark block pass and Markov loop, or MTP draft passes 2..K), the main pass (prompt
+  // chunks, decode and verify rows), the drafter's catch-up (MTP block rows or DSpark ring
+  // commits for the committed positions) and the rest (scheduling, acceptance, sampling,
+  // streaming). A backend that queues work without waiting shows it in the phase that next
+  // waits for the device.
+  enum Phase : size_t { kDraft, kMain, kCatchUp, kOther, kPhases };
+  static constexpr std::array<const char*, kPhases> kPhaseNames{"draft", "main", "catch_up", "other"};
+  std::array<std::atomic<uint64_t>, kPhases> step_ns{};
   // Speculative decoding (MTP or DSpark), per draft position.
   std::array<std::atomic<uint64_t>, kMaxDraftPositions> mtp_proposed{}, mtp_accepted{};
   Histogram ttft;  // seconds from submit to the first token

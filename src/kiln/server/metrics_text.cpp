@@ -43,6 +43,11 @@ std::string render_metrics(const runtime::EngineMetrics& m, const HttpCounters& 
   metric(out, "kiln_running_sequences", "gauge", "Sequences in the running batch.", static_cast<double>(m.running.load()));
   metric(out, "kiln_open_requests", "gauge", "Generation requests with an open HTTP response.", static_cast<double>(open_requests));
   metric(out, "kiln_engine_steps_total", "counter", "Scheduler steps run.", static_cast<double>(m.steps.load()));
+  out += "# HELP kiln_engine_step_seconds_total Host wall time of scheduler steps, by phase (draft, main pass, drafter catch-up, other).\n"
+         "# TYPE kiln_engine_step_seconds_total counter\n";
+  for (size_t i = 0; i < m.step_ns.size(); ++i)
+    out += fmt::format("kiln_engine_step_seconds_total{{phase=\"{}\"}} {}\n", runtime::EngineMetrics::kPhaseNames[i],
+                       static_cast<double>(m.step_ns[i].load()) * 1e-9);
   histogram(out, "kiln_time_to_first_token_seconds", "Time from queueing to the first generated token.", m.ttft);
   histogram(out, "kiln_time_per_output_token_seconds", "Time between consecutive generated tokens of a request.", m.tpot);
   out += "# HELP kiln_mtp_draft_tokens_total Draft tokens proposed (MTP or DSpark), by draft position.\n"
