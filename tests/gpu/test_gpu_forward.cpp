@@ -176,6 +176,54 @@ TEST(GpuForward, BatchedSequencesEqualEachAlone) {
   }
 }
 
+// Head rows (GpuForward::main's head_rows, what the backend passes for prompt chunks): the
+// logits and argmax of the listed rows equal those rows of the pass with every row's head
+// (within 1e-5: the rows are gathered, and the exact precision's BF16 head takes cuBLASLt
+// from 16 rows, the CUDA-core kernel below),
+// a pass with no head rows runs, and a row the head skipped is refused.
+TEST(GpuForward, HeadRowsEqualThoseRowsOfTheFullPass) {
+  Loaded m = load(kFixtures + "/tiny_a/native");
+  GpuForward& g = *m.gpu;
+  const auto& c = m.cpu->config;
+  const int T = 20;
+  const int64_t V = c.vocab_size;
+  const auto tok = prompt_tokens(V, T);
+  const std::vector<int32_t> s(static_cast<size_t>(T), 0);
+  for (bool graphs : {false, true}) {
+    g.set_graphs(graphs);
+    g.main(tok, s, iota_vec(T));
+    const auto all = g.download_main_logits(T);
+    const auto all_arg = g.download_main_argmax(T);
+    const std::vector<int32_t> pick = {2, 3, 11, 19};
+    g.main(tok, s, iota_vec(T), std::span<const int32_t>(pick));  // the same positions again: the same state
+    std::vector<float> got(pick.size() * static_cast<size_t>(V));
+    std::vector<int32_t> arg(pick.size());
+    g.logits_rows_to_host(false, pick, got.data());
+    g.argmax_rows_to_host(false, pick, arg.data());
+    const auto compact = g.download_main_logits(static_cast<int>(pick.size()));
+    EXPECT_EQ(compact, got) << "main_logits holds the head rows, compacted";
+    double worst = 0;
+    for (size_t i = 0; i < pick.size(); ++i) {
+      const size_t r = static_cast<size_t>(pick[i]);
+      for (int64_t v = 0; v < V; ++v) {
+        const double want = all[r * static_cast<size_t>(V) + static_cast<size_t>(v)];
+        worst = std::max(worst, std::abs(got[i * static_cast<size_t>(V) + static_cast<size_t>(v)] - want) /
+                                    std::max(1.0, std::abs(want)));
+      }
+      EXPECT_EQ(arg[i], all_arg[r]) << "row " << r;
+    }
+    EXPECT_LT(worst, 1e-5) << (graphs ? "graphs" : "eager");
+    const int32_t skipped[1] = {5};
+    EXPECT_THROW(g.logits_rows_to_host(false, skipped, got.data()), Error);
+    EXPECT_THROW(g.argmax_rows_to_host(false, skipped, arg.data()), Error);
+    // No head rows (a prompt chunk no prompt ends in): the pass runs, no row has logits.
+    g.main(tok, s, iota_vec(T), std::span<const int32_t>());
+    g.synchronize();
+    const int32_t last[1] = {T - 1};
+    EXPECT_THROW(g.logits_rows_to_host(false, last, got.data()), Error);
+  }
+}
+
 TEST(GpuForward, BadRowsAreClearErrors) {
   Loaded m = load(kFixtures + "/tiny_a/native");
   GpuForward& g = *m.gpu;

@@ -28,7 +28,7 @@ GpuModelShape gpu_model_shape(const Weights& w) {
 }
 
 int64_t GpuActivationSizes::elements() const {
-  return tok + slot + pos + src + X + Xn + u + y + post + comb + hc_work + qres + kv + q + o + mid + ca + cz + iq + iw +
+  return tok + slot + pos + src + head_idx + X + Xn + u + y + post + comb + hc_work + qres + kv + q + o + mid + ca + cz + iq + iw +
          iscratch + sel + nsel + attn_work + glog + wt + g + up + ye + idx + sg + su + sy + h + main_logits + mtp_logits +
          main_streams + mtp_streams + main_argmax + mtp_argmax + mtp_in + e + ep + hs + rope;
 }
@@ -46,7 +46,7 @@ GpuActivationSizes gpu_activation_sizes(const ModelConfig& c, const GpuModelShap
     }
   }
   GpuActivationSizes a;
-  a.tok = a.slot = a.pos = a.src = Rm;
+  a.tok = a.slot = a.pos = a.src = a.head_idx = Rm;
   a.X = a.Xn = Rm * n * H;
   a.u = a.y = Rm * H;
   a.post = Rm * n;

@@ -47,7 +47,7 @@ GpuModelShape gpu_model_shape(const Weights& w);
 
 // Element counts (4 bytes each: float or int32) of the GPU forward's activation buffers.
 struct GpuActivationSizes {
-  int64_t tok = 0, slot = 0, pos = 0, src = 0;
+  int64_t tok = 0, slot = 0, pos = 0, src = 0, head_idx = 0;
   int64_t X = 0, Xn = 0, u = 0, y = 0, post = 0, comb = 0, hc_work = 0;
   int64_t qres = 0, kv = 0, q = 0, o = 0, mid = 0;
   int64_t ca = 0, cz = 0;

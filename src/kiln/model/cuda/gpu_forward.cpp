@@ -28,7 +28,7 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 }  // namespace
 
 struct GpuForward::Buffers {
-  DeviceArray<int32_t> tok, slot, pos, src;
+  DeviceArray<int32_t> tok, slot, pos, src, head_idx;
   DeviceArray<float> X, Xn, u, y, post, comb, hc_work;
   DeviceArray<float> qres, kv, q, o, mid;
   DeviceArray<float> ca, cz;                 // compressor projections [rows, widest]
@@ -92,7 +92,7 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   }
   KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   KILN_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
-  KILN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_meta_), sizeof(int32_t) * 4 * opt_.max_rows));
+  KILN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_meta_), sizeof(int32_t) * 5 * opt_.max_rows));
   rope_main_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_main)), opt_.max_context);
   rope_compress_ = oc::RopeTable(ops::cpu::Rope(rope_spec(c, c.rope_compress)), opt_.max_context);
 
@@ -112,7 +112,7 @@ GpuForward::GpuForward(GpuWeights weights, const GpuOptions& opt) : w_(std::move
   };
   buf_ = std::make_unique<Buffers>();
   Buffers& b = *buf_;
-  b.tok = i32(a.tok), b.slot = i32(a.slot), b.pos = i32(a.pos), b.src = i32(a.src);
+  b.tok = i32(a.tok), b.slot = i32(a.slot), b.pos = i32(a.pos), b.src = i32(a.src), b.head_idx = i32(a.head_idx);
   b.X = f(a.X), b.Xn = f(a.Xn), b.u = f(a.u), b.y = f(a.y), b.post = f(a.post), b.comb = f(a.comb);
   b.hc_work = f(a.hc_work);
   b.qres = f(a.qres), b.kv = f(a.kv), b.q = f(a.q), b.o = f(a.o);
@@ -234,9 +234,47 @@ void GpuForward::upload_rows(std::span<const int32_t> tok, std::span<const int32
   KILN_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
 }
 
-void GpuForward::main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos) {
+void GpuForward::main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+                      std::optional<std::span<const int32_t>> head_rows) {
   upload_rows(tok, slot, pos, {}, false);
+  upload_head_rows(head_rows, static_cast<int>(slot.size()));
   launch(Pass::Main, 0, static_cast<int>(slot.size()));
+}
+
+void GpuForward::upload_head_rows(std::optional<std::span<const int32_t>> asked, int R) {
+  head_index_.clear();
+  main_head_ = R;
+  if (!asked) return;
+  const std::span<const int32_t> head_rows = *asked;
+  if (static_cast<int>(head_rows.size()) == R) {
+    for (size_t i = 0; i < head_rows.size(); ++i) {
+      if (head_rows[i] != static_cast<int32_t>(i))
+        fail(ErrorKind::Usage, "gpu forward: head rows must ascend within the pass's {} rows", R);
+    }
+    return;
+  }
+  head_index_.assign(static_cast<size_t>(R), -1);
+  for (size_t i = 0; i < head_rows.size(); ++i) {
+    const int32_t r = head_rows[i];
+    if (r < 0 || r >= R || (i > 0 && r <= head_rows[i - 1]))
+      fail(ErrorKind::Usage, "gpu forward: head row {} (head rows must ascend within the pass's {} rows)", r, R);
+    head_index_[static_cast<size_t>(r)] = static_cast<int32_t>(i);
+  }
+  main_head_ = static_cast<int>(head_rows.size());
+  if (head_rows.empty()) return;
+  // The slot after upload_rows' four in the pinned staging area (its copy is ordered after
+  // theirs on the stream, and meta_copied_ is recorded again after it).
+  int32_t* hh = host_meta_ + 4 * static_cast<size_t>(opt_.max_rows);
+  std::memcpy(hh, head_rows.data(), head_rows.size() * 4);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(buf_->head_idx.get(), hh, head_rows.size() * 4, cudaMemcpyHostToDevice, stream_));
+  KILN_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+}
+
+size_t GpuForward::head_index(int32_t r) const {
+  if (head_index_.empty()) return static_cast<size_t>(r);
+  if (r >= static_cast<int32_t>(head_index_.size()) || head_index_[static_cast<size_t>(r)] < 0)
+    fail(ErrorKind::Usage, "gpu forward: row {} of the last main pass got no logits (not among its head rows)", r);
+  return static_cast<size_t>(head_index_[static_cast<size_t>(r)]);
 }
 
 void GpuForward::mtp(int m, std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
@@ -250,10 +288,11 @@ void GpuForward::mtp(int m, std::span<const int32_t> tok, std::span<const int32_
 }
 
 double GpuForward::time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
-                             int reps) {
+                             int reps, std::optional<std::span<const int32_t>> head_rows) {
   if (reps < 1) fail(ErrorKind::Usage, "time_main: reps = {} (need >= 1)", reps);
   upload_rows(tok, slot, pos, {}, false);
   const int R = static_cast<int>(slot.size());
+  upload_head_rows(head_rows, R);
   launch(Pass::Main, 0, R);  // warm-up (and capture)
   cudaEvent_t a = nullptr, b = nullptr;
   KILN_CUDA_CHECK(cudaEventCreate(&a));
@@ -271,10 +310,12 @@ double GpuForward::time_main(std::span<const int32_t> tok, std::span<const int32
 
 std::vector<std::pair<std::string, double>> GpuForward::profile_main(std::span<const int32_t> tok,
                                                                    std::span<const int32_t> slot,
-                                                                   std::span<const int32_t> pos, int reps) {
+                                                                   std::span<const int32_t> pos, int reps,
+                                                                   std::optional<std::span<const int32_t>> head_rows) {
   if (reps < 1) fail(ErrorKind::Usage, "profile_main: reps = {} (need >= 1)", reps);
   upload_rows(tok, slot, pos, {}, false);
   const int R = static_cast<int>(slot.size());
+  upload_head_rows(head_rows, R);
   OpTimer timer;
   std::vector<std::pair<std::string, double>> out;  // label -> ms, in first-seen order
   for (int i = 0; i <= reps; ++i) {  // the first pass warms up
@@ -302,7 +343,7 @@ std::vector<std::pair<std::string, double>> GpuForward::profile_main(std::span<c
 }
 
 void GpuForward::launch(Pass pass, int m, int R) {
-  if (!opt_.graphs) {
+  if (!opt_.graphs || (pass == Pass::Main && main_head_ < R)) {
     enqueue(pass, m, R);
     return;
   }
@@ -373,8 +414,9 @@ void GpuForward::enqueue(Pass pass, int m, int R) {
   ops.mark("start");
   if (pass == Pass::Main) {
     if (!feature_layers_.empty()) ops.set_features(features_.get(), feature_layers_);
-    def::main_pass(ops, w_, b.main_streams.get(), b.main_logits.get());
-    oc::argmax_rows(b.main_logits.get(), V, R, V, b.main_argmax.get(), stream_);
+    if (main_head_ < R) ops.set_head_rows(b.head_idx.get(), main_head_);
+    def::main_pass(ops, w_, b.main_streams.get(), main_head_ > 0 ? b.main_logits.get() : nullptr);
+    if (main_head_ > 0) oc::argmax_rows(b.main_logits.get(), V, main_head_, V, b.main_argmax.get(), stream_);
   } else {
     def::mtp_pass(ops, w_, static_cast<size_t>(m), b.mtp_streams.get(), b.mtp_logits.get());
     oc::argmax_rows(b.mtp_logits.get(), V, R, V, b.mtp_argmax.get(), stream_);
@@ -411,12 +453,14 @@ PinnedInts::~PinnedInts() {
 void GpuForward::logits_rows_to_host(bool mtp, std::span<const int32_t> rows, float* dst) const {
   const size_t V = sz(w_.config.vocab_size);
   const float* src = mtp ? buf_->mtp_logits.get() : buf_->main_logits.get();
+  auto at = [&](int32_t r) { return mtp ? static_cast<size_t>(r) : head_index(r); };
   for (size_t i = 0; i < rows.size();) {
     const int32_t r = rows[i];
     if (r < 0 || r >= opt_.max_rows) fail(ErrorKind::Usage, "gpu forward: logits of row {} (1..{} rows)", r, opt_.max_rows);
-    size_t n = 1;  // a run of consecutive rows is one copy
-    while (i + n < rows.size() && rows[i + n] == r + static_cast<int32_t>(n)) ++n;
-    KILN_CUDA_CHECK(cudaMemcpyAsync(dst + i * V, src + sz(r) * V, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    const size_t first = at(r);
+    size_t n = 1;  // a run of rows consecutive in the logits buffer is one copy
+    while (i + n < rows.size() && rows[i + n] >= 0 && rows[i + n] < opt_.max_rows && at(rows[i + n]) == first + n) ++n;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst + i * V, src + first * V, n * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     i += n;
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -424,9 +468,12 @@ void GpuForward::logits_rows_to_host(bool mtp, std::span<const int32_t> rows, fl
 
 void GpuForward::argmax_rows_to_host(bool mtp, std::span<const int32_t> rows, int32_t* dst) const {
   int32_t hi = 0;
-  for (int32_t r : rows) {
+  std::vector<size_t> at(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int32_t r = rows[i];
     if (r < 0 || r >= opt_.max_rows) fail(ErrorKind::Usage, "gpu forward: argmax of row {} (1..{} rows)", r, opt_.max_rows);
-    hi = std::max(hi, r + 1);
+    at[i] = mtp ? static_cast<size_t>(r) : head_index(r);
+    hi = std::max(hi, static_cast<int32_t>(at[i]) + 1);
   }
   if (rows.empty()) return;
   // One copy of the leading rows' argmax into pinned memory, then the picks.
@@ -434,7 +481,7 @@ void GpuForward::argmax_rows_to_host(bool mtp, std::span<const int32_t> rows, in
   KILN_CUDA_CHECK(cudaMemcpyAsync(argmax_host_->data(), (mtp ? buf_->mtp_argmax : buf_->main_argmax).get(),
                                   sizeof(int32_t) * sz(hi), cudaMemcpyDeviceToHost, stream_));
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (size_t i = 0; i < rows.size(); ++i) dst[i] = (*argmax_host_)[sz(rows[i])];
+  for (size_t i = 0; i < rows.size(); ++i) dst[i] = (*argmax_host_)[at[i]];
 }
 
 std::vector<float> GpuForward::download_main_logits(int R) const {

@@ -28,6 +28,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <optional>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -81,7 +82,14 @@ class GpuForward {
   // main_argmax() [R] and main_streams() [R, hc_mult * hidden] (the last layer's
   // streams, the MTP block's input) hold this pass's rows. Asynchronous: read results
   // with the download functions, which wait.
-  void main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos);
+  // head_rows (ascending row indices; nullopt: every row): only these rows go through the
+  // head, so a prompt chunk pays for the logits of the one row it needs (none, an empty
+  // list, when no prompt ends in it). main_logits() / main_argmax() then hold those rows, compacted
+  // ([head_rows.size(), vocab]); logits_rows_to_host / argmax_rows_to_host still take row
+  // indices of the pass and refuse a row the head did not run on. A pass that leaves rows
+  // out runs eagerly (graphs are captured for full passes only).
+  void main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
+            std::optional<std::span<const int32_t>> head_rows = std::nullopt);
 
   // MTP block m over R rows: row r takes streams row src[r] of main_streams()
   // (from_mtp = false) or of mtp_streams() (true, multi-step drafting), the token tok[r]
@@ -103,12 +111,14 @@ class GpuForward {
   // (feeding the same positions again leaves the state as it was) and returns the GPU
   // time per pass in milliseconds (CUDA events around the launches; graph or eager as
   // configured; a graph not yet captured is captured before timing).
-  double time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos, int reps);
+  double time_main(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos, int reps,
+                   std::optional<std::span<const int32_t>> head_rows = std::nullopt);
 
   // Benchmarks: the main pass run eagerly with CUDA events between op groups; returns
   // (op group, GPU ms per pass) summed over layers, averaged over `reps` passes.
   std::vector<std::pair<std::string, double>> profile_main(std::span<const int32_t> tok, std::span<const int32_t> slot,
-                                                           std::span<const int32_t> pos, int reps);
+                                                           std::span<const int32_t> pos, int reps,
+                                                           std::optional<std::span<const int32_t>> head_rows = std::nullopt);
 
   // Enqueues a copy of the last MTP pass's argmax (R rows) to pinned host memory `dst`
   // without waiting; valid once synchronize() (or a download) has returned.
@@ -162,6 +172,11 @@ class GpuForward {
   void upload_rows(std::span<const int32_t> tok, std::span<const int32_t> slot, std::span<const int32_t> pos,
                    std::span<const int32_t> src, bool tok_from_argmax);
   void launch(Pass pass, int m, int R);
+  // The next main pass's head rows (main(), time_main, profile_main): checked, staged and
+  // uploaded after upload_rows; sets main_head_ and head_index_.
+  void upload_head_rows(std::optional<std::span<const int32_t>> head_rows, int R);
+  // Index of pass row r in main_logits() / main_argmax(); an error when the head skipped it.
+  size_t head_index(int32_t r) const;
   void enqueue(Pass pass, int m, int R);
   // The activation buffers and scratch as the ops see them.
   void views(GpuOps::Buffers& v, GpuScratch& x) const;
@@ -172,7 +187,9 @@ class GpuForward {
   ops::cuda::RopeTable rope_main_, rope_compress_;
   std::unique_ptr<Buffers> buf_;
   std::vector<std::unique_ptr<GpuLayerState>> layer_state_;  // main layers, then MTP blocks
-  int32_t* host_meta_ = nullptr;                          // pinned staging [4, max_rows]
+  int32_t* host_meta_ = nullptr;                          // pinned staging [5, max_rows]
+  int main_head_ = 0;                                     // rows the last main pass's head ran on
+  std::vector<int32_t> head_index_;                       // pass row -> its logits row, -1: none (empty: all)
   cudaEvent_t meta_copied_ = nullptr;
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;  // (pass, m, R)
   std::map<std::tuple<int, int, int>, ops::cuda::GraphNodes> graph_nodes_;

@@ -191,4 +191,11 @@ void GpuOps::copy_streams(float* dst, const float* X) const {
   KILN_CUDA_CHECK(cudaMemcpyAsync(dst, X, bytes, cudaMemcpyDeviceToDevice, s_));
 }
 
+std::pair<const float*, int64_t> GpuOps::head_rows(const float* X) const {
+  if (!head_idx_) return {X, rows_.R};
+  const int w = n_ * H_;
+  ops::cuda::gather_rows(X, w, head_idx_, head_count_, w, b_.Xn, w, s_);
+  return {b_.Xn, head_count_};
+}
+
 }  // namespace kiln::model::cuda

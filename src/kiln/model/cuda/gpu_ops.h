@@ -113,7 +113,15 @@ class GpuOps {
   void mtp_input(float* streams) const;
   void add_broadcast_streams(const float* ep, const float* hp, float* X) const;
   void copy_streams(float* dst, const float* X) const;
-  std::pair<const float*, int64_t> head_rows(const float* X) const { return {X, rows_.R}; }
+  // The rows the head runs on: all of them, or (set_head_rows) the listed ones gathered
+  // into Xn (free once the last layer has run).
+  std::pair<const float*, int64_t> head_rows(const float* X) const;
+  // Only rows idx[0 .. count) (device, ascending) get logits: a prompt chunk needs only
+  // the last row of a prompt that ends in it.
+  void set_head_rows(const int32_t* idx, int count) {
+    head_idx_ = idx;
+    head_count_ = count;
+  }
   // Records a DSpark drafter's target features when set_features was called: for the
   // listed layers the mean over the streams of X (ops/cuda hc_stream_mean).
   void layer_output(size_t l, const float* X) const;
@@ -150,6 +158,8 @@ class GpuOps {
   std::span<const int64_t> feature_layers_;
   const int32_t* key_end_ = nullptr;
   int key_window_ = 0;
+  const int32_t* head_idx_ = nullptr;
+  int head_count_ = 0;
   float eps_, hc_eps_;
   int H_, n_;
 };

@@ -72,7 +72,12 @@ void GpuBackend::main(const PassRows& rows, const Outputs& out) {
   check_outputs(out, rows.size());
   if (rows.empty()) return;
   book_.feed(rows, -1);
-  f_->main(rows.tok, rows.slot, rows.pos);
+  // The head runs only on the rows whose logits or argmax are asked for.
+  std::vector<int32_t> head(out.argmax_rows.begin(), out.argmax_rows.end());
+  head.insert(head.end(), out.logits_rows.begin(), out.logits_rows.end());
+  std::sort(head.begin(), head.end());
+  head.erase(std::unique(head.begin(), head.end()), head.end());
+  f_->main(rows.tok, rows.slot, rows.pos, std::span<const int32_t>(head));
   last_main_rows_ = rows.size();
   deliver(false, out);
 }
