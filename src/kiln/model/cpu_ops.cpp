@@ -152,12 +152,18 @@ void CpuOps::act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const {
   if (precision_ == ops::Precision::DeepSeek) cpu::round_bf16(x, ld, R, n, x, ld);
 }
 
-void CpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, const std::vector<float>& w, float* y) const {
-  cpu::rmsnorm(x, rows, n, w.data(), eps_, y);
+void CpuOps::store(float* x, int64_t ld, int64_t R, int64_t n, ops::Store st) const {
+  if (st == ops::Store::Act) act_bf16(x, ld, R, n);
 }
 
-void CpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const {
+void CpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, const std::vector<float>& w, float* y, ops::Store st) const {
+  cpu::rmsnorm(x, rows, n, w.data(), eps_, y);
+  store(y, n, rows, n, st);
+}
+
+void CpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, float* y, ops::Store st) const {
   cpu::rmsnorm(x, rows, n, nullptr, eps_, y);
+  store(y, n, rows, n, st);
 }
 
 // Sliding-window layers use the main rope (rope_theta); CSA/HCA layers the compress
@@ -166,16 +172,19 @@ const cpu::Rope& CpuOps::rope_of(AttnKind kind) const {
   return kind == AttnKind::SWA ? *k_.rope_main : *k_.rope_compress;
 }
 
-void CpuOps::rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n,
-                  bool inverse) const {
+void CpuOps::rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse,
+                  ops::Store st) const {
   const cpu::Rope& r = rope_of(kind);
+  for (int64_t h = 0; h < heads; ++h) store(x + h * head_stride, ld, rows_.R, n, st);
   for (int64_t t = 0; t < rows_.R; ++t) r.apply_heads(x + t * ld, heads, n, head_stride, rows_.pos[static_cast<size_t>(t)], inverse);
+  for (int64_t h = 0; h < heads; ++h) store(x + h * head_stride, ld, rows_.R, n, st);
 }
 
-void CpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const {
+void CpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor, ops::Store st) const {
   for (int64_t t = 0; t < R; ++t) {
     for (int64_t i = 0; i < n; ++i) x[t * ld + i] *= factor;
   }
+  store(x, ld, R, n, st);
 }
 
 void CpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const {
@@ -190,8 +199,8 @@ void CpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, const 
 
 // ---- mHC ----------------------------------------------------------------------------------
 
-void CpuOps::hc_pre(const HyperConnection& hc, const float* X, int64_t R, float* collapsed, float* post,
-                    float* comb) const {
+void CpuOps::hc_pre(const HyperConnection& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb,
+                    ops::Store st) const {
   cpu::HcParams p;
   p.n = c_.hc_mult;
   p.hidden = c_.hidden_size;
@@ -202,14 +211,19 @@ void CpuOps::hc_pre(const HyperConnection& hc, const float* X, int64_t R, float*
   p.hc_eps = hc_eps_;
   p.norm_eps = eps_;
   cpu::hc_pre(p, X, R, collapsed, post, comb, k_.pool);
+  store(collapsed, c_.hidden_size, R, c_.hidden_size, st);
 }
 
-void CpuOps::hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const {
+void CpuOps::hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out,
+                     ops::Store st) const {
   cpu::hc_post(c_.hc_mult, c_.hidden_size, X, R, y, post, comb, out);
+  const int64_t nH = c_.hc_mult * c_.hidden_size;
+  store(out, nH, R, nH, st);
 }
 
-void CpuOps::hc_head(const HyperHead& hh, const float* X, int64_t R, float* h) const {
+void CpuOps::hc_head(const HyperHead& hh, const float* X, int64_t R, float* h, ops::Store st) const {
   cpu::hc_head(c_.hc_mult, c_.hidden_size, hh.fn.data.data(), hh.base.data(), hh.scale, hc_eps_, eps_, X, R, h, k_.pool);
+  store(h, c_.hidden_size, R, c_.hidden_size, st);
 }
 
 // ---- attention state ----------------------------------------------------------------------
@@ -260,9 +274,11 @@ void CpuOps::routed_experts(const Moe& m, const float* x, const int64_t* idx, co
                    ye);
 }
 
-void CpuOps::moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out) const {
+void CpuOps::moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out,
+                         ops::Store st) const {
   cpu::moe_combine(ye, idx, wt, rows_.R, c_.num_experts_per_tok, c_.hidden_size, shared, out);
   if (shard_.world > 1) k_.comm->all_reduce_sum(shard_.rank, out, rows_.R * c_.hidden_size);
+  store(out, c_.hidden_size, rows_.R, c_.hidden_size, st);
 }
 
 // ---- rows in and out ----------------------------------------------------------------------

@@ -78,17 +78,24 @@ class CpuOps {
                       float* y, int64_t ldy) const;
   static int64_t out_features(const Linear& l) { return l.out; }
 
-  void rmsnorm(const float* x, int64_t rows, int64_t n, const std::vector<float>& w, float* y) const;
-  void rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const;
-  void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse) const;
-  void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const;
+  // st = Store::Act: the output is an activation (ops::Store); for rope, every channel of
+  // the rotated vectors is rounded before and after the rotation.
+  void rmsnorm(const float* x, int64_t rows, int64_t n, const std::vector<float>& w, float* y,
+               ops::Store st = ops::Store::Plain) const;
+  void rmsnorm(const float* x, int64_t rows, int64_t n, float* y, ops::Store st = ops::Store::Plain) const;
+  void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse,
+            ops::Store st = ops::Store::Plain) const;
+  void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor, ops::Store st = ops::Store::Plain) const;
   void swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const;
   ops::Precision precision() const { return precision_; }
   void act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const;
 
-  void hc_pre(const HyperConnection& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb) const;
-  void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const;
-  void hc_head(const HyperHead& hh, const float* X, int64_t R, float* h) const;
+  // st applies to collapsed (hc_pre) and out (hc_post).
+  void hc_pre(const HyperConnection& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb,
+              ops::Store st = ops::Store::Plain) const;
+  void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out,
+               ops::Store st = ops::Store::Plain) const;
+  void hc_head(const HyperHead& hh, const float* X, int64_t R, float* h, ops::Store st = ops::Store::Plain) const;
 
   void compressor_feed(const Layer& st, ops::CompressorRole role, const Compressor& cp, AttnKind kind, const float* a,
                        const float* z) const;
@@ -99,7 +106,8 @@ class CpuOps {
 
   void route(const Moe& m, const float* logits, int64_t* idx, float* wt) const;
   void routed_experts(const Moe& m, const float* x, const int64_t* idx, const float* wt, float* ye);
-  void moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out) const;
+  void moe_combine(const float* ye, const int64_t* idx, const float* wt, const float* shared, float* out,
+                   ops::Store st = ops::Store::Plain) const;
 
   void embed_streams(const Tensor& embed, float* X) const;
   void embed_rows(const Tensor& embed, float* e) const;
@@ -118,6 +126,8 @@ class CpuOps {
 
  private:
   const ops::cpu::Rope& rope_of(AttnKind kind) const;
+  // act_bf16 of [R, n] at x (rows ld apart) when st is Store::Act.
+  void store(float* x, int64_t ld, int64_t R, int64_t n, ops::Store st) const;
   // x as linear l reads it: x itself, or act_quant-ed into `scratch` (rows ldx apart).
   const float* linear_input(const Linear& l, const float* x, int64_t ldx, int64_t R, std::vector<float>& scratch) const;
   void linear_output(const Linear& l, float* y, int64_t ldy, int64_t R, int64_t n) const;

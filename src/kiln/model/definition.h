@@ -23,7 +23,10 @@
 //   act_bf16).
 //   Precision (ops/linear_numerics.h): precision(); act_bf16(x, ld, R, n): x holds a tensor
 //   DeepSeek's code holds in bf16 at this point; `deepseek` rounds it to bf16, `exact`
-//   leaves it (the linears apply their own numerics inside linear*).
+//   leaves it (the linears apply their own numerics inside linear*). rmsnorm, rope,
+//   scale_rows, hc_pre, hc_post, hc_head and moe_combine take a last ops::Store argument:
+//   Act is the same as an act_bf16 of what they write right after them (rope: of the
+//   rotated vectors before and after), in the op's own launch on the GPU.
 //   mHC: hc_pre(hc, X, R, collapsed, post, comb); hc_post(X, R, y, post, comb, out);
 //   hc_head(head, X, R, h).
 //   Attention state: compressor_feed(layer, role, compressor, kind, kv_rows, score_rows);
@@ -52,6 +55,7 @@ namespace kiln::model::def {
 
 using ops::AttnKeys;
 using ops::CompressorRole;
+inline constexpr ops::Store Act = ops::Store::Act;
 
 // The activation buffers of one pass, by the names the definition uses. Index: the
 // backend's expert index type; Selection: its form of the indexer's picks.
@@ -106,17 +110,13 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
   const int64_t R = ops.rows(), D = c.head_dim, nh = c.num_heads, qr = c.q_lora_rank;
   // q path and the single K=V head, each rotated at its row's position.
   ops.linear2(a.wq_a, x, b.qres, a.wkv, x, b.kv, R);
-  ops.rmsnorm(b.qres, R, qr, a.q_norm, b.qres);
-  ops.act_bf16(b.qres, qr, R, qr);
+  // Store::Act: the op's output is rounded as an act_bf16 after it would (ops::Store).
+  ops.rmsnorm(b.qres, R, qr, a.q_norm, b.qres, Act);
   ops.linear(a.wq_b, b.qres, R, b.q);
-  ops.rmsnorm(b.q, R * nh, D, b.q);  // per-head unweighted RMS norm
-  ops.act_bf16(b.q, nh * D, R, nh * D);
-  ops.rope(a.kind, b.q, nh * D, nh, D, D, false);
-  ops.act_bf16(b.q, nh * D, R, nh * D);
-  ops.rmsnorm(b.kv, R, D, a.kv_norm, b.kv);
-  ops.act_bf16(b.kv, D, R, D);
-  ops.rope(a.kind, b.kv, D, 1, D, D, false);
-  ops.act_bf16(b.kv, D, R, D);
+  ops.rmsnorm(b.q, R * nh, D, b.q, Act);  // per-head unweighted RMS norm
+  ops.rope(a.kind, b.q, nh * D, nh, D, D, false, Act);
+  ops.rmsnorm(b.kv, R, D, a.kv_norm, b.kv, Act);
+  ops.rope(a.kind, b.kv, D, 1, D, D, false, Act);
   ops.mark("attn q/kv projections, norms, rope");
 
   // Compressed entries: every row of the step is fed first; visibility is per query.
@@ -130,10 +130,9 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
     ops.mark("indexer compressor");
     const int64_t ih = c.index_n_heads, id = c.index_head_dim;
     ops.linear2(ix.wq_b, b.qres, b.iq, ix.weights_proj, x, b.iw, R);
-    ops.rope(a.kind, b.iq, ih * id, ih, id, id, false);
-    ops.act_bf16(b.iq, ih * id, R, ih * id);
-    ops.scale_rows(b.iw, ih, R, ih, fpow(static_cast<double>(ih), -0.5));
-    ops.act_bf16(b.iw, ih, R, ih);
+    // (a rope with Store::Act also rounds its input: iq is wq_b's output, bf16 already)
+    ops.rope(a.kind, b.iq, ih * id, ih, id, id, false, Act);
+    ops.scale_rows(b.iw, ih, R, ih, fpow(static_cast<double>(ih), -0.5), Act);
     ops.mark("indexer projections");
     ops.indexer_select(st, b.iq, b.iw, ih, id, fpow(static_cast<double>(id), -0.5), c.index_topk, b.sel);
     ops.mark("indexer top-k");
@@ -142,10 +141,9 @@ void attention(Ops& ops, const Attn& a, Layer& st, const float* x, float* out) {
                         : a.kind == AttnKind::HCA ? AttnKeys::WindowAndAll
                                                   : AttnKeys::Window;
   ops.attend(st, a.kind, b.q, b.kv, a.sink, fpow(static_cast<double>(D), -0.5), keys, b.sel, b.o);
-  ops.act_bf16(b.o, nh * D, R, nh * D);
-  // K = V carried the rotation into the output: undo it at the query position.
-  ops.rope(a.kind, b.o, nh * D, nh, D, D, true);
-  ops.act_bf16(b.o, nh * D, R, nh * D);
+  // K = V carried the rotation into the output: undo it at the query position (o rounded
+  // to bf16 before and after).
+  ops.rope(a.kind, b.o, nh * D, nh, D, D, true, Act);
   ops.mark("attention core + inverse rope");
   // Grouped output projection: heads split in G contiguous groups, each projected by its
   // own [o_lora_rank, nh*D/G] block of wo_a, then wo_b over the concatenation.
@@ -188,8 +186,7 @@ void moe(Ops& ops, const Moe& m, const float* x, float* out) {
     shared = b.sy;
     ops.mark("moe shared expert");
   }
-  ops.moe_combine(b.ye, b.idx, weight_first ? nullptr : b.wt, shared, out);
-  ops.act_bf16(out, ops.config().hidden_size, R, ops.config().hidden_size);
+  ops.moe_combine(b.ye, b.idx, weight_first ? nullptr : b.wt, shared, out, Act);
   ops.mark("moe combine");
 }
 
@@ -199,24 +196,17 @@ template <class Ops, class Block, class Attend>
 void block_with(Ops& ops, const Block& blk, float*& X, float*& Xn, Attend&& attend) {
   auto& b = ops.buf();
   const int64_t R = ops.rows(), H = ops.config().hidden_size;
-  const int64_t nH = ops.config().hc_mult * H;
-  ops.hc_pre(blk.hc_attn, X, R, b.u, b.post, b.comb);
-  ops.act_bf16(b.u, H, R, H);
-  ops.rmsnorm(b.u, R, H, blk.attn_norm, b.u);
-  ops.act_bf16(b.u, H, R, H);
+  ops.hc_pre(blk.hc_attn, X, R, b.u, b.post, b.comb, Act);
+  ops.rmsnorm(b.u, R, H, blk.attn_norm, b.u, Act);
   ops.mark("mHC pre + norm");
   attend(static_cast<const float*>(b.u), b.y);
-  ops.hc_post(X, R, b.y, b.post, b.comb, Xn);
-  ops.act_bf16(Xn, nH, R, nH);
+  ops.hc_post(X, R, b.y, b.post, b.comb, Xn, Act);
   std::swap(X, Xn);
-  ops.hc_pre(blk.hc_ffn, X, R, b.u, b.post, b.comb);
-  ops.act_bf16(b.u, H, R, H);
-  ops.rmsnorm(b.u, R, H, blk.ffn_norm, b.u);
-  ops.act_bf16(b.u, H, R, H);
+  ops.hc_pre(blk.hc_ffn, X, R, b.u, b.post, b.comb, Act);
+  ops.rmsnorm(b.u, R, H, blk.ffn_norm, b.u, Act);
   ops.mark("mHC post + pre + norm");
   moe(ops, blk.ffn, b.u, b.y);
-  ops.hc_post(X, R, b.y, b.post, b.comb, Xn);
-  ops.act_bf16(Xn, nH, R, nH);
+  ops.hc_post(X, R, b.y, b.post, b.comb, Xn, Act);
   std::swap(X, Xn);
   ops.mark("mHC post");
 }
@@ -232,10 +222,8 @@ template <class Ops, class Head, class Norm, class Linear>
 void head(Ops& ops, const Head& hh, const Norm& norm, const Linear& head_w, const float* X, int64_t Rh, float* logits) {
   auto& b = ops.buf();
   const int64_t H = ops.config().hidden_size;
-  ops.hc_head(hh, X, Rh, b.h);
-  ops.act_bf16(b.h, H, Rh, H);
-  ops.rmsnorm(b.h, Rh, H, norm, b.h);
-  ops.act_bf16(b.h, H, Rh, H);
+  ops.hc_head(hh, X, Rh, b.h, Act);
+  ops.rmsnorm(b.h, Rh, H, norm, b.h, Act);
   ops.mark("head mHC + norm");
   ops.linear(head_w, b.h, Rh, logits);
   ops.mark("head linear");
@@ -282,11 +270,9 @@ void mtp_pass(Ops& ops, const Weights& w, size_t m, float* streams, float* logit
   float* Xn = b.Xn;
   ops.mtp_input(b.mtp_in);
   ops.embed_rows(w.embed, b.e);
-  ops.rmsnorm(b.e, R, H, mb.enorm, b.e);
-  ops.act_bf16(b.e, H, R, H);
+  ops.rmsnorm(b.e, R, H, mb.enorm, b.e, Act);
   ops.linear(mb.e_proj, b.e, R, b.ep);
-  ops.rmsnorm(b.mtp_in, R * n, H, mb.hnorm, b.hs);
-  ops.act_bf16(b.hs, H, R * n, H);
+  ops.rmsnorm(b.mtp_in, R * n, H, mb.hnorm, b.hs, Act);
   ops.linear(mb.h_proj, b.hs, R * n, X);
   ops.add_broadcast_streams(b.ep, X, X);
   ops.act_bf16(X, n * H, R, n * H);

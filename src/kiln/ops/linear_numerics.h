@@ -31,6 +31,12 @@ enum class Precision : uint8_t { Exact, DeepSeek };
 
 constexpr std::string_view precision_name(Precision p) { return p == Precision::Exact ? "exact" : "deepseek"; }
 
+// What an op of the model definition does with the values it writes. Plain: fp32 as
+// computed. Act: they are activations, which the deepseek precision rounds to bf16 as an
+// act_bf16 after the op would (exact keeps fp32); a GPU kernel rounds them on the store
+// instead of a separate launch.
+enum class Store : uint8_t { Plain, Act };
+
 // What DeepSeek's code declares a linear layer as (see above).
 enum class LinearRole : uint8_t {
   Quantized,  // the checkpoint's dtype: FP8 / FP4 GEMM on quantized activations

@@ -196,15 +196,12 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
       GpuOps ops = f_.pass_ops(rows, rings_, rope_.view());
       // main_x = main_norm(main_proj(F)); per stage rope(kv_norm(wkv(main_x))) into its ring.
       ops.linear(w_.main_proj, b.feats.get(), n, b.mx.get());
-      ops.rmsnorm(b.mx.get(), n, H, w_.main_norm, b.mx.get());
-      ops.act_bf16(b.mx.get(), H, n, H);
+      ops.rmsnorm(b.mx.get(), n, H, w_.main_norm, b.mx.get(), ops::Store::Act);
       for (size_t s = 0; s < w_.stages.size(); ++s) {
         const GpuAttention& a = w_.stages[s].attn;
         ops.linear(a.wkv, b.mx.get(), n, b.kv.get());
-        ops.rmsnorm(b.kv.get(), n, D, a.kv_norm, b.kv.get());
-        ops.act_bf16(b.kv.get(), D, n, D);
-        ops.rope(AttnKind::SWA, b.kv.get(), D, 1, D, D, false);
-        ops.act_bf16(b.kv.get(), D, n, D);
+        ops.rmsnorm(b.kv.get(), n, D, a.kv_norm, b.kv.get(), ops::Store::Act);
+        ops.rope(AttnKind::SWA, b.kv.get(), D, 1, D, D, false, ops::Store::Act);
         oc::window_write(rows, b.kv.get(), D, rings_[s]->ring, st);
       }
     };
@@ -285,11 +282,9 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     for (size_t s = 0; s < w_.stages.size(); ++s) def::block(ops, w_.stages[s], ops.layer(s), X, Xn);
     // hc_head (pre-norm h), rows reordered k-major, norm, the target's head: U_k of round
     // i is row k * n + i of base.
-    ops.hc_head(w_.hc_head, X, T, b.hpre.get());
-    ops.act_bf16(b.hpre.get(), H, T, H);
+    ops.hc_head(w_.hc_head, X, T, b.hpre.get(), ops::Store::Act);
     oc::gather_rows(b.hpre.get(), H, b.perm.get(), T, static_cast<int>(H), b.hk.get(), H, st);
-    ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get());
-    ops.act_bf16(b.hn.get(), H, T, H);
+    ops.rmsnorm(b.hk.get(), T, H, w_.norm, b.hn.get(), ops::Store::Act);
     ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
   };
   // Markov step k for every round of the group: e_k = markov_w1[prev] (into b.e's step-k

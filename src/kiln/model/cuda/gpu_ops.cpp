@@ -55,21 +55,24 @@ void GpuOps::linear_grouped(const QuantLinear& l, const float* x, int64_t ldx, i
   l.forward_grouped(x, ldx, in_per_group, static_cast<int>(R), static_cast<int>(G), y, ldy, s_);
 }
 
-void GpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, const DeviceArray<float>& w, float* y) const {
-  oc::rmsnorm(x, n, static_cast<int>(rows), static_cast<int>(n), w.get(), eps_, y, n, s_);
+bool GpuOps::bf16(ops::Store st) const { return st == ops::Store::Act && precision_ == ops::Precision::DeepSeek; }
+
+void GpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, const DeviceArray<float>& w, float* y, ops::Store st) const {
+  oc::rmsnorm(x, n, static_cast<int>(rows), static_cast<int>(n), w.get(), eps_, y, n, s_, bf16(st));
 }
 
-void GpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const {
-  oc::rmsnorm(x, n, static_cast<int>(rows), static_cast<int>(n), nullptr, eps_, y, n, s_);
+void GpuOps::rmsnorm(const float* x, int64_t rows, int64_t n, float* y, ops::Store st) const {
+  oc::rmsnorm(x, n, static_cast<int>(rows), static_cast<int>(n), nullptr, eps_, y, n, s_, bf16(st));
 }
 
-void GpuOps::rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n,
-                  bool inverse) const {
-  oc::rope_rows(rows_, x, ld, static_cast<int>(heads), head_stride, static_cast<int>(n), rope_of(kind), inverse, s_);
+void GpuOps::rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse,
+                  ops::Store st) const {
+  oc::rope_rows(rows_, x, ld, static_cast<int>(heads), head_stride, static_cast<int>(n), rope_of(kind), inverse, s_,
+                bf16(st));
 }
 
-void GpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const {
-  oc::scale_rows(x, ld, static_cast<int>(R), static_cast<int>(n), factor, s_);
+void GpuOps::scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor, ops::Store st) const {
+  oc::scale_rows(x, ld, static_cast<int>(R), static_cast<int>(n), factor, s_, bf16(st));
 }
 
 void GpuOps::swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const {
@@ -83,7 +86,8 @@ void GpuOps::act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const {
 
 // ---- mHC ----------------------------------------------------------------------------------
 
-void GpuOps::hc_pre(const GpuHyper& h, const float* X, int64_t R, float* collapsed, float* post, float* comb) const {
+void GpuOps::hc_pre(const GpuHyper& h, const float* X, int64_t R, float* collapsed, float* post, float* comb,
+                    ops::Store st) const {
   oc::HcParams d;
   d.n = n_;
   d.hidden = H_;
@@ -94,15 +98,16 @@ void GpuOps::hc_pre(const GpuHyper& h, const float* X, int64_t R, float* collaps
   d.hc_eps = hc_eps_;
   d.norm_eps = eps_;
   d.workspace = x_.hc_work;
-  oc::hc_pre(d, X, static_cast<int>(R), collapsed, post, comb, s_);
+  oc::hc_pre(d, X, static_cast<int>(R), collapsed, post, comb, s_, bf16(st));
 }
 
-void GpuOps::hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const {
-  oc::hc_post(n_, H_, X, static_cast<int>(R), y, post, comb, out, s_);
+void GpuOps::hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out,
+                     ops::Store st) const {
+  oc::hc_post(n_, H_, X, static_cast<int>(R), y, post, comb, out, s_, bf16(st));
 }
 
-void GpuOps::hc_head(const GpuHead& hh, const float* X, int64_t R, float* h) const {
-  oc::hc_head(n_, H_, hh.fn.get(), hh.base.get(), hh.scale, hc_eps_, eps_, X, static_cast<int>(R), h, s_);
+void GpuOps::hc_head(const GpuHead& hh, const float* X, int64_t R, float* h, ops::Store st) const {
+  oc::hc_head(n_, H_, hh.fn.get(), hh.base.get(), hh.scale, hc_eps_, eps_, X, static_cast<int>(R), h, s_, bf16(st));
 }
 
 // ---- attention state ----------------------------------------------------------------------
@@ -155,8 +160,9 @@ void GpuOps::routed_experts(const GpuMoe& m, const float* x, const int32_t* idx,
   m.w2.forward_indexed(x_.g, I, 1, idx, R * K, ye, H_, s_);
 }
 
-void GpuOps::moe_combine(const float* ye, const int32_t* idx, const float* wt, const float* shared, float* out) const {
-  oc::moe_combine(ye, H_, idx, wt, rows_.R, static_cast<int>(c_.num_experts_per_tok), H_, shared, out, s_);
+void GpuOps::moe_combine(const float* ye, const int32_t* idx, const float* wt, const float* shared, float* out,
+                         ops::Store st) const {
+  oc::moe_combine(ye, H_, idx, wt, rows_.R, static_cast<int>(c_.num_experts_per_tok), H_, shared, out, s_, bf16(st));
 }
 
 // ---- rows in and out ----------------------------------------------------------------------

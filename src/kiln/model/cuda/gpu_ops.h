@@ -85,17 +85,24 @@ class GpuOps {
                       float* y, int64_t ldy) const;
   static int64_t out_features(const QuantLinear& l) { return l.n(); }
 
-  void rmsnorm(const float* x, int64_t rows, int64_t n, const DeviceArray<float>& w, float* y) const;
-  void rmsnorm(const float* x, int64_t rows, int64_t n, float* y) const;
-  void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse) const;
-  void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor) const;
+  // st = Store::Act (ops::Store): under deepseek the kernel rounds what it writes to bf16
+  // (rope: every channel of the rotated vectors, before and after), no launch of its own.
+  void rmsnorm(const float* x, int64_t rows, int64_t n, const DeviceArray<float>& w, float* y,
+               ops::Store st = ops::Store::Plain) const;
+  void rmsnorm(const float* x, int64_t rows, int64_t n, float* y, ops::Store st = ops::Store::Plain) const;
+  void rope(AttnKind kind, float* x, int64_t ld, int64_t heads, int64_t head_stride, int64_t n, bool inverse,
+            ops::Store st = ops::Store::Plain) const;
+  void scale_rows(float* x, int64_t ld, int64_t R, int64_t n, float factor, ops::Store st = ops::Store::Plain) const;
   void swiglu(const float* g, const float* u, int64_t R, int64_t I, const float* row_weight, float* out) const;
   ops::Precision precision() const { return precision_; }
   void act_bf16(float* x, int64_t ld, int64_t R, int64_t n) const;
 
-  void hc_pre(const GpuHyper& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb) const;
-  void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out) const;
-  void hc_head(const GpuHead& hh, const float* X, int64_t R, float* h) const;
+  // st applies to collapsed (hc_pre) and out (hc_post).
+  void hc_pre(const GpuHyper& hc, const float* X, int64_t R, float* collapsed, float* post, float* comb,
+              ops::Store st = ops::Store::Plain) const;
+  void hc_post(const float* X, int64_t R, const float* y, const float* post, const float* comb, float* out,
+               ops::Store st = ops::Store::Plain) const;
+  void hc_head(const GpuHead& hh, const float* X, int64_t R, float* h, ops::Store st = ops::Store::Plain) const;
 
   void compressor_feed(const GpuLayerState& st, ops::CompressorRole role, const GpuCompressor& cp, AttnKind kind,
                        const float* a, const float* z) const;
@@ -106,7 +113,8 @@ class GpuOps {
 
   void route(const GpuMoe& m, const float* logits, int32_t* idx, float* wt) const;
   void routed_experts(const GpuMoe& m, const float* x, const int32_t* idx, const float* wt, float* ye) const;
-  void moe_combine(const float* ye, const int32_t* idx, const float* wt, const float* shared, float* out) const;
+  void moe_combine(const float* ye, const int32_t* idx, const float* wt, const float* shared, float* out,
+                   ops::Store st = ops::Store::Plain) const;
 
   void embed_streams(const DeviceArray<float>& embed, float* X) const;
   void embed_rows(const DeviceArray<float>& embed, float* e) const;
@@ -143,6 +151,7 @@ class GpuOps {
   }
 
  private:
+  bool bf16(ops::Store st) const;  // round what the kernel writes to bf16
   ops::cuda::RopeView rope_of(AttnKind kind) const { return kind == AttnKind::SWA ? rope_main_ : rope_compress_; }
 
   const ModelConfig& c_;

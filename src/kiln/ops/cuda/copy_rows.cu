@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 
 namespace kiln::ops::cuda {
@@ -15,9 +16,10 @@ __global__ void gather_rows_kernel(const float* __restrict__ src, int64_t ld_src
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) d[c] = s[c];
 }
 
-__global__ void scale_rows_kernel(float* __restrict__ x, int64_t ld, int n, float factor) {
+__global__ void scale_rows_kernel(float* __restrict__ x, int64_t ld, int n, float factor, bool bf16_out) {
   float* row = x + blockIdx.y * ld;
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n; c += gridDim.x * blockDim.x) row[c] *= factor;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n; c += gridDim.x * blockDim.x)
+    row[c] = bf16_round_if(row[c] * factor, bf16_out);
 }
 
 unsigned blocks_for(int width) { return static_cast<unsigned>(std::min((width + 255) / 256, 64)); }
@@ -33,10 +35,10 @@ void gather_rows(const float* src, int64_t ld_src, const int32_t* idx, int R, in
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-void scale_rows(float* x, int64_t ld, int R, int n, float factor, cudaStream_t stream) {
+void scale_rows(float* x, int64_t ld, int R, int n, float factor, cudaStream_t stream, bool bf16_out) {
   if (R <= 0 || n <= 0) return;
   if (!x) fail(ErrorKind::Usage, "scale_rows: null pointer");
-  scale_rows_kernel<<<dim3(blocks_for(n), static_cast<unsigned>(R)), 256, 0, stream>>>(x, ld, n, factor);
+  scale_rows_kernel<<<dim3(blocks_for(n), static_cast<unsigned>(R)), 256, 0, stream>>>(x, ld, n, factor, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

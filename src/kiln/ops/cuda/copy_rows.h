@@ -13,7 +13,7 @@ namespace kiln::ops::cuda {
 void gather_rows(const float* src, int64_t ld_src, const int32_t* idx, int R, int width, float* dst, int64_t ld_dst,
                  cudaStream_t stream);
 
-// x[r, c] *= factor for r < R, c < n (rows ld apart).
-void scale_rows(float* x, int64_t ld, int R, int n, float factor, cudaStream_t stream);
+// x[r, c] *= factor for r < R, c < n (rows ld apart); bf16_out: the products rounded to bf16.
+void scale_rows(float* x, int64_t ld, int R, int n, float factor, cudaStream_t stream, bool bf16_out = false);
 
 }  // namespace kiln::ops::cuda

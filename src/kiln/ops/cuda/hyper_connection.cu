@@ -5,6 +5,7 @@
 // the CPU rounds separately are written __fmul_rn / __fadd_rn so nvcc cannot fuse them.
 #include <algorithm>
 
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/hyper_connection.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -57,11 +58,12 @@ __device__ void row_mixes(const float* x, int W, const float* __restrict__ fn, i
 }
 
 // out[d] = sum_i pre[i] * X[i, d] in stream order from 0 (the CPU's collapse).
-__device__ __forceinline__ void collapse(int n, int H, const float* X, const float* pre, float* out) {
+// bf16_out: each value rounded to bf16 as it is written.
+__device__ __forceinline__ void collapse(int n, int H, const float* X, const float* pre, float* out, bool bf16_out = false) {
   for (int d = threadIdx.x; d < H; d += blockDim.x) {
     float acc = 0.0f;
     for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(pre[i], X[static_cast<int64_t>(i) * H + d]));
-    out[d] = acc;
+    out[d] = bf16_round_if(acc, bf16_out);
   }
 }
 
@@ -124,7 +126,7 @@ __device__ void mixes_from_partials(const float* part, int t, int splits, int W,
 }
 
 __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const float* __restrict__ X, float* collapsed,
-                                                          float* post, float* comb, int splits) {
+                                                          float* post, float* comb, int splits, bool bf16_out) {
   __shared__ float m[kMaxMixes];
   __shared__ float pre[kMaxStreams];
   const int n = p.n, H = p.hidden, W = n * H, t = blockIdx.x;
@@ -170,12 +172,13 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const floa
     if (lane < n * n) comb[static_cast<int64_t>(t) * n * n + lane] = v;
   }
   __syncthreads();
-  collapse(n, H, Xt, pre, collapsed + static_cast<int64_t>(t) * H);
+  collapse(n, H, Xt, pre, collapsed + static_cast<int64_t>(t) * H, bf16_out);
 }
 
 __global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const float* __restrict__ fn,
                                                            const float* __restrict__ base, float scale, float hc_eps,
-                                                           float norm_eps, const float* __restrict__ X, float* h) {
+                                                           float norm_eps, const float* __restrict__ X, float* h,
+                                                           bool bf16_out) {
   __shared__ float scratch[32 * kMaxStreams];
   __shared__ float m[kMaxStreams];
   __shared__ float pre[kMaxStreams];
@@ -184,12 +187,13 @@ __global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const f
   row_mixes<kMaxStreams>(Xt, W, fn, n, norm_eps, m, scratch);
   if (threadIdx.x < n) pre[threadIdx.x] = sigmoid(__fadd_rn(__fmul_rn(m[threadIdx.x], scale), base[threadIdx.x])) + hc_eps;
   __syncthreads();
-  collapse(n, H, Xt, pre, h + static_cast<int64_t>(t) * H);
+  collapse(n, H, Xt, pre, h + static_cast<int64_t>(t) * H, bf16_out);
 }
 
 // One thread per output value: out[t, j, d] = post[t, j] * y[t, d] + sum_i comb[t, i, j] * X[t, i, d].
 __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_t total, const float* __restrict__ y,
-                               const float* __restrict__ post, const float* __restrict__ comb, float* __restrict__ out) {
+                               const float* __restrict__ post, const float* __restrict__ comb, float* __restrict__ out,
+                               bool bf16_out) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = e % H, tj = e / H, t = tj / n;
@@ -198,7 +202,7 @@ __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_
     const float* Xt = X + t * n * H;
     float acc = __fmul_rn(post[tj], y[t * H + d]);
     for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(c[i * n + j], Xt[static_cast<int64_t>(i) * H + d]));
-    out[e] = acc;
+    out[e] = bf16_round_if(acc, bf16_out);
   }
 }
 
@@ -227,7 +231,8 @@ int hc_mix_splits(int width) { return device::hc_mix_splits(width); }
 
 int64_t hc_pre_workspace_floats(int R, int n, int hidden) { return device::hc_pre_workspace_floats(R, n, hidden); }
 
-void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream) {
+void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream,
+            bool bf16_out) {
   check_shape("hc_pre", p.n, p.hidden, R);
   if (R == 0) return;
   if (p.fn == nullptr || p.base == nullptr || p.scale == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null fn, base or scale");
@@ -239,12 +244,12 @@ void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* p
   mix_partial_kernel<kMaxMixes><<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(R)), kPartThreads, 0, stream>>>(
       X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n, p.workspace);
   KILN_CUDA_CHECK_LAUNCH();
-  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits);
+  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,
-             cudaStream_t stream) {
+             cudaStream_t stream, bool bf16_out) {
   check_shape("hc_post", n, H, R);
   if (R == 0) return;
   if (X == nullptr || y == nullptr || post == nullptr || comb == nullptr || out == nullptr) {
@@ -254,16 +259,16 @@ void hc_post(int n, int H, const float* X, int R, const float* y, const float* p
   const int64_t total = static_cast<int64_t>(R) * n * H;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  hc_post_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, y, post, comb, out);
+  hc_post_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, y, post, comb, out, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
-             int R, float* h, cudaStream_t stream) {
+             int R, float* h, cudaStream_t stream, bool bf16_out) {
   check_shape("hc_head", n, H, R);
   if (R == 0) return;
   if (fn == nullptr || base == nullptr || X == nullptr || h == nullptr) fail(ErrorKind::Usage, "cuda::hc_head: null fn, base, X or h");
-  hc_head_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(n, H, fn, base, scale, hc_eps, norm_eps, X, h);
+  hc_head_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(n, H, fn, base, scale, hc_eps, norm_eps, X, h, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

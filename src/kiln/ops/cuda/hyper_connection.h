@@ -21,15 +21,18 @@ int64_t hc_pre_workspace_floats(int R, int n, int hidden);
 
 // collapsed [R, H], post [R, n], comb [R, n, n] as cpu::hc_pre (up to the association of
 // the mix sums: m = (sum of the splits' partial fn . x) * rsqrt(mean(x^2) + eps)).
-void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream);
+// bf16_out: collapsed rounded to bf16 as it is written (post and comb stay fp32).
+void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* post, float* comb, cudaStream_t stream,
+            bool bf16_out = false);
 
-// out [R, n, H] = cpu::hc_post (out must not alias X).
+// out [R, n, H] = cpu::hc_post (out must not alias X); bf16_out: rounded to bf16 as written.
 void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,
-             cudaStream_t stream);
+             cudaStream_t stream, bool bf16_out = false);
 
-// h [R, H] as cpu::hc_head: fn [n, n*H], base [n] (device), scale a host float.
+// h [R, H] as cpu::hc_head: fn [n, n*H], base [n] (device), scale a host float;
+// bf16_out: h rounded to bf16 as it is written.
 void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
-             int R, float* h, cudaStream_t stream);
+             int R, float* h, cudaStream_t stream, bool bf16_out = false);
 
 // out [R, H] (rows ld_out apart) = cpu::hc_stream_mean: per value the streams summed in
 // ascending order from 0, then divided by n (bitwise the CPU's).

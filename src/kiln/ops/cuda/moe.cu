@@ -6,6 +6,7 @@
 
 #include <cuda_bf16.h>
 
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/moe.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -107,7 +108,7 @@ __global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int ro
     }
     float v = __fmul_rn(gv / (1.0f + expf(-gv)), uv);
     if (row_weight != nullptr) v = __fmul_rn(v, row_weight[r]);
-    if (bf16_out) v = __bfloat162float(__float2bfloat16_rn(v));
+    v = bf16_round_if(v, bf16_out);
     out[r * ldo + c] = v;
   }
 }
@@ -116,7 +117,7 @@ __global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int ro
 // order), the order in which the CPU's expert loop adds them into a zeroed row.
 __global__ void moe_combine_kernel(const float* __restrict__ y, int64_t ldy, const int32_t* __restrict__ idx,
                                    const float* __restrict__ wt, int K, int H, const float* __restrict__ shared,
-                                   float* __restrict__ out) {
+                                   float* __restrict__ out, bool bf16_out) {
   __shared__ int order[kMaxTopK];
   const int64_t r = blockIdx.x;
   if (threadIdx.x == 0) {
@@ -140,7 +141,7 @@ __global__ void moe_combine_kernel(const float* __restrict__ y, int64_t ldy, con
     acc = __fadd_rn(acc, wt != nullptr ? __fmul_rn(yv, wt[r * K + k]) : yv);
   }
   if (shared != nullptr) acc = __fadd_rn(acc, shared[r * H + d]);
-  out[r * H + d] = acc;
+  out[r * H + d] = bf16_round_if(acc, bf16_out);
 }
 
 }  // namespace
@@ -180,7 +181,7 @@ void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float l
 }
 
 void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* wt, int R, int K, int H,
-                 const float* shared, float* out, cudaStream_t stream) {
+                 const float* shared, float* out, cudaStream_t stream, bool bf16_out) {
   if (R < 0 || H < 1) fail(ErrorKind::Usage, "cuda::moe_combine: {} rows of {} values; expected R >= 0, H > 0", R, H);
   if (K < 1 || K > kMaxTopK) fail(ErrorKind::Usage, "cuda::moe_combine: K = {}; expected 1..{}", K, kMaxTopK);
   if (R == 0) return;
@@ -191,7 +192,7 @@ void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* w
   const int threads = 256;
   const unsigned chunks = static_cast<unsigned>((H + threads - 1) / threads);
   if (chunks > 65535) fail(ErrorKind::Usage, "cuda::moe_combine: H = {} is too large", H);
-  moe_combine_kernel<<<dim3(static_cast<unsigned>(R), chunks), threads, 0, stream>>>(y, ldy, idx, wt, K, H, shared, out);
+  moe_combine_kernel<<<dim3(static_cast<unsigned>(R), chunks), threads, 0, stream>>>(y, ldy, idx, wt, K, H, shared, out, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

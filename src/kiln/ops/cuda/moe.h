@@ -33,8 +33,9 @@ void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float l
 // out[r, :] = sum over k in ascending order of expert id idx[r, k] of wt[r, k] * y[r * K + k, :]
 // (accumulated from 0 as acc += y * w; wt null: acc += y), then + shared[r, :] when shared
 // is not null.
-// y: [R * K, H] rows ldy apart; shared, out: [R, H] contiguous.
+// y: [R * K, H] rows ldy apart; shared, out: [R, H] contiguous. bf16_out: the sums rounded
+// to bf16 as they are written.
 void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* wt, int R, int K, int H,
-                 const float* shared, float* out, cudaStream_t stream);
+                 const float* shared, float* out, cudaStream_t stream, bool bf16_out = false);
 
 }  // namespace kiln::ops::cuda

@@ -1,6 +1,7 @@
 // RMS norm, one block per row: a block-wide sum of squares, then the scaled write. The
 // scale is formed exactly as ops::cpu::rms_scale (mean = sumsq / n, 1 / sqrt(mean + eps));
 // only the association of the sum of squares differs from the CPU's 16-lane order.
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -9,7 +10,7 @@ namespace kiln::ops::cuda {
 namespace {
 
 __global__ void rmsnorm_kernel(const float* x, int64_t ldx, int n, const float* __restrict__ weight, float eps, float* y,
-                               int64_t ldy) {
+                               int64_t ldy, bool bf16_out) {
   __shared__ float scratch[32];
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * ldx;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * ldy;
@@ -20,16 +21,16 @@ __global__ void rmsnorm_kernel(const float* x, int64_t ldx, int n, const float* 
   ss = block_sum(ss, scratch);
   const float s = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
   if (weight != nullptr) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(weight[i], __fmul_rn(xr[i], s));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = bf16_round_if(__fmul_rn(weight[i], __fmul_rn(xr[i], s)), bf16_out);
   } else {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(xr[i], s);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = bf16_round_if(__fmul_rn(xr[i], s), bf16_out);
   }
 }
 
 }  // namespace
 
 void rmsnorm(const float* x, int64_t ldx, int rows, int n, const float* weight, float eps, float* y, int64_t ldy,
-             cudaStream_t stream) {
+             cudaStream_t stream, bool bf16_out) {
   if (rows < 0 || n <= 0) fail(ErrorKind::Usage, "cuda::rmsnorm: {} rows of {} values; expected rows >= 0 and n > 0", rows, n);
   if (rows == 0) return;
   if (x == nullptr || y == nullptr) fail(ErrorKind::Usage, "cuda::rmsnorm: null input or output pointer");
@@ -37,7 +38,7 @@ void rmsnorm(const float* x, int64_t ldx, int rows, int n, const float* weight, 
   // Enough threads that each handles a few values, at least one warp.
   int threads = 32;
   while (threads < 1024 && threads * 4 < n) threads *= 2;
-  rmsnorm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, ldx, n, weight, eps, y, ldy);
+  rmsnorm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, ldx, n, weight, eps, y, ldy, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -8,8 +8,9 @@
 
 namespace kiln::ops::cuda {
 
-// rows rows of n floats, ldx / ldy apart.
+// rows rows of n floats, ldx / ldy apart. bf16_out: each output rounded to bf16 (nearest
+// even) as it is written, bitwise round_bf16 after the norm.
 void rmsnorm(const float* x, int64_t ldx, int rows, int n, const float* weight, float eps, float* y, int64_t ldy,
-             cudaStream_t stream);
+             cudaStream_t stream, bool bf16_out = false);
 
 }  // namespace kiln::ops::cuda

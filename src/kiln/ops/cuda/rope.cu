@@ -11,14 +11,18 @@ namespace kiln::ops::cuda {
 namespace {
 
 // grid (R, heads): one block rotates one head vector of one row; threads over pairs.
+// bf16: the channels before the rotary ones are rounded too (rope_pair rounds its pair).
 __global__ void rope_rows_kernel(const int32_t* __restrict__ pos, float* x, int64_t ld, int64_t head_stride, int n,
-                                 RopeView rope, bool inverse) {
+                                 RopeView rope, bool inverse, bool bf16) {
   const int64_t p = pos[blockIdx.x];
+  float* v = x + static_cast<int64_t>(blockIdx.x) * ld + static_cast<int64_t>(blockIdx.y) * head_stride;
+  if (bf16) {
+    for (int i = threadIdx.x; i < n - rope.dim; i += blockDim.x) v[i] = bf16_round(v[i]);
+  }
   // Positions are validated by the host before they are uploaded; an out-of-range one
   // here would read outside the table, so the row is left unrotated instead.
   if (p < 0 || p >= rope.max_pos) return;
-  float* v = x + static_cast<int64_t>(blockIdx.x) * ld + static_cast<int64_t>(blockIdx.y) * head_stride;
-  for (int i = threadIdx.x; i < rope.dim / 2; i += blockDim.x) rope_pair(v, n, i, rope, p, inverse);
+  for (int i = threadIdx.x; i < rope.dim / 2; i += blockDim.x) rope_pair(v, n, i, rope, p, inverse, bf16);
 }
 
 }  // namespace
@@ -62,7 +66,7 @@ RopeTable::~RopeTable() {
 }
 
 void rope_rows(const StepRows& rows, float* x, int64_t ld, int heads, int64_t head_stride, int n, RopeView rope,
-               bool inverse, cudaStream_t stream) {
+               bool inverse, cudaStream_t stream, bool bf16) {
   if (rows.R < 0 || heads < 0) fail(ErrorKind::Usage, "cuda::rope_rows: {} rows, {} heads; expected >= 0", rows.R, heads);
   if (rows.R == 0 || heads == 0) return;
   if (rope.cos == nullptr || rope.sin == nullptr || rope.dim <= 0 || rope.dim % 2 != 0) {
@@ -74,7 +78,7 @@ void rope_rows(const StepRows& rows, float* x, int64_t ld, int heads, int64_t he
   const int half = rope.dim / 2;
   const int threads = half >= 128 ? 128 : ((half + 31) / 32) * 32;
   const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads));
-  rope_rows_kernel<<<grid, threads, 0, stream>>>(rows.pos, x, ld, head_stride, n, rope, inverse);
+  rope_rows_kernel<<<grid, threads, 0, stream>>>(rows.pos, x, ld, head_stride, n, rope, inverse, bf16);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

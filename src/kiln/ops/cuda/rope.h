@@ -40,7 +40,9 @@ class RopeTable {
 
 // For every row r and head h < heads: rotates the last rope.dim channels of the n-float
 // vector at x + r * ld + h * head_stride, at position rows.pos[r] (inverse: -angle).
+// bf16: every one of the n channels of those vectors is rounded to bf16 before and after
+// (round_bf16 over them, the rotation, round_bf16 again: the same bits in one launch).
 void rope_rows(const StepRows& rows, float* x, int64_t ld, int heads, int64_t head_stride, int n, RopeView rope,
-               bool inverse, cudaStream_t stream);
+               bool inverse, cudaStream_t stream, bool bf16 = false);
 
 }  // namespace kiln::ops::cuda
