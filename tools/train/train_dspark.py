@@ -363,7 +363,12 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="small corpus, 12 steps: checks the pipeline")
     ap.add_argument("--device", default="cuda", help="cuda (the drafter's training) or cpu (pipeline checks)")
     ap.add_argument("--init-from", default="", help="continue from a drafter this script exported (its directory)")
+    ap.add_argument("--stages", type=int, default=3,
+                    help="drafter stages (V4-Flash-DSpark: 3, against 43 backbone layers; the bundled backbone has 4)")
     args = ap.parse_args()
+    if args.stages < 1:
+        raise SystemExit(f"--stages {args.stages}: at least 1")
+    DSPEC["dspark_stages"] = args.stages
     if args.smoke:
         args.corpus_mb, args.steps = 3.0, 12
         if args.device == "cpu":
