@@ -27,19 +27,13 @@
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/rope.h"
 #include "support/device_array.h"
+#include "support/random.h"
 
 namespace kiln::ops {
 namespace {
 
 using test::Dev;  // tests/support/device_array.h
-
-std::vector<float> uniform(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
+using test::uniform;  // tests/support/random.h
 
 bool same_bits(float a, float b) {
   uint32_t x, y;

@@ -20,19 +20,13 @@
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/rope.h"
 #include "support/device_array.h"
+#include "support/random.h"
 
 namespace kiln::ops {
 namespace {
 
 using test::Dev;
-
-std::vector<float> uniform(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
+using test::uniform;  // tests/support/random.h
 
 // Bitwise equality of every element, and at least one element changed by the rounding
 // (so the comparison is not between two unrounded results).

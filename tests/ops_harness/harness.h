@@ -26,10 +26,12 @@
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/step_rows.h"
 #include "support/device_array.h"
+#include "support/random.h"
 
 namespace kiln::ops_harness {
 
 using test::Dev;  // tests/support/device_array.h
+using test::uniform;  // tests/support/random.h
 
 // How an op's CUDA result may differ from ops/cpu's.
 struct Tol {
@@ -117,14 +119,6 @@ struct OpEntry {
 const std::vector<OpEntry>& all_ops();
 
 // ---- helpers for the cases ------------------------------------------------------------
-
-inline std::vector<float> uniform(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
 
 inline std::string dims(std::initializer_list<std::pair<const char*, int64_t>> d) {
   std::string s;
