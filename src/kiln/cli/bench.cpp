@@ -107,12 +107,14 @@ struct DecodeRun {
   runtime::DraftStats stats;  // summed over the batch
 };
 
-DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int steps, int k) {
+DecodeRun decode_on_engine(runtime::Backend& b, const std::vector<std::vector<int32_t>>& prompts, int steps, int k,
+                           double dspark_min_survival = 0.0) {
   using Clock = std::chrono::steady_clock;
   const int B = static_cast<int>(prompts.size());
   runtime::EngineOptions eo;
   eo.max_batch = B;
   eo.mtp = k;
+  eo.dspark_min_survival = dspark_min_survival;
   eo.prefill_chunk = std::max<int64_t>(1, b.max_rows() - int64_t{B} * (1 + k));
   runtime::Engine engine(b, eo);
   // Sequences whose prompts are fed early decode while later prompts are still being fed;
@@ -210,6 +212,8 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     fail(ErrorKind::Usage, "--mtp {}: 0..{} (MTP 0..{}, a DSpark drafter up to its block size)", o.mtp,
          runtime::kMaxDSparkDrafts, runtime::kMaxDrafts);
   if (o.synthetic && o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: the synthetic MTP block takes 0..{}", o.mtp, runtime::kMaxDrafts);
+  if (o.synthetic && o.dspark_min_survival > 0)
+    fail(ErrorKind::Usage, "--dspark-min-survival {}: the synthetic model has no DSpark drafter", o.dspark_min_survival);
   if (o.synthetic == !o.model.empty()) fail(ErrorKind::Usage, "give exactly one of --model DIR and --synthetic");
   if (o.text && o.synthetic) fail(ErrorKind::Usage, "--text needs --model DIR (its tokenizer.json); the synthetic model has none");
   const ops::Precision precision = resolve_precision(o.precision, "cuda");
@@ -274,6 +278,10 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       // DSpark drafter when it has one (K up to the block size), else its MTP block.
       const ModelConfig pre = load_model_config(o.model);
       const bool dspark = o.mtp > 0 && resolve_drafting(o.model, pre, {"", o.mtp, true}).dspark;
+      if (o.dspark_min_survival > 0 && !dspark) {
+        fail(ErrorKind::Usage, "--dspark-min-survival {}: needs --mtp K and a checkpoint with a DSpark drafter ({} has {})",
+             o.dspark_min_survival, o.model.string(), pre.dspark ? "one, but --mtp is 0" : "none");
+      }
       runtime::cuda::DeviceModelOptions dmo;
       dmo.max_slots = go.max_slots;
       dmo.max_rows = go.max_rows;
@@ -358,20 +366,24 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     if (o.mtp > 0) {
       nlohmann::json spec = nlohmann::json::array();
       for (int k = 1; k <= o.mtp; ++k) {
-        decode_on_engine(*backend, prompts, 3, k);  // warm-up
-        const DecodeRun s = decode_on_engine(*backend, prompts, o.steps, k);
+        decode_on_engine(*backend, prompts, 3, k, o.dspark_min_survival);  // warm-up
+        const DecodeRun s = decode_on_engine(*backend, prompts, o.steps, k, o.dspark_min_survival);
         const bool same = s.tokens == res.tokens;
         std::vector<double> acc;
         for (int i = 0; i < k; ++i) acc.push_back(s.stats.acceptance_rate(static_cast<size_t>(i)));
+        const std::string drafter = backend->dspark_block() == 0 ? "mtp"
+                                    : o.dspark_min_survival > 0 ? fmt::format("dspark (survival >= {})", o.dspark_min_survival)
+                                                                : "dspark";
         out << fmt::format("|   {} {} | {:.1f} ({:.2f}x) | accepted per round {:.2f}; acceptance {} | tokens {} plain | "
                            "step ms {:.3f}: {} |\n",
-                           backend->dspark_block() > 0 ? "dspark" : "mtp", k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
+                           drafter, k, s.tokens_per_s, s.tokens_per_s / res.tokens_per_s,
                            s.stats.mean_accepted_length(), fmt::join(acc, " / "), same ? "==" : "!=", s.step_ms,
                            phase_text(s.phase_ms));
         spec.push_back({{"k", k}, {"tokens_per_s", s.tokens_per_s},
                         {"speedup", s.tokens_per_s / res.tokens_per_s},
                         {"mean_accepted_length", s.stats.mean_accepted_length()}, {"acceptance", acc},
-                        {"same_tokens_as_plain", same}, {"step_ms_wall", s.step_ms}, {"step_phase_ms", s.phase_ms}});
+                        {"same_tokens_as_plain", same}, {"step_ms_wall", s.step_ms}, {"step_phase_ms", s.phase_ms},
+                        {"dspark_min_survival", o.dspark_min_survival}});
       }
       r["mtp"] = spec;
     }

@@ -22,6 +22,7 @@ struct BenchOptions {
   int steps = 32;                           // decode steps timed per batch size
   int context = 64;                         // prompt tokens per sequence before decoding
   int mtp = 0;                              // > 0: also MTP speculative decoding with 1..mtp drafts
+  double dspark_min_survival = 0.0;         // DSpark rounds verify only drafts this likely to survive (engine.h)
   // Prefill throughput: "SxT" entries (S sequences of T prompt tokens each, comma-separated,
   // e.g. "1x8192,16x1024"), fed in passes of prefill_chunk rows; empty: not measured.
   std::string prefill;

@@ -213,6 +213,11 @@ int main(int argc, char** argv) {
   be->add_option("--context", bench.context, "Prompt tokens per sequence")->capture_default_str();
   be->add_option("--mtp", bench.mtp, "Also speculative decoding with 1..N drafts per round: with the checkpoint's DSpark drafter when it has one (N up to its block size), else its MTP block (N up to 4)")->capture_default_str();
   be->add_option("--text", bench.text, "Prompts from this UTF-8 text (the model's tokenizer.json)");
+  be->add_option("--dspark-min-survival", bench.dspark_min_survival,
+                 "With --mtp and a DSpark drafter: verify only the leading drafts whose survival (the product of the "
+                 "confidence head's outputs) is at least this, 0..1 (0: every draft), as generate and serve")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   be->add_flag("--json", bench.json, "Also print one JSON object with every number");
   be->add_option("--write-synthetic", bench.write_synthetic,
                  "Instead: write the V4-Flash-shaped model (--layers layers, an MTP block with --mtp N, --experts "
