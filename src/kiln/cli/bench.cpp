@@ -212,13 +212,19 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
     fail(ErrorKind::Usage, "--mtp {}: 0..{} (MTP 0..{}, a DSpark drafter up to its block size)", o.mtp,
          runtime::kMaxDSparkDrafts, runtime::kMaxDrafts);
   if (o.synthetic && o.mtp > runtime::kMaxDrafts) fail(ErrorKind::Usage, "--mtp {}: the synthetic MTP block takes 0..{}", o.mtp, runtime::kMaxDrafts);
-  if (o.synthetic && o.dspark_min_survival > 0)
-    fail(ErrorKind::Usage, "--dspark-min-survival {}: the synthetic model has no DSpark drafter", o.dspark_min_survival);
   if (o.synthetic == !o.model.empty()) fail(ErrorKind::Usage, "give exactly one of --model DIR and --synthetic");
   if (o.text && o.synthetic) fail(ErrorKind::Usage, "--text needs --model DIR (its tokenizer.json); the synthetic model has none");
   const ops::Precision precision = resolve_precision(o.precision, "cuda");
   // Before any loading, so a bad --text fails at once.
   const std::vector<int32_t> text_ids = o.text ? tokenize_text_file(o.model, *o.text) : std::vector<int32_t>{};
+  // --mtp K drafts with the checkpoint's drafter, checked as generate checks it (its DSpark
+  // drafter when it has one, K up to the block size, else its MTP block), also before the
+  // device is touched.
+  const bool dspark = !o.synthetic && o.mtp > 0 && resolve_drafting(o.model, load_model_config(o.model), {"", o.mtp, true}).dspark;
+  if (o.dspark_min_survival > 0 && !dspark) {
+    fail(ErrorKind::Usage, "--dspark-min-survival {}: needs --mtp K and a checkpoint with a DSpark drafter ({})",
+         o.dspark_min_survival, o.synthetic ? "the synthetic model has none" : o.model.string() + " with --mtp " + std::to_string(o.mtp));
+  }
 
   int dev = 0;
   cudaDeviceProp prop{};
@@ -274,14 +280,6 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
       backend = std::make_unique<runtime::cuda::GpuBackend>(std::make_unique<GpuForward>(std::move(w), go));
     } else {
       // Straight from the mapped shards to the device (runtime/cuda/device_model.h).
-      // --mtp K drafts with the checkpoint's drafter, checked as generate checks it: its
-      // DSpark drafter when it has one (K up to the block size), else its MTP block.
-      const ModelConfig pre = load_model_config(o.model);
-      const bool dspark = o.mtp > 0 && resolve_drafting(o.model, pre, {"", o.mtp, true}).dspark;
-      if (o.dspark_min_survival > 0 && !dspark) {
-        fail(ErrorKind::Usage, "--dspark-min-survival {}: needs --mtp K and a checkpoint with a DSpark drafter ({} has {})",
-             o.dspark_min_survival, o.model.string(), pre.dspark ? "one, but --mtp is 0" : "none");
-      }
       runtime::cuda::DeviceModelOptions dmo;
       dmo.max_slots = go.max_slots;
       dmo.max_rows = go.max_rows;
