@@ -7,6 +7,7 @@
 #include <cuda_fp8.h>
 
 #include "kiln/ops/act_quant.h"
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 
 namespace kiln::ops::cuda {
@@ -89,7 +90,7 @@ __global__ void round_bf16_kernel(const float* __restrict__ x, int64_t ldx, int6
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= M * K) return;
   const int64_t m = i / K, c = i % K;
-  y[m * ldy + c] = __bfloat162float(__float2bfloat16_rn(x[m * ldx + c]));
+  y[m * ldy + c] = bf16_round(x[m * ldx + c]);
 }
 
 unsigned grid_of(int64_t threads, const char* what) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
@@ -59,7 +60,7 @@ __device__ __forceinline__ void write_pairs(float (&part)[kSlices][32][4], const
       v[i] = part[0][lane][i];
 #pragma unroll
       for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
-      v[i] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(v[i], mult)));
+      v[i] = bf16_round(__fmul_rn(v[i], mult));
     }
     if (qc0 < p1) {
       float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;

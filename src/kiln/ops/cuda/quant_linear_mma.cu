@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
     if (warp == 0) {
       if (a.round) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) v[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
+        for (int i = 0; i < 4; ++i) v[i] = bf16_round(v[i]);
       }
       const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
       if (tc0 < a.M) {
