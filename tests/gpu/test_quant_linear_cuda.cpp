@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -186,6 +187,43 @@ TEST(CudaQuantLinear, RowsPerThreadVariants) {
   const std::vector<Case> cases = one_of_each_scheme(n, k, 7, quant::Int4Options{}.group);
   for (const Case& c : cases)
     for (int rw : {1, 2, 4}) check_case(c, {1, 2, 3, 8, 16, 33, 64}, 17, rw);
+}
+
+// A weight whose one-token grid fills few multiprocessors runs M tokens as M one-row
+// tiles of the one-token kernel (quant_linear.cpp): each row of an M-row product is then
+// bitwise the one-row product of that row, for every scheme. A large weight keeps the
+// shared token tile.
+TEST(CudaQuantLinear, SmallWeightsRunEachTokenRowAsTheOneTokenKernel) {
+  const int64_t n = 128, k = 256;
+  const int max_m = 16;
+  for (const Case& c : one_of_each_scheme(n, k, 9)) {
+    SCOPED_TRACE(c.label);
+    const LoadedCase lc(c);
+    auto lin = cuda::QuantLinear::prepare(lc.host, max_m);
+    const std::vector<float> x = random_matrix(max_m, k, 29);
+    DevBuf<float> dx(static_cast<size_t>(max_m * k)), dy(static_cast<size_t>(max_m * n));
+    KILN_CUDA_CHECK(cudaMemcpy(dx.p, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    // The one-row product of every row, one call each.
+    std::vector<float> one(static_cast<size_t>(max_m * n));
+    for (int m = 0; m < max_m; ++m) lin.forward(dx.p + m * k, k, 1, dy.p + m * n, n, nullptr);
+    KILN_CUDA_CHECK(cudaMemcpy(one.data(), dy.p, one.size() * 4, cudaMemcpyDeviceToHost));
+    for (int M = 2; M <= 8; ++M) {
+      const std::string plan = lin.describe(M);
+      SCOPED_TRACE("M=" + std::to_string(M) + " " + plan);
+      EXPECT_NE(plan.find("mt=1 "), std::string::npos);
+      EXPECT_NE(plan.find("x" + std::to_string(M)), std::string::npos) << "M token tiles";
+      std::vector<float> y(static_cast<size_t>(M * n));
+      lin.forward(dx.p, k, M, dy.p, n, nullptr);
+      KILN_CUDA_CHECK(cudaMemcpy(y.data(), dy.p, y.size() * 4, cudaMemcpyDeviceToHost));
+      EXPECT_EQ(0, std::memcmp(y.data(), one.data(), y.size() * 4)) << "rows differ from the one-row products";
+    }
+  }
+  // 16384 x 512 BF16 (16 MB): its one-token grid fills the GPU; two tokens share a tile.
+  auto w = random_matrix(16384, 512, 3);
+  const Case big{"bf16", {{"weight", quant::encode_floats(w, {16384, 512}, DType::BF16)}}, 16384, 512};
+  const LoadedCase lb(big);
+  auto lin = cuda::QuantLinear::prepare(lb.host, 4);
+  EXPECT_NE(std::string(lin.describe(2)).find("mt=2 "), std::string::npos) << lin.describe(2);
 }
 
 TEST(CudaQuantLinear, BadInputIsAClearError) {

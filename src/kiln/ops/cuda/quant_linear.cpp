@@ -285,6 +285,19 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
         break;
       }
     auto& pl = impl->plans[static_cast<size_t>(M - 1)];
+    // A weight so small that M = 1's grid leaves most multiprocessors idle (it is latency
+    // bound, re-reading it from L2 is free): M token tiles of one row each, M = 1's kernel
+    // and lanes, M times its blocks in one wave. Sharing x over a tile of M rows instead
+    // multiplies each thread's serial work (its accumulators and their lane sums) by M:
+    // twice M = 1's time at 6 rows on the bundled model's linears (H100, ncu). Each row's
+    // sum is the same either way (same lanes, same chunk order), so the output is too.
+    if (M > 1 && static_cast<int64_t>(impl->plans[0].shape.blocks) * M <= 2 * sms) {
+      pl = impl->plans[0];
+      pl.shape.mtiles = static_cast<unsigned>(M);
+      pl.text = fmt::format("{} mt=1 rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), pl.rw, 1 << pl.shape.lk_log2,
+                            pl.shape.blocks, pl.shape.mtiles);
+      continue;
+    }
     const int rw = rows_per_thread ? std::min(rows_per_thread, 64 / mt) : detail::rows_per_thread(w.scheme, mt);
     pl.fn = detail::select_launcher(w.scheme, mt, rw);
     if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", scheme_kind_name(w.scheme), mt, rw);
