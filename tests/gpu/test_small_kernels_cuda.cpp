@@ -266,6 +266,35 @@ TEST(CudaSmallKernels, ArgmaxRowsTiesToLowestAndSkipsNaN) {
   EXPECT_EQ(dout.host(), want);
 }
 
+// The argmax of a + b without writing it (the DSpark Markov step) is the argmax of the sums
+// add_broadcast_streams writes, ties included: b is a copy of a shifted so that several
+// sums tie exactly, and rows of a single equal value.
+TEST(CudaSmallKernels, ArgmaxOfSumEqualsArgmaxOfTheWrittenSum) {
+  const int V = 4099, R = 5;
+  const int64_t lda = 4104, ldb = 4099;
+  std::vector<float> a = uniform(static_cast<size_t>(R * lda), -4.0f, 4.0f, 7);
+  std::vector<float> b = uniform(static_cast<size_t>(R * ldb), -4.0f, 4.0f, 8);
+  for (int v = 0; v < V; ++v) {
+    b[static_cast<size_t>(ldb + v)] = -a[static_cast<size_t>(lda + v)];  // row 1: every sum is 0
+    b[static_cast<size_t>(2 * ldb + v)] = 0.5f - a[static_cast<size_t>(2 * lda + v)];  // row 2: rounded ties
+  }
+  a[static_cast<size_t>(3 * lda + 17)] = 30.0f;  // row 3: tie of two sums at 31
+  b[static_cast<size_t>(3 * ldb + 17)] = 1.0f;
+  a[static_cast<size_t>(3 * lda + 4000)] = 1.0f;
+  b[static_cast<size_t>(3 * ldb + 4000)] = 30.0f;
+  std::vector<float> sum(static_cast<size_t>(R * V));
+  Dev<float> da(a), db(b), dsum(sum);
+  Dev<int32_t> got(static_cast<size_t>(R)), want(static_cast<size_t>(R));
+  for (int r = 0; r < R; ++r)  // one row at a time: add_broadcast_streams' ep has one row per row
+    cuda::add_broadcast_streams(da.get() + r * lda, db.get() + r * ldb, 1, 1, V, dsum.get() + r * V, nullptr);
+  cuda::argmax_rows(dsum.get(), V, R, V, want.get(), nullptr);
+  cuda::argmax_rows_of_sum(da.get(), lda, db.get(), ldb, R, V, got.get(), nullptr);
+  EXPECT_EQ(got.host(), want.host());
+  EXPECT_EQ(got.host()[1], 0) << "all sums equal: the lowest id";
+  EXPECT_EQ(got.host()[3], 17) << "two equal maxima: the lower id";
+  EXPECT_THROW(cuda::argmax_rows_of_sum(da.get(), 4, db.get(), ldb, R, V, got.get(), nullptr), Error);  // lda < V
+}
+
 // ---- usage errors (host checks in the launchers) ------------------------------------------
 
 TEST(CudaSmallKernels, LaunchersRejectBadShapes) {

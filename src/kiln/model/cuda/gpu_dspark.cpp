@@ -103,6 +103,8 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
   b.feats = f(M * F_), b.mx = f(M * H), b.kv = f(M * D);
   b.hpre = f(T * H), b.hk = f(T * H), b.hn = f(T * H), b.base = f(T * V), b.e = f(T * r);
   b.bias = f(G * V), b.adjusted = f(G * V);
+  host_rows_ = std::make_unique<PinnedInts>(sz(5 * T + G));
+  KILN_CUDA_CHECK(cudaEventCreateWithFlags(&rows_copied_, cudaEventDisableTiming));
   if (buffer_bytes_ != sizes.buffer_bytes || state_bytes_ != slots_ * sizes.slot_bytes) {
     fail(ErrorKind::Usage, "internal: GPU DSpark drafter allocated {} B of buffers and {} B of rings; model/gpu_memory.cpp counts {} and {}",
          buffer_bytes_, state_bytes_, sizes.buffer_bytes, slots_ * sizes.slot_bytes);
@@ -112,6 +114,7 @@ GpuDSpark::GpuDSpark(GpuForward& target, GpuDSparkWeights weights) : f_(target),
 
 GpuDSpark::~GpuDSpark() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  if (rows_copied_) cudaEventDestroy(rows_copied_);
 }
 
 void GpuDSpark::launch(GraphKey key, const std::function<void()>& enqueue) {
@@ -217,7 +220,8 @@ void GpuDSpark::commit(std::span<const int32_t> slot, std::span<const int32_t> p
   // arrays may go as soon as this returns.
 }
 
-std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits) {
+std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits,
+                                             bool with_confidence) {
   const ModelConfig& c = f_.config();
   std::vector<Out> outs(rounds.size());
   std::vector<bool> seen(sz(slots_), false);
@@ -235,12 +239,13 @@ std::vector<GpuDSpark::Out> GpuDSpark::draft(std::span<const Round> rounds, cons
     }
   }
   const size_t G = sz(rounds_);
-  for (size_t first = 0; first < rounds.size(); first += G) draft_group(rounds, first, choose, keep_logits, outs);
+  for (size_t first = 0; first < rounds.size(); first += G)
+    draft_group(rounds, first, choose, keep_logits, with_confidence, outs);
   return outs;
 }
 
 void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const Choose& choose, bool keep_logits,
-                            std::vector<Out>& outs) {
+                            bool with_confidence, std::vector<Out>& outs) {
   const ModelConfig& c = f_.config();
   const int64_t H = c.hidden_size, V = c.vocab_size, r = w_.config.markov_rank;
   const int n = static_cast<int>(std::min(rounds.size() - first, sz(rounds_)));
@@ -248,7 +253,11 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
   const cudaStream_t st = f_.stream();
   Buffers& b = *buf_;
   // Row i*B + j: token j of round i's block at position N_i + j; its keys end at N_i + B - 1.
-  std::vector<int32_t> tok(sz(T)), slot(sz(T)), pos(sz(T)), key_end(sz(T)), perm(sz(T)), prev(sz(n));
+  // Staged in page-locked memory (five arrays of T, then prev), copied asynchronously; the
+  // last round's copies were waited for by its synchronisation, the event covers the rest.
+  KILN_CUDA_CHECK(cudaEventSynchronize(rows_copied_));
+  int32_t* tok = host_rows_->data();
+  int32_t *slot = tok + T, *pos = tok + 2 * T, *key_end = tok + 3 * T, *perm = tok + 4 * T, *prev = tok + 5 * T;
   int most = 0;
   for (int i = 0; i < n; ++i) {
     const Round& q = rounds[first + sz(i)];
@@ -265,11 +274,13 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     most = std::max(most, q.drafts);
   }
   const size_t bytes = sz(T) * sizeof(int32_t);
-  KILN_CUDA_CHECK(cudaMemcpyAsync(b.tok.get(), tok.data(), bytes, cudaMemcpyHostToDevice, st));
-  KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), slot.data(), bytes, cudaMemcpyHostToDevice, st));
-  KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), pos.data(), bytes, cudaMemcpyHostToDevice, st));
-  KILN_CUDA_CHECK(cudaMemcpyAsync(b.key_end.get(), key_end.data(), bytes, cudaMemcpyHostToDevice, st));
-  KILN_CUDA_CHECK(cudaMemcpyAsync(b.perm.get(), perm.data(), bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.tok.get(), tok, bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.slot.get(), slot, bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.pos.get(), pos, bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.key_end.get(), key_end, bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.perm.get(), perm, bytes, cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev, sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+  KILN_CUDA_CHECK(cudaEventRecord(rows_copied_, st));
 
   // The block through the stages (the window ring of each stage gets the block's rows).
   const oc::StepRows rows{b.tok.get(), b.slot.get(), b.pos.get(), T};
@@ -288,17 +299,21 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     ops.linear(f_.weights().head, b.hn.get(), T, b.base.get());
   };
   // Markov step k for every round of the group: e_k = markov_w1[prev] (into b.e's step-k
-  // rows), adjusted_k = U_k + markov_w2 . e_k.
-  auto markov_step = [&](int k, const int32_t* prev_dev) {
+  // rows), bias = markov_w2 . e_k, then adjusted_k = U_k + bias, or (pick) its argmax into
+  // picks' step-k rows without writing adjusted_k (the same sums, one kernel fewer).
+  auto markov_step = [&](int k, const int32_t* prev_dev, int32_t* pick) {
     GpuOps ops = f_.pass_ops(oc::StepRows{prev_dev, b.slot.get(), b.pos.get(), n}, rings_, rope_.view());
     float* ek = b.e.get() + sz(k) * sz(n) * sz(r);
+    const float* base_k = b.base.get() + sz(k) * sz(n) * sz(V);
     oc::gather_rows(w_.markov_w1.get(), r, prev_dev, n, static_cast<int>(r), ek, r, st);
     ops.linear(w_.markov_w2, ek, n, b.bias.get());
-    oc::add_broadcast_streams(b.bias.get(), b.base.get() + sz(k) * sz(n) * sz(V), n, 1, static_cast<int>(V),
-                              b.adjusted.get(), st);
+    if (pick)
+      oc::argmax_rows_of_sum(b.bias.get(), V, base_k, V, n, static_cast<int>(V), pick, st);
+    else
+      oc::add_broadcast_streams(b.bias.get(), base_k, n, 1, static_cast<int>(V), b.adjusted.get(), st);
   };
   std::vector<float> h;
-  if (!w_.confidence.empty()) h = std::vector<float>(sz(T * H));
+  if (with_confidence && !w_.confidence.empty()) h = std::vector<float>(sz(T * H));
   // Confidence of draft k of round i, in the CPU drafter's arithmetic, from the pre-norm
   // hidden of block row k and e_k (e: the step-k rows of b.e on the host).
   auto confidence = [&](int k, int i, const float* e) {
@@ -314,13 +329,10 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     // Greedy drafts: the block pass and the whole Markov loop in one graph, each step's
     // argmax (ties to the lowest id, as the engine's) feeding the next step's gather on
     // the device; one copy of the drafts (and of e for the confidences) at the end.
-    KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
     launch({Pass::ArgmaxDraft, n, most}, [&] {
       block_pass();
-      for (int k = 0; k < most; ++k) {
-        markov_step(k, k == 0 ? b.prev.get() : b.picks.get() + sz(k - 1) * sz(n));
-        oc::argmax_rows(b.adjusted.get(), V, n, static_cast<int>(V), b.picks.get() + sz(k) * sz(n), st);
-      }
+      for (int k = 0; k < most; ++k)
+        markov_step(k, k == 0 ? b.prev.get() : b.picks.get() + sz(k - 1) * sz(n), b.picks.get() + sz(k) * sz(n));
     });
     std::vector<int32_t> picks(sz(most * n));
     std::vector<float> e(sz(most * n * r));
@@ -353,8 +365,8 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
   // The sequential Markov loop, all rounds of the group per step.
   std::vector<float> adjusted(sz(n * V)), e(sz(n * r));
   for (int k = 0; k < most; ++k) {
-    KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev.data(), sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
-    launch({Pass::MarkovStep, n, k}, [&] { markov_step(k, b.prev.get()); });
+    if (k > 0) KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev, sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+    launch({Pass::MarkovStep, n, k}, [&] { markov_step(k, b.prev.get(), nullptr); });
     KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get() + sz(k) * sz(n) * sz(r), e.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaStreamSynchronize(st));

@@ -87,11 +87,14 @@ class GpuDSpark {
     std::vector<float> adjusted;    // keep_logits: [drafts, V]
   };
   // One draft round per element at its slot's committed length (each slot at most once).
-  std::vector<Out> draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits = false);
+  // with_confidence false: Out::confidence stays empty (nothing of the confidence head's
+  // inputs is copied back).
+  std::vector<Out> draft(std::span<const Round> rounds, const Choose& choose, bool keep_logits = false,
+                         bool with_confidence = true);
 
  private:
   void draft_group(std::span<const Round> rounds, size_t first, const Choose& choose, bool keep_logits,
-                   std::vector<Out>& outs);
+                   bool with_confidence, std::vector<Out>& outs);
   // The passes captured as graphs: per kind, rows (rounds of a draft group, or commit rows)
   // and steps (the Markov step k, or the argmax loop's step count).
   enum class Pass { Block, MarkovStep, ArgmaxDraft, Commit };
@@ -110,6 +113,10 @@ class GpuDSpark {
   std::unique_ptr<Buffers> buf_;
   int64_t state_bytes_ = 0, buffer_bytes_ = 0;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
+  // A draft's rows (token, slot, position, key end, order, previous token) staged in
+  // page-locked memory for asynchronous copies; rows_copied_ follows the last of them.
+  std::unique_ptr<PinnedInts> host_rows_;
+  cudaEvent_t rows_copied_ = nullptr;
 };
 
 }  // namespace kiln::model::cuda

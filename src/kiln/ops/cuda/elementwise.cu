@@ -41,16 +41,18 @@ __device__ __forceinline__ bool argmax_better(float av, int ai, float bv, int bi
   return ai < bi;
 }
 
-__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __restrict__ logits, int64_t ld, int V,
-                                                                int32_t* __restrict__ out) {
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __restrict__ logits, int64_t ld,
+                                                                const float* __restrict__ add, int64_t ld_add,
+                                                                int V, int32_t* __restrict__ out) {
   __shared__ float sv[32];
   __shared__ int si[32];
   const float* lr = logits + static_cast<int64_t>(blockIdx.x) * ld;
+  const float* ar = add ? add + static_cast<int64_t>(blockIdx.x) * ld_add : nullptr;
   float bv = 0.0f;
   int bi = -1;
   // Each thread scans ascending indices, so among its own equal values it keeps the first.
   for (int v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = lr[v];
+    const float x = ar ? lr[v] + ar[v] : lr[v];  // add: add_broadcast_kernel's one rounding
     if (argmax_better(x, v, bv, bi)) {
       bv = x;
       bi = v;
@@ -110,7 +112,17 @@ void argmax_rows(const float* logits, int64_t ld, int R, int V, int32_t* out, cu
   if (R == 0) return;
   if (logits == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::argmax_rows: null logits or out");
   if (ld < V) fail(ErrorKind::Usage, "cuda::argmax_rows: row stride {} is below V = {}", ld, V);
-  argmax_kernel<<<static_cast<unsigned>(R), kArgmaxThreads, 0, stream>>>(logits, ld, V, out);
+  argmax_kernel<<<static_cast<unsigned>(R), kArgmaxThreads, 0, stream>>>(logits, ld, nullptr, 0, V, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+void argmax_rows_of_sum(const float* a, int64_t lda, const float* b, int64_t ldb, int R, int V, int32_t* out,
+                        cudaStream_t stream) {
+  if (R < 0 || V < 1) fail(ErrorKind::Usage, "cuda::argmax_rows_of_sum: {} rows of {} logits; expected R >= 0, V > 0", R, V);
+  if (R == 0) return;
+  if (a == nullptr || b == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::argmax_rows_of_sum: null a, b or out");
+  if (lda < V || ldb < V) fail(ErrorKind::Usage, "cuda::argmax_rows_of_sum: row strides {} and {}; V = {}", lda, ldb, V);
+  argmax_kernel<<<static_cast<unsigned>(R), kArgmaxThreads, 0, stream>>>(a, lda, b, ldb, V, out);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

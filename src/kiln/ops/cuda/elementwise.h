@@ -23,4 +23,9 @@ void add_broadcast_streams(const float* ep, const float* hp, int R, int n, int H
 // NaN is never chosen over a number.
 void argmax_rows(const float* logits, int64_t ld, int R, int V, int32_t* out, cudaStream_t stream);
 
+// out[r] = argmax_rows of the row a[r, :] + b[r, :] (rows lda, ldb apart), each sum one
+// fp32 rounding as add_broadcast_streams makes it, without writing the sums.
+void argmax_rows_of_sum(const float* a, int64_t lda, const float* b, int64_t ldb, int R, int V, int32_t* out,
+                        cudaStream_t stream);
+
 }  // namespace kiln::ops::cuda

@@ -34,7 +34,7 @@ void GpuBackend::dspark_draft(std::span<const DSparkRound> rounds, const DraftCh
   check_dspark_rounds(rounds, book_);
   std::vector<model::cuda::GpuDSpark::Round> q;
   for (const DSparkRound& r : rounds) q.push_back({r.slot, r.anchor, r.drafts, r.by_argmax});
-  auto outs = drafter_->draft(q, choose);
+  auto outs = drafter_->draft(q, choose, /*keep_logits=*/false, /*with_confidence=*/confidence != nullptr);
   take_dspark_outs(outs, drafts, confidence);
 }
 
