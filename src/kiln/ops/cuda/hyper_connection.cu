@@ -67,7 +67,6 @@ __device__ __forceinline__ void collapse(int n, int H, const float* X, const flo
   }
 }
 
-constexpr int kSplitCols = device::kHcSplitCols;  // columns of the flattened row per split block (ops/device_sizes.h)
 constexpr int kPartThreads = 256;
 
 // Block (s, t): columns [s * cols, (s + 1) * cols) of row t: the partial sum of squares
@@ -108,20 +107,27 @@ __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* 
 }
 
 // m[k] for k < rows from the partials of row t (splits added in order), in shared memory.
+// The block first copies row t's partials into shared memory, all threads at once (one
+// round trip to L2 where thread 0 used to walk the splits one load after another), then
+// the sums run in the same order as before.
 template <int MaxRows>
 __device__ void mixes_from_partials(const float* part, int t, int splits, int W, int rows, float eps, float* m) {
+  constexpr int L = MaxRows + 1;
+  __shared__ float p[device::kHcMaxSplits * L];
   __shared__ float scale;
-  if (threadIdx.x == 0) {
+  const float* row = part + static_cast<int64_t>(t) * splits * L;
+  for (int i = threadIdx.x; i < splits * L; i += blockDim.x) p[i] = row[i];
+  __syncthreads();
+  if (threadIdx.x == rows) {
     float ss = 0.0f;
-    for (int s = 0; s < splits; ++s) ss += part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + MaxRows];
+    for (int s = 0; s < splits; ++s) ss += p[s * L + MaxRows];
     scale = 1.0f / sqrtf(ss / static_cast<float>(W) + eps);
   }
+  float v = 0.0f;
+  if (threadIdx.x < rows)
+    for (int s = 0; s < splits; ++s) v += p[s * L + threadIdx.x];
   __syncthreads();
-  if (threadIdx.x < rows) {
-    float v = 0.0f;
-    for (int s = 0; s < splits; ++s) v += part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + threadIdx.x];
-    m[threadIdx.x] = v * scale;
-  }
+  if (threadIdx.x < rows) m[threadIdx.x] = v * scale;
   __syncthreads();
 }
 
@@ -146,22 +152,39 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const floa
     const int e = min(lane, n * n - 1), i = e / n, j = e - i * n;
     const unsigned full = 0xFFFFFFFFu;
     float v = __fadd_rn(__fmul_rn(m[2 * n + e], s2), p.base[2 * n + e]);
+    // Loops unrolled to kMaxStreams, the terms past n skipped: the same sums in the same
+    // order, the shuffles of one sum issued together.
     float mx = -INFINITY;
-    for (int jj = 0; jj < n; ++jj) mx = fmaxf(mx, __shfl_sync(full, v, i * n + jj));
+#pragma unroll
+    for (int jj = 0; jj < kMaxStreams; ++jj) {
+      const float o = __shfl_sync(full, v, i * n + min(jj, n - 1));
+      if (jj < n) mx = fmaxf(mx, o);
+    }
     v = expf(v - mx);
-    float sum = 0.0f;
-    for (int jj = 0; jj < n; ++jj) sum += __shfl_sync(full, v, i * n + jj);
-    v = v / sum + eps;
+    auto sum_row = [&] {
+      float o[kMaxStreams];
+#pragma unroll
+      for (int jj = 0; jj < kMaxStreams; ++jj) o[jj] = __shfl_sync(full, v, i * n + min(jj, n - 1));
+      float rs = 0.0f;
+#pragma unroll
+      for (int jj = 0; jj < kMaxStreams; ++jj)
+        if (jj < n) rs += o[jj];
+      return rs;
+    };
+    v = v / sum_row() + eps;
     auto norm_col = [&] {
+      float o[kMaxStreams];
+#pragma unroll
+      for (int ii = 0; ii < kMaxStreams; ++ii) o[ii] = __shfl_sync(full, v, min(ii, n - 1) * n + j);
       float cs = 0.0f;
-      for (int ii = 0; ii < n; ++ii) cs += __shfl_sync(full, v, ii * n + j);
+#pragma unroll
+      for (int ii = 0; ii < kMaxStreams; ++ii)
+        if (ii < n) cs += o[ii];
       cs += eps;
       v = v / cs;
     };
     auto norm_row = [&] {
-      float rs = 0.0f;
-      for (int jj = 0; jj < n; ++jj) rs += __shfl_sync(full, v, i * n + jj);
-      rs += eps;
+      const float rs = sum_row() + eps;
       v = v / rs;
     };
     norm_col();
