@@ -278,13 +278,8 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
   const int max_lk_log2 = std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(std::max<int64_t>(kc, 8) - 1))), 3, 8);
   impl->plans.resize(static_cast<size_t>(max_m));
   for (int M = 1; M <= max_m; ++M) {
-    int mt = 32;
-    for (int t : detail::kTokenTiles)
-      if (t >= M) {
-        mt = t;
-        break;
-      }
     auto& pl = impl->plans[static_cast<size_t>(M - 1)];
+    int mt = 1;
     // A weight so small that M = 1's grid leaves most multiprocessors idle (it is latency
     // bound, re-reading it from L2 is free): M token tiles of one row each, M = 1's kernel
     // and lanes, M times its blocks in one wave. Sharing x over a tile of M rows instead
@@ -294,25 +289,29 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     if (M > 1 && static_cast<int64_t>(impl->plans[0].shape.blocks) * M <= 2 * sms) {
       pl = impl->plans[0];
       pl.shape.mtiles = static_cast<unsigned>(M);
-      pl.text = fmt::format("{} mt=1 rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), pl.rw, 1 << pl.shape.lk_log2,
-                            pl.shape.blocks, pl.shape.mtiles);
-      continue;
+    } else {
+      mt = 32;
+      for (int t : detail::kTokenTiles)
+        if (t >= M) {
+          mt = t;
+          break;
+        }
+      const int rw = rows_per_thread ? std::min(rows_per_thread, 64 / mt) : detail::rows_per_thread(w.scheme, mt);
+      pl.fn = detail::select_launcher(w.scheme, mt, rw);
+      if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", scheme_kind_name(w.scheme), mt, rw);
+      pl.shape.mtiles = static_cast<unsigned>(ceil_div(M, mt));
+      pl.rw = rw;
+      auto blocks = [&](int l) { return static_cast<int64_t>(detail::row_blocks(n, rw, l)); };
+      int l = 3;
+      // Batch invariance: the lanes per row, which fix how each row's
+      // sum is associated, are M = 1's for every M.
+      const int64_t tiles_for_lanes = numerics.batch_invariant ? 1 : pl.shape.mtiles;
+      while (l < max_lk_log2 && blocks(l) * tiles_for_lanes < 2 * sms) ++l;
+      pl.shape.lk_log2 = l;
+      pl.shape.blocks = static_cast<unsigned>(blocks(l));
     }
-    const int rw = rows_per_thread ? std::min(rows_per_thread, 64 / mt) : detail::rows_per_thread(w.scheme, mt);
-    pl.fn = detail::select_launcher(w.scheme, mt, rw);
-    if (!pl.fn) fail_invalid("internal: no {} kernel for {} tokens x {} rows", scheme_kind_name(w.scheme), mt, rw);
-    pl.shape.mtiles = static_cast<unsigned>(ceil_div(M, mt));
-    pl.rw = rw;
-    auto blocks = [&](int l) { return static_cast<int64_t>(detail::row_blocks(n, rw, l)); };
-    int l = 3;
-    // Batch invariance: the lanes per row, which fix how each row's
-    // sum is associated, are M = 1's for every M.
-    const int64_t tiles_for_lanes = numerics.batch_invariant ? 1 : pl.shape.mtiles;
-    while (l < max_lk_log2 && blocks(l) * tiles_for_lanes < 2 * sms) ++l;
-    pl.shape.lk_log2 = l;
-    pl.shape.blocks = static_cast<unsigned>(blocks(l));
-    pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), mt, rw, 1 << l,
-                          pl.shape.blocks, pl.shape.mtiles);
+    pl.text = fmt::format("{} mt={} rw={} lk={} blocks={}x{}", scheme_kind_name(w.scheme), mt, pl.rw,
+                          1 << pl.shape.lk_log2, pl.shape.blocks, pl.shape.mtiles);
   }
   // Batch-invariant numerics: the tensor-core kernels where the weight allows them, the
   // same kernel and summation order for every M (quant_linear_mma.h).
