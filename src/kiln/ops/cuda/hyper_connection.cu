@@ -153,38 +153,37 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const floa
     const unsigned full = 0xFFFFFFFFu;
     float v = __fadd_rn(__fmul_rn(m[2 * n + e], s2), p.base[2 * n + e]);
     // Loops unrolled to kMaxStreams, the terms past n skipped: the same sums in the same
-    // order, the shuffles of one sum issued together.
-    float mx = -INFINITY;
+    // order, the shuffles of one sum issued together. Term k of a row or column is lane
+    // first + k * step (row i: i * n, 1; column j: j, n).
+    auto lanes = [&](int first, int step, float (&o)[kMaxStreams]) {
 #pragma unroll
-    for (int jj = 0; jj < kMaxStreams; ++jj) {
-      const float o = __shfl_sync(full, v, i * n + min(jj, n - 1));
-      if (jj < n) mx = fmaxf(mx, o);
+      for (int k = 0; k < kMaxStreams; ++k) o[k] = __shfl_sync(full, v, first + min(k, n - 1) * step);
+    };
+    auto sum_of = [&](int first, int step) {
+      float o[kMaxStreams];
+      lanes(first, step, o);
+      float s = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kMaxStreams; ++k)
+        if (k < n) s += o[k];
+      return s;
+    };
+    float mx = -INFINITY;
+    {
+      float o[kMaxStreams];
+      lanes(i * n, 1, o);
+#pragma unroll
+      for (int k = 0; k < kMaxStreams; ++k)
+        if (k < n) mx = fmaxf(mx, o[k]);
     }
     v = expf(v - mx);
-    auto sum_row = [&] {
-      float o[kMaxStreams];
-#pragma unroll
-      for (int jj = 0; jj < kMaxStreams; ++jj) o[jj] = __shfl_sync(full, v, i * n + min(jj, n - 1));
-      float rs = 0.0f;
-#pragma unroll
-      for (int jj = 0; jj < kMaxStreams; ++jj)
-        if (jj < n) rs += o[jj];
-      return rs;
-    };
-    v = v / sum_row() + eps;
+    v = v / sum_of(i * n, 1) + eps;
     auto norm_col = [&] {
-      float o[kMaxStreams];
-#pragma unroll
-      for (int ii = 0; ii < kMaxStreams; ++ii) o[ii] = __shfl_sync(full, v, min(ii, n - 1) * n + j);
-      float cs = 0.0f;
-#pragma unroll
-      for (int ii = 0; ii < kMaxStreams; ++ii)
-        if (ii < n) cs += o[ii];
-      cs += eps;
+      const float cs = sum_of(j, n) + eps;
       v = v / cs;
     };
     auto norm_row = [&] {
-      const float rs = sum_row() + eps;
+      const float rs = sum_of(i * n, 1) + eps;
       v = v / rs;
     };
     norm_col();
