@@ -335,9 +335,10 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
         markov_step(k, k == 0 ? b.prev.get() : b.picks.get() + sz(k - 1) * sz(n), b.picks.get() + sz(k) * sz(n));
     });
     std::vector<int32_t> picks(sz(most * n));
-    std::vector<float> e(sz(most * n * r));
+    std::vector<float> e;
     KILN_CUDA_CHECK(cudaMemcpyAsync(picks.data(), b.picks.get(), picks.size() * 4, cudaMemcpyDeviceToHost, st));
     if (!h.empty()) {
+      e.resize(sz(most * n * r));
       KILN_CUDA_CHECK(cudaMemcpyAsync(h.data(), b.hk.get(), h.size() * 4, cudaMemcpyDeviceToHost, st));
       KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get(), e.size() * 4, cudaMemcpyDeviceToHost, st));
     }
@@ -368,7 +369,8 @@ void GpuDSpark::draft_group(std::span<const Round> rounds, size_t first, const C
     if (k > 0) KILN_CUDA_CHECK(cudaMemcpyAsync(b.prev.get(), prev, sz(n) * sizeof(int32_t), cudaMemcpyHostToDevice, st));
     launch({Pass::MarkovStep, n, k}, [&] { markov_step(k, b.prev.get(), nullptr); });
     KILN_CUDA_CHECK(cudaMemcpyAsync(adjusted.data(), b.adjusted.get(), adjusted.size() * 4, cudaMemcpyDeviceToHost, st));
-    KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get() + sz(k) * sz(n) * sz(r), e.size() * 4, cudaMemcpyDeviceToHost, st));
+    if (!h.empty())  // e_k only feeds the confidences
+      KILN_CUDA_CHECK(cudaMemcpyAsync(e.data(), b.e.get() + sz(k) * sz(n) * sz(r), e.size() * 4, cudaMemcpyDeviceToHost, st));
     KILN_CUDA_CHECK(cudaStreamSynchronize(st));
     for (int i = 0; i < n; ++i) {
       const size_t at = first + sz(i);
