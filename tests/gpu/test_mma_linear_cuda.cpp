@@ -6,8 +6,9 @@
 //    input, the fp32 input itself otherwise) and the dequantized weight: fp32 inputs are
 //    carried exactly (three bf16 terms), so without output rounding the error is fp32
 //    summation only; with it, the bf16 rounding of the output;
-//  - every row of an M-row call (M up to 80: one to ten token groups, two passes) bitwise
-//    equal to the row called alone;
+//  - every row of an M-row call (M up to 200: one to 25 token groups, up to four passes,
+//    and from kMmaRowTileMinRows rows the row-tile kernel on FP8 weights) bitwise equal to
+//    the row called alone;
 //  - the grouped form (wo_a) per group against fp64, and batch-invariant.
 #include <gtest/gtest.h>
 
@@ -22,6 +23,7 @@
 
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/quant_linear_mma.h"
 #include "kiln/ops/linear_numerics.h"
 #include "kiln/ops/quant_linear.h"
 #include "linear_rows.h"
@@ -35,7 +37,7 @@ using ops::test_linear::DevBuf;
 using ops::test_linear::LoadedCase;
 using ops::test_linear::one_of_each_scheme;
 
-constexpr int kMaxM = 80;
+constexpr int kMaxM = 200;
 
 struct Bound {
   double rel_out;  // times |ref| (output rounding)
@@ -106,7 +108,8 @@ TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
                                                                  : Bound{0.0, 0x1p-17};
         const double worst = check_rows(alone, n, xin, k, 0, 0, n, lc.W, n, k, kMaxM, b);
         std::printf("[mma linear] %-9s %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), r.name, worst);
-        for (int M : {2, 7, 8, 9, 33, 64, 65, 80}) {
+        static_assert(ops::cuda::detail::kMmaRowTileMinRows <= 130, "the M list reaches the row-tile kernel");
+        for (int M : {2, 7, 8, 9, 33, 64, 65, 80, 130, 200}) {
           poison(dy.p, static_cast<size_t>(M * n));
           q.forward(dx.p, k, M, dy.p, n, nullptr);
           const auto y = download(dy.p, static_cast<size_t>(M * n));
@@ -137,7 +140,7 @@ TEST(MmaLinear, GroupedProductMatchesFp64AndIsBatchInvariant) {
     });
     const double worst = check_rows(alone, n, x, ldx, 0, k, rows, lc.W, n, k, kMaxM, {0x1p-8, 0x1p-17});
     std::printf("[mma linear] grouped %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), worst);
-    for (int M : {3, 8, 17, 80}) {
+    for (int M : {3, 8, 17, 80, 200}) {
       poison(dy.p, static_cast<size_t>(M * n));
       q.forward_grouped(dx.p, ldx, k, M, static_cast<int>(groups), dy.p, n, nullptr);
       const auto y = download(dy.p, static_cast<size_t>(M * n));

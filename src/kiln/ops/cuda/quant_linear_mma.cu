@@ -26,6 +26,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
 
@@ -49,6 +50,7 @@ struct KernelArgs {
   float* y;
   int64_t ldy;
   bool round;
+  int kwarps;  // the plan's input ranges (the row-tile kernel walks them in one warp)
 };
 
 __device__ __forceinline__ uint4 ld_weight(const uint8_t* p) {
@@ -64,6 +66,47 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v, int half) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v >> (16 * half)), __NV_E4M3);
   const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
   return bf16x2(f.x, f.y);
+}
+
+// One 128-input chunk of an FP8 weight (the lane's 8 words of rows g and g + 8) times one
+// token group's e4m3 codes (the lane's 8 words), added into acc with the chunk's scales:
+// the block's sum of four m16n8k32 steps, times (activation scale x weight scale).
+__device__ __forceinline__ void chunk_fp8x(const uint32_t (&r0w)[8], const uint32_t (&r1w)[8], const uint32_t (&xw)[8],
+                                           float sa0, float sa1, float ws, float (&acc)[4]) {
+  float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    mma_e4m3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xw[2 * j], xw[2 * j + 1], blk);
+  const float s0 = __fmul_rn(sa0, ws), s1 = __fmul_rn(sa1, ws);
+  acc[0] = __fmaf_rn(blk[0], s0, acc[0]);
+  acc[1] = __fmaf_rn(blk[1], s1, acc[1]);
+  acc[2] = __fmaf_rn(blk[2], s0, acc[2]);
+  acc[3] = __fmaf_rn(blk[3], s1, acc[3]);
+}
+
+// One 128-input chunk of an FP8 weight as bf16 pairs (a0..a3 per m16n8k16 step) times one
+// token group's fp32 inputs in three bf16 terms (xv[j]: step j's four inputs), the chunk's
+// sum scaled by the weight's block scale into acc.
+__device__ __forceinline__ void chunk_fp8w_split(const uint32_t (&a0)[8], const uint32_t (&a1)[8], const uint32_t (&a2)[8],
+                                                 const uint32_t (&a3)[8], const float4 (&xv)[8], float ws,
+                                                 float (&acc)[4]) {
+  float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) mma_bf16_split3(a0[j], a1[j], a2[j], a3[j], xv[j].x, xv[j].y, xv[j].z, xv[j].w, blk);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = __fmaf_rn(blk[i], ws, acc[i]);
+}
+
+// An FP8 chunk's e4m3 codes of rows g (r0w) and g + 8 (r1w) as bf16 pairs, exactly.
+__device__ __forceinline__ void fp8_chunk_as_bf16(const uint32_t (&r0w)[8], const uint32_t (&r1w)[8], uint32_t (&a0)[8],
+                                                  uint32_t (&a1)[8], uint32_t (&a2)[8], uint32_t (&a3)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    a0[j] = e4m3x2_to_bf16x2(r0w[j], 0);
+    a2[j] = e4m3x2_to_bf16x2(r0w[j], 1);
+    a1[j] = e4m3x2_to_bf16x2(r1w[j], 0);
+    a3[j] = e4m3x2_to_bf16x2(r1w[j], 1);
+  }
 }
 
 // Inputs per chunk; a chunk is 128 weight bytes per row either way.
@@ -140,26 +183,18 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
       }
     } else if constexpr (OPS == MmaOperands::Fp8W_SplitX) {
       uint32_t a0[8], a1[8], a2[8], a3[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        a0[j] = e4m3x2_to_bf16x2(r0w[j], 0);
-        a2[j] = e4m3x2_to_bf16x2(r0w[j], 1);
-        a1[j] = e4m3x2_to_bf16x2(r1w[j], 0);
-        a3[j] = e4m3x2_to_bf16x2(r1w[j], 1);
-      }
+      fp8_chunk_as_bf16(r0w, r1w, a0, a1, a2, a3);
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
         if (t >= groups) break;
-        float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float4 xv[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
-          const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
-          mma_bf16_split3(a0[j], a1[j], a2[j], a3[j], xv.x, xv.y, xv.z, xv.w, blk);
+          xv[j] = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[t][i] = __fmaf_rn(blk[i], ws, acc[t][i]);
+        chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
       }
     } else {  // Fp8W_Fp8X
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
@@ -176,15 +211,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
         const float sa0 = tc0 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc0] : 0.0f;
         const float sa1 = tc1 < a.M ? a.xs[static_cast<int64_t>(c) * a.xs_ld + tc1] : 0.0f;
-        float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          mma_e4m3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xw[2 * j], xw[2 * j + 1], blk);
-        const float s0 = __fmul_rn(sa0, ws), s1 = __fmul_rn(sa1, ws);
-        acc[t][0] = __fmaf_rn(blk[0], s0, acc[t][0]);
-        acc[t][1] = __fmaf_rn(blk[1], s1, acc[t][1]);
-        acc[t][2] = __fmaf_rn(blk[2], s0, acc[t][2]);
-        acc[t][3] = __fmaf_rn(blk[3], s1, acc[t][3]);
+        chunk_fp8x(r0w, r1w, xw, sa0, sa1, ws, acc[t]);
       }
     }
   };
@@ -242,6 +269,201 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
       }
     }
   }
+}
+
+// ---- The row-tile kernel: many tokens on an FP8 weight ----
+//
+// grid (64-token passes, 128-row tiles), 8 warps; warp w multiplies the 16-row tile 8 y + w
+// by the pass's 64 tokens over all inputs. A chunk's inputs for the 64 tokens (and their
+// activation scales) are staged in shared memory by cp.async, double-buffered, so all 8 warps
+// read one copy. Each warp walks the plan's kwarps input ranges in order and keeps a finished
+// range's sum aside (a lane-private shared slot), added to the earlier ones when the range
+// ends: ((range 0 + range 1) + range 2) ..., the order in which mma_linear_kernel's warp 0
+// adds its warps' sums. Every output is therefore the same bits as in mma_linear_kernel.
+constexpr int kRowTileWarps = 8;
+constexpr int kRowTileTokens = 64;
+
+// Bytes of one staged chunk: e4m3 codes [64][128] and scales [64], or fp32 inputs [64][128].
+template <MmaOperands OPS>
+struct RowStage {
+  static constexpr int kRowBytes = OPS == MmaOperands::Fp8W_Fp8X ? 128 : 512;
+  static constexpr int kXBytes = kRowTileTokens * kRowBytes;
+  static constexpr int kBytes = kXBytes + (OPS == MmaOperands::Fp8W_Fp8X ? kRowTileTokens * 4 : 0);
+  static constexpr int kDoneBytes = kRowTileWarps * 8 * 4 * 32 * 4;  // [warp][group][4][lane] floats
+  static constexpr int kSmem = 2 * kBytes + kDoneBytes;
+};
+
+// The 16-byte unit where unit u of a staged token row lives, XOR-swizzled so that the
+// quarter-warps' 16-byte reads (tokens g and g + 1, lanes q = 0..3) hit distinct banks.
+__device__ __forceinline__ int fp8x_unit(int row, int u) { return u ^ ((row & 1) << 2); }
+__device__ __forceinline__ int split_unit(int row, int u) { return u ^ ((((u >> 3) & 1) << 1) | (row & 1)); }
+
+template <MmaOperands OPS>
+__global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(KernelArgs a) {
+  static_assert(OPS != MmaOperands::Bf16W_SplitX, "the row-tile kernel takes FP8 weights");
+  using St = RowStage<OPS>;
+  constexpr int CK = 128;
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* done = reinterpret_cast<float*>(smem + 2 * St::kBytes);
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, q = lane & 3;
+  const int tile = static_cast<int>(blockIdx.y) * kRowTileWarps + warp;
+  const bool active = tile * 16 < a.n;  // every warp stages and waits; only these multiply
+  const int tok0 = static_cast<int>(blockIdx.x) * kRowTileTokens;
+  const int row0 = tile * 16 + g, row1 = row0 + 8;
+  const uint8_t* w0 = a.w + static_cast<int64_t>(min(row0, a.n - 1)) * a.row_bytes + q * 16;
+  const uint8_t* w1 = a.w + static_cast<int64_t>(min(row1, a.n - 1)) * a.row_bytes + q * 16;
+  const int64_t group = static_cast<int64_t>(blockIdx.y) * kRowTileWarps * 16 / a.group_rows;
+  const int nc = a.k / CK, kw = a.kwarps;
+  const int groups = min(kRowTileTokens / 8, (a.M - tok0 + 7) / 8);
+  const float* wsr = a.ws + static_cast<int64_t>(min(tile * 16, a.n - 1) / a.block_n) * a.ws_ld;
+
+  auto stage = [&](int c, int buf) {
+    uint8_t* st = smem + buf * St::kBytes;
+    if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
+      for (int i = tid; i < kRowTileTokens * 8; i += kRowTileWarps * 32) {
+        const int row = i >> 3, u = i & 7, tok = tok0 + row;
+        const bool ok = tok < a.M;
+        const uint8_t* src = ok ? a.xq + static_cast<int64_t>(tok) * a.k + static_cast<int64_t>(c) * CK + u * 16 : a.xq;
+        cp_async16(st + row * St::kRowBytes + fp8x_unit(row, u) * 16, src, ok);
+      }
+      if (tid < kRowTileTokens) {
+        const bool ok = tok0 + tid < a.M;
+        cp_async4(st + St::kXBytes + tid * 4, ok ? a.xs + static_cast<int64_t>(c) * a.xs_ld + tok0 + tid : a.xs, ok);
+      }
+    } else {
+      for (int i = tid; i < kRowTileTokens * 32; i += kRowTileWarps * 32) {
+        const int row = i >> 5, u = i & 31, tok = tok0 + row;
+        const bool ok = tok < a.M;
+        const float* src =
+            ok ? a.x + static_cast<int64_t>(tok) * a.ldx + group * a.x_group_stride + static_cast<int64_t>(c) * CK + u * 4 : a.x;
+        cp_async16(st + row * St::kRowBytes + split_unit(row, u) * 16, src, ok);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float acc[8][4];
+#pragma unroll
+  for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  int range = 0, range_end = nc / kw;
+  auto end_range = [&]() {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+      if (t >= groups) break;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float& slot = done[((warp * 8 + t) * 4 + i) * 32 + lane];
+        slot = range == 0 ? acc[t][i] : __fadd_rn(slot, acc[t][i]);
+        acc[t][i] = 0.0f;
+      }
+    }
+    ++range;
+    range_end = (range + 1) * nc / kw;
+  };
+  auto load = [&](uint4 (&w)[4], int c) {
+    const int64_t off = static_cast<int64_t>(c) * 128;
+    w[0] = ld_weight(w0 + off), w[1] = ld_weight(w0 + off + 64);
+    w[2] = ld_weight(w1 + off), w[3] = ld_weight(w1 + off + 64);
+  };
+  auto multiply = [&](const uint4 (&w)[4], int c, const uint8_t* st) {
+    const uint32_t r0w[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
+    const uint32_t r1w[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
+    const float ws = wsr[c];
+    if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
+      const float* sc = reinterpret_cast<const float*>(st + St::kXBytes);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        if (t >= groups) break;
+        const int row = t * 8 + g;
+        const uint8_t* xr = st + row * St::kRowBytes;
+        const uint4 xa = *reinterpret_cast<const uint4*>(xr + fp8x_unit(row, q) * 16);
+        const uint4 xb = *reinterpret_cast<const uint4*>(xr + fp8x_unit(row, 4 + q) * 16);
+        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        chunk_fp8x(r0w, r1w, xw, sc[t * 8 + 2 * q], sc[t * 8 + 2 * q + 1], ws, acc[t]);
+      }
+    } else {
+      uint32_t a0[8], a1[8], a2[8], a3[8];
+      fp8_chunk_as_bf16(r0w, r1w, a0, a1, a2, a3);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        if (t >= groups) break;
+        const int row = t * 8 + g;
+        const uint8_t* xr = st + row * St::kRowBytes;
+        float4 xv[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          xv[j] = *reinterpret_cast<const float4*>(xr + split_unit(row, (j / 4) * 16 + 4 * q + (j % 4)) * 16);
+        chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
+      }
+    }
+  };
+
+  // Weights two chunks ahead in registers (static ring indices: the loop is unrolled by 2),
+  // inputs one chunk ahead in shared memory.
+  uint4 ring[2][4];
+  if (active) {
+    load(ring[0], 0);
+    if (nc > 1) load(ring[1], 1);
+  }
+  stage(0, 0);
+  for (int cb = 0; cb < nc; cb += 2) {
+#pragma unroll
+    for (int d = 0; d < 2; ++d) {
+      const int c = cb + d;
+      if (c < nc) {
+        if (c + 1 < nc) {
+          stage(c + 1, d ^ 1);
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (active) {
+          const uint4 w[4] = {ring[d][0], ring[d][1], ring[d][2], ring[d][3]};
+          if (c + 2 < nc) load(ring[d], c + 2);
+          multiply(w, c, smem + d * St::kBytes);
+          if (c + 1 == range_end) end_range();
+        }
+        __syncthreads();  // buffer d is staged again two chunks on
+      }
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    if (t >= groups) break;
+    float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float s = done[((warp * 8 + t) * 4 + i) * 32 + lane];
+      v[i] = a.round ? bf16_round(s) : s;
+    }
+    const int tc0 = tok0 + t * 8 + 2 * q;
+    if (tc0 < a.M) {
+      float* yr = a.y + static_cast<int64_t>(tc0) * a.ldy;
+      if (row0 < a.n) yr[row0] = v[0];
+      if (row1 < a.n) yr[row1] = v[2];
+    }
+    if (tc0 + 1 < a.M) {
+      float* yr = a.y + static_cast<int64_t>(tc0 + 1) * a.ldy;
+      if (row0 < a.n) yr[row0] = v[1];
+      if (row1 < a.n) yr[row1] = v[3];
+    }
+  }
+}
+
+template <MmaOperands OPS>
+void launch_rows(int M, int64_t n, const KernelArgs& k, cudaStream_t st) {
+  constexpr int smem = RowStage<OPS>::kSmem;
+  static const bool attr = [] {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(mma_linear_rows_kernel<OPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)attr;
+  const dim3 grid(static_cast<unsigned>((M + kRowTileTokens - 1) / kRowTileTokens),
+                  static_cast<unsigned>((n + 16 * kRowTileWarps - 1) / (16 * kRowTileWarps)));
+  mma_linear_rows_kernel<OPS><<<grid, kRowTileWarps * 32, smem, st>>>(k);
 }
 
 template <MmaOperands OPS>
@@ -313,6 +535,18 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
   k.y = a.y;
   k.ldy = a.ldy;
   k.round = plan.round_bf16;
+  k.kwarps = plan.kwarps;
+  // Many tokens on an FP8 weight: the row-tile kernel (the same bits), when its 128-row
+  // tiles stay inside one group of rows.
+  if (a.M >= kMmaRowTileMinRows && plan.ops != MmaOperands::Bf16W_SplitX &&
+      (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
+    if (plan.ops == MmaOperands::Fp8W_Fp8X)
+      launch_rows<MmaOperands::Fp8W_Fp8X>(a.M, p.n, k, stream);
+    else
+      launch_rows<MmaOperands::Fp8W_SplitX>(a.M, p.n, k, stream);
+    KILN_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const int tg = a.M <= 8 ? 1 : a.M <= 16 ? 2 : a.M <= 32 ? 4 : 8;
   const dim3 grid(static_cast<unsigned>((a.M + tg * 8 - 1) / (tg * 8)), static_cast<unsigned>((p.n + 15) / 16));
   const dim3 block(static_cast<unsigned>(plan.kwarps * 32));
