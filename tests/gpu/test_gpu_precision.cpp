@@ -13,12 +13,15 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_fixtures.h"
 #include "kiln/cli/text_tokens.h"
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/moe_grouped.h"
 #include "kiln/ops/quant_linear.h"
 #include "linear_rows.h"
 #include "quant_linear_cases.h"
@@ -108,12 +111,18 @@ TEST(GpuPrecision, LinearsInDeepSeekNumericsMatchTheCpuAndAreBatchInvariant) {
 // The expert set in deepseek numerics (the grouped tensor-core kernels of moe_grouped.h:
 // mxfp4 and fp8_block on FP8 input, int4 and nvfp4 on the bf16 input in three terms): each
 // pair against fp64 sums over the CPU's input (act_quant's values for the FP8 kinds; x_div 1
-// and 2), and a pair's result independent of how many pairs share the launch.
+// and 2), and a pair's result independent of how many pairs share the launch. From
+// GroupedExperts::kRowTilesMinPairsPerExpert pairs per expert (P = 48, 71, 160 here, 4
+// experts) MXFP4 and FP8 take the row-tile kernel, whose bits the pair alone (the 16-row
+// kernel) must match. Pairs 48 on all name expert 2, which then takes 124 pairs: two rounds
+// of that kernel's 64 pairs. k = 128 leaves three of the four K-slices empty; k = 640 gives
+// slices of unequal length.
 TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
-  constexpr int kE = 4, kMaxP = 48;
-  const int64_t n = 256, k = 512;
+  constexpr int kE = 4, kMaxP = 160;
+  static_assert(ops::cuda::GroupedExperts::kRowTilesMinPairsPerExpert * kE <= 48, "P = 48 takes the row-tile kernel");
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{256, 512}, {128, 128}, {384, 640}})
   for (const char* scheme : {"mxfp4", "fp8_block", "int4 asym", "nvfp4"}) {
-    SCOPED_TRACE(scheme);
+    SCOPED_TRACE(std::string(scheme) + " " + std::to_string(n) + "x" + std::to_string(k));
     std::vector<std::unique_ptr<LoadedCase>> cases;
     std::vector<HostQuantLinear> views;
     for (int e = 0; e < kE; ++e) {
@@ -127,8 +136,9 @@ TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
     std::vector<float> xq = x;
     if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxP, k, xq.data(), k);
     std::vector<int32_t> ids(kMaxP);
-    for (int i = 0; i < kMaxP; ++i) ids[static_cast<size_t>(i)] = (i * 7 + 3) % kE;
+    for (int i = 0; i < kMaxP; ++i) ids[static_cast<size_t>(i)] = i < 48 ? (i * 7 + 3) % kE : 2;
     ids[5] = -1;  // a pair naming no expert writes nothing
+    ids[100] = -1;
     DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxP * n));
     DevBuf<int32_t> did(ids.size());
     upload(dx.p, x);
@@ -162,7 +172,7 @@ TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
     }
     const auto alone = each_row_alone(
         kMaxP, n, dy.p, [&](int i, float* y) { set.forward_indexed(dx.p + i * k, k, 1, did.p + i, 1, y, n, nullptr); });
-    for (int P : {2, 6, 24, 48}) {
+    for (int P : {2, 6, 24, 48, 71, 160}) {
       poison(dy.p, static_cast<size_t>(P * n));
       set.forward_indexed(dx.p, k, 1, did.p, P, dy.p, n, nullptr);
       const auto y = download(dy.p, static_cast<size_t>(P * n));

@@ -21,6 +21,7 @@
 
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
 
@@ -109,6 +110,31 @@ struct WeightStep<false> {
   }
 };
 
+// One 32-input step of one group of 8 pairs: the step's product from zero, times the rows'
+// MXFP4 scales (FP8: none), added into the block's sum.
+template <bool kFp4>
+__device__ __forceinline__ void step_pairs(const uint32_t (&a)[4], uint32_t x0, uint32_t x1, float w_lo, float w_hi,
+                                           float (&blk)[4]) {
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
+  if (kFp4) {
+    d[0] = __fmul_rn(d[0], w_lo);
+    d[1] = __fmul_rn(d[1], w_lo);
+    d[2] = __fmul_rn(d[2], w_hi);
+    d[3] = __fmul_rn(d[3], w_hi);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) blk[i] = __fadd_rn(blk[i], d[i]);
+}
+
+// The end of a 128-input block: its sum times the pairs' (activation x weight) scales.
+__device__ __forceinline__ void end_block(const float (&blk)[4], float sa0, float sa1, float (&acc)[4]) {
+  acc[0] = __fmaf_rn(blk[0], sa0, acc[0]);
+  acc[1] = __fmaf_rn(blk[1], sa1, acc[1]);
+  acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
+  acc[3] = __fmaf_rn(blk[3], sa1, acc[3]);
+}
+
 // The pairs sorted by expert: start [E + 1], the active experts in ascending id and their
 // count, order [P] (within an expert in no particular order: a pair's result does not
 // depend on its place).
@@ -182,27 +208,164 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
           x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
           x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
         }
-        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
-        if (kFp4) {
-          const float w_lo = e8m0_value((e_lo >> (8 * j)) & 0xFFu), w_hi = e8m0_value((e_hi >> (8 * j)) & 0xFFu);
-          d[0] = __fmul_rn(d[0], w_lo);
-          d[1] = __fmul_rn(d[1], w_lo);
-          d[2] = __fmul_rn(d[2], w_hi);
-          d[3] = __fmul_rn(d[3], w_hi);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) blk[i] = __fadd_rn(blk[i], d[i]);
+        const float w_lo = kFp4 ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+        const float w_hi = kFp4 ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+        step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk);
       }
       // FP8: the weight's 128 x 128 block scale joins the activation scale.
       const float ws = kFp4 ? 1.0f : sc8[b];
       const float sa0 = s0 ? __fmul_rn(s0[b], ws) : 0.0f, sa1 = s1 ? __fmul_rn(s1[b], ws) : 0.0f;
-      acc[0] = __fmaf_rn(blk[0], sa0, acc[0]);
-      acc[1] = __fmaf_rn(blk[1], sa1, acc[1]);
-      acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
-      acc[3] = __fmaf_rn(blk[3], sa1, acc[3]);
+      end_block(blk, sa0, sa1, acc);
     }
     write_pairs(part, acc, warp, lane, tile * 16 + g, qc0, qc1, p1, order, 1.0f, y, ldy);
+  }
+}
+
+// ---- Many pairs per expert (a prompt): the row-tile form of grouped_kernel ----
+//
+// grid (n / 128 row tiles, active-expert slots), 8 warps; warp w multiplies the 16-row tile
+// 8 x + w by its expert's pairs, 64 at a time (8 groups), over all inputs. A 128-input
+// block of the 64 pairs' e4m3 inputs and their scales is staged in shared memory by
+// cp.async (double-buffered), so the 8 warps read one copy, and each weight step is loaded
+// and decoded once per 64 pairs. The inputs are walked in grouped_kernel's kSlices ranges,
+// in order; a finished range's sum waits in a lane-private shared slot and is added to the
+// earlier ones as the range ends, the order in which write_pairs adds the warps' sums. Every
+// pair's output is therefore the same bits as grouped_kernel's.
+constexpr int kRowTileWarps = 8;
+constexpr int kRoundPairs = 64;
+constexpr int kStageBytes = kRoundPairs * 128 + kRoundPairs * 4;  // e4m3 [64][128] + scales [64]
+constexpr int kRowsSmem = 2 * kStageBytes + kRowTileWarps * 8 * 4 * 32 * 4 + kRoundPairs * 4;
+
+// The 16-byte unit where unit u of a staged pair row lives: XOR-swizzled by the row, so the
+// 8 rows a warp's 4-byte reads touch (pairs g = 0..7) fall in distinct banks.
+__device__ __forceinline__ int pair_unit(int row, int u) { return u ^ (row & 7); }
+
+template <bool kFp4>
+__global__ void __launch_bounds__(kRowTileWarps * 32, 2)
+    grouped_rows_kernel(Params p, const uint8_t* __restrict__ xq, const float* __restrict__ xs, int x_div,
+                        const int32_t* __restrict__ order, const int32_t* __restrict__ start,
+                        const int32_t* __restrict__ active, const int32_t* __restrict__ nactive, float* __restrict__ y,
+                        int64_t ldy) {
+  if (static_cast<int>(blockIdx.y) >= *nactive) return;
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* done = reinterpret_cast<float*>(smem + 2 * kStageBytes);
+  int* prow = reinterpret_cast<int*>(done + kRowTileWarps * 8 * 4 * 32);  // the round's x rows (-1: none)
+  const int e = active[blockIdx.y];
+  const int p0 = start[e], p1 = start[e + 1];
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tile = static_cast<int>(blockIdx.x) * kRowTileWarps + warp;
+  const bool on = tile * 16 < p.n;
+  const int S = p.k / 32, NB = p.k / 128;
+  using W = WeightStep<kFp4>;
+  const uint8_t* wt = p.w + e * p.expert_w + static_cast<int64_t>(on ? tile : 0) * S * 32 * W::kLaneBytes;
+  const uint32_t* sc4 = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(on ? tile : 0) * NB * 16;
+  const float* sc8 = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>((on ? tile : 0) * 16 / 128) * NB;
+
+  for (int q0 = p0; q0 < p1; q0 += kRoundPairs) {
+    const int ng = min(8, (p1 - q0 + 7) / 8);
+    __syncthreads();  // the previous round's buffers and rows are used
+    if (tid < kRoundPairs) prow[tid] = q0 + tid < p1 ? order[q0 + tid] / x_div : -1;
+    __syncthreads();
+    auto stage = [&](int b, int buf) {
+      uint8_t* st = smem + buf * kStageBytes;
+      for (int i = tid; i < kRoundPairs * 8; i += kRowTileWarps * 32) {
+        const int row = i >> 3, u = i & 7, xr = prow[row];
+        cp_async16(st + row * 128 + pair_unit(row, u) * 16,
+                   xr >= 0 ? xq + static_cast<int64_t>(xr) * p.k + static_cast<int64_t>(b) * 128 + u * 16 : xq, xr >= 0);
+      }
+      if (tid < kRoundPairs) {
+        const int xr = prow[tid];
+        cp_async4(st + kRoundPairs * 128 + tid * 4, xr >= 0 ? xs + static_cast<int64_t>(xr) * NB + b : xs, xr >= 0);
+      }
+      cp_async_commit();
+    };
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    // Ranges r = [r NB / kSlices, (r + 1) NB / kSlices), some possibly empty, each folded
+    // into `done` at its end.
+    int range = 0;
+    auto fold_ended = [&](int blocks_done) {
+      while (range < kSlices && (range + 1) * NB / kSlices == blocks_done) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (i >= ng) break;
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            float& slot = done[((warp * 8 + i) * 4 + r) * 32 + lane];
+            slot = range == 0 ? acc[i][r] : __fadd_rn(slot, acc[i][r]);
+            acc[i][r] = 0.0f;
+          }
+        }
+        ++range;
+      }
+    };
+    if (on) fold_ended(0);
+    stage(0, 0);
+    for (int b = 0; b < NB; ++b) {
+      if (b + 1 < NB) {
+        stage(b + 1, (b + 1) & 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      if (on) {
+        const uint8_t* st = smem + (b & 1) * kStageBytes;
+        const uint32_t e_lo = kFp4 ? sc4[b * 16 + g] : 0u, e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
+        float blk[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          uint32_t a[4];
+          W::load(wt, b * 4 + j, lane, a);
+          const float w_lo = kFp4 ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+          const float w_hi = kFp4 ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            if (i >= ng) break;
+            const int row = i * 8 + g;
+            const uint8_t* xr = st + row * 128;
+            const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
+            const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
+            step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk[i]);
+          }
+        }
+        const float ws = kFp4 ? 1.0f : sc8[b];
+        const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (i >= ng) break;
+          const int c0 = i * 8 + 2 * t;
+          const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], ws) : 0.0f;
+          const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], ws) : 0.0f;
+          end_block(blk[i], sa0, sa1, acc[i]);
+        }
+        fold_ended(b + 1);
+      }
+      __syncthreads();  // buffer b & 1 is staged again at b + 2
+    }
+    if (on) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        if (i >= ng) break;
+        float v[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) v[r] = bf16_round(__fmul_rn(done[((warp * 8 + i) * 4 + r) * 32 + lane], 1.0f));
+        const int qc0 = q0 + i * 8 + 2 * t, qc1 = qc0 + 1, r0 = tile * 16 + g;
+        if (qc0 < p1) {
+          float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
+          yr[r0] = v[0];
+          yr[r0 + 8] = v[2];
+        }
+        if (qc1 < p1) {
+          float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
+          yr[r0] = v[1];
+          yr[r0 + 8] = v[3];
+        }
+      }
+    }
   }
 }
 
@@ -338,7 +501,25 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
   p.expert_s = fp4 ? int64_t{n} * k / 32 : int64_t{n} / 128 * (k / 128) * 4;
   p.n = n;
   p.k = k;
-  const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
+  const unsigned slots = static_cast<unsigned>(P < count ? P : count);
+  if (P >= GroupedExperts::kRowTilesMinPairsPerExpert * count && n % (16 * kRowTileWarps) == 0) {
+    static const bool attr = [] {
+      KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+      KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+      return true;
+    }();
+    (void)attr;
+    const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
+    if (fp4)
+      grouped_rows_kernel<true><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(p, xq, xs, x_div, order, po.start, po.active,
+                                                                                    po.nactive, y, ldy);
+    else
+      grouped_rows_kernel<false><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(p, xq, xs, x_div, order, po.start, po.active,
+                                                                                     po.nactive, y, ldy);
+    KILN_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const dim3 grid(static_cast<unsigned>(n / 16), slots);
   if (fp4) {
     grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
   } else {

@@ -23,7 +23,11 @@
 //
 // One call: a sort of the pairs by expert (one block, no host synchronisation), then one
 // launch over (16-row tiles, active experts); each CTA streams its 16 rows of one expert
-// once for every 8 of that expert's pairs. Capturable in a CUDA graph.
+// once for every 8 of that expert's pairs. With kRowTilesMinPairsPerExpert pairs per expert
+// or more on average (a prompt) and n a multiple of 128, MXFP4 and FP8 experts launch over
+// (128-row tiles, active experts) instead: 8 warps, each a 16-row tile over all k in the 4
+// K-slices' order, share each 128-input block of 64 pairs' inputs staged in shared memory,
+// with the same sums in the same order (the same bits). Capturable in a CUDA graph.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +47,8 @@ class GroupedExperts {
  public:
   // The most experts a set may have (the sort kernel's per-expert counters in shared memory).
   static constexpr int kMaxExperts = 1024;
+  // From this many pairs per expert (P / count) MXFP4 and FP8 experts take the row-tile kernel.
+  static constexpr int kRowTilesMinPairsPerExpert = 8;
   // Whether these experts run here: all MXFP4 (E8M0 scales per 32, n a multiple of 16) or
   // all FP8 with 128 x 128 blocks (n a multiple of 128) — FP8 activations, forward() — or all
   // NVFP4 (E4M3 scales per 16) or all int4 without act order (groups of a multiple of 16
