@@ -89,25 +89,32 @@ struct Params {
 template <bool kFp4>
 struct WeightStep;
 
+// (raw: the lane's stored bytes of a step; decode: them as the fragment.)
 template <>
 struct WeightStep<true> {
   static constexpr int kLaneBytes = 8;
-  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) {
-    const uint2 v = reinterpret_cast<const uint2*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
+  using Raw = uint2;
+  __device__ static Raw raw(const uint8_t* tile_w, int s, int lane) {
+    return reinterpret_cast<const uint2*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
+  }
+  __device__ static void decode(const Raw& v, uint32_t (&a)[4]) {
     a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu);
     a[1] = e2m1x4_to_e4m3x4(v.x >> 16);
     a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu);
     a[3] = e2m1x4_to_e4m3x4(v.y >> 16);
   }
+  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
 template <>
 struct WeightStep<false> {
   static constexpr int kLaneBytes = 16;
-  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) {
-    const uint4 v = reinterpret_cast<const uint4*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
-    a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w;
+  using Raw = uint4;
+  __device__ static Raw raw(const uint8_t* tile_w, int s, int lane) {
+    return reinterpret_cast<const uint4*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
   }
+  __device__ static void decode(const Raw& v, uint32_t (&a)[4]) { a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w; }
+  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
 // One 32-input step of one group of 8 pairs: the step's product from zero, times the rows'
@@ -300,51 +307,74 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
         ++range;
       }
     };
-    if (on) fold_ended(0);
+    // A 128-input block's weight steps and scales, loaded one block ahead (a ring of two
+    // with static indices: the loop is unrolled by 2).
+    struct BlockW {
+      typename W::Raw s[4];
+      uint32_t e_lo, e_hi;
+      float ws;
+    };
+    auto load_block = [&](BlockW& bw, int b) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bw.s[j] = W::raw(wt, b * 4 + j, lane);
+      bw.e_lo = kFp4 ? sc4[b * 16 + g] : 0u;
+      bw.e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
+      bw.ws = kFp4 ? 1.0f : sc8[b];
+    };
+    BlockW ring[2];
+    if (on) {
+      fold_ended(0);
+      load_block(ring[0], 0);
+    }
     stage(0, 0);
-    for (int b = 0; b < NB; ++b) {
-      if (b + 1 < NB) {
-        stage(b + 1, (b + 1) & 1);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
-      if (on) {
-        const uint8_t* st = smem + (b & 1) * kStageBytes;
-        const uint32_t e_lo = kFp4 ? sc4[b * 16 + g] : 0u, e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
-        float blk[8][4];
+    for (int bb = 0; bb < NB; bb += 2) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
+      for (int d = 0; d < 2; ++d) {
+        const int b = bb + d;
+        if (b >= NB) break;
+        if (b + 1 < NB) {
+          stage(b + 1, d ^ 1);
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (on) {
+          const BlockW cur = ring[d];
+          if (b + 1 < NB) load_block(ring[d ^ 1], b + 1);
+          const uint8_t* st = smem + d * kStageBytes;
+          float blk[8][4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          uint32_t a[4];
-          W::load(wt, b * 4 + j, lane, a);
-          const float w_lo = kFp4 ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-          const float w_hi = kFp4 ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+          for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t a[4];
+            W::decode(cur.s[j], a);
+            const float w_lo = kFp4 ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+            const float w_hi = kFp4 ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+              if (i >= ng) break;
+              const int row = i * 8 + g;
+              const uint8_t* xr = st + row * 128;
+              const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
+              const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
+              step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk[i]);
+            }
+          }
+          const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             if (i >= ng) break;
-            const int row = i * 8 + g;
-            const uint8_t* xr = st + row * 128;
-            const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
-            const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
-            step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk[i]);
+            const int c0 = i * 8 + 2 * t;
+            const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], cur.ws) : 0.0f;
+            const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], cur.ws) : 0.0f;
+            end_block(blk[i], sa0, sa1, acc[i]);
           }
+          fold_ended(b + 1);
         }
-        const float ws = kFp4 ? 1.0f : sc8[b];
-        const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          if (i >= ng) break;
-          const int c0 = i * 8 + 2 * t;
-          const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], ws) : 0.0f;
-          const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], ws) : 0.0f;
-          end_block(blk[i], sa0, sa1, acc[i]);
-        }
-        fold_ended(b + 1);
+        __syncthreads();  // buffer d is staged again two blocks on
       }
-      __syncthreads();  // buffer b & 1 is staged again at b + 2
     }
     if (on) {
 #pragma unroll
