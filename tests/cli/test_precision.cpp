@@ -42,7 +42,7 @@ TEST(Precision, LinearNumericsFollowDeepSeeksModuleDeclarations) {
   EXPECT_EQ(ds(LinearRole::Quantized, SchemeKind::MXFP4).input, LinearInput::Fp8Block);
   for (auto s : {SchemeKind::BF16, SchemeKind::Int4Group, SchemeKind::NVFP4})
     EXPECT_EQ(ds(LinearRole::Quantized, s).input, LinearInput::Fp32);
-  EXPECT_EQ(ds(LinearRole::Bf16, SchemeKind::FP8Block).input, LinearInput::Fp32);  // wo_a: a bf16 einsum
+  EXPECT_EQ(ds(LinearRole::Bf16, SchemeKind::FP8Block).input, LinearInput::Bf16);  // wo_a: a bf16 einsum
   for (auto r : {LinearRole::Quantized, LinearRole::Bf16}) EXPECT_TRUE(ds(r, SchemeKind::FP8Block).bf16_output);
   EXPECT_FALSE(ds(LinearRole::Fp32, SchemeKind::FP8Block).bf16_output);
   EXPECT_EQ(ds(LinearRole::Fp32, SchemeKind::FP8Block).input, LinearInput::Fp32);
@@ -81,7 +81,7 @@ TEST(Precision, SetPrecisionGivesEachModuleItsRole) {
   const auto& b = w.layers.back();
   EXPECT_EQ(b.attn.wq_a.stored, SchemeKind::FP8Block);
   EXPECT_EQ(b.attn.wq_a.numerics.input, LinearInput::Fp8Block);
-  EXPECT_EQ(b.attn.wo_a.numerics.input, LinearInput::Fp32);
+  EXPECT_EQ(b.attn.wo_a.numerics.input, LinearInput::Bf16);
   EXPECT_TRUE(b.attn.wo_a.numerics.bf16_output);
   EXPECT_EQ(b.ffn.experts[0].w1.stored, SchemeKind::MXFP4);
   EXPECT_EQ(b.ffn.experts[0].w2.numerics.input, LinearInput::Fp8Block);

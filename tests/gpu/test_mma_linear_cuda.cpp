@@ -4,8 +4,9 @@
 //  - the plan says the tensor-core kernel was bound;
 //  - against fp64 sums over the input the CPU would use (act_quant's values for an FP8
 //    input, the fp32 input itself otherwise) and the dequantized weight: fp32 inputs are
-//    carried exactly (three bf16 terms), so without output rounding the error is fp32
-//    summation only; with it, the bf16 rounding of the output;
+//    carried exactly (three bf16 terms), and a bf16 layer's input rounded to bf16 (one
+//    term), so without output rounding the error is fp32 summation only; with it, the
+//    bf16 rounding of the output;
 //  - every row of an M-row call (M up to 200: one to 25 token groups, up to four passes,
 //    and from kMmaRowTileMinRows rows the row-tile kernel on FP8 weights) bitwise equal to
 //    the row called alone;
@@ -97,6 +98,8 @@ TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
         const auto x = random_rows(kMaxM, k, 17);
         std::vector<float> xin = x;
         if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxM, k, xin.data(), k);
+        // Bf16 input: the kernel rounds these fp32 values to bf16 as it loads them.
+        if (num.input == ops::LinearInput::Bf16) ops::cpu::round_bf16(x.data(), k, kMaxM, k, xin.data(), k);
         DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kMaxM * n));
         upload(dx.p, x);
         const auto alone =
@@ -138,7 +141,10 @@ TEST(MmaLinear, GroupedProductMatchesFp64AndIsBatchInvariant) {
     const auto alone = each_row_alone(kMaxM, n, dy.p, [&](int m, float* y) {
       q.forward_grouped(dx.p + m * ldx, ldx, k, 1, static_cast<int>(groups), y, n, nullptr);
     });
-    const double worst = check_rows(alone, n, x, ldx, 0, k, rows, lc.W, n, k, kMaxM, {0x1p-8, 0x1p-17});
+    ASSERT_EQ(num.input, ops::LinearInput::Bf16);
+    std::vector<float> xin(x.size());
+    ops::cpu::round_bf16(x.data(), ldx, kMaxM, ldx, xin.data(), ldx);
+    const double worst = check_rows(alone, n, xin, ldx, 0, k, rows, lc.W, n, k, kMaxM, {0x1p-8, 0x1p-17});
     std::printf("[mma linear] grouped %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), worst);
     for (int M : {3, 8, 17, 80, 200}) {
       poison(dy.p, static_cast<size_t>(M * n));

@@ -92,7 +92,10 @@ const float* CpuOps::linear_input(const Linear& l, const float* x, int64_t ldx, 
                                   std::vector<float>& scratch) const {
   if (l.numerics.input == ops::LinearInput::Fp32) return x;
   scratch.resize(static_cast<size_t>(std::max<int64_t>(R * ldx, 1)));
-  cpu::act_fake_quant(x, ldx, R, l.in, scratch.data(), ldx);
+  if (l.numerics.input == ops::LinearInput::Bf16)
+    cpu::round_bf16(x, ldx, R, ldx, scratch.data(), ldx);
+  else
+    cpu::act_fake_quant(x, ldx, R, l.in, scratch.data(), ldx);
   return scratch.data();
 }
 
@@ -138,9 +141,11 @@ void CpuOps::linear_grouped(const Linear& l, const float* x, int64_t ldx, int64_
                             float* y, int64_t ldy) const {
   if (l.rank_output != cpu::RankOutput::Local)
     fail(ErrorKind::Usage, "grouped linear: a layer whose output is summed or gathered over the ranks runs alone");
-  if (l.numerics.input != ops::LinearInput::Fp32)
+  if (l.numerics.input == ops::LinearInput::Fp8Block)
     fail(ErrorKind::Usage, "grouped linear: a layer that quantizes its input (act_quant over the whole row) cannot be "
                            "run grouped");
+  std::vector<float> xr;
+  x = linear_input(l, x, ldx, R, xr);  // Bf16: rounded; the groups' slices lie inside the rows
   const int64_t rows = l.out / G;
   std::vector<cpu::LinearJob> groups(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) groups[static_cast<size_t>(g)] = {&l, x + g * in_per_group, ldx, y + g * rows, ldy, g * rows, rows};

@@ -14,7 +14,9 @@
 //               e4m3 per 1 x 128 block, power-of-two scales); on int4, nvfp4 (sm_90 has no
 //               tensor cores for them) or bf16 weights it takes the bf16 input as it is;
 //             - a layer declared bf16 (wo_a, which DeepSeek runs as a bf16 einsum on the
-//               dequantized weight, and the indexer's weights_proj) takes the bf16 input;
+//               dequantized weight, and the indexer's weights_proj) takes its input as
+//               bf16 (LinearInput::Bf16: rounded, which changes nothing on the bf16 values
+//               the forward gives it) and multiplies it exactly, one bf16 term per input;
 //             - a layer computed in fp32 (the compressors' wkv and wgate, the MoE gate,
 //               the LM head) takes and gives fp32;
 //             - every other layer's output is rounded to bf16.
@@ -49,6 +51,7 @@ enum class LinearInput : uint8_t {
   Fp32,      // as given
   Fp8Block,  // act_quant: e4m3 codes per 1 x 128 block (a last partial block is a block
              // of its own), i.e. each value becomes e4m3(x / s) * s
+  Bf16,      // rounded to bf16 (nearest even), as DeepSeek's bf16 layers take it
 };
 
 struct LinearNumerics {
@@ -69,7 +72,7 @@ constexpr LinearNumerics linear_numerics(Precision p, LinearRole role, SchemeKin
   if (role == LinearRole::Fp32) return {LinearInput::Fp32, false, true};
   const bool fp8_act =
       role == LinearRole::Quantized && (scheme == SchemeKind::FP8Block || scheme == SchemeKind::MXFP4);
-  return {fp8_act ? LinearInput::Fp8Block : LinearInput::Fp32, true, true};
+  return {fp8_act ? LinearInput::Fp8Block : role == LinearRole::Bf16 ? LinearInput::Bf16 : LinearInput::Fp32, true, true};
 }
 
 }  // namespace kiln::ops

@@ -316,9 +316,8 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
   // Batch-invariant numerics: the tensor-core kernels where the weight allows them, the
   // same kernel and summation order for every M (quant_linear_mma.h).
   MmaOperands mops{};
-  const bool fp8_input = numerics.input == LinearInput::Fp8Block;
   if (numerics.batch_invariant && staging &&
-      mma_supported(w.scheme, n, k, static_cast<int>(w.block_n), static_cast<int>(w.block_k), fp8_input, &mops)) {
+      mma_supported(w.scheme, n, k, static_cast<int>(w.block_n), static_cast<int>(w.block_k), numerics.input, &mops)) {
     const int64_t ld = (int64_t{max_m} + 3) / 4 * 4;  // act_quant scale rows of max_m rounded to 16 bytes
     const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
     if (mops != MmaOperands::Fp8W_Fp8X || need <= static_cast<int64_t>(impl->xpad.bytes())) {
@@ -441,11 +440,12 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   auto st = static_cast<cudaStream_t>(stream);
   if (d.mma && mma_forward(d, x, ldx, 0, 1, M, y, ldy, st)) return;
   if (d.lt && M >= detail::kLtMinRows && detail::lt_forward(d, x, ldx, M, y, ldy, st)) return;
-  const bool fake_quant = d.num.input == LinearInput::Fp8Block;
-  if (fake_quant || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+  const bool fake_quant = d.num.input == LinearInput::Fp8Block, round_in = d.num.input == LinearInput::Bf16;
+  if (fake_quant || round_in || d.kp != d.k || ldx % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     auto* xp = static_cast<float*>(d.xpad.get());
     detail::launch_pad_rows(x, ldx, M, d.k, d.kp, xp, st);
     if (fake_quant) cuda::act_fake_quant(xp, d.kp, M, d.k, xp, d.kp, st);
+    if (round_in) cuda::round_bf16(xp, d.kp, M, d.k, xp, d.kp, st);
     x = xp;
     ldx = d.kp;
   }
@@ -478,7 +478,7 @@ void QuantLinear::forward_grouped(const float* x, int64_t ldx, int64_t x_group_s
          "linear forward_grouped: x rows of {} floats cannot hold {} groups {} apart of k = {} (x_group_stride >= 0), "
          "or ldy = {} < n = {}",
          ldx, groups, x_group_stride, d.k, ldy, d.n);
-  if (d.num.input != LinearInput::Fp32)
+  if (d.num.input == LinearInput::Fp8Block)
     fail(ErrorKind::Usage, "linear forward_grouped: the layer quantizes its input (act_quant per 128 columns of the "
                            "whole row), which a grouped product cannot take");
   auto st = static_cast<cudaStream_t>(stream);
@@ -495,10 +495,14 @@ void grouped_launch(const QuantLinearImpl& d, const float* x, int64_t ldx, int64
   const int64_t rows = d.n / groups;
   LaunchShape shape = pl.shape;
   shape.blocks = detail::row_blocks(rows, pl.rw, shape.lk_log2);
-  if (d.kp != d.k || ldx % 4 != 0 || x_group_stride % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+  // Bf16 input: each group's slice is staged and rounded (the tensor-core path rounds in
+  // its kernel; this one serves weights it does not take).
+  const bool round_in = d.num.input == LinearInput::Bf16;
+  if (round_in || d.kp != d.k || ldx % 4 != 0 || x_group_stride % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     auto* xp = static_cast<float*>(d.xpad.get());
     for (int g = 0; g < groups; ++g) {
       detail::launch_pad_rows(x + g * x_group_stride, ldx, M, d.k, d.kp, xp, st);
+      if (round_in) cuda::round_bf16(xp, d.kp, M, d.k, xp, d.kp, st);
       pl.fn(d.params, shape, xp, d.kp, M, y, ldy, RowGroups{rows, 0, g, 1}, st);
     }
     return;

@@ -97,6 +97,16 @@ __device__ __forceinline__ void chunk_fp8w_split(const uint32_t (&a0)[8], const 
   for (int i = 0; i < 4; ++i) acc[i] = __fmaf_rn(blk[i], ws, acc[i]);
 }
 
+// The same chunk times one token group's inputs rounded to bf16 (one term each).
+__device__ __forceinline__ void chunk_fp8w_bf16(const uint32_t (&a0)[8], const uint32_t (&a1)[8], const uint32_t (&a2)[8],
+                                                const uint32_t (&a3)[8], const float4 (&xv)[8], float ws, float (&acc)[4]) {
+  float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) mma_bf16(a0[j], a1[j], a2[j], a3[j], bf16x2(xv[j].x, xv[j].y), bf16x2(xv[j].z, xv[j].w), blk);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = __fmaf_rn(blk[i], ws, acc[i]);
+}
+
 // An FP8 chunk's e4m3 codes of rows g (r0w) and g + 8 (r1w) as bf16 pairs, exactly.
 __device__ __forceinline__ void fp8_chunk_as_bf16(const uint32_t (&r0w)[8], const uint32_t (&r1w)[8], uint32_t (&a0)[8],
                                                   uint32_t (&a1)[8], uint32_t (&a2)[8], uint32_t (&a3)[8]) {
@@ -112,7 +122,7 @@ __device__ __forceinline__ void fp8_chunk_as_bf16(const uint32_t (&r0w)[8], cons
 // Inputs per chunk; a chunk is 128 weight bytes per row either way.
 template <MmaOperands OPS>
 struct Chunk {
-  static constexpr int kInputs = OPS == MmaOperands::Bf16W_SplitX ? 64 : 128;
+  static constexpr int kInputs = mma_bf16_weight(OPS) ? 64 : 128;
   static constexpr int kBytes = 128;
 };
 
@@ -170,7 +180,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
   auto multiply = [&](const uint4 (&w)[4], int c) {
     const uint32_t r0w[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
     const uint32_t r1w[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
-    if constexpr (OPS == MmaOperands::Bf16W_SplitX) {
+    if constexpr (mma_bf16_weight(OPS)) {
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
         if (t >= groups) break;
@@ -178,10 +188,13 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
         for (int j = 0; j < 4; ++j) {
           const float* xp = xr[t] + c * CK + (j / 2) * 32 + (j % 2) * 4;
           const float4 xv = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
-          mma_bf16_split3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xv.x, xv.y, xv.z, xv.w, acc[t]);
+          if constexpr (OPS == MmaOperands::Bf16W_Bf16X)
+            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], bf16x2(xv.x, xv.y), bf16x2(xv.z, xv.w), acc[t]);
+          else
+            mma_bf16_split3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xv.x, xv.y, xv.z, xv.w, acc[t]);
         }
       }
-    } else if constexpr (OPS == MmaOperands::Fp8W_SplitX) {
+    } else if constexpr (OPS == MmaOperands::Fp8W_SplitX || OPS == MmaOperands::Fp8W_Bf16X) {
       uint32_t a0[8], a1[8], a2[8], a3[8];
       fp8_chunk_as_bf16(r0w, r1w, a0, a1, a2, a3);
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
@@ -194,7 +207,10 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
           xv[j] = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
         }
-        chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
+        if constexpr (OPS == MmaOperands::Fp8W_Bf16X)
+          chunk_fp8w_bf16(a0, a1, a2, a3, xv, ws, acc[t]);
+        else
+          chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
       }
     } else {  // Fp8W_Fp8X
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
@@ -300,7 +316,7 @@ __device__ __forceinline__ int split_unit(int row, int u) { return u ^ ((((u >> 
 
 template <MmaOperands OPS>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(KernelArgs a) {
-  static_assert(OPS != MmaOperands::Bf16W_SplitX, "the row-tile kernel takes FP8 weights");
+  static_assert(!mma_bf16_weight(OPS), "the row-tile kernel takes FP8 weights");
   using St = RowStage<OPS>;
   constexpr int CK = 128;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -394,7 +410,10 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
 #pragma unroll
         for (int j = 0; j < 8; ++j)
           xv[j] = *reinterpret_cast<const float4*>(xr + split_unit(row, (j / 4) * 16 + 4 * q + (j % 4)) * 16);
-        chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
+        if constexpr (OPS == MmaOperands::Fp8W_Bf16X)
+          chunk_fp8w_bf16(a0, a1, a2, a3, xv, ws, acc[t]);
+        else
+          chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
       }
     }
   };
@@ -478,16 +497,19 @@ void launch_ops(int tg, dim3 grid, dim3 block, const KernelArgs& k, cudaStream_t
 
 }  // namespace
 
-bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops) {
+bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, LinearInput input, MmaOperands* ops) {
   if (n < 1 || n > int64_t{65535} * 16 || k < 1 || k >= (int64_t{1} << 30)) return false;
+  const bool bf16_input = input == LinearInput::Bf16;
   if (scheme == SchemeKind::BF16) {
     if (k % 64 != 0) return false;
-    *ops = MmaOperands::Bf16W_SplitX;
+    *ops = bf16_input ? MmaOperands::Bf16W_Bf16X : MmaOperands::Bf16W_SplitX;
     return true;
   }
   if (scheme == SchemeKind::FP8Block) {
     if (block_k != 128 || block_n < 16 || block_n % 16 != 0 || k % 128 != 0) return false;
-    *ops = fp8_input ? MmaOperands::Fp8W_Fp8X : MmaOperands::Fp8W_SplitX;
+    *ops = input == LinearInput::Fp8Block ? MmaOperands::Fp8W_Fp8X
+           : bf16_input                   ? MmaOperands::Fp8W_Bf16X
+                                          : MmaOperands::Fp8W_SplitX;
     return true;
   }
   return false;
@@ -497,19 +519,18 @@ MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16
   MmaPlan p;
   p.ops = ops;
   p.round_bf16 = round_bf16;
-  const int64_t tiles = (n + 15) / 16, chunks = k / (ops == MmaOperands::Bf16W_SplitX ? 64 : 128);
+  const int64_t tiles = (n + 15) / 16, chunks = k / (mma_bf16_weight(ops) ? 64 : 128);
   const int64_t want = int64_t{16} * std::max(sms, 1);
   while (p.kwarps < kMaxKWarps && tiles * p.kwarps < want && chunks >= 4 * p.kwarps) p.kwarps *= 2;
   return p;
 }
 
 std::string mma_describe(const MmaPlan& p) {
-  const char* what = p.ops == MmaOperands::Bf16W_SplitX  ? "bf16 w x bf16"
-                     : p.ops == MmaOperands::Fp8W_SplitX ? "e4m3 w (as bf16) x bf16"
-                                                         : "e4m3 w x e4m3 act_quant";
-  return fmt::format("mma.sync {}{} kwarps={}{}", what,
-                     p.ops == MmaOperands::Fp8W_Fp8X ? "" : " x3 terms", p.kwarps,
-                     p.round_bf16 ? " bf16 out" : "");
+  const char* what = mma_bf16_weight(p.ops)           ? "bf16 w x bf16"
+                     : p.ops == MmaOperands::Fp8W_Fp8X ? "e4m3 w x e4m3 act_quant"
+                                                       : "e4m3 w (as bf16) x bf16";
+  const bool split = p.ops == MmaOperands::Bf16W_SplitX || p.ops == MmaOperands::Fp8W_SplitX;
+  return fmt::format("mma.sync {}{} kwarps={}{}", what, split ? " x3 terms" : "", p.kwarps, p.round_bf16 ? " bf16 out" : "");
 }
 
 void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream) {
@@ -538,10 +559,12 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
   k.kwarps = plan.kwarps;
   // Many tokens on an FP8 weight: the row-tile kernel (the same bits), when its 128-row
   // tiles stay inside one group of rows.
-  if (a.M >= kMmaRowTileMinRows && plan.ops != MmaOperands::Bf16W_SplitX &&
+  if (a.M >= kMmaRowTileMinRows && !mma_bf16_weight(plan.ops) &&
       (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
     if (plan.ops == MmaOperands::Fp8W_Fp8X)
       launch_rows<MmaOperands::Fp8W_Fp8X>(a.M, p.n, k, stream);
+    else if (plan.ops == MmaOperands::Fp8W_Bf16X)
+      launch_rows<MmaOperands::Fp8W_Bf16X>(a.M, p.n, k, stream);
     else
       launch_rows<MmaOperands::Fp8W_SplitX>(a.M, p.n, k, stream);
     KILN_CUDA_CHECK_LAUNCH();
@@ -554,6 +577,8 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
     case MmaOperands::Bf16W_SplitX: launch_ops<MmaOperands::Bf16W_SplitX>(tg, grid, block, k, stream); break;
     case MmaOperands::Fp8W_SplitX: launch_ops<MmaOperands::Fp8W_SplitX>(tg, grid, block, k, stream); break;
     case MmaOperands::Fp8W_Fp8X: launch_ops<MmaOperands::Fp8W_Fp8X>(tg, grid, block, k, stream); break;
+    case MmaOperands::Bf16W_Bf16X: launch_ops<MmaOperands::Bf16W_Bf16X>(tg, grid, block, k, stream); break;
+    case MmaOperands::Fp8W_Bf16X: launch_ops<MmaOperands::Fp8W_Bf16X>(tg, grid, block, k, stream); break;
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

@@ -9,7 +9,10 @@
 //   Fp8W_SplitX   fp8_block weight (e4m3 codes, exact in bf16) times the split input, each
 //                 128-input block's sum scaled by the weight's block scale into the output;
 //   Fp8W_Fp8X     fp8_block weight times the input as act_quant's e4m3 codes (DeepSeek's FP8
-//                 GEMM): each 128-input block's sum times (activation scale x weight scale).
+//                 GEMM): each 128-input block's sum times (activation scale x weight scale);
+//   Bf16W_Bf16X,  a layer whose input is bf16 (LinearInput::Bf16: wo_a, the indexer's
+//   Fp8W_Bf16X    weights_proj): the input rounded to bf16 as it is loaded, one term, so
+//                 on bf16 values the same products as the split (a third of the mmas).
 //
 // Batch invariance: every output element is one fixed sequence of mma.sync steps over its
 // inputs (the weight's rows on the mma's M side, tokens on its N side, 8 per group, so
@@ -24,10 +27,14 @@
 #include <cuda_runtime.h>
 
 #include "kiln/ops/cuda/quant_linear_detail.h"
+#include "kiln/ops/linear_numerics.h"
 
 namespace kiln::ops::cuda::detail {
 
-enum class MmaOperands : uint8_t { Bf16W_SplitX, Fp8W_SplitX, Fp8W_Fp8X };
+enum class MmaOperands : uint8_t { Bf16W_SplitX, Fp8W_SplitX, Fp8W_Fp8X, Bf16W_Bf16X, Fp8W_Bf16X };
+
+// The bf16 weight kinds (64-input chunks) and the FP8 ones (128-input blocks).
+constexpr bool mma_bf16_weight(MmaOperands o) { return o == MmaOperands::Bf16W_SplitX || o == MmaOperands::Bf16W_Bf16X; }
 
 struct MmaPlan {
   MmaOperands ops = MmaOperands::Bf16W_SplitX;
@@ -35,11 +42,12 @@ struct MmaPlan {
   bool round_bf16 = false;  // outputs rounded to bf16 (nearest even) as they are written
 };
 
-// Whether the tensor-core path takes a weight of this scheme and shape; sets `ops`.
-//   BF16: k a multiple of 64. FP8Block: 128-input blocks (block_k 128), block_n a multiple
-//   of 16, k a multiple of 128; fp8_input picks Fp8W_Fp8X over Fp8W_SplitX.
+// Whether the tensor-core path takes a weight of this scheme and shape; sets `ops` from the
+// layer's input kind (Fp8Block: Fp8W_Fp8X; Bf16: the Bf16X kinds; Fp32: the split ones).
+//   BF16: k a multiple of 64 (no Fp8Block input). FP8Block: 128-input blocks (block_k 128),
+//   block_n a multiple of 16, k a multiple of 128.
 // n must be at most 65535 x 16 (tiles along grid.y).
-bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, bool fp8_input, MmaOperands* ops);
+bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, LinearInput input, MmaOperands* ops);
 
 // The plan of a supported weight on a GPU with `sms` multiprocessors: warps per tile so
 // that one token's launch has about 8 warps per multiprocessor.
