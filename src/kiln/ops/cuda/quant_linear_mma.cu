@@ -97,12 +97,14 @@ __device__ __forceinline__ void chunk_fp8w_split(const uint32_t (&a0)[8], const 
   for (int i = 0; i < 4; ++i) acc[i] = __fmaf_rn(blk[i], ws, acc[i]);
 }
 
-// The same chunk times one token group's inputs rounded to bf16 (one term each).
+// The same chunk times one token group's inputs rounded to bf16, one term each (b0[j], b1[j]:
+// step j's inputs as bf16 pairs).
 __device__ __forceinline__ void chunk_fp8w_bf16(const uint32_t (&a0)[8], const uint32_t (&a1)[8], const uint32_t (&a2)[8],
-                                                const uint32_t (&a3)[8], const float4 (&xv)[8], float ws, float (&acc)[4]) {
+                                                const uint32_t (&a3)[8], const uint32_t (&b0)[8], const uint32_t (&b1)[8],
+                                                float ws, float (&acc)[4]) {
   float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-  for (int j = 0; j < 8; ++j) mma_bf16(a0[j], a1[j], a2[j], a3[j], bf16x2(xv[j].x, xv[j].y), bf16x2(xv[j].z, xv[j].w), blk);
+  for (int j = 0; j < 8; ++j) mma_bf16(a0[j], a1[j], a2[j], a3[j], b0[j], b1[j], blk);
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[i] = __fmaf_rn(blk[i], ws, acc[i]);
 }
@@ -201,16 +203,24 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
       for (int t = 0; t < TG; ++t) {
         if (t >= groups) break;
-        float4 xv[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
+        auto xin = [&](int j) {
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
-          xv[j] = xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
-        }
-        if constexpr (OPS == MmaOperands::Fp8W_Bf16X)
-          chunk_fp8w_bf16(a0, a1, a2, a3, xv, ws, acc[t]);
-        else
+          return xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
+        };
+        if constexpr (OPS == MmaOperands::Fp8W_Bf16X) {
+          uint32_t b0[8], b1[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float4 v = xin(j);
+            b0[j] = bf16x2(v.x, v.y), b1[j] = bf16x2(v.z, v.w);
+          }
+          chunk_fp8w_bf16(a0, a1, a2, a3, b0, b1, ws, acc[t]);
+        } else {
+          float4 xv[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) xv[j] = xin(j);
           chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
+        }
       }
     } else {  // Fp8W_Fp8X
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
@@ -287,7 +297,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
   }
 }
 
-// ---- The row-tile kernel: many tokens on an FP8 weight ----
+// ---- The row-tile kernel: many tokens ----
 //
 // grid (64-token passes, 128-row tiles), 8 warps; warp w multiplies the 16-row tile 8 y + w
 // by the pass's 64 tokens over all inputs. A chunk's inputs for the 64 tokens (and their
@@ -299,10 +309,11 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 constexpr int kRowTileWarps = 8;
 constexpr int kRowTileTokens = 64;
 
-// Bytes of one staged chunk: e4m3 codes [64][128] and scales [64], or fp32 inputs [64][128].
+// Bytes of one staged chunk: e4m3 codes [64][128] and scales [64], or fp32 inputs [64][CK]
+// (CK = 128 on FP8 weights, 64 on bf16 ones).
 template <MmaOperands OPS>
 struct RowStage {
-  static constexpr int kRowBytes = OPS == MmaOperands::Fp8W_Fp8X ? 128 : 512;
+  static constexpr int kRowBytes = OPS == MmaOperands::Fp8W_Fp8X ? 128 : Chunk<OPS>::kInputs * 4;
   static constexpr int kXBytes = kRowTileTokens * kRowBytes;
   static constexpr int kBytes = kXBytes + (OPS == MmaOperands::Fp8W_Fp8X ? kRowTileTokens * 4 : 0);
   static constexpr int kDoneBytes = kRowTileWarps * 8 * 4 * 32 * 4;  // [warp][group][4][lane] floats
@@ -313,12 +324,18 @@ struct RowStage {
 // quarter-warps' 16-byte reads (tokens g and g + 1, lanes q = 0..3) hit distinct banks.
 __device__ __forceinline__ int fp8x_unit(int row, int u) { return u ^ ((row & 1) << 2); }
 __device__ __forceinline__ int split_unit(int row, int u) { return u ^ ((((u >> 3) & 1) << 1) | (row & 1)); }
+__device__ __forceinline__ int bf16w_unit(int row, int u) { return u ^ (row & 1); }  // 16 units a row
+// Unit u of a staged fp32 row of a chunk of CK inputs.
+template <int CK>
+__device__ __forceinline__ int fp32_unit(int row, int u) {
+  return CK == 128 ? split_unit(row, u) : bf16w_unit(row, u);
+}
 
 template <MmaOperands OPS>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(KernelArgs a) {
-  static_assert(!mma_bf16_weight(OPS), "the row-tile kernel takes FP8 weights");
   using St = RowStage<OPS>;
-  constexpr int CK = 128;
+  constexpr int CK = Chunk<OPS>::kInputs;
+  constexpr int kUnits = CK / 4;  // 16-byte units of a staged fp32 row
   extern __shared__ __align__(16) uint8_t smem[];
   float* done = reinterpret_cast<float*>(smem + 2 * St::kBytes);
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
@@ -332,7 +349,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
   const int64_t group = static_cast<int64_t>(blockIdx.y) * kRowTileWarps * 16 / a.group_rows;
   const int nc = a.k / CK, kw = a.kwarps;
   const int groups = min(kRowTileTokens / 8, (a.M - tok0 + 7) / 8);
-  const float* wsr = a.ws + static_cast<int64_t>(min(tile * 16, a.n - 1) / a.block_n) * a.ws_ld;
+  const float* wsr = mma_bf16_weight(OPS) ? nullptr : a.ws + static_cast<int64_t>(min(tile * 16, a.n - 1) / a.block_n) * a.ws_ld;
 
   auto stage = [&](int c, int buf) {
     uint8_t* st = smem + buf * St::kBytes;
@@ -348,12 +365,12 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
         cp_async4(st + St::kXBytes + tid * 4, ok ? a.xs + static_cast<int64_t>(c) * a.xs_ld + tok0 + tid : a.xs, ok);
       }
     } else {
-      for (int i = tid; i < kRowTileTokens * 32; i += kRowTileWarps * 32) {
-        const int row = i >> 5, u = i & 31, tok = tok0 + row;
+      for (int i = tid; i < kRowTileTokens * kUnits; i += kRowTileWarps * 32) {
+        const int row = i / kUnits, u = i % kUnits, tok = tok0 + row;
         const bool ok = tok < a.M;
         const float* src =
             ok ? a.x + static_cast<int64_t>(tok) * a.ldx + group * a.x_group_stride + static_cast<int64_t>(c) * CK + u * 4 : a.x;
-        cp_async16(st + row * St::kRowBytes + split_unit(row, u) * 16, src, ok);
+        cp_async16(st + row * St::kRowBytes + fp32_unit<CK>(row, u) * 16, src, ok);
       }
     }
     cp_async_commit();
@@ -385,6 +402,23 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
   auto multiply = [&](const uint4 (&w)[4], int c, const uint8_t* st) {
     const uint32_t r0w[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
     const uint32_t r1w[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
+    if constexpr (mma_bf16_weight(OPS)) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        if (t >= groups) break;
+        const int row = t * 8 + g;
+        const uint8_t* xr = st + row * St::kRowBytes;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float4 xv = *reinterpret_cast<const float4*>(xr + bf16w_unit(row, (j / 2) * 8 + 2 * q + (j % 2)) * 16);
+          if constexpr (OPS == MmaOperands::Bf16W_Bf16X)
+            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], bf16x2(xv.x, xv.y), bf16x2(xv.z, xv.w), acc[t]);
+          else
+            mma_bf16_split3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xv.x, xv.y, xv.z, xv.w, acc[t]);
+        }
+      }
+      return;
+    }
     const float ws = wsr[c];
     if constexpr (OPS == MmaOperands::Fp8W_Fp8X) {
       const float* sc = reinterpret_cast<const float*>(st + St::kXBytes);
@@ -406,14 +440,23 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
         if (t >= groups) break;
         const int row = t * 8 + g;
         const uint8_t* xr = st + row * St::kRowBytes;
-        float4 xv[8];
+        auto xin = [&](int j) {
+          return *reinterpret_cast<const float4*>(xr + split_unit(row, (j / 4) * 16 + 4 * q + (j % 4)) * 16);
+        };
+        if constexpr (OPS == MmaOperands::Fp8W_Bf16X) {
+          uint32_t b0[8], b1[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-          xv[j] = *reinterpret_cast<const float4*>(xr + split_unit(row, (j / 4) * 16 + 4 * q + (j % 4)) * 16);
-        if constexpr (OPS == MmaOperands::Fp8W_Bf16X)
-          chunk_fp8w_bf16(a0, a1, a2, a3, xv, ws, acc[t]);
-        else
+          for (int j = 0; j < 8; ++j) {
+            const float4 v = xin(j);
+            b0[j] = bf16x2(v.x, v.y), b1[j] = bf16x2(v.z, v.w);
+          }
+          chunk_fp8w_bf16(a0, a1, a2, a3, b0, b1, ws, acc[t]);
+        } else {
+          float4 xv[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) xv[j] = xin(j);
           chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
+        }
       }
     }
   };
@@ -557,16 +600,16 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
   k.ldy = a.ldy;
   k.round = plan.round_bf16;
   k.kwarps = plan.kwarps;
-  // Many tokens on an FP8 weight: the row-tile kernel (the same bits), when its 128-row
-  // tiles stay inside one group of rows.
-  if (a.M >= kMmaRowTileMinRows && !mma_bf16_weight(plan.ops) &&
-      (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
-    if (plan.ops == MmaOperands::Fp8W_Fp8X)
-      launch_rows<MmaOperands::Fp8W_Fp8X>(a.M, p.n, k, stream);
-    else if (plan.ops == MmaOperands::Fp8W_Bf16X)
-      launch_rows<MmaOperands::Fp8W_Bf16X>(a.M, p.n, k, stream);
-    else
-      launch_rows<MmaOperands::Fp8W_SplitX>(a.M, p.n, k, stream);
+  // Many tokens: the row-tile kernel (the same bits), when its 128-row tiles stay inside
+  // one group of rows.
+  if (a.M >= kMmaRowTileMinRows && (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
+    switch (plan.ops) {
+      case MmaOperands::Fp8W_Fp8X: launch_rows<MmaOperands::Fp8W_Fp8X>(a.M, p.n, k, stream); break;
+      case MmaOperands::Fp8W_Bf16X: launch_rows<MmaOperands::Fp8W_Bf16X>(a.M, p.n, k, stream); break;
+      case MmaOperands::Fp8W_SplitX: launch_rows<MmaOperands::Fp8W_SplitX>(a.M, p.n, k, stream); break;
+      case MmaOperands::Bf16W_Bf16X: launch_rows<MmaOperands::Bf16W_Bf16X>(a.M, p.n, k, stream); break;
+      case MmaOperands::Bf16W_SplitX: launch_rows<MmaOperands::Bf16W_SplitX>(a.M, p.n, k, stream); break;
+    }
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }

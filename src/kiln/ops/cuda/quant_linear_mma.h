@@ -76,9 +76,9 @@ struct MmaArgs {
   int64_t ldy = 0;
 };
 
-// From this many rows an FP8 weight's launch takes the row-tile kernel (8 warps, each a
-// 16-row tile over all inputs, reading the tokens' inputs from one shared-memory copy),
-// which gives every output the same bits as the kernel below it (quant_linear_mma.cu).
+// From this many rows a launch takes the row-tile kernel (8 warps, each a 16-row tile over
+// all inputs, reading the tokens' inputs from one shared-memory copy), which gives every
+// output the same bits as the kernel below it (quant_linear_mma.cu).
 inline constexpr int kMmaRowTileMinRows = 65;
 
 void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream);
