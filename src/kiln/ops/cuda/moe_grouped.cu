@@ -45,6 +45,21 @@ __device__ __forceinline__ float e8m0_value(uint32_t e) {
   return e == 0 ? __uint_as_float(0x00400000u) : (e == 255 ? __uint_as_float(0x7FC00000u) : __uint_as_float(e << 23));
 }
 
+// A lane's results (rows r0, r0 + 8 x pairs qc0, qc1, those below p1) into y.
+__device__ __forceinline__ void store_pairs(const float (&v)[4], int r0, int qc0, int qc1, int p1,
+                                            const int32_t* __restrict__ order, float* __restrict__ y, int64_t ldy) {
+  if (qc0 < p1) {
+    float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
+    yr[r0] = v[0];
+    yr[r0 + 8] = v[2];
+  }
+  if (qc1 < p1) {
+    float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
+    yr[r0] = v[1];
+    yr[r0 + 8] = v[3];
+  }
+}
+
 // The end of one group of 8 pairs in a grouped kernel: the K-slices' sums added in warp
 // order by warp 0, times `mult` (NVFP4's global; 1 is exact), rounded to bf16 and written to
 // rows r0 and r0 + 8 of pairs order[qc0] and order[qc1] (those below p1).
@@ -63,16 +78,7 @@ __device__ __forceinline__ void write_pairs(float (&part)[kSlices][32][4], const
       for (int w = 1; w < kSlices; ++w) v[i] = __fadd_rn(v[i], part[w][lane][i]);
       v[i] = bf16_round(__fmul_rn(v[i], mult));
     }
-    if (qc0 < p1) {
-      float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
-      yr[r0] = v[0];
-      yr[r0 + 8] = v[2];
-    }
-    if (qc1 < p1) {
-      float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
-      yr[r0] = v[1];
-      yr[r0 + 8] = v[3];
-    }
+    store_pairs(v, r0, qc0, qc1, p1, order, y, ldy);
   }
   __syncthreads();
 }
@@ -383,17 +389,8 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
         float v[4];
 #pragma unroll
         for (int r = 0; r < 4; ++r) v[r] = bf16_round(__fmul_rn(done[((warp * 8 + i) * 4 + r) * 32 + lane], 1.0f));
-        const int qc0 = q0 + i * 8 + 2 * t, qc1 = qc0 + 1, r0 = tile * 16 + g;
-        if (qc0 < p1) {
-          float* yr = y + static_cast<int64_t>(order[qc0]) * ldy;
-          yr[r0] = v[0];
-          yr[r0 + 8] = v[2];
-        }
-        if (qc1 < p1) {
-          float* yr = y + static_cast<int64_t>(order[qc1]) * ldy;
-          yr[r0] = v[1];
-          yr[r0 + 8] = v[3];
-        }
+        const int qc0 = q0 + i * 8 + 2 * t;
+        store_pairs(v, tile * 16 + g, qc0, qc0 + 1, p1, order, y, ldy);
       }
     }
   }

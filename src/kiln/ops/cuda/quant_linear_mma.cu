@@ -121,6 +121,41 @@ __device__ __forceinline__ void fp8_chunk_as_bf16(const uint32_t (&r0w)[8], cons
   }
 }
 
+// One 128-input chunk of an FP8 weight (as bf16 pairs) times one token group's fp32 inputs,
+// xin(j) giving step j's four: one bf16 term each (Fp8W_Bf16X) or three (Fp8W_SplitX).
+template <MmaOperands OPS, class XIn>
+__device__ __forceinline__ void chunk_fp8w_fp32x(const uint32_t (&a0)[8], const uint32_t (&a1)[8], const uint32_t (&a2)[8],
+                                                 const uint32_t (&a3)[8], XIn&& xin, float ws, float (&acc)[4]) {
+  if constexpr (OPS == MmaOperands::Fp8W_Bf16X) {
+    uint32_t b0[8], b1[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float4 v = xin(j);
+      b0[j] = bf16x2(v.x, v.y), b1[j] = bf16x2(v.z, v.w);
+    }
+    chunk_fp8w_bf16(a0, a1, a2, a3, b0, b1, ws, acc);
+  } else {
+    float4 xv[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) xv[j] = xin(j);
+    chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc);
+  }
+}
+
+// A lane's accumulator (rows row0, row1 x tokens tc0, tc0 + 1) into y, inside M x n.
+__device__ __forceinline__ void write_outputs(const KernelArgs& a, const float (&v)[4], int tc0, int row0, int row1) {
+  if (tc0 < a.M) {
+    float* yr = a.y + static_cast<int64_t>(tc0) * a.ldy;
+    if (row0 < a.n) yr[row0] = v[0];
+    if (row1 < a.n) yr[row1] = v[2];
+  }
+  if (tc0 + 1 < a.M) {
+    float* yr = a.y + static_cast<int64_t>(tc0 + 1) * a.ldy;
+    if (row0 < a.n) yr[row0] = v[1];
+    if (row1 < a.n) yr[row1] = v[3];
+  }
+}
+
 // Inputs per chunk; a chunk is 128 weight bytes per row either way.
 template <MmaOperands OPS>
 struct Chunk {
@@ -207,20 +242,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
           const float* xp = xr[t] + c * CK + (j / 4) * 64 + (j % 4) * 4;
           return xr[t] ? __ldg(reinterpret_cast<const float4*>(xp)) : make_float4(0, 0, 0, 0);
         };
-        if constexpr (OPS == MmaOperands::Fp8W_Bf16X) {
-          uint32_t b0[8], b1[8];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const float4 v = xin(j);
-            b0[j] = bf16x2(v.x, v.y), b1[j] = bf16x2(v.z, v.w);
-          }
-          chunk_fp8w_bf16(a0, a1, a2, a3, b0, b1, ws, acc[t]);
-        } else {
-          float4 xv[8];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) xv[j] = xin(j);
-          chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
-        }
+        chunk_fp8w_fp32x<OPS>(a0, a1, a2, a3, xin, ws, acc[t]);
       }
     } else {  // Fp8W_Fp8X
       const float ws = a.ws[static_cast<int64_t>(tile * 16 / a.block_n) * a.ws_ld + c];
@@ -282,17 +304,7 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
         for (int i = 0; i < 4; ++i) v[i] = bf16_round(v[i]);
       }
-      const int tc0 = tok0 + t * 8 + 2 * q, tc1 = tc0 + 1;
-      if (tc0 < a.M) {
-        float* yr = a.y + static_cast<int64_t>(tc0) * a.ldy;
-        if (row0 < a.n) yr[row0] = v[0];
-        if (row1 < a.n) yr[row1] = v[2];
-      }
-      if (tc1 < a.M) {
-        float* yr = a.y + static_cast<int64_t>(tc1) * a.ldy;
-        if (row0 < a.n) yr[row0] = v[1];
-        if (row1 < a.n) yr[row1] = v[3];
-      }
+      write_outputs(a, v, tok0 + t * 8 + 2 * q, row0, row1);
     }
   }
 }
@@ -443,20 +455,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
         auto xin = [&](int j) {
           return *reinterpret_cast<const float4*>(xr + split_unit(row, (j / 4) * 16 + 4 * q + (j % 4)) * 16);
         };
-        if constexpr (OPS == MmaOperands::Fp8W_Bf16X) {
-          uint32_t b0[8], b1[8];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const float4 v = xin(j);
-            b0[j] = bf16x2(v.x, v.y), b1[j] = bf16x2(v.z, v.w);
-          }
-          chunk_fp8w_bf16(a0, a1, a2, a3, b0, b1, ws, acc[t]);
-        } else {
-          float4 xv[8];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) xv[j] = xin(j);
-          chunk_fp8w_split(a0, a1, a2, a3, xv, ws, acc[t]);
-        }
+        chunk_fp8w_fp32x<OPS>(a0, a1, a2, a3, xin, ws, acc[t]);
       }
     }
   };
@@ -501,17 +500,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
       const float s = done[((warp * 8 + t) * 4 + i) * 32 + lane];
       v[i] = a.round ? bf16_round(s) : s;
     }
-    const int tc0 = tok0 + t * 8 + 2 * q;
-    if (tc0 < a.M) {
-      float* yr = a.y + static_cast<int64_t>(tc0) * a.ldy;
-      if (row0 < a.n) yr[row0] = v[0];
-      if (row1 < a.n) yr[row1] = v[2];
-    }
-    if (tc0 + 1 < a.M) {
-      float* yr = a.y + static_cast<int64_t>(tc0 + 1) * a.ldy;
-      if (row0 < a.n) yr[row0] = v[1];
-      if (row1 < a.n) yr[row1] = v[3];
-    }
+    write_outputs(a, v, tok0 + t * 8 + 2 * q, row0, row1);
   }
 }
 
