@@ -14,6 +14,8 @@
 namespace kiln::ops::cuda {
 
 namespace detail {
+// Lets the row-tile kernels take their shared memory on the current device (once per device).
+void allow_grouped_row_tiles();  // moe_grouped.cu
 void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
@@ -171,6 +173,7 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
   if (max_pairs < 1 || max_pairs > (1 << 24)) fail(ErrorKind::Usage, "grouped experts: max_pairs = {}", max_pairs);
   auto impl = std::make_unique<GroupedExpertsImpl>();
   GroupedExpertsImpl& d = *impl;
+  detail::allow_grouped_row_tiles();
   d.count = count;
   d.max_pairs = max_pairs;
   d.n = weights[0].n;

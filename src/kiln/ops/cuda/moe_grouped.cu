@@ -18,6 +18,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
@@ -517,6 +519,17 @@ PairOrder sort_pairs(const int32_t* expert, int P, int count, int32_t* order, in
 
 namespace detail {
 
+void allow_grouped_row_tiles() {
+  static std::mutex mu;
+  static std::set<int> done;
+  int dev = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert(dev).second) return;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+}
+
 void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
                             const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                             int32_t* order, int32_t* meta, cudaStream_t stream) {
@@ -530,12 +543,6 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
   p.k = k;
   const unsigned slots = static_cast<unsigned>(P < count ? P : count);
   if (P >= GroupedExperts::kRowTilesMinPairsPerExpert * count && n % (16 * kRowTileWarps) == 0) {
-    static const bool attr = [] {
-      KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-      KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-      return true;
-    }();
-    (void)attr;
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
     if (fp4)
       grouped_rows_kernel<true><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(p, xq, xs, x_div, order, po.start, po.active,

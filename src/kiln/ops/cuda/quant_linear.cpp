@@ -322,6 +322,7 @@ std::unique_ptr<QuantLinearImpl> detail::prepare_linear(const HostQuantLinear& w
     const int64_t need = act_scale_offset(max_m, k) + (k / 128) * ld * static_cast<int64_t>(sizeof(float));
     if (mops != MmaOperands::Fp8W_Fp8X || need <= static_cast<int64_t>(impl->xpad.bytes())) {
       impl->mma = mma_plan(mops, n, k, sms, numerics.bf16_output);
+      detail::mma_allow_row_tiles();
       if (mops == MmaOperands::Fp8W_Fp8X) impl->act_scale_ld = ld;
       const std::string text = (mops == MmaOperands::Fp8W_Fp8X ? "act_quant + " : "") + mma_describe(*impl->mma);
       for (auto& pl : impl->plans) pl.text = text;

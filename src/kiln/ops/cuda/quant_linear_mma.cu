@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <set>
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
@@ -505,13 +507,14 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
 }
 
 template <MmaOperands OPS>
+void allow_rows_smem() {
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(mma_linear_rows_kernel<OPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       RowStage<OPS>::kSmem));
+}
+
+template <MmaOperands OPS>
 void launch_rows(int M, int64_t n, const KernelArgs& k, cudaStream_t st) {
   constexpr int smem = RowStage<OPS>::kSmem;
-  static const bool attr = [] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(mma_linear_rows_kernel<OPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)attr;
   const dim3 grid(static_cast<unsigned>((M + kRowTileTokens - 1) / kRowTileTokens),
                   static_cast<unsigned>((n + 16 * kRowTileWarps - 1) / (16 * kRowTileWarps)));
   mma_linear_rows_kernel<OPS><<<grid, kRowTileWarps * 32, smem, st>>>(k);
@@ -545,6 +548,20 @@ bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int blo
     return true;
   }
   return false;
+}
+
+void mma_allow_row_tiles() {
+  static std::mutex mu;
+  static std::set<int> done;
+  int dev = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert(dev).second) return;
+  allow_rows_smem<MmaOperands::Fp8W_Fp8X>();
+  allow_rows_smem<MmaOperands::Fp8W_Bf16X>();
+  allow_rows_smem<MmaOperands::Fp8W_SplitX>();
+  allow_rows_smem<MmaOperands::Bf16W_Bf16X>();
+  allow_rows_smem<MmaOperands::Bf16W_SplitX>();
 }
 
 MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16) {

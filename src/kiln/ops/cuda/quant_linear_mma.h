@@ -80,6 +80,9 @@ struct MmaArgs {
 // all inputs, reading the tokens' inputs from one shared-memory copy), which gives every
 // output the same bits as the kernel below it (quant_linear_mma.cu).
 inline constexpr int kMmaRowTileMinRows = 65;
+// Lets the row-tile kernels take their shared memory (over the 48 KB a launch gets without
+// opting in) on the current device; once per device, called when a plan is made at load.
+void mma_allow_row_tiles();
 
 void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream);
 
