@@ -18,14 +18,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <mutex>
-#include <set>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
+#include "kiln/ops/cuda/row_tile.cuh"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -246,10 +245,9 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
 // in order; a finished range's sum waits in a lane-private shared slot and is added to the
 // earlier ones as the range ends, the order in which write_pairs adds the warps' sums. Every
 // pair's output is therefore the same bits as grouped_kernel's.
-constexpr int kRowTileWarps = 8;
 constexpr int kRoundPairs = 64;
 constexpr int kStageBytes = kRoundPairs * 128 + kRoundPairs * 4;  // e4m3 [64][128] + scales [64]
-constexpr int kRowsSmem = 2 * kStageBytes + kRowTileWarps * 8 * 4 * 32 * 4 + kRoundPairs * 4;
+constexpr int kRowsSmem = 2 * kStageBytes + kRowTileDoneFloats * 4 + kRoundPairs * 4;
 
 // The 16-byte unit where unit u of a staged pair row lives: XOR-swizzled by the row, so the
 // 8 rows a warp's 4-byte reads touch (pairs g = 0..7) fall in distinct banks.
@@ -264,7 +262,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
   if (static_cast<int>(blockIdx.y) >= *nactive) return;
   extern __shared__ __align__(16) uint8_t smem[];
   float* done = reinterpret_cast<float*>(smem + 2 * kStageBytes);
-  int* prow = reinterpret_cast<int*>(done + kRowTileWarps * 8 * 4 * 32);  // the round's x rows (-1: none)
+  int* prow = reinterpret_cast<int*>(done + kRowTileDoneFloats);  // the round's x rows (-1: none)
   const int e = active[blockIdx.y];
   const int p0 = start[e], p1 = start[e + 1];
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -294,7 +292,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
       }
       cp_async_commit();
     };
-    float acc[8][4];
+    float acc[kRowTileGroups][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
     // Ranges r = [r NB / kSlices, (r + 1) NB / kSlices), some possibly empty, each folded
@@ -302,16 +300,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
     int range = 0;
     auto fold_ended = [&](int blocks_done) {
       while (range < kSlices && (range + 1) * NB / kSlices == blocks_done) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          if (i >= ng) break;
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            float& slot = done[((warp * 8 + i) * 4 + r) * 32 + lane];
-            slot = range == 0 ? acc[i][r] : __fadd_rn(slot, acc[i][r]);
-            acc[i][r] = 0.0f;
-          }
-        }
+        fold_range(done, warp, lane, acc, ng, range == 0);
         ++range;
       }
     };
@@ -390,7 +379,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
         if (i >= ng) break;
         float v[4];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) v[r] = bf16_round(__fmul_rn(done[((warp * 8 + i) * 4 + r) * 32 + lane], 1.0f));
+        for (int r = 0; r < 4; ++r) v[r] = bf16_round(__fmul_rn(done[row_tile_slot(warp, i, r, lane)], 1.0f));
         const int qc0 = q0 + i * 8 + 2 * t;
         store_pairs(v, tile * 16 + g, qc0, qc0 + 1, p1, order, y, ldy);
       }
@@ -520,14 +509,11 @@ PairOrder sort_pairs(const int32_t* expert, int P, int count, int32_t* order, in
 namespace detail {
 
 void allow_grouped_row_tiles() {
-  static std::mutex mu;
-  static std::set<int> done;
-  int dev = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&dev));
-  const std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert(dev).second) return;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+  static OncePerDevice once;
+  once([] {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+  });
 }
 
 void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,

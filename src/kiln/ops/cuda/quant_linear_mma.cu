@@ -22,8 +22,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
-#include <set>
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
@@ -31,6 +29,7 @@
 #include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
+#include "kiln/ops/cuda/row_tile.cuh"
 
 namespace kiln::ops::cuda::detail {
 namespace {
@@ -320,7 +319,6 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 // range's sum aside (a lane-private shared slot), added to the earlier ones when the range
 // ends: ((range 0 + range 1) + range 2) ..., the order in which mma_linear_kernel's warp 0
 // adds its warps' sums. Every output is therefore the same bits as in mma_linear_kernel.
-constexpr int kRowTileWarps = 8;
 constexpr int kRowTileTokens = 64;
 
 // Bytes of one staged chunk: e4m3 codes [64][128] and scales [64], or fp32 inputs [64][CK]
@@ -330,7 +328,7 @@ struct RowStage {
   static constexpr int kRowBytes = OPS == MmaOperands::Fp8W_Fp8X ? 128 : Chunk<OPS>::kInputs * 4;
   static constexpr int kXBytes = kRowTileTokens * kRowBytes;
   static constexpr int kBytes = kXBytes + (OPS == MmaOperands::Fp8W_Fp8X ? kRowTileTokens * 4 : 0);
-  static constexpr int kDoneBytes = kRowTileWarps * 8 * 4 * 32 * 4;  // [warp][group][4][lane] floats
+  static constexpr int kDoneBytes = kRowTileDoneFloats * 4;
   static constexpr int kSmem = 2 * kBytes + kDoneBytes;
 };
 
@@ -390,21 +388,12 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
     cp_async_commit();
   };
 
-  float acc[8][4];
+  float acc[kRowTileGroups][4];
 #pragma unroll
   for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
   int range = 0, range_end = nc / kw;
   auto end_range = [&]() {
-#pragma unroll
-    for (int t = 0; t < 8; ++t) {
-      if (t >= groups) break;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float& slot = done[((warp * 8 + t) * 4 + i) * 32 + lane];
-        slot = range == 0 ? acc[t][i] : __fadd_rn(slot, acc[t][i]);
-        acc[t][i] = 0.0f;
-      }
-    }
+    fold_range(done, warp, lane, acc, groups, range == 0);
     ++range;
     range_end = (range + 1) * nc / kw;
   };
@@ -499,7 +488,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
     float v[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float s = done[((warp * 8 + t) * 4 + i) * 32 + lane];
+      const float s = done[row_tile_slot(warp, t, i, lane)];
       v[i] = a.round ? bf16_round(s) : s;
     }
     write_outputs(a, v, tok0 + t * 8 + 2 * q, row0, row1);
@@ -551,17 +540,14 @@ bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int blo
 }
 
 void mma_allow_row_tiles() {
-  static std::mutex mu;
-  static std::set<int> done;
-  int dev = 0;
-  KILN_CUDA_CHECK(cudaGetDevice(&dev));
-  const std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert(dev).second) return;
-  allow_rows_smem<MmaOperands::Fp8W_Fp8X>();
-  allow_rows_smem<MmaOperands::Fp8W_Bf16X>();
-  allow_rows_smem<MmaOperands::Fp8W_SplitX>();
-  allow_rows_smem<MmaOperands::Bf16W_Bf16X>();
-  allow_rows_smem<MmaOperands::Bf16W_SplitX>();
+  static OncePerDevice once;
+  once([] {
+    allow_rows_smem<MmaOperands::Fp8W_Fp8X>();
+    allow_rows_smem<MmaOperands::Fp8W_Bf16X>();
+    allow_rows_smem<MmaOperands::Fp8W_SplitX>();
+    allow_rows_smem<MmaOperands::Bf16W_Bf16X>();
+    allow_rows_smem<MmaOperands::Bf16W_SplitX>();
+  });
 }
 
 MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16) {
