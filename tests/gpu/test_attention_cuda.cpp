@@ -4,7 +4,7 @@
 // (tests/ops_harness/ops_attention.cpp, op `attention`: every key kind, mixed and decode
 // steps, ring wrap-around, odd and V4 shapes, with and without the split-keys workspace).
 // Here: the shape checks, and that a row's output is the same bits in any step (alone, in
-// a few rows split over blocks, in many rows walked by one block).
+// a few rows split over blocks, in many rows walked by one block), in both numerics.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/attention.h"
 #include "attention_test_util.h"
 
@@ -42,13 +43,19 @@ TEST(CudaAttention, RejectsBadShapes) {
 // The step's output is computed without the workspace (one block walks a row's chunks);
 // each row alone and the rows 4 at a time with it (chunks in their own blocks when the
 // blocks do not fill the GPU) must give the same bits.
-void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, int max_entries) {
+// In AttnNumerics::Bf16 q and the keys hold bf16 values (as the forward gives them).
+void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, int max_entries,
+                           AttnNumerics num = AttnNumerics::Fp32) {
   using namespace attn_test;
   std::mt19937 g(1234u + static_cast<unsigned>(dim));
   constexpr int kSlots = 3;
   const int64_t ring_stride = int64_t{cap} * dim, entry_stride = int64_t{max_entries} * dim;
-  DevBuf<float> ring(random_floats(g, static_cast<size_t>(kSlots * ring_stride), -1.0f, 1.0f));
-  DevBuf<float> entries(random_floats(g, static_cast<size_t>(kSlots * entry_stride), -1.0f, 1.0f));
+  auto values = [&](std::vector<float> v) {
+    if (num == AttnNumerics::Bf16) cpu::round_bf16(v.data(), 0, 1, static_cast<int64_t>(v.size()), v.data(), 0);
+    return v;
+  };
+  DevBuf<float> ring(values(random_floats(g, static_cast<size_t>(kSlots * ring_stride), -1.0f, 1.0f)));
+  DevBuf<float> entries(values(random_floats(g, static_cast<size_t>(kSlots * entry_stride), -1.0f, 1.0f)));
   DevBuf<float> sink(random_floats(g, static_cast<size_t>(heads), -1.0f, 1.0f));
   const int ratio = 4;
   Step st;
@@ -56,7 +63,7 @@ void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, in
     for (int s = 0; s < kSlots; ++s) st.add(s, p + s);
   const int R = st.R();
   const int64_t ld = int64_t{heads} * dim;
-  DevBuf<float> q(random_floats(g, static_cast<size_t>(R * ld), -0.5f, 0.5f));
+  DevBuf<float> q(values(random_floats(g, static_cast<size_t>(R * ld), -0.5f, 0.5f)));
   // Selected entries: distinct visible indices per row, ascending.
   std::vector<int32_t> sel(static_cast<size_t>(R * topk), 0), nsel(static_cast<size_t>(R), 0);
   for (int r = 0; r < R; ++r) {
@@ -87,7 +94,7 @@ void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, in
       DevStep ds(part);
       DevBuf<float> o(static_cast<size_t>(n * ld));
       attention(ds.rows, q.get() + r0 * ld, ld, heads, scale, sink.get(), wr, window, keys, &comp,
-                dsel.get() + static_cast<ptrdiff_t>(r0) * topk, dnsel.get() + r0, topk, o.get(), ld, nullptr, w);
+                dsel.get() + static_cast<ptrdiff_t>(r0) * topk, dnsel.get() + r0, topk, o.get(), ld, nullptr, w, num);
       return o.download();
     };
     const std::vector<float> whole = run(0, R, nullptr);
@@ -110,6 +117,15 @@ void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, in
 TEST(CudaAttention, RowIsTheSameBitsInAnyStep) {
   expect_rows_invariant(64, 512, 128, 160, 512, 256);  // V4-Flash: 12-key tiles, 48-key chunks
   expect_rows_invariant(8, 64, 64, 80, 40, 200);       // 64-key tiles, chunk = one tile
+}
+
+// DeepSeek's numerics: the tensor-core kernel (head dims that are multiples of 64) and the
+// CUDA-core kernel with bf16 probabilities (other dims).
+TEST(CudaAttention, RowIsTheSameBitsInAnyStepInBf16) {
+  expect_rows_invariant(64, 512, 128, 160, 512, 256, AttnNumerics::Bf16);  // 16-key rounds, 48-key chunks
+  expect_rows_invariant(8, 64, 64, 80, 40, 200, AttnNumerics::Bf16);       // 16-key chunks, padded heads
+  expect_rows_invariant(20, 128, 32, 48, 600, 400, AttnNumerics::Bf16);    // a partial second head group
+  expect_rows_invariant(4, 32, 16, 24, 8, 40, AttnNumerics::Bf16);         // the CUDA-core kernel
 }
 
 }  // namespace

@@ -153,7 +153,9 @@ std::vector<Case> linear_cases();
 std::vector<Case> linear_grouped_cases();
 std::vector<Case> routed_experts_cases();
 std::vector<Case> attention_cases();        // ops_attention.cpp: window_write + attention
+std::vector<Case> attention_bf16_cases();   // the same in AttnNumerics::Bf16
 std::vector<Case> compressor_feed_cases();
+std::vector<Case> compressor_feed_bf16_cases();  // entries rounded as AttnNumerics::Bf16
 std::vector<Case> indexer_select_cases();
 // Frees the weight the linear cases keep for the next case of the same shape (before the
 // CUDA runtime shuts down).

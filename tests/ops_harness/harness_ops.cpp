@@ -34,9 +34,23 @@ const std::vector<OpEntry>& all_ops() {
       {"attention", {K::Close, 1e-5f, 0.0f, "q.k and the softmax sums in other orders, online rescaling, expf; "
                                            "relative to |o| + the head's largest |o|"},
        attention_cases},
+      // DeepSeek's numerics (bf16 q and keys on tensor cores, bf16 probabilities in the value
+      // sum): both sides round each probability to bf16 (2^-8 relative), but the GPU rounds it
+      // against a chunk's running max and the CPU against the row's; independent roundings
+      // of up to 2^-8 of each weight. A wrong key or head moves o by about its weight times
+      // |v|, far outside.
+      {"attention_bf16", {K::Close, 1e-2f, 0.0f, "probabilities rounded to bf16 against different maxima; "
+                                                "relative to |o| + the head's largest |o|"},
+       attention_bf16_cases},
       {"compressor_feed", {K::Close, 1e-5f, 0.0f, "pooling expf vs exp, norm sum reassociated; entries relative to "
                                                  "|e| + the entry's largest |e|"},
        compressor_feed_cases},
+      // Bf16: the pooled vector, the norm's output and the entry rounded to bf16; an fp32
+      // difference of an ulp that straddles a rounding boundary becomes one bf16 ulp (up to
+      // 2^-7 relative), which the norm carries into the entry.
+      {"compressor_feed_bf16", {K::Close, 1e-2f, 0.0f, "bf16 roundings of values an fp32 ulp apart; relative to "
+                                                      "|e| + the entry's largest |e|"},
+       compressor_feed_bf16_cases},
       {"indexer_select", {K::Bitwise, 0, 0, "indices exact: scores built far from rounding near-ties, exact ties to "
                                            "the lowest index"},
        indexer_select_cases},

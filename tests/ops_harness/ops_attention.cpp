@@ -21,6 +21,7 @@
 
 #include "gpu/attention_test_util.h"
 #include "harness.h"
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cpu/attention.h"
 #include "kiln/ops/cpu/attention_state.h"
 #include "kiln/ops/cpu/rope.h"
@@ -107,7 +108,19 @@ std::vector<Span> decode_plan() {
   return plan;
 }
 
-Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool split, uint32_t seed) {
+// Every value of v rounded to bf16 (the inputs of AttnNumerics::Bf16 hold bf16 values).
+std::vector<float> bf16_values(std::vector<float> v) {
+  ops::cpu::round_bf16(v.data(), 0, 1, static_cast<int64_t>(v.size()), v.data(), 0);
+  return v;
+}
+
+// num = Bf16: q, the keys and the step's rows hold bf16 values (the forward rounds them), and
+// the row strides are multiples of 4 floats so that the tensor-core kernel takes the shapes
+// it fits (head dims that are multiples of 64); Fp32 pads them by odd amounts.
+Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool split, uint32_t seed,
+                        ops::AttnNumerics num) {
+  const bool bf16 = num == ops::AttnNumerics::Bf16;
+  auto values = [&](std::vector<float> v) { return bf16 ? bf16_values(std::move(v)) : v; };
   Prepared p;
   std::mt19937 g(seed);
   const int S = static_cast<int>(plan.size()), H = a.heads, D = a.dim;
@@ -116,7 +129,7 @@ Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool 
   int most = 0;
   for (const Span& sp : plan) most = std::max(most, static_cast<int>(sp.end - sp.first));
   const int cap = a.window + most + 3;  // window + the rows a slot writes before it reads
-  const int64_t ring_stride = int64_t{cap} * D + 1, entry_stride = int64_t{a.max_entries} * D + 2;
+  const int64_t ring_stride = int64_t{cap} * D + (bf16 ? 4 : 1), entry_stride = int64_t{a.max_entries} * D + (bf16 ? 8 : 2);
   const int topk = std::max(1, a.topk);
   const bool compressed = a.keys != AttnKeys::Window;
 
@@ -129,19 +142,19 @@ Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool 
     as.cap = cap;
     as.dim = D;
     as.sliding_window = a.window;
-    as.window = at::random_floats(g, static_cast<size_t>(cap * D), -1.0f, 1.0f);
+    as.window = values(at::random_floats(g, static_cast<size_t>(cap * D), -1.0f, 1.0f));
     std::copy(as.window.begin(), as.window.end(), ring0.begin() + s * ring_stride);
     if (compressed) {
       as.comp.emplace(a.ratio, D, false, a.ratio);
-      as.comp->entries = at::random_floats(g, static_cast<size_t>(a.max_entries) * D, -1.0f, 1.0f);
+      as.comp->entries = values(at::random_floats(g, static_cast<size_t>(a.max_entries) * D, -1.0f, 1.0f));
       as.comp->count = a.max_entries;
       as.comp->length = int64_t{a.max_entries} * a.ratio;
       std::copy(as.comp->entries.begin(), as.comp->entries.end(), entries.begin() + s * entry_stride);
     }
   }
-  const int64_t ldkv = D + 2, ldq = int64_t{H} * D + 5, ldo = int64_t{H} * D + 3;
-  const std::vector<float> kv = at::random_floats(g, static_cast<size_t>(R * ldkv), -1.0f, 1.0f);
-  const std::vector<float> q = at::random_floats(g, static_cast<size_t>(R * ldq), -1.0f, 1.0f);
+  const int64_t ldkv = D + 2, ldq = int64_t{H} * D + (bf16 ? 8 : 5), ldo = int64_t{H} * D + 3;
+  const std::vector<float> kv = values(at::random_floats(g, static_cast<size_t>(R * ldkv), -1.0f, 1.0f));
+  const std::vector<float> q = values(at::random_floats(g, static_cast<size_t>(R * ldq), -1.0f, 1.0f));
   const std::vector<float> sink = at::random_floats(g, static_cast<size_t>(H), -2.0f, 2.0f);
   const float scale = 3.0f / std::sqrt(static_cast<float>(D));  // sharper than D^-0.5: the max matters
 
@@ -169,7 +182,7 @@ Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool 
   at::CpuStep cs(st, states);
   std::vector<float> o(static_cast<size_t>(R) * H * D);
   cpu::attention(cs.rows(), at::packed_rows(q, R, ldq, int64_t{H} * D).data(), at::packed_rows(kv, R, ldkv, D).data(), H, D,
-                 scale, sink.data(), a.window, a.keys, sel, o.data(), &pool());
+                 scale, sink.data(), a.window, a.keys, sel, o.data(), &pool(), num);
   std::vector<float> ring1 = ring0;
   for (int s = 0; s < S; ++s) {
     const auto& w = states[static_cast<size_t>(s)].window;
@@ -223,7 +236,7 @@ Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool 
   p.launch = [=](cudaStream_t s) {
     cuda::window_write(rows, dkv, ldkv, ring, s);
     cuda::attention(rows, dq, ldq, H, scale, dsink, ring, sh.window, sh.keys, compressed ? &comp : nullptr, dsel, dnsel, topk,
-                    dout, ldo, s, work);
+                    dout, ldo, s, work, num);
   };
   // Bytes one launch must move: the step's kv rows in and into the ring, q and o, and
   // each row's keys once (a block of a head group reads them again; not counted).
@@ -283,7 +296,7 @@ cpu::CompressorState& role_state(cpu::AttentionState& s, CompressorRole role) {
   return role == CompressorRole::Attention ? *s.comp : *s.icomp;
 }
 
-Prepared compressor_case(const CompShape& c, const std::vector<CompSlot>& plan, uint32_t seed) {
+Prepared compressor_case(const CompShape& c, const std::vector<CompSlot>& plan, uint32_t seed, ops::AttnNumerics num) {
   Prepared p;
   std::mt19937 g(seed);
   const int S = static_cast<int>(plan.size()), m = c.ratio, d = c.dim;
@@ -320,7 +333,7 @@ Prepared compressor_case(const CompShape& c, const std::vector<CompSlot>& plan, 
       const std::vector<float> a = at::random_floats(g, static_cast<size_t>(cs.fed * width), -1.0f, 1.0f);
       const std::vector<float> z = at::random_floats(g, a.size(), -2.0f, 2.0f);
       const cpu::StepRows hist{std::span<const cpu::SeqRows>(&seq, 1), pos, seq_of};
-      cpu::compressor_feed(hist, c.role, a.data(), z.data(), ape.data(), norm.data(), kEps, rope);
+      cpu::compressor_feed(hist, c.role, a.data(), z.data(), ape.data(), norm.data(), kEps, rope, num);
     }
     as.truncate(cs.keep);
   }
@@ -348,7 +361,7 @@ Prepared compressor_case(const CompShape& c, const std::vector<CompSlot>& plan, 
   const std::vector<float> z = at::random_floats(g, static_cast<size_t>(R * ld), -2.0f, 2.0f);
   at::CpuStep cstep(st, states);
   cpu::compressor_feed(cstep.rows(), c.role, at::packed_rows(a, R, ld, width).data(), at::packed_rows(z, R, ld, width).data(),
-                       ape.data(), norm.data(), kEps, rope);
+                       ape.data(), norm.data(), kEps, rope, num);
 
   std::vector<float> kv1 = kv0, sc1 = sc0, e1 = e0, emag(e0.size(), 0.0f);
   for (int s = 0; s < S; ++s) {
@@ -389,7 +402,7 @@ Prepared compressor_case(const CompShape& c, const std::vector<CompSlot>& plan, 
   ring.dim = d;
   ring.ratio = m;
   ring.overlap = c.overlap;
-  p.launch = [=](cudaStream_t s) { cuda::compressor_feed(rows, da, dz, ld, dape, dnorm, kEps, view, ring, s); };
+  p.launch = [=](cudaStream_t s) { cuda::compressor_feed(rows, da, dz, ld, dape, dnorm, kEps, view, ring, s, num); };
   // Bytes: a and z in, the kv and score rows out; per emitted entry its pooled kv and score
   // channels in and the entry out.
   int64_t floats = 4 * int64_t{R} * width;
@@ -518,7 +531,7 @@ Prepared indexer_case(const IdxShape& ic, const at::Step& st, uint32_t seed) {
 
 }  // namespace
 
-std::vector<Case> attention_cases() {
+std::vector<Case> attention_cases_in(ops::AttnNumerics num) {
   struct C {
     AttnShape a;
     std::vector<Span> plan;
@@ -529,10 +542,12 @@ std::vector<Case> attention_cases() {
       {{4, 64, 8, 4, 64, 8, W}, attn_mixed_plan(8), "mixed steps"},
       {{4, 64, 8, 4, 64, 8, Sel}, attn_mixed_plan(8), "mixed steps"},
       {{4, 64, 8, 4, 64, 8, All}, attn_mixed_plan(8), "mixed steps"},
-      // heads not a multiple of the kernel's head group; dim not a multiple of 32
+      // heads not a multiple of the kernels' head groups; dims not multiples of 32 or 64 (in
+      // Bf16 the CUDA-core kernel: the tensor-core one takes multiples of 64)
       {{12, 40, 5, 2, 100, 16, Sel}, attn_mixed_plan(5), "mixed steps, odd shape"},
       {{3, 96, 6, 3, 10, 1, All}, attn_mixed_plan(6), "mixed steps, odd shape, entries clamped"},
       {{3, 64, 8, 4, 40, 1, All}, {{200, 201}, {2, 3}, {31, 35}}, "few rows, odd heads"},
+      {{20, 128, 16, 4, 64, 24, Sel}, attn_mixed_plan(16), "mixed steps, a partial head group"},
       // V4: dim 512, window 128, 512 selected (CSA ratio 4) or all (HCA ratio 128)
       {{16, 512, 128, 4, 1024, 512, Sel}, {{2040, 2060}, {0, 7}, {3000, 3001}}, "V4 mixed"},
       {{9, 512, 128, 128, 64, 1, All}, {{4000, 4020}, {5, 9}}, "V4 mixed, odd heads"},
@@ -553,14 +568,17 @@ std::vector<Case> attention_cases() {
     shape += " " + dims({{"R", R}, {"slots", static_cast<int64_t>(c.plan.size())}});
     for (bool split : {false, true}) {
       const std::string scheme = std::string(keys_name(c.a.keys)) + ", " + c.what + (split ? ", split keys" : "");
-      cs.push_back({shape, scheme, [c, split, seed] { return attention_case(c.a, c.plan, split, seed); }});
+      cs.push_back({shape, scheme, [c, split, seed, num] { return attention_case(c.a, c.plan, split, seed, num); }});
     }
     ++seed;
   }
   return cs;
 }
 
-std::vector<Case> compressor_feed_cases() {
+std::vector<Case> attention_cases() { return attention_cases_in(ops::AttnNumerics::Fp32); }
+std::vector<Case> attention_bf16_cases() { return attention_cases_in(ops::AttnNumerics::Bf16); }
+
+std::vector<Case> compressor_feed_cases_in(ops::AttnNumerics num) {
   struct C {
     CompShape c;
     bool decode;
@@ -593,11 +611,14 @@ std::vector<Case> compressor_feed_cases() {
     const std::string scheme = std::string(c.what) + (c.c.role == A ? "attention" : "indexer") +
                                (c.c.overlap ? " overlap" : "") + (c.decode ? ", decode batch" : ", mixed steps");
     const CompShape sh = c.c;
-    cs.push_back({shape, scheme, [sh, plan, seed] { return compressor_case(sh, plan, seed); }});
+    cs.push_back({shape, scheme, [sh, plan, seed, num] { return compressor_case(sh, plan, seed, num); }});
     ++seed;
   }
   return cs;
 }
+
+std::vector<Case> compressor_feed_cases() { return compressor_feed_cases_in(ops::AttnNumerics::Fp32); }
+std::vector<Case> compressor_feed_bf16_cases() { return compressor_feed_cases_in(ops::AttnNumerics::Bf16); }
 
 std::vector<Case> indexer_select_cases() {
   struct C {

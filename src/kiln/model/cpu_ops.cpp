@@ -235,7 +235,8 @@ void CpuOps::hc_head(const HyperHead& hh, const float* X, int64_t R, float* h, o
 
 void CpuOps::compressor_feed(const Layer& st, ops::CompressorRole role, const Compressor& cp, AttnKind kind,
                              const float* a, const float* z) const {
-  cpu::compressor_feed(st.rows(), role, a, z, cp.ape.data.data(), cp.norm.data(), eps_, rope_of(kind));
+  cpu::compressor_feed(st.rows(), role, a, z, cp.ape.data.data(), cp.norm.data(), eps_, rope_of(kind),
+                       ops::attn_numerics(precision_));
 }
 
 void CpuOps::indexer_select(const Layer& st, const float* q, const float* w, int64_t heads, int64_t head_dim,
@@ -246,7 +247,7 @@ void CpuOps::indexer_select(const Layer& st, const float* q, const float* w, int
 void CpuOps::attend(const Layer& st, AttnKind, const float* q, const float* kv, const std::vector<float>& sink,
                     float scale, ops::AttnKeys keys, const cpu::Selection& sel, float* o) const {
   cpu::attention(st.rows(), q, kv, c_.num_heads, c_.head_dim, scale, sink.data(), c_.sliding_window, keys, sel, o,
-                 k_.pool);
+                 k_.pool, ops::attn_numerics(precision_));
 }
 
 // ---- MoE ----------------------------------------------------------------------------------

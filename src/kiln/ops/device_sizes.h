@@ -37,23 +37,37 @@ inline constexpr int kAttnMaxChunks = 16;
 // Keys staged per round of the kernel: as many as keep the block's shared memory under the
 // 48 KB a launch gets without opting in (clamped to 8 .. 64).
 inline constexpr int attention_key_tile(int dim) { return 6144 / dim > 64 ? 64 : (6144 / dim < 8 ? 8 : 6144 / dim); }
+// The tensor-core kernel (ops/cuda/attention_mma.cu, AttnNumerics::Bf16, head dims that are
+// multiples of 64 up to 512): 16 heads per block (one m16 tile), 16 keys per round.
+inline constexpr int kAttnMmaHeads = 16;
+inline constexpr int kAttnMmaKeyTile = 16;
+inline constexpr int kAttnMmaMaxDim = 512;
+inline constexpr bool attention_mma_fits(int dim) { return dim >= 64 && dim <= kAttnMmaMaxDim && dim % 64 == 0; }
 // Whole key tiles per chunk, as few as keep a row of `capacity` keys within kAttnMaxChunks.
-inline int attention_chunk_keys(int64_t capacity, int dim) {
-  const int64_t tile = attention_key_tile(dim);
+inline int attention_chunk_keys_of_tile(int64_t capacity, int64_t tile) {
   const int64_t tiles = std::max<int64_t>(1, (capacity + tile - 1) / tile);
   return static_cast<int>(tile * ((tiles + kAttnMaxChunks - 1) / kAttnMaxChunks));
 }
+inline int attention_chunk_keys(int64_t capacity, int dim) {
+  return attention_chunk_keys_of_tile(capacity, attention_key_tile(dim));
+}
+// Heads per block of the kernel that runs R rows: the tensor-core kernel's, or the CUDA-core
+// kernel's by the row count.
+inline int attention_head_group(int R, bool mma) {
+  return mma ? kAttnMmaHeads : R < kAttnNarrowBelowRows ? kAttnHeadGroupNarrow : kAttnHeadGroupWide;
+}
 // Chunks in their own blocks while the rows' head groups fill under two blocks per
 // multiprocessor.
-inline bool attention_splits_chunks(int R, int heads, int sms) {
-  const int hg = R < kAttnNarrowBelowRows ? kAttnHeadGroupNarrow : kAttnHeadGroupWide;
+inline bool attention_splits_chunks(int R, int heads, int sms, bool mma = false) {
+  const int hg = attention_head_group(R, mma);
   return static_cast<int64_t>(R) * ((heads + hg - 1) / hg) < 2 * static_cast<int64_t>(sms);
 }
-// Workspace floats attention() needs for any R <= max_rows (0: it never splits).
+// Workspace floats attention() needs for any R <= max_rows with either kernel (0: it never
+// splits).
 inline int64_t attention_workspace_floats(int max_rows, int heads, int dim, int sms) {
   int64_t most = 0;
   for (int R = 1; R <= max_rows; ++R)
-    if (attention_splits_chunks(R, heads, sms))
+    if (attention_splits_chunks(R, heads, sms, false) || attention_splits_chunks(R, heads, sms, true))
       most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * kAttnMaxChunks * (dim + 2));
   return most;
 }

@@ -26,12 +26,18 @@
 #include <string_view>  // (also compiled as C++17 by nvcc)
 
 #include "kiln/core/scheme_kind.h"
+#include "kiln/ops/attention_kinds.h"
 
 namespace kiln::ops {
 
 enum class Precision : uint8_t { Exact, DeepSeek };
 
 constexpr std::string_view precision_name(Precision p) { return p == Precision::Exact ? "exact" : "deepseek"; }
+
+// The attention state and core's arithmetic in a precision (ops/attention_kinds.h).
+constexpr AttnNumerics attn_numerics(Precision p) {
+  return p == Precision::DeepSeek ? AttnNumerics::Bf16 : AttnNumerics::Fp32;
+}
 
 // What an op of the model definition does with the values it writes. Plain: fp32 as
 // computed. Act: they are activations, which the deepseek precision rounds to bf16 as an

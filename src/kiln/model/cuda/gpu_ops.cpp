@@ -115,7 +115,8 @@ void GpuOps::hc_head(const GpuHead& hh, const float* X, int64_t R, float* h, ops
 void GpuOps::compressor_feed(const GpuLayerState& st, ops::CompressorRole role, const GpuCompressor& cp, AttnKind kind,
                              const float* a, const float* z) const {
   const oc::CompressorRing& ring = role == ops::CompressorRole::Attention ? st.comp : st.icomp;
-  oc::compressor_feed(rows_, a, z, ring.width, cp.ape.get(), cp.norm.get(), eps_, rope_of(kind), ring, s_);
+  oc::compressor_feed(rows_, a, z, ring.width, cp.ape.get(), cp.norm.get(), eps_, rope_of(kind), ring, s_,
+                      ops::attn_numerics(precision_));
 }
 
 void GpuOps::indexer_select(const GpuLayerState& st, const float* q, const float* w, int64_t heads, int64_t head_dim,
@@ -137,7 +138,7 @@ void GpuOps::attend(const GpuLayerState& st, AttnKind, const float* q, const flo
   const int window = key_end_ ? key_window_ : static_cast<int>(c_.sliding_window);
   oc::attention(keyed, q, nh * D, static_cast<int>(nh), scale, sink.get(), st.ring, window, keys,
                 st.has_comp ? &st.comp : nullptr, sel.sel, sel.nsel, std::max(static_cast<int>(c_.index_topk), 1), o,
-                nh * D, s_, x_.attn_work);
+                nh * D, s_, x_.attn_work, ops::attn_numerics(precision_));
 }
 
 // ---- MoE ----------------------------------------------------------------------------------

@@ -7,13 +7,14 @@
 #include <cmath>
 #include <cstring>
 
+#include "kiln/core/codecs.h"
 #include "kiln/ops/cpu/thread_pool.h"
 #include "kiln/ops/cpu/vec.h"
 
 namespace kiln::ops::cpu {
 
 void attend_head(const float* q, std::span<const float* const> keys, float sink, float scale, int64_t dim,
-                 std::vector<float>& scratch, float* o) {
+                 std::vector<float>& scratch, float* o, AttnNumerics num) {
   std::vector<float>& s = scratch;
   s.resize(keys.size());
   float mx = sink;
@@ -27,11 +28,13 @@ void attend_head(const float* q, std::span<const float* const> keys, float sink,
     sum += s[k];
   }
   sum += std::exp(sink - mx);
-  for (size_t k = 0; k < keys.size(); ++k) axpy(s[k] / sum, keys[k], o, dim);
+  const bool bf16 = num == AttnNumerics::Bf16;
+  for (size_t k = 0; k < keys.size(); ++k) axpy((bf16 ? bf16_to_f32(f32_to_bf16(s[k])) : s[k]) / sum, keys[k], o, dim);
 }
 
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,
-               const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool) {
+               const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool,
+               AttnNumerics num) {
   const int64_t T = rows.R(), nh = heads, D = dim, Wn = window;
   // Key lists per query: window positions max(0, p-W+1)..p (transformers' sliding mask
   // kv_idx > q_idx - sliding_window), then the compressed entries.
@@ -57,7 +60,8 @@ void attention(const StepRows& rows, const float* q, const float* kv, int64_t he
     std::vector<float> s;
     for (int64_t it = b; it < e; ++it) {
       const int64_t t = it / nh, h = it % nh;
-      attend_head(q + (t * nh + h) * D, key_rows[static_cast<size_t>(t)], sink[h], scale, D, s, o + (t * nh + h) * D);
+      attend_head(q + (t * nh + h) * D, key_rows[static_cast<size_t>(t)], sink[h], scale, D, s, o + (t * nh + h) * D,
+                  num);
     }
   });
 

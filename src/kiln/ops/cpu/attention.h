@@ -19,6 +19,7 @@ namespace kiln::ops::cpu {
 class ThreadPool;
 
 using ops::AttnKeys;
+using ops::AttnNumerics;
 using ops::CompressorRole;  // AttentionState::comp / icomp
 
 // Feeds each sequence's compressor (`role` picks it) its rows: a = x Wkv^T and z = x Wgate^T
@@ -28,9 +29,10 @@ using ops::CompressorRole;  // AttentionState::comp / icomp
 // entry j is emitted: per channel ch < dim a softmax over the scores of the block's rows
 // (with overlap: first the previous block's channel ch, absent before the first entry,
 // then this block's channel dim + ch), the kv values weighted by it, then RMS norm with
-// `norm` (eps) and rotation by `rope` at position j * ratio.
+// `norm` (eps) and rotation by `rope` at position j * ratio. AttnNumerics::Bf16 rounds the
+// pooled vector, the norm's output and the rotated entry to bf16 (ops/attention_kinds.h).
 void compressor_feed(const StepRows& rows, CompressorRole role, const float* a, const float* z, const float* ape,
-                     const float* norm, float eps, const Rope& rope);
+                     const float* norm, float eps, const Rope& rope, AttnNumerics num = AttnNumerics::Fp32);
 
 // Per row, the compressed entries it attends to, ascending.
 using Selection = std::vector<std::vector<int64_t>>;
@@ -49,15 +51,18 @@ void indexer_select(const StepRows& rows, const float* q, const float* w, int64_
 // .. p (window = sliding_window; this step's rows from kv [R, dim], earlier ones from the
 // sequence's ring), then by `keys` the selected (sel) or all visible compressed entries.
 // o [R, heads * dim]. Afterwards each sequence's window ring holds its step's kv rows.
+// `num` as attend_head's.
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,
-               const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool);
+               const float* sink, int64_t window, AttnKeys keys, const Selection& sel, float* o, ThreadPool* pool,
+               AttnNumerics num = AttnNumerics::Fp32);
 
 // One head of one query over its keys (K = V rows of `dim` floats), with a sink logit:
 // s_k = (q . key_k) * scale, m = max(sink, max_k s_k); o += exp(s_k - m) / (sum_k
 // exp(s_k - m) + exp(sink - m)) * key_k, k in order. o must start at zero; scratch is
-// resized to the key count. The core of attention() above, for other attention layouts
-// (the DSpark drafter's block attention).
+// resized to the key count. AttnNumerics::Bf16 rounds each exp(s_k - m) to bf16 in the
+// numerator only (DeepSeek's sparse_attn). The core of attention() above, for other
+// attention layouts (the DSpark drafter's block attention).
 void attend_head(const float* q, std::span<const float* const> keys, float sink, float scale, int64_t dim,
-                 std::vector<float>& scratch, float* o);
+                 std::vector<float>& scratch, float* o, AttnNumerics num = AttnNumerics::Fp32);
 
 }  // namespace kiln::ops::cpu

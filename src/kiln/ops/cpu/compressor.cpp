@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cpu/attention.h"
 #include "kiln/ops/cpu/norm.h"
 
@@ -14,7 +15,7 @@ namespace {
 
 // Emits entry j = count from block j's rows (positions j*ratio ..) and, for overlap,
 // block j-1's first-half rows, all read from the ring.
-void emit(CompressorState& s, const float* norm, float eps, const Rope& rope) {
+void emit(CompressorState& s, const float* norm, float eps, const Rope& rope, AttnNumerics num) {
   const int64_t m = s.ratio, d = s.dim, j = s.count;
   // Pool per channel with a softmax over the rows: for overlap, rows 0..m-1 are the
   // previous block's first-half channels (absent = weight 0 before the first entry),
@@ -48,10 +49,16 @@ void emit(CompressorState& s, const float* norm, float eps, const Rope& rope) {
     for (int64_t i = 0; i < k; ++i) acc += kv[static_cast<size_t>(i)] * (sc[static_cast<size_t>(i)] / sum);
     out[static_cast<size_t>(ch)] = acc;
   }
+  // DeepSeek's Compressor holds the pooled vector, the norm's output and the rotated entry
+  // in bf16 (`kv.to(dtype)`, RMSNorm's cast back, the bf16 cache).
+  const bool bf16 = num == AttnNumerics::Bf16;
+  if (bf16) round_bf16(out.data(), d, 1, d, out.data(), d);
   rmsnorm(out.data(), 1, d, norm, eps, out.data());
+  if (bf16) round_bf16(out.data(), d, 1, d, out.data(), d);
   // Rotated at the block's first position j * ratio (transformers: positions =
   // i * compress_rate + first_window_position).
   rope.apply(out.data(), d, j * m);
+  if (bf16) round_bf16(out.data(), d, 1, d, out.data(), d);
   s.entries.insert(s.entries.end(), out.begin(), out.end());
   ++s.count;
 }
@@ -59,7 +66,7 @@ void emit(CompressorState& s, const float* norm, float eps, const Rope& rope) {
 }  // namespace
 
 void compressor_feed(const StepRows& rows, CompressorRole role, const float* a, const float* z, const float* ape,
-                     const float* norm, float eps, const Rope& rope) {
+                     const float* norm, float eps, const Rope& rope, AttnNumerics num) {
   for (const SeqRows& g : rows.seqs) {
     CompressorState& s = role == CompressorRole::Attention ? *g.st->comp : *g.st->icomp;
     const int64_t m = s.ratio, W = s.width;
@@ -71,7 +78,7 @@ void compressor_feed(const StepRows& rows, CompressorRole role, const float* a, 
       std::memcpy(s.kv_row(p), ga + t * W, static_cast<size_t>(W) * sizeof(float));
       float* sc = s.score_row(p);
       for (int64_t i = 0; i < W; ++i) sc[i] = gz[t * W + i] + ap[i];
-      if (++s.length % m == 0) emit(s, norm, eps, rope);
+      if (++s.length % m == 0) emit(s, norm, eps, rope, num);
     }
   }
 }

@@ -13,6 +13,9 @@
 // attention_combine merges them. A row's output is therefore the same bits in every step,
 // at any row count, which the batch-invariant (deepseek) forward needs; it is the CPU's
 // exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to the rounding of the rescalings.
+// AttnNumerics::Bf16 runs the tensor-core kernel of attention_mma.cu where the head dim and
+// the buffers' alignment allow, else this kernel with the probabilities rounded to bf16 in
+// the value sum; both chunk the keys and merge the chunks as above.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -20,11 +23,16 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/attention_detail.cuh"
+#include "kiln/ops/cuda/attention_mma.h"
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/device_sizes.h"
 
 namespace kiln::ops::cuda {
 namespace {
+
+using attn_detail::KeySource;
+using attn_detail::merge_terms;
 
 constexpr int kWriteThreads = 128;
 
@@ -44,37 +52,13 @@ constexpr int kAttnThreads = 256;
 // (ops/device_sizes.h, which also sizes the split workspace from them)
 constexpr int kHeadGroupWide = device::kAttnHeadGroupWide;
 constexpr int kHeadGroupNarrow = device::kAttnHeadGroupNarrow;
-constexpr int kNarrowBelowRows = device::kAttnNarrowBelowRows;
 constexpr int kMaxAttnDim = 512;
 constexpr int kChanPerThread = kMaxAttnDim / kAttnThreads;  // output channels a thread owns
-
-struct KeySource {
-  const float* ring;   // this slot's window ring
-  int cap;
-  int64_t first_pos;   // first window position
-  int nwin;            // window keys
-  const float* entries;  // this slot's compressed entries (null: none)
-  const int32_t* sel;    // CSA: selected entry indices of this row (null: entries 0..)
-  int ncomp;
-  int dim;
-  __device__ const float* key(int i) const {
-    if (i < nwin) return ring + ((first_pos + i) % cap) * dim;
-    const int e = i - nwin;
-    const int64_t j = sel ? sel[e] : e;
-    return entries + j * dim;
-  }
-};
-
-// One merge step of two softmax states, x * a + y * b with both products rounded and no
-// fused multiply-add, so that the attention kernel and attention_combine round alike.
-__device__ __forceinline__ float merge_terms(float x, float a, float y, float b) {
-  return __fadd_rn(__fmul_rn(x, a), __fmul_rn(y, b));
-}
 
 // Dynamic shared memory: q [kHeadGroup][dim], keys [kKeyTile][dim], p [kHeadGroup][kKeyTile],
 // then [kHeadGroup] each: corr / m / l (the chunk's), rm / rl (the row's running state) and
 // the merge factors fa / fb.
-template <int kHeadGroup>
+template <int kHeadGroup, bool kBf16P>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, const float* __restrict__ q, int64_t ldq,
                                                                  int heads, float scale, const float* __restrict__ sink,
                                                                  WindowRing ring, int window, AttnKeys keys, CompressorRing comp,
@@ -98,29 +82,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
   const int r = blockIdx.x;
   const int h0 = blockIdx.y * kHeadGroup;
   const int hn = min(kHeadGroup, heads - h0);
-  const int64_t slot = rows.slot[r];
-  const int64_t pos = rows.pos[r];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-
-  KeySource src;
-  src.ring = ring.data + slot * ring.slot_stride;
-  src.cap = ring.cap;
-  src.first_pos = pos - window + 1 > 0 ? pos - window + 1 : 0;
-  src.nwin = (int)(pos - src.first_pos + 1);
-  src.entries = nullptr;
-  src.sel = nullptr;
-  src.ncomp = 0;
-  src.dim = dim;
-  if (keys == AttnKeys::WindowAndSelected) {
-    src.entries = comp.entries + slot * comp.entry_slot_stride;
-    src.sel = sel + (int64_t)r * topk;
-    src.ncomp = nsel[r];
-  } else if (keys == AttnKeys::WindowAndAll) {
-    src.entries = comp.entries + slot * comp.entry_slot_stride;
-    const int64_t vis = (pos + 1) / comp.ratio;
-    src.ncomp = (int)(vis < comp.max_entries ? vis : comp.max_entries);
-  }
-  const int nk_all = src.nwin + src.ncomp;
+  const KeySource src = attn_detail::key_source(rows, r, ring, window, keys, comp, sel, nsel, topk);
+  const int nk_all = src.count();
   // Split (gridDim.z > 1): this block takes chunk blockIdx.z alone and writes its (m, l, o)
   // to `part` (m = -inf: the row has no such chunk); attention_combine merges them.
   const bool split = gridDim.z > 1;
@@ -186,7 +150,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
         float l = ls[h] * cf;
         for (int kk = 0; kk < kn; ++kk) {
           const float e = expf(ps[h * kKeyTile + kk] - mx);
-          ps[h * kKeyTile + kk] = e;
+          ps[h * kKeyTile + kk] = kBf16P ? bf16_round(e) : e;  // the value sum's weight
           l += e;
         }
         ms[h] = mx;
@@ -303,7 +267,8 @@ void window_write(const StepRows& rows, const float* kv, int64_t ldkv, const Win
 
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
                const WindowRing& ring, int window, AttnKeys keys, const CompressorRing* comp, const int32_t* sel,
-               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace) {
+               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace,
+               AttnNumerics num) {
   if (rows.R < 0) fail(ErrorKind::Usage, "attention: rows.R is {}, expected >= 0", rows.R);
   if (rows.R == 0) return;
   if (!rows.slot || !rows.pos) fail(ErrorKind::Usage, "attention: rows.slot / rows.pos must be non-null");
@@ -331,23 +296,43 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
   const int64_t capacity = int64_t{window} + (keys == AttnKeys::WindowAndSelected ? topk
                                               : keys == AttnKeys::WindowAndAll    ? c.max_entries
                                                                                   : 0);
-  const int chunk = device::attention_chunk_keys(capacity, dim);
+  // The tensor-core kernel for DeepSeek's numerics where its layout holds (16-byte rows);
+  // otherwise the CUDA-core kernel, which rounds the probabilities alike in Bf16.
+  const bool bf16 = num == AttnNumerics::Bf16;
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool mma = bf16 && device::attention_mma_fits(dim) && aligned(q) && ldq % 4 == 0 && aligned(ring.data) &&
+                   ring.slot_stride % 4 == 0 &&
+                   (keys == AttnKeys::Window || (aligned(c.entries) && c.entry_slot_stride % 4 == 0));
+  const int chunk = mma ? device::attention_chunk_keys_of_tile(capacity, device::kAttnMmaKeyTile)
+                        : device::attention_chunk_keys(capacity, dim);
   const int chunks = static_cast<int>((capacity + chunk - 1) / chunk);
-  const int splits = workspace && chunks > 1 && device::attention_splits_chunks(rows.R, heads, sm_count()) ? chunks : 1;
-  auto launch = [&](auto group) {
-    constexpr int hg = decltype(group)::value;
-    const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg),
-                    static_cast<unsigned>(splits));
-    const int kKeyTile = device::attention_key_tile(dim);
-    const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 7 * hg);
-    attention_kernel<hg><<<grid, kAttnThreads, smem, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel,
-                                                               nsel, topk, chunk, o, ldo, workspace);
-  };
-  if (rows.R < kNarrowBelowRows)
-    launch(std::integral_constant<int, kHeadGroupNarrow>{});
-  else
-    launch(std::integral_constant<int, kHeadGroupWide>{});
-  KILN_CUDA_CHECK_LAUNCH();
+  const int splits =
+      workspace && chunks > 1 && device::attention_splits_chunks(rows.R, heads, sm_count(), mma) ? chunks : 1;
+  if (mma) {
+    attn_detail::launch_attention_mma(rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel, nsel, topk, chunk,
+                                      splits, o, ldo, workspace, stream);
+  } else {
+    auto launch = [&](auto group, auto round_p) {
+      constexpr int hg = decltype(group)::value;
+      const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + hg - 1) / hg),
+                      static_cast<unsigned>(splits));
+      const int kKeyTile = device::attention_key_tile(dim);
+      const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 7 * hg);
+      attention_kernel<hg, decltype(round_p)::value><<<grid, kAttnThreads, smem, stream>>>(
+          rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel, nsel, topk, chunk, o, ldo, workspace);
+    };
+    auto with_group = [&](auto round_p) {
+      if (device::attention_head_group(rows.R, false) == kHeadGroupNarrow)
+        launch(std::integral_constant<int, kHeadGroupNarrow>{}, round_p);
+      else
+        launch(std::integral_constant<int, kHeadGroupWide>{}, round_p);
+    };
+    if (bf16)
+      with_group(std::true_type{});
+    else
+      with_group(std::false_type{});
+    KILN_CUDA_CHECK_LAUNCH();
+  }
   if (splits > 1) {
     attention_combine_kernel<<<dim3(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads)), 128, 0, stream>>>(
         workspace, heads, splits, dim, sink, o, ldo);

@@ -60,9 +60,11 @@ void window_write(const StepRows& rows, const float* kv, int64_t ldkv, const Win
 // the previous block's channel ch, absent for j = 0, then this block's channel dim + ch;
 // otherwise this block's channel ch), the kv values weighted by it, then RMS norm with
 // `norm` (eps) and rotation at position j * ratio. Entries with j >= max_entries are not
-// written (the caller bounds the context).
+// written (the caller bounds the context). num = Bf16 rounds the pooled vector, the norm's
+// output and the rotated entry to bf16, as the CPU's does.
 void compressor_feed(const StepRows& rows, const float* a, const float* z, int64_t ld, const float* ape,
-                     const float* norm, float eps, RopeView rope, const CompressorRing& c, cudaStream_t stream);
+                     const float* norm, float eps, RopeView rope, const CompressorRing& c, cudaStream_t stream,
+                     ops::AttnNumerics num = ops::AttnNumerics::Fp32);
 
 // Lightning indexer selection for every row: visible entries j < vis = min((pos + 1) /
 // ratio, max_entries) of the indexer compressor `ic`;
@@ -76,6 +78,7 @@ void indexer_select(const StepRows& rows, const float* q, int64_t ldq, const flo
                     float* scratch, cudaStream_t stream);
 
 using ops::AttnKeys;  // ops/attention_kinds.h
+using ops::AttnNumerics;
 
 // Attention of every row and head over one shared K=V head, with a per-head sink logit:
 // keys = the window rows of positions max(0, p - window + 1) .. p (from `ring`, already
@@ -91,9 +94,15 @@ using ops::AttnKeys;  // ops/attention_kinds.h
 // attention_workspace_floats(max rows, heads, dim) floats): when given and the rows' head
 // groups do not fill the GPU (decode), each chunk runs in its own block and a second
 // kernel merges them (flash-decoding), with the same bits as without it.
+// num (ops/attention_kinds.h): Fp32 as above in fp32 CUDA-core arithmetic; Bf16 takes q and
+// the keys as bf16 (they must hold bf16 values: the tensor-core kernel converts them, the
+// CUDA-core fallback does not), multiplies them on tensor cores with fp32 accumulation
+// where the head dim is a multiple of 64 up to 512 and the buffers are 16-byte aligned, and
+// rounds the probabilities to bf16 in the value sum (the denominator sums them in fp32).
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
                const WindowRing& ring, int window, AttnKeys keys, const CompressorRing* comp, const int32_t* sel,
-               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace = nullptr);
+               const int32_t* nsel, int topk, float* o, int64_t ldo, cudaStream_t stream, float* workspace = nullptr,
+               AttnNumerics num = AttnNumerics::Fp32);
 
 // Workspace floats attention() needs for any R <= max_rows (0: it never splits).
 int64_t attention_workspace_floats(int max_rows, int heads, int dim);

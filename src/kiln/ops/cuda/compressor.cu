@@ -7,6 +7,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
 #include "kiln/ops/cuda/attention_detail.cuh"
+#include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/rope.cuh"
 
@@ -38,7 +39,7 @@ __global__ void feed_rows_kernel(StepRows rows, const float* __restrict__ a, con
 // t, t + blockDim, ... with the CPU's three sequential loops (max, exp-and-sum, weighted
 // sum of kv * (e / sum)), so each channel's value follows the same association.
 __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ norm, float eps, RopeView rope,
-                                    CompressorRing c) {
+                                    CompressorRing c, bool bf16) {
   __shared__ float out[kMaxDim];
   __shared__ float red[kEmitThreads / 32];
   const int r = blockIdx.x;
@@ -73,7 +74,7 @@ __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ nor
     // exp is recomputed rather than stored: the same expression gives the same value.
     float acc = 0.0f;
     for (int i = 0; i < nrows; ++i) acc += kv[roff[i] + ch] * (expf(sc[roff[i] + ch] - mx) / sum);
-    out[ch] = acc;
+    out[ch] = bf16_round_if(acc, bf16);
   }
   __syncthreads();
 
@@ -86,7 +87,7 @@ __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ nor
   float total = 0.0f;
   for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += red[w];
   const float s = 1.0f / sqrtf(total / (float)d + eps);
-  for (int ch = threadIdx.x; ch < d; ch += blockDim.x) out[ch] = norm[ch] * (out[ch] * s);
+  for (int ch = threadIdx.x; ch < d; ch += blockDim.x) out[ch] = bf16_round_if(norm[ch] * (out[ch] * s), bf16);
   __syncthreads();
 
   // Rotation at the block's first position j * ratio.
@@ -94,13 +95,14 @@ __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ nor
   __syncthreads();
 
   float* e = c.entries + slot * c.entry_slot_stride + j * d;
-  for (int ch = threadIdx.x; ch < d; ch += blockDim.x) e[ch] = out[ch];
+  for (int ch = threadIdx.x; ch < d; ch += blockDim.x) e[ch] = bf16_round_if(out[ch], bf16);
 }
 
 }  // namespace
 
 void compressor_feed(const StepRows& rows, const float* a, const float* z, int64_t ld, const float* ape,
-                     const float* norm, float eps, RopeView rope, const CompressorRing& c, cudaStream_t stream) {
+                     const float* norm, float eps, RopeView rope, const CompressorRing& c, cudaStream_t stream,
+                     AttnNumerics num) {
   if (rows.R < 0) fail(ErrorKind::Usage, "compressor_feed: rows.R is {}, expected >= 0", rows.R);
   if (rows.R == 0) return;
   if (!rows.slot || !rows.pos) fail(ErrorKind::Usage, "compressor_feed: rows.slot / rows.pos must be device pointers, got null");
@@ -128,7 +130,7 @@ void compressor_feed(const StepRows& rows, const float* a, const float* z, int64
 
   feed_rows_kernel<<<rows.R, kFeedThreads, 0, stream>>>(rows, a, z, ld, ape, c);
   KILN_CUDA_CHECK_LAUNCH();
-  emit_entries_kernel<<<rows.R, kEmitThreads, 0, stream>>>(rows, norm, eps, rope, c);
+  emit_entries_kernel<<<rows.R, kEmitThreads, 0, stream>>>(rows, norm, eps, rope, c, num == AttnNumerics::Bf16);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

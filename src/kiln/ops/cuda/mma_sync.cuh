@@ -1,6 +1,7 @@
-// The warp-level tensor-core steps the linear kernels share (quant_linear_mma.cu,
-// moe_grouped.cu): mma.sync in place (d += a . b, fp32 accumulators) on bf16 or e4m3
-// operands, and the exact split of fp32 values into bf16 terms.
+// The warp-level tensor-core steps the linear and attention kernels share
+// (quant_linear_mma.cu, moe_grouped.cu, attention_mma.cu): mma.sync in place (d += a . b,
+// fp32 accumulators) on bf16 or e4m3 operands, ldmatrix, and the exact split of fp32
+// values into bf16 terms.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,6 +26,21 @@ __device__ __forceinline__ void mma_e4m3(uint32_t a0, uint32_t a1, uint32_t a2, 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// ldmatrix: four 8x8 bf16 matrices from shared memory, lanes 8i..8i+7 giving the row
+// addresses of matrix i (16-byte aligned); r[i] is this lane's pair of matrix i (row
+// lane / 4, columns 2 (lane % 4) and + 1). _trans gives the transposed matrices.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 // Two floats as a bf16 pair (nearest even), the first in the low half.
 __device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
