@@ -312,6 +312,9 @@ void launch_attention_mma(const StepRows& rows, const float* q, int64_t ldq, int
   once([&] {
     KILN_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Layout(device::kAttnMmaMaxDim).total));
+    // Three blocks of the largest layout per SM need the whole shared-memory carveout.
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         cudaSharedmemCarveoutMaxShared));
   });
   const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + kHeads - 1) / kHeads),
                   static_cast<unsigned>(splits));
