@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cpu/attention.h"
 #include "kiln/ops/cpu/attention_state.h"
 #include "kiln/ops/cpu/rope.h"
@@ -134,6 +135,13 @@ inline std::vector<float> random_floats(std::mt19937& g, size_t n, float lo, flo
   std::uniform_real_distribution<float> d(lo, hi);
   std::vector<float> v(n);
   for (float& x : v) x = d(g);
+  return v;
+}
+
+// v as the inputs of `num` hold them: in AttnNumerics::Bf16 q and the keys are bf16 values
+// (as the deepseek forward gives them), each rounded to nearest even; Fp32 keeps v.
+inline std::vector<float> attn_inputs(std::vector<float> v, AttnNumerics num) {
+  if (num == AttnNumerics::Bf16) cpu::round_bf16(v.data(), 0, 1, static_cast<int64_t>(v.size()), v.data(), 0);
   return v;
 }
 

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "kiln/core/error.h"
-#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/attention.h"
 #include "attention_test_util.h"
 
@@ -50,10 +49,7 @@ void expect_rows_invariant(int heads, int dim, int window, int cap, int topk, in
   std::mt19937 g(1234u + static_cast<unsigned>(dim));
   constexpr int kSlots = 3;
   const int64_t ring_stride = int64_t{cap} * dim, entry_stride = int64_t{max_entries} * dim;
-  auto values = [&](std::vector<float> v) {
-    if (num == AttnNumerics::Bf16) cpu::round_bf16(v.data(), 0, 1, static_cast<int64_t>(v.size()), v.data(), 0);
-    return v;
-  };
+  auto values = [&](std::vector<float> v) { return attn_inputs(std::move(v), num); };
   DevBuf<float> ring(values(random_floats(g, static_cast<size_t>(kSlots * ring_stride), -1.0f, 1.0f)));
   DevBuf<float> entries(values(random_floats(g, static_cast<size_t>(kSlots * entry_stride), -1.0f, 1.0f)));
   DevBuf<float> sink(random_floats(g, static_cast<size_t>(heads), -1.0f, 1.0f));

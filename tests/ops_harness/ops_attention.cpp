@@ -21,7 +21,6 @@
 
 #include "gpu/attention_test_util.h"
 #include "harness.h"
-#include "kiln/ops/act_quant.h"
 #include "kiln/ops/cpu/attention.h"
 #include "kiln/ops/cpu/attention_state.h"
 #include "kiln/ops/cpu/rope.h"
@@ -108,19 +107,13 @@ std::vector<Span> decode_plan() {
   return plan;
 }
 
-// Every value of v rounded to bf16 (the inputs of AttnNumerics::Bf16 hold bf16 values).
-std::vector<float> bf16_values(std::vector<float> v) {
-  ops::cpu::round_bf16(v.data(), 0, 1, static_cast<int64_t>(v.size()), v.data(), 0);
-  return v;
-}
-
 // num = Bf16: q, the keys and the step's rows hold bf16 values (the forward rounds them), and
 // the row strides are multiples of 4 floats so that the tensor-core kernel takes the shapes
 // it fits (head dims that are multiples of 64); Fp32 pads them by odd amounts.
 Prepared attention_case(const AttnShape& a, const std::vector<Span>& plan, bool split, uint32_t seed,
                         ops::AttnNumerics num) {
   const bool bf16 = num == ops::AttnNumerics::Bf16;
-  auto values = [&](std::vector<float> v) { return bf16 ? bf16_values(std::move(v)) : v; };
+  auto values = [&](std::vector<float> v) { return at::attn_inputs(std::move(v), num); };
   Prepared p;
   std::mt19937 g(seed);
   const int S = static_cast<int>(plan.size()), H = a.heads, D = a.dim;
