@@ -35,13 +35,11 @@ enum class Precision : uint8_t { Exact, DeepSeek };
 constexpr std::string_view precision_name(Precision p) { return p == Precision::Exact ? "exact" : "deepseek"; }
 
 // The attention state and core's arithmetic the forward runs in a precision
-// (ops/attention_kinds.h): Fp32 in both for now. Bf16, DeepSeek's, is implemented on both
-// backends and passes the op-level GPU tests, but the GPU rounds each probability against
-// its chunk's running maximum and the CPU against the row's maximum; on an H100
-// (2026-12-07) that took the GPU's deepseek logits past the bounds of GpuPrecision's two
-// end-to-end tests (docs/precision.md). `deepseek` gets Bf16 once the CPU rounds as the GPU
-// does and those tests pass again.
-constexpr AttnNumerics attn_numerics(Precision) { return AttnNumerics::Fp32; }
+// (ops/attention_kinds.h): exact keeps fp32; deepseek takes DeepSeek's (bf16 KV entries,
+// bf16 q and keys, bf16 probabilities in the value sum).
+constexpr AttnNumerics attn_numerics(Precision p) {
+  return p == Precision::DeepSeek ? AttnNumerics::Bf16 : AttnNumerics::Fp32;
+}
 
 // What an op of the model definition does with the values it writes. Plain: fp32 as
 // computed. Act: they are activations, which the deepseek precision rounds to bf16 as an

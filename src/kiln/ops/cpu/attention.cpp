@@ -17,6 +17,25 @@ void attend_head(const float* q, std::span<const float* const> keys, float sink,
                  std::vector<float>& scratch, float* o, AttnNumerics num) {
   std::vector<float>& s = scratch;
   s.resize(keys.size());
+  if (num == AttnNumerics::Bf16) {
+    // Base 2 against the power of two above the largest logit (ops/attention_kinds.h), each
+    // probability rounded to bf16 in the numerator only.
+    const float ts = sink * kAttnLog2e;
+    float mx = ts;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      s[k] = (dot(q, keys[k], dim) * scale) * kAttnLog2e;
+      mx = std::max(mx, s[k]);
+    }
+    const float c = std::ceil(mx);
+    float sum = 0.0f;
+    for (size_t k = 0; k < keys.size(); ++k) {
+      s[k] = std::exp2(s[k] - c);
+      sum += s[k];
+    }
+    sum += std::exp2(ts - c);
+    for (size_t k = 0; k < keys.size(); ++k) axpy(bf16_to_f32(f32_to_bf16(s[k])) / sum, keys[k], o, dim);
+    return;
+  }
   float mx = sink;
   for (size_t k = 0; k < keys.size(); ++k) {
     s[k] = dot(q, keys[k], dim) * scale;
@@ -28,8 +47,7 @@ void attend_head(const float* q, std::span<const float* const> keys, float sink,
     sum += s[k];
   }
   sum += std::exp(sink - mx);
-  const bool bf16 = num == AttnNumerics::Bf16;
-  for (size_t k = 0; k < keys.size(); ++k) axpy((bf16 ? bf16_to_f32(f32_to_bf16(s[k])) : s[k]) / sum, keys[k], o, dim);
+  for (size_t k = 0; k < keys.size(); ++k) axpy(s[k] / sum, keys[k], o, dim);
 }
 
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,

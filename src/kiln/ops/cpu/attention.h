@@ -59,9 +59,10 @@ void attention(const StepRows& rows, const float* q, const float* kv, int64_t he
 // One head of one query over its keys (K = V rows of `dim` floats), with a sink logit:
 // s_k = (q . key_k) * scale, m = max(sink, max_k s_k); o += exp(s_k - m) / (sum_k
 // exp(s_k - m) + exp(sink - m)) * key_k, k in order. o must start at zero; scratch is
-// resized to the key count. AttnNumerics::Bf16 rounds each exp(s_k - m) to bf16 in the
-// numerator only (DeepSeek's sparse_attn). The core of attention() above, for other
-// attention layouts (the DSpark drafter's block attention).
+// resized to the key count. AttnNumerics::Bf16 (DeepSeek's sparse_attn): the same softmax
+// in base 2, t_k = s_k * log2(e), c = ceil(max(t_sink, max_k t_k)), p_k = exp2(t_k - c),
+// each p_k rounded to bf16 in the numerator only (ops/attention_kinds.h says why). The core
+// of attention() above, for other attention layouts (the DSpark drafter's block attention).
 void attend_head(const float* q, std::span<const float* const> keys, float sink, float scale, int64_t dim,
                  std::vector<float>& scratch, float* o, AttnNumerics num = AttnNumerics::Fp32);
 

@@ -15,7 +15,8 @@
 // exp(s - M) / (sum exp(s - M) + exp(sink - M)) up to the rounding of the rescalings.
 // AttnNumerics::Bf16 runs the tensor-core kernel of attention_mma.cu where the head dim and
 // the buffers' alignment allow, else this kernel with the probabilities rounded to bf16 in
-// the value sum; both chunk the keys and merge the chunks as above.
+// the value sum; both chunk the keys and merge the chunks as above, in base 2 against
+// integer references (attn_detail::Softmax<true>), so the rescalings are exact.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -96,11 +97,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     return;
   }
 
+  using Sm = attn_detail::Softmax<kBf16P>;
   for (int i = tid; i < hn * dim; i += blockDim.x) qs[i] = q[r * ldq + (int64_t)h0 * dim + i];
-  if (tid < kHeadGroup) {
-    rm[tid] = tid < hn ? sink[h0 + tid] : 0.0f;
-    rl[tid] = 1.0f;  // exp(sink - m) with m = sink
-  }
+  if (tid < kHeadGroup) Sm::sink_state(tid < hn ? sink[h0 + tid] : 0.0f, rm[tid], rl[tid]);
   float run[kHeadGroup][kChanPerThread];
 #pragma unroll
   for (int h = 0; h < kHeadGroup; ++h)
@@ -138,18 +137,19 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
         float d = 0.0f;
         for (int c = lane; c < dim; c += 32) d += qh[c] * kr[c];
         d = attn_detail::warp_sum(d);
-        if (lane == 0) ps[h * kKeyTile + kk] = d * scale;
+        if (lane == 0) ps[h * kKeyTile + kk] = Sm::logit(d * scale);
       }
       __syncthreads();
       // One thread per head: new running max, rescale factor, probabilities, denominator.
       if (tid < hn) {
         const int h = tid;
-        float mx = ms[h];
-        for (int kk = 0; kk < kn; ++kk) mx = fmaxf(mx, ps[h * kKeyTile + kk]);
-        const float cf = mx == -INFINITY ? 1.0f : expf(ms[h] - mx);
+        float tmax = -INFINITY;
+        for (int kk = 0; kk < kn; ++kk) tmax = fmaxf(tmax, ps[h * kKeyTile + kk]);
+        const float mx = fmaxf(ms[h], Sm::reference(tmax));
+        const float cf = Sm::factor(ms[h], mx);
         float l = ls[h] * cf;
         for (int kk = 0; kk < kn; ++kk) {
-          const float e = expf(ps[h * kKeyTile + kk] - mx);
+          const float e = Sm::weight(ps[h * kKeyTile + kk], mx);
           ps[h * kKeyTile + kk] = kBf16P ? bf16_round(e) : e;  // the value sum's weight
           l += e;
         }
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
     if (tid < hn) {
       const int h = tid;
       const float mx = fmaxf(rm[h], ms[h]);
-      const float a = expf(rm[h] - mx), b = expf(ms[h] - mx);
+      const float a = Sm::factor(rm[h], mx), b = Sm::factor(ms[h], mx);
       rl[h] = merge_terms(rl[h], a, ls[h], b);
       rm[h] = mx;
       fa[h] = a;
@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
 
 // Merges the chunks of every (row, head) in order into the sink-started state, with the
 // attention kernel's merge step: m' = max(m, m_c), a = exp(m - m'), b = exp(m_c - m'),
-// l = l a + l_c b, o = o a + o_c b; then o / l.
+// l = l a + l_c b, o = o a + o_c b; then o / l (kPow2: in base 2, Softmax<true>).
+template <bool kPow2>
 __global__ void attention_combine_kernel(const float* __restrict__ part, int heads, int chunks, int dim,
                                          const float* __restrict__ sink, float* __restrict__ o, int64_t ldo) {
   const int r = blockIdx.x, h = blockIdx.y;
@@ -226,11 +227,13 @@ __global__ void attention_combine_kernel(const float* __restrict__ part, int hea
   int n = 0;
   while (n < chunks && pp[n * (dim + 2)] != -INFINITY) ++n;
   for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-    float m = sink[h], l = 1.0f, v = 0.0f;
+    using Sm = attn_detail::Softmax<kPow2>;
+    float m, l, v = 0.0f;
+    Sm::sink_state(sink[h], m, l);
     for (int s = 0; s < n; ++s) {
       const float mc = pp[s * (dim + 2)];
       const float mx = fmaxf(m, mc);
-      const float a = expf(m - mx), b = expf(mc - mx);
+      const float a = Sm::factor(m, mx), b = Sm::factor(mc, mx);
       l = merge_terms(l, a, pp[s * (dim + 2) + 1], b);
       v = merge_terms(v, a, pp[s * (dim + 2) + 2 + c], b);
       m = mx;
@@ -334,8 +337,11 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
     KILN_CUDA_CHECK_LAUNCH();
   }
   if (splits > 1) {
-    attention_combine_kernel<<<dim3(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads)), 128, 0, stream>>>(
-        workspace, heads, splits, dim, sink, o, ldo);
+    const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads));
+    if (bf16)
+      attention_combine_kernel<true><<<grid, 128, 0, stream>>>(workspace, heads, splits, dim, sink, o, ldo);
+    else
+      attention_combine_kernel<false><<<grid, 128, 0, stream>>>(workspace, heads, splits, dim, sink, o, ldo);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }

@@ -74,6 +74,32 @@ __device__ __forceinline__ KeySource key_source(const StepRows& rows, int r, con
   return src;
 }
 
+// The online softmax's arithmetic in a numerics (ops/attention_kinds.h AttnNumerics). A
+// state is (m, l, o): reference m, denominator l, numerator o, all relative to m.
+//   kPow2 = false (Fp32): logit(s) = s, reference = the largest logit, weight exp(x - m),
+//     rescale factor exp(m_old - m_new);
+//   kPow2 = true (Bf16): logit(s) = s * log2(e), reference = its ceiling (an integer),
+//     weight exp2(x - m), rescale factor 2^(m_old - m_new) exactly (ldexpf), so that
+//     rescaling never moves a weight's bf16 rounding.
+// factor(): 1 while the new reference is still -inf (no key yet), 0 from an empty state.
+template <bool kPow2>
+struct Softmax {
+  __device__ static float logit(float s) { return kPow2 ? __fmul_rn(s, kAttnLog2e) : s; }
+  __device__ static float reference(float x) { return kPow2 ? ceilf(x) : x; }
+  __device__ static float weight(float x, float m) { return kPow2 ? exp2f(x - m) : expf(x - m); }
+  __device__ static float factor(float m_old, float m_new) {
+    if (m_new == -INFINITY) return 1.0f;
+    if (m_old == -INFINITY) return 0.0f;
+    return kPow2 ? ldexpf(1.0f, static_cast<int>(m_old - m_new)) : expf(m_old - m_new);
+  }
+  // The state a row starts from: the sink alone.
+  __device__ static void sink_state(float sink, float& m, float& l) {
+    const float t = logit(sink);
+    m = reference(t);
+    l = weight(t, m);  // Fp32: exp(0) = 1
+  }
+};
+
 // One merge step of two softmax states, x * a + y * b with both products rounded and no
 // fused multiply-add, so that the attention kernels and attention_combine round alike.
 __device__ __forceinline__ float merge_terms(float x, float a, float y, float b) {

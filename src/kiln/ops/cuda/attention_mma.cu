@@ -8,9 +8,10 @@
 // current one, then turns its own pieces into bf16 rows of the round's K tile. Per round:
 //   scores  S[16 heads x 16 keys] = Q K^T: warp w sums channels [w dim/4, (w+1) dim/4) on
 //           mma.m16n8k16; the four partial sums are added in warp order, then scaled;
-//   softmax 8 threads per head: the running max m, the rescale factor exp(m_old - m), the
-//           probabilities exp(s - m) and the denominator l = l * factor + (their sum, a fixed
-//           tree), as the CUDA-core kernel's online softmax;
+//   softmax 8 threads per head, in base 2 (attn_detail::Softmax<true>): the running
+//           reference m (the ceiling of the largest logit), the exact rescale factor
+//           2^(m_old - m), the probabilities exp2(t - m) and the denominator l = l * factor +
+//           (their sum, a fixed tree), as the CUDA-core kernel's online softmax;
 //   values  O[16 x dim] = O * factor + bf16(P) V: warp w owns channels [w dim/4, (w+1) dim/4).
 // The keys are cut into chunks as in attention.cu (their length fixed by the key capacity,
 // never by the step); a chunk starts from m = -inf, l = 0, O = 0, and its state is merged into
@@ -33,6 +34,7 @@
 namespace kiln::ops::cuda::attn_detail {
 namespace {
 
+using Sm = Softmax<true>;  // base 2, integer references: rescaling keeps each bf16(p)
 constexpr int kHeads = device::kAttnMmaHeads;
 constexpr int kKeys = device::kAttnMmaKeyTile;
 constexpr int kWarps = 4;
@@ -133,10 +135,7 @@ __global__ void __launch_bounds__(kThreads, 3)
                             : make_float4(0.f, 0.f, 0.f, 0.f);
     store_bf16x4(qs + h * L.ds + c, v);
   }
-  if (tid < kHeads) {
-    rm[tid] = tid < hn ? sink[h0 + tid] : 0.0f;
-    rl[tid] = 1.0f;  // exp(sink - m) with m = sink
-  }
+  if (tid < kHeads) Sm::sink_state(tid < hn ? sink[h0 + tid] : 0.0f, rm[tid], rl[tid]);
 
   const int sh = tid / 8, sj = (tid % 8) * 2;  // softmax: head, first of two keys
   float m = -INFINITY, l = 0.0f;
@@ -196,15 +195,15 @@ __global__ void __launch_bounds__(kThreads, 3)
         const float* p = sp + sh * kKeys + sj + i;
         const float v = __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[kHeads * kKeys]), p[2 * kHeads * kKeys]),
                                   p[3 * kHeads * kKeys]);
-        sc[i] = sj + i < kn ? __fmul_rn(v, scale) : -INFINITY;
+        sc[i] = sj + i < kn ? Sm::logit(__fmul_rn(v, scale)) : -INFINITY;
       }
       float tmax = fmaxf(sc[0], sc[1]);
 #pragma unroll
       for (int x = 1; x < 8; x <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, x));
-      const float mx = fmaxf(m, tmax);
-      const float cf = mx == -INFINITY ? 1.0f : expf(m - mx);
-      const float p0 = sj < kn ? expf(sc[0] - mx) : 0.0f;
-      const float p1 = sj + 1 < kn ? expf(sc[1] - mx) : 0.0f;
+      const float mx = fmaxf(m, Sm::reference(tmax));
+      const float cf = Sm::factor(m, mx);
+      const float p0 = sj < kn ? Sm::weight(sc[0], mx) : 0.0f;
+      const float p1 = sj + 1 < kn ? Sm::weight(sc[1], mx) : 0.0f;
       float ls = __fadd_rn(p0, p1);
 #pragma unroll
       for (int x = 1; x < 8; x <<= 1) ls = __fadd_rn(ls, __shfl_xor_sync(0xffffffffu, ls, x));
@@ -222,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 3)
             }
           } else {  // the chunk into the row's state (as attention_combine)
             const float rmx = fmaxf(rm[sh], m);
-            const float a = expf(rm[sh] - rmx), b = expf(m - rmx);
+            const float a = Sm::factor(rm[sh], rmx), b = Sm::factor(m, rmx);
             rl[sh] = merge_terms(rl[sh], a, l, b);
             rm[sh] = rmx;
             fa[sh] = a;
