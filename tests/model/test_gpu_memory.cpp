@@ -201,17 +201,17 @@ TEST(GpuMemory, ActivationSizesFollowRowsAndContext) {
   EXPECT_EQ(a.iscratch, 40 * (1000 / 4));  // the CSA layers' indexer entries
   EXPECT_EQ(a.ca, 40 * 2 * c.head_dim);    // the widest compressor projection
   EXPECT_EQ(a.g, 40 * c.num_experts_per_tok * c.moe_intermediate_size);
-  // The split workspace of the CUDA-core kernel alone in exact; in deepseek the tensor-core
-  // kernel's too where the head dim fits it (V4's 64 heads of 512: it splits up to 65 rows
-  // where the CUDA-core kernel splits up to 32, so twice the floats).
-  const int nh = static_cast<int>(c.num_heads), D = static_cast<int>(c.head_dim);
-  EXPECT_EQ(a.attn_work, std::max<int64_t>(1, dev::attention_workspace_floats(40, nh, D, 132, false)));
-  GpuModelShape mb = m;
-  mb.attn_bf16 = true;
-  EXPECT_EQ(gpu_activation_sizes(c, mb, 40, 1000, 132).attn_work,
-            std::max<int64_t>(1, dev::attention_workspace_floats(40, nh, D, 132, dev::attention_mma_fits(D))));
-  EXPECT_EQ(dev::attention_workspace_floats(256, 64, 512, 132, false), int64_t{32} * 64 * 16 * 514);
-  EXPECT_EQ(dev::attention_workspace_floats(256, 64, 512, 132, true), int64_t{65} * 64 * 16 * 514);
+  EXPECT_EQ(a.attn_work, std::max<int64_t>(1, dev::attention_workspace_floats(40, static_cast<int>(c.num_heads),
+                                                                              static_cast<int>(c.head_dim), 132)));
+  // Either attention kernel splits a step's keys while its blocks do not fill the GPU; the
+  // workspace covers the most rows either splits: V4's 64 heads on 132 SMs, 32 rows (2-head
+  // blocks below 16 rows and 8-head blocks from 16, under two per SM; 16-head tensor-core
+  // blocks under one per SM).
+  for (int R = 1; R <= 256; ++R) {
+    EXPECT_EQ(dev::attention_splits_chunks(R, 64, 132, false), R <= 8 || (R >= 16 && R <= 32)) << R;
+    EXPECT_EQ(dev::attention_splits_chunks(R, 64, 132, true), R <= 32) << R;
+  }
+  EXPECT_EQ(dev::attention_workspace_floats(256, 64, 512, 132), int64_t{32} * 64 * 16 * 514);
   EXPECT_EQ(a.rope, 2 * 2 * 1000 * (c.rope_head_dim / 2));
   EXPECT_EQ(a.bytes(), 4 * a.elements());
   const GpuActivationSizes b = gpu_activation_sizes(c, m, 80, 1000, 132);

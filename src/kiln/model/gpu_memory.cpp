@@ -8,7 +8,6 @@
 #include "kiln/core/error.h"
 #include "kiln/model/decode_contract.h"
 #include "kiln/ops/device_sizes.h"
-#include "kiln/ops/linear_numerics.h"
 
 namespace kiln::model {
 
@@ -25,7 +24,6 @@ GpuModelShape gpu_model_shape(const Weights& w) {
   };
   for (const Block& b : w.layers) add(b);
   for (const MtpBlock& mb : w.mtp) add(mb.block);
-  m.attn_bf16 = ops::attn_numerics(w.precision) == ops::AttnNumerics::Bf16;
   return m;
 }
 
@@ -64,10 +62,8 @@ GpuActivationSizes gpu_activation_sizes(const ModelConfig& c, const GpuModelShap
   a.iscratch = Rm * index_entries;
   a.sel = Rm * std::max<int64_t>(1, c.index_topk);
   a.nsel = Rm;
-  // The tensor-core kernel's larger split workspace only where it can run (deepseek).
-  const bool mma = m.attn_bf16 && ops::device::attention_mma_fits(static_cast<int>(D));
   a.attn_work = std::max<int64_t>(
-      1, ops::device::attention_workspace_floats(max_rows, static_cast<int>(nh), static_cast<int>(D), sms, mma));
+      1, ops::device::attention_workspace_floats(max_rows, static_cast<int>(nh), static_cast<int>(D), sms));
   a.glog = Rm * E;
   a.wt = a.idx = Rm * K;
   a.g = a.up = Rm * K * m.inter;

@@ -42,7 +42,6 @@ struct GpuModelShape {
   std::vector<Block> blocks;
   int64_t inter = 1;         // routed expert width
   int64_t shared_inter = 1;  // shared expert width (1 without one)
-  bool attn_bf16 = false;    // the attention runs in AttnNumerics::Bf16 (ops::attn_numerics of the precision)
 };
 GpuModelShape gpu_model_shape(const Weights& w);
 

@@ -57,18 +57,18 @@ inline int attention_head_group(int R, bool mma) {
   return mma ? kAttnMmaHeads : R < kAttnNarrowBelowRows ? kAttnHeadGroupNarrow : kAttnHeadGroupWide;
 }
 // Chunks in their own blocks while the rows' head groups fill under two blocks per
-// multiprocessor.
+// multiprocessor (the CUDA-core kernel) or under one (the tensor-core kernel: on an H100 its
+// split took 24 blocks of V4's CSA from 120 to 55 us but 260 blocks from 136 to 259 us).
 inline bool attention_splits_chunks(int R, int heads, int sms, bool mma = false) {
   const int hg = attention_head_group(R, mma);
-  return static_cast<int64_t>(R) * ((heads + hg - 1) / hg) < 2 * static_cast<int64_t>(sms);
+  return static_cast<int64_t>(R) * ((heads + hg - 1) / hg) < (mma ? 1 : 2) * static_cast<int64_t>(sms);
 }
-// Workspace floats attention() needs for any R <= max_rows (0: it never splits): with the
-// CUDA-core kernel, and with the tensor-core one too when `mma` (AttnNumerics::Bf16 at a
-// head dim it fits), whose 16-head blocks split the keys up to more rows.
-inline int64_t attention_workspace_floats(int max_rows, int heads, int dim, int sms, bool mma = true) {
+// Workspace floats attention() needs for any R <= max_rows with either kernel (0: it never
+// splits).
+inline int64_t attention_workspace_floats(int max_rows, int heads, int dim, int sms) {
   int64_t most = 0;
   for (int R = 1; R <= max_rows; ++R)
-    if (attention_splits_chunks(R, heads, sms, false) || (mma && attention_splits_chunks(R, heads, sms, true)))
+    if (attention_splits_chunks(R, heads, sms, false) || attention_splits_chunks(R, heads, sms, true))
       most = std::max<int64_t>(most, static_cast<int64_t>(R) * heads * kAttnMaxChunks * (dim + 2));
   return most;
 }

@@ -12,7 +12,6 @@
 #include "kiln/model/cuda/gpu_ops.h"
 #include "kiln/model/definition.h"
 #include "kiln/model/gpu_memory.h"
-#include "kiln/ops/linear_numerics.h"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/graph_capture.h"
 #include "kiln/ops/cuda/elementwise.h"
@@ -80,7 +79,6 @@ GpuModelShape shape_of(const GpuWeights& w) {
   };
   for (const GpuBlock& b : w.layers) add(b);
   for (const GpuMtp& mb : w.mtp) add(mb.block);
-  m.attn_bf16 = ops::attn_numerics(w.precision) == ops::AttnNumerics::Bf16;
   return m;
 }
 
