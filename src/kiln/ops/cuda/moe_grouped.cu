@@ -124,21 +124,24 @@ struct WeightStep<false> {
   __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
-// One 32-input step of one group of 8 pairs: the step's product from zero, times the rows'
-// MXFP4 scales (FP8: none), added into the block's sum.
+// One 32-input step of one group of 8 pairs into the block's sum. MXFP4: the step's product
+// from zero, times the rows' scales, fused into the sum (one FFMA per element: the scale is
+// a power of two, so the product is exact and only the add rounds). FP8 (no per-step scale):
+// the tensor core accumulates the block's four steps itself, as DeepSeek's FP8 GEMMs do
+// within a 128-input block before scaling.
 template <bool kFp4>
 __device__ __forceinline__ void step_pairs(const uint32_t (&a)[4], uint32_t x0, uint32_t x1, float w_lo, float w_hi,
                                            float (&blk)[4]) {
-  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
   if (kFp4) {
-    d[0] = __fmul_rn(d[0], w_lo);
-    d[1] = __fmul_rn(d[1], w_lo);
-    d[2] = __fmul_rn(d[2], w_hi);
-    d[3] = __fmul_rn(d[3], w_hi);
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
+    blk[0] = __fmaf_rn(d[0], w_lo, blk[0]);
+    blk[1] = __fmaf_rn(d[1], w_lo, blk[1]);
+    blk[2] = __fmaf_rn(d[2], w_hi, blk[2]);
+    blk[3] = __fmaf_rn(d[3], w_hi, blk[3]);
+  } else {
+    mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, blk);
   }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) blk[i] = __fadd_rn(blk[i], d[i]);
 }
 
 // The end of a 128-input block: its sum times the pairs' (activation x weight) scales.
