@@ -116,22 +116,39 @@ TEST(GpuPrecision, LinearsInDeepSeekNumericsMatchTheCpuAndAreBatchInvariant) {
 // experts) MXFP4 and FP8 take the row-tile kernel, whose bits the pair alone (the 16-row
 // kernel) must match. Pairs 48 on all name expert 2, which then takes 124 pairs: two rounds
 // of that kernel's 64 pairs. k = 128 leaves three of the four K-slices empty; k = 640 gives
-// slices of unequal length.
+// slices of unequal length. MXFP4 experts quantized from these weights fold their scales into
+// the codes (their blocks' step exponents are close); "mxfp4 wide" lowers one step's
+// exponent of one expert 9 below its block's others, past the fold, so that set takes the
+// per-32-scale kernels.
 TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
   constexpr int kE = 4, kMaxP = 160;
   static_assert(ops::cuda::GroupedExperts::kRowTilesMinPairsPerExpert * kE <= 48, "P = 48 takes the row-tile kernel");
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{256, 512}, {128, 128}, {384, 640}})
-  for (const char* scheme : {"mxfp4", "fp8_block", "int4 asym", "nvfp4"}) {
-    SCOPED_TRACE(std::string(scheme) + " " + std::to_string(n) + "x" + std::to_string(k));
+  for (const std::string scheme : {"mxfp4", "mxfp4 wide", "fp8_block", "int4 asym", "nvfp4"}) {
+    SCOPED_TRACE(scheme + " " + std::to_string(n) + "x" + std::to_string(k));
+    const bool wide = scheme == "mxfp4 wide";
     std::vector<std::unique_ptr<LoadedCase>> cases;
     std::vector<HostQuantLinear> views;
     for (int e = 0; e < kE; ++e) {
-      for (const auto& c : one_of_each_scheme(n, k, 100 + e))
-        if (c.label == scheme) cases.push_back(std::make_unique<LoadedCase>(c));
+      for (auto c : one_of_each_scheme(n, k, 100 + e)) {
+        if (c.label != (wide ? "mxfp4" : scheme)) continue;
+        if (wide && e == 1) {  // row 3, block 0: step 1's exponent 9 below the lowest other
+          for (auto& [field, t] : c.fields) {
+            if (field != "scale") continue;
+            std::byte* row = t.bytes.data() + 3 * (k / 32);
+            const int lowest = std::min({static_cast<int>(row[0]), static_cast<int>(row[2]), static_cast<int>(row[3])});
+            ASSERT_GE(lowest, 9);
+            row[1] = static_cast<std::byte>(lowest - 9);
+          }
+        }
+        cases.push_back(std::make_unique<LoadedCase>(c));
+      }
       views.push_back(cases.back()->host);
     }
     const auto num = ops::linear_numerics(ops::Precision::DeepSeek, ops::LinearRole::Quantized, cases[0]->plan.scheme.kind);
     auto set = ops::cuda::QuantLinearSet::prepare(views.data(), kE, kMaxP, nullptr, num);
+    if (scheme.rfind("mxfp4", 0) == 0)
+      EXPECT_STREQ(set.describe(), wide ? "grouped mxfp4 x fp8, per-32 scales" : "grouped mxfp4 x fp8, scales folded into the codes");
     const auto x = random_rows(kMaxP, k, 5);
     std::vector<float> xq = x;
     if (num.input == ops::LinearInput::Fp8Block) ops::cpu::act_fake_quant(x.data(), k, kMaxP, k, xq.data(), k);
@@ -168,7 +185,7 @@ TEST(GpuPrecision, ExpertSetMatchesTheCpuAndIsBatchInvariant) {
           ASSERT_LE(std::fabs(got - ref), 0x1p-6 * l1 + 1e-30) << "pair " << i << " row " << o;
         }
       }
-      std::printf("[deepseek experts] %-10s x_div %d worst |err| / sum|x w| = %.2e\n", scheme, x_div, worst);
+      std::printf("[deepseek experts] %-10s x_div %d worst |err| / sum|x w| = %.2e\n", scheme.c_str(), x_div, worst);
     }
     const auto alone = each_row_alone(
         kMaxP, n, dy.p, [&](int i, float* y) { set.forward_indexed(dx.p + i * k, k, 1, did.p + i, 1, y, n, nullptr); });

@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
 
+#include "kiln/core/codecs.h"
 #include "kiln/ops/grouped_expert_layout.h"
 
 namespace kiln::ops::grouped_layout {
@@ -104,6 +106,77 @@ TEST(GroupedExpertLayout, EveryStoredByteIsPlacedOnce) {
     }
     for (uint64_t j = 0; j < seen.size(); ++j) ASSERT_EQ(seen[j], 1) << "kind " << static_cast<int>(kind) << " byte " << j;
   }
+}
+
+// The folded MXFP4 decode: byte c of shift d's table is the e4m3 code of e2m1 magnitude c
+// times 2^-d, exactly, for every shift the fold allows.
+TEST(GroupedExpertLayout, Mxfp4FoldTableIsE2m1TimesTheShiftExactly) {
+  for (uint32_t d = 0; d <= kMxfp4FoldMaxShift; ++d) {
+    for (uint32_t c = 0; c < 8; ++c) {
+      const uint32_t word = kMxfp4FoldTable[d][c / 4];
+      const auto code = static_cast<uint8_t>(word >> (8 * (c % 4)));
+      EXPECT_EQ(e4m3_to_f32(code), std::ldexp(e2m1_to_f32(static_cast<uint8_t>(c)), -static_cast<int>(d)))
+          << "shift " << d << " magnitude code " << c;
+    }
+  }
+  // One more shift would not be exact: 0.5 x 2^-9 is below e4m3's smallest subnormal.
+  EXPECT_NE(e4m3_to_f32(f32_to_e4m3(std::ldexp(0.5f, -9))), std::ldexp(0.5f, -9));
+}
+
+// The folded scale word of a block: its four step exponents as a reference and shifts, each
+// step's codes times 2^(e_ref - shift - 127) equal to the stored value; the steps holding
+// only zeros do not count; spreads past the table, or a NaN scale, do not fold.
+TEST(GroupedExpertLayout, Mxfp4FoldWordKeepsEveryStoredValue) {
+  std::mt19937 g(11);
+  const uint64_t k = 256, S = k / 32;
+  std::vector<std::byte> codes(k / 2), scales(S);
+  auto check = [&](uint64_t b, const uint32_t word) {
+    const uint32_t ref = word & 0xFFu;
+    for (uint64_t j = 0; j < 4; ++j) {
+      const uint32_t d = (word >> (8 + 4 * j)) & 0xFu;
+      ASSERT_LE(d, kMxfp4FoldMaxShift);
+      for (uint64_t i = 0; i < 32; ++i) {
+        const uint64_t x = 128 * b + 32 * j + i;
+        const auto nib = static_cast<uint8_t>((static_cast<uint32_t>(codes[x / 2]) >> (4 * (x % 2))) & 0xFu);
+        const double stored = std::ldexp(static_cast<double>(e2m1_to_f32(nib)),
+                                         static_cast<int>(static_cast<uint32_t>(scales[4 * b + j])) - 127);
+        const auto mag = static_cast<uint8_t>(kMxfp4FoldTable[d][(nib & 7u) / 4] >> (8 * ((nib & 7u) % 4)));
+        const double folded = (nib & 8u ? -1.0 : 1.0) * std::ldexp(static_cast<double>(e4m3_to_f32(mag)),
+                                                                     static_cast<int>(ref) - 127);
+        ASSERT_EQ(folded, stored) << "block " << b << " step " << j << " input " << i;
+      }
+    }
+  };
+  for (auto& c : codes) c = static_cast<std::byte>(g());
+  uint32_t word = 0;
+  // Spreads 0..8 fold (the reference is the largest exponent).
+  for (uint32_t spread = 0; spread <= kMxfp4FoldMaxShift; ++spread) {
+    const uint32_t e[4] = {120 + spread, 120 + spread / 2, 120, 120 + spread};
+    for (uint64_t j = 0; j < 4; ++j) scales[4 + j] = static_cast<std::byte>(e[j]);
+    ASSERT_TRUE(mxfp4_fold_word(codes.data(), scales.data(), 1, word)) << spread;
+    EXPECT_EQ(word & 0xFFu, 120 + spread);
+    check(1, word);
+  }
+  // A spread of 9 with codes everywhere does not fold.
+  for (uint64_t j = 0; j < 4; ++j) scales[j] = static_cast<std::byte>(130);
+  scales[3] = static_cast<std::byte>(121);
+  for (uint64_t i = 48; i < 64; ++i) codes[i] = std::byte{0x12};
+  EXPECT_FALSE(mxfp4_fold_word(codes.data(), scales.data(), 0, word));
+  // The far step holding only (signed) zeros folds, with shift 0 and the others' reference.
+  for (uint64_t i = 48; i < 64; ++i) codes[i] = (i % 2) ? std::byte{0x88} : std::byte{0x08};
+  ASSERT_TRUE(mxfp4_fold_word(codes.data(), scales.data(), 0, word));
+  EXPECT_EQ(word & 0xFFu, 130u);
+  EXPECT_EQ((word >> 20) & 0xFu, 0u);
+  check(0, word);
+  // The near steps all zero too: the reference is the nonzero one's.
+  for (uint64_t i = 0; i < 48; ++i) codes[i] = std::byte{0};
+  for (uint64_t i = 48; i < 64; ++i) codes[i] = std::byte{0x31};
+  ASSERT_TRUE(mxfp4_fold_word(codes.data(), scales.data(), 0, word));
+  EXPECT_EQ(word & 0xFFu, 121u);
+  check(0, word);
+  // A NaN scale never folds.
+  scales[0] = static_cast<std::byte>(255);
+  EXPECT_FALSE(mxfp4_fold_word(codes.data(), scales.data(), 0, word));
 }
 
 }  // namespace

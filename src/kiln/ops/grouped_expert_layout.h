@@ -99,4 +99,62 @@ inline void fill(Kind kind, const std::byte* src, uint64_t k, uint64_t off, uint
   for (; i < end; ++i) *dst++ = one(i);
 }
 
+// ---- MXFP4 scales: per step, or folded into the codes ----
+//
+// The grouped kernels take an MXFP4 set's per-32 E8M0 scales one of two ways, chosen at load
+// for the whole set. The scale buffer is [n / 16 tiles][k / 128 blocks][16 rows] 32-bit
+// words either way.
+//   Per step: the word holds the block's four step exponents (byte j: step j); each step's
+//     product is scaled by 2^(e_j - 127) on the CUDA cores.
+//   Folded (mxfp4_fold_word): the word holds a reference exponent e_ref and each step's
+//     shift d_j = e_ref - e_j <= kMxfp4FoldMaxShift; the kernel decodes step j's e2m1 codes
+//     to the e4m3 values code x 2^-d_j (kMxfp4FoldTable), exactly, so the block's four steps
+//     accumulate on the tensor core and the block's sum is scaled by 2^(e_ref - 127) once.
+// e2m1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} times 2^-d are e4m3 values for d <= 8 (the
+// smallest, 2^-9 and 3 x 2^-9 at d = 8, are e4m3 subnormals); 2^-10 is not.
+inline constexpr uint32_t kMxfp4FoldMaxShift = 8;
+// Per shift d, the e4m3 codes of magnitudes 0 .. 7 times 2^-d as two byte-permute words
+// (byte c of the pair: magnitude code c).
+inline constexpr uint32_t kMxfp4FoldTable[kMxfp4FoldMaxShift + 1][2] = {
+    {0x3C383000u, 0x4C484440u}, {0x34302800u, 0x44403C38u}, {0x2C282000u, 0x3C383430u},
+    {0x24201800u, 0x34302C28u}, {0x1C181000u, 0x2C282420u}, {0x14100800u, 0x24201C18u},
+    {0x0C080400u, 0x1C181410u}, {0x06040200u, 0x14100C08u}, {0x03020100u, 0x0C080604u}};
+
+// Block b (inputs [128 b, 128 b + 128)) of one stored MXFP4 row: codes_row its k / 2 bytes of
+// e2m1 pairs, scales_row its k / 32 E8M0 bytes. Whether it folds, and its folded word: bits
+// 0-7 e_ref, bits 8 + 4 j .. 11 + 4 j step j's shift. e_ref is the largest step exponent
+// when the four are within kMxfp4FoldMaxShift of it; otherwise the largest among the steps
+// holding a nonzero code (127 if none does), and an all-zero step gets shift 0 (its codes
+// decode to zero under any shift). A NaN scale (255) never folds.
+inline bool mxfp4_fold_word(const std::byte* codes_row, const std::byte* scales_row, uint64_t b, uint32_t& word) {
+  uint32_t e[4], lo = 255, hi = 0;
+  for (int j = 0; j < 4; ++j) {
+    e[j] = static_cast<uint32_t>(scales_row[4 * b + static_cast<uint64_t>(j)]);
+    if (e[j] == 255) return false;
+    lo = e[j] < lo ? e[j] : lo;
+    hi = e[j] > hi ? e[j] : hi;
+  }
+  bool nonzero[4] = {true, true, true, true};
+  uint32_t ref = hi;
+  if (hi - lo > kMxfp4FoldMaxShift) {
+    ref = 0;
+    bool any = false;
+    for (int j = 0; j < 4; ++j) {
+      const std::byte* c = codes_row + 64 * b + 16 * static_cast<uint64_t>(j);
+      bool nz = false;
+      for (int i = 0; i < 16 && !nz; ++i) nz = (static_cast<uint32_t>(c[i]) & 0x77u) != 0;
+      nonzero[j] = nz;
+      if (nz) ref = e[j] > ref ? e[j] : ref, any = true;
+    }
+    if (!any) ref = 127;
+  }
+  word = ref;
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t d = nonzero[j] ? ref - e[j] : 0;
+    if (d > kMxfp4FoldMaxShift) return false;
+    word |= d << (8 + 4 * j);
+  }
+  return true;
+}
+
 }  // namespace kiln::ops::grouped_layout

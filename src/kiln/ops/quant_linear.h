@@ -148,6 +148,9 @@ class QuantLinearSet {
   int64_t device_bytes() const;
   // Expert e's prepared weight, scale and zero-point bytes, downloaded (tests).
   std::vector<std::byte> download_prepared(int e) const;
+  // The kernels bound at load, in words: the grouped tensor-core family
+  // (GroupedExperts::describe) or "per-expert kernels".
+  const char* describe() const;
 
   struct Impl;  // quant_linear_set.cpp
 

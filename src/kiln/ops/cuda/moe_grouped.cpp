@@ -1,8 +1,11 @@
 // The host side of GroupedExperts (moe_grouped.h): validation, the repacking fills, dispatch.
 #include "kiln/ops/cuda/moe_grouped.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kiln/core/codecs.h"
@@ -16,9 +19,9 @@ namespace kiln::ops::cuda {
 namespace detail {
 // Lets the row-tile kernels take their shared memory on the current device (once per device).
 void allow_grouped_row_tiles();  // moe_grouped.cu
-void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
-                            const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
-                            int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
+void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t* sc, int count, int n, int k,
+                            const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y,
+                            int64_t ldy, int32_t* order, int32_t* meta, cudaStream_t stream);  // moe_grouped.cu
 void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc, const uint8_t* zp, const float* global,
                                  int count, int n, int k, int group, const float* x, int64_t ldx, int x_div,
                                  const int32_t* expert, int P, float* y, int64_t ldy, int32_t* order, int32_t* meta,
@@ -35,12 +38,43 @@ DeviceUploader::Fill fill_of(F byte_at) {
   };
 }
 
+// Whether an MXFP4 set's scales fold into its codes: every 128-input block of every row of
+// every expert (grouped_layout::mxfp4_fold_word). A scan of the scale bytes (and of the codes
+// of a block whose step exponents spread past the fold), experts split over threads.
+bool mxfp4_scales_fold(const HostQuantLinear* weights, int count, int64_t n, int64_t k) {
+  std::atomic<bool> ok{true};
+  std::atomic<int> next{0};
+  const uint64_t rb = static_cast<uint64_t>(k) / 2, S = static_cast<uint64_t>(k) / 32, NB = static_cast<uint64_t>(k) / 128;
+  auto work = [&] {
+    for (int e = next.fetch_add(1); e < count && ok.load(std::memory_order_relaxed); e = next.fetch_add(1)) {
+      const std::byte* w = weights[e].weight.data;
+      const std::byte* sc = weights[e].scale.data;
+      uint32_t word = 0;
+      for (uint64_t r = 0; r < static_cast<uint64_t>(n); ++r) {
+        for (uint64_t b = 0; b < NB; ++b) {
+          if (!grouped_layout::mxfp4_fold_word(w + r * rb, sc + r * S, b, word)) {
+            ok = false;
+            return;
+          }
+        }
+      }
+    }
+  };
+  const int threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, std::min(16, count));
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  return ok.load();
+}
+
 }  // namespace
 
 struct GroupedExpertsImpl {
   SchemeKind scheme = SchemeKind::MXFP4;  // MXFP4, FP8Block (128 x 128), NVFP4 or Int4Group
   int count = 0, max_pairs = 0, group = 0;  // group: int4's inputs per scale
   int64_t n = 0, k = 0;
+  bool fold = false;                        // MXFP4: the scales folded into the codes
   detail::DeviceBuffer w, sc, zp, global;   // zp: int4 with zero points; global: NVFP4 [count]
 };
 
@@ -205,6 +239,7 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
       fail_invalid("{}: scale is [{}, {}] ({} bytes), expected [{}, {}]", w.name, w.scale_rows, w.scale_cols, w.scale.size,
                    srows, scols);
   }
+  d.fold = fp4 && mxfp4_scales_fold(weights, count, n, k);
   d.w = detail::DeviceBuffer(static_cast<size_t>(ew * count));
   d.sc = detail::DeviceBuffer(static_cast<size_t>(es * count));
   std::vector<detail::PendingUpload> uploads;
@@ -218,11 +253,25 @@ GroupedExperts GroupedExperts::prepare(const HostQuantLinear* weights, int count
       wfill = [wsrc, k](uint64_t off, uint64_t len, std::byte* dst) {
         grouped_layout::fill(grouped_layout::Kind::MXFP4, wsrc, static_cast<uint64_t>(k), off, len, dst);
       };
-      sfill = fill_of([ssrc, S, NB](uint64_t i) {
-        const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
-                       tile = i / (64 * static_cast<uint64_t>(NB));
-        return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
-      });
+      if (d.fold) {
+        // Word (tile, block, row r): the block's folded word (grouped_layout::mxfp4_fold_word,
+        // which folds: the scan above), little-endian.
+        sfill = [wsrc, ssrc, k, S, NB](uint64_t off, uint64_t len, std::byte* dst) {
+          const uint64_t nb = static_cast<uint64_t>(NB), rb = static_cast<uint64_t>(k) / 2, s = static_cast<uint64_t>(S);
+          for (uint64_t i = off; i < off + len;) {
+            const uint64_t wi = i / 4, row = wi / (16 * nb) * 16 + wi % 16, b = (wi / 16) % nb;
+            uint32_t word = 0;
+            grouped_layout::mxfp4_fold_word(wsrc + row * rb, ssrc + row * s, b, word);
+            for (; i < off + len && i / 4 == wi; ++i) *dst++ = static_cast<std::byte>((word >> (8 * (i % 4))) & 0xFFu);
+          }
+        };
+      } else {
+        sfill = fill_of([ssrc, S, NB](uint64_t i) {
+          const uint64_t j = i % 4, r = (i / 4) % 16, b = (i / 64) % static_cast<uint64_t>(NB),
+                         tile = i / (64 * static_cast<uint64_t>(NB));
+          return ssrc[(tile * 16 + r) * static_cast<uint64_t>(S) + b * 4 + j];
+        });
+      }
     } else {
       // 16 bytes per lane and step (ops/grouped_expert_layout.h). Each code is checked for the
       // e4m3 NaN code once copied (an error from up.finish() naming its stored row and column).
@@ -261,7 +310,7 @@ void GroupedExperts::forward(const uint8_t* xq, const float* xs, int x_div, cons
   if (x_div < 1 || ldy < d.n || !xq || !xs || !expert || !y || !order || !meta)
     fail(ErrorKind::Usage, "grouped experts: bad arguments (x_div {}, ldy {} for n {}, or a null pointer)", x_div, ldy,
          d.n);
-  detail::launch_grouped_experts(d.scheme == SchemeKind::MXFP4, static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
+  detail::launch_grouped_experts(d.scheme == SchemeKind::MXFP4, d.fold, static_cast<const uint8_t*>(d.w.get()), static_cast<const uint8_t*>(d.sc.get()),
                                  d.count, static_cast<int>(d.n), static_cast<int>(d.k), xq, xs, x_div, expert, P, y,
                                  ldy, order, meta, stream);
 }
@@ -283,6 +332,15 @@ void GroupedExperts::forward_bf16(const float* x, int64_t ldx, int x_div, const 
 }
 
 bool GroupedExperts::fp8_input() const { return takes_fp8_input(impl_->scheme); }
+const char* GroupedExperts::describe() const {
+  switch (impl_->scheme) {
+    case SchemeKind::MXFP4:
+      return impl_->fold ? "grouped mxfp4 x fp8, scales folded into the codes" : "grouped mxfp4 x fp8, per-32 scales";
+    case SchemeKind::FP8Block: return "grouped fp8_block x fp8";
+    case SchemeKind::NVFP4: return "grouped nvfp4 x bf16";
+    default: return "grouped int4 x bf16";
+  }
+}
 int64_t GroupedExperts::n() const { return impl_->n; }
 int64_t GroupedExperts::k() const { return impl_->k; }
 int64_t GroupedExperts::device_bytes() const {

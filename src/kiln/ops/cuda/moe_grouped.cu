@@ -8,7 +8,8 @@
 //            tile: bytes 0-1 row g, inputs 32 s + 4 t .. + 3; bytes 2-3 row g + 8, the same
 //            inputs; bytes 4-5 row g, inputs 32 s + 16 + 4 t .. + 3; bytes 6-7 row g + 8,
 //            those (element j of four in nibble j, as on disk);
-//   MXFP4 scales   [n / 16][k / 128 blocks][16 rows][4 steps] E8M0 bytes;
+//   MXFP4 scales   [n / 16][k / 128 blocks][16 rows] 32-bit words: the 4 steps' E8M0 bytes, or,
+//            folded, a reference exponent and 4 shifts (ops/grouped_expert_layout.h);
 //   FP8 weights    [n / 16][k / 32][32 lanes] x 16 bytes: the e4m3 codes of the A fragment,
 //            a0 a1 a2 a3 (rows g, g + 8, g, g + 8; inputs 4t.., 4t.., 16 + 4t.., 16 + 4t..);
 //   FP8 scales     fp32 [n / 128][k / 128], as on disk (128 x 128 blocks).
@@ -18,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
@@ -25,6 +27,7 @@
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
 #include "kiln/ops/cuda/row_tile.cuh"
+#include "kiln/ops/grouped_expert_layout.h"
 
 namespace kiln::ops::cuda {
 namespace {
@@ -33,12 +36,26 @@ constexpr int kSlices = 4;  // warps per CTA, each a contiguous K-slice of the s
 constexpr int kMaxExperts = GroupedExperts::kMaxExperts;
 
 // Four e2m1 codes (nibbles 0-3 of v) as four e4m3 bytes: magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}
-// by a byte permute of a table, the sign bit moved from bit 3 of each nibble to bit 7.
-__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t v) {
-  uint32_t r = __byte_perm(0x3C383000u, 0x4C484440u, v & 0x7777u);
+// (times 2^-d with shift d's table, grouped_layout::kMxfp4FoldTable) by a byte permute of a
+// table, the sign bit moved from bit 3 of each nibble to bit 7.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t v, uint32_t lo = 0x3C383000u, uint32_t hi = 0x4C484440u) {
+  uint32_t r = __byte_perm(lo, hi, v & 0x7777u);
   const uint32_t s = v & 0x8888u;
   r |= ((s & 0x8u) << 4) | ((s & 0x80u) << 8) | ((s & 0x800u) << 12) | ((s & 0x8000u) << 16);
   return r;
+}
+
+// The folded decode's tables (grouped_layout::kMxfp4FoldTable), copied into each block's
+// shared memory: lanes index them by their rows' shifts.
+constexpr int kFoldTables = 16;  // shifts are 4-bit fields; those past kMxfp4FoldMaxShift never occur
+__constant__ uint2 kFoldTable[grouped_layout::kMxfp4FoldMaxShift + 1] = {
+#define KILN_FOLD_ROW(d) {grouped_layout::kMxfp4FoldTable[d][0], grouped_layout::kMxfp4FoldTable[d][1]}
+    KILN_FOLD_ROW(0), KILN_FOLD_ROW(1), KILN_FOLD_ROW(2), KILN_FOLD_ROW(3), KILN_FOLD_ROW(4),
+    KILN_FOLD_ROW(5), KILN_FOLD_ROW(6), KILN_FOLD_ROW(7), KILN_FOLD_ROW(8)};
+#undef KILN_FOLD_ROW
+__device__ __forceinline__ void load_fold_tables(uint2* lut) {
+  if (threadIdx.x < kFoldTables)
+    lut[threadIdx.x] = kFoldTable[min(static_cast<int>(threadIdx.x), static_cast<int>(grouped_layout::kMxfp4FoldMaxShift))];
 }
 
 // 2^(e - 127) (E8M0; e = 0 is the subnormal 2^-127, e = 255 the NaN code).
@@ -111,6 +128,13 @@ struct WeightStep<true> {
     a[3] = e2m1x4_to_e4m3x4(v.y >> 16);
   }
   __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
+  // Folded scales: rows g and g + 8 with their shifts' tables (t_lo, t_hi).
+  __device__ static void decode(const Raw& v, uint2 t_lo, uint2 t_hi, uint32_t (&a)[4]) {
+    a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu, t_lo.x, t_lo.y);
+    a[1] = e2m1x4_to_e4m3x4(v.x >> 16, t_hi.x, t_hi.y);
+    a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu, t_lo.x, t_lo.y);
+    a[3] = e2m1x4_to_e4m3x4(v.y >> 16, t_hi.x, t_hi.y);
+  }
 };
 
 template <>
@@ -124,15 +148,16 @@ struct WeightStep<false> {
   __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
-// One 32-input step of one group of 8 pairs into the block's sum. MXFP4: the step's product
-// from zero, times the rows' scales, fused into the sum (one FFMA per element: the scale is
-// a power of two, so the product is exact and only the add rounds). FP8 (no per-step scale):
-// the tensor core accumulates the block's four steps itself, as DeepSeek's FP8 GEMMs do
-// within a 128-input block before scaling.
-template <bool kFp4>
+// One 32-input step of one group of 8 pairs into the block's sum. kStepScale (MXFP4 with
+// per-step scales): the step's product from zero, times the rows' scales, fused into the sum
+// (one FFMA per element: the scale is a power of two, so the product is exact and only the
+// add rounds). Otherwise (FP8, or MXFP4 with the scales folded into the codes: no per-step
+// scale) the tensor core accumulates the block's four steps itself, as DeepSeek's FP8 GEMMs
+// do within a 128-input block before scaling.
+template <bool kStepScale>
 __device__ __forceinline__ void step_pairs(const uint32_t (&a)[4], uint32_t x0, uint32_t x1, float w_lo, float w_hi,
                                            float (&blk)[4]) {
-  if (kFp4) {
+  if (kStepScale) {
     float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
     blk[0] = __fmaf_rn(d[0], w_lo, blk[0]);
@@ -144,12 +169,27 @@ __device__ __forceinline__ void step_pairs(const uint32_t (&a)[4], uint32_t x0, 
   }
 }
 
-// The end of a 128-input block: its sum times the pairs' (activation x weight) scales.
-__device__ __forceinline__ void end_block(const float (&blk)[4], float sa0, float sa1, float (&acc)[4]) {
-  acc[0] = __fmaf_rn(blk[0], sa0, acc[0]);
-  acc[1] = __fmaf_rn(blk[1], sa1, acc[1]);
-  acc[2] = __fmaf_rn(blk[2], sa0, acc[2]);
-  acc[3] = __fmaf_rn(blk[3], sa1, acc[3]);
+// The end of a 128-input block: its sum times the pairs' (activation x weight) scales, with
+// the folded MXFP4 reference 2^(e_ref - 127) of rows g (w_lo) and g + 8 (w_hi) (1 otherwise:
+// exact).
+__device__ __forceinline__ void end_block(const float (&blk)[4], float sa0, float sa1, float w_lo, float w_hi,
+                                          float (&acc)[4]) {
+  acc[0] = __fmaf_rn(blk[0], __fmul_rn(sa0, w_lo), acc[0]);
+  acc[1] = __fmaf_rn(blk[1], __fmul_rn(sa1, w_lo), acc[1]);
+  acc[2] = __fmaf_rn(blk[2], __fmul_rn(sa0, w_hi), acc[2]);
+  acc[3] = __fmaf_rn(blk[3], __fmul_rn(sa1, w_hi), acc[3]);
+}
+
+// Step j's weight fragment: kFold decodes with the lane's two rows' shift tables (e_lo, e_hi:
+// the block's folded words of rows g and g + 8), else as stored.
+template <bool kFp4, bool kFold>
+__device__ __forceinline__ void decode_step(const typename WeightStep<kFp4>::Raw& raw, uint32_t e_lo, uint32_t e_hi, int j,
+                                            const uint2* lut, uint32_t (&a)[4]) {
+  if constexpr (kFold) {
+    WeightStep<kFp4>::decode(raw, lut[(e_lo >> (8 + 4 * j)) & 0xFu], lut[(e_hi >> (8 + 4 * j)) & 0xFu], a);
+  } else {
+    WeightStep<kFp4>::decode(raw, a);
+  }
 }
 
 // The pairs sorted by expert: start [E + 1], the active experts in ascending id and their
@@ -184,8 +224,8 @@ __global__ void sort_pairs_kernel(const int32_t* __restrict__ expert, int P, int
   }
 }
 
-// grid (n / 16, active-expert slots), kSlices warps.
-template <bool kFp4>
+// grid (n / 16, active-expert slots), kSlices warps. kFold: MXFP4 with folded scales.
+template <bool kFp4, bool kFold>
 __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const uint8_t* __restrict__ xq,
                                                                const float* __restrict__ xs, int x_div,
                                                                const int32_t* __restrict__ order,
@@ -205,6 +245,11 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
   const uint32_t* sc4 = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile) * NB * 16;
   const float* sc8 = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>(tile * 16 / 128) * NB;
   __shared__ float part[kSlices][32][4];
+  __shared__ uint2 lut[kFoldTables];
+  if (kFold) {
+    load_fold_tables(lut);
+    __syncthreads();
+  }
   for (int q0 = p0; q0 < p1; q0 += 8) {
     // B column g: pair q0 + g; accumulator columns 2t, 2t + 1: pairs q0 + 2t, q0 + 2t + 1.
     const int qb = q0 + g, qc0 = q0 + 2 * t, qc1 = qc0 + 1;
@@ -219,20 +264,23 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
       for (int j = 0; j < 4; ++j) {
         const int s = b * 4 + j;
         uint32_t a[4];
-        W::load(wt, s, lane, a);
+        decode_step<kFp4, kFold>(W::raw(wt, s, lane), e_lo, e_hi, j, lut, a);
         uint32_t x0 = 0, x1 = 0;
         if (xrow) {
           x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
           x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
         }
-        const float w_lo = kFp4 ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-        const float w_hi = kFp4 ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
-        step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk);
+        constexpr bool kStep = kFp4 && !kFold;
+        const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+        const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+        step_pairs<kStep>(a, x0, x1, w_lo, w_hi, blk);
       }
-      // FP8: the weight's 128 x 128 block scale joins the activation scale.
+      // FP8: the weight's 128 x 128 block scale joins the activation scale; folded MXFP4: the
+      // rows' reference exponents.
       const float ws = kFp4 ? 1.0f : sc8[b];
       const float sa0 = s0 ? __fmul_rn(s0[b], ws) : 0.0f, sa1 = s1 ? __fmul_rn(s1[b], ws) : 0.0f;
-      end_block(blk, sa0, sa1, acc);
+      const float r_lo = kFold ? e8m0_value(e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(e_hi & 0xFFu) : 1.0f;
+      end_block(blk, sa0, sa1, r_lo, r_hi, acc);
     }
     write_pairs(part, acc, warp, lane, tile * 16 + g, qc0, qc1, p1, order, 1.0f, y, ldy);
   }
@@ -256,7 +304,7 @@ constexpr int kRowsSmem = 2 * kStageBytes + kRowTileDoneFloats * 4 + kRoundPairs
 // 8 rows a warp's 4-byte reads touch (pairs g = 0..7) fall in distinct banks.
 __device__ __forceinline__ int pair_unit(int row, int u) { return u ^ (row & 7); }
 
-template <bool kFp4>
+template <bool kFp4, bool kFold>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
     grouped_rows_kernel(Params p, const uint8_t* __restrict__ xq, const float* __restrict__ xs, int x_div,
                         const int32_t* __restrict__ order, const int32_t* __restrict__ start,
@@ -276,6 +324,8 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
   const uint8_t* wt = p.w + e * p.expert_w + static_cast<int64_t>(on ? tile : 0) * S * 32 * W::kLaneBytes;
   const uint32_t* sc4 = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(on ? tile : 0) * NB * 16;
   const float* sc8 = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>((on ? tile : 0) * 16 / 128) * NB;
+  __shared__ uint2 lut[kFoldTables];
+  if (kFold) load_fold_tables(lut);  // read after the round's first barrier
 
   for (int q0 = p0; q0 < p1; q0 += kRoundPairs) {
     const int ng = min(8, (p1 - q0 + 7) / 8);
@@ -349,9 +399,10 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             uint32_t a[4];
-            W::decode(cur.s[j], a);
-            const float w_lo = kFp4 ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-            const float w_hi = kFp4 ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+            decode_step<kFp4, kFold>(cur.s[j], cur.e_lo, cur.e_hi, j, lut, a);
+            constexpr bool kStep = kFp4 && !kFold;
+            const float w_lo = kStep ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+            const float w_hi = kStep ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
               if (i >= ng) break;
@@ -359,17 +410,18 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
               const uint8_t* xr = st + row * 128;
               const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
               const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
-              step_pairs<kFp4>(a, x0, x1, w_lo, w_hi, blk[i]);
+              step_pairs<kStep>(a, x0, x1, w_lo, w_hi, blk[i]);
             }
           }
           const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
+          const float r_lo = kFold ? e8m0_value(cur.e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(cur.e_hi & 0xFFu) : 1.0f;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             if (i >= ng) break;
             const int c0 = i * 8 + 2 * t;
             const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], cur.ws) : 0.0f;
             const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], cur.ws) : 0.0f;
-            end_block(blk[i], sa0, sa1, acc[i]);
+            end_block(blk[i], sa0, sa1, r_lo, r_hi, acc[i]);
           }
           fold_ended(b + 1);
         }
@@ -514,14 +566,15 @@ namespace detail {
 void allow_grouped_row_tiles() {
   static OncePerDevice once;
   once([] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
   });
 }
 
-void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int count, int n, int k, const uint8_t* xq,
-                            const float* xs, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
-                            int32_t* order, int32_t* meta, cudaStream_t stream) {
+void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t* sc, int count, int n, int k,
+                            const uint8_t* xq, const float* xs, int x_div, const int32_t* expert, int P, float* y,
+                            int64_t ldy, int32_t* order, int32_t* meta, cudaStream_t stream) {
   const PairOrder po = sort_pairs(expert, P, count, order, meta, stream);
   Params p;
   p.w = w;
@@ -531,23 +584,29 @@ void launch_grouped_experts(bool fp4, const uint8_t* w, const uint8_t* sc, int c
   p.n = n;
   p.k = k;
   const unsigned slots = static_cast<unsigned>(P < count ? P : count);
+  // The kernel of the weights' kind: FP8, MXFP4 with folded scales, MXFP4 per step.
+  auto by_kind = [&](auto launch) {
+    if (!fp4)
+      launch(std::false_type{}, std::false_type{});
+    else if (fold)
+      launch(std::true_type{}, std::true_type{});
+    else
+      launch(std::true_type{}, std::false_type{});
+  };
   if (P >= GroupedExperts::kRowTilesMinPairsPerExpert * count && n % (16 * kRowTileWarps) == 0) {
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
-    if (fp4)
-      grouped_rows_kernel<true><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(p, xq, xs, x_div, order, po.start, po.active,
-                                                                                    po.nactive, y, ldy);
-    else
-      grouped_rows_kernel<false><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(p, xq, xs, x_div, order, po.start, po.active,
-                                                                                     po.nactive, y, ldy);
+    by_kind([&](auto f4, auto fo) {
+      grouped_rows_kernel<decltype(f4)::value, decltype(fo)::value><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(
+          p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
+    });
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }
   const dim3 grid(static_cast<unsigned>(n / 16), slots);
-  if (fp4) {
-    grouped_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
-  } else {
-    grouped_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
-  }
+  by_kind([&](auto f4, auto fo) {
+    grouped_kernel<decltype(f4)::value, decltype(fo)::value><<<grid, kSlices * 32, 0, stream>>>(
+        p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
+  });
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -84,6 +84,12 @@ class GroupedExperts {
   void forward_bf16(const float* x, int64_t ldx, int x_div, const int32_t* expert, int P, float* y, int64_t ldy,
                     int32_t* order, int32_t* meta, cudaStream_t stream) const;
   bool fp8_input() const;
+  // The kernel family bound at load, in words. MXFP4 sets whose every 128-input block's four
+  // step exponents lie within grouped_layout::kMxfp4FoldMaxShift of a reference (after
+  // ignoring all-zero steps) decode each step's codes times 2^-shift into e4m3 exactly and
+  // accumulate the block on the tensor core ("scales folded into the codes"); others scale
+  // each 32-input step's product on the CUDA cores ("per-32 scales").
+  const char* describe() const;
 
   int64_t n() const;
   int64_t k() const;

@@ -186,6 +186,8 @@ QuantLinearSet QuantLinearSet::prepare(const HostQuantLinear* weights, int count
   return out;
 }
 
+const char* QuantLinearSet::describe() const { return impl_->grouped ? impl_->grouped->describe() : "per-expert kernels"; }
+
 int64_t QuantLinearSet::device_bytes() const {
   if (!impl_) return 0;
   int64_t b = static_cast<int64_t>(impl_->tables.bytes() + impl_->xpad.bytes());
