@@ -170,6 +170,48 @@ TEST(CudaSmallKernels, HcPreMatchesCpu) {
   }
 }
 
+// A prompt's rows (from 256) take the row-tile mix kernel, fewer rows the per-row one; every
+// row's collapsed input, post and comb must be the same bits either way (the deepseek
+// forward's batch invariance), at V4's width and at one whose last split is short.
+TEST(CudaSmallKernels, HcPreRowsAreTheSameBitsInAnyStep) {
+  for (const HcCase c : {HcCase{4, 4096, 300, 20}, HcCase{4, 129, 260, 20}}) {
+    const std::string what = "hc_pre n " + std::to_string(c.n) + " H " + std::to_string(c.H);
+    const int W = c.n * c.H, mix = (2 + c.n) * c.n;
+    std::vector<float> fn = uniform(static_cast<size_t>(mix * W), -1.0f, 1.0f, 52);
+    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
+    const std::vector<float> X = uniform(static_cast<size_t>(c.R * W), -2.0f, 2.0f, 51);
+    Dev<float> dX(X), dfn(fn), dbase(uniform(static_cast<size_t>(mix), -0.5f, 0.5f, 53)),
+        dscale(std::vector<float>{0.8f, 1.1f, 1.6f});
+    Dev<float> work(static_cast<size_t>(cuda::hc_pre_workspace_floats(c.R, c.n, c.H)));
+    cuda::HcParams d;
+    d.n = c.n;
+    d.hidden = c.H;
+    d.fn = dfn.get();
+    d.base = dbase.get();
+    d.scale = dscale.get();
+    d.sinkhorn_iters = c.iters;
+    d.hc_eps = 1e-6f;
+    d.norm_eps = 1e-6f;
+    d.workspace = work.get();
+    // Rows [r0, r0 + n) in one call: collapsed, post and comb.
+    auto run = [&](int r0, int n) {
+      Dev<float> col(static_cast<size_t>(n * c.H)), post(static_cast<size_t>(n * c.n)), comb(static_cast<size_t>(n * c.n * c.n));
+      cuda::hc_pre(d, dX.get() + static_cast<int64_t>(r0) * W, n, col.get(), post.get(), comb.get(), nullptr);
+      return std::vector<std::vector<float>>{col.host(), post.host(), comb.host()};
+    };
+    const auto whole = run(0, c.R);
+    for (const int r : {0, 15, 16, 255, c.R - 1}) {
+      const auto alone = run(r, 1);
+      const size_t per[3] = {static_cast<size_t>(c.H), static_cast<size_t>(c.n), static_cast<size_t>(c.n * c.n)};
+      for (int o = 0; o < 3; ++o) {
+        const std::vector<float> want(whole[static_cast<size_t>(o)].begin() + static_cast<ptrdiff_t>(r * per[o]),
+                                      whole[static_cast<size_t>(o)].begin() + static_cast<ptrdiff_t>((r + 1) * per[o]));
+        expect_close(alone[static_cast<size_t>(o)], want, 0.0f, what + " row " + std::to_string(r) + " output " + std::to_string(o));
+      }
+    }
+  }
+}
+
 TEST(CudaSmallKernels, HcPostMatchesCpuBitwise) {
   for (const HcCase c : {HcCase{4, 7168, 2, 0}, HcCase{4, 131, 5, 0}, HcCase{3, 17, 3, 0}}) {
     const std::string what = "hc_post n " + std::to_string(c.n) + " H " + std::to_string(c.H);

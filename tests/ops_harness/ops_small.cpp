@@ -121,7 +121,9 @@ std::vector<Case> scale_rows_cases() {
 
 namespace {
 struct HcShape { int n, H, R, iters; };
-const HcShape kHcShapes[] = {{4, 7168, 1, 20}, {4, 7168, 3, 20}, {4, 4096, 64, 20}, {4, 129, 5, 20}, {2, 33, 2, 3}, {4, 64, 1, 1}};
+// R >= 256: the row-tile mix kernel (a partial last tile at 300 and 260 rows).
+const HcShape kHcShapes[] = {{4, 7168, 1, 20}, {4, 7168, 3, 20}, {4, 4096, 64, 20}, {4, 129, 5, 20},
+                             {2, 33, 2, 3},    {4, 64, 1, 1},    {4, 4096, 300, 20}, {4, 129, 260, 20}};
 
 std::vector<float> hc_fn(int rows, int W, uint32_t seed) {
   // scaled by 1/sqrt(W) so the mixes are O(1): the sigmoids and softmax are not saturated
