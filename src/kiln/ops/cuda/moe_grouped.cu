@@ -257,55 +257,30 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
     const float* s0 = qc0 < p1 ? xs + static_cast<int64_t>(order[qc0] / x_div) * NB : nullptr;
     const float* s1 = qc1 < p1 ? xs + static_cast<int64_t>(order[qc1] / x_div) * NB : nullptr;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    // A block's weight steps, scale words, pair inputs and scales, loaded one block ahead (a
-    // ring of two with static indices: the loop is unrolled by 2), so that a warp has the
-    // next block's loads in flight while it multiplies; the arithmetic is unchanged.
-    struct Ahead {
-      typename W::Raw w[4];
-      uint32_t x0[4], x1[4];
-      uint32_t e_lo, e_hi;
-      float a0, a1, ws;
-    };
-    auto fetch = [&](Ahead& A, int b) {
-      A.e_lo = kFp4 ? sc4[b * 16 + g] : 0u;
-      A.e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
+    for (int b = b0; b < b1; ++b) {
+      const uint32_t e_lo = kFp4 ? sc4[b * 16 + g] : 0u, e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
+      float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int s = b * 4 + j;
-        A.w[j] = W::raw(wt, s, lane);
-        A.x0[j] = xrow ? *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t) : 0u;
-        A.x1[j] = xrow ? *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t) : 0u;
-      }
-      A.a0 = s0 ? s0[b] : 0.0f;
-      A.a1 = s1 ? s1[b] : 0.0f;
-      A.ws = kFp4 ? 1.0f : sc8[b];
-    };
-    Ahead ring[2];
-    if (b0 < b1) fetch(ring[0], b0);
-    for (int bb = b0; bb < b1; bb += 2) {
-#pragma unroll
-      for (int d = 0; d < 2; ++d) {
-        const int b = bb + d;
-        if (b >= b1) break;
-        const Ahead cur = ring[d];
-        if (b + 1 < b1) fetch(ring[d ^ 1], b + 1);
-        float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          uint32_t a[4];
-          decode_step<kFp4, kFold>(cur.w[j], cur.e_lo, cur.e_hi, j, lut, a);
-          constexpr bool kStep = kFp4 && !kFold;
-          const float w_lo = kStep ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-          const float w_hi = kStep ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
-          step_pairs<kStep>(a, cur.x0[j], cur.x1[j], w_lo, w_hi, blk);
+        uint32_t a[4];
+        decode_step<kFp4, kFold>(W::raw(wt, s, lane), e_lo, e_hi, j, lut, a);
+        uint32_t x0 = 0, x1 = 0;
+        if (xrow) {
+          x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
+          x1 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 16 + 4 * t);
         }
-        // FP8: the weight's 128 x 128 block scale joins the activation scale; folded MXFP4:
-        // the rows' reference exponents.
-        const float sa0 = s0 ? __fmul_rn(cur.a0, cur.ws) : 0.0f, sa1 = s1 ? __fmul_rn(cur.a1, cur.ws) : 0.0f;
-        const float r_lo = kFold ? e8m0_value(cur.e_lo & 0xFFu) : 1.0f;
-        const float r_hi = kFold ? e8m0_value(cur.e_hi & 0xFFu) : 1.0f;
-        end_block(blk, sa0, sa1, r_lo, r_hi, acc);
+        constexpr bool kStep = kFp4 && !kFold;
+        const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+        const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+        step_pairs<kStep>(a, x0, x1, w_lo, w_hi, blk);
       }
+      // FP8: the weight's 128 x 128 block scale joins the activation scale; folded MXFP4: the
+      // rows' reference exponents.
+      const float ws = kFp4 ? 1.0f : sc8[b];
+      const float sa0 = s0 ? __fmul_rn(s0[b], ws) : 0.0f, sa1 = s1 ? __fmul_rn(s1[b], ws) : 0.0f;
+      const float r_lo = kFold ? e8m0_value(e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(e_hi & 0xFFu) : 1.0f;
+      end_block(blk, sa0, sa1, r_lo, r_hi, acc);
     }
     write_pairs(part, acc, warp, lane, tile * 16 + g, qc0, qc1, p1, order, 1.0f, y, ldy);
   }
