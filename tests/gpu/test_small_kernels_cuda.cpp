@@ -170,9 +170,9 @@ TEST(CudaSmallKernels, HcPreMatchesCpu) {
   }
 }
 
-// A prompt's rows (from 256) take the row-tile mix kernel, fewer rows the per-row one; every
-// row's collapsed input, post and comb must be the same bits either way (the deepseek
-// forward's batch invariance), at V4's width and at one whose last split is short.
+// A prompt-sized step: every row's collapsed input, post and comb must be the same bits as
+// the row alone (the deepseek forward's batch invariance; any kernel chosen by the row
+// count must keep it), at V4's width and at one whose last split is short.
 TEST(CudaSmallKernels, HcPreRowsAreTheSameBitsInAnyStep) {
   for (const HcCase c : {HcCase{4, 4096, 300, 20}, HcCase{4, 129, 260, 20}}) {
     const std::string what = "hc_pre n " + std::to_string(c.n) + " H " + std::to_string(c.H);

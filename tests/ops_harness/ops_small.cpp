@@ -121,7 +121,7 @@ std::vector<Case> scale_rows_cases() {
 
 namespace {
 struct HcShape { int n, H, R, iters; };
-// R >= 256: the row-tile mix kernel (a partial last tile at 300 and 260 rows).
+// Prompt-sized steps too (300 and 260 rows).
 const HcShape kHcShapes[] = {{4, 7168, 1, 20}, {4, 7168, 3, 20}, {4, 4096, 64, 20}, {4, 129, 5, 20},
                              {2, 33, 2, 3},    {4, 64, 1, 1},    {4, 4096, 300, 20}, {4, 129, 260, 20}};
 

@@ -106,64 +106,6 @@ __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* 
   }
 }
 
-// The same partials for a tile of kHcTileRows rows per block (steps of many rows: a prompt).
-// mix_partial_kernel reads the split's columns of all fn rows (24 x 2 KB) once per row; here
-// a thread keeps its columns' fn values in registers for the whole tile. Every row's
-// arithmetic is mix_partial_kernel's (each thread the same columns in the same order, the
-// same warp and block reductions), so the partials are the same bits whichever kernel ran.
-constexpr int kHcTileRows = 16;
-constexpr int kHcTileMinRows = 256;  // below, the per-row kernel's blocks fill the GPU better
-constexpr int kTileCols = 2;         // columns a thread caches: splits of up to 2 x kPartThreads
-
-template <int MaxRows>
-__global__ void __launch_bounds__(kPartThreads) mix_partial_rows_kernel(const float* __restrict__ X, int W, int cols,
-                                                                        const float* __restrict__ fn, int rows, int R,
-                                                                        float* __restrict__ part) {
-  __shared__ float scratch[32 * (MaxRows + 1)];
-  const int s = blockIdx.x, splits = gridDim.x, t0 = blockIdx.y * kHcTileRows;
-  const int c0 = s * cols, c1 = min(W, c0 + cols);
-  float f[kTileCols][MaxRows];
-#pragma unroll
-  for (int c = 0; c < kTileCols; ++c) {
-    const int i = c0 + threadIdx.x + c * kPartThreads;
-#pragma unroll
-    for (int k = 0; k < MaxRows; ++k) f[c][k] = i < c1 && k < rows ? __ldg(fn + static_cast<int64_t>(k) * W + i) : 0.0f;
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const int t1 = min(R, t0 + kHcTileRows);
-  for (int t = t0; t < t1; ++t) {
-    const float* x = X + static_cast<int64_t>(t) * W;
-    float acc[MaxRows + 1];
-#pragma unroll
-    for (int k = 0; k <= MaxRows; ++k) acc[k] = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kTileCols; ++c) {
-      const int i = c0 + threadIdx.x + c * kPartThreads;
-      if (i < c1) {
-        const float v = x[i];
-        acc[MaxRows] = __fadd_rn(acc[MaxRows], __fmul_rn(v, v));
-#pragma unroll
-        for (int k = 0; k < MaxRows; ++k) {
-          if (k < rows) acc[k] = __fadd_rn(acc[k], __fmul_rn(v, f[c][k]));
-        }
-      }
-    }
-#pragma unroll
-    for (int k = 0; k <= MaxRows; ++k) acc[k] = warp_sum(acc[k]);
-    if (lane == 0) {
-#pragma unroll
-      for (int k = 0; k <= MaxRows; ++k) scratch[warp * (MaxRows + 1) + k] = acc[k];
-    }
-    __syncthreads();
-    if (threadIdx.x <= MaxRows) {
-      float v = 0.0f;
-      for (int w = 0; w < nw; ++w) v += scratch[w * (MaxRows + 1) + threadIdx.x];
-      part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + threadIdx.x] = v;
-    }
-    __syncthreads();  // scratch read before the next row writes it
-  }
-}
-
 // m[k] for k < rows from the partials of row t (splits added in order), in shared memory.
 // The block first copies row t's partials into shared memory, all threads at once (one
 // round trip to L2 where thread 0 used to walk the splits one load after another), then
@@ -320,15 +262,9 @@ void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* p
     fail(ErrorKind::Usage, "cuda::hc_pre: null X, collapsed, post or comb");
   }
   if (p.workspace == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null workspace (hc_pre_workspace_floats)");
-  const int W = p.n * p.hidden, splits = hc_mix_splits(W), cols = (W + splits - 1) / splits;
-  if (R >= kHcTileMinRows && cols <= kTileCols * kPartThreads) {
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((R + kHcTileRows - 1) / kHcTileRows));
-    mix_partial_rows_kernel<kMaxMixes><<<grid, kPartThreads, 0, stream>>>(X, W, cols, p.fn, (2 + p.n) * p.n, R,
-                                                                          p.workspace);
-  } else {
-    mix_partial_kernel<kMaxMixes><<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(R)), kPartThreads, 0, stream>>>(
-        X, W, cols, p.fn, (2 + p.n) * p.n, p.workspace);
-  }
+  const int W = p.n * p.hidden, splits = hc_mix_splits(W);
+  mix_partial_kernel<kMaxMixes><<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(R)), kPartThreads, 0, stream>>>(
+      X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n, p.workspace);
   KILN_CUDA_CHECK_LAUNCH();
   hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
