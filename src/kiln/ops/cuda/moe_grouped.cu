@@ -148,24 +148,46 @@ struct WeightStep<false> {
   __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
-// One 32-input step of one group of 8 pairs into the block's sum. kStepScale (MXFP4 with
-// per-step scales): the step's product from zero, times the rows' scales, fused into the sum
-// (one FFMA per element: the scale is a power of two, so the product is exact and only the
-// add rounds). Otherwise (FP8, or MXFP4 with the scales folded into the codes: no per-step
-// scale) the tensor core accumulates the block's four steps itself, as DeepSeek's FP8 GEMMs
-// do within a 128-input block before scaling.
+// A step's weight fragment as f16 pairs for two m16n8k16 f16 mmas. sm_90 has no FP8
+// mma.sync (ptxas would turn each mma_e4m3 into conversions of both operands, two f16 mmas
+// from zero and four adds, per group of pairs); the weight is converted once per step here
+// and reused by every group. The e4m3 words a[0..3] hold inputs 4t..4t+3 (rows g, g + 8) and
+// 16 + 4t.. (rows g, g + 8); an f16 mma's k slots (2t, 2t+1) take a word's first two inputs
+// and (2t+8, 2t+9) its last two, the pair inputs the same (step_pairs), so the products
+// summed are the step's 32 products.
+__device__ __forceinline__ void step_to_f16(const uint32_t (&a)[4], uint32_t (&h)[8]) {
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    e4m3x4_to_f16x4(a[2 * m], h[4 * m + 0], h[4 * m + 2]);
+    e4m3x4_to_f16x4(a[2 * m + 1], h[4 * m + 1], h[4 * m + 3]);
+  }
+}
+
+// One 32-input step of one group of 8 pairs into the block's sum: two f16 mmas on the
+// step's weight (step_to_f16) and the pairs' e4m3 inputs x0 (inputs 4t..4t+3 of pair g) and
+// x1 (16 + 4t..), converted to f16 (exactly). kStepScale (MXFP4 with per-step scales): the
+// step's product from zero, times the rows' scales, fused into the sum (one FFMA per element:
+// the scale is a power of two, so the product is exact and only the add rounds). Otherwise
+// (FP8, or MXFP4 with the scales folded into the codes: no per-step scale) the tensor core
+// accumulates the block's four steps itself, as DeepSeek's FP8 GEMMs do within a 128-input
+// block before scaling.
 template <bool kStepScale>
-__device__ __forceinline__ void step_pairs(const uint32_t (&a)[4], uint32_t x0, uint32_t x1, float w_lo, float w_hi,
+__device__ __forceinline__ void step_pairs(const uint32_t (&h)[8], uint32_t x0, uint32_t x1, float w_lo, float w_hi,
                                            float (&blk)[4]) {
+  uint32_t b0, b1, b2, b3;
+  e4m3x4_to_f16x4(x0, b0, b1);
+  e4m3x4_to_f16x4(x1, b2, b3);
   if (kStepScale) {
     float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, d);
+    mma_f16(h[0], h[1], h[2], h[3], b0, b1, d);
+    mma_f16(h[4], h[5], h[6], h[7], b2, b3, d);
     blk[0] = __fmaf_rn(d[0], w_lo, blk[0]);
     blk[1] = __fmaf_rn(d[1], w_lo, blk[1]);
     blk[2] = __fmaf_rn(d[2], w_hi, blk[2]);
     blk[3] = __fmaf_rn(d[3], w_hi, blk[3]);
   } else {
-    mma_e4m3(a[0], a[1], a[2], a[3], x0, x1, blk);
+    mma_f16(h[0], h[1], h[2], h[3], b0, b1, blk);
+    mma_f16(h[4], h[5], h[6], h[7], b2, b3, blk);
   }
 }
 
@@ -263,8 +285,9 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int s = b * 4 + j;
-        uint32_t a[4];
+        uint32_t a[4], h[8];
         decode_step<kFp4, kFold>(W::raw(wt, s, lane), e_lo, e_hi, j, lut, a);
+        step_to_f16(a, h);
         uint32_t x0 = 0, x1 = 0;
         if (xrow) {
           x0 = *reinterpret_cast<const uint32_t*>(xrow + s * 32 + 4 * t);
@@ -273,7 +296,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
         constexpr bool kStep = kFp4 && !kFold;
         const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
         const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
-        step_pairs<kStep>(a, x0, x1, w_lo, w_hi, blk);
+        step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk);
       }
       // FP8: the weight's 128 x 128 block scale joins the activation scale; folded MXFP4: the
       // rows' reference exponents.
@@ -398,8 +421,9 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
           for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            uint32_t a[4];
+            uint32_t a[4], h[8];
             decode_step<kFp4, kFold>(cur.s[j], cur.e_lo, cur.e_hi, j, lut, a);
+            step_to_f16(a, h);
             constexpr bool kStep = kFp4 && !kFold;
             const float w_lo = kStep ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
             const float w_hi = kStep ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
@@ -410,7 +434,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
               const uint8_t* xr = st + row * 128;
               const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
               const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
-              step_pairs<kStep>(a, x0, x1, w_lo, w_hi, blk[i]);
+              step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
             }
           }
           const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
