@@ -127,42 +127,50 @@ struct HcCase {
   int n, H, R, iters;
 };
 
+// One hc_pre case's inputs (fn scaled by 1/sqrt(W) so the mixes are O(1) and the sigmoids /
+// softmax are not saturated): on the host with the CPU's parameters, on the device with the
+// GPU's (a workspace for c.R rows).
+struct HcPreInputs {
+  std::vector<float> X, fn, base, scale;
+  cpu::HcParams host;
+  Dev<float> dX, dfn, dbase, dscale, work;
+  cuda::HcParams dev;
+
+  static std::vector<float> make_fn(const HcCase& c) {
+    const int W = c.n * c.H;
+    std::vector<float> fn = uniform(static_cast<size_t>((2 + c.n) * c.n * W), -1.0f, 1.0f, 32);
+    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
+    return fn;
+  }
+  explicit HcPreInputs(const HcCase& c)
+      : X(uniform(static_cast<size_t>(c.R * c.n * c.H), -2.0f, 2.0f, 31 + c.H)),
+        fn(make_fn(c)),
+        base(uniform(static_cast<size_t>((2 + c.n) * c.n), -0.5f, 0.5f, 33)),
+        scale{0.8f, 1.1f, 1.6f},
+        dX(X),
+        dfn(fn),
+        dbase(base),
+        dscale(scale),
+        work(static_cast<size_t>(cuda::hc_pre_workspace_floats(c.R, c.n, c.H))) {
+    host.n = dev.n = c.n;
+    host.hidden = dev.hidden = c.H;
+    host.sinkhorn_iters = dev.sinkhorn_iters = c.iters;
+    host.hc_eps = dev.hc_eps = 1e-6f;
+    host.norm_eps = dev.norm_eps = 1e-6f;
+    host.fn = fn.data(), host.base = base.data(), host.scale = scale.data();
+    dev.fn = dfn.get(), dev.base = dbase.get(), dev.scale = dscale.get(), dev.workspace = work.get();
+  }
+};
+
 TEST(CudaSmallKernels, HcPreMatchesCpu) {
   for (const HcCase c : {HcCase{4, 7168, 3, 20}, HcCase{4, 129, 5, 20}, HcCase{2, 33, 2, 3}, HcCase{4, 64, 1, 1}}) {
     const std::string what = "hc_pre n " + std::to_string(c.n) + " H " + std::to_string(c.H);
-    const int W = c.n * c.H, mix = (2 + c.n) * c.n;
-    const std::vector<float> X = uniform(static_cast<size_t>(c.R * W), -2.0f, 2.0f, 31 + c.H);
-    // fn scaled by 1/sqrt(W) so the mixes are O(1) and the sigmoids / softmax are not saturated
-    std::vector<float> fn = uniform(static_cast<size_t>(mix * W), -1.0f, 1.0f, 32);
-    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
-    const std::vector<float> base = uniform(static_cast<size_t>(mix), -0.5f, 0.5f, 33);
-    const std::vector<float> scale = {0.8f, 1.1f, 1.6f};
-    cpu::HcParams p;
-    p.n = c.n;
-    p.hidden = c.H;
-    p.fn = fn.data();
-    p.base = base.data();
-    p.scale = scale.data();
-    p.sinkhorn_iters = c.iters;
-    p.hc_eps = 1e-6f;
-    p.norm_eps = 1e-6f;
+    const HcPreInputs in(c);
     std::vector<float> col(static_cast<size_t>(c.R * c.H)), post(static_cast<size_t>(c.R * c.n)),
         comb(static_cast<size_t>(c.R * c.n * c.n));
-    cpu::hc_pre(p, X.data(), c.R, col.data(), post.data(), comb.data(), nullptr);
-
-    Dev<float> dX(X), dfn(fn), dbase(base), dscale(scale), dcol(col.size()), dpost(post.size()), dcomb(comb.size());
-    cuda::HcParams d;
-    d.n = c.n;
-    d.hidden = c.H;
-    d.fn = dfn.get();
-    d.base = dbase.get();
-    d.scale = dscale.get();
-    d.sinkhorn_iters = c.iters;
-    d.hc_eps = p.hc_eps;
-    d.norm_eps = p.norm_eps;
-    Dev<float> work(static_cast<size_t>(cuda::hc_pre_workspace_floats(c.R, c.n, c.H)));
-    d.workspace = work.get();
-    cuda::hc_pre(d, dX.get(), c.R, dcol.get(), dpost.get(), dcomb.get(), nullptr);
+    cpu::hc_pre(in.host, in.X.data(), c.R, col.data(), post.data(), comb.data(), nullptr);
+    Dev<float> dcol(col.size()), dpost(post.size()), dcomb(comb.size());
+    cuda::hc_pre(in.dev, in.dX.get(), c.R, dcol.get(), dpost.get(), dcomb.get(), nullptr);
     // the mixes are sums of n*H products in another association; Sinkhorn divides a few times
     expect_close(dpost.host(), post, 2e-5f, what + " post");
     expect_close(dcomb.host(), comb, 3e-5f, what + " comb");
@@ -176,27 +184,12 @@ TEST(CudaSmallKernels, HcPreMatchesCpu) {
 TEST(CudaSmallKernels, HcPreRowsAreTheSameBitsInAnyStep) {
   for (const HcCase c : {HcCase{4, 4096, 300, 20}, HcCase{4, 129, 260, 20}}) {
     const std::string what = "hc_pre n " + std::to_string(c.n) + " H " + std::to_string(c.H);
-    const int W = c.n * c.H, mix = (2 + c.n) * c.n;
-    std::vector<float> fn = uniform(static_cast<size_t>(mix * W), -1.0f, 1.0f, 52);
-    for (float& v : fn) v *= 1.7f / std::sqrt(static_cast<float>(W));
-    const std::vector<float> X = uniform(static_cast<size_t>(c.R * W), -2.0f, 2.0f, 51);
-    Dev<float> dX(X), dfn(fn), dbase(uniform(static_cast<size_t>(mix), -0.5f, 0.5f, 53)),
-        dscale(std::vector<float>{0.8f, 1.1f, 1.6f});
-    Dev<float> work(static_cast<size_t>(cuda::hc_pre_workspace_floats(c.R, c.n, c.H)));
-    cuda::HcParams d;
-    d.n = c.n;
-    d.hidden = c.H;
-    d.fn = dfn.get();
-    d.base = dbase.get();
-    d.scale = dscale.get();
-    d.sinkhorn_iters = c.iters;
-    d.hc_eps = 1e-6f;
-    d.norm_eps = 1e-6f;
-    d.workspace = work.get();
+    const int W = c.n * c.H;
+    const HcPreInputs in(c);
     // Rows [r0, r0 + n) in one call: collapsed, post and comb.
     auto run = [&](int r0, int n) {
       Dev<float> col(static_cast<size_t>(n * c.H)), post(static_cast<size_t>(n * c.n)), comb(static_cast<size_t>(n * c.n * c.n));
-      cuda::hc_pre(d, dX.get() + static_cast<int64_t>(r0) * W, n, col.get(), post.get(), comb.get(), nullptr);
+      cuda::hc_pre(in.dev, in.dX.get() + static_cast<int64_t>(r0) * W, n, col.get(), post.get(), comb.get(), nullptr);
       return std::vector<std::vector<float>>{col.host(), post.host(), comb.host()};
     };
     const auto whole = run(0, c.R);
