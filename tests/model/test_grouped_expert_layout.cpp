@@ -179,5 +179,29 @@ TEST(GroupedExpertLayout, Mxfp4FoldWordKeepsEveryStoredValue) {
   EXPECT_FALSE(mxfp4_fold_word(codes.data(), scales.data(), 0, word));
 }
 
+// The scan's row test agrees with building every block's word, over rows of random spreads,
+// zero steps and NaN scales.
+TEST(GroupedExpertLayout, Mxfp4RowFoldsAgreesWithEveryBlocksWord) {
+  std::mt19937 g(13);
+  const uint64_t k = 512, S = k / 32, NB = k / 128;
+  std::vector<std::byte> codes(k / 2), scales(S);
+  int folds = 0, not_folds = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const uint32_t spread = g() % 12;
+    for (auto& e : scales) e = static_cast<std::byte>(110 + g() % (spread + 1));
+    if (g() % 50 == 0) scales[g() % S] = static_cast<std::byte>(255);
+    for (auto& c : codes) c = static_cast<std::byte>(g());
+    if (g() % 4 == 0)  // one step of zeros (either sign)
+      for (uint64_t i = 0, s = g() % S; i < 16; ++i) codes[16 * s + i] = static_cast<std::byte>((g() % 2) ? 0x88 : 0x00);
+    bool want = true;
+    uint32_t word = 0;
+    for (uint64_t b = 0; b < NB; ++b) want = want && mxfp4_fold_word(codes.data(), scales.data(), b, word);
+    ASSERT_EQ(mxfp4_row_folds(codes.data(), scales.data(), NB), want) << "trial " << trial;
+    (want ? folds : not_folds) += 1;
+  }
+  EXPECT_GT(folds, 100);
+  EXPECT_GT(not_folds, 100);
+}
+
 }  // namespace
 }  // namespace kiln::ops::grouped_layout

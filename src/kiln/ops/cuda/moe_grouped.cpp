@@ -49,13 +49,10 @@ bool mxfp4_scales_fold(const HostQuantLinear* weights, int count, int64_t n, int
     for (int e = next.fetch_add(1); e < count && ok.load(std::memory_order_relaxed); e = next.fetch_add(1)) {
       const std::byte* w = weights[e].weight.data;
       const std::byte* sc = weights[e].scale.data;
-      uint32_t word = 0;
       for (uint64_t r = 0; r < static_cast<uint64_t>(n); ++r) {
-        for (uint64_t b = 0; b < NB; ++b) {
-          if (!grouped_layout::mxfp4_fold_word(w + r * rb, sc + r * S, b, word)) {
-            ok = false;
-            return;
-          }
+        if (!grouped_layout::mxfp4_row_folds(w + r * rb, sc + r * S, NB)) {
+          ok = false;
+          return;
         }
       }
     }
