@@ -1,6 +1,8 @@
 // The kernels of GroupedExperts (moe_grouped.h; host side in moe_grouped.cpp): MXFP4 or FP8
 // experts x FP8 activations, and NVFP4 or int4 experts x bf16 activations, on mma.sync tensor
-// cores, pairs grouped by expert on the device.
+// cores, pairs grouped by expert on the device. The FP8-input kernels hold their operands in
+// the layout of mma.m16n8k32.e4m3's fragments but, sm_90 having no FP8 mma.sync, convert them
+// to f16 (exactly) and run two m16n8k16 f16 mmas per 32-input step (step_to_f16, step_pairs).
 //
 // Repacked layouts (per expert; the same byte counts as QuantLinear's layouts):
 //   MXFP4 weights  [n / 16 tiles][k / 32 steps][32 lanes] x 8 bytes: lane (g, t) = (lane / 4,
