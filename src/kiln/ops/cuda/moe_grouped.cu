@@ -129,7 +129,6 @@ struct WeightStep<true> {
     a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu);
     a[3] = e2m1x4_to_e4m3x4(v.y >> 16);
   }
-  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
   // Folded scales: rows g and g + 8 with their shifts' tables (t_lo, t_hi).
   __device__ static void decode(const Raw& v, uint2 t_lo, uint2 t_hi, uint32_t (&a)[4]) {
     a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu, t_lo.x, t_lo.y);
@@ -147,7 +146,6 @@ struct WeightStep<false> {
     return reinterpret_cast<const uint4*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
   }
   __device__ static void decode(const Raw& v, uint32_t (&a)[4]) { a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w; }
-  __device__ static void load(const uint8_t* tile_w, int s, int lane, uint32_t (&a)[4]) { decode(raw(tile_w, s, lane), a); }
 };
 
 // A step's weight fragment as f16 pairs for two m16n8k16 f16 mmas. sm_90 has no FP8
