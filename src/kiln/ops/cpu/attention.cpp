@@ -17,37 +17,26 @@ void attend_head(const float* q, std::span<const float* const> keys, float sink,
                  std::vector<float>& scratch, float* o, AttnNumerics num) {
   std::vector<float>& s = scratch;
   s.resize(keys.size());
-  if (num == AttnNumerics::Bf16) {
-    // Base 2 against the power of two above the largest logit (ops/attention_kinds.h), each
-    // probability rounded to bf16 in the numerator only.
-    const float ts = sink * kAttnLog2e;
-    float mx = ts;
-    for (size_t k = 0; k < keys.size(); ++k) {
-      s[k] = (dot(q, keys[k], dim) * scale) * kAttnLog2e;
-      mx = std::max(mx, s[k]);
-    }
-    const float c = std::ceil(mx);
-    float sum = 0.0f;
-    for (size_t k = 0; k < keys.size(); ++k) {
-      s[k] = std::exp2(s[k] - c);
-      sum += s[k];
-    }
-    sum += std::exp2(ts - c);
-    for (size_t k = 0; k < keys.size(); ++k) axpy(bf16_to_f32(f32_to_bf16(s[k])) / sum, keys[k], o, dim);
-    return;
-  }
-  float mx = sink;
+  // Fp32: logits s, reference their max, weights exp(s - m). Bf16: the same in base 2 against
+  // the power of two above the largest logit (ops/attention_kinds.h), each weight rounded to
+  // bf16 in the numerator only.
+  const bool bf16 = num == AttnNumerics::Bf16;
+  const auto logit = [bf16](float x) { return bf16 ? x * kAttnLog2e : x; };
+  const auto weight = [bf16](float t, float m) { return bf16 ? std::exp2(t - m) : std::exp(t - m); };
+  const float ts = logit(sink);
+  float mx = ts;
   for (size_t k = 0; k < keys.size(); ++k) {
-    s[k] = dot(q, keys[k], dim) * scale;
+    s[k] = logit(dot(q, keys[k], dim) * scale);
     mx = std::max(mx, s[k]);
   }
+  if (bf16) mx = std::ceil(mx);
   float sum = 0.0f;
   for (size_t k = 0; k < keys.size(); ++k) {
-    s[k] = std::exp(s[k] - mx);
+    s[k] = weight(s[k], mx);
     sum += s[k];
   }
-  sum += std::exp(sink - mx);
-  for (size_t k = 0; k < keys.size(); ++k) axpy(s[k] / sum, keys[k], o, dim);
+  sum += weight(ts, mx);
+  for (size_t k = 0; k < keys.size(); ++k) axpy((bf16 ? bf16_to_f32(f32_to_bf16(s[k])) : s[k]) / sum, keys[k], o, dim);
 }
 
 void attention(const StepRows& rows, const float* q, const float* kv, int64_t heads, int64_t dim, float scale,
