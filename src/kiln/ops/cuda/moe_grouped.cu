@@ -314,18 +314,34 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
 // grid (n / 128 row tiles, active-expert slots), 8 warps; warp w multiplies the 16-row tile
 // 8 x + w by its expert's pairs, 64 at a time (8 groups), over all inputs. A 128-input
 // block of the 64 pairs' e4m3 inputs and their scales is staged in shared memory by
-// cp.async (double-buffered), so the 8 warps read one copy, and each weight step is loaded
-// and decoded once per 64 pairs. The inputs are walked in grouped_kernel's kSlices ranges,
+// cp.async, several blocks ahead with the warps' weight steps (RowStages), so the 8 warps
+// read one copy of the inputs, and each weight step is loaded and decoded once per 64 pairs. The inputs are walked in grouped_kernel's kSlices ranges,
 // in order; a finished range's sum waits in a lane-private shared slot and is added to the
 // earlier ones as the range ends, the order in which write_pairs adds the warps' sums. Every
 // pair's output is therefore the same bits as grouped_kernel's.
 constexpr int kRoundPairs = 64;
-constexpr int kStageBytes = kRoundPairs * 128 + kRoundPairs * 4;  // e4m3 [64][128] + scales [64]
-constexpr int kRowsSmem = 2 * kStageBytes + kRowTileDoneFloats * 4 + kRoundPairs * 4;
 
 // The 16-byte unit where unit u of a staged pair row lives: XOR-swizzled by the row, so the
 // 8 rows a warp's 4-byte reads touch (pairs g = 0..7) fall in distinct banks.
 __device__ __forceinline__ int pair_unit(int row, int u) { return u ^ (row & 7); }
+
+// The row-tile kernel's pipeline: a stage holds one 128-input block, the round's 64 pair
+// inputs (e4m3 [64][128], pair_unit-swizzled) and their scales, and each warp's weight
+// steps and scale words, all copied by cp.async kStages - 1 blocks ahead of the multiply.
+// The weights stream from device memory once per expert (a prompt's experts have a few
+// dozen pairs each), so how many bytes are in flight, not the arithmetic, sets the pace.
+template <bool kFp4>
+struct RowStages {
+  static constexpr int kStages = kFp4 ? 4 : 3;  // two blocks per SM fit either way
+  static constexpr int kWarpW = 4 * 32 * WeightStep<kFp4>::kLaneBytes;  // a tile's 4 steps: 1 or 2 KB
+  static constexpr int kWarpS = 64;  // MXFP4: the tile's 16 scale words; FP8: the block scale
+  static constexpr int kX = kRoundPairs * 128;
+  static constexpr int kXs = kRoundPairs * 4;
+  static constexpr int kW = kX + kXs;                          // offset of the warps' weights
+  static constexpr int kS = kW + kRowTileWarps * kWarpW;       // offset of their scale words
+  static constexpr int kBytes = kS + kRowTileWarps * kWarpS;
+  static constexpr int kSmem = kStages * kBytes + kRowTileDoneFloats * 4 + kRoundPairs * 4;
+};
 
 template <bool kFp4, bool kFold>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
@@ -333,9 +349,11 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
                         const int32_t* __restrict__ order, const int32_t* __restrict__ start,
                         const int32_t* __restrict__ active, const int32_t* __restrict__ nactive, float* __restrict__ y,
                         int64_t ldy) {
+  using R = RowStages<kFp4>;
+  using W = WeightStep<kFp4>;
   if (static_cast<int>(blockIdx.y) >= *nactive) return;
   extern __shared__ __align__(16) uint8_t smem[];
-  float* done = reinterpret_cast<float*>(smem + 2 * kStageBytes);
+  float* done = reinterpret_cast<float*>(smem + R::kStages * R::kBytes);
   int* prow = reinterpret_cast<int*>(done + kRowTileDoneFloats);  // the round's x rows (-1: none)
   const int e = active[blockIdx.y];
   const int p0 = start[e], p1 = start[e + 1];
@@ -343,7 +361,6 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
   const int tile = static_cast<int>(blockIdx.x) * kRowTileWarps + warp;
   const bool on = tile * 16 < p.n;
   const int S = p.k / 32, NB = p.k / 128;
-  using W = WeightStep<kFp4>;
   const uint8_t* wt = p.w + e * p.expert_w + static_cast<int64_t>(on ? tile : 0) * S * 32 * W::kLaneBytes;
   const uint32_t* sc4 = reinterpret_cast<const uint32_t*>(p.sc + e * p.expert_s) + static_cast<int64_t>(on ? tile : 0) * NB * 16;
   const float* sc8 = reinterpret_cast<const float*>(p.sc + e * p.expert_s) + static_cast<int64_t>((on ? tile : 0) * 16 / 128) * NB;
@@ -355,16 +372,32 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
     __syncthreads();  // the previous round's buffers and rows are used
     if (tid < kRoundPairs) prow[tid] = q0 + tid < p1 ? order[q0 + tid] / x_div : -1;
     __syncthreads();
-    auto stage = [&](int b, int buf) {
-      uint8_t* st = smem + buf * kStageBytes;
-      for (int i = tid; i < kRoundPairs * 8; i += kRowTileWarps * 32) {
-        const int row = i >> 3, u = i & 7, xr = prow[row];
-        cp_async16(st + row * 128 + pair_unit(row, u) * 16,
-                   xr >= 0 ? xq + static_cast<int64_t>(xr) * p.k + static_cast<int64_t>(b) * 128 + u * 16 : xq, xr >= 0);
-      }
-      if (tid < kRoundPairs) {
-        const int xr = prow[tid];
-        cp_async4(st + kRoundPairs * 128 + tid * 4, xr >= 0 ? xs + static_cast<int64_t>(xr) * NB + b : xs, xr >= 0);
+    // Block b into stage b % kStages (one commit group per call, empty past the last block).
+    auto stage = [&](int b) {
+      if (b < NB) {
+        uint8_t* st = smem + (b % R::kStages) * R::kBytes;
+        for (int i = tid; i < kRoundPairs * 8; i += kRowTileWarps * 32) {
+          const int row = i >> 3, u = i & 7, xr = prow[row];
+          cp_async16(st + row * 128 + pair_unit(row, u) * 16,
+                     xr >= 0 ? xq + static_cast<int64_t>(xr) * p.k + static_cast<int64_t>(b) * 128 + u * 16 : xq, xr >= 0);
+        }
+        if (tid < kRoundPairs) {
+          const int xr = prow[tid];
+          cp_async4(st + R::kX + tid * 4, xr >= 0 ? xs + static_cast<int64_t>(xr) * NB + b : xs, xr >= 0);
+        }
+        if (on) {
+          // The tile's steps 4b..4b+3 are kWarpW contiguous bytes; its block scale words 64.
+          uint8_t* sw = st + R::kW + warp * R::kWarpW;
+          const uint8_t* src = wt + static_cast<int64_t>(b) * R::kWarpW;
+#pragma unroll
+          for (int i = lane; i < R::kWarpW / 16; i += 32) cp_async16(sw + i * 16, src + i * 16, true);
+          uint8_t* ss = st + R::kS + warp * R::kWarpS;
+          if (kFp4) {
+            if (lane < 4) cp_async16(ss + lane * 16, sc4 + static_cast<int64_t>(b) * 16 + lane * 4, true);
+          } else if (lane == 0) {
+            cp_async4(ss, sc8 + b, true);
+          }
+        }
       }
       cp_async_commit();
     };
@@ -380,76 +413,51 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
         ++range;
       }
     };
-    // A 128-input block's weight steps and scales, loaded one block ahead (a ring of two
-    // with static indices: the loop is unrolled by 2).
-    struct BlockW {
-      typename W::Raw s[4];
-      uint32_t e_lo, e_hi;
-      float ws;
-    };
-    auto load_block = [&](BlockW& bw, int b) {
+    if (on) fold_ended(0);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) bw.s[j] = W::raw(wt, b * 4 + j, lane);
-      bw.e_lo = kFp4 ? sc4[b * 16 + g] : 0u;
-      bw.e_hi = kFp4 ? sc4[b * 16 + g + 8] : 0u;
-      bw.ws = kFp4 ? 1.0f : sc8[b];
-    };
-    BlockW ring[2];
-    if (on) {
-      fold_ended(0);
-      load_block(ring[0], 0);
-    }
-    stage(0, 0);
-    for (int bb = 0; bb < NB; bb += 2) {
+    for (int b = 0; b < R::kStages - 1; ++b) stage(b);
+    for (int b = 0; b < NB; ++b) {
+      cp_async_wait<R::kStages - 2>();
+      __syncthreads();  // block b is staged for all; block b - 1's stage is no longer read
+      stage(b + R::kStages - 1);
+      if (on) {
+        const uint8_t* st = smem + (b % R::kStages) * R::kBytes;
+        const typename W::Raw* sw = reinterpret_cast<const typename W::Raw*>(st + R::kW + warp * R::kWarpW);
+        const uint32_t* ss = reinterpret_cast<const uint32_t*>(st + R::kS + warp * R::kWarpS);
+        const uint32_t e_lo = kFp4 ? ss[g] : 0u, e_hi = kFp4 ? ss[g + 8] : 0u;
+        const float ws = kFp4 ? 1.0f : __uint_as_float(ss[0]);
+        float blk[8][4];
 #pragma unroll
-      for (int d = 0; d < 2; ++d) {
-        const int b = bb + d;
-        if (b >= NB) break;
-        if (b + 1 < NB) {
-          stage(b + 1, d ^ 1);
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        __syncthreads();
-        if (on) {
-          const BlockW cur = ring[d];
-          if (b + 1 < NB) load_block(ring[d ^ 1], b + 1);
-          const uint8_t* st = smem + d * kStageBytes;
-          float blk[8][4];
+        for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
 #pragma unroll
-          for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            uint32_t a[4], h[8];
-            decode_step<kFp4, kFold>(cur.s[j], cur.e_lo, cur.e_hi, j, lut, a);
-            step_to_f16(a, h);
-            constexpr bool kStep = kFp4 && !kFold;
-            const float w_lo = kStep ? e8m0_value((cur.e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-            const float w_hi = kStep ? e8m0_value((cur.e_hi >> (8 * j)) & 0xFFu) : 1.0f;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-              if (i >= ng) break;
-              const int row = i * 8 + g;
-              const uint8_t* xr = st + row * 128;
-              const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
-              const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
-              step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
-            }
-          }
-          const float* sc = reinterpret_cast<const float*>(st + kRoundPairs * 128);
-          const float r_lo = kFold ? e8m0_value(cur.e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(cur.e_hi & 0xFFu) : 1.0f;
+        for (int j = 0; j < 4; ++j) {
+          uint32_t a[4], h[8];
+          decode_step<kFp4, kFold>(sw[j * 32 + lane], e_lo, e_hi, j, lut, a);
+          step_to_f16(a, h);
+          constexpr bool kStep = kFp4 && !kFold;
+          const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+          const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             if (i >= ng) break;
-            const int c0 = i * 8 + 2 * t;
-            const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], cur.ws) : 0.0f;
-            const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], cur.ws) : 0.0f;
-            end_block(blk[i], sa0, sa1, r_lo, r_hi, acc[i]);
+            const int row = i * 8 + g;
+            const uint8_t* xr = st + row * 128;
+            const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
+            const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
+            step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
           }
-          fold_ended(b + 1);
         }
-        __syncthreads();  // buffer d is staged again two blocks on
+        const float* sc = reinterpret_cast<const float*>(st + R::kX);
+        const float r_lo = kFold ? e8m0_value(e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(e_hi & 0xFFu) : 1.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (i >= ng) break;
+          const int c0 = i * 8 + 2 * t;
+          const float sa0 = prow[c0] >= 0 ? __fmul_rn(sc[c0], ws) : 0.0f;
+          const float sa1 = prow[c0 + 1] >= 0 ? __fmul_rn(sc[c0 + 1], ws) : 0.0f;
+          end_block(blk[i], sa0, sa1, r_lo, r_hi, acc[i]);
+        }
+        fold_ended(b + 1);
       }
     }
     if (on) {
@@ -590,9 +598,9 @@ namespace detail {
 void allow_grouped_row_tiles() {
   static OncePerDevice once;
   once([] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kRowsSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<true>::kSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<true>::kSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<false>::kSmem));
   });
 }
 
@@ -620,7 +628,7 @@ void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t
   if (P >= GroupedExperts::kRowTilesMinPairsPerExpert * count && n % (16 * kRowTileWarps) == 0) {
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
     by_kind([&](auto f4, auto fo) {
-      grouped_rows_kernel<decltype(f4)::value, decltype(fo)::value><<<rgrid, kRowTileWarps * 32, kRowsSmem, stream>>>(
+      grouped_rows_kernel<decltype(f4)::value, decltype(fo)::value><<<rgrid, kRowTileWarps * 32, RowStages<decltype(f4)::value>::kSmem, stream>>>(
           p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
     });
     KILN_CUDA_CHECK_LAUNCH();
