@@ -29,6 +29,7 @@
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
 #include "kiln/ops/cuda/row_tile.cuh"
+#include "kiln/ops/cuda/wgmma.cuh"
 #include "kiln/ops/grouped_expert_layout.h"
 
 namespace kiln::ops::cuda {
@@ -332,9 +333,10 @@ __device__ __forceinline__ int pair_unit(int row, int u) { return u ^ (row & 7);
 // The weights stream from device memory once per expert (a prompt's experts have a few
 // dozen pairs each). Measured on an H200: FP8 experts gained 7% over one block ahead; the
 // MXFP4 kernel did not change, being bound by issuing its instructions (docs/performance.md).
-template <bool kFp4>
+// kWg: the warpgroup form (below), which also holds the block's inputs as f16 for wgmma.
+template <bool kFp4, bool kWg>
 struct RowStages {
-  static constexpr int kStages = kFp4 ? 4 : 3;  // two blocks per SM fit either way
+  static constexpr int kStages = kWg ? (kFp4 ? 3 : 2) : (kFp4 ? 4 : 3);  // two blocks per SM fit
   static constexpr int kWarpW = 4 * 32 * WeightStep<kFp4>::kLaneBytes;  // a tile's 4 steps: 1 or 2 KB
   static constexpr int kWarpS = 64;  // MXFP4: the tile's 16 scale words; FP8: the block scale
   static constexpr int kX = kRoundPairs * 128;
@@ -342,20 +344,48 @@ struct RowStages {
   static constexpr int kW = kX + kXs;                          // offset of the warps' weights
   static constexpr int kS = kW + kRowTileWarps * kWarpW;       // offset of their scale words
   static constexpr int kBytes = kS + kRowTileWarps * kWarpS;
-  static constexpr int kSmem = kStages * kBytes + kRowTileDoneFloats * 4 + kRoundPairs * 4;
+  static constexpr int kHalf = kWg ? kRoundPairs * 128 * 2 : 0;
+  static constexpr int kSmem = kStages * kBytes + kHalf + kRowTileDoneFloats * 4 + kRoundPairs * 4;
 };
 
-template <bool kFp4, bool kFold>
+// The warpgroup form's B operand: a block's 64 pair inputs as f16 in wgmma's 8 x 8 core
+// matrices, [16 k chunks][8 pair chunks][8 pairs][8 k] (wgmma.cuh), the k slots of each
+// 16-input half-step permuted as step_to_f16 permutes the weight's: slots (2t, 2t + 1) hold
+// inputs 4t, 4t + 1 and slots (2t + 8, 2t + 9) inputs 4t + 2, 4t + 3. The pair inputs' unit u
+// (16 e4m3 inputs) becomes k chunks 2u and 2u + 1.
+constexpr uint32_t kHalfKStride = 8 * 128;  // bytes between k chunks
+constexpr uint32_t kHalfNStride = 128;      // between pair chunks
+__device__ __forceinline__ void stage_half_inputs(const uint8_t* st, uint8_t* bh, int tid) {
+  for (int i = tid; i < kRoundPairs * 8; i += kRowTileWarps * 32) {
+    const int r8 = i & 7, nc = (i >> 3) & 7, u = i >> 6, row = nc * 8 + r8;
+    const uint4 v = *reinterpret_cast<const uint4*>(st + row * 128 + pair_unit(row, u) * 16);
+    uint4 lo, hi;
+    e4m3x4_to_f16x4(v.x, lo.x, hi.x);
+    e4m3x4_to_f16x4(v.y, lo.y, hi.y);
+    e4m3x4_to_f16x4(v.z, lo.z, hi.z);
+    e4m3x4_to_f16x4(v.w, lo.w, hi.w);
+    *reinterpret_cast<uint4*>(bh + (2 * u) * kHalfKStride + nc * kHalfNStride + r8 * 16) = lo;
+    *reinterpret_cast<uint4*>(bh + (2 * u + 1) * kHalfKStride + nc * kHalfNStride + r8 * 16) = hi;
+  }
+}
+
+// kWg (FP8, and MXFP4 with folded scales): each warpgroup of 4 warps multiplies its 64 rows
+// by the 64 pairs with wgmma (A, the weight steps, from the warps' registers as before; B, the
+// pair inputs, as f16 from shared memory), 8 k16 steps per block chained in one accumulator:
+// the same bits as the warps' mma.sync chains (wgmma.cuh), a fraction of the instructions.
+template <bool kFp4, bool kFold, bool kWg>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
     grouped_rows_kernel(Params p, const uint8_t* __restrict__ xq, const float* __restrict__ xs, int x_div,
                         const int32_t* __restrict__ order, const int32_t* __restrict__ start,
                         const int32_t* __restrict__ active, const int32_t* __restrict__ nactive, float* __restrict__ y,
                         int64_t ldy) {
-  using R = RowStages<kFp4>;
+  using R = RowStages<kFp4, kWg>;
   using W = WeightStep<kFp4>;
+  static_assert(!kWg || kFold || !kFp4, "the warpgroup form has no per-step scales");
   if (static_cast<int>(blockIdx.y) >= *nactive) return;
   extern __shared__ __align__(16) uint8_t smem[];
-  float* done = reinterpret_cast<float*>(smem + R::kStages * R::kBytes);
+  uint8_t* bh = smem + R::kStages * R::kBytes;  // kWg: the block's inputs as f16
+  float* done = reinterpret_cast<float*>(bh + R::kHalf);
   int* prow = reinterpret_cast<int*>(done + kRowTileDoneFloats);  // the round's x rows (-1: none)
   const int e = active[blockIdx.y];
   const int p0 = start[e], p1 = start[e + 1];
@@ -422,6 +452,11 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
       cp_async_wait<R::kStages - 2>();
       __syncthreads();  // block b is staged for all; block b - 1's stage is no longer read
       stage(b + R::kStages - 1);
+      if constexpr (kWg) {
+        stage_half_inputs(smem + (b % R::kStages) * R::kBytes, bh, tid);
+        fence_proxy_async_smem();
+        __syncthreads();  // bh is written (the previous block's wgmma were waited for)
+      }
       if (on) {
         const uint8_t* st = smem + (b % R::kStages) * R::kBytes;
         const typename W::Raw* sw = reinterpret_cast<const typename W::Raw*>(st + R::kW + warp * R::kWarpW);
@@ -431,6 +466,25 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
         float blk[8][4];
 #pragma unroll
         for (int i = 0; i < 8; ++i) blk[i][0] = blk[i][1] = blk[i][2] = blk[i][3] = 0.0f;
+        if constexpr (kWg) {
+          float d[32];
+          uint32_t h[4][8];
+#pragma unroll
+          for (int i = 0; i < 32; ++i) d[i] = 0.0f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            decode_step<kFp4, kFold>(sw[j * 32 + lane], e_lo, e_hi, j, lut, h[j]);
+          }
+          wgmma_fence();
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            wgmma_m64n64k16_f16(d, h[j][0], h[j][1], h[j][2], h[j][3], wgmma_desc(bh + (2 * j) * 2 * kHalfKStride, kHalfKStride, kHalfNStride));
+            wgmma_m64n64k16_f16(d, h[j][4], h[j][5], h[j][6], h[j][7], wgmma_desc(bh + (2 * j + 1) * 2 * kHalfKStride, kHalfKStride, kHalfNStride));
+          }
+          wgmma_commit_wait(d, h);
+#pragma unroll
+          for (int i = 0; i < 32; ++i) blk[i / 4][i % 4] = d[i];
+        } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           uint32_t h[8];
@@ -447,6 +501,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
             const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
             step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
           }
+        }
         }
         const float* sc = reinterpret_cast<const float*>(st + R::kX);
         const float r_lo = kFold ? e8m0_value(e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(e_hi & 0xFFu) : 1.0f;
@@ -599,9 +654,12 @@ namespace detail {
 void allow_grouped_row_tiles() {
   static OncePerDevice once;
   once([] {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<true>::kSmem));
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<true>::kSmem));
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, RowStages<false>::kSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         RowStages<true, true>::kSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<true, false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         RowStages<true, false>::kSmem));
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(grouped_rows_kernel<false, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         RowStages<false, true>::kSmem));
   });
 }
 
@@ -629,7 +687,8 @@ void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t
   if (P >= GroupedExperts::kRowTilesMinPairsPerExpert * count && n % (16 * kRowTileWarps) == 0) {
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
     by_kind([&](auto f4, auto fo) {
-      grouped_rows_kernel<decltype(f4)::value, decltype(fo)::value><<<rgrid, kRowTileWarps * 32, RowStages<decltype(f4)::value>::kSmem, stream>>>(
+      constexpr bool kFp4 = decltype(f4)::value, kWg = decltype(fo)::value || !kFp4;  // no per-step scales
+      grouped_rows_kernel<kFp4, decltype(fo)::value, kWg><<<rgrid, kRowTileWarps * 32, RowStages<kFp4, kWg>::kSmem, stream>>>(
           p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
     });
     KILN_CUDA_CHECK_LAUNCH();
