@@ -68,41 +68,69 @@ __device__ __forceinline__ void collapse(int n, int H, const float* X, const flo
 }
 
 constexpr int kPartThreads = 256;
+constexpr int kPartWarps = kPartThreads / 32;
+// Rows per block of mix_partial_kernel: each thread reads its columns of fn once for all of
+// them (a prompt's rows used to read all of fn, 24 x 16,384 floats on V4, from L2 each: 3 GB
+// per call at 2,048 rows). Every row's sums are the same whether it is alone or not.
+constexpr int kPartRows = 8;
+// Column passes per thread whose fn values stay in registers (columns past them, only where
+// a split is wider than kPartThreads * kPartCached, are read per row).
+constexpr int kPartCached = 2;
 
-// Block (s, t): columns [s * cols, (s + 1) * cols) of row t: the partial sum of squares
-// and the partial products fn[k] . x (unnormalised) for k < rows, written to
-// part[(t * splits + s) * (MaxRows + 1) + (k | MaxRows for the sum of squares)].
+// Block (s, g): columns [s * cols, (s + 1) * cols) of rows [g * kPartRows, +kPartRows) (those
+// < R): per row, the partial sum of squares and the partial products fn[k] . x (unnormalised)
+// for k < rows, written to part[(t * splits + s) * (MaxRows + 1) + (k | MaxRows for the sum of
+// squares)]. A thread sums its columns in ascending order, then the warps' sums are added in
+// warp order: the same for every row, however many share the block.
 template <int MaxRows>
 __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* __restrict__ X, int W, int cols,
-                                                                   const float* __restrict__ fn, int rows,
+                                                                   const float* __restrict__ fn, int rows, int R,
                                                                    float* __restrict__ part) {
-  __shared__ float scratch[32 * (MaxRows + 1)];
-  const int s = blockIdx.x, t = blockIdx.y, splits = gridDim.x;
-  const float* x = X + static_cast<int64_t>(t) * W;
+  constexpr int L = MaxRows + 1;
+  __shared__ float scratch[kPartRows * kPartWarps * L];
+  const int s = blockIdx.x, splits = gridDim.x, t0 = static_cast<int>(blockIdx.y) * kPartRows;
+  const int nt = min(kPartRows, R - t0);
   const int c0 = s * cols, c1 = min(W, c0 + cols);
-  float acc[MaxRows + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float f[kPartCached][MaxRows];
 #pragma unroll
-  for (int k = 0; k <= MaxRows; ++k) acc[k] = 0.0f;
-  for (int i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
-    const float v = x[i];
-    acc[MaxRows] = __fadd_rn(acc[MaxRows], __fmul_rn(v, v));
+  for (int j = 0; j < kPartCached; ++j) {
+    const int i = c0 + static_cast<int>(threadIdx.x) + j * kPartThreads;
 #pragma unroll
-    for (int k = 0; k < MaxRows; ++k) {
-      if (k < rows) acc[k] = __fadd_rn(acc[k], __fmul_rn(v, __ldg(fn + static_cast<int64_t>(k) * W + i)));
+    for (int k = 0; k < MaxRows; ++k) f[j][k] = (i < c1 && k < rows) ? __ldg(fn + static_cast<int64_t>(k) * W + i) : 0.0f;
+  }
+  for (int r = 0; r < nt; ++r) {
+    const float* x = X + static_cast<int64_t>(t0 + r) * W;
+    float acc[L];
+#pragma unroll
+    for (int k = 0; k < L; ++k) acc[k] = 0.0f;
+    auto add = [&](float v, const float* fk, int64_t stride) {
+      acc[MaxRows] = __fadd_rn(acc[MaxRows], __fmul_rn(v, v));
+#pragma unroll
+      for (int k = 0; k < MaxRows; ++k) {
+        if (k < rows) acc[k] = __fadd_rn(acc[k], __fmul_rn(v, fk[k * stride]));
+      }
+    };
+#pragma unroll
+    for (int j = 0; j < kPartCached; ++j) {
+      const int i = c0 + static_cast<int>(threadIdx.x) + j * kPartThreads;
+      if (i < c1) add(x[i], f[j], 1);
+    }
+    for (int i = c0 + static_cast<int>(threadIdx.x) + kPartCached * kPartThreads; i < c1; i += kPartThreads)
+      add(x[i], fn + i, W);
+#pragma unroll
+    for (int k = 0; k < L; ++k) acc[k] = warp_sum(acc[k]);
+    if (lane == 0) {
+#pragma unroll
+      for (int k = 0; k < L; ++k) scratch[(r * kPartWarps + warp) * L + k] = acc[k];
     }
   }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int k = 0; k <= MaxRows; ++k) acc[k] = warp_sum(acc[k]);
-  if (lane == 0) {
-#pragma unroll
-    for (int k = 0; k <= MaxRows; ++k) scratch[warp * (MaxRows + 1) + k] = acc[k];
-  }
   __syncthreads();
-  if (threadIdx.x <= MaxRows) {
+  for (int e = threadIdx.x; e < nt * L; e += kPartThreads) {
+    const int r = e / L, k = e - r * L;
     float v = 0.0f;
-    for (int w = 0; w < nw; ++w) v += scratch[w * (MaxRows + 1) + threadIdx.x];
-    part[(static_cast<int64_t>(t) * splits + s) * (MaxRows + 1) + threadIdx.x] = v;
+    for (int w = 0; w < kPartWarps; ++w) v += scratch[(r * kPartWarps + w) * L + k];
+    part[(static_cast<int64_t>(t0 + r) * splits + s) * L + k] = v;
   }
 }
 
@@ -212,19 +240,28 @@ __global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const f
   collapse(n, H, Xt, pre, h + static_cast<int64_t>(t) * H, bf16_out);
 }
 
-// One thread per output value: out[t, j, d] = post[t, j] * y[t, d] + sum_i comb[t, i, j] * X[t, i, d].
+// One thread per (t, d), for every stream j: out[t, j, d] = post[t, j] * y[t, d] +
+// sum_i comb[t, i, j] * X[t, i, d] (i ascending, the CPU's order). The n values X[t, :, d] are
+// read once for the n outputs (one thread per output read each n times).
 __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_t total, const float* __restrict__ y,
                                const float* __restrict__ post, const float* __restrict__ comb, float* __restrict__ out,
                                bool bf16_out) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d = e % H, tj = e / H, t = tj / n;
-    const int j = static_cast<int>(tj % n);
+    const int64_t d = e % H, t = e / H;
     const float* c = comb + t * n * n;
-    const float* Xt = X + t * n * H;
-    float acc = __fmul_rn(post[tj], y[t * H + d]);
-    for (int i = 0; i < n; ++i) acc = __fadd_rn(acc, __fmul_rn(c[i * n + j], Xt[static_cast<int64_t>(i) * H + d]));
-    out[e] = bf16_round_if(acc, bf16_out);
+    const float* Xt = X + t * n * H + d;
+    float x[kMaxStreams];
+#pragma unroll
+    for (int i = 0; i < kMaxStreams; ++i) x[i] = i < n ? Xt[static_cast<int64_t>(i) * H] : 0.0f;
+    const float yv = y[t * H + d];
+    for (int j = 0; j < n; ++j) {
+      float acc = __fmul_rn(post[t * n + j], yv);
+#pragma unroll
+      for (int i = 0; i < kMaxStreams; ++i)
+        if (i < n) acc = __fadd_rn(acc, __fmul_rn(c[i * n + j], x[i]));
+      out[(t * n + j) * H + d] = bf16_round_if(acc, bf16_out);
+    }
   }
 }
 
@@ -263,8 +300,9 @@ void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* p
   }
   if (p.workspace == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null workspace (hc_pre_workspace_floats)");
   const int W = p.n * p.hidden, splits = hc_mix_splits(W);
-  mix_partial_kernel<kMaxMixes><<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(R)), kPartThreads, 0, stream>>>(
-      X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n, p.workspace);
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((R + kPartRows - 1) / kPartRows));
+  mix_partial_kernel<kMaxMixes><<<grid, kPartThreads, 0, stream>>>(X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n,
+                                                                     R, p.workspace);
   KILN_CUDA_CHECK_LAUNCH();
   hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits, bf16_out);
   KILN_CUDA_CHECK_LAUNCH();
@@ -278,7 +316,7 @@ void hc_post(int n, int H, const float* X, int R, const float* y, const float* p
     fail(ErrorKind::Usage, "cuda::hc_post: null X, y, post, comb or out");
   }
   if (out == X) fail(ErrorKind::Usage, "cuda::hc_post: out must not alias X (every output reads all streams)");
-  const int64_t total = static_cast<int64_t>(R) * n * H;
+  const int64_t total = static_cast<int64_t>(R) * H;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
   hc_post_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, y, post, comb, out, bf16_out);
