@@ -124,6 +124,42 @@ TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
   }
 }
 
+// A weight whose 128-row tiles fill the GPU twice over (the LM head's shape) takes the
+// row-tile kernel from kMmaWideRowTileMinRows rows: every row of 32..65-row calls is still
+// the same bits as the row alone, in the head's role (fp32, three bf16 terms) and FP8's.
+TEST(MmaLinear, WideWeightTakesRowTilesEarlierWithTheSameBits) {
+  int dev = 0, sms = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t n = int64_t{2} * sms * 128 + 48, k = 256;  // the last row tile partial
+  constexpr int kRows = 72;
+  const std::string wide = "row tiles from " + std::to_string(ops::cuda::detail::kMmaWideRowTileMinRows) + " rows";
+  const Role roles[] = {{"quantized", ops::LinearRole::Quantized}, {"fp32", ops::LinearRole::Fp32}};
+  for (const auto& c : one_of_each_scheme(n, k, 7)) {
+    if (c.label != "bf16" && c.label != "fp8_block") continue;
+    LoadedCase lc(c);
+    for (const Role& r : roles) {
+      SCOPED_TRACE(c.label + " " + r.name + " " + std::to_string(n) + "x" + std::to_string(k));
+      const auto num = ops::linear_numerics(ops::Precision::DeepSeek, r.role, lc.plan.scheme.kind);
+      auto q = ops::cuda::QuantLinear::prepare(lc.host, kRows, num);
+      const std::string plan = q.describe(1);
+      std::printf("[mma linear] wide %-9s %-9s %s\n", c.label.c_str(), r.name, plan.c_str());
+      ASSERT_NE(plan.find(wide), std::string::npos) << plan;
+      const auto x = random_rows(kRows, k, 29);
+      DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kRows * n));
+      upload(dx.p, x);
+      const auto alone = each_row_alone(kRows, n, dy.p, [&](int m, float* y) { q.forward(dx.p + m * k, k, 1, y, n, nullptr); });
+      for (int M : {32, 33, 40, 64, 65, kRows}) {
+        poison(dy.p, static_cast<size_t>(M * n));
+        q.forward(dx.p, k, M, dy.p, n, nullptr);
+        const auto y = download(dy.p, static_cast<size_t>(M * n));
+        EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0)
+            << "M = " << M << ": rows differ from each row alone";
+      }
+    }
+  }
+}
+
 // wo_a's form: groups of rows, each reading its own slice of x.
 TEST(MmaLinear, GroupedProductMatchesFp64AndIsBatchInvariant) {
   const int64_t groups = 4, rows = 128, n = groups * rows, k = 512;

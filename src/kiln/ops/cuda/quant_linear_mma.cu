@@ -557,6 +557,8 @@ MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16
   const int64_t tiles = (n + 15) / 16, chunks = k / (mma_bf16_weight(ops) ? 64 : 128);
   const int64_t want = int64_t{16} * std::max(sms, 1);
   while (p.kwarps < kMaxKWarps && tiles * p.kwarps < want && chunks >= 4 * p.kwarps) p.kwarps *= 2;
+  const int64_t row_tiles = (n + 16 * kRowTileWarps - 1) / (16 * kRowTileWarps);
+  p.row_tile_min_rows = row_tiles >= int64_t{2} * std::max(sms, 1) ? kMmaWideRowTileMinRows : kMmaRowTileMinRows;
   return p;
 }
 
@@ -565,7 +567,8 @@ std::string mma_describe(const MmaPlan& p) {
                      : p.ops == MmaOperands::Fp8W_Fp8X ? "e4m3 w x e4m3 act_quant"
                                                        : "e4m3 w (as bf16) x bf16";
   const bool split = p.ops == MmaOperands::Bf16W_SplitX || p.ops == MmaOperands::Fp8W_SplitX;
-  return fmt::format("mma.sync {}{} kwarps={}{}", what, split ? " x3 terms" : "", p.kwarps, p.round_bf16 ? " bf16 out" : "");
+  return fmt::format("mma.sync {}{} kwarps={}{} row tiles from {} rows", what, split ? " x3 terms" : "", p.kwarps,
+                     p.round_bf16 ? " bf16 out" : "", p.row_tile_min_rows);
 }
 
 void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t stream) {
@@ -594,7 +597,7 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
   k.kwarps = plan.kwarps;
   // Many tokens: the row-tile kernel (the same bits), when its 128-row tiles stay inside
   // one group of rows.
-  if (a.M >= kMmaRowTileMinRows && (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
+  if (a.M >= plan.row_tile_min_rows && (a.group_rows == p.n || a.group_rows % (16 * kRowTileWarps) == 0)) {
     switch (plan.ops) {
       case MmaOperands::Fp8W_Fp8X: launch_rows<MmaOperands::Fp8W_Fp8X>(a.M, p.n, k, stream); break;
       case MmaOperands::Fp8W_Bf16X: launch_rows<MmaOperands::Fp8W_Bf16X>(a.M, p.n, k, stream); break;

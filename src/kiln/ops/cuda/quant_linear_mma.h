@@ -40,6 +40,7 @@ struct MmaPlan {
   MmaOperands ops = MmaOperands::Bf16W_SplitX;
   int kwarps = 1;       // warps splitting the inputs of one 16-row tile: 1, 2, 4 or 8
   bool round_bf16 = false;  // outputs rounded to bf16 (nearest even) as they are written
+  int row_tile_min_rows = 65;  // from this many rows a launch takes the row-tile kernel
 };
 
 // Whether the tensor-core path takes a weight of this scheme and shape; sets `ops` from the
@@ -50,7 +51,11 @@ struct MmaPlan {
 bool mma_supported(SchemeKind scheme, int64_t n, int64_t k, int block_n, int block_k, LinearInput input, MmaOperands* ops);
 
 // The plan of a supported weight on a GPU with `sms` multiprocessors: warps per tile so
-// that one token's launch has about 8 warps per multiprocessor.
+// that one token's launch has about 8 warps per multiprocessor, and the row count from which
+// the row-tile kernel runs (the same bits either way): kMmaRowTileMinRows, or
+// kMmaWideRowTileMinRows on a weight wide enough that its 128-row tiles alone fill the GPU
+// twice over (the LM head), where the kernel below, each warp reading its tokens' inputs
+// from L2 for its own 16 rows, was bound by those reads at 64 rows.
 MmaPlan mma_plan(MmaOperands ops, int64_t n, int64_t k, int sms, bool round_bf16);
 
 // "mma bf16 x3 kwarps=4" etc.
@@ -80,6 +85,7 @@ struct MmaArgs {
 // all inputs, reading the tokens' inputs from one shared-memory copy), which gives every
 // output the same bits as the kernel below it (quant_linear_mma.cu).
 inline constexpr int kMmaRowTileMinRows = 65;
+inline constexpr int kMmaWideRowTileMinRows = 33;
 // Lets the row-tile kernels take their shared memory (over the 48 KB a launch gets without
 // opting in) on the current device; once per device, called when a plan is made at load.
 void mma_allow_row_tiles();
