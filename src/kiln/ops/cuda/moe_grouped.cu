@@ -243,16 +243,40 @@ __global__ void sort_pairs_kernel(const int32_t* __restrict__ expert, int P, int
     if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int s = 0, na = 0;
-    for (int e = 0; e < E; ++e) {
-      start[e] = s;
-      fill[e] = s;
-      if (cnt[e] > 0) active[na++] = e;
-      s += cnt[e];
+  // Thread e (one per expert: blockDim.x == kMaxExperts) takes its start and its place in the
+  // active list from block-wide exclusive scans of the counts and of (count > 0), where one
+  // thread used to walk the experts (several microseconds of a batch-1 step per call).
+  {
+    __shared__ int warp_c[32], warp_a[32];
+    const int e = static_cast<int>(threadIdx.x), lane = e & 31, warp = e >> 5;
+    const int c = e < E ? cnt[e] : 0, a = c > 0 ? 1 : 0;
+    int sc = c, sa = a;  // inclusive within the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int tc = __shfl_up_sync(0xFFFFFFFFu, sc, o), ta = __shfl_up_sync(0xFFFFFFFFu, sa, o);
+      if (lane >= o) sc += tc, sa += ta;
     }
-    start[E] = s;
-    *nactive = na;
+    if (lane == 31) warp_c[warp] = sc, warp_a[warp] = sa;
+    __syncthreads();
+    if (warp == 0) {
+      int xc = lane < static_cast<int>(blockDim.x >> 5) ? warp_c[lane] : 0;
+      int xa = lane < static_cast<int>(blockDim.x >> 5) ? warp_a[lane] : 0;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int tc = __shfl_up_sync(0xFFFFFFFFu, xc, o), ta = __shfl_up_sync(0xFFFFFFFFu, xa, o);
+        if (lane >= o) xc += tc, xa += ta;
+      }
+      warp_c[lane] = xc, warp_a[lane] = xa;
+    }
+    __syncthreads();
+    const int s0 = (warp > 0 ? warp_c[warp - 1] : 0) + sc - c, a0 = (warp > 0 ? warp_a[warp - 1] : 0) + sa - a;
+    if (e < E) {
+      start[e] = s0;
+      fill[e] = s0;
+      if (a) active[a0] = e;
+    }
+    if (e == E - 1) start[E] = s0 + c, *nactive = a0 + a;
+    if (E == 0 && e == 0) start[0] = 0, *nactive = 0;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < P; i += blockDim.x) {
@@ -654,7 +678,7 @@ struct PairOrder {
 };
 PairOrder sort_pairs(const int32_t* expert, int P, int count, int32_t* order, int32_t* meta, cudaStream_t stream) {
   const PairOrder po{meta, meta + count + 1, meta + 2 * count + 1};
-  sort_pairs_kernel<<<1, 1024, 0, stream>>>(expert, P, count, order, po.start, po.active, po.nactive);
+  sort_pairs_kernel<<<1, kMaxExperts, 0, stream>>>(expert, P, count, order, po.start, po.active, po.nactive);
   KILN_CUDA_CHECK_LAUNCH();
   return po;
 }
