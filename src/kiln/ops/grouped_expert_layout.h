@@ -109,20 +109,17 @@ inline void fill(Kind kind, const std::byte* src, uint64_t k, uint64_t off, uint
 //     product is scaled by 2^(e_j - 127) on the CUDA cores.
 //   Folded (mxfp4_fold_word): the word holds a reference exponent e_ref and each step's
 //     shift d_j = e_ref - e_j <= kMxfp4FoldMaxShift; the kernel decodes step j's e2m1 codes
-//     to the values code x 2^-d_j (kMxfp4FoldTable), exactly, so the block's four steps
+//     to the e4m3 values code x 2^-d_j (kMxfp4FoldTable), exactly, so the block's four steps
 //     accumulate on the tensor core and the block's sum is scaled by 2^(e_ref - 127) once.
-// e2m1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} times 2^-d stay e4m3 values (the FP8 operands of
-// DeepSeek's GEMMs) for d <= 8: the smallest, 2^-9 and 3 x 2^-9 at d = 8, are e4m3
-// subnormals; 2^-10 is not.
+// e2m1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} times 2^-d are e4m3 values for d <= 8 (the
+// smallest, 2^-9 and 3 x 2^-9 at d = 8, are e4m3 subnormals); 2^-10 is not.
 inline constexpr uint32_t kMxfp4FoldMaxShift = 8;
-// Per shift d, magnitudes 0 .. 7 times 2^-d as f16 values: each value's high byte (its low
-// byte is zero: sign, exponent and two mantissa bits hold it), byte c of the pair for
-// magnitude code c, so one byte permute decodes four codes and another places them in f16
-// pairs (no conversion instructions, which are slow on sm_90).
+// Per shift d, the e4m3 codes of magnitudes 0 .. 7 times 2^-d as two byte-permute words
+// (byte c of the pair: magnitude code c).
 inline constexpr uint32_t kMxfp4FoldTable[kMxfp4FoldMaxShift + 1][2] = {
-    {0x3E3C3800u, 0x46444240u}, {0x3A383400u, 0x42403E3Cu}, {0x36343000u, 0x3E3C3A38u},
-    {0x32302C00u, 0x3A383634u}, {0x2E2C2800u, 0x36343230u}, {0x2A282400u, 0x32302E2Cu},
-    {0x26242000u, 0x2E2C2A28u}, {0x22201C00u, 0x2A282624u}, {0x1E1C1800u, 0x26242220u}};
+    {0x3C383000u, 0x4C484440u}, {0x34302800u, 0x44403C38u}, {0x2C282000u, 0x3C383430u},
+    {0x24201800u, 0x34302C28u}, {0x1C181000u, 0x2C282420u}, {0x14100800u, 0x24201C18u},
+    {0x0C080400u, 0x1C181410u}, {0x06040200u, 0x14100C08u}, {0x03020100u, 0x0C080604u}};
 
 // Block b (inputs [128 b, 128 b + 128)) of one stored MXFP4 row: codes_row its k / 2 bytes of
 // e2m1 pairs, scales_row its k / 32 E8M0 bytes. Whether it folds, and its folded word: bits

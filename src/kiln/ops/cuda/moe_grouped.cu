@@ -38,20 +38,14 @@ namespace {
 constexpr int kSlices = 4;  // warps per CTA, each a contiguous K-slice of the same 16 rows
 constexpr int kMaxExperts = GroupedExperts::kMaxExperts;
 
-// Four e2m1 codes (nibbles 0-3 of v) as two f16 pairs, lo (codes 0, 1) and hi (codes 2, 3),
-// each half's value as step_to_f16 would give for the e4m3 code: the magnitudes {0, .5, 1,
-// 1.5, 2, 3, 4, 6} (times 2^-d with shift d's table, grouped_layout::kMxfp4FoldTable) as
-// their f16 high bytes by a byte permute of the table, the sign bit moved from bit 3 of each
-// nibble to bit 7 of its byte, and two more permutes put the bytes in the pairs' high
-// halves. Byte permutes and logic, where the e4m3 -> f16 conversions were on sm_90's slow
-// conversion pipe.
-__device__ __forceinline__ void e2m1x4_to_f16x4(uint32_t v, uint32_t& lo, uint32_t& hi, uint32_t tlo = 0x3E3C3800u,
-                                                uint32_t thi = 0x46444240u) {
-  uint32_t r = __byte_perm(tlo, thi, v & 0x7777u);
+// Four e2m1 codes (nibbles 0-3 of v) as four e4m3 bytes: magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}
+// (times 2^-d with shift d's table, grouped_layout::kMxfp4FoldTable) by a byte permute of a
+// table, the sign bit moved from bit 3 of each nibble to bit 7.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t v, uint32_t lo = 0x3C383000u, uint32_t hi = 0x4C484440u) {
+  uint32_t r = __byte_perm(lo, hi, v & 0x7777u);
   const uint32_t s = v & 0x8888u;
   r |= ((s & 0x8u) << 4) | ((s & 0x80u) << 8) | ((s & 0x800u) << 12) | ((s & 0x8000u) << 16);
-  lo = __byte_perm(r, 0u, 0x1404);
-  hi = __byte_perm(r, 0u, 0x3424);
+  return r;
 }
 
 // The folded decode's tables (grouped_layout::kMxfp4FoldTable), copied into each block's
@@ -130,20 +124,18 @@ struct WeightStep<true> {
   __device__ static Raw raw(const uint8_t* tile_w, int s, int lane) {
     return reinterpret_cast<const uint2*>(tile_w)[static_cast<int64_t>(s) * 32 + lane];
   }
-  // As step_to_f16's f16 pairs: word a[m] of the e4m3 fragment becomes h[4 (m / 2) + m % 2]
-  // and h[4 (m / 2) + m % 2 + 2]; rows g (a[0], a[2]) and g + 8 (a[1], a[3]).
-  __device__ static void decode_f16(const Raw& v, uint32_t (&h)[8]) {
-    e2m1x4_to_f16x4(v.x & 0xFFFFu, h[0], h[2]);
-    e2m1x4_to_f16x4(v.x >> 16, h[1], h[3]);
-    e2m1x4_to_f16x4(v.y & 0xFFFFu, h[4], h[6]);
-    e2m1x4_to_f16x4(v.y >> 16, h[5], h[7]);
+  __device__ static void decode(const Raw& v, uint32_t (&a)[4]) {
+    a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu);
+    a[1] = e2m1x4_to_e4m3x4(v.x >> 16);
+    a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu);
+    a[3] = e2m1x4_to_e4m3x4(v.y >> 16);
   }
   // Folded scales: rows g and g + 8 with their shifts' tables (t_lo, t_hi).
-  __device__ static void decode_f16(const Raw& v, uint2 t_lo, uint2 t_hi, uint32_t (&h)[8]) {
-    e2m1x4_to_f16x4(v.x & 0xFFFFu, h[0], h[2], t_lo.x, t_lo.y);
-    e2m1x4_to_f16x4(v.x >> 16, h[1], h[3], t_hi.x, t_hi.y);
-    e2m1x4_to_f16x4(v.y & 0xFFFFu, h[4], h[6], t_lo.x, t_lo.y);
-    e2m1x4_to_f16x4(v.y >> 16, h[5], h[7], t_hi.x, t_hi.y);
+  __device__ static void decode(const Raw& v, uint2 t_lo, uint2 t_hi, uint32_t (&a)[4]) {
+    a[0] = e2m1x4_to_e4m3x4(v.x & 0xFFFFu, t_lo.x, t_lo.y);
+    a[1] = e2m1x4_to_e4m3x4(v.x >> 16, t_hi.x, t_hi.y);
+    a[2] = e2m1x4_to_e4m3x4(v.y & 0xFFFFu, t_lo.x, t_lo.y);
+    a[3] = e2m1x4_to_e4m3x4(v.y >> 16, t_hi.x, t_hi.y);
   }
 };
 
@@ -216,17 +208,13 @@ __device__ __forceinline__ void end_block(const float (&blk)[4], float sa0, floa
 template <bool kFp4, bool kFold>
 __device__ __forceinline__ void decode_step(const typename WeightStep<kFp4>::Raw& raw, uint32_t e_lo, uint32_t e_hi, int j,
                                             const uint2* lut, uint32_t (&h)[8]) {
-  if constexpr (kFp4) {
-    if constexpr (kFold) {
-      WeightStep<true>::decode_f16(raw, lut[(e_lo >> (8 + 4 * j)) & 0xFu], lut[(e_hi >> (8 + 4 * j)) & 0xFu], h);
-    } else {
-      WeightStep<true>::decode_f16(raw, h);
-    }
+  uint32_t a[4];
+  if constexpr (kFold) {
+    WeightStep<kFp4>::decode(raw, lut[(e_lo >> (8 + 4 * j)) & 0xFu], lut[(e_hi >> (8 + 4 * j)) & 0xFu], a);
   } else {
-    uint32_t a[4];
-    WeightStep<false>::decode(raw, a);
-    step_to_f16(a, h);
+    WeightStep<kFp4>::decode(raw, a);
   }
+  step_to_f16(a, h);
 }
 
 // The pairs sorted by expert: start [E + 1], the active experts in ascending id and their
