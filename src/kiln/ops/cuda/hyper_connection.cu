@@ -76,12 +76,26 @@ constexpr int kPartRows = 8;
 // Column passes per thread whose fn values stay in registers (columns past them, only where
 // a split is wider than kPartThreads * kPartCached, are read per row).
 constexpr int kPartCached = 2;
+static_assert(device::kHcMaxMixes + 1 <= 32, "mix_partial_kernel reduces one value per lane");
+
+// One step of a warp's butterfly reduce-scatter over v[0 .. 2 O): a lane keeps the half its
+// lane bit O names (upper if set) in v[0 .. O) and adds its partner's copy of that half.
+template <int O>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
+  const bool up = (lane & O) != 0;
+#pragma unroll
+  for (int i = 0; i < O; ++i) {
+    const float send = up ? v[i] : v[i + O], keep = up ? v[i + O] : v[i];
+    v[i] = __fadd_rn(keep, __shfl_xor_sync(0xFFFFFFFFu, send, O));
+  }
+}
 
 // Block (s, g): columns [s * cols, (s + 1) * cols) of rows [g * kPartRows, +kPartRows) (those
 // < R): per row, the partial sum of squares and the partial products fn[k] . x (unnormalised)
 // for k < rows, written to part[(t * splits + s) * (MaxRows + 1) + (k | MaxRows for the sum of
-// squares)]. A thread sums its columns in ascending order, then the warps' sums are added in
-// warp order: the same for every row, however many share the block.
+// squares)]. A thread sums its columns in ascending order, each warp's lanes are added by a
+// fixed butterfly, then the warps' sums in warp order: the same for every row, however many
+// share the block.
 template <int MaxRows>
 __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* __restrict__ X, int W, int cols,
                                                                    const float* __restrict__ fn, int rows, int R,
@@ -118,12 +132,19 @@ __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* 
     }
     for (int i = c0 + static_cast<int>(threadIdx.x) + kPartCached * kPartThreads; i < c1; i += kPartThreads)
       add(x[i], fn + i, W);
+    // The warp's sums of the L values by a butterfly reduce-scatter: at each of the five
+    // steps a lane keeps half of its values (the half its lane bit names) and adds its
+    // partner's copy of that half, so lane k ends with the warp's sum of value k (31
+    // shuffles where one warp_sum per value took 5 L; the tree is the same for every row).
+    float v[32];
 #pragma unroll
-    for (int k = 0; k < L; ++k) acc[k] = warp_sum(acc[k]);
-    if (lane == 0) {
-#pragma unroll
-      for (int k = 0; k < L; ++k) scratch[(r * kPartWarps + warp) * L + k] = acc[k];
-    }
+    for (int k = 0; k < 32; ++k) v[k] = k < L ? acc[k] : 0.0f;
+    reduce_scatter_step<16>(v, lane);
+    reduce_scatter_step<8>(v, lane);
+    reduce_scatter_step<4>(v, lane);
+    reduce_scatter_step<2>(v, lane);
+    reduce_scatter_step<1>(v, lane);
+    if (lane < L) scratch[(r * kPartWarps + warp) * L + lane] = v[0];
   }
   __syncthreads();
   for (int e = threadIdx.x; e < nt * L; e += kPartThreads) {
