@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -73,6 +74,19 @@ double check_rows(const std::vector<float>& got, int64_t ldy, const std::vector<
   return worst;
 }
 
+// Every row of an M-row call (outputs poisoned first) bitwise equal to the row called alone
+// (`alone`, n outputs a row), for each M of `Ms`.
+void expect_rows_as_alone(ops::cuda::QuantLinear& q, const float* dx, int64_t k, int64_t n, float* dy,
+                          const std::vector<float>& alone, std::initializer_list<int> Ms) {
+  for (const int M : Ms) {
+    poison(dy, static_cast<size_t>(M * n));
+    q.forward(dx, k, M, dy, n, nullptr);
+    const auto y = download(dy, static_cast<size_t>(M * n));
+    EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0)
+        << "M = " << M << ": rows differ from each row alone";
+  }
+}
+
 struct Role {
   const char* name;
   ops::LinearRole role;
@@ -112,13 +126,7 @@ TEST(MmaLinear, EveryRoleOnBf16AndFp8WeightsMatchesFp64AndIsBatchInvariant) {
         const double worst = check_rows(alone, n, xin, k, 0, 0, n, lc.W, n, k, kMaxM, b);
         std::printf("[mma linear] %-9s %-9s worst |err| / sum|x w| = %.2e\n", c.label.c_str(), r.name, worst);
         static_assert(ops::cuda::detail::kMmaRowTileMinRows <= 130, "the M list reaches the row-tile kernel");
-        for (int M : {2, 7, 8, 9, 33, 64, 65, 80, 130, 200}) {
-          poison(dy.p, static_cast<size_t>(M * n));
-          q.forward(dx.p, k, M, dy.p, n, nullptr);
-          const auto y = download(dy.p, static_cast<size_t>(M * n));
-          EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0)
-              << "M = " << M << ": rows differ from each row alone";
-        }
+        expect_rows_as_alone(q, dx.p, k, n, dy.p, alone, {2, 7, 8, 9, 33, 64, 65, 80, 130, 200});
       }
     }
   }
@@ -149,13 +157,7 @@ TEST(MmaLinear, WideWeightTakesRowTilesEarlierWithTheSameBits) {
       DevBuf<float> dx(x.size()), dy(static_cast<size_t>(kRows * n));
       upload(dx.p, x);
       const auto alone = each_row_alone(kRows, n, dy.p, [&](int m, float* y) { q.forward(dx.p + m * k, k, 1, y, n, nullptr); });
-      for (int M : {32, 33, 40, 64, 65, kRows}) {
-        poison(dy.p, static_cast<size_t>(M * n));
-        q.forward(dx.p, k, M, dy.p, n, nullptr);
-        const auto y = download(dy.p, static_cast<size_t>(M * n));
-        EXPECT_EQ(std::memcmp(y.data(), alone.data(), static_cast<size_t>(M * n) * 4), 0)
-            << "M = " << M << ": rows differ from each row alone";
-      }
+      expect_rows_as_alone(q, dx.p, k, n, dy.p, alone, {32, 33, 40, 64, 65, kRows});
     }
   }
 }
