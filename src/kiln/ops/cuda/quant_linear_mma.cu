@@ -329,13 +329,7 @@ struct RowStage {
   static constexpr int kXBytes = kRowTileTokens * kRowBytes;
   static constexpr int kBytes = kXBytes + (OPS == MmaOperands::Fp8W_Fp8X ? kRowTileTokens * 4 : 0);
   static constexpr int kDoneBytes = kRowTileDoneFloats * 4;
-  // Bf16W_SplitX: the chunk's inputs split once for the 8 warps (split_chunk): per token row
-  // and 16-byte unit u of 4 inputs, split3's terms as 3 x (first pair, second pair), 24
-  // bytes; rows padded to 392 bytes (98 words) so a warp's 8 rows start in different banks.
-  static constexpr bool kPreSplit = OPS == MmaOperands::Bf16W_SplitX;
-  static constexpr int kSplitRow = Chunk<OPS>::kInputs / 4 * 24 + 8;
-  static constexpr int kSplitBytes = kPreSplit ? kRowTileTokens * kSplitRow : 0;
-  static constexpr int kSmem = 2 * kBytes + kDoneBytes + kSplitBytes;
+  static constexpr int kSmem = 2 * kBytes + kDoneBytes;
 };
 
 // The 16-byte unit where unit u of a staged token row lives, XOR-swizzled so that the
@@ -349,24 +343,6 @@ __device__ __forceinline__ int fp32_unit(int row, int u) {
   return CK == 128 ? split_unit(row, u) : bf16w_unit(row, u);
 }
 
-// Bf16W_SplitX: the staged chunk st (fp32 [64][64], bf16w_unit-swizzled) as split3's terms
-// in sp (RowStage::kSplitRow bytes a row), rows below `rows` only, by the whole block: each
-// value split once instead of once per warp (the split was most of the head's work at 64
-// rows). The warps then read the terms mma_bf16_split3 would have made: the same bits.
-__device__ __forceinline__ void split_chunk(const uint8_t* st, uint8_t* sp, int rows, int tid) {
-  constexpr int kUnits = 16, kRowBytes = 64 * 4, kSplitRow = kUnits * 24 + 8;
-  for (int i = tid; i < rows * kUnits; i += kRowTileWarps * 32) {
-    const int row = i / kUnits, u = i % kUnits;
-    const float4 xv = *reinterpret_cast<const float4*>(st + row * kRowBytes + bf16w_unit(row, u) * 16);
-    uint32_t b0[3], b1[3];
-    split3(xv.x, xv.y, b0);
-    split3(xv.z, xv.w, b1);
-    uint2* rec = reinterpret_cast<uint2*>(sp + row * kSplitRow + u * 24);
-#pragma unroll
-    for (int t = 0; t < 3; ++t) rec[t] = make_uint2(b0[t], b1[t]);
-  }
-}
-
 template <MmaOperands OPS>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(KernelArgs a) {
   using St = RowStage<OPS>;
@@ -374,7 +350,6 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
   constexpr int kUnits = CK / 4;  // 16-byte units of a staged fp32 row
   extern __shared__ __align__(16) uint8_t smem[];
   float* done = reinterpret_cast<float*>(smem + 2 * St::kBytes);
-  uint8_t* sp = smem + 2 * St::kBytes + St::kDoneBytes;  // kPreSplit: the split chunk
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, q = lane & 3;
   const int tile = static_cast<int>(blockIdx.y) * kRowTileWarps + warp;
@@ -430,23 +405,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
   auto multiply = [&](const uint4 (&w)[4], int c, const uint8_t* st) {
     const uint32_t r0w[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
     const uint32_t r1w[8] = {w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w};
-    if constexpr (St::kPreSplit) {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) {
-        if (t >= groups) break;
-        const uint8_t* xr = sp + (t * 8 + g) * St::kSplitRow;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint2* rec = reinterpret_cast<const uint2*>(xr + ((j / 2) * 8 + 2 * q + (j % 2)) * 24);
-#pragma unroll
-          for (int u = 0; u < 3; ++u) {
-            const uint2 b = rec[u];
-            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], b.x, b.y, acc[t]);
-          }
-        }
-      }
-      return;
-    } else if constexpr (mma_bf16_weight(OPS)) {
+    if constexpr (mma_bf16_weight(OPS)) {
 #pragma unroll
       for (int t = 0; t < 8; ++t) {
         if (t >= groups) break;
@@ -455,7 +414,10 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const float4 xv = *reinterpret_cast<const float4*>(xr + bf16w_unit(row, (j / 2) * 8 + 2 * q + (j % 2)) * 16);
-          mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], bf16x2(xv.x, xv.y), bf16x2(xv.z, xv.w), acc[t]);
+          if constexpr (OPS == MmaOperands::Bf16W_Bf16X)
+            mma_bf16(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], bf16x2(xv.x, xv.y), bf16x2(xv.z, xv.w), acc[t]);
+          else
+            mma_bf16_split3(r0w[2 * j], r1w[2 * j], r0w[2 * j + 1], r1w[2 * j + 1], xv.x, xv.y, xv.z, xv.w, acc[t]);
         }
       }
       return;
@@ -509,10 +471,6 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(
           cp_async_wait<0>();
         }
         __syncthreads();
-        if constexpr (St::kPreSplit) {
-          split_chunk(smem + d * St::kBytes, sp, groups * 8, tid);
-          __syncthreads();  // sp was last read before the previous chunk's closing barrier
-        }
         if (active) {
           const uint4 w[4] = {ring[d][0], ring[d][1], ring[d][2], ring[d][3]};
           if (c + 2 < nc) load(ring[d], c + 2);
