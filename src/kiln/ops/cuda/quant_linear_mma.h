@@ -81,9 +81,10 @@ struct MmaArgs {
   int64_t ldy = 0;
 };
 
-// From this many rows a launch takes the row-tile kernel (8 warps, each a 16-row tile over
-// all inputs, reading the tokens' inputs from one shared-memory copy), which gives every
-// output the same bits as the kernel below it (quant_linear_mma.cu).
+// From this many rows (MmaPlan::row_tile_min_rows: kMmaWideRowTileMinRows on a weight wide
+// enough, mma_plan) a launch takes the row-tile kernel (8 warps, each a 16-row tile over all
+// inputs, reading the tokens' inputs from one shared-memory copy), which gives every output
+// the same bits as the kernel below it (quant_linear_mma.cu).
 inline constexpr int kMmaRowTileMinRows = 65;
 inline constexpr int kMmaWideRowTileMinRows = 33;
 // Lets the row-tile kernels take their shared memory (over the 48 KB a launch gets without
