@@ -342,9 +342,10 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
 // block of the 64 pairs' e4m3 inputs and their scales is staged in shared memory by
 // cp.async, several blocks ahead with the warps' weight steps (RowStages), so the 8 warps
 // read one copy of the inputs, and each weight step is loaded and decoded once per 64 pairs.
-// The inputs are walked in grouped_kernel's kSlices ranges, in order; a finished range's sum waits in a lane-private shared slot and is added to the
-// earlier ones as the range ends, the order in which write_pairs adds the warps' sums. Every
-// pair's output is therefore the same bits as grouped_kernel's.
+// The inputs are walked in grouped_kernel's kSlices ranges, in order; a finished range's sum
+// waits in a lane-private shared slot and is added to the earlier ones as the range ends,
+// the order in which write_pairs adds the warps' sums. Every pair's output is therefore the
+// same bits as grouped_kernel's.
 constexpr int kRoundPairs = 64;
 
 // The 16-byte unit where unit u of a staged pair row lives: XOR-swizzled by the row, so the
@@ -510,22 +511,22 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
           for (int i = 0; i < 32; ++i) blk[i / 4][i % 4] = d[i];
         } else {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          uint32_t h[8];
-          decode_step<kFp4, kFold>(sw[j * 32 + lane], e_lo, e_hi, j, lut, h);
-          constexpr bool kStep = kFp4 && !kFold;
-          const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
-          const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
+          for (int j = 0; j < 4; ++j) {
+            uint32_t h[8];
+            decode_step<kFp4, kFold>(sw[j * 32 + lane], e_lo, e_hi, j, lut, h);
+            constexpr bool kStep = kFp4 && !kFold;
+            const float w_lo = kStep ? e8m0_value((e_lo >> (8 * j)) & 0xFFu) : 1.0f;
+            const float w_hi = kStep ? e8m0_value((e_hi >> (8 * j)) & 0xFFu) : 1.0f;
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            if (i >= ng) break;
-            const int row = i * 8 + g;
-            const uint8_t* xr = st + row * 128;
-            const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
-            const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
-            step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
+            for (int i = 0; i < 8; ++i) {
+              if (i >= ng) break;
+              const int row = i * 8 + g;
+              const uint8_t* xr = st + row * 128;
+              const uint32_t x0 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j) * 16 + 4 * t);
+              const uint32_t x1 = *reinterpret_cast<const uint32_t*>(xr + pair_unit(row, 2 * j + 1) * 16 + 4 * t);
+              step_pairs<kStep>(h, x0, x1, w_lo, w_hi, blk[i]);
+            }
           }
-        }
         }
         const float* sc = reinterpret_cast<const float*>(st + R::kX);
         const float r_lo = kFold ? e8m0_value(e_lo & 0xFFu) : 1.0f, r_hi = kFold ? e8m0_value(e_hi & 0xFFu) : 1.0f;

@@ -32,15 +32,17 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Commits the warpgroup's chain and waits for it; every accumulator of d and every A
 // register of a stays live up to here (wgmma reads and writes them asynchronously, so the
 // compiler must neither read d early nor reuse one of those registers before the wait).
-__device__ __forceinline__ void wgmma_commit_wait(float (&d)[32], uint32_t (&a)[4][8]) {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Any chain: ND accumulators, the A registers of its NJ steps (NR each).
+template <int ND, int NJ, int NR>
+__device__ __forceinline__ void wgmma_commit_wait(float (&d)[ND], uint32_t (&a)[NJ][NR]) {
+  wgmma_commit();
+  wgmma_wait_all();
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < NJ; ++j)
 #pragma unroll
-    for (int r = 0; r < 8; ++r) asm volatile("" : "+r"(a[j][r])::"memory");
+    for (int r = 0; r < NR; ++r) asm volatile("" : "+r"(a[j][r])::"memory");
 #pragma unroll
-  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < ND; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // Generic-proxy shared-memory writes become visible to wgmma's (async proxy) reads after this

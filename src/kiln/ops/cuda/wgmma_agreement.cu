@@ -37,14 +37,11 @@ __global__ void __launch_bounds__(128) agreement_kernel(const uint16_t* __restri
   float dm[4] = {0.0f, 0.0f, 0.0f, 0.0f}, dw[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int s = 0; s < K / 16; ++s) {
     const int k = s * 16 + 2 * t;
-    uint32_t a0 = pair(r0 + k), a1 = pair(r1 + k), a2 = pair(r0 + k + 8), a3 = pair(r1 + k + 8);
-    mma_f16(a0, a1, a2, a3, pair(col + k), pair(col + k + 8), dm);
+    uint32_t a[1][4] = {{pair(r0 + k), pair(r1 + k), pair(r0 + k + 8), pair(r1 + k + 8)}};
+    mma_f16(a[0][0], a[0][1], a[0][2], a[0][3], pair(col + k), pair(col + k + 8), dm);
     wgmma_fence();
-    wgmma_m64n8k16_f16(dw, a0, a1, a2, a3, wgmma_desc(sb + s * 2 * 64, 128, 128));
-    wgmma_commit();
-    wgmma_wait_all();
-    // A is read asynchronously until the wait: its registers stay live (and unreused) to here.
-    asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3), "+f"(dw[0]), "+f"(dw[1]), "+f"(dw[2]), "+f"(dw[3])::"memory");
+    wgmma_m64n8k16_f16(dw, a[0][0], a[0][1], a[0][2], a[0][3], wgmma_desc(sb + s * 2 * 64, 128, 128));
+    wgmma_commit_wait(dw, a);
   }
   const int64_t o = static_cast<int64_t>(trial) * M * N;
   const int row0 = warp * 16 + g, row1 = row0 + 8;
