@@ -8,6 +8,7 @@
 
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 
 namespace kiln::ops::cuda {
@@ -37,6 +38,7 @@ template <typename T>
 __global__ void act_quant_kernel(const T* __restrict__ x, int64_t ldx, int64_t blocks, int64_t blocks_per_row,
                                  uint8_t* __restrict__ q, int64_t ldq, float* __restrict__ s, int64_t s_row,
                                  int64_t s_block) {
+  await_previous_grid();
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x & 31);
   if (w >= blocks) return;  // whole warps leave together (blockDim is a multiple of 32)
@@ -62,14 +64,14 @@ void launch(const T* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t l
   if (blocks == 0) return;
   const int64_t grid = (blocks + kThreads / 32 - 1) / (kThreads / 32);
   if (grid > 0x7FFFFFFF) fail(ErrorKind::Usage, "{}: [{}, {}] is too large", what, M, K);
-  act_quant_kernel<T><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(x, ldx, blocks, K / kActQuantBlock, q, ldq,
-                                                                           s, sl.row_stride, sl.block_stride);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(act_quant_kernel<T>, static_cast<unsigned>(grid), kThreads, 0, stream,
+                x, ldx, blocks, K / kActQuantBlock, q, ldq, s, sl.row_stride, sl.block_stride);
 }
 
 // act_fake_quant: one warp per (row, block of 128 columns), a last partial block masked.
 __global__ void fake_quant_kernel(const float* __restrict__ x, int64_t ldx, int64_t blocks, int64_t blocks_per_row,
                                   int64_t K, float* __restrict__ y, int64_t ldy) {
+  await_previous_grid();
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x & 31);
   if (w >= blocks) return;
@@ -87,6 +89,7 @@ __global__ void fake_quant_kernel(const float* __restrict__ x, int64_t ldx, int6
 
 __global__ void round_bf16_kernel(const float* __restrict__ x, int64_t ldx, int64_t M, int64_t K, float* __restrict__ y,
                                   int64_t ldy) {
+  await_previous_grid();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= M * K) return;
   const int64_t m = i / K, c = i % K;
@@ -105,16 +108,14 @@ void act_fake_quant(const float* x, int64_t ldx, int64_t M, int64_t K, float* y,
   if (M < 0 || K <= 0) fail(ErrorKind::Usage, "cuda::act_fake_quant: [{}, {}] (K must be positive)", M, K);
   const int64_t bpr = (K + kActQuantBlock - 1) / kActQuantBlock, blocks = M * bpr;
   if (blocks == 0) return;
-  fake_quant_kernel<<<grid_of(blocks * 32, "cuda::act_fake_quant"), kThreads, 0, stream>>>(x, ldx, blocks, bpr, K, y,
-                                                                                             ldy);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(fake_quant_kernel, grid_of(blocks * 32, "cuda::act_fake_quant"), kThreads, 0, stream,
+                x, ldx, blocks, bpr, K, y, ldy);
 }
 
 void round_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, float* y, int64_t ldy, cudaStream_t stream) {
   if (M < 0 || K < 0) fail(ErrorKind::Usage, "cuda::round_bf16: [{}, {}]", M, K);
   if (M * K == 0) return;
-  round_bf16_kernel<<<grid_of(M * K, "cuda::round_bf16"), kThreads, 0, stream>>>(x, ldx, M, K, y, ldy);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(round_bf16_kernel, grid_of(M * K, "cuda::round_bf16"), kThreads, 0, stream, x, ldx, M, K, y, ldy);
 }
 
 void act_quant(const float* x, int64_t ldx, int64_t M, int64_t K, uint8_t* q, int64_t ldq, float* s,

@@ -23,6 +23,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/attention_mma.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
@@ -38,6 +39,7 @@ using attn_detail::merge_terms;
 constexpr int kWriteThreads = 128;
 
 __global__ void window_write_kernel(StepRows rows, const float* __restrict__ kv, int64_t ldkv, WindowRing ring) {
+  await_previous_grid();
   const int r = blockIdx.x;
   const int64_t slot = rows.slot[r];
   const int64_t pos = rows.pos[r];
@@ -66,6 +68,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
                                                                  const int32_t* __restrict__ sel,
                                                                  const int32_t* __restrict__ nsel, int topk, int chunk,
                                                                  float* o, int64_t ldo, float* __restrict__ part) {
+  await_previous_grid();
   extern __shared__ float smem[];
   const int kKeyTile = device::attention_key_tile(ring.dim);
   const int dim = ring.dim;
@@ -222,6 +225,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(StepRows rows, 
 template <bool kPow2>
 __global__ void attention_combine_kernel(const float* __restrict__ part, int heads, int chunks, int dim,
                                          const float* __restrict__ sink, float* __restrict__ o, int64_t ldo) {
+  await_previous_grid();
   const int r = blockIdx.x, h = blockIdx.y;
   const float* pp = part + (static_cast<int64_t>(r) * heads + h) * chunks * (dim + 2);
   int n = 0;
@@ -264,8 +268,7 @@ void window_write(const StepRows& rows, const float* kv, int64_t ldkv, const Win
   if (ldkv < ring.dim) fail(ErrorKind::Usage, "window_write: ldkv {} < ring dim {}", ldkv, ring.dim);
   if (ring.slot_stride < int64_t{ring.cap} * ring.dim)
     fail(ErrorKind::Usage, "window_write: slot_stride {} < cap * dim = {}", ring.slot_stride, int64_t{ring.cap} * ring.dim);
-  window_write_kernel<<<rows.R, kWriteThreads, 0, stream>>>(rows, kv, ldkv, ring);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(window_write_kernel, rows.R, kWriteThreads, 0, stream, rows, kv, ldkv, ring);
 }
 
 void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, float scale, const float* sink,
@@ -321,8 +324,8 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
                       static_cast<unsigned>(splits));
       const int kKeyTile = device::attention_key_tile(dim);
       const size_t smem = sizeof(float) * (static_cast<size_t>(hg + kKeyTile) * dim + hg * kKeyTile + 7 * hg);
-      attention_kernel<hg, decltype(round_p)::value><<<grid, kAttnThreads, smem, stream>>>(
-          rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel, nsel, topk, chunk, o, ldo, workspace);
+      launch_kernel(attention_kernel<hg, decltype(round_p)::value>, grid, kAttnThreads, smem, stream,
+                    rows, q, ldq, heads, scale, sink, ring, window, keys, c, sel, nsel, topk, chunk, o, ldo, workspace);
     };
     auto with_group = [&](auto round_p) {
       if (device::attention_head_group(rows.R, false) == kHeadGroupNarrow)
@@ -339,10 +342,9 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
   if (splits > 1) {
     const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads));
     if (bf16)
-      attention_combine_kernel<true><<<grid, 128, 0, stream>>>(workspace, heads, splits, dim, sink, o, ldo);
+      launch_kernel(attention_combine_kernel<true>, grid, 128, 0, stream, workspace, heads, splits, dim, sink, o, ldo);
     else
-      attention_combine_kernel<false><<<grid, 128, 0, stream>>>(workspace, heads, splits, dim, sink, o, ldo);
-    KILN_CUDA_CHECK_LAUNCH();
+      launch_kernel(attention_combine_kernel<false>, grid, 128, 0, stream, workspace, heads, splits, dim, sink, o, ldo);
   }
 }
 

@@ -18,6 +18,7 @@
 // the row's sink-started state with attention_combine's steps, or written for it when each
 // chunk has its own block. A row's output is therefore the same bits in every step.
 #include "kiln/ops/cuda/attention_mma.h"
+#include "kiln/ops/cuda/launch.cuh"
 
 #include <cuda_bf16.h>
 
@@ -73,6 +74,7 @@ __global__ void __launch_bounds__(kThreads, 3)
                          const float* __restrict__ sink, WindowRing ring, int window, AttnKeys keys, CompressorRing comp,
                          const int32_t* __restrict__ sel, const int32_t* __restrict__ nsel, int topk, int chunk, float* o,
                          int64_t ldo, float* __restrict__ part) {
+  await_previous_grid();
   extern __shared__ __align__(16) unsigned char smem[];
   const int dim = ring.dim;
   const Layout L(dim);
@@ -317,9 +319,8 @@ void launch_attention_mma(const StepRows& rows, const float* q, int64_t ldq, int
   });
   const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>((heads + kHeads - 1) / kHeads),
                   static_cast<unsigned>(splits));
-  attention_mma_kernel<<<grid, kThreads, L.total, stream>>>(rows, q, ldq, heads, scale, sink, ring, window, keys, comp,
-                                                            sel, nsel, topk, chunk, o, ldo, part);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(attention_mma_kernel, grid, kThreads, L.total, stream,
+                rows, q, ldq, heads, scale, sink, ring, window, keys, comp, sel, nsel, topk, chunk, o, ldo, part);
 }
 
 }  // namespace kiln::ops::cuda::attn_detail

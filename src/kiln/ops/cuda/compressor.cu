@@ -6,6 +6,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
@@ -22,6 +23,7 @@ constexpr int kMaxRatio = 128;   // block length; bounds the per-channel softmax
 // One block per row: raw kv row and score row (+ ape of the position inside its block).
 __global__ void feed_rows_kernel(StepRows rows, const float* __restrict__ a, const float* __restrict__ z, int64_t ld,
                                  const float* __restrict__ ape, CompressorRing c) {
+  await_previous_grid();
   const int r = blockIdx.x;
   const int64_t slot = rows.slot[r];
   const int64_t pos = rows.pos[r];
@@ -40,6 +42,7 @@ __global__ void feed_rows_kernel(StepRows rows, const float* __restrict__ a, con
 // sum of kv * (e / sum)), so each channel's value follows the same association.
 __global__ void emit_entries_kernel(StepRows rows, const float* __restrict__ norm, float eps, RopeView rope,
                                     CompressorRing c, bool bf16) {
+  await_previous_grid();
   __shared__ float out[kMaxDim];
   __shared__ float red[kEmitThreads / 32];
   const int r = blockIdx.x;
@@ -128,10 +131,9 @@ void compressor_feed(const StepRows& rows, const float* a, const float* z, int64
     fail(ErrorKind::Usage, "compressor_feed: rope table has {} positions, entry {} needs position {}", rope.max_pos,
          c.max_entries - 1, int64_t{c.max_entries - 1} * c.ratio);
 
-  feed_rows_kernel<<<rows.R, kFeedThreads, 0, stream>>>(rows, a, z, ld, ape, c);
-  KILN_CUDA_CHECK_LAUNCH();
-  emit_entries_kernel<<<rows.R, kEmitThreads, 0, stream>>>(rows, norm, eps, rope, c, num == AttnNumerics::Bf16);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(feed_rows_kernel, rows.R, kFeedThreads, 0, stream, rows, a, z, ld, ape, c);
+  launch_kernel(emit_entries_kernel, rows.R, kEmitThreads, 0, stream,
+                rows, norm, eps, rope, c, num == AttnNumerics::Bf16);
 }
 
 }  // namespace kiln::ops::cuda

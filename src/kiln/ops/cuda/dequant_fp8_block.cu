@@ -1,4 +1,5 @@
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/dequant_fp8_block.h"
 
 namespace kiln::ops::cuda {
@@ -28,6 +29,7 @@ __device__ __forceinline__ float e8m0_to_float(uint8_t v) {
 __global__ void dequant_kernel(const uint8_t* __restrict__ q, const uint8_t* __restrict__ scale, int64_t rows,
                                int64_t cols, int64_t block_n, int64_t block_k, int64_t scale_cols,
                                float* __restrict__ out) {
+  await_previous_grid();
   const int64_t n = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -43,9 +45,8 @@ void dequant_fp8_block_e8m0(const uint8_t* q, const uint8_t* scale, const Fp8Blo
   if (n == 0) return;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535);
-  dequant_kernel<<<static_cast<unsigned>(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      q, scale, s.rows, s.cols, s.block_n, s.block_k, s.scale_cols(), out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(dequant_kernel, static_cast<unsigned>(blocks), threads, 0, static_cast<cudaStream_t>(stream),
+                q, scale, s.rows, s.cols, s.block_n, s.block_k, s.scale_cols(), out);
 }
 
 }  // namespace kiln::ops::cuda

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/elementwise.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
 
@@ -15,6 +16,7 @@ constexpr int kArgmaxThreads = 1024;
 // grid (R, column chunks): dst[r, i, d] = embed[tok[r], d] for i < n (n = 1: embed_rows).
 __global__ void embed_kernel(const int32_t* __restrict__ tok, const float* __restrict__ embed, int H, int n,
                              float* __restrict__ dst) {
+  await_previous_grid();
   const int64_t r = blockIdx.x;
   const int d = blockIdx.y * blockDim.x + threadIdx.x;
   if (d >= H) return;
@@ -23,6 +25,7 @@ __global__ void embed_kernel(const int32_t* __restrict__ tok, const float* __res
 }
 
 __global__ void add_broadcast_kernel(const float* ep, const float* hp, int n, int H, int64_t total, float* X) {
+  await_previous_grid();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = e % H, r = e / (static_cast<int64_t>(n) * H);
@@ -44,6 +47,7 @@ __device__ __forceinline__ bool argmax_better(float av, int ai, float bv, int bi
 __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __restrict__ logits, int64_t ld,
                                                                 const float* __restrict__ add, int64_t ld_add,
                                                                 int V, int32_t* __restrict__ out) {
+  await_previous_grid();
   __shared__ float sv[32];
   __shared__ int si[32];
   const float* lr = logits + static_cast<int64_t>(blockIdx.x) * ld;
@@ -80,8 +84,8 @@ void launch_embed(const char* what, const StepRows& rows, const float* embed, in
   if (rows.tok == nullptr || embed == nullptr || dst == nullptr) fail(ErrorKind::Usage, "cuda::{}: null rows.tok, embed or output", what);
   const unsigned chunks = static_cast<unsigned>((H + kThreads - 1) / kThreads);
   if (chunks > 65535) fail(ErrorKind::Usage, "cuda::{}: H = {} is too large", what, H);
-  embed_kernel<<<dim3(static_cast<unsigned>(rows.R), chunks), kThreads, 0, stream>>>(rows.tok, embed, H, n, dst);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(embed_kernel, dim3(static_cast<unsigned>(rows.R), chunks), kThreads, 0, stream,
+                rows.tok, embed, H, n, dst);
 }
 
 }  // namespace
@@ -103,8 +107,7 @@ void add_broadcast_streams(const float* ep, const float* hp, int R, int n, int H
   if (ep == nullptr || hp == nullptr || X == nullptr) fail(ErrorKind::Usage, "cuda::add_broadcast_streams: null ep, hp or X");
   const int64_t total = static_cast<int64_t>(R) * n * H;
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535);
-  add_broadcast_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ep, hp, n, H, total, X);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(add_broadcast_kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, ep, hp, n, H, total, X);
 }
 
 void argmax_rows(const float* logits, int64_t ld, int R, int V, int32_t* out, cudaStream_t stream) {
@@ -112,8 +115,7 @@ void argmax_rows(const float* logits, int64_t ld, int R, int V, int32_t* out, cu
   if (R == 0) return;
   if (logits == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::argmax_rows: null logits or out");
   if (ld < V) fail(ErrorKind::Usage, "cuda::argmax_rows: row stride {} is below V = {}", ld, V);
-  argmax_kernel<<<static_cast<unsigned>(R), kArgmaxThreads, 0, stream>>>(logits, ld, nullptr, 0, V, out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(argmax_kernel, static_cast<unsigned>(R), kArgmaxThreads, 0, stream, logits, ld, nullptr, 0, V, out);
 }
 
 void argmax_rows_of_sum(const float* a, int64_t lda, const float* b, int64_t ldb, int R, int V, int32_t* out,
@@ -122,8 +124,7 @@ void argmax_rows_of_sum(const float* a, int64_t lda, const float* b, int64_t ldb
   if (R == 0) return;
   if (a == nullptr || b == nullptr || out == nullptr) fail(ErrorKind::Usage, "cuda::argmax_rows_of_sum: null a, b or out");
   if (lda < V || ldb < V) fail(ErrorKind::Usage, "cuda::argmax_rows_of_sum: row strides {} and {}; V = {}", lda, ldb, V);
-  argmax_kernel<<<static_cast<unsigned>(R), kArgmaxThreads, 0, stream>>>(a, lda, b, ldb, V, out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(argmax_kernel, static_cast<unsigned>(R), kArgmaxThreads, 0, stream, a, lda, b, ldb, V, out);
 }
 
 }  // namespace kiln::ops::cuda

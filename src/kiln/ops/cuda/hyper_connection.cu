@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/hyper_connection.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -100,6 +101,7 @@ template <int MaxRows>
 __global__ void __launch_bounds__(kPartThreads) mix_partial_kernel(const float* __restrict__ X, int W, int cols,
                                                                    const float* __restrict__ fn, int rows, int R,
                                                                    float* __restrict__ part) {
+  await_previous_grid();
   constexpr int L = MaxRows + 1;
   __shared__ float scratch[kPartRows * kPartWarps * L];
   const int s = blockIdx.x, splits = gridDim.x, t0 = static_cast<int>(blockIdx.y) * kPartRows;
@@ -182,6 +184,7 @@ __device__ void mixes_from_partials(const float* part, int t, int splits, int W,
 
 __global__ void __launch_bounds__(kThreads) hc_pre_kernel(HcParams p, const float* __restrict__ X, float* collapsed,
                                                           float* post, float* comb, int splits, bool bf16_out) {
+  await_previous_grid();
   __shared__ float m[kMaxMixes];
   __shared__ float pre[kMaxStreams];
   const int n = p.n, H = p.hidden, W = n * H, t = blockIdx.x;
@@ -250,6 +253,7 @@ __global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const f
                                                            const float* __restrict__ base, float scale, float hc_eps,
                                                            float norm_eps, const float* __restrict__ X, float* h,
                                                            bool bf16_out) {
+  await_previous_grid();
   __shared__ float scratch[32 * kMaxStreams];
   __shared__ float m[kMaxStreams];
   __shared__ float pre[kMaxStreams];
@@ -267,6 +271,7 @@ __global__ void __launch_bounds__(kThreads) hc_head_kernel(int n, int H, const f
 __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_t total, const float* __restrict__ y,
                                const float* __restrict__ post, const float* __restrict__ comb, float* __restrict__ out,
                                bool bf16_out) {
+  await_previous_grid();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = e % H, t = e / H;
@@ -289,6 +294,7 @@ __global__ void hc_post_kernel(int n, int H, const float* __restrict__ X, int64_
 // One thread per output value: the streams in ascending order, then / n.
 __global__ void hc_stream_mean_kernel(int n, int H, const float* __restrict__ X, int64_t total, float* __restrict__ out,
                                       int64_t ld_out) {
+  await_previous_grid();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = e % H, t = e / H;
@@ -322,11 +328,10 @@ void hc_pre(const HcParams& p, const float* X, int R, float* collapsed, float* p
   if (p.workspace == nullptr) fail(ErrorKind::Usage, "cuda::hc_pre: null workspace (hc_pre_workspace_floats)");
   const int W = p.n * p.hidden, splits = hc_mix_splits(W);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((R + kPartRows - 1) / kPartRows));
-  mix_partial_kernel<kMaxMixes><<<grid, kPartThreads, 0, stream>>>(X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n,
-                                                                     R, p.workspace);
-  KILN_CUDA_CHECK_LAUNCH();
-  hc_pre_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(p, X, collapsed, post, comb, splits, bf16_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(mix_partial_kernel<kMaxMixes>, grid, kPartThreads, 0, stream,
+                X, W, (W + splits - 1) / splits, p.fn, (2 + p.n) * p.n, R, p.workspace);
+  launch_kernel(hc_pre_kernel, static_cast<unsigned>(R), kThreads, 0, stream,
+                p, X, collapsed, post, comb, splits, bf16_out);
 }
 
 void hc_post(int n, int H, const float* X, int R, const float* y, const float* post, const float* comb, float* out,
@@ -340,8 +345,8 @@ void hc_post(int n, int H, const float* X, int R, const float* y, const float* p
   const int64_t total = static_cast<int64_t>(R) * H;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  hc_post_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, y, post, comb, out, bf16_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(hc_post_kernel, static_cast<unsigned>(blocks), threads, 0, stream,
+                n, H, X, total, y, post, comb, out, bf16_out);
 }
 
 void hc_head(int n, int H, const float* fn, const float* base, float scale, float hc_eps, float norm_eps, const float* X,
@@ -349,8 +354,8 @@ void hc_head(int n, int H, const float* fn, const float* base, float scale, floa
   check_shape("hc_head", n, H, R);
   if (R == 0) return;
   if (fn == nullptr || base == nullptr || X == nullptr || h == nullptr) fail(ErrorKind::Usage, "cuda::hc_head: null fn, base, X or h");
-  hc_head_kernel<<<static_cast<unsigned>(R), kThreads, 0, stream>>>(n, H, fn, base, scale, hc_eps, norm_eps, X, h, bf16_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(hc_head_kernel, static_cast<unsigned>(R), kThreads, 0, stream,
+                n, H, fn, base, scale, hc_eps, norm_eps, X, h, bf16_out);
 }
 
 void hc_stream_mean(int n, int H, const float* X, int R, float* out, int64_t ld_out, cudaStream_t stream) {
@@ -361,8 +366,7 @@ void hc_stream_mean(int n, int H, const float* X, int R, float* out, int64_t ld_
   const int64_t total = static_cast<int64_t>(R) * H;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  hc_stream_mean_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(n, H, X, total, out, ld_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(hc_stream_mean_kernel, static_cast<unsigned>(blocks), threads, 0, stream, n, H, X, total, out, ld_out);
 }
 
 }  // namespace kiln::ops::cuda

@@ -16,6 +16,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/check.h"
 
@@ -45,6 +46,7 @@ __global__ void __launch_bounds__(kThreads) indexer_kernel(StepRows rows, const 
                                                            int head_dim, float softmax_scale, CompressorRing ic,
                                                            int topk, int32_t* __restrict__ sel,
                                                            int32_t* __restrict__ nsel, float* __restrict__ scratch) {
+  await_previous_grid();
   extern __shared__ float qs[];  // [heads * head_dim] then w [heads]
   __shared__ unsigned hist[256];
   __shared__ uint32_t s_prefix;
@@ -188,9 +190,8 @@ void indexer_select(const StepRows& rows, const float* q, int64_t ldq, const flo
   if (ic.max_entries < 0) fail(ErrorKind::Usage, "indexer_select: max_entries {} < 0", ic.max_entries);
   if (topk <= 0) fail(ErrorKind::Usage, "indexer_select: topk {} must be positive", topk);
   const size_t smem = sizeof(float) * (static_cast<size_t>(heads) * head_dim + heads);
-  indexer_kernel<<<rows.R, kThreads, smem, stream>>>(rows, q, ldq, w, ldw, heads, head_dim, softmax_scale, ic, topk, sel, nsel,
-                                                      scratch);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(indexer_kernel, rows.R, kThreads, smem, stream,
+                rows, q, ldq, w, ldw, heads, head_dim, softmax_scale, ic, topk, sel, nsel, scratch);
 }
 
 }  // namespace kiln::ops::cuda

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/moe.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -30,6 +31,7 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, Scoring
                                  int64_t ldl, int E, int K, const float* __restrict__ bias,
                                  const int32_t* __restrict__ tid2eid, float routed_scaling, int32_t* __restrict__ idx,
                                  float* __restrict__ wt) {
+  await_previous_grid();
   __shared__ float scores[kRouteWarps][kMaxExperts];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * kRouteWarps + warp;
@@ -97,6 +99,7 @@ __global__ void moe_route_kernel(const int32_t* __restrict__ tok, int R, Scoring
 
 __global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int rows, int I, float limit,
                               const float* row_weight, bool bf16_out, float* out, int64_t ldo) {
+  await_previous_grid();
   const int64_t total = static_cast<int64_t>(rows) * I;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -118,6 +121,7 @@ __global__ void swiglu_kernel(const float* g, const float* u, int64_t ld, int ro
 __global__ void moe_combine_kernel(const float* __restrict__ y, int64_t ldy, const int32_t* __restrict__ idx,
                                    const float* __restrict__ wt, int K, int H, const float* __restrict__ shared,
                                    float* __restrict__ out, bool bf16_out) {
+  await_previous_grid();
   __shared__ int order[kMaxTopK];
   const int64_t r = blockIdx.x;
   if (threadIdx.x == 0) {
@@ -161,9 +165,8 @@ void moe_route(const StepRows& rows, ScoringFunc f, const float* logits, int64_t
   }
   if (tid2eid != nullptr && rows.tok == nullptr) fail(ErrorKind::Usage, "cuda::moe_route: hash routing needs rows.tok");
   const unsigned blocks = static_cast<unsigned>((rows.R + kRouteWarps - 1) / kRouteWarps);
-  moe_route_kernel<<<blocks, 32 * kRouteWarps, 0, stream>>>(rows.tok, rows.R, f, logits, ldl, E, K, bias, tid2eid,
-                                                            routed_scaling, idx, wt);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(moe_route_kernel, blocks, 32 * kRouteWarps, 0, stream,
+                rows.tok, rows.R, f, logits, ldl, E, K, bias, tid2eid, routed_scaling, idx, wt);
 }
 
 void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float limit, float* out, int64_t ldo,
@@ -175,9 +178,8 @@ void swiglu(const float* g, const float* u, int64_t ld, int rows, int I, float l
   const int64_t total = static_cast<int64_t>(rows) * I;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-  swiglu_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(g, u, ld, rows, I, limit, row_weight, bf16_out,
-                                                                        out, ldo);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(swiglu_kernel, static_cast<unsigned>(blocks), threads, 0, stream,
+                g, u, ld, rows, I, limit, row_weight, bf16_out, out, ldo);
 }
 
 void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* wt, int R, int K, int H,
@@ -192,8 +194,8 @@ void moe_combine(const float* y, int64_t ldy, const int32_t* idx, const float* w
   const int threads = 256;
   const unsigned chunks = static_cast<unsigned>((H + threads - 1) / threads);
   if (chunks > 65535) fail(ErrorKind::Usage, "cuda::moe_combine: H = {} is too large", H);
-  moe_combine_kernel<<<dim3(static_cast<unsigned>(R), chunks), threads, 0, stream>>>(y, ldy, idx, wt, K, H, shared, out, bf16_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(moe_combine_kernel, dim3(static_cast<unsigned>(R), chunks), threads, 0, stream,
+                y, ldy, idx, wt, K, H, shared, out, bf16_out);
 }
 
 }  // namespace kiln::ops::cuda

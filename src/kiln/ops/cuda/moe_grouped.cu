@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
@@ -222,6 +223,7 @@ __device__ __forceinline__ void decode_step(const typename WeightStep<kFp4>::Raw
 // depend on its place).
 __global__ void sort_pairs_kernel(const int32_t* __restrict__ expert, int P, int E, int32_t* __restrict__ order,
                                   int32_t* __restrict__ start, int32_t* __restrict__ active, int32_t* __restrict__ nactive) {
+  await_previous_grid();
   __shared__ int cnt[kMaxExperts];
   __shared__ int fill[kMaxExperts];
   for (int i = threadIdx.x; i < E; i += blockDim.x) cnt[i] = 0;
@@ -282,6 +284,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_kernel(Params p, const u
                                                                const int32_t* __restrict__ active,
                                                                const int32_t* __restrict__ nactive, float* __restrict__ y,
                                                                int64_t ldy) {
+  await_previous_grid();
   if (static_cast<int>(blockIdx.y) >= *nactive) return;
   const int e = active[blockIdx.y];
   const int p0 = start[e], p1 = start[e + 1];
@@ -404,6 +407,7 @@ __global__ void __launch_bounds__(kRowTileWarps * 32, 2)
                         const int32_t* __restrict__ order, const int32_t* __restrict__ start,
                         const int32_t* __restrict__ active, const int32_t* __restrict__ nactive, float* __restrict__ y,
                         int64_t ldy) {
+  await_previous_grid();
   using R = RowStages<kFp4, kWg>;
   using W = WeightStep<kFp4>;
   static_assert(!kWg || kFold || !kFp4, "the warpgroup form has no per-step scales");
@@ -596,6 +600,7 @@ __global__ void __launch_bounds__(kSlices * 32) grouped_bf16_kernel(Bf16Params p
                                                                     const int32_t* __restrict__ active,
                                                                     const int32_t* __restrict__ nactive,
                                                                     float* __restrict__ y, int64_t ldy) {
+  await_previous_grid();
   if (static_cast<int>(blockIdx.y) >= *nactive) return;
   const int e = active[blockIdx.y];
   const int p0 = start[e], p1 = start[e + 1];
@@ -667,8 +672,7 @@ struct PairOrder {
 };
 PairOrder sort_pairs(const int32_t* expert, int P, int count, int32_t* order, int32_t* meta, cudaStream_t stream) {
   const PairOrder po{meta, meta + count + 1, meta + 2 * count + 1};
-  sort_pairs_kernel<<<1, kMaxExperts, 0, stream>>>(expert, P, count, order, po.start, po.active, po.nactive);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(sort_pairs_kernel, 1, kMaxExperts, 0, stream, expert, P, count, order, po.start, po.active, po.nactive);
   return po;
 }
 
@@ -713,16 +717,17 @@ void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
     by_kind([&](auto f4, auto fo) {
       constexpr bool kFp4 = decltype(f4)::value, kWg = decltype(fo)::value || !kFp4;  // no per-step scales
-      grouped_rows_kernel<kFp4, decltype(fo)::value, kWg><<<rgrid, kRowTileWarps * 32, RowStages<kFp4, kWg>::kSmem, stream>>>(
-          p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
+      launch_kernel(grouped_rows_kernel<kFp4, decltype(fo)::value, kWg>,
+          rgrid, kRowTileWarps * 32, RowStages<kFp4, kWg>::kSmem, stream, p, xq, xs, x_div, order, po.start, po.active,
+          po.nactive, y, ldy);
     });
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }
   const dim3 grid(static_cast<unsigned>(n / 16), slots);
   by_kind([&](auto f4, auto fo) {
-    grouped_kernel<decltype(f4)::value, decltype(fo)::value><<<grid, kSlices * 32, 0, stream>>>(
-        p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
+    launch_kernel(grouped_kernel<decltype(f4)::value, decltype(fo)::value>, grid, kSlices * 32, 0, stream,
+                  p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
   });
   KILN_CUDA_CHECK_LAUNCH();
 }
@@ -745,9 +750,11 @@ void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc
   p.group = nvfp4 ? 16 : group;
   const dim3 grid(static_cast<unsigned>(n / 16), static_cast<unsigned>(P < count ? P : count));
   if (nvfp4) {
-    grouped_bf16_kernel<true><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
+    launch_kernel(grouped_bf16_kernel<true>, grid, kSlices * 32, 0, stream,
+                  p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
   } else {
-    grouped_bf16_kernel<false><<<grid, kSlices * 32, 0, stream>>>(p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
+    launch_kernel(grouped_bf16_kernel<false>, grid, kSlices * 32, 0, stream,
+                  p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
   }
   KILN_CUDA_CHECK_LAUNCH();
 }

@@ -2,6 +2,7 @@
 // scale is formed exactly as ops::cpu::rms_scale (mean = sumsq / n, 1 / sqrt(mean + eps));
 // only the association of the sum of squares differs from the CPU's 16-lane order.
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
@@ -16,6 +17,7 @@ constexpr int kHeld = 4;
 
 __global__ void rmsnorm_kernel(const float* x, int64_t ldx, int n, const float* __restrict__ weight, float eps, float* y,
                                int64_t ldy, bool bf16_out) {
+  await_previous_grid();
   __shared__ float scratch[32];
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * ldx;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * ldy;
@@ -64,8 +66,8 @@ void rmsnorm(const float* x, int64_t ldx, int rows, int n, const float* weight, 
   // Enough threads that each handles a few values, at least one warp.
   int threads = 32;
   while (threads < 1024 && threads * 4 < n) threads *= 2;
-  rmsnorm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, ldx, n, weight, eps, y, ldy, bf16_out);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rmsnorm_kernel, static_cast<unsigned>(rows), threads, 0, stream,
+                x, ldx, n, weight, eps, y, ldy, bf16_out);
 }
 
 }  // namespace kiln::ops::cuda

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 
 namespace kiln::ops::cuda::detail {
@@ -24,6 +25,7 @@ namespace {
 
 __global__ void pad_rows_kernel(const float* __restrict__ src, int64_t ldx, int64_t k, int64_t kp,
                                 float* __restrict__ dst) {
+  await_previous_grid();
   const int m = blockIdx.y;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < kp;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -33,6 +35,7 @@ __global__ void pad_rows_kernel(const float* __restrict__ src, int64_t ldx, int6
 // hi = bf16(x) (round to nearest even), lo = bf16(x - hi); columns k .. kp-1 zero.
 __global__ void split_bf16_kernel(const float* __restrict__ x, int64_t ldx, int64_t k, int64_t kp, uint16_t* __restrict__ hi,
                                   uint16_t* __restrict__ lo) {
+  await_previous_grid();
   const int m = blockIdx.y;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < kp;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -49,8 +52,7 @@ __global__ void split_bf16_kernel(const float* __restrict__ x, int64_t ldx, int6
 void launch_split_bf16(const float* x, int64_t ldx, int M, int64_t k, int64_t kp, uint16_t* hi, uint16_t* lo,
                        cudaStream_t stream) {
   const unsigned bx = static_cast<unsigned>(std::min<int64_t>((kp + 255) / 256, 1024));
-  split_bf16_kernel<<<dim3(bx, static_cast<unsigned>(M)), 256, 0, stream>>>(x, ldx, k, kp, hi, lo);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(split_bf16_kernel, dim3(bx, static_cast<unsigned>(M)), 256, 0, stream, x, ldx, k, kp, hi, lo);
 }
 
 LaunchFn select_launcher(SchemeKind s, int mt, int rw) {
@@ -77,8 +79,7 @@ IndexedLaunchFn select_indexed_launcher(SchemeKind s, int rw) {
 
 void launch_pad_rows(const float* src, int64_t ldx, int M, int64_t k, int64_t kp, float* dst, cudaStream_t stream) {
   const unsigned bx = static_cast<unsigned>(std::min<int64_t>((kp + 255) / 256, 1024));
-  pad_rows_kernel<<<dim3(bx, static_cast<unsigned>(M)), 256, 0, stream>>>(src, ldx, k, kp, dst);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(pad_rows_kernel, dim3(bx, static_cast<unsigned>(M)), 256, 0, stream, src, ldx, k, kp, dst);
 }
 
 }  // namespace kiln::ops::cuda::detail

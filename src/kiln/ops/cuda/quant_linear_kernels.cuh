@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/quant_linear_detail.h"
 
 namespace kiln::ops::cuda::detail {
@@ -329,6 +330,7 @@ template <SchemeKind S, int MT, int RW, bool Grouped>
 __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const int lk_log2,
                                                           const float* __restrict__ x, const int64_t ldx, const int M,
                                                           float* __restrict__ y, const int64_t ldy, const RowGroups g) {
+  await_previous_grid();
   if constexpr (Grouped) {
     const int64_t row_lo = (g.first + static_cast<int64_t>(blockIdx.z)) * g.rows;
     linear_rows<S, MT, RW>(p, lk_log2, x + static_cast<int64_t>(blockIdx.z) * g.x_stride, ldx, M, y, ldy,
@@ -349,6 +351,7 @@ __global__ void __launch_bounds__(kThreads) linear_indexed_kernel(const LinearPa
                                                                   const int64_t ldx, const int x_div,
                                                                   const int32_t* __restrict__ expert,
                                                                   float* __restrict__ y, const int64_t ldy) {
+  await_previous_grid();
   const int pair = blockIdx.z;
   const int e = __ldg(expert + pair);
   if (e < 0 || e >= count) return;
@@ -364,18 +367,16 @@ void launch(const LinearParams& p, const LaunchShape& s, const float* x, int64_t
   static_assert(Codec<S>::E == chunk_elems(S));
   const dim3 grid(s.blocks, s.mtiles, g.count);
   if (g.count == 1 && g.first == 0 && g.rows == p.n)
-    linear_kernel<S, MT, RW, false><<<grid, kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy, g);
+    launch_kernel(linear_kernel<S, MT, RW, false>, grid, kThreads, 0, stream, p, s.lk_log2, x, ldx, M, y, ldy, g);
   else
-    linear_kernel<S, MT, RW, true><<<grid, kThreads, 0, stream>>>(p, s.lk_log2, x, ldx, M, y, ldy, g);
-  KILN_CUDA_CHECK_LAUNCH();
+    launch_kernel(linear_kernel<S, MT, RW, true>, grid, kThreads, 0, stream, p, s.lk_log2, x, ldx, M, y, ldy, g);
 }
 
 template <SchemeKind S, int RW>
 void launch_indexed(const LinearParams* table, int count, const LaunchShape& s, const float* x, int64_t ldx, int x_div,
                     const int32_t* expert, int P, float* y, int64_t ldy, cudaStream_t stream) {
-  linear_indexed_kernel<S, RW><<<dim3(s.blocks, 1, static_cast<unsigned>(P)), kThreads, 0, stream>>>(
-      table, count, s.lk_log2, x, ldx, x_div, expert, y, ldy);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(linear_indexed_kernel<S, RW>, dim3(s.blocks, 1, static_cast<unsigned>(P)), kThreads, 0, stream,
+                table, count, s.lk_log2, x, ldx, x_div, expert, y, ldy);
 }
 
 // The (token tile, rows per thread) pairs compiled: MT x RW accumulators stay <= 64.

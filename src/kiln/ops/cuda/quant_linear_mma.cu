@@ -25,6 +25,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/cp_async.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
@@ -167,6 +168,7 @@ struct Chunk {
 // grid (token passes, 16-row tiles), kwarps x 32 threads. TG token groups of 8 per pass.
 template <MmaOperands OPS, int TG>
 __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs a) {
+  await_previous_grid();
   constexpr int CK = Chunk<OPS>::kInputs;
   const int kw = static_cast<int>(blockDim.x >> 5);
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
@@ -345,6 +347,7 @@ __device__ __forceinline__ int fp32_unit(int row, int u) {
 
 template <MmaOperands OPS>
 __global__ void __launch_bounds__(kRowTileWarps * 32, 2) mma_linear_rows_kernel(KernelArgs a) {
+  await_previous_grid();
   using St = RowStage<OPS>;
   constexpr int CK = Chunk<OPS>::kInputs;
   constexpr int kUnits = CK / 4;  // 16-byte units of a staged fp32 row
@@ -506,16 +509,16 @@ void launch_rows(int M, int64_t n, const KernelArgs& k, cudaStream_t st) {
   constexpr int smem = RowStage<OPS>::kSmem;
   const dim3 grid(static_cast<unsigned>((M + kRowTileTokens - 1) / kRowTileTokens),
                   static_cast<unsigned>((n + 16 * kRowTileWarps - 1) / (16 * kRowTileWarps)));
-  mma_linear_rows_kernel<OPS><<<grid, kRowTileWarps * 32, smem, st>>>(k);
+  launch_kernel(mma_linear_rows_kernel<OPS>, grid, kRowTileWarps * 32, smem, st, k);
 }
 
 template <MmaOperands OPS>
 void launch_ops(int tg, dim3 grid, dim3 block, const KernelArgs& k, cudaStream_t st) {
   switch (tg) {
-    case 1: mma_linear_kernel<OPS, 1><<<grid, block, 0, st>>>(k); break;
-    case 2: mma_linear_kernel<OPS, 2><<<grid, block, 0, st>>>(k); break;
-    case 4: mma_linear_kernel<OPS, 4><<<grid, block, 0, st>>>(k); break;
-    default: mma_linear_kernel<OPS, 8><<<grid, block, 0, st>>>(k); break;
+    case 1: launch_kernel(mma_linear_kernel<OPS, 1>, grid, block, 0, st, k); break;
+    case 2: launch_kernel(mma_linear_kernel<OPS, 2>, grid, block, 0, st, k); break;
+    case 4: launch_kernel(mma_linear_kernel<OPS, 4>, grid, block, 0, st, k); break;
+    default: launch_kernel(mma_linear_kernel<OPS, 8>, grid, block, 0, st, k); break;
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/rope.cuh"
 
 namespace kiln::ops::cuda {
@@ -14,6 +15,7 @@ namespace {
 // bf16: the channels before the rotary ones are rounded too (rope_pair rounds its pair).
 __global__ void rope_rows_kernel(const int32_t* __restrict__ pos, float* x, int64_t ld, int64_t head_stride, int n,
                                  RopeView rope, bool inverse, bool bf16) {
+  await_previous_grid();
   const int64_t p = pos[blockIdx.x];
   float* v = x + static_cast<int64_t>(blockIdx.x) * ld + static_cast<int64_t>(blockIdx.y) * head_stride;
   if (bf16) {
@@ -78,8 +80,7 @@ void rope_rows(const StepRows& rows, float* x, int64_t ld, int heads, int64_t he
   const int half = rope.dim / 2;
   const int threads = half >= 128 ? 128 : ((half + 31) / 32) * 32;
   const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads));
-  rope_rows_kernel<<<grid, threads, 0, stream>>>(rows.pos, x, ld, head_stride, n, rope, inverse, bf16);
-  KILN_CUDA_CHECK_LAUNCH();
+  launch_kernel(rope_rows_kernel, grid, threads, 0, stream, rows.pos, x, ld, head_stride, n, rope, inverse, bf16);
 }
 
 }  // namespace kiln::ops::cuda
