@@ -168,7 +168,6 @@ struct Chunk {
 // grid (token passes, 16-row tiles), kwarps x 32 threads. TG token groups of 8 per pass.
 template <MmaOperands OPS, int TG>
 __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs a) {
-  await_previous_grid();
   constexpr int CK = Chunk<OPS>::kInputs;
   const int kw = static_cast<int>(blockDim.x >> 5);
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31);
@@ -270,6 +269,9 @@ __global__ void __launch_bounds__(kMaxKWarps * 32) mma_linear_kernel(KernelArgs 
 #pragma unroll
   for (int d = 0; d < kDepth; ++d)
     if (c0 + d < c1) load(ring[d], c0 + d);
+  // The first weight chunks (immutable) are loaded before the wait for the kernel before,
+  // so that their latency overlaps its tail (launch.cuh); the activations are read after.
+  await_previous_grid();
   for (int cb = c0; cb < c1; cb += kDepth) {
 #pragma unroll
     for (int d = 0; d < kDepth; ++d) {
