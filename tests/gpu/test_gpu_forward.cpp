@@ -16,6 +16,7 @@
 #include "kiln/cli/quantize.h"
 #include "kiln/cli/run_commands.h"
 #include "kiln/model/cuda/gpu_forward.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/runtime/cuda/gpu_backend.h"
 #include "kiln/runtime/engine.h"
 #include "kiln/runtime/generate.h"
@@ -123,6 +124,51 @@ TEST(GpuForward, GraphReplayEqualsEagerBitForBit) {
   EXPECT_GT(one.kernels, 5 * c.num_layers) << "kernels in the one-row pass's graph";
   EXPECT_GT(prompt.kernels, 5 * c.num_layers) << "kernels in the prompt pass's graph";
   EXPECT_EQ(g.main_graph_nodes(T + 1).kernels, 0) << "no graph was captured for " << T + 1 << " rows";
+}
+
+// Programmatic dependent launch (ops/cuda/launch.cuh) only moves when a kernel is scheduled:
+// a prompt pass, decode steps and the MTP block, as captured graphs in both precisions, give
+// the same bits with it as without. A kernel reading its inputs before the kernel before it
+// finished would show here as a difference (or, by luck, not: run repeatedly on the GPU).
+TEST(GpuForward, ProgrammaticLaunchesGiveTheSameBits) {
+  for (const ops::Precision prec : {ops::Precision::Exact, ops::Precision::DeepSeek}) {
+    auto run = [&](bool pdl) {
+      ops::cuda::set_pdl_enabled(pdl);
+      Loaded m = load(kFixtures + "/tiny_b/native", {}, prec);
+      GpuForward& g = *m.gpu;
+      g.set_graphs(true);
+      const auto& c = m.cpu->config;
+      const int T = 24;
+      const auto tok = prompt_tokens(c.vocab_size, T + 8);
+      std::vector<float> out;
+      for (int32_t slot = 0; slot < 2; ++slot) {  // the second time, every graph is replayed
+        const std::vector<int32_t> s(static_cast<size_t>(T), slot), pos = iota_vec(T);
+        g.main(std::span(tok.data(), static_cast<size_t>(T)), s, pos);
+        auto l = g.download_main_logits(T);
+        out.insert(out.end(), l.begin(), l.end());
+        if (!m.cpu->weights.mtp.empty()) {
+          g.mtp(0, std::span(tok.data() + 1, static_cast<size_t>(T - 1)), std::span(s.data(), T - 1),
+                std::span(pos.data(), T - 1), std::span(pos.data(), T - 1), false);
+          l = g.download_mtp_logits(T - 1);
+          out.insert(out.end(), l.begin(), l.end());
+        }
+        for (int t = T; t < T + 8; ++t) {
+          g.main(std::span(tok.data() + t, 1), std::span(&slot, 1), std::span(&t, 1));
+          l = g.download_main_logits(1);
+          out.insert(out.end(), l.begin(), l.end());
+        }
+      }
+      EXPECT_GE(g.graphs_captured(), 2u);
+      return out;
+    };
+    const auto plain = run(false);
+    const auto pdl = run(true);
+    ops::cuda::set_pdl_enabled(true);
+    ASSERT_EQ(plain.size(), pdl.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < plain.size(); ++i) differ += std::memcmp(&plain[i], &pdl[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << "of " << plain.size() << " logits, precision " << static_cast<int>(prec);
+  }
 }
 
 TEST(GpuForward, Greedy64StepsEqualTheCpuForBf16AndFp8) {

@@ -1,3 +1,4 @@
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -5,12 +6,18 @@
 
 namespace kiln::ops::cuda {
 
-bool pdl_enabled() {
-  static const bool on = [] {
+namespace {
+std::atomic<bool>& pdl_flag() {
+  static std::atomic<bool> on{[] {
     const char* v = std::getenv("KILN_PDL");
     return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  }()};
   return on;
 }
+}  // namespace
+
+bool pdl_enabled() { return pdl_flag().load(std::memory_order_relaxed); }
+
+void set_pdl_enabled(bool on) { pdl_flag().store(on, std::memory_order_relaxed); }
 
 }  // namespace kiln::ops::cuda

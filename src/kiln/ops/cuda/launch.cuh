@@ -19,8 +19,9 @@
 // Work in the stream that is not one of these kernels (copies, library kernels) keeps its
 // ordinary full dependency.
 //
-// `KILN_PDL=0` in the environment launches without the attribute (read once per process), for
-// measuring the difference in one run.
+// `KILN_PDL=0` in the environment launches without the attribute, for measuring the
+// difference in one run; `set_pdl_enabled` does the same from code (tests). A captured graph
+// keeps the launches it was captured with.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,8 +32,9 @@
 
 namespace kiln::ops::cuda {
 
-// Whether launches carry the PDL attribute: true unless KILN_PDL=0; read once.
+// Whether launches carry the PDL attribute: true unless KILN_PDL=0 or set_pdl_enabled(false).
 bool pdl_enabled();
+void set_pdl_enabled(bool on);
 
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
