@@ -20,6 +20,7 @@
 #include <initializer_list>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -158,6 +159,50 @@ TEST(MmaLinear, WideWeightTakesRowTilesEarlierWithTheSameBits) {
       upload(dx.p, x);
       const auto alone = each_row_alone(kRows, n, dy.p, [&](int m, float* y) { q.forward(dx.p + m * k, k, 1, y, n, nullptr); });
       expect_rows_as_alone(q, dx.p, k, n, dy.p, alone, {32, 33, 40, 64, 65, kRows});
+    }
+  }
+}
+
+// Two layers on one input (wq_a and wkv, an expert's w1 and w3): forward_pair gives each the
+// bits of its own forward, whether the input is quantized once for both (two FP8-input
+// layers) or each takes its own path (an FP8 and a bf16 weight, or a layer in the fp32 role).
+TEST(MmaLinear, PairOnOneInputGivesEachLayersOwnBits) {
+  const int64_t k = 512, na = 272, nb = 144;
+  const auto ca = one_of_each_scheme(na, k, 31), cb = one_of_each_scheme(nb, k, 37);
+  auto find = [](const auto& cases, const std::string& label) {
+    for (const auto& c : cases)
+      if (c.label == label) return c;
+    throw std::runtime_error("no case " + label);
+  };
+  struct Pair {
+    const char *a, *b;
+    ops::LinearRole rb;
+  };
+  for (const Pair& pr : {Pair{"fp8_block", "fp8_block", ops::LinearRole::Quantized},
+                         Pair{"fp8_block", "bf16", ops::LinearRole::Quantized},
+                         Pair{"fp8_block", "fp8_block", ops::LinearRole::Fp32}}) {
+    SCOPED_TRACE(std::string(pr.a) + " + " + pr.b + (pr.rb == ops::LinearRole::Fp32 ? " (fp32 role)" : ""));
+    LoadedCase la(find(ca, pr.a)), lb(find(cb, pr.b));
+    auto qa = ops::cuda::QuantLinear::prepare(
+        la.host, kMaxM, ops::linear_numerics(ops::Precision::DeepSeek, ops::LinearRole::Quantized, la.plan.scheme.kind));
+    auto qb = ops::cuda::QuantLinear::prepare(lb.host, kMaxM,
+                                              ops::linear_numerics(ops::Precision::DeepSeek, pr.rb, lb.plan.scheme.kind));
+    const auto x = random_rows(kMaxM, k, 41);
+    DevBuf<float> dx(x.size()), dya(static_cast<size_t>(kMaxM * na)), dyb(static_cast<size_t>(kMaxM * nb));
+    upload(dx.p, x);
+    for (const int M : {1, 9, 64, 65, 200}) {
+      poison(dya.p, static_cast<size_t>(M * na));
+      poison(dyb.p, static_cast<size_t>(M * nb));
+      qa.forward(dx.p, k, M, dya.p, na, nullptr);
+      qb.forward(dx.p, k, M, dyb.p, nb, nullptr);
+      const auto ya = download(dya.p, static_cast<size_t>(M * na)), yb = download(dyb.p, static_cast<size_t>(M * nb));
+      poison(dya.p, static_cast<size_t>(M * na));
+      poison(dyb.p, static_cast<size_t>(M * nb));
+      ops::cuda::QuantLinear::forward_pair(qa, dya.p, na, qb, dyb.p, nb, dx.p, k, M, nullptr);
+      EXPECT_EQ(std::memcmp(download(dya.p, static_cast<size_t>(M * na)).data(), ya.data(), ya.size() * 4), 0)
+          << "M = " << M << ": a";
+      EXPECT_EQ(std::memcmp(download(dyb.p, static_cast<size_t>(M * nb)).data(), yb.data(), yb.size() * 4), 0)
+          << "M = " << M << ": b";
     }
   }
 }

@@ -74,6 +74,13 @@ class QuantLinear {
   // streams for the same QuantLinear.
   void forward(const float* x, int64_t ldx, int M, float* y, int64_t ldy, void* stream) const;
 
+  // a.forward and b.forward of the same x: ya = A x, yb = B x. Where both quantize x to the
+  // same e4m3 codes and scales (act_quant before the tensor-core kernel, the same k), x is
+  // quantized once, into a's staging buffer, and b's kernel reads it there: one launch fewer,
+  // the same bits as two forward calls.
+  static void forward_pair(const QuantLinear& a, float* ya, int64_t ldya, const QuantLinear& b, float* yb, int64_t ldyb,
+                           const float* x, int64_t ldx, int M, void* stream);
+
   int64_t n() const;
   int64_t k() const;
   int max_m() const;

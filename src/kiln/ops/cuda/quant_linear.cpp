@@ -363,8 +363,10 @@ namespace {
 // The tensor-core path of batch-invariant numerics (output rounding included); false (the
 // CUDA-core kernels then take it) when a grouped call's groups are not whole 16-row tiles
 // or its x is not 16-byte aligned per group.
+// quantized_by: the layer whose staging buffer already holds act_quant's codes and scales
+// of these x rows (forward_pair); null quantizes them here.
 bool mma_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t x_group_stride, int groups, int M,
-                 float* y, int64_t ldy, cudaStream_t st) {
+                 float* y, int64_t ldy, cudaStream_t st, const QuantLinearImpl* quantized_by = nullptr) {
   if (groups > 1 && (d.n / groups) % 16 != 0) return false;  // a tile would straddle two groups
   MmaArgs a;
   a.p = &d.params;
@@ -375,12 +377,13 @@ bool mma_forward(const QuantLinearImpl& d, const float* x, int64_t ldx, int64_t 
   a.group_rows = d.n / groups;
   a.x_group_stride = x_group_stride;
   if (d.mma->ops == MmaOperands::Fp8W_Fp8X) {
-    auto* q = static_cast<uint8_t*>(d.xpad.get());
-    auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(d.max_m, d.k));
-    cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);
+    const QuantLinearImpl& qd = quantized_by ? *quantized_by : d;
+    auto* q = static_cast<uint8_t*>(qd.xpad.get());
+    auto* sc = reinterpret_cast<float*>(q + detail::act_scale_offset(qd.max_m, qd.k));
+    if (!quantized_by) cuda::act_quant(x, ldx, M, d.k, q, d.k, sc, ActScaleLayout{1, d.act_scale_ld}, st);
     a.xq = q;
     a.xs = sc;
-    a.xs_ld = d.act_scale_ld;
+    a.xs_ld = qd.act_scale_ld;
   } else {
     if (ldx % 4 != 0 || x_group_stride % 4 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
       if (groups != 1) return false;
@@ -453,6 +456,18 @@ void QuantLinear::forward(const float* x, int64_t ldx, int M, float* y, int64_t 
   const auto& pl = d.plans[static_cast<size_t>(M - 1)];
   pl.fn(d.params, pl.shape, x, ldx, M, y, ldy, RowGroups{d.n, 0, 0, 1}, st);
   if (d.num.bf16_output) cuda::round_bf16(y, ldy, M, d.n, y, ldy, st);
+}
+
+void QuantLinear::forward_pair(const QuantLinear& a, float* ya, int64_t ldya, const QuantLinear& b, float* yb,
+                               int64_t ldyb, const float* x, int64_t ldx, int M, void* stream) {
+  a.forward(x, ldx, M, ya, ldya, stream);
+  const QuantLinearImpl &da = *a.impl_, &db = *b.impl_;
+  auto quantizes = [](const QuantLinearImpl& d) { return d.mma && d.mma->ops == MmaOperands::Fp8W_Fp8X; };
+  // a.forward checked M against a's max_m and ldx against k; b's own bounds are checked here.
+  if (quantizes(da) && quantizes(db) && da.k == db.k && M <= db.max_m && ldyb >= db.n &&
+      mma_forward(db, x, ldx, 0, 1, M, yb, ldyb, static_cast<cudaStream_t>(stream), &da))
+    return;
+  b.forward(x, ldx, M, yb, ldyb, stream);
 }
 
 namespace {
