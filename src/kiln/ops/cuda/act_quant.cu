@@ -8,8 +8,8 @@
 
 #include "kiln/ops/act_quant.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 
 namespace kiln::ops::cuda {
 namespace {

@@ -23,11 +23,11 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/attention_mma.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/device_sizes.h"
 
 namespace kiln::ops::cuda {
@@ -337,7 +337,6 @@ void attention(const StepRows& rows, const float* q, int64_t ldq, int heads, flo
       with_group(std::true_type{});
     else
       with_group(std::false_type{});
-    KILN_CUDA_CHECK_LAUNCH();
   }
   if (splits > 1) {
     const dim3 grid(static_cast<unsigned>(rows.R), static_cast<unsigned>(heads));

@@ -6,10 +6,10 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/bf16_round.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/rope.cuh"
 
 namespace kiln::ops::cuda {

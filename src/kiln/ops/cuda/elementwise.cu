@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "kiln/ops/cuda/check.h"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/elementwise.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/row_reduce.cuh"
 
 namespace kiln::ops::cuda {

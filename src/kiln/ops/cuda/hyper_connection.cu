@@ -6,9 +6,9 @@
 #include <algorithm>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/hyper_connection.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/row_reduce.cuh"
 #include "kiln/ops/device_sizes.h"
 

@@ -16,9 +16,9 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/attention.h"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/attention_detail.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 
 namespace kiln::ops::cuda {
 namespace {

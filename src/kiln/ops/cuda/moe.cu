@@ -7,8 +7,8 @@
 #include <cuda_bf16.h>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/moe.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
 

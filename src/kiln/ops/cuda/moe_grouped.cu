@@ -24,9 +24,9 @@
 #include <type_traits>
 
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/cp_async.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/moe_grouped.h"
 #include "kiln/ops/cuda/row_tile.cuh"
@@ -717,11 +717,10 @@ void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t
     const dim3 rgrid(static_cast<unsigned>(n / (16 * kRowTileWarps)), slots);
     by_kind([&](auto f4, auto fo) {
       constexpr bool kFp4 = decltype(f4)::value, kWg = decltype(fo)::value || !kFp4;  // no per-step scales
-      launch_kernel(grouped_rows_kernel<kFp4, decltype(fo)::value, kWg>,
-          rgrid, kRowTileWarps * 32, RowStages<kFp4, kWg>::kSmem, stream, p, xq, xs, x_div, order, po.start, po.active,
-          po.nactive, y, ldy);
+      launch_kernel(grouped_rows_kernel<kFp4, decltype(fo)::value, kWg>, rgrid, kRowTileWarps * 32,
+                    RowStages<kFp4, kWg>::kSmem, stream, p, xq, xs, x_div, order, po.start, po.active, po.nactive, y,
+                    ldy);
     });
-    KILN_CUDA_CHECK_LAUNCH();
     return;
   }
   const dim3 grid(static_cast<unsigned>(n / 16), slots);
@@ -729,7 +728,6 @@ void launch_grouped_experts(bool fp4, bool fold, const uint8_t* w, const uint8_t
     launch_kernel(grouped_kernel<decltype(f4)::value, decltype(fo)::value>, grid, kSlices * 32, 0, stream,
                   p, xq, xs, x_div, order, po.start, po.active, po.nactive, y, ldy);
   });
-  KILN_CUDA_CHECK_LAUNCH();
 }
 
 void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc, const uint8_t* zp, const float* global,
@@ -756,7 +754,6 @@ void launch_grouped_experts_bf16(bool nvfp4, const uint8_t* w, const uint8_t* sc
     launch_kernel(grouped_bf16_kernel<false>, grid, kSlices * 32, 0, stream,
                   p, x, ldx, x_div, order, po.start, po.active, po.nactive, y, ldy);
   }
-  KILN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace detail

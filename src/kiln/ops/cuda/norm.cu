@@ -2,8 +2,8 @@
 // scale is formed exactly as ops::cpu::rms_scale (mean = sumsq / n, 1 / sqrt(mean + eps));
 // only the association of the sum of squares differs from the CPU's 16-lane order.
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/norm.h"
 #include "kiln/ops/cuda/row_reduce.cuh"
 

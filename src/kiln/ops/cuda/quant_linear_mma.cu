@@ -25,9 +25,9 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/cuda/bf16_round.cuh"
-#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/check.h"
 #include "kiln/ops/cuda/cp_async.cuh"
+#include "kiln/ops/cuda/launch.cuh"
 #include "kiln/ops/cuda/mma_sync.cuh"
 #include "kiln/ops/cuda/quant_linear_mma.h"
 #include "kiln/ops/cuda/row_tile.cuh"
@@ -610,7 +610,6 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
       case MmaOperands::Bf16W_Bf16X: launch_rows<MmaOperands::Bf16W_Bf16X>(a.M, p.n, k, stream); break;
       case MmaOperands::Bf16W_SplitX: launch_rows<MmaOperands::Bf16W_SplitX>(a.M, p.n, k, stream); break;
     }
-    KILN_CUDA_CHECK_LAUNCH();
     return;
   }
   const int tg = a.M <= 8 ? 1 : a.M <= 16 ? 2 : a.M <= 32 ? 4 : 8;
@@ -623,7 +622,6 @@ void launch_mma_linear(const MmaPlan& plan, const MmaArgs& a, cudaStream_t strea
     case MmaOperands::Bf16W_Bf16X: launch_ops<MmaOperands::Bf16W_Bf16X>(tg, grid, block, k, stream); break;
     case MmaOperands::Fp8W_Bf16X: launch_ops<MmaOperands::Fp8W_Bf16X>(tg, grid, block, k, stream); break;
   }
-  KILN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kiln::ops::cuda::detail
