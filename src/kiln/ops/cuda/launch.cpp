@@ -7,6 +7,7 @@
 namespace kiln::ops::cuda {
 
 namespace {
+
 std::atomic<bool>& pdl_flag() {
   static std::atomic<bool> on{[] {
     const char* v = std::getenv("KILN_PDL");
@@ -14,10 +15,17 @@ std::atomic<bool>& pdl_flag() {
   }()};
   return on;
 }
+
+thread_local bool scope_on = true;
+
 }  // namespace
 
-bool pdl_enabled() { return pdl_flag().load(std::memory_order_relaxed); }
+bool pdl_enabled() { return scope_on && pdl_flag().load(std::memory_order_relaxed); }
 
 void set_pdl_enabled(bool on) { pdl_flag().store(on, std::memory_order_relaxed); }
+
+PdlScope::PdlScope(bool on) : prev_(scope_on) { scope_on = on; }
+
+PdlScope::~PdlScope() { scope_on = prev_; }
 
 }  // namespace kiln::ops::cuda

@@ -32,9 +32,23 @@
 
 namespace kiln::ops::cuda {
 
-// Whether launches carry the PDL attribute: true unless KILN_PDL=0 or set_pdl_enabled(false).
+// Whether launches carry the PDL attribute: true unless KILN_PDL=0, set_pdl_enabled(false),
+// or a PdlScope(false) is open on this thread.
 bool pdl_enabled();
 void set_pdl_enabled(bool on);
+
+// Launches on this thread while it lives carry PDL only if `on` (and pdl_enabled() allows it):
+// the forward opens one per pass, off for passes of many rows (GpuForward::launch).
+class PdlScope {
+ public:
+  explicit PdlScope(bool on);
+  ~PdlScope();
+  PdlScope(const PdlScope&) = delete;
+  PdlScope& operator=(const PdlScope&) = delete;
+
+ private:
+  bool prev_;
+};
 
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
