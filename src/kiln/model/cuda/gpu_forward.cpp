@@ -13,9 +13,9 @@
 #include "kiln/model/definition.h"
 #include "kiln/model/gpu_memory.h"
 #include "kiln/ops/cuda/check.h"
+#include "kiln/ops/cuda/elementwise.h"
 #include "kiln/ops/cuda/graph_capture.h"
 #include "kiln/ops/cuda/launch.cuh"
-#include "kiln/ops/cuda/elementwise.h"
 
 namespace kiln::model::cuda {
 
