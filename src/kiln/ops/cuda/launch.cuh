@@ -38,7 +38,7 @@ bool pdl_enabled();
 void set_pdl_enabled(bool on);
 
 // Launches on this thread while it lives carry PDL only if `on` (and pdl_enabled() allows it):
-// the forward opens one per pass, off for passes of many rows (GpuForward::launch).
+// the forward opens one per pass, off for passes of many rows (GpuForward::enqueue).
 class PdlScope {
  public:
   explicit PdlScope(bool on);
