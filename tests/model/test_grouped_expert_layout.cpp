@@ -108,14 +108,18 @@ TEST(GroupedExpertLayout, EveryStoredByteIsPlacedOnce) {
   }
 }
 
+// Byte c of shift d's table: the e4m3 code the folded decode gives magnitude code c.
+uint8_t fold_table_code(uint32_t d, uint32_t c) {
+  return static_cast<uint8_t>(kMxfp4FoldTable[d][c / 4] >> (8 * (c % 4)));
+}
+
 // The folded MXFP4 decode: byte c of shift d's table is the e4m3 code of e2m1 magnitude c
 // times 2^-d, exactly, for every shift the fold allows.
 TEST(GroupedExpertLayout, Mxfp4FoldTableIsE2m1TimesTheShiftExactly) {
   for (uint32_t d = 0; d <= kMxfp4FoldMaxShift; ++d) {
     for (uint32_t c = 0; c < 8; ++c) {
-      const uint32_t word = kMxfp4FoldTable[d][c / 4];
-      const auto code = static_cast<uint8_t>(word >> (8 * (c % 4)));
-      EXPECT_EQ(e4m3_to_f32(code), std::ldexp(e2m1_to_f32(static_cast<uint8_t>(c)), -static_cast<int>(d)))
+      EXPECT_EQ(e4m3_to_f32(fold_table_code(d, c)),
+                std::ldexp(e2m1_to_f32(static_cast<uint8_t>(c)), -static_cast<int>(d)))
           << "shift " << d << " magnitude code " << c;
     }
   }
@@ -140,9 +144,8 @@ TEST(GroupedExpertLayout, Mxfp4FoldWordKeepsEveryStoredValue) {
         const auto nib = static_cast<uint8_t>((static_cast<uint32_t>(codes[x / 2]) >> (4 * (x % 2))) & 0xFu);
         const double stored = std::ldexp(static_cast<double>(e2m1_to_f32(nib)),
                                          static_cast<int>(static_cast<uint32_t>(scales[4 * b + j])) - 127);
-        const auto mag = static_cast<uint8_t>(kMxfp4FoldTable[d][(nib & 7u) / 4] >> (8 * ((nib & 7u) % 4)));
-        const double folded = (nib & 8u ? -1.0 : 1.0) * std::ldexp(static_cast<double>(e4m3_to_f32(mag)),
-                                                                     static_cast<int>(ref) - 127);
+        const double mag = e4m3_to_f32(fold_table_code(d, nib & 7u));
+        const double folded = (nib & 8u ? -1.0 : 1.0) * std::ldexp(mag, static_cast<int>(ref) - 127);
         ASSERT_EQ(folded, stored) << "block " << b << " step " << j << " input " << i;
       }
     }
